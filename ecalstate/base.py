@@ -1,0 +1,159 @@
+"""What every part of the store shares: the database, the actor, audit rows, idempotent writes."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from .db import Database, Tx, utcnow
+from .errors import Conflict, Invalid, NotFound
+
+R = TypeVar("R")
+
+AUDIT_SQL = (
+    "INSERT INTO audit (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,"
+    " from_status, to_status, actor, reason, request_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def resolve_actor(explicit: Optional[str] = None) -> str:
+    """``--actor``, else ``ECALSTATE_ACTOR``, else Jenkins' ``BUILD_TAG``, else user@host."""
+    for value in (explicit, os.environ.get("ECALSTATE_ACTOR"), os.environ.get("BUILD_TAG")):
+        if value:
+            return value
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class Ctx:
+    """Who does a write, under which request id, and when (one timestamp per transaction)."""
+
+    tx: Tx
+    actor: str
+    request_id: Optional[str]
+    now: str
+
+    def audit(
+        self,
+        campaign_id: int,
+        entity: str,
+        task: str,
+        to_status: str,
+        *,
+        from_status: Optional[str] = None,
+        instance_id: Optional[int] = None,
+        job_pk: Optional[int] = None,
+        run_number: Optional[int] = None,
+        jid: Optional[int] = None,
+        generation: Optional[int] = None,
+        reason: str = "",
+        detail: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.tx.run(AUDIT_SQL, self.audit_row(
+            campaign_id, entity, task, to_status, from_status=from_status, instance_id=instance_id,
+            job_pk=job_pk, run_number=run_number, jid=jid, generation=generation, reason=reason, detail=detail,
+        ))
+
+    def audit_row(
+        self,
+        campaign_id: int,
+        entity: str,
+        task: str,
+        to_status: str,
+        *,
+        from_status: Optional[str] = None,
+        instance_id: Optional[int] = None,
+        job_pk: Optional[int] = None,
+        run_number: Optional[int] = None,
+        jid: Optional[int] = None,
+        generation: Optional[int] = None,
+        reason: str = "",
+        detail: Optional[dict[str, Any]] = None,
+    ) -> tuple[Any, ...]:
+        return (
+            self.now, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
+            from_status, to_status, self.actor, reason, self.request_id,
+            None if detail is None else json.dumps(detail, sort_keys=True),
+        )
+
+
+class StoreBase:
+    """The database handle and the helpers shared by every concern of the store."""
+
+    def __init__(self, db: Database, actor: Optional[str] = None) -> None:
+        self.db = db
+        self.actor = resolve_actor(actor)
+
+    def _write(
+        self,
+        kind: str,
+        request_id: Optional[str],
+        body: Callable[[Ctx], R],
+        encode: Callable[[R], Any] = lambda r: r,
+        decode: Callable[[Any], R] = lambda d: d,
+    ) -> R:
+        """Run ``body`` in one write transaction; with a request id, a replay returns the first outcome."""
+        if request_id is not None and not request_id.strip():
+            raise Invalid("request id must not be blank")
+        with self.db.tx(write=True) as tx:
+            if request_id:
+                row = tx.one("SELECT kind, outcome FROM request WHERE request_id = ?", (request_id,))
+                if row is not None:
+                    if row[0] != kind:
+                        raise Conflict(f"request id {request_id!r} was already used for a {row[0]} call")
+                    return decode(json.loads(row[1]))
+            ctx = Ctx(tx, self.actor, request_id, utcnow())
+            result = body(ctx)
+            if request_id:
+                tx.run(
+                    "INSERT INTO request (request_id, kind, outcome, created_at) VALUES (?,?,?,?)",
+                    (request_id, kind, json.dumps(encode(result)), ctx.now),
+                )
+            return result
+
+    # --- name resolution, always inside the caller's transaction -------------------------
+
+    @staticmethod
+    def _campaign_id(tx: Tx, campaign: str) -> int:
+        cid = tx.scalar("SELECT id FROM campaign WHERE name = ?", (campaign,))
+        if cid is None:
+            raise NotFound(f"unknown campaign {campaign!r}")
+        return int(cid)
+
+    @staticmethod
+    def _task(tx: Tx, cid: int, campaign: str, task: str) -> tuple[int, int]:
+        """(task id, max retries)."""
+        row = tx.one("SELECT id, max_retries FROM task WHERE campaign_id = ? AND name = ?", (cid, task))
+        if row is None:
+            raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
+        return int(row[0]), int(row[1])
+
+    @staticmethod
+    def _task_names(tx: Tx, cid: int) -> dict[int, str]:
+        return {r[0]: r[1] for r in tx.all("SELECT id, name FROM task WHERE campaign_id = ?", (cid,))}
+
+    @staticmethod
+    def _downstream(tx: Tx, task_id: int) -> list[int]:
+        """Every task that depends on ``task_id``, directly or not, nearest first."""
+        out: list[int] = []
+        frontier = [task_id]
+        while frontier:
+            current = frontier.pop(0)
+            for (child,) in tx.all("SELECT task_id FROM task_dep WHERE depends_on_id = ?", (current,)):
+                if child not in out:
+                    out.append(child)
+                    frontier.append(child)
+        return out
+
+
+def loads(text: Optional[str]) -> dict[str, Any]:
+    return json.loads(text) if text else {}

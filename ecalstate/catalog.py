@@ -1,0 +1,338 @@
+"""Campaigns, tasks, run types and runs: what exists, before anything runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+from .base import AUDIT_SQL, Ctx, StoreBase, loads
+from .db import Tx
+from .errors import Invalid, NotFound
+from .filters import parse_filter
+from .results import BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
+from .statemachine import TaskStatus
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+CAMPAIGN_KINDS = ("prompt", "reprocessing")
+
+
+def check_name(what: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise Invalid(
+            f"invalid {what} name {name!r}: 1-128 characters, letters, digits and _ . : + - "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def check_run(run_number: Any, fill: Any = None) -> tuple[int, Optional[int]]:
+    """Validate a run number (int > 0) and a fill (int or absent), accepting numeric strings."""
+    try:
+        number = int(str(run_number).strip())
+    except (TypeError, ValueError):
+        raise Invalid(f"invalid run number {run_number!r}: expected an integer > 0") from None
+    if number <= 0:
+        raise Invalid(f"invalid run number {number}: run numbers are > 0")
+    if fill is None or fill == "":
+        return number, None
+    try:
+        fill_number = int(str(fill).strip())
+    except (TypeError, ValueError):
+        raise Invalid(f"invalid fill {fill!r} for run {number}: expected an integer") from None
+    if fill_number < 0:
+        raise Invalid(f"invalid fill {fill_number} for run {number}: fills are >= 0")
+    return number, fill_number
+
+
+class Catalog(StoreBase):
+    """Setting up a campaign: its tasks, their dependencies, its run types, its runs."""
+
+    # --- campaigns ----------------------------------------------------------------
+
+    def create_campaign(self, name: str, kind: str = "prompt", description: str = "") -> CampaignInfo:
+        """Create a campaign with its default run type ``all`` (empty filter, no tasks yet)."""
+        check_name("campaign", name)
+        if kind not in CAMPAIGN_KINDS:
+            raise Invalid(f"invalid campaign kind {kind!r} (valid: {', '.join(CAMPAIGN_KINDS)})")
+
+        def body(ctx: Ctx) -> CampaignInfo:
+            if ctx.tx.scalar("SELECT id FROM campaign WHERE name = ?", (name,)) is not None:
+                raise Invalid(f"campaign {name!r} already exists")
+            cid = ctx.tx.scalar(
+                "INSERT INTO campaign (name, kind, description, created_at) VALUES (?,?,?,?) RETURNING id",
+                (name, kind, description, ctx.now),
+            )
+            ctx.tx.run("INSERT INTO rtype (campaign_id, name, filter) VALUES (?, 'all', '')", (cid,))
+            return CampaignInfo(name, kind, description, ctx.now)
+
+        return self._write("campaign.create", None, body)
+
+    def list_campaigns(self) -> list[CampaignInfo]:
+        with self.db.tx(write=False) as tx:
+            rows = tx.all("SELECT name, kind, description, created_at FROM campaign ORDER BY name")
+        return [CampaignInfo(*r) for r in rows]
+
+    # --- tasks ----------------------------------------------------------------------
+
+    def add_task(
+        self, campaign: str, name: str, depends_on: Sequence[str] = (), max_retries: int = 3
+    ) -> TaskInfo:
+        """Declare a task; its dependencies must exist already, so no cycle can form."""
+        check_name("task", name)
+        _check_retries(max_retries)
+        deps = list(dict.fromkeys(depends_on))
+        if name in deps:
+            raise Invalid(f"task {name!r} cannot depend on itself (dependency cycle)")
+
+        def body(ctx: Ctx) -> TaskInfo:
+            cid = self._campaign_id(ctx.tx, campaign)
+            if ctx.tx.scalar("SELECT id FROM task WHERE campaign_id = ? AND name = ?", (cid, name)):
+                raise Invalid(f"task {name!r} already exists in campaign {campaign!r}")
+            dep_ids = [self._task(ctx.tx, cid, campaign, d)[0] for d in deps]
+            tid = ctx.tx.scalar(
+                "INSERT INTO task (campaign_id, name, max_retries, created_at) VALUES (?,?,?,?) RETURNING id",
+                (cid, name, max_retries, ctx.now),
+            )
+            ctx.tx.many("INSERT INTO task_dep (task_id, depends_on_id) VALUES (?,?)", [(tid, d) for d in dep_ids])
+            return TaskInfo(name, deps, max_retries)
+
+        return self._write("task.add", None, body)
+
+    def update_task(
+        self,
+        campaign: str,
+        name: str,
+        depends_on: Optional[Sequence[str]] = None,
+        max_retries: Optional[int] = None,
+    ) -> TaskInfo:
+        """Change a task's dependencies or retry limit; a change that closes a cycle is refused."""
+        if max_retries is not None:
+            _check_retries(max_retries)
+
+        def body(ctx: Ctx) -> TaskInfo:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            tid, retries = self._task(tx, cid, campaign, name)
+            if max_retries is not None:
+                tx.run("UPDATE task SET max_retries = ? WHERE id = ?", (max_retries, tid))
+                retries = max_retries
+            if depends_on is not None:
+                deps = list(dict.fromkeys(depends_on))
+                dep_ids = [self._task(tx, cid, campaign, d)[0] for d in deps]
+                downstream = set(self._downstream(tx, tid)) | {tid}
+                for dep, dep_id in zip(deps, dep_ids):
+                    if dep_id in downstream:
+                        raise Invalid(f"task {name!r} cannot depend on {dep!r}: that closes a dependency cycle")
+                tx.run("DELETE FROM task_dep WHERE task_id = ?", (tid,))
+                tx.many("INSERT INTO task_dep (task_id, depends_on_id) VALUES (?,?)", [(tid, d) for d in dep_ids])
+            return self._task_info(tx, cid, tid, name, retries)
+
+        return self._write("task.update", None, body)
+
+    def list_tasks(self, campaign: str) -> list[TaskInfo]:
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            rows = tx.all("SELECT id, name, max_retries FROM task WHERE campaign_id = ? ORDER BY id", (cid,))
+            return [self._task_info(tx, cid, r[0], r[1], r[2]) for r in rows]
+
+    @staticmethod
+    def _task_info(tx: Tx, cid: int, tid: int, name: str, retries: int) -> TaskInfo:
+        deps = tx.all(
+            "SELECT t.name FROM task_dep d JOIN task t ON t.id = d.depends_on_id WHERE d.task_id = ? ORDER BY t.id",
+            (tid,),
+        )
+        return TaskInfo(name, [d[0] for d in deps], int(retries))
+
+    # --- run types ---------------------------------------------------------------------
+
+    def create_rtype(
+        self, campaign: str, name: str, filter: str = "", tasks: Sequence[str] = ()
+    ) -> RunTypeInfo:
+        check_name("run type", name)
+        parsed = parse_filter(filter)
+
+        def body(ctx: Ctx) -> RunTypeInfo:
+            cid = self._campaign_id(ctx.tx, campaign)
+            if ctx.tx.scalar("SELECT id FROM rtype WHERE campaign_id = ? AND name = ?", (cid, name)):
+                raise Invalid(f"run type {name!r} already exists in campaign {campaign!r}")
+            task_ids = [self._task(ctx.tx, cid, campaign, t)[0] for t in dict.fromkeys(tasks)]
+            rid = ctx.tx.scalar(
+                "INSERT INTO rtype (campaign_id, name, filter) VALUES (?,?,?) RETURNING id", (cid, name, parsed.text)
+            )
+            ctx.tx.many("INSERT INTO rtype_task (rtype_id, task_id) VALUES (?,?)", [(rid, t) for t in task_ids])
+            return RunTypeInfo(name, parsed.text, list(dict.fromkeys(tasks)))
+
+        return self._write("rtype.create", None, body)
+
+    def update_rtype(
+        self,
+        campaign: str,
+        name: str,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        backfill: bool = False,
+        filter: Optional[str] = None,
+    ) -> BackfillResult:
+        """Add or remove tasks of a run type; ``backfill`` creates instances for matching runs already present."""
+        parsed = parse_filter(filter) if filter is not None else None
+        overlap = set(add) & set(remove)
+        if overlap:
+            raise Invalid(f"task(s) both added and removed: {', '.join(sorted(overlap))}")
+
+        def body(ctx: Ctx) -> BackfillResult:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            rid = tx.scalar("SELECT id FROM rtype WHERE campaign_id = ? AND name = ?", (cid, name))
+            if rid is None:
+                raise NotFound(f"unknown run type {name!r} in campaign {campaign!r}")
+            add_ids = [self._task(tx, cid, campaign, t)[0] for t in dict.fromkeys(add)]
+            remove_ids = [self._task(tx, cid, campaign, t)[0] for t in dict.fromkeys(remove)]
+            if parsed is not None:
+                tx.run("UPDATE rtype SET filter = ? WHERE id = ?", (parsed.text, rid))
+            present = {r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))}
+            tx.many(
+                "INSERT INTO rtype_task (rtype_id, task_id) VALUES (?,?)",
+                [(rid, t) for t in add_ids if t not in present],
+            )
+            tx.many("DELETE FROM rtype_task WHERE rtype_id = ? AND task_id = ?", [(rid, t) for t in remove_ids])
+            created = 0
+            if backfill:
+                run_filter = parse_filter(tx.scalar("SELECT filter FROM rtype WHERE id = ?", (rid,)))
+                runs = tx.all("SELECT id, run_number, fill, meta FROM run WHERE campaign_id = ?", (cid,))
+                matching = [r for r in runs if run_filter.matches(_record(r[1], r[2], loads(r[3])))]
+                task_ids = [r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))]
+                created = _create_instances(ctx, cid, [(r[0], r[1]) for r in matching], task_ids, "backfill")
+            return BackfillResult(name, list(dict.fromkeys(add)), list(dict.fromkeys(remove)), created)
+
+        return self._write("rtype.update", None, body)
+
+    def list_rtypes(self, campaign: str) -> list[RunTypeInfo]:
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            out = []
+            for rid, name, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
+                tasks = tx.all(
+                    "SELECT t.name FROM rtype_task x JOIN task t ON t.id = x.task_id WHERE x.rtype_id = ? ORDER BY t.id",
+                    (rid,),
+                )
+                out.append(RunTypeInfo(name, flt, [t[0] for t in tasks]))
+            return out
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def inject_runs(
+        self, campaign: str, runs: Iterable[RunSpec], request_id: Optional[str] = None
+    ) -> InjectResult:
+        """Inject runs; each run type they match activates its tasks (status ``new``). Re-injection is a no-op."""
+        specs: dict[int, RunSpec] = {}
+        for spec in runs:
+            number, fill = check_run(spec.run_number, spec.fill)
+            meta = dict(spec.meta)
+            try:
+                json.dumps(meta)
+            except (TypeError, ValueError):
+                raise Invalid(f"metadata of run {number} is not JSON-serialisable") from None
+            if number in specs and (specs[number].fill, specs[number].meta) != (fill, meta):
+                raise Invalid(f"run {number} is given twice with different values")
+            specs[number] = RunSpec(number, fill, meta)
+
+        def body(ctx: Ctx) -> InjectResult:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            known = set()
+            numbers = sorted(specs)
+            for chunk in _chunks(numbers, 500):
+                marks = ",".join("?" * len(chunk))
+                known.update(r[0] for r in tx.all(
+                    f"SELECT run_number FROM run WHERE campaign_id = ? AND run_number IN ({marks})", (cid, *chunk)
+                ))
+            rtypes = []
+            for rid, rname, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
+                tasks = [r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))]
+                rtypes.append((rname, parse_filter(flt), tasks))
+            fresh = [n for n in numbers if n not in known]
+            pending: list[tuple[int, int]] = []
+            run_numbers: dict[int, int] = {}
+            for number in fresh:
+                spec = specs[number]
+                record = _record(number, spec.fill, spec.meta)
+                matched = [(name, tasks) for name, flt, tasks in rtypes if flt.matches(record)]
+                run_id = tx.scalar(
+                    "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at)"
+                    " VALUES (?,?,?,?,?,?) RETURNING id",
+                    (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True),
+                     ",".join(m[0] for m in matched), ctx.now),
+                )
+                run_numbers[run_id] = number
+                for task_id in dict.fromkeys(t for _, tasks in matched for t in tasks):
+                    pending.append((run_id, task_id))
+            created = _create_pairs(ctx, cid, run_numbers, pending)
+            return InjectResult(fresh, sorted(known), created)
+
+        return self._write("run.inject", request_id, body, encode=_asdict, decode=InjectResult.from_dict)
+
+
+def _asdict(result: InjectResult) -> dict[str, Any]:
+    return {"new": result.new, "existing": result.existing, "instances": result.instances}
+
+
+def _check_retries(value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise Invalid(f"invalid max retries {value!r}: expected an integer >= 0")
+
+
+def _record(run_number: int, fill: Optional[int], meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "run_number": run_number, "fill": fill}
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _create_instances(ctx: Ctx, cid: int, runs: Sequence[tuple[int, int]], task_ids: Sequence[int], reason: str) -> int:
+    """Create ``new`` instances of ``task_ids`` for ``runs`` (run id, run number) that lack one."""
+    existing = set()
+    for chunk in _chunks([t for t in task_ids], 500):
+        marks = ",".join("?" * len(chunk))
+        existing.update(
+            (r[0], r[1]) for r in ctx.tx.all(
+                f"SELECT run_id, task_id FROM task_instance WHERE campaign_id = ? AND task_id IN ({marks})",
+                (cid, *chunk),
+            )
+        )
+    pairs = [(run_id, t) for run_id, _ in runs for t in task_ids if (run_id, t) not in existing]
+    return _create_pairs(ctx, cid, {run_id: num for run_id, num in runs}, pairs, reason)
+
+
+def _create_pairs(
+    ctx: Ctx, cid: int, numbers: dict[int, int], pairs: Sequence[tuple[int, int]], reason: str = "run injected"
+) -> int:
+    """Insert instances (status ``new``) and their audit rows, in bulk."""
+    if not pairs:
+        return 0
+    tx = ctx.tx
+    names = StoreBase._task_names(tx, cid)
+    tx.many(
+        "INSERT INTO task_instance (campaign_id, task_id, run_id, status, version, generation, outputs,"
+        " created_at, updated_at) VALUES (?,?,?,?,1,0,'{}',?,?)",
+        [(cid, task_id, run_id, TaskStatus.NEW.value, ctx.now, ctx.now) for run_id, task_id in pairs],
+    )
+    ids: dict[tuple[int, int], int] = {}
+    for chunk in _chunks(sorted({run_id for run_id, _ in pairs}), 500):
+        marks = ",".join("?" * len(chunk))
+        for iid, run_id, task_id in tx.all(
+            f"SELECT id, run_id, task_id FROM task_instance WHERE run_id IN ({marks})", tuple(chunk)
+        ):
+            ids[(run_id, task_id)] = iid
+    tx.many(
+        AUDIT_SQL,
+        [
+            ctx.audit_row(cid, "task", names[task_id], TaskStatus.NEW.value, instance_id=ids[(run_id, task_id)],
+                          run_number=numbers[run_id], generation=0, reason=reason)
+            for run_id, task_id in pairs
+        ],
+    )
+    return len(pairs)

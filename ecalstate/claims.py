@@ -1,0 +1,156 @@
+"""Claims: select eligible task instances and mark them processing, in one transaction.
+
+Two overlapping Jenkins builds can therefore never submit the same run twice:
+on SQLite the claim holds the write lock from its first read (``BEGIN
+IMMEDIATE``); on PostgreSQL it locks the rows it takes (``FOR UPDATE SKIP
+LOCKED``) so a concurrent claimer takes the next ones instead of waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any, Optional, Union
+
+from .base import Ctx, StoreBase, loads
+from .db import Tx
+from .errors import Conflict, Invalid
+from .results import Claim
+from .statemachine import TASK, TaskStatus
+
+T = TaskStatus
+
+# an instance is eligible when every task it depends on is done for its run, or merged into a done leader
+ELIGIBLE_SQL = """
+SELECT ti.id, r.run_number, r.fill, ti.status, ti.version, ti.generation, r.meta
+FROM task_instance ti JOIN run r ON r.id = ti.run_id
+WHERE ti.task_id = ? AND ti.status IN ('new', 'reprocess')
+  AND NOT EXISTS (
+    SELECT 1 FROM task_dep d
+    WHERE d.task_id = ti.task_id AND NOT EXISTS (
+      SELECT 1 FROM task_instance u LEFT JOIN task_instance ul ON ul.id = u.leader_id
+      WHERE u.task_id = d.depends_on_id AND u.run_id = ti.run_id
+        AND (u.status = 'done' OR (u.status = 'merged' AND ul.status = 'done'))))
+ORDER BY r.run_number
+"""
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """A run whose task instance may be claimed now."""
+
+    instance_id: int
+    run_number: int
+    fill: Optional[int]
+    status: str
+    version: int
+    generation: int
+    meta: dict[str, Any]
+
+
+#: a grouping rule: eligible runs in, groups out (each group's last run is its leader)
+Grouper = Callable[[list[Eligible]], list[list[Eligible]]]
+
+
+def group_by_fill(runs: list[Eligible]) -> list[list[Eligible]]:
+    """One group per fill, newest run last (the leader); runs without a fill stay alone."""
+    with_fill = sorted((r for r in runs if r.fill is not None), key=lambda r: (r.fill, r.run_number))
+    groups = [list(g) for _, g in groupby(with_fill, key=lambda r: r.fill)]
+    groups += [[r] for r in runs if r.fill is None]
+    return sorted(groups, key=lambda g: g[-1].run_number)
+
+
+def one_per_run(runs: list[Eligible]) -> list[list[Eligible]]:
+    return [[r] for r in runs]
+
+
+GROUPERS: dict[str, Grouper] = {"run": one_per_run, "fill": group_by_fill}
+
+
+class Claims(StoreBase):
+    """Atomic claims of eligible task instances."""
+
+    def eligible(self, campaign: str, task: str) -> list[Eligible]:
+        """What a claim would consider now (for dry runs and displays)."""
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            return _eligible(tx, tid, lock=False)
+
+    def claim(
+        self,
+        campaign: str,
+        task: str,
+        limit: Optional[int] = None,
+        group_by: Union[None, str, Grouper] = None,
+        request_id: Optional[str] = None,
+    ) -> list[Claim]:
+        """Mark up to ``limit`` groups of eligible runs as claimed: leader ``processing``, the rest ``merged``."""
+        if limit is not None and limit < 1:
+            raise Invalid(f"invalid limit {limit}: expected an integer >= 1")
+        grouper = _grouper(group_by)
+
+        def body(ctx: Ctx) -> list[Claim]:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            groups = [g for g in grouper(_eligible(tx, tid, lock=True)) if g]
+            if limit is not None:
+                groups = groups[:limit]
+            return [_claim_group(ctx, cid, task, group) for group in groups]
+
+        return self._write(
+            "claim", request_id, body,
+            encode=lambda claims: [c.__dict__ for c in claims],
+            decode=lambda data: [Claim(**d) for d in data],
+        )
+
+
+def _grouper(group_by: Union[None, str, Grouper]) -> Grouper:
+    if group_by is None:
+        return one_per_run
+    if callable(group_by):
+        return group_by
+    try:
+        return GROUPERS[group_by]
+    except KeyError:
+        raise Invalid(f"unknown grouping {group_by!r} (valid: {', '.join(GROUPERS)})") from None
+
+
+def _eligible(tx: Tx, task_id: int, lock: bool) -> list[Eligible]:
+    sql = ELIGIBLE_SQL
+    if lock and not tx.is_sqlite:
+        sql += " FOR UPDATE OF ti SKIP LOCKED"
+    return [
+        Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
+        for r in tx.all(sql, (task_id,))
+    ]
+
+
+def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible]) -> Claim:
+    leader, members = group[-1], list(group[:-1])
+    generation = leader.generation + 1
+    _move(ctx, cid, task, leader, T.PROCESSING, "claimed by submit", generation=generation)
+    for member in members:
+        _move(ctx, cid, task, member, T.MERGED, f"merged into run {leader.run_number}",
+              leader_id=leader.instance_id)
+    return Claim(task, leader.run_number, leader.fill, leader.instance_id, generation,
+                 [m.run_number for m in members], leader.meta)
+
+
+def _move(
+    ctx: Ctx, cid: int, task: str, inst: Eligible, to: TaskStatus, reason: str,
+    generation: Optional[int] = None, leader_id: Optional[int] = None,
+) -> None:
+    TASK.check(TaskStatus(inst.status), to, f"{task} run {inst.run_number}")
+    gen = inst.generation if generation is None else generation
+    count = ctx.tx.run(
+        "UPDATE task_instance SET status = ?, version = version + 1, generation = ?, leader_id = ?,"
+        " updated_at = ?, progress_at = NULL WHERE id = ? AND version = ?",
+        (to.value, gen, leader_id, ctx.now, inst.instance_id, inst.version),
+    ).rowcount
+    if count != 1:
+        raise Conflict(f"task {task} run {inst.run_number} changed concurrently; retry the claim")
+    ctx.audit(cid, "task", task, to.value, from_status=inst.status, instance_id=inst.instance_id,
+              run_number=inst.run_number, generation=gen, reason=reason)

@@ -1,0 +1,84 @@
+"""The ``ecalstate`` command line: parse, make one library call, format.
+
+Commands live in modules named for their group and are imported only when
+used (:data:`COMMANDS`), so ``ecalstate --help`` stays as fast as importing
+click and sqlmodel. Library refusals (:class:`~ecalstate.errors.EcalStateError`)
+become one clean line and exit code 1 here, in one place.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Optional
+
+import click
+
+from ..errors import EcalStateError
+from .app import App
+
+#: command name -> "module:attribute", relative to this package
+COMMANDS: dict[str, str] = {
+    "init": ".setup:init",
+    "campaign": ".setup:campaign",
+    "task": ".setup:task",
+    "rtype": ".setup:rtype",
+    "run": ".runs:run",
+    "status": ".runs:status",
+    "set": ".operator:set_status",
+    "reprocess": ".operator:reprocess",
+    "claim": ".runs:claim",
+    "job": ".jobs:job",
+    "history": ".runs:history",
+    "health": ".runs:health",
+    "report": ".report:report",
+    "export": ".export:export",
+    "db": ".dbadmin:db",
+    "import-influx": ".legacy:import_influx",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use; library errors exit 1 with one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {n for n in COMMANDS if _available(n)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        if cmd_name in COMMANDS and _available(cmd_name):
+            module_name, attr = COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name, __name__), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EcalStateError as err:
+            raise click.ClickException(str(err)) from None
+
+
+def _available(name: str) -> bool:
+    module_name = COMMANDS[name].split(":")[0]
+    return importlib.util.find_spec(module_name, __name__) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--db", envvar="ECALSTATE_DB", default="./ecalstate.db", show_default=True, metavar="URL|PATH",
+              help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB).")
+@click.option("--actor", metavar="NAME", help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG, else user@host).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.version_option(package_name="ecalstate")
+@click.pass_context
+def main(ctx: click.Context, db: str, actor: Optional[str], as_json: bool) -> None:
+    """Keep track of calibration workflows: campaigns, runs, tasks and jobs.
+
+    Every state change is validated against the transition tables and
+    audited. Exit codes: 0 success, 1 refused or failed, 2 usage error.
+
+    \b
+    Example:
+        ecalstate --db state.db init
+        ecalstate --db state.db status -c prompt
+    """
+    ctx.obj = App(db=db, actor=actor, as_json=as_json)

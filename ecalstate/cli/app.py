@@ -1,0 +1,51 @@
+"""What every command shares: the database, the actor, the output mode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any, Optional
+
+import click
+
+from ..store import Store
+
+
+class App:
+    """Opens the store lazily, once, and prints results as text or JSON."""
+
+    def __init__(self, db: str, actor: Optional[str], as_json: bool) -> None:
+        self.db = db
+        self.actor = actor
+        self.as_json = as_json
+        self._store: Optional[Store] = None
+
+    def store(self, create: bool = False) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.db, actor=self.actor, create=create)
+        return self._store
+
+    def emit(self, data: Any, text: Callable[[], None] | str | None = None) -> None:
+        """Print ``data`` as JSON with ``--json``; otherwise call ``text`` (or echo it)."""
+        if self.as_json:
+            click.echo(json.dumps(to_jsonable(data), indent=2, sort_keys=True))
+        elif callable(text):
+            text()
+        elif text is not None:
+            click.echo(text)
+
+
+def to_jsonable(data: Any) -> Any:
+    if is_dataclass(data) and not isinstance(data, type):
+        if hasattr(data, "to_dict"):
+            return data.to_dict()
+        return {k: to_jsonable(v) for k, v in asdict(data).items()}
+    if isinstance(data, dict):
+        return {str(k): to_jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [to_jsonable(v) for v in data]
+    return data
+
+
+pass_app = click.make_pass_decorator(App)

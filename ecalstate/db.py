@@ -1,0 +1,360 @@
+"""Tables, engine and transactions.
+
+SQLModel declares the schema; hot paths run plain parameterised SQL through
+:class:`Tx`. On SQLite every connection gets WAL, ``synchronous=NORMAL``, a
+10 s busy timeout and foreign keys, and every write transaction starts with
+``BEGIN IMMEDIATE`` so that the reads deciding a write see the state the write
+lands on. Any SQLAlchemy URL works; PostgreSQL is the multi-host engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Optional
+
+from sqlalchemy import Column, Index, Integer, UniqueConstraint, event, exc
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlmodel import Field, SQLModel, create_engine
+
+from .errors import EcalStateError, NotFound, SchemaError
+
+#: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> str:
+    """UTC time with microseconds, in the one text format every table uses."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class Campaign(SQLModel, table=True):
+    __tablename__ = "campaign"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    kind: str = "prompt"
+    description: str = ""
+    created_at: str
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "task"
+    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    name: str
+    max_retries: int = 3
+    created_at: str
+
+
+class TaskDep(SQLModel, table=True):
+    __tablename__ = "task_dep"
+    task_id: int = Field(foreign_key="task.id", primary_key=True)
+    depends_on_id: int = Field(foreign_key="task.id", primary_key=True)
+
+
+class RunType(SQLModel, table=True):
+    __tablename__ = "rtype"
+    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    name: str
+    filter: str = ""
+
+
+class RunTypeTask(SQLModel, table=True):
+    __tablename__ = "rtype_task"
+    rtype_id: int = Field(foreign_key="rtype.id", primary_key=True)
+    task_id: int = Field(foreign_key="task.id", primary_key=True)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "run"
+    __table_args__ = (UniqueConstraint("campaign_id", "run_number"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    run_number: int
+    fill: Optional[int] = None
+    meta: str = "{}"
+    rtypes: str = ""
+    injected_at: str
+
+
+class TaskInstance(SQLModel, table=True):
+    __tablename__ = "task_instance"
+    __table_args__ = (
+        UniqueConstraint("task_id", "run_id"),
+        Index("ix_ti_campaign_task_status", "campaign_id", "task_id", "status"),
+        Index("ix_ti_run", "run_id"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    task_id: int = Field(foreign_key="task.id")
+    run_id: int = Field(foreign_key="run.id")
+    status: str
+    version: int = 1
+    generation: int = 0
+    leader_id: Optional[int] = Field(default=None, foreign_key="task_instance.id")
+    outputs: str = "{}"
+    created_at: str
+    updated_at: str
+    progress_at: Optional[str] = None
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "generation", "jid"),
+        Index("ix_job_status", "status"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    instance_id: int = Field(foreign_key="task_instance.id")
+    generation: int
+    jid: int
+    status: str
+    version: int = 1
+    attempts: int = 1
+    batch_id: Optional[str] = None
+    fields: str = "{}"
+    created_at: str
+    updated_at: str
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+
+
+class Audit(SQLModel, table=True):
+    """One row per accepted transition (and per handler heartbeat); its id is the export cursor."""
+
+    __tablename__ = "audit"
+    __table_args__ = (
+        Index("ix_audit_instance", "instance_id"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Optional[int] = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    ts: str
+    campaign_id: int = Field(foreign_key="campaign.id")
+    entity: str
+    instance_id: Optional[int] = None
+    job_pk: Optional[int] = None
+    task: str
+    run_number: Optional[int] = None
+    jid: Optional[int] = None
+    generation: Optional[int] = None
+    from_status: Optional[str] = None
+    to_status: str
+    actor: str
+    reason: str = ""
+    request_id: Optional[str] = None
+    detail: Optional[str] = None
+
+
+class Request(SQLModel, table=True):
+    """Outcome of a mutating call made with a request id: a replay returns it unchanged."""
+
+    __tablename__ = "request"
+    request_id: str = Field(primary_key=True)
+    kind: str
+    outcome: str
+    created_at: str
+
+
+class ExportCursor(SQLModel, table=True):
+    __tablename__ = "export_cursor"
+    target: str = Field(primary_key=True)
+    audit_id: int = 0
+    updated_at: str
+
+
+class Heartbeat(SQLModel, table=True):
+    __tablename__ = "heartbeat"
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    task: str = Field(primary_key=True)
+    stage: str = Field(primary_key=True)
+    last_at: str
+    actor: str
+    ok: bool = True
+    message: str = ""
+
+
+class DatabaseError(EcalStateError):
+    """The database refused an operation (locked, read-only, unreachable, corrupt)."""
+
+
+def normalise_url(db: str) -> str:
+    """A plain path becomes an absolute ``sqlite:///`` URL; URLs pass unchanged."""
+    if "://" in db:
+        return db
+    return "sqlite:///" + os.path.abspath(os.path.expanduser(db))
+
+
+def sqlite_path(url: str) -> Optional[str]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return parsed.database or ":memory:"
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except Exception:  # a read-only file keeps its mode; writes will fail loudly later
+            pass
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("ecal_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the SQLite discipline applied (or a plain one for other engines)."""
+    if sqlite_path(url) is not None:
+        engine = create_engine(url, connect_args={"timeout": 10})
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@lru_cache(maxsize=4096)
+def _to_format_style(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class Tx:
+    """One transaction on one connection: plain SQL with ``?`` placeholders on every engine."""
+
+    def __init__(self, conn: Connection, write: bool) -> None:
+        self.conn = conn
+        self.write = write
+        style = conn.dialect.paramstyle
+        self.is_sqlite = conn.dialect.name == "sqlite"
+        self._fmt = (lambda s: s) if style == "qmark" else _to_format_style
+
+    def lock(self, alias: str) -> str:
+        """Row-lock clause for reads that decide a write: none on SQLite (the transaction holds the lock)."""
+        return "" if self.is_sqlite else f" FOR UPDATE OF {alias}"
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.exec_driver_sql(self._fmt(sql), tuple(params))
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.conn.exec_driver_sql(self._fmt(sql), [tuple(r) for r in rows])
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.run(sql, params).fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.run(sql, params).fetchone()
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.run(sql, params).fetchone()
+        return None if row is None else row[0]
+
+
+class Database:
+    """An engine plus the transaction discipline; opens, creates and version-checks the schema."""
+
+    def __init__(self, url: str, create: bool = False) -> None:
+        self.url = normalise_url(url)
+        path = sqlite_path(self.url)
+        if path is not None and path != ":memory:":
+            check_sqlite_path(path, create)
+        self.engine = make_engine(self.url)
+        self.is_sqlite = path is not None
+        if create:
+            self.create_schema()
+        else:
+            self.check_schema()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self, write: bool = True) -> Iterator[Tx]:
+        """A transaction: ``BEGIN IMMEDIATE`` when writing on SQLite; database errors become clean ones."""
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(ecal_write=True)
+                with conn.begin():
+                    yield Tx(conn, write)
+        except exc.DBAPIError as err:
+            raise DatabaseError(f"database error on {redact(self.url)}: {first_line(err.orig)}") from err
+
+    def create_schema(self) -> None:
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except exc.DBAPIError as err:
+            raise DatabaseError(f"cannot create the schema in {redact(self.url)}: {first_line(err.orig)}") from err
+        with self.tx() as tx:
+            found = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+            if found is None:
+                tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.check_schema()
+
+    def schema_version(self) -> Optional[int]:
+        try:
+            with self.tx(write=False) as tx:
+                value = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+        except DatabaseError:
+            return None
+        return None if value is None else int(value)
+
+    def check_schema(self) -> None:
+        version = self.schema_version()
+        if version is None:
+            raise SchemaError(f"{redact(self.url)} holds no ecalstate schema; create it with `ecalstate init`")
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{redact(self.url)} has schema version {version}, newer than this ecalstate "
+                f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate"
+            )
+        if version < SCHEMA_VERSION:
+            raise SchemaError(
+                f"{redact(self.url)} has schema version {version}; run `ecalstate db upgrade` first"
+            )
+
+
+def check_sqlite_path(path: str, create: bool) -> None:
+    """Refuse what SQLite cannot use safely, before it creates anything."""
+    if os.path.isdir(path):
+        raise DatabaseError(f"{path} is a directory, not a database file")
+    if not os.path.exists(path):
+        parent = os.path.dirname(path) or "."
+        if not create:
+            raise NotFound(f"no database at {path}; create it with `ecalstate init`")
+        if not os.path.isdir(parent):
+            raise DatabaseError(f"cannot create {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise DatabaseError(f"cannot create {path}: folder {parent} is not writable")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database>"
+
+
+def first_line(err: object) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -1,0 +1,34 @@
+"""The library's exceptions: every user-facing refusal is an :class:`EcalStateError`.
+
+The CLI turns these, and only these, into one clean line and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class EcalStateError(Exception):
+    """Base of every refusal the library reports to a user."""
+
+
+class NotFound(EcalStateError):
+    """A campaign, task, run type, run or job that does not exist."""
+
+
+class Invalid(EcalStateError):
+    """Bad input: a malformed value, a duplicate name, a dependency cycle."""
+
+
+class Conflict(EcalStateError):
+    """A concurrent change won (compare-and-set failed) or a request id was reused."""
+
+
+class SchemaError(EcalStateError):
+    """The database schema is newer than this code, or cannot be opened."""
+
+
+class Refused(EcalStateError):
+    """A bulk operator call with refused transitions: nothing was written; ``result`` says what and why."""
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result

@@ -1,0 +1,124 @@
+"""The run-type filter language and run-set parsing.
+
+A filter is clauses joined by commas (AND): ``class=Collisions,nevents>=1000``.
+Operators: ``=`` ``!=`` ``>=`` ``<=`` ``>`` ``<``. Values compare as numbers
+when both sides are numbers, else as text. A run lacking the key fails the
+clause. The empty filter matches every run.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import Invalid
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
+    "=": operator.eq,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_CLAUSE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Clause:
+    key: str
+    op: str
+    value: str
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        if self.key not in record or record[self.key] is None:
+            return False
+        left, right = _coerce(record[self.key]), _coerce(self.value)
+        if isinstance(left, float) != isinstance(right, float):
+            left, right = str(record[self.key]), self.value
+        try:
+            return _OPS[self.op](left, right)
+        except TypeError:
+            return False
+
+
+def _coerce(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    text: str
+    clauses: tuple[Clause, ...]
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return all(c.matches(record) for c in self.clauses)
+
+
+def parse_filter(text: str | None) -> RunFilter:
+    """Parse a filter expression, or raise :class:`Invalid` naming the bad clause."""
+    text = (text or "").strip()
+    clauses = []
+    if text:
+        for part in text.split(","):
+            found = _CLAUSE.match(part)
+            if not found or not found.group(3):
+                raise Invalid(
+                    f"invalid filter clause {part.strip()!r}: expected KEY OP VALUE with OP one of = != >= <= > <"
+                )
+            clauses.append(Clause(found.group(1), found.group(2), found.group(3)))
+    return RunFilter(text, tuple(clauses))
+
+
+_MAX_RANGE = 1_000_000
+
+
+def parse_runs(spec: str | Iterable[str] | int) -> list[int]:
+    """``356001-356100,356200`` (or repeated values) as a sorted list of distinct run numbers."""
+    if isinstance(spec, int):
+        parts = [str(spec)]
+    elif isinstance(spec, str):
+        parts = spec.split(",")
+    else:
+        parts = [p for item in spec for p in str(item).split(",")]
+    runs: set[int] = set()
+    for raw in parts:
+        part = raw.strip()
+        if not part:
+            raise Invalid(f"invalid run set {','.join(parts)!r}: empty element")
+        lo_txt, sep, hi_txt = part.partition("-")
+        try:
+            lo = int(lo_txt)
+            hi = int(hi_txt) if sep else lo
+        except ValueError:
+            raise Invalid(f"invalid run set element {part!r}: expected N or N-M with integers") from None
+        if lo <= 0 or hi <= 0:
+            raise Invalid(f"invalid run set element {part!r}: run numbers are > 0")
+        if hi < lo:
+            raise Invalid(f"invalid run range {part!r}: end before start")
+        if hi - lo >= _MAX_RANGE:
+            raise Invalid(f"run range {part!r} is larger than {_MAX_RANGE} runs")
+        runs.update(range(lo, hi + 1))
+    return sorted(runs)
+
+
+def split_multi(values: Iterable[str]) -> list[str]:
+    """Multi-valued options: repetition and comma lists, blanks dropped, order kept, no duplicates."""
+    out: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item and item not in out:
+                out.append(item)
+    return out

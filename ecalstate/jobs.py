@@ -1,0 +1,365 @@
+"""Jobs: bulk creation, validated status updates, retries, and task-instance completion.
+
+A task instance completes in the same transaction as the job change that
+decides it: all jobs of its current generation done -> ``done``; a job failed
+beyond its retries and none left idle or running -> ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+from .base import AUDIT_SQL, Ctx, StoreBase, loads
+from .db import Tx
+from .errors import Conflict, Invalid, NotFound
+from .results import BulkResult, Change, JobInfo, JobUpdate
+from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
+
+J = JobStatus
+#: job fields gathered into the instance's outputs when it completes (the original's getOutput)
+OUTPUT_KEYS = ("output", "plots")
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Jobs(StoreBase):
+    """Jobs of task instances."""
+
+    def create_jobs(
+        self,
+        campaign: str,
+        task: str,
+        run: int,
+        jids: Sequence[int],
+        fields: Optional[Sequence[dict[str, Any]]] = None,
+        request_id: Optional[str] = None,
+    ) -> int:
+        """Create jobs ``jids`` (status ``idle``) in the current generation of a ``processing`` instance."""
+        jid_list = [_check_jid(j) for j in jids]
+        if len(set(jid_list)) != len(jid_list):
+            raise Invalid("duplicate job ids in one creation")
+        if not jid_list:
+            raise Invalid("no job ids given")
+        field_list = list(fields) if fields is not None else [{} for _ in jid_list]
+        if len(field_list) != len(jid_list):
+            raise Invalid(f"{len(jid_list)} job ids but {len(field_list)} field sets")
+
+        def body(ctx: Ctx) -> int:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            row = tx.one(
+                "SELECT ti.id, ti.status, ti.generation FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                " WHERE ti.task_id = ? AND r.run_number = ?" + tx.lock("ti"),
+                (tid, run),
+            )
+            if row is None:
+                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+            iid, status, gen = row
+            if status != TaskStatus.PROCESSING.value:
+                raise Invalid(f"task {task} run {run} is {status}, not processing: claim it before creating jobs")
+            taken = {r[0] for r in tx.all("SELECT jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
+            dupes = sorted(set(jid_list) & taken)
+            if dupes:
+                raise Invalid(f"job(s) {_ids(dupes)} already exist for task {task} run {run} generation {gen}")
+            tx.many(
+                "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at,"
+                " updated_at) VALUES (?,?,?,'idle',1,1,?,?,?)",
+                [(iid, gen, j, json.dumps(f, sort_keys=True), ctx.now, ctx.now) for j, f in zip(jid_list, field_list)],
+            )
+            pks = {r[1]: r[0] for r in tx.all(
+                "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
+            tx.many(AUDIT_SQL, [
+                ctx.audit_row(cid, "job", task, J.IDLE.value, instance_id=iid, job_pk=pks[j], run_number=run,
+                              jid=j, generation=gen, reason="created by submit")
+                for j in jid_list
+            ])
+            tx.run("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
+            return len(jid_list)
+
+        return self._write("job.create", request_id, body)
+
+    def update_jobs(
+        self,
+        campaign: str,
+        task: str,
+        updates: Sequence[JobUpdate],
+        request_id: Optional[str] = None,
+        dry_run: bool = False,
+    ) -> BulkResult:
+        """Apply many job status changes in one transaction; report changed / unchanged / refused."""
+        if dry_run:
+            with self.db.tx(write=False) as tx:
+                return BulkResult(_plan(tx, self, campaign, task, updates, strict=False)[0], dry_run=True)
+
+        def body(ctx: Ctx) -> BulkResult:
+            return _apply(ctx, self, campaign, task, updates, strict=False)
+
+        return self._write("job.update", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
+
+    def set_job_status(
+        self,
+        campaign: str,
+        task: str,
+        run: int,
+        jid: int,
+        status: str,
+        fields: Optional[dict[str, Any]] = None,
+        batch_id: Optional[str] = None,
+        reason: str = "",
+        generation: Optional[int] = None,
+        request_id: Optional[str] = None,
+    ) -> Change:
+        """One job transition; a refusal raises :class:`TransitionNotAllowed`."""
+        update = JobUpdate(run, jid, status, fields, batch_id, reason, generation)
+
+        def body(ctx: Ctx) -> BulkResult:
+            return _apply(ctx, self, campaign, task, [update], strict=True)
+
+        result = self._write("job.set", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
+        return result.changes[0]
+
+    def complete_instances(self, campaign: str, task: str) -> BulkResult:
+        """Sweep ``processing`` instances of a task and complete those whose jobs decide it."""
+
+        def body(ctx: Ctx) -> BulkResult:
+            cid = self._campaign_id(ctx.tx, campaign)
+            tid, retries = self._task(ctx.tx, cid, campaign, task)
+            ids = [r[0] for r in ctx.tx.all(
+                "SELECT id FROM task_instance WHERE task_id = ? AND status = 'processing'", (tid,))]
+            return BulkResult(_complete(ctx, cid, task, retries, ids))
+
+        return self._write("task.complete", None, body)
+
+    def list_jobs(
+        self,
+        campaign: str,
+        task: str,
+        run: Optional[int] = None,
+        status: Optional[str] = None,
+        all_generations: bool = False,
+    ) -> list[JobInfo]:
+        """Jobs of a task (current generation unless ``all_generations``), by run and job id."""
+        if status is not None:
+            JOB.parse(status)
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            sql = (
+                "SELECT r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.batch_id, j.fields,"
+                " j.created_at, j.updated_at, j.started_at, j.finished_at"
+                " FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id"
+                " WHERE ti.task_id = ?"
+            )
+            params: list[Any] = [tid]
+            if not all_generations:
+                sql += " AND j.generation = ti.generation"
+            if run is not None:
+                sql += " AND r.run_number = ?"
+                params.append(run)
+            if status is not None:
+                sql += " AND j.status = ?"
+                params.append(status)
+            sql += " ORDER BY r.run_number, j.generation, j.jid"
+            return [
+                JobInfo(task, r[0], r[1], r[2], r[3], r[4], r[5], r[6], loads(r[7]), r[8], r[9], r[10], r[11])
+                for r in tx.all(sql, params)
+            ]
+
+
+def _check_jid(jid: Any) -> int:
+    try:
+        value = int(jid)
+    except (TypeError, ValueError):
+        raise Invalid(f"invalid job id {jid!r}: expected an integer >= 0") from None
+    if value < 0 or isinstance(jid, bool):
+        raise Invalid(f"invalid job id {jid!r}: expected an integer >= 0")
+    return value
+
+
+def _ids(values: Sequence[int]) -> str:
+    shown = ", ".join(str(v) for v in values[:10])
+    return shown + (f" and {len(values) - 10} more" if len(values) > 10 else "")
+
+
+class _Row:
+    """A job as read for an update."""
+
+    __slots__ = ("pk", "run", "jid", "generation", "status", "version", "attempts", "fields", "iid", "current_gen",
+                 "started_at")
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        (self.pk, self.run, self.jid, self.generation, self.status, self.version, self.attempts, self.fields,
+         self.iid, self.current_gen, self.started_at) = row
+
+
+def _load(tx: Tx, tid: int, runs: Sequence[int]) -> dict[tuple[int, int, int], _Row]:
+    rows: dict[tuple[int, int, int], _Row] = {}
+    lock = tx.lock("j")
+    for chunk in _chunks(sorted(set(runs))):
+        marks = ",".join("?" * len(chunk))
+        for raw in tx.all(
+            "SELECT j.id, r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.fields, ti.id,"
+            " ti.generation, j.started_at"
+            " FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id"
+            f" WHERE ti.task_id = ? AND r.run_number IN ({marks}){lock}",
+            (tid, *chunk),
+        ):
+            row = _Row(raw)
+            rows[(row.run, row.jid, row.generation)] = row
+    return rows
+
+
+def _plan(
+    tx: Tx, store: StoreBase, campaign: str, task: str, updates: Sequence[JobUpdate], strict: bool
+) -> tuple[list[Change], list[tuple[JobUpdate, _Row, JobStatus]], int, int]:
+    """Decide every update against the table and the retry guard, without writing."""
+    cid = store._campaign_id(tx, campaign)
+    tid, retries = store._task(tx, cid, campaign, task)
+    parsed = [(u, JobStatus(JOB.parse(u.status))) for u in updates]
+    rows = _load(tx, tid, [u.run for u in updates])
+    current_gen: dict[int, int] = {}
+    for row in rows.values():
+        current_gen[row.run] = row.current_gen
+    changes: list[Change] = []
+    accepted: list[tuple[JobUpdate, _Row, JobStatus]] = []
+    seen: set[tuple[int, int, int]] = set()
+    for update, target in parsed:
+        gen = update.generation if update.generation is not None else current_gen.get(update.run, -1)
+        key = f"{task} run {update.run} job {update.jid}" + (f" gen {gen}" if update.generation is not None else "")
+        row = rows.get((update.run, update.jid, gen))
+        if row is None:
+            if strict:
+                raise NotFound(f"no job {update.jid} for task {task!r} run {update.run} in campaign {campaign!r}")
+            changes.append(Change("job", key, None, target.value, "refused", "no such job"))
+            continue
+        if (update.run, update.jid, gen) in seen:
+            raise Invalid(f"{key} appears twice in one update")
+        seen.add((update.run, update.jid, gen))
+        current = JobStatus(row.status)
+        if current == target:
+            changes.append(Change("job", key, current.value, target.value, "unchanged"))
+            if update.fields or update.batch_id:
+                accepted.append((update, row, target))
+            continue
+        reason = ""
+        if not JOB.is_allowed(current, target):
+            reason = "not in the job table"
+        elif current == J.FAILED and target == J.IDLE and row.attempts > retries:
+            reason = f"retries exhausted: {row.attempts} attempts, max retries {retries}"
+        if reason:
+            if strict:
+                raise TransitionNotAllowed("job", key, current, target, JOB.allowed(current), reason)
+            changes.append(Change("job", key, current.value, target.value, "refused", reason))
+            continue
+        changes.append(Change("job", key, current.value, target.value, "changed", update.reason))
+        accepted.append((update, row, target))
+    return changes, accepted, cid, retries
+
+
+def _apply(
+    ctx: Ctx, store: StoreBase, campaign: str, task: str, updates: Sequence[JobUpdate], strict: bool
+) -> BulkResult:
+    tx = ctx.tx
+    changes, accepted, cid, retries = _plan(tx, store, campaign, task, updates, strict)
+    now = ctx.now
+    job_rows = []
+    audit_rows = []
+    touched: set[int] = set()
+    deciding: set[int] = set()
+    for update, row, target in accepted:
+        fields = loads(row.fields)
+        if update.fields:
+            fields.update(update.fields)
+        transition = target.value != row.status
+        attempts = row.attempts + 1 if (row.status == J.FAILED.value and target == J.IDLE) else row.attempts
+        started = row.started_at
+        finished = None
+        if target == J.RUNNING and started is None:
+            started = now
+        if target == J.IDLE:
+            started = None
+        if target in (J.DONE, J.FAILED):
+            finished = now
+        if not transition:
+            tx.run("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
+                   (json.dumps(fields, sort_keys=True), update.batch_id, row.pk))
+            continue
+        job_rows.append((target.value, attempts, update.batch_id, json.dumps(fields, sort_keys=True), now, started,
+                         finished, row.pk, row.version))
+        audit_rows.append(ctx.audit_row(
+            cid, "job", task, target.value, from_status=row.status, instance_id=row.iid, job_pk=row.pk,
+            run_number=row.run, jid=row.jid, generation=row.generation, reason=update.reason,
+            detail=update.fields or None,
+        ))
+        touched.add(row.iid)
+        if row.generation == row.current_gen and target in (J.DONE, J.FAILED):
+            deciding.add(row.iid)
+    if job_rows:
+        result = tx.conn.exec_driver_sql(
+            tx._fmt("UPDATE job SET status = ?, version = version + 1, attempts = ?,"
+                    " batch_id = COALESCE(?, batch_id), fields = ?, updated_at = ?, started_at = ?,"
+                    " finished_at = COALESCE(?, finished_at) WHERE id = ? AND version = ?"),
+            job_rows,
+        )
+        if result.rowcount >= 0 and result.rowcount != len(job_rows):
+            raise Conflict("a job changed concurrently; nothing was written, retry")
+        tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?", [(now, iid) for iid in sorted(touched)])
+        tx.many(AUDIT_SQL, audit_rows)
+    changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))
+    return BulkResult(changes)
+
+
+def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequence[int]) -> list[Change]:
+    """Move ``processing`` instances whose current-generation jobs decide it to done or failed."""
+    tx = ctx.tx
+    out: list[Change] = []
+    for chunk in _chunks(list(instance_ids)):
+        marks = ",".join("?" * len(chunk))
+        rows = tx.all(
+            "SELECT ti.id, ti.version, ti.generation, r.run_number, COUNT(*),"
+            " SUM(CASE WHEN j.status = 'done' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN j.status IN ('idle', 'running') THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN j.status = 'failed' AND j.attempts > ? THEN 1 ELSE 0 END)"
+            " FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+            " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"
+            f" WHERE ti.id IN ({marks}) AND ti.status = 'processing'"
+            " GROUP BY ti.id, ti.version, ti.generation, r.run_number",
+            (retries, *chunk),
+        )
+        for iid, version, gen, run, total, done, active, exhausted in rows:
+            if done == total:
+                target, reason = TaskStatus.DONE, f"all {total} jobs done"
+            elif active == 0 and exhausted:
+                target, reason = TaskStatus.FAILED, f"{exhausted} of {total} jobs failed beyond {retries} retries"
+            else:
+                continue
+            TASK.check(TaskStatus.PROCESSING, target, f"{task} run {run}")
+            outputs = _outputs(tx, iid, gen) if target == TaskStatus.DONE else {}
+            count = tx.run(
+                "UPDATE task_instance SET status = ?, version = version + 1, updated_at = ?, outputs = ?"
+                " WHERE id = ? AND version = ?",
+                (target.value, ctx.now, json.dumps(outputs, sort_keys=True), iid, version),
+            ).rowcount
+            if count != 1:
+                raise Conflict(f"task {task} run {run} changed concurrently; retry")
+            ctx.audit(cid, "task", task, target.value, from_status="processing", instance_id=iid, run_number=run,
+                      generation=gen, reason=reason)
+            out.append(Change("task", f"{task} run {run}", "processing", target.value, "changed", reason))
+    return out
+
+
+def _outputs(tx: Tx, iid: int, gen: int) -> dict[str, str]:
+    """The jobs' ``output``/``plots`` fields, comma-joined in job order, as the original's getOutput gave them."""
+    gathered: dict[str, list[str]] = {k: [] for k in OUTPUT_KEYS}
+    for (fields,) in tx.all("SELECT fields FROM job WHERE instance_id = ? AND generation = ? ORDER BY jid", (iid, gen)):
+        data = loads(fields)
+        for key in OUTPUT_KEYS:
+            if data.get(key) not in (None, ""):
+                gathered[key].append(str(data[key]))
+    return {k: ",".join(v) for k, v in gathered.items() if v}

@@ -1,0 +1,113 @@
+"""Health: heartbeats of handler stages, stuck task instances, blocked ones.
+
+The original system's blind spot was a Jenkins agent that silently stopped
+running stages. Every stage records a heartbeat here; ``health`` reports stages
+silent for too long and ``processing`` instances whose jobs made no progress,
+NULL-safe: an instance whose jobs never started is judged by when it was claimed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from .base import Ctx, StoreBase
+from .db import Tx
+from .errors import Invalid
+from .results import Health, SilentHandler, StuckInstance
+
+STAGES = ("submit", "resubmit", "check")
+
+
+def cutoff(seconds: float) -> str:
+    """The timestamp ``seconds`` ago, in the store's text format (comparable as text)."""
+    if seconds < 0:
+        raise Invalid(f"invalid duration {seconds}: must be >= 0")
+    moment = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+STUCK_SQL = """
+SELECT c.name, t.name, r.run_number, COALESCE(ti.progress_at, ti.updated_at),
+  (SELECT COUNT(*) FROM job j WHERE j.instance_id = ti.id AND j.generation = ti.generation)
+FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
+JOIN campaign c ON c.id = ti.campaign_id
+WHERE ti.status = 'processing' AND COALESCE(ti.progress_at, ti.updated_at) < ?
+"""
+
+BLOCKED_SQL = """
+SELECT ti.id, t.name, r.run_number FROM task_instance ti
+JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
+WHERE ti.campaign_id = ? AND ti.status IN ('new', 'reprocess') AND EXISTS (
+  SELECT 1 FROM task_dep d JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = ti.run_id
+  LEFT JOIN task_instance ul ON ul.id = u.leader_id
+  WHERE d.task_id = ti.task_id AND (u.status = 'failed' OR (u.status = 'merged' AND ul.status = 'failed')))
+ORDER BY t.name, r.run_number
+"""
+
+
+def stuck_instances(tx: Tx, cid: Optional[int], after: float) -> list[StuckInstance]:
+    """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
+    sql, params = STUCK_SQL, [cutoff(after)]
+    if cid is not None:
+        sql += " AND ti.campaign_id = ?"
+        params.append(cid)
+    return [StuckInstance(*r) for r in tx.all(sql + " ORDER BY c.name, t.name, r.run_number", params)]
+
+
+def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
+    """Instances waiting on an upstream task that failed for their run (derived, never stored)."""
+    return [(r[0], r[1], r[2]) for r in tx.all(BLOCKED_SQL, (cid,))]
+
+
+class Monitoring(StoreBase):
+    """Heartbeats and health."""
+
+    def heartbeat(self, campaign: str, task: str, stage: str, ok: bool = True, message: str = "") -> None:
+        """Record that a handler stage ran (and whether it succeeded); exported as the ``handler`` measurement."""
+        if stage not in STAGES:
+            raise Invalid(f"unknown stage {stage!r} (valid: {', '.join(STAGES)})")
+
+        def body(ctx: Ctx) -> None:
+            cid = self._campaign_id(ctx.tx, campaign)
+            self._task(ctx.tx, cid, campaign, task)
+            updated = ctx.tx.run(
+                "UPDATE heartbeat SET last_at = ?, actor = ?, ok = ?, message = ?"
+                " WHERE campaign_id = ? AND task = ? AND stage = ?",
+                (ctx.now, ctx.actor, ok, message, cid, task, stage),
+            ).rowcount
+            if not updated:
+                ctx.tx.run(
+                    "INSERT INTO heartbeat (campaign_id, task, stage, last_at, actor, ok, message)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (cid, task, stage, ctx.now, ctx.actor, ok, message),
+                )
+            ctx.audit(cid, "handler", task, "ok" if ok else "error", reason=message, detail={"stage": stage})
+
+        self._write("heartbeat", None, body)
+
+    def health(
+        self,
+        campaign: Optional[str] = None,
+        stuck_after: float = 6 * 3600,
+        silent_after: float = 2 * 3600,
+    ) -> Health:
+        """Stuck instances, silent or failing handler stages, blocked instances; ``ok`` when none."""
+        with self.db.tx(write=False) as tx:
+            cid = None if campaign is None else self._campaign_id(tx, campaign)
+            stuck = stuck_instances(tx, cid, stuck_after)
+            sql = ("SELECT c.name, h.task, h.stage, h.last_at, h.ok, h.message FROM heartbeat h"
+                   " JOIN campaign c ON c.id = h.campaign_id")
+            params: list[object] = []
+            if cid is not None:
+                sql += " WHERE h.campaign_id = ?"
+                params.append(cid)
+            beats = [SilentHandler(r[0], r[1], r[2], r[3], bool(r[4]), r[5])
+                     for r in tx.all(sql + " ORDER BY c.name, h.task, h.stage", params)]
+            limit = cutoff(silent_after)
+            silent = [b for b in beats if b.last_at < limit]
+            failing = [b for b in beats if not b.ok and b.last_at >= limit]
+            campaigns = [cid] if cid is not None else [r[0] for r in tx.all("SELECT id FROM campaign")]
+            names = {r[0]: r[1] for r in tx.all("SELECT id, name FROM campaign")}
+            blocked = [(names[c], t, r) for c in campaigns for _, t, r in blocked_instances(tx, c)]
+        return Health(stuck, silent, blocked, failing)

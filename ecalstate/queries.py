@@ -1,0 +1,126 @@
+"""Read-only views: the run x task overview, runs by status, instances, the audit history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from .base import StoreBase, loads
+from .errors import Invalid, NotFound
+from .monitoring import blocked_instances, stuck_instances
+from .results import AuditRow, InstanceInfo, Overview, OverviewRow
+from .statemachine import TASK, TaskStatus
+
+
+class Queries(StoreBase):
+    """What operators and dashboards look at."""
+
+    def overview(
+        self,
+        campaign: str,
+        tasks: Sequence[str] = (),
+        runs: Optional[Sequence[int]] = None,
+        stuck_after: Optional[float] = None,
+    ) -> Overview:
+        """The run x task status matrix with totals per task, blocked and (optionally) stuck marks."""
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            names = self._task_names(tx, cid)
+            wanted = [self._task(tx, cid, campaign, t)[0] for t in tasks] if tasks else sorted(names)
+            ordered = [names[t] for t in wanted]
+            by_run: dict[int, OverviewRow] = {}
+            run_filter = set(runs) if runs is not None else None
+            for number, fill in tx.all("SELECT run_number, fill FROM run WHERE campaign_id = ? ORDER BY run_number",
+                                       (cid,)):
+                if run_filter is None or number in run_filter:
+                    by_run[number] = OverviewRow(number, fill, {})
+            totals: dict[str, dict[str, int]] = {n: {s.value: 0 for s in TaskStatus} for n in ordered}
+            wanted_ids = set(wanted)
+            for task_id, number, status in tx.all(
+                "SELECT ti.task_id, r.run_number, ti.status FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                " WHERE ti.campaign_id = ?", (cid,)
+            ):
+                row = by_run.get(number)
+                if row is None or task_id not in wanted_ids:
+                    continue
+                name = names[task_id]
+                row.statuses[name] = status
+                totals[name][status] += 1
+            blocked = [(t, r) for _, t, r in blocked_instances(tx, cid) if r in by_run and t in totals]
+            stuck = [] if stuck_after is None else [
+                (s.task, s.run_number) for s in stuck_instances(tx, cid, stuck_after)
+                if s.run_number in by_run and s.task in totals]
+        return Overview(campaign, ordered, list(by_run.values()), totals, blocked, stuck)
+
+    def list_runs(
+        self, campaign: str, task: Optional[str] = None, status: Optional[str] = None
+    ) -> list[dict[str, Any]]:
+        """Runs with fill, metadata, run types and (for ``task``) that task's status, filterable by status."""
+        if status is not None:
+            TASK.parse(status)
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            if task is None:
+                if status is not None:
+                    raise Invalid("filtering runs by status needs a task")
+                rows = tx.all("SELECT run_number, fill, meta, rtypes, injected_at FROM run WHERE campaign_id = ?"
+                              " ORDER BY run_number", (cid,))
+                return [_run_dict(r) for r in rows]
+            tid, _ = self._task(tx, cid, campaign, task)
+            sql = ("SELECT r.run_number, r.fill, r.meta, r.rtypes, r.injected_at, ti.status, ti.generation"
+                   " FROM task_instance ti JOIN run r ON r.id = ti.run_id WHERE ti.task_id = ?")
+            params: list[Any] = [tid]
+            if status is not None:
+                sql += " AND ti.status = ?"
+                params.append(status)
+            rows = tx.all(sql + " ORDER BY r.run_number", params)
+            return [{**_run_dict(r), "task": task, "status": r[5], "generation": r[6]} for r in rows]
+
+    def instance(self, campaign: str, task: str, run: int) -> InstanceInfo:
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            row = tx.one(
+                "SELECT r.run_number, r.fill, ti.status, ti.version, ti.generation, lr.run_number, ti.outputs,"
+                " ti.updated_at FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                " LEFT JOIN task_instance l ON l.id = ti.leader_id LEFT JOIN run lr ON lr.id = l.run_id"
+                " WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
+            if row is None:
+                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+            return InstanceInfo(campaign, task, row[0], row[1], row[2], row[3], row[4], row[5], loads(row[6]), row[7])
+
+    def history(
+        self,
+        campaign: Optional[str] = None,
+        task: Optional[str] = None,
+        run: Optional[int] = None,
+        limit: Optional[int] = 100,
+        entity: Optional[str] = None,
+        after_id: int = 0,
+    ) -> list[AuditRow]:
+        """Audit rows, newest last; ``limit`` keeps the most recent ones."""
+        with self.db.tx(write=False) as tx:
+            sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
+                   " a.to_status, a.actor, a.reason, a.request_id FROM audit a JOIN campaign c ON c.id = a.campaign_id"
+                   " WHERE a.id > ?")
+            params: list[Any] = [after_id]
+            if campaign is not None:
+                sql += " AND a.campaign_id = ?"
+                params.append(self._campaign_id(tx, campaign))
+                if task is not None:
+                    self._task(tx, params[-1], campaign, task)
+            for column, value in (("a.task", task), ("a.run_number", run), ("a.entity", entity)):
+                if value is not None:
+                    sql += f" AND {column} = ?"
+                    params.append(value)
+            sql += " ORDER BY a.id DESC"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            rows = tx.all(sql, params)
+        return [AuditRow(*r) for r in reversed(rows)]
+
+
+def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
+    return {"run_number": row[0], "fill": row[1], "meta": loads(row[2]),
+            "rtypes": [r for r in row[3].split(",") if r], "injected_at": row[4]}

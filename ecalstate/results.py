@@ -1,0 +1,230 @@
+"""Typed values the store returns. Plain dataclasses: easy to print, compare and serialise."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    name: str
+    kind: str
+    description: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    depends_on: list[str]
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class RunTypeInfo:
+    name: str
+    filter: str
+    tasks: list[str]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to inject: number, fill and free metadata."""
+
+    run_number: int
+    fill: Optional[int] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InjectResult:
+    new: list[int]
+    existing: list[int]
+    instances: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InjectResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    rtype: str
+    added: list[str]
+    removed: list[str]
+    instances: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed task instance: the leader that owns the jobs, and the runs merged into it."""
+
+    task: str
+    run_number: int
+    fill: Optional[int]
+    instance_id: int
+    generation: int
+    merged: list[int]
+    meta: dict[str, Any]
+
+    @property
+    def runs(self) -> list[int]:
+        """Every run of the group, merged ones first, the leader last (the original's ``group``)."""
+        return [*self.merged, self.run_number]
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """A requested job status change, as a check stage or a job reports it."""
+
+    run: int
+    jid: int
+    status: str
+    fields: Optional[dict[str, Any]] = None
+    batch_id: Optional[str] = None
+    reason: str = ""
+    generation: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One requested transition and what became of it."""
+
+    entity: str
+    key: str
+    current: Optional[str]
+    requested: str
+    outcome: str  # "changed" | "unchanged" | "refused"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """Per-outcome counts of a bulk call, like HTCondor's ``act``: changed, unchanged, refused."""
+
+    changes: list[Change]
+    dry_run: bool = False
+
+    def _count(self, outcome: str) -> int:
+        return sum(1 for c in self.changes if c.outcome == outcome)
+
+    @property
+    def changed(self) -> int:
+        return self._count("changed")
+
+    @property
+    def unchanged(self) -> int:
+        return self._count("unchanged")
+
+    @property
+    def refused(self) -> list[Change]:
+        return [c for c in self.changes if c.outcome == "refused"]
+
+    def counts(self) -> dict[str, int]:
+        return {"changed": self.changed, "unchanged": self.unchanged, "refused": len(self.refused)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "counts": self.counts(), "changes": [asdict(c) for c in self.changes]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BulkResult:
+        return cls([Change(**c) for c in data["changes"]], data["dry_run"])
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    campaign: str
+    task: str
+    run_number: int
+    fill: Optional[int]
+    status: str
+    version: int
+    generation: int
+    leader_run: Optional[int]
+    outputs: dict[str, Any]
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    task: str
+    run_number: int
+    jid: int
+    generation: int
+    status: str
+    version: int
+    attempts: int
+    batch_id: Optional[str]
+    fields: dict[str, Any]
+    created_at: str
+    updated_at: str
+    started_at: Optional[str]
+    finished_at: Optional[str]
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    ts: str
+    campaign: str
+    entity: str
+    task: str
+    run_number: Optional[int]
+    jid: Optional[int]
+    generation: Optional[int]
+    from_status: Optional[str]
+    to_status: str
+    actor: str
+    reason: str
+    request_id: Optional[str]
+
+
+@dataclass(frozen=True)
+class OverviewRow:
+    run_number: int
+    fill: Optional[int]
+    statuses: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The run x task matrix, with totals and the derived marks (blocked, stuck)."""
+
+    campaign: str
+    tasks: list[str]
+    rows: list[OverviewRow]
+    totals: dict[str, dict[str, int]]
+    blocked: list[tuple[str, int]]
+    stuck: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class StuckInstance:
+    campaign: str
+    task: str
+    run_number: int
+    since: str
+    jobs: int
+
+
+@dataclass(frozen=True)
+class SilentHandler:
+    campaign: str
+    task: str
+    stage: str
+    last_at: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Health:
+    stuck: list[StuckInstance]
+    silent: list[SilentHandler]
+    blocked: list[tuple[str, str, int]]
+    failing: list[SilentHandler]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.stuck or self.silent or self.blocked or self.failing)

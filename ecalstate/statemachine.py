@@ -1,0 +1,212 @@
+"""The two state machines of ecalstate: task instances and jobs.
+
+The transition tables are plain data. They are validated when this module is
+imported (every status reachable from the initial one, terminal statuses have
+no exits, no unknown names), so a bad edit fails at import, not at 3 a.m.
+Every refusal is one typed error, :class:`TransitionNotAllowed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import EcalStateError
+
+
+class TaskStatus(str, Enum):
+    """Status of a task instance: one (campaign, task, run)."""
+
+    NEW = "new"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+    MERGED = "merged"
+    REPROCESS = "reprocess"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobStatus(str, Enum):
+    """Status of one batch job of a task instance."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A transition table with its entry status, checked at construction."""
+
+    entity: str
+    statuses: type[Enum]
+    initial: Enum
+    table: Mapping[Enum, frozenset[Enum]]
+    causes: Mapping[tuple[Enum, Enum], str]
+
+    def __post_init__(self) -> None:
+        problems = validate(self)
+        if problems:
+            raise RuntimeError(f"invalid {self.entity} transition table: " + "; ".join(problems))
+
+    def allowed(self, current: Enum) -> frozenset[Enum]:
+        return self.table[current]
+
+    def is_allowed(self, current: Enum, requested: Enum) -> bool:
+        return requested in self.table[current]
+
+    def check(self, current: Enum, requested: Enum, what: str = "") -> None:
+        """Raise :class:`TransitionNotAllowed` unless ``current -> requested`` is in the table."""
+        if requested not in self.table[current]:
+            raise TransitionNotAllowed(self.entity, what, current, requested, self.table[current])
+
+    def terminal(self) -> frozenset[Enum]:
+        return frozenset(s for s, exits in self.table.items() if not exits)
+
+    def pairs(self) -> list[tuple[Enum, Enum]]:
+        """Every (from, to) pair of distinct statuses, allowed or not."""
+        return [(a, b) for a in self.statuses for b in self.statuses if a != b]
+
+    def parse(self, value: str | Enum) -> Enum:
+        """The status named ``value``, or a clear error listing the valid names."""
+        try:
+            return self.statuses(value if isinstance(value, str) else value.value)
+        except ValueError:
+            names = ", ".join(s.value for s in self.statuses)
+            raise UnknownStatus(f"unknown {self.entity} status {value!r} (valid: {names})") from None
+
+
+def validate(machine: Machine) -> list[str]:
+    """Return the problems of a table: unknown names, unreachable statuses, open terminals."""
+    problems: list[str] = []
+    members = set(machine.statuses)
+    for source, targets in machine.table.items():
+        if source not in members:
+            problems.append(f"unknown status {source!r}")
+        for target in targets:
+            if target not in members:
+                problems.append(f"unknown target {target!r} from {source}")
+            if target == source:
+                problems.append(f"self-transition {source} -> {target}")
+    missing = members - set(machine.table)
+    if missing:
+        problems.append("statuses without a row: " + ", ".join(sorted(str(s) for s in missing)))
+    seen = {machine.initial}
+    frontier = [machine.initial]
+    while frontier:
+        for nxt in machine.table.get(frontier.pop(), frozenset()):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    unreachable = members - seen
+    if unreachable:
+        problems.append("unreachable: " + ", ".join(sorted(str(s) for s in unreachable)))
+    for pair in machine.causes:
+        if pair[1] not in machine.table.get(pair[0], frozenset()):
+            problems.append(f"cause documented for a refused pair {pair[0]} -> {pair[1]}")
+    return problems
+
+
+class UnknownStatus(EcalStateError):
+    """A status name that is not in the table."""
+
+
+class TransitionNotAllowed(EcalStateError):
+    """A transition refused by the table; names the entity, both statuses and what is allowed."""
+
+    def __init__(
+        self,
+        entity: str,
+        what: str,
+        current: Enum,
+        requested: Enum,
+        allowed: frozenset[Enum],
+        reason: str = "",
+    ) -> None:
+        self.entity = entity
+        self.what = what
+        self.current = current
+        self.requested = requested
+        self.allowed = allowed
+        allowed_txt = ", ".join(sorted(str(s.value) for s in allowed)) or "none: terminal"
+        label = f"{entity} {what}".strip()
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{label}: transition {current.value} -> {requested.value} not allowed{detail}; "
+            f"allowed from {current.value}: {allowed_txt}"
+        )
+
+
+T = TaskStatus
+J = JobStatus
+
+TASK = Machine(
+    entity="task instance",
+    statuses=TaskStatus,
+    initial=T.NEW,
+    table={
+        T.NEW: frozenset({T.PROCESSING, T.MERGED}),
+        T.REPROCESS: frozenset({T.PROCESSING, T.MERGED}),
+        T.PROCESSING: frozenset({T.DONE, T.FAILED, T.REPROCESS}),
+        T.DONE: frozenset({T.REPROCESS}),
+        T.FAILED: frozenset({T.REPROCESS}),
+        T.MERGED: frozenset({T.REPROCESS}),
+    },
+    causes={
+        (T.NEW, T.PROCESSING): "claimed by a submit stage",
+        (T.NEW, T.MERGED): "folded into another run's group",
+        (T.REPROCESS, T.PROCESSING): "claimed by a submit stage",
+        (T.REPROCESS, T.MERGED): "folded into another run's group",
+        (T.PROCESSING, T.DONE): "check saw all jobs done",
+        (T.PROCESSING, T.FAILED): "a job failed beyond its retries",
+        (T.PROCESSING, T.REPROCESS): "operator abort",
+        (T.DONE, T.REPROCESS): "operator, or an upstream task reprocessed with --downstream",
+        (T.FAILED, T.REPROCESS): "operator",
+        (T.MERGED, T.REPROCESS): "operator, or its group leader is reprocessed",
+    },
+)
+
+JOB = Machine(
+    entity="job",
+    statuses=JobStatus,
+    initial=J.IDLE,
+    table={
+        J.IDLE: frozenset({J.RUNNING, J.DONE, J.FAILED}),
+        J.RUNNING: frozenset({J.DONE, J.FAILED, J.IDLE}),
+        J.FAILED: frozenset({J.IDLE}),
+        J.DONE: frozenset(),
+    },
+    causes={
+        (J.IDLE, J.RUNNING): "batch system started it",
+        (J.IDLE, J.DONE): "finished between two checks",
+        (J.IDLE, J.FAILED): "held or removed",
+        (J.RUNNING, J.DONE): "finished",
+        (J.RUNNING, J.FAILED): "failed",
+        (J.RUNNING, J.IDLE): "evicted and requeued",
+        (J.FAILED, J.IDLE): "resubmitted, only while attempts <= max retries",
+    },
+)
+
+#: statuses from which a task instance may be claimed by a submit stage
+CLAIMABLE = (T.NEW, T.REPROCESS)
+
+
+def render_markdown(machine: Machine) -> str:
+    """The table as Markdown, for docs/state-machines.md."""
+    lines = ["| from | allowed to | typical cause |", "| --- | --- | --- |"]
+    lines.append(f"| (none) | {machine.initial.value} | created |")
+    for source in machine.statuses:
+        targets = sorted(machine.table[source], key=lambda s: list(machine.statuses).index(s))
+        if not targets:
+            lines.append(f"| {source.value} | (none) | terminal |")
+            continue
+        causes = "; ".join(machine.causes.get((source, t), "") for t in targets)
+        lines.append(f"| {source.value} | {', '.join(t.value for t in targets)} | {causes} |")
+    return "\n".join(lines) + "\n"

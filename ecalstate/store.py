@@ -1,0 +1,35 @@
+"""The typed API: one :class:`Store` over one database, every write one transaction.
+
+Nothing but the store writes state. Each concern lives in its own module
+(catalog, claims, jobs, transitions, queries, monitoring); ``Store`` joins them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .catalog import Catalog
+from .claims import Claims
+from .db import Database
+from .jobs import Jobs
+from .monitoring import Monitoring
+from .queries import Queries
+from .transitions import Transitions
+
+
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring):
+    """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
+
+    @classmethod
+    def open(cls, db: str, actor: Optional[str] = None, create: bool = False) -> "Store":
+        """Open ``db``; ``create`` makes the file and schema when missing (``ecalstate init``)."""
+        return cls(Database(db, create=create), actor)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,183 @@
+"""Operator transitions: ``set`` and ``reprocess``, validated, all-or-nothing, with dry runs.
+
+A refused transition anywhere in the request refuses the whole request and
+writes nothing; ``dry_run`` returns the same per-outcome plan without writing.
+Reprocessing a group leader reprocesses the runs merged into it; with
+``downstream`` every task depending on the reprocessed one follows, for the
+same runs. History is never deleted: the next claim opens a new job generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from .base import Ctx, StoreBase
+from .db import Tx
+from .errors import Conflict, Invalid, Refused
+from .results import BulkResult, Change
+from .statemachine import TASK, TaskStatus
+
+T = TaskStatus
+#: statuses an operator may set by hand; the others belong to injection and claims
+OPERATOR_TARGETS = (T.DONE, T.FAILED, T.REPROCESS)
+
+
+@dataclass(frozen=True)
+class _Target:
+    iid: int
+    task_id: int
+    task: str
+    run: int
+    status: str
+    version: int
+    explicit: bool
+
+
+class Transitions(StoreBase):
+    """What operators do by hand."""
+
+    def set_status(
+        self,
+        campaign: str,
+        task: str,
+        runs: Sequence[int],
+        status: str,
+        reason: str,
+        dry_run: bool = False,
+        request_id: Optional[str] = None,
+    ) -> BulkResult:
+        """Set the status of a task for some runs; ``reprocess`` behaves as :meth:`reprocess`."""
+        target = TaskStatus(TASK.parse(status))
+        if target not in OPERATOR_TARGETS:
+            raise Invalid(
+                f"status {target.value} is not set by hand ({'claims' if target != T.NEW else 'injection'} set it); "
+                f"an operator may set: {', '.join(s.value for s in OPERATOR_TARGETS)}"
+            )
+        if target == T.REPROCESS:
+            return self.reprocess(campaign, task, runs=runs, reason=reason, dry_run=dry_run, request_id=request_id)
+        return self._operate("set", campaign, task, runs, False, False, target, reason, dry_run, request_id)
+
+    def reprocess(
+        self,
+        campaign: str,
+        task: str,
+        runs: Optional[Sequence[int]] = None,
+        failed: bool = False,
+        downstream: bool = False,
+        reason: str = "",
+        dry_run: bool = False,
+        request_id: Optional[str] = None,
+    ) -> BulkResult:
+        """Mark task instances for reprocessing (by runs, or every failed one), optionally downstream too."""
+        if not runs and not failed:
+            raise Invalid("nothing selected: give runs or failed=True")
+        return self._operate("reprocess", campaign, task, runs or (), failed, downstream, T.REPROCESS, reason,
+                             dry_run, request_id)
+
+    def _operate(
+        self, kind: str, campaign: str, task: str, runs: Sequence[int], failed: bool, downstream: bool,
+        target: TaskStatus, reason: str, dry_run: bool, request_id: Optional[str],
+    ) -> BulkResult:
+        if not reason or not reason.strip():
+            raise Invalid("a reason is required for operator transitions")
+
+        def plan(tx: Tx) -> tuple[int, list[_Target], list[Change]]:
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            targets, missing = _select(tx, tid, task, runs, failed)
+            if target == T.REPROCESS:
+                targets = _expand(tx, self, cid, targets, downstream)
+            changes = [Change("task", f"{task} run {r}", None, target.value, "refused", "no such task instance")
+                       for r in missing]
+            changes += [_decide(t, target) for t in targets]
+            return cid, targets, changes
+
+        if dry_run:
+            with self.db.tx(write=False) as tx:
+                return BulkResult(plan(tx)[2], dry_run=True)
+
+        def body(ctx: Ctx) -> BulkResult:
+            cid, targets, changes = plan(ctx.tx)
+            refused = [c for c in changes if c.outcome == "refused"]
+            if refused:
+                first = refused[0]
+                raise Refused(
+                    f"{len(refused)} of {len(changes)} transitions refused, nothing written; first: "
+                    f"{first.key}: {first.current} -> {first.requested}: {first.reason}",
+                    BulkResult(changes),
+                )
+            for t, change in zip(targets, changes[len(changes) - len(targets):]):
+                if change.outcome == "changed":
+                    _write(ctx, cid, t, target, reason)
+            return BulkResult(changes)
+
+        return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
+
+
+_COLUMNS = ("SELECT ti.id, ti.task_id, t.name, r.run_number, ti.status, ti.version FROM task_instance ti"
+            " JOIN run r ON r.id = ti.run_id JOIN task t ON t.id = ti.task_id")
+
+
+def _select(
+    tx: Tx, tid: int, task: str, runs: Sequence[int], failed: bool
+) -> tuple[list[_Target], list[int]]:
+    found: dict[int, _Target] = {}
+    wanted = sorted(set(runs))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in tx.all(f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number IN ({marks}){tx.lock('ti')}",
+                          (tid, *chunk)):
+            found[row[0]] = _Target(*row, explicit=True)
+    if failed:
+        for row in tx.all(f"{_COLUMNS} WHERE ti.task_id = ? AND ti.status = 'failed'{tx.lock('ti')}", (tid,)):
+            found[row[0]] = _Target(*row, explicit=True)
+    present = {t.run for t in found.values()}
+    return sorted(found.values(), key=lambda t: t.run), [r for r in wanted if r not in present]
+
+
+def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstream: bool) -> list[_Target]:
+    """Add the runs merged into reprocessed leaders and, with ``downstream``, the dependent tasks' instances."""
+    chosen: dict[int, _Target] = {t.iid: t for t in targets}
+    queue = list(targets)
+    while queue:
+        item = queue.pop(0)
+        extra = [_Target(*row, explicit=False) for row in tx.all(
+            f"{_COLUMNS} WHERE ti.leader_id = ? AND ti.status = 'merged'{tx.lock('ti')}", (item.iid,))]
+        if downstream:
+            for child in store._downstream(tx, item.task_id):
+                extra += [_Target(*row, explicit=False) for row in tx.all(
+                    f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number = ?{tx.lock('ti')}", (child, item.run))]
+        for t in extra:
+            if t.iid not in chosen:
+                chosen[t.iid] = t
+                queue.append(t)
+    return sorted(chosen.values(), key=lambda t: (t.explicit is False, t.task_id, t.run))
+
+
+def _decide(t: _Target, target: TaskStatus) -> Change:
+    key = f"{t.task} run {t.run}"
+    current = TaskStatus(t.status)
+    if current == target:
+        return Change("task", key, current.value, target.value, "unchanged", "already " + target.value)
+    if TASK.is_allowed(current, target):
+        return Change("task", key, current.value, target.value, "changed", "" if t.explicit else "cascade")
+    if not t.explicit and current in (T.NEW, T.REPROCESS):
+        return Change("task", key, current.value, target.value, "unchanged", "not processed yet")
+    allowed = ", ".join(sorted(s.value for s in TASK.allowed(current)))
+    return Change("task", key, current.value, target.value, "refused",
+                  f"not in the task table (allowed from {current.value}: {allowed})")
+
+
+def _write(ctx: Ctx, cid: int, t: _Target, target: TaskStatus, reason: str) -> None:
+    count = ctx.tx.run(
+        "UPDATE task_instance SET status = ?, version = version + 1, leader_id = NULL, updated_at = ?"
+        " WHERE id = ? AND version = ?",
+        (target.value, ctx.now, t.iid, t.version),
+    ).rowcount
+    if count != 1:
+        raise Conflict(f"task {t.task} run {t.run} changed concurrently; nothing was written, retry")
+    ctx.audit(cid, "task", t.task, target.value, from_status=t.status, instance_id=t.iid, run_number=t.run,
+              reason=reason if t.explicit else f"{reason} (cascade)")
