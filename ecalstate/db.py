@@ -43,6 +43,7 @@ class Campaign(SQLModel, table=True):
     name: str = Field(unique=True)
     kind: str = "prompt"
     description: str = ""
+    settings: str = "{}"
     created_at: str
 
 
