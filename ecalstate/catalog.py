@@ -241,7 +241,7 @@ class Catalog(StoreBase):
         def body(ctx: Ctx) -> InjectResult:
             tx = ctx.tx
             cid = self._campaign_id(tx, campaign)
-            known = set()
+            known: set[int] = set()
             numbers = sorted(specs)
             for chunk in _chunks(numbers, 500):
                 marks = ",".join("?" * len(chunk))
@@ -294,7 +294,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 
 def _create_instances(ctx: Ctx, cid: int, runs: Sequence[tuple[int, int]], task_ids: Sequence[int], reason: str) -> int:
     """Create ``new`` instances of ``task_ids`` for ``runs`` (run id, run number) that lack one."""
-    existing = set()
+    existing: set[tuple[int, int]] = set()
     for chunk in _chunks([t for t in task_ids], 500):
         marks = ",".join("?" * len(chunk))
         existing.update(

@@ -224,8 +224,8 @@ def _plan(
     parsed = [(u, JobStatus(JOB.parse(u.status))) for u in updates]
     rows = _load(tx, tid, [u.run for u in updates])
     current_gen: dict[int, int] = {}
-    for row in rows.values():
-        current_gen[row.run] = row.current_gen
+    for loaded in rows.values():
+        current_gen[loaded.run] = loaded.current_gen
     changes: list[Change] = []
     accepted: list[tuple[JobUpdate, _Row, JobStatus]] = []
     seen: set[tuple[int, int, int]] = set()

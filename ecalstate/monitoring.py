@@ -9,7 +9,7 @@ NULL-safe: an instance whose jobs never started is judged by when it was claimed
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from .base import Ctx, StoreBase
 from .db import Tx
@@ -48,7 +48,8 @@ ORDER BY t.name, r.run_number
 
 def stuck_instances(tx: Tx, cid: Optional[int], after: float) -> list[StuckInstance]:
     """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
-    sql, params = STUCK_SQL, [cutoff(after)]
+    sql = STUCK_SQL
+    params: list[Any] = [cutoff(after)]
     if cid is not None:
         sql += " AND ti.campaign_id = ?"
         params.append(cid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from .base import Ctx, StoreBase
 from .db import Tx
@@ -116,6 +116,10 @@ class Transitions(StoreBase):
         return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
 
 
+def _target(row: Sequence[Any], explicit: bool) -> _Target:
+    return _Target(row[0], row[1], row[2], row[3], row[4], row[5], explicit)
+
+
 _COLUMNS = ("SELECT ti.id, ti.task_id, t.name, r.run_number, ti.status, ti.version FROM task_instance ti"
             " JOIN run r ON r.id = ti.run_id JOIN task t ON t.id = ti.task_id")
 
@@ -130,10 +134,10 @@ def _select(
         marks = ",".join("?" * len(chunk))
         for row in tx.all(f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number IN ({marks}){tx.lock('ti')}",
                           (tid, *chunk)):
-            found[row[0]] = _Target(*row, explicit=True)
+            found[row[0]] = _target(row, True)
     if failed:
         for row in tx.all(f"{_COLUMNS} WHERE ti.task_id = ? AND ti.status = 'failed'{tx.lock('ti')}", (tid,)):
-            found[row[0]] = _Target(*row, explicit=True)
+            found[row[0]] = _target(row, True)
     present = {t.run for t in found.values()}
     return sorted(found.values(), key=lambda t: t.run), [r for r in wanted if r not in present]
 
@@ -144,11 +148,11 @@ def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstre
     queue = list(targets)
     while queue:
         item = queue.pop(0)
-        extra = [_Target(*row, explicit=False) for row in tx.all(
+        extra = [_target(row, False) for row in tx.all(
             f"{_COLUMNS} WHERE ti.leader_id = ? AND ti.status = 'merged'{tx.lock('ti')}", (item.iid,))]
         if downstream:
             for child in store._downstream(tx, item.task_id):
-                extra += [_Target(*row, explicit=False) for row in tx.all(
+                extra += [_target(row, False) for row in tx.all(
                     f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number = ?{tx.lock('ti')}", (child, item.run))]
         for t in extra:
             if t.iid not in chosen:
