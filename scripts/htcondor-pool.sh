@@ -66,6 +66,10 @@ mount_binds() {
     mkdir -p "$R/proc" "$R/dev" "$R$BASE"
     mountpoint -q "$R/proc"  || mount -t proc proc "$R/proc"
     mountpoint -q "$R/dev"   || mount --bind /dev "$R/dev"
+    # a bind left from an earlier run may point at a since-deleted jobs folder: rebind it then
+    if mountpoint -q "$R$BASE" && [ "$(stat -c %d:%i "$BASE")" != "$(stat -c %d:%i "$R$BASE")" ]; then
+        umount "$R$BASE"
+    fi
     mountpoint -q "$R$BASE"  || mount --bind "$BASE" "$R$BASE"
 }
 
