@@ -50,6 +50,8 @@ class Machine:
     initial: Enum
     table: Mapping[Enum, frozenset[Enum]]
     causes: Mapping[tuple[Enum, Enum], str]
+    #: statuses declared final: they must have no exits, and every status without exits must be declared
+    terminals: frozenset[Enum] = frozenset()
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -68,7 +70,7 @@ class Machine:
             raise TransitionNotAllowed(self.entity, what, current, requested, self.table[current])
 
     def terminal(self) -> frozenset[Enum]:
-        return frozenset(s for s, exits in self.table.items() if not exits)
+        return self.terminals
 
     def pairs(self) -> list[tuple[Enum, Enum]]:
         """Every (from, to) pair of distinct statuses, allowed or not."""
@@ -87,14 +89,21 @@ def validate(machine: Machine) -> list[str]:
     """Return the problems of a table: unknown names, unreachable statuses, open terminals."""
     problems: list[str] = []
     members = set(machine.statuses)
+
+    def known(status: object) -> bool:
+        # isinstance, not membership: str-valued enums compare equal across classes (TaskStatus.DONE == JobStatus.DONE)
+        return isinstance(status, machine.statuses)
+
     for source, targets in machine.table.items():
-        if source not in members:
+        if not known(source):
             problems.append(f"unknown status {source!r}")
         for target in targets:
-            if target not in members:
+            if not known(target):
                 problems.append(f"unknown target {target!r} from {source}")
             if target == source:
                 problems.append(f"self-transition {source} -> {target}")
+    if not known(machine.initial):
+        problems.append(f"unknown initial status {machine.initial!r}")
     missing = members - set(machine.table)
     if missing:
         problems.append("statuses without a row: " + ", ".join(sorted(str(s) for s in missing)))
@@ -108,6 +117,15 @@ def validate(machine: Machine) -> list[str]:
     unreachable = members - seen
     if unreachable:
         problems.append("unreachable: " + ", ".join(sorted(str(s) for s in unreachable)))
+    for status in machine.terminals:
+        if not known(status):
+            problems.append(f"unknown terminal status {status!r}")
+        elif machine.table.get(status):
+            exits = ", ".join(sorted(str(t) for t in machine.table[status]))
+            problems.append(f"terminal status {status} has exits: {exits}")
+    dead_ends = sorted(str(s) for s, exits in machine.table.items() if not exits and s not in machine.terminals)
+    if dead_ends:
+        problems.append("statuses without exits not declared terminal: " + ", ".join(dead_ends))
     for pair in machine.causes:
         if pair[1] not in machine.table.get(pair[0], frozenset()):
             problems.append(f"cause documented for a refused pair {pair[0]} -> {pair[1]}")
@@ -192,6 +210,7 @@ JOB = Machine(
         (J.RUNNING, J.IDLE): "evicted and requeued",
         (J.FAILED, J.IDLE): "resubmitted, only while attempts <= max retries",
     },
+    terminals=frozenset({J.DONE}),
 )
 
 #: statuses from which a task instance may be claimed by a submit stage
@@ -210,3 +229,4 @@ def render_markdown(machine: Machine) -> str:
         causes = "; ".join(machine.causes.get((source, t), "") for t in targets)
         lines.append(f"| {source.value} | {', '.join(t.value for t in targets)} | {causes} |")
     return "\n".join(lines) + "\n"
+
