@@ -43,7 +43,7 @@ class Campaign(SQLModel, table=True):
     name: str = Field(unique=True)
     kind: str = "prompt"
     description: str = ""
-    settings: str = "{}"
+    settings: str = Field(default="{}", sa_column_kwargs={"server_default": "{}"})
     created_at: str
 
 
