@@ -278,6 +278,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             body = r.json()
         except ValueError:
             raise ServerError(f"InfluxDB /query HTTP {r.status_code}: {r.text[:500]}") from None
+        if not isinstance(body, dict):
+            raise ServerError(f"InfluxDB /query returned {body!r}")
         if r.status_code >= 400 or "error" in body:
             raise ServerError(f"InfluxDB /query HTTP {r.status_code}: {body}")
         for res in body.get("results", []):
