@@ -209,7 +209,11 @@ class _ProcessServer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "_ProcessServer":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # the error message already carries the log tail
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
