@@ -1,0 +1,89 @@
+"""Schema migrations: ordered steps from version N to N+1, each in one transaction.
+
+A small versioned scheme instead of Alembic: the schema is one SQLModel module,
+the engines are two (SQLite, PostgreSQL), and every step is a few portable DDL
+statements. ``meta.schema_version`` says where a database is; :data:`STEPS`
+says how to go on. Each step re-reads the version inside its own transaction
+(with the row locked on PostgreSQL), so two upgraders racing apply it once; a
+step that fails leaves the database at the previous version, untouched.
+
+Adding a step: change the tables in ``db.py``, bump ``db.SCHEMA_VERSION``,
+append a :class:`Step` here, and extend tests/test_migrations.py (it upgrades
+the frozen first-release database in tests/data/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import db as dbmod
+from .db import Database, Tx, redact
+from .errors import SchemaError
+
+
+@dataclass(frozen=True)
+class Step:
+    """What turns schema ``version - 1`` into ``version``."""
+
+    version: int
+    description: str
+    apply: Callable[[Tx], None]
+
+
+def _columns(tx: Tx, table: str) -> set[str]:
+    if tx.is_sqlite:
+        return {r[1] for r in tx.all(f"PRAGMA table_info({table})")}
+    return {r[0] for r in tx.all(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = ?", (table,))}
+
+
+def _campaign_settings(tx: Tx) -> None:
+    # databases made between the column's addition and this step already have it (still labelled v1)
+    if "settings" not in _columns(tx, "campaign"):
+        tx.run("ALTER TABLE campaign ADD COLUMN settings VARCHAR NOT NULL DEFAULT '{}'")
+
+
+#: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)
+STEPS: tuple[Step, ...] = (
+    Step(2, "campaign.settings: per-campaign configuration as JSON text (default '{}')", _campaign_settings),
+)
+
+
+def _check_steps() -> None:
+    versions = [s.version for s in STEPS]
+    if versions != list(range(2, dbmod.SCHEMA_VERSION + 1)):
+        raise SchemaError(f"migration steps {versions} do not lead from 1 to schema {dbmod.SCHEMA_VERSION}")
+
+
+_check_steps()
+
+
+def pending(version: int) -> list[Step]:
+    """The steps a database at ``version`` still needs."""
+    return [s for s in STEPS if s.version > version]
+
+
+def upgrade(db: Database) -> list[Step]:
+    """Apply every pending step, one transaction each; returns the steps applied (none: already current)."""
+    version = db.schema_version()
+    if version is None:
+        raise SchemaError(f"{redact(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
+    if version > dbmod.SCHEMA_VERSION:
+        raise SchemaError(f"{redact(db.url)} has schema version {version}, newer than this ecalstate "
+                          f"(knows up to {dbmod.SCHEMA_VERSION}); upgrade ecalstate")
+    applied = []
+    for step in pending(version):
+        with db.tx(write=True) as tx:
+            found = int(tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'" + _for_update(tx)))
+            if found >= step.version:  # another upgrader got here first
+                continue
+            step.apply(tx)
+            tx.run("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(step.version),))
+        applied.append(step)
+    return applied
+
+
+def _for_update(tx: Tx) -> str:
+    return "" if tx.is_sqlite else " FOR UPDATE"
