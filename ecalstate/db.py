@@ -23,7 +23,7 @@ from sqlmodel import Field, SQLModel, create_engine
 from .errors import EcalStateError, NotFound, SchemaError
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> str:
@@ -274,7 +274,7 @@ class Tx:
 class Database:
     """An engine plus the transaction discipline; opens, creates and version-checks the schema."""
 
-    def __init__(self, url: str, create: bool = False) -> None:
+    def __init__(self, url: str, create: bool = False, check_version: bool = True) -> None:
         self.url = normalise_url(url)
         path = sqlite_path(self.url)
         if path is not None and path != ":memory:":
@@ -283,7 +283,7 @@ class Database:
         self.is_sqlite = path is not None
         if create:
             self.create_schema()
-        else:
+        elif check_version:
             self.check_schema()
 
     def close(self) -> None:
@@ -302,6 +302,12 @@ class Database:
             raise DatabaseError(f"database error on {redact(self.url)}: {first_line(err.orig)}") from err
 
     def create_schema(self) -> None:
+        """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent)."""
+        found = self.schema_version()
+        if found is not None and found < SCHEMA_VERSION:
+            from .migrations import upgrade
+
+            upgrade(self)
         try:
             SQLModel.metadata.create_all(self.engine)
         except exc.DBAPIError as err:
