@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import EcalStateError
+from .errors import EcalStateError, Refused
 
 
 class TaskStatus(str, Enum):
@@ -136,8 +136,11 @@ class UnknownStatus(EcalStateError):
     """A status name that is not in the table."""
 
 
-class TransitionNotAllowed(EcalStateError):
-    """A transition refused by the table; names the entity, both statuses and what is allowed."""
+class TransitionNotAllowed(Refused):
+    """A transition refused by the table; names the entity, both statuses and what is allowed.
+
+    ``result`` (a bulk call's per-item outcomes) is set when the refusal came from a bulk request.
+    """
 
     def __init__(
         self,
@@ -147,6 +150,7 @@ class TransitionNotAllowed(EcalStateError):
         requested: Enum,
         allowed: frozenset[Enum],
         reason: str = "",
+        result: object = None,
     ) -> None:
         self.entity = entity
         self.what = what
@@ -158,7 +162,8 @@ class TransitionNotAllowed(EcalStateError):
         detail = f" ({reason})" if reason else ""
         super().__init__(
             f"{label}: transition {current.value} -> {requested.value} not allowed{detail}; "
-            f"allowed from {current.value}: {allowed_txt}"
+            f"allowed from {current.value}: {allowed_txt}",
+            result,
         )
 
 

@@ -17,7 +17,7 @@ from .base import Ctx, StoreBase
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
 from .results import BulkResult, Change
-from .statemachine import TASK, TaskStatus
+from .statemachine import TASK, TaskStatus, TransitionNotAllowed
 
 T = TaskStatus
 #: statuses an operator may set by hand; the others belong to injection and claims
@@ -48,13 +48,12 @@ class Transitions(StoreBase):
         dry_run: bool = False,
         request_id: Optional[str] = None,
     ) -> BulkResult:
-        """Set the status of a task for some runs; ``reprocess`` behaves as :meth:`reprocess`."""
+        """Set the status of a task for some runs; ``reprocess`` behaves as :meth:`reprocess`.
+
+        The table decides first (a pair outside it raises :class:`TransitionNotAllowed`); of the pairs it
+        allows, an operator may only request ``done``, ``failed`` and ``reprocess``: claims own the rest.
+        """
         target = TaskStatus(TASK.parse(status))
-        if target not in OPERATOR_TARGETS:
-            raise Invalid(
-                f"status {target.value} is not set by hand ({'claims' if target != T.NEW else 'injection'} set it); "
-                f"an operator may set: {', '.join(s.value for s in OPERATOR_TARGETS)}"
-            )
         if target == T.REPROCESS:
             return self.reprocess(campaign, task, runs=runs, reason=reason, dry_run=dry_run, request_id=request_id)
         return self._operate("set", campaign, task, runs, False, False, target, reason, dry_run, request_id)
@@ -100,14 +99,8 @@ class Transitions(StoreBase):
 
         def body(ctx: Ctx) -> BulkResult:
             cid, targets, changes = plan(ctx.tx)
-            refused = [c for c in changes if c.outcome == "refused"]
-            if refused:
-                first = refused[0]
-                raise Refused(
-                    f"{len(refused)} of {len(changes)} transitions refused, nothing written; first: "
-                    f"{first.key}: {first.current} -> {first.requested}: {first.reason}",
-                    BulkResult(changes),
-                )
+            if any(c.outcome == "refused" for c in changes):
+                raise _refusal(changes)
             for t, change in zip(targets, changes[len(changes) - len(targets):]):
                 if change.outcome == "changed":
                     _write(ctx, cid, t, target, reason)
@@ -167,12 +160,32 @@ def _decide(t: _Target, target: TaskStatus) -> Change:
     if current == target:
         return Change("task", key, current.value, target.value, "unchanged", "already " + target.value)
     if TASK.is_allowed(current, target):
+        if target not in OPERATOR_TARGETS:
+            return Change("task", key, current.value, target.value, "refused",
+                          f"{target.value} is set by claims, not by hand (an operator may set: "
+                          f"{', '.join(s.value for s in OPERATOR_TARGETS)})")
         return Change("task", key, current.value, target.value, "changed", "" if t.explicit else "cascade")
     if not t.explicit and current in (T.NEW, T.REPROCESS):
         return Change("task", key, current.value, target.value, "unchanged", "not processed yet")
     allowed = ", ".join(sorted(s.value for s in TASK.allowed(current)))
     return Change("task", key, current.value, target.value, "refused",
                   f"not in the task table (allowed from {current.value}: {allowed})")
+
+
+def _refusal(changes: list[Change]) -> Refused:
+    """The error for a refused request: :class:`TransitionNotAllowed` when the table refused a pair."""
+    refused = [c for c in changes if c.outcome == "refused"]
+    summary = f"{len(refused)} of {len(changes)} transitions refused, nothing written"
+    result = BulkResult(changes)
+    for change in refused:
+        if change.current is None:
+            continue
+        current, requested = TaskStatus(change.current), TaskStatus(change.requested)
+        if not TASK.is_allowed(current, requested):
+            return TransitionNotAllowed(TASK.entity, change.key, current, requested, TASK.allowed(current), summary,
+                                        result=result)
+    first = refused[0]
+    return Refused(f"{summary}; first: {first.key}: {first.current} -> {first.requested}: {first.reason}", result)
 
 
 def _write(ctx: Ctx, cid: int, t: _Target, target: TaskStatus, reason: str) -> None:
