@@ -52,6 +52,8 @@ class Machine:
     causes: Mapping[tuple[Enum, Enum], str]
     #: statuses declared final: they must have no exits, and every status without exits must be declared
     terminals: frozenset[Enum] = frozenset()
+    #: what creates an entity in its initial status (documentation)
+    entry: str = "created"
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -194,6 +196,7 @@ TASK = Machine(
         (T.FAILED, T.REPROCESS): "operator",
         (T.MERGED, T.REPROCESS): "operator, or its group leader is reprocessed",
     },
+    entry="run injected, and a run type that matches it activates the task",
 )
 
 JOB = Machine(
@@ -216,6 +219,7 @@ JOB = Machine(
         (J.FAILED, J.IDLE): "resubmitted, only while attempts <= max retries",
     },
     terminals=frozenset({J.DONE}),
+    entry="created by submit",
 )
 
 #: statuses from which a task instance may be claimed by a submit stage
@@ -225,7 +229,7 @@ CLAIMABLE = (T.NEW, T.REPROCESS)
 def render_markdown(machine: Machine) -> str:
     """The table as Markdown, for docs/state-machines.md."""
     lines = ["| from | allowed to | typical cause |", "| --- | --- | --- |"]
-    lines.append(f"| (none) | {machine.initial.value} | created |")
+    lines.append(f"| (none) | {machine.initial.value} | {machine.entry} |")
     for source in machine.statuses:
         targets = sorted(machine.table[source], key=lambda s: list(machine.statuses).index(s))
         if not targets:
@@ -235,3 +239,27 @@ def render_markdown(machine: Machine) -> str:
         lines.append(f"| {source.value} | {', '.join(t.value for t in targets)} | {causes} |")
     return "\n".join(lines) + "\n"
 
+
+#: the command that regenerates docs/state-machines.md (a test fails when the file is stale)
+DOC_COMMAND = (
+    "python -c 'from ecalstate.statemachine import document; print(document(), end=\"\")' > docs/state-machines.md"
+)
+
+
+def document() -> str:
+    """docs/state-machines.md: both tables rendered from the data, so the docs cannot drift from the code."""
+    parts = [
+        "# State machines",
+        "",
+        "Generated from the tables in `ecalstate/statemachine.py` (do not edit by hand):",
+        "",
+        f"    {DOC_COMMAND}",
+        "",
+        "Anything not in a table is refused with `TransitionNotAllowed`, naming the entity, the current",
+        "status, the requested status and the allowed ones; nothing is written.",
+    ]
+    for title, machine in (("Task instances", TASK), ("Jobs", JOB)):
+        statuses = ", ".join(f"`{s.value}`" for s in machine.statuses)
+        final = ", ".join(f"`{s.value}`" for s in machine.statuses if s in machine.terminals) or "none"
+        parts += ["", f"## {title}", "", f"Statuses: {statuses}. Terminal: {final}.", "", render_markdown(machine).rstrip("\n")]
+    return "\n".join(parts) + "\n"

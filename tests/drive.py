@@ -1,0 +1,77 @@
+"""Test helpers: bring a task instance or a job into a given status through the public API only.
+
+Shared by the state-machine, store and property tests, so that every test reaches a status the
+way production code does (injection, claims, jobs, operator transitions), never by writing SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ecalstate import JobStatus, Store, TaskStatus
+from ecalstate.claims import Eligible
+
+T = TaskStatus
+J = JobStatus
+REASON = "driven by a test"
+
+#: how each task status is reached, as the status it is reached from (``new`` is where injection leaves it)
+TASK_PATH: dict[TaskStatus, TaskStatus] = {
+    T.PROCESSING: T.NEW,
+    T.MERGED: T.NEW,
+    T.DONE: T.PROCESSING,
+    T.FAILED: T.PROCESSING,
+    T.REPROCESS: T.DONE,
+}
+JOB_PATH: dict[JobStatus, JobStatus] = {J.RUNNING: J.IDLE, J.DONE: J.IDLE, J.FAILED: J.IDLE}
+
+
+def only(*runs: int) -> Callable[[list[Eligible]], list[list[Eligible]]]:
+    """A claim grouper taking exactly ``runs`` as one group, the last one the leader (if they are eligible)."""
+
+    def grouper(eligible: list[Eligible]) -> list[list[Eligible]]:
+        by_run = {e.run_number: e for e in eligible}
+        group = [by_run[r] for r in runs if r in by_run]
+        return [group] if group else []
+
+    return grouper
+
+
+def drive_instance(
+    store: Store, campaign: str, task: str, run: int, status: TaskStatus, partner: int | None = None
+) -> None:
+    """Bring a ``new`` instance to ``status``; ``merged`` folds it into ``partner``'s group (partner leads)."""
+    if status == T.NEW:
+        return
+    drive_instance(store, campaign, task, run, TASK_PATH[status], partner)
+    if status == T.PROCESSING:
+        claimed = store.claim(campaign, task, group_by=only(run))
+        assert [c.run_number for c in claimed] == [run], claimed
+    elif status == T.MERGED:
+        if partner is None:
+            raise ValueError("merging needs a partner run to lead the group")
+        claimed = store.claim(campaign, task, group_by=only(run, partner))
+        assert [(c.run_number, c.merged) for c in claimed] == [(partner, [run])], claimed
+    elif status == T.REPROCESS:
+        store.reprocess(campaign, task, runs=[run], reason=REASON)
+    else:
+        store.set_status(campaign, task, [run], status.value, reason=REASON)
+    assert store.instance(campaign, task, run).status == status.value
+
+
+def drive_job(store: Store, campaign: str, task: str, run: int, jid: int, status: JobStatus) -> None:
+    """Bring an ``idle`` job of a ``processing`` instance to ``status`` (one validated transition)."""
+    if status != J.IDLE:
+        drive_job(store, campaign, task, run, jid, JOB_PATH[status])
+        store.set_job_status(campaign, task, run, jid, status.value, reason=REASON)
+
+
+def start_jobs(store: Store, campaign: str, task: str, run: int, jids: Sequence[int]) -> None:
+    """Claim ``run`` alone and create its jobs."""
+    drive_instance(store, campaign, task, run, T.PROCESSING)
+    store.create_jobs(campaign, task, run, list(jids))
+
+
+def audit_count(store: Store) -> int:
+    with store.db.tx(write=False) as tx:
+        return int(tx.scalar("SELECT COUNT(*) FROM audit WHERE entity IN ('task', 'job')"))
