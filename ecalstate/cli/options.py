@@ -9,13 +9,23 @@ import click
 
 from ..errors import EcalStateError
 from ..filters import parse_runs, split_multi
+from .parse import DURATION
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _campaign(required: bool, help: str) -> Callable[[F], F]:
+    return click.option("-c", "--campaign", envvar="ECALSTATE_CAMPAIGN", required=required, metavar="NAME",
+                        help=help + " (env ECALSTATE_CAMPAIGN).")
+
+
 def campaign_option(f: F) -> F:
-    return click.option("-c", "--campaign", envvar="ECALSTATE_CAMPAIGN", required=True, metavar="NAME",
-                        help="Campaign (env ECALSTATE_CAMPAIGN).")(f)
+    return _campaign(True, "Campaign")(f)
+
+
+def optional_campaign_option(f: F) -> F:
+    """For commands that look at every campaign unless one is named (``health``)."""
+    return _campaign(False, "Campaign; all campaigns when omitted")(f)
 
 
 def task_option(required: bool = True, help: str = "Task name.") -> Callable[[F], F]:
@@ -55,3 +65,13 @@ def dry_run_option(f: F) -> F:
 def request_id_option(f: F) -> F:
     return click.option("--request-id", metavar="ID",
                         help="Idempotency key: replaying the same id returns the first outcome.")(f)
+
+
+def stuck_after_option(f: F) -> F:
+    return click.option("--stuck-after", type=DURATION, default="6h", show_default=True, metavar="DURATION",
+                        help="A processing instance is stuck after this long without job progress (30m, 6h, 2d).")(f)
+
+
+def silent_after_option(f: F) -> F:
+    return click.option("--silent-after", type=DURATION, default="2h", show_default=True, metavar="DURATION",
+                        help="A handler stage is silent after this long without a heartbeat (30m, 6h, 2d).")(f)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import click
 
 from .app import App, pass_app
-from .options import campaign_option
+from .fmt import echo_table
+from .options import campaign_option, multi_option
 
 
 @click.command()
@@ -47,3 +50,161 @@ def campaign_create(app: App, name: str, kind: str, description: str) -> None:
     """
     info = app.store(create=True).create_campaign(name, kind, description)
     app.emit(info, f"created campaign {info.name} ({info.kind})")
+
+
+@campaign.command("list")
+@pass_app
+def campaign_list(app: App) -> None:
+    """List every campaign.
+
+    \b
+    Example:
+        ecalstate campaign list
+    """
+    campaigns = app.store().list_campaigns()
+    app.emit(campaigns, lambda: echo_table(
+        ["name", "kind", "created", "description"],
+        [(c.name, c.kind, c.created_at, c.description) for c in campaigns], "no campaigns"))
+
+
+@click.group()
+def task() -> None:
+    """Declare tasks, their dependencies and retry limits.
+
+    \b
+    Example:
+        ecalstate task add -c prompt calib --depends-on reco --max-retries 2
+    """
+
+
+@task.command("add")
+@campaign_option
+@click.argument("name")
+@multi_option("--depends-on", help="Task this one waits for (must exist).", metavar="TASK")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Resubmissions allowed for a failed job.")
+@pass_app
+def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int) -> None:
+    """Declare task NAME in a campaign.
+
+    A task runs on a run once every task it depends on is done for that run.
+    Activate it for runs with `ecalstate rtype update --add`.
+
+    \b
+    Example:
+        ecalstate task add -c prompt reco --max-retries 3
+        ecalstate task add -c prompt calib --depends-on reco
+    """
+    info = app.store().add_task(campaign, name, depends_on, max_retries)
+    app.emit(info, f"added task {info.name}" + (f" (depends on {', '.join(info.depends_on)})" if info.depends_on else ""))
+
+
+@task.command("update")
+@campaign_option
+@click.argument("name")
+@multi_option("--depends-on", help="Replace the dependencies with these tasks.", metavar="TASK")
+@click.option("--no-depends", is_flag=True, help="Remove every dependency.")
+@click.option("--max-retries", type=click.IntRange(min=0), help="New retry limit.")
+@pass_app
+def task_update(
+    app: App, campaign: str, name: str, depends_on: list[str], no_depends: bool, max_retries: Optional[int]
+) -> None:
+    """Change the dependencies or retry limit of task NAME; cycles are refused.
+
+    \b
+    Example:
+        ecalstate task update -c prompt calib --depends-on reco,ped --max-retries 5
+    """
+    if no_depends and depends_on:
+        raise click.UsageError("--no-depends and --depends-on exclude each other")
+    deps = [] if no_depends else (depends_on or None)
+    if deps is None and max_retries is None:
+        raise click.UsageError("nothing to change: give --depends-on, --no-depends or --max-retries")
+    info = app.store().update_task(campaign, name, deps, max_retries)
+    app.emit(info, f"updated task {info.name}: depends on {', '.join(info.depends_on) or 'nothing'}, "
+                   f"max retries {info.max_retries}")
+
+
+@task.command("list")
+@campaign_option
+@pass_app
+def task_list(app: App, campaign: str) -> None:
+    """List the tasks of a campaign with their dependencies.
+
+    \b
+    Example:
+        ecalstate task list -c prompt
+    """
+    tasks = app.store().list_tasks(campaign)
+    app.emit(tasks, lambda: echo_table(
+        ["task", "depends on", "max retries"],
+        [(t.name, ",".join(t.depends_on) or None, t.max_retries) for t in tasks], "no tasks"))
+
+
+@click.group()
+def rtype() -> None:
+    """Run types: filters on run metadata that activate tasks.
+
+    \b
+    Example:
+        ecalstate rtype create -c prompt collisions --filter "class=Collisions,nevents>=1000"
+    """
+
+
+@rtype.command("create")
+@campaign_option
+@click.argument("name")
+@click.option("--filter", "expr", default="", metavar="EXPR",
+              help="Clauses KEY OP VALUE joined by commas (AND); OP is = != >= <= > <. Empty: every run.")
+@multi_option("--task", "-t", help="Task this run type activates.", metavar="TASK")
+@pass_app
+def rtype_create(app: App, campaign: str, name: str, expr: str, task: list[str]) -> None:
+    """Create run type NAME; runs injected later that match it get its tasks.
+
+    \b
+    Example:
+        ecalstate rtype create -c prompt cosmics --filter "class=Cosmics" --task reco
+    """
+    info = app.store().create_rtype(campaign, name, expr, task)
+    app.emit(info, f"created run type {info.name} (filter {info.filter or '(every run)'};"
+                   f" tasks {', '.join(info.tasks) or 'none'})")
+
+
+@rtype.command("update")
+@campaign_option
+@click.argument("name")
+@multi_option("--add", help="Task to activate.", metavar="TASK")
+@multi_option("--remove", help="Task to deactivate (existing instances stay).", metavar="TASK")
+@click.option("--filter", "expr", default=None, metavar="EXPR", help="Replace the filter.")
+@click.option("--backfill", is_flag=True, help="Also create instances for matching runs already injected.")
+@pass_app
+def rtype_update(
+    app: App, campaign: str, name: str, add: list[str], remove: list[str], expr: Optional[str], backfill: bool
+) -> None:
+    """Change the tasks or filter of run type NAME.
+
+    Without --backfill the change applies to runs injected later.
+
+    \b
+    Example:
+        ecalstate rtype update -c prompt all --add reco,calib --backfill
+    """
+    result = app.store().update_rtype(campaign, name, add, remove, backfill, expr)
+    app.emit(result, f"updated run type {result.rtype}: added {', '.join(result.added) or 'none'}, "
+                     f"removed {', '.join(result.removed) or 'none'}; {result.instances} instances created")
+
+
+@rtype.command("list")
+@campaign_option
+@pass_app
+def rtype_list(app: App, campaign: str) -> None:
+    """List the run types of a campaign with their filters and tasks.
+
+    \b
+    Example:
+        ecalstate rtype list -c prompt
+    """
+    rtypes = app.store().list_rtypes(campaign)
+    app.emit(rtypes, lambda: echo_table(
+        ["run type", "filter", "tasks"], [(r.name, r.filter or None, ",".join(r.tasks) or None) for r in rtypes],
+        "no run types"))

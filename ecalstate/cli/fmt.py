@@ -1,0 +1,53 @@
+"""Plain-text layout for the commands: aligned tables and status colours.
+
+Colours go through :func:`click.style`; :func:`click.echo` drops them when
+stdout is not a terminal, so pipes and Jenkins logs get plain text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+#: terminal colour per task and job status
+STATUS_COLOURS: dict[str, str] = {
+    "new": "white",
+    "idle": "white",
+    "processing": "blue",
+    "running": "blue",
+    "done": "green",
+    "failed": "red",
+    "merged": "cyan",
+    "reprocess": "yellow",
+}
+
+
+def styled(status: str, text: str | None = None) -> str:
+    """``text`` (default: the status itself) in the status' colour."""
+    colour = STATUS_COLOURS.get(status)
+    shown = status if text is None else text
+    return click.style(shown, fg=colour, bold=True if status == "failed" else None) if colour else shown
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces (colours allowed); ``None`` shows as ``-``."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in [headers, *rows]]
+    widths = [max(visible_len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(pad(c, w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def visible_len(text: str) -> int:
+    """Length as shown: colour codes take no room."""
+    return len(click.unstyle(text)) if "\x1b" in text else len(text)
+
+
+def pad(text: str, width: int) -> str:
+    """Left-align ``text`` (possibly styled) in ``width`` columns."""
+    return text + " " * (width - visible_len(text))
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
+    """Print a table, or ``empty`` when there are no rows."""
+    click.echo(table(headers, rows) if rows else empty)

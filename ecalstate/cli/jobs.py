@@ -1,0 +1,107 @@
+"""Batch jobs of task instances: create, list, set a status with result fields."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import click
+
+from ..statemachine import JobStatus
+from .app import App, pass_app
+from .fmt import echo_table, styled
+from .options import campaign_option, request_id_option, task_option
+from .parse import KEY_VALUE, pairs_to_dict
+
+JOB_STATUSES = [s.value for s in JobStatus]
+
+
+@click.group()
+def job() -> None:
+    """Batch jobs of a task instance (one claimed run of a task).
+
+    \b
+    Example:
+        ecalstate job list -c prompt --task reco --run 356001
+    """
+
+
+@job.command("create")
+@campaign_option
+@task_option()
+@click.option("--run", "run_number", type=int, required=True, metavar="N", help="The claimed (processing) run.")
+@click.option("--count", type=click.IntRange(min=1), required=True, metavar="N", help="How many jobs.")
+@click.option("--first", type=click.IntRange(min=0), default=0, show_default=True, metavar="ID",
+              help="Id of the first job; the others follow.")
+@request_id_option
+@pass_app
+def job_create(
+    app: App, campaign: str, task: str, run_number: int, count: int, first: int, request_id: Optional[str]
+) -> None:
+    """Create idle jobs in the current generation of a processing run.
+
+    Handlers do this through the library; the command serves shell-driven
+    workflows and demos.
+
+    \b
+    Example:
+        ecalstate job create -c prompt --task reco --run 356001 --count 10
+    """
+    jids = list(range(first, first + count))
+    app.store().create_jobs(campaign, task, run_number, jids, request_id=request_id)
+    app.emit({"created": jids}, f"created jobs {first}-{jids[-1]} for {task} run {run_number}")
+
+
+@job.command("list")
+@campaign_option
+@task_option()
+@click.option("--run", "run_number", type=int, metavar="N", help="Only this run's jobs.")
+@click.option("--status", type=click.Choice(JOB_STATUSES), help="Only jobs with this status.")
+@click.option("--all-generations", is_flag=True, help="Include the jobs of earlier generations.")
+@pass_app
+def job_list(
+    app: App, campaign: str, task: str, run_number: Optional[int], status: Optional[str], all_generations: bool
+) -> None:
+    """List the jobs of a task (current generation unless --all-generations).
+
+    \b
+    Example:
+        ecalstate job list -c prompt --task reco --status failed
+    """
+    jobs = app.store().list_jobs(campaign, task, run_number, status, all_generations)
+    app.emit(jobs, lambda: echo_table(
+        ["run", "job", "generation", "status", "attempts", "batch id", "updated", "fields"],
+        [(j.run_number, j.jid, j.generation, styled(j.status), j.attempts, j.batch_id, j.updated_at,
+          json.dumps(j.fields, sort_keys=True) if j.fields else None) for j in jobs],
+        "no jobs"))
+
+
+@job.command("set")
+@campaign_option
+@task_option()
+@click.option("--run", "run_number", type=int, required=True, metavar="N", help="Run of the job.")
+@click.option("--job", "jid", type=int, required=True, metavar="ID", help="Job id within the run.")
+@click.argument("status", type=click.Choice(JOB_STATUSES))
+@click.option("--field", "fields", type=KEY_VALUE, multiple=True, metavar="KEY=VALUE",
+              help="Result field (output path, plot URL, number); JSON scalars when they parse, else text. Repeatable.")
+@click.option("--batch-id", metavar="ID", help="Batch system id, e.g. an HTCondor cluster.proc.")
+@click.option("--generation", type=click.IntRange(min=0), metavar="G", help="Job generation (default: current).")
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept in the audit).")
+@request_id_option
+@pass_app
+def job_set(
+    app: App, campaign: str, task: str, run_number: int, jid: int, status: str, fields: tuple[tuple[str, Any], ...],
+    batch_id: Optional[str], generation: Optional[int], reason: str, request_id: Optional[str],
+) -> None:
+    """Set the STATUS of one job, validated by the job table and the retry limit.
+
+    When the change decides its task instance (all jobs done, or one failed
+    beyond its retries) the instance completes in the same transaction.
+
+    \b
+    Example:
+        ecalstate job set -c prompt --task reco --run 356001 --job 3 done --field output=/eos/reco_3.root --field nevents=5000
+    """
+    change = app.store().set_job_status(campaign, task, run_number, jid, status, pairs_to_dict(fields, "--field") or None,
+                                        batch_id, reason, generation, request_id)
+    app.emit(change, f"{change.outcome}: {change.key}: {change.current} -> {styled(change.requested)}")

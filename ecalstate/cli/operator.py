@@ -1,0 +1,100 @@
+"""What operators do by hand: set a status, reprocess. Validated, audited, all or nothing."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..results import BulkResult
+from ..transitions import OPERATOR_TARGETS
+from .app import App, pass_app
+from .fmt import styled
+from .options import (
+    campaign_option,
+    dry_run_option,
+    reason_option,
+    request_id_option,
+    runs_option,
+    task_option,
+)
+
+
+@click.command("set")
+@campaign_option
+@task_option()
+@runs_option(required=True)
+@click.argument("status", type=click.Choice([s.value for s in OPERATOR_TARGETS]))
+@reason_option
+@dry_run_option
+@request_id_option
+@pass_app
+def set_status(
+    app: App, campaign: str, task: str, runs: list[int], status: str, reason: str, dry_run: bool,
+    request_id: Optional[str],
+) -> None:
+    """Set the STATUS of a task for a set of runs.
+
+    Every change goes through the transition table.
+    One refused transition refuses the whole request and nothing is written;
+    --dry-run prints the plan with per-outcome counts. Setting reprocess also
+    reprocesses the runs merged into a reprocessed leader.
+
+    \b
+    Example:
+        ecalstate set -c prompt --task reco --runs 356001-356010 failed --reason "bad calibration input" --dry-run
+    """
+    result = app.store().set_status(campaign, task, runs, status, reason, dry_run, request_id)
+    emit_bulk(app, result)
+
+
+@click.command()
+@campaign_option
+@task_option()
+@runs_option(help="Reprocess these runs, e.g. 356001-356100,356200.")
+@click.option("--failed", is_flag=True, help="Reprocess every failed run of the task.")
+@click.option("--downstream", is_flag=True, help="Also reprocess the tasks that depend on this one, for the same runs.")
+@reason_option
+@dry_run_option
+@request_id_option
+@pass_app
+def reprocess(
+    app: App, campaign: str, task: str, runs: Optional[list[int]], failed: bool, downstream: bool, reason: str,
+    dry_run: bool, request_id: Optional[str],
+) -> None:
+    """Mark runs of a task for reprocessing.
+
+    The next claim opens a new job generation.
+    History is kept. Runs merged into a reprocessed leader follow it; with
+    --downstream the dependent tasks follow too (those not processed yet stay).
+
+    \b
+    Example:
+        ecalstate reprocess -c prompt --task reco --failed --downstream --reason "fixed GT" --dry-run
+        ecalstate reprocess -c prompt --task calib --runs 356001-356050 --reason "new tag"
+    """
+    if runs is None and not failed:
+        raise click.UsageError("give --runs or --failed")
+    result = app.store().reprocess(campaign, task, runs, failed, downstream, reason, dry_run, request_id)
+    emit_bulk(app, result)
+
+
+def emit_bulk(app: App, result: BulkResult) -> None:
+    """Every change with its outcome, then the counts; a dry run with refusals exits 1."""
+    verb = "would change" if result.dry_run else "changed"
+
+    def text() -> None:
+        if result.dry_run:
+            click.echo("dry run: nothing written")
+        width = max([len(c.key) for c in result.changes] + [0])
+        for c in result.changes:
+            outcome = verb if c.outcome == "changed" else c.outcome
+            move = f"{c.current or '-'} -> {styled(c.requested)}"
+            click.echo(f"{outcome:<12}  {c.key:<{width}}  {move}" + (f"  ({c.reason})" if c.reason else ""))
+        click.echo(f"{verb} {result.changed}, unchanged {result.unchanged}, refused {len(result.refused)}")
+
+    app.emit(result, text)
+    if result.dry_run and result.refused:
+        click.echo(f"dry run: {len(result.refused)} of {len(result.changes)} transitions would be refused;"
+                   " the real run would write nothing", err=True)
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,54 @@
+"""Static reports: the processing overview as one HTML file, readable without Grafana."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .app import App, pass_app
+from .options import campaign_option, silent_after_option, stuck_after_option
+
+
+@click.group()
+def report() -> None:
+    """Write static reports of a campaign.
+
+    \b
+    Example:
+        ecalstate report html -c prompt --out overview.html
+    """
+
+
+@report.command("html")
+@campaign_option
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Where to write the page (replaced atomically).")
+@stuck_after_option
+@silent_after_option
+@click.option("--failures", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
+              help="How many recent failures to list.")
+@pass_app
+def report_html(app: App, campaign: str, out: str, stuck_after: float, silent_after: float, failures: int) -> None:
+    """Write a self-contained HTML page: colour matrix, totals, recent failures, health.
+
+    No external assets: the file can be archived by Jenkins or mailed.
+
+    \b
+    Example:
+        ecalstate report html -c prompt --out public/prompt.html --stuck-after 12h
+    """
+    from ..report import render_html
+
+    page = render_html(app.store(), campaign, stuck_after, silent_after, failures)
+    tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(page)
+        os.replace(tmp, out)
+    except OSError as err:
+        raise click.ClickException(f"cannot write {out}: {err.strerror or err}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    app.emit({"out": out, "bytes": len(page.encode())}, f"wrote {out}")

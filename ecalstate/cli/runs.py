@@ -1,0 +1,293 @@
+"""Runs and what happens to them: inject, list, the status overview, claims, history, health."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any, Optional
+
+import click
+
+from ..results import Health, Overview, RunSpec
+from ..statemachine import TaskStatus
+from .app import App, pass_app
+from .fmt import echo_table, styled, table
+from .options import (
+    campaign_option,
+    multi_option,
+    optional_campaign_option,
+    request_id_option,
+    runs_option,
+    silent_after_option,
+    stuck_after_option,
+    task_option,
+)
+from .parse import KEY_VALUE, format_duration, pairs_to_dict, read_runs
+
+TASK_STATUSES = [s.value for s in TaskStatus]
+#: injections at least this long show a progress bar (on a terminal)
+PROGRESS_FROM = 1000
+
+
+@click.group()
+def run() -> None:
+    """Inject runs into a campaign and list them.
+
+    \b
+    Example:
+        ecalstate run inject -c prompt --run 356001 --fill 8000 --meta class=Collisions
+    """
+
+
+@run.command("inject")
+@campaign_option
+@click.option("--run", "run_number", type=int, metavar="N", help="Run number (> 0).")
+@click.option("--fill", type=int, metavar="F", help="LHC fill of --run.")
+@click.option("--meta", type=KEY_VALUE, multiple=True, metavar="KEY=VALUE",
+              help="Metadata of --run (values are JSON scalars when they parse, else text). Repeatable.")
+@click.option("--file", "path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="runs.json (list of objects) or runs.csv (with a header): run_number, fill, other keys as metadata.")
+@request_id_option
+@pass_app
+def run_inject(
+    app: App, campaign: str, run_number: Optional[int], fill: Optional[int], meta: tuple[tuple[str, Any], ...],
+    path: Optional[str], request_id: Optional[str],
+) -> None:
+    """Inject runs; every run type a run matches activates its tasks (status new).
+
+    Runs already present are left as they are. A file is checked whole before
+    anything is written: one bad record refuses the file, naming the record.
+
+    \b
+    Example:
+        ecalstate run inject -c prompt --run 356001 --fill 8000 --meta class=Collisions --meta nevents=120000
+        ecalstate run inject -c rereco-2024 --file runs.csv
+    """
+    if path is not None and (run_number is not None or fill is not None or meta):
+        raise click.UsageError("--run, --fill and --meta go without --file; a file carries its own")
+    if path is not None:
+        specs = read_runs(path)
+    elif run_number is not None:
+        specs = [RunSpec(run_number, fill, pairs_to_dict(meta, "--meta"))]
+    else:
+        raise click.UsageError("give --run or --file")
+    store = app.store()
+    if len(specs) >= PROGRESS_FROM and sys.stderr.isatty():
+        with click.progressbar(specs, label=f"checking {len(specs)} runs", file=sys.stderr) as bar:
+            result = store.inject_runs(campaign, bar, request_id=request_id)
+    else:
+        result = store.inject_runs(campaign, specs, request_id=request_id)
+    app.emit(result, f"injected {len(result.new)} new runs ({result.instances} task instances);"
+                     f" {len(result.existing)} already present")
+
+
+@run.command("list")
+@campaign_option
+@task_option(required=False, help="Show this task's status per run.")
+@click.option("--status", type=click.Choice(TASK_STATUSES), help="Only runs whose --task has this status.")
+@pass_app
+def run_list(app: App, campaign: str, task: Optional[str], status: Optional[str]) -> None:
+    """List the runs of a campaign, with a task's status when --task is given.
+
+    \b
+    Example:
+        ecalstate run list -c prompt --task reco --status failed
+    """
+    if status is not None and task is None:
+        raise click.UsageError("--status needs --task")
+    runs = app.store().list_runs(campaign, task, status)
+
+    def text() -> None:
+        headers = ["run", "fill", "run types"] + (["status", "generation"] if task else []) + ["metadata"]
+        echo_table(headers, [
+            [r["run_number"], r["fill"], ",".join(r["rtypes"]) or None]
+            + ([styled(r["status"]), r["generation"]] if task else [])
+            + [json.dumps(r["meta"], sort_keys=True) if r["meta"] else None]
+            for r in runs
+        ], "no runs")
+
+    app.emit(runs, text)
+
+
+@click.command()
+@campaign_option
+@multi_option("--task", "-t", help="Show only this task.", metavar="TASK")
+@runs_option(help="Show only these runs, e.g. 356001-356100,356200.")
+@stuck_after_option
+@pass_app
+def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], stuck_after: float) -> None:
+    """The run x task overview, with totals per task and status.
+
+    A blocked instance (marked *) waits on an upstream task that failed for its
+    run; a stuck one (marked !) is processing without job progress for
+    --stuck-after. Colours show on a terminal only.
+
+    \b
+    Example:
+        ecalstate status -c prompt
+        ecalstate --json status -c prompt --task reco,calib --runs 356001-356100
+    """
+    view = app.store().overview(campaign, task, runs, stuck_after)
+    app.emit(overview_dict(view), lambda: click.echo(render_overview(view, stuck_after)))
+
+
+def overview_dict(view: Overview) -> dict[str, Any]:
+    """The overview for ``--json``: rows, totals per task and status, marks as objects."""
+    return {
+        "campaign": view.campaign,
+        "tasks": view.tasks,
+        "rows": [{"run_number": r.run_number, "fill": r.fill, "statuses": r.statuses} for r in view.rows],
+        "totals": view.totals,
+        "blocked": [{"task": t, "run_number": r} for t, r in view.blocked],
+        "stuck": [{"task": t, "run_number": r} for t, r in view.stuck],
+    }
+
+
+def render_overview(view: Overview, stuck_after: float) -> str:
+    """The matrix, then totals per status (rows) and task (columns), then the legend of marks."""
+    if not view.rows or not view.tasks:
+        return f"campaign {view.campaign}: {len(view.rows)} runs, {len(view.tasks)} tasks: nothing to show"
+    marks = {(t, r): "*" for t, r in view.blocked}
+    marks.update({(t, r): "!" for t, r in view.stuck})
+    run_w = max(len("run"), *(len(str(r.run_number)) for r in view.rows))
+    fill_w = max(len("fill"), *(len(str(r.fill)) for r in view.rows))
+    widths = [max(len(t), len("processing!")) for t in view.tasks]
+    lines = [f"campaign {view.campaign}: {len(view.rows)} runs x {len(view.tasks)} tasks", "",
+             "  ".join(["run".ljust(run_w), "fill".ljust(fill_w)] + [t.ljust(w) for t, w in zip(view.tasks, widths)]).rstrip()]
+    for row in view.rows:
+        cells = [str(row.run_number).ljust(run_w), ("-" if row.fill is None else str(row.fill)).ljust(fill_w)]
+        for name, width in zip(view.tasks, widths):
+            state = row.statuses.get(name)
+            if state is None:
+                cells.append("-".ljust(width))
+            else:
+                text = state + marks.get((name, row.run_number), "")
+                cells.append(styled(state, text) + " " * (width - len(text)))
+        lines.append("  ".join(cells).rstrip())
+    counts = [[s] + [view.totals[t][s] for t in view.tasks] for s in TASK_STATUSES]
+    counts.append(["blocked *"] + [sum(1 for t, _ in view.blocked if t == name) for name in view.tasks])
+    counts.append(["stuck !"] + [sum(1 for t, _ in view.stuck if t == name) for name in view.tasks])
+    lines += ["", table(["totals"] + view.tasks, counts)]
+    if view.blocked or view.stuck:
+        lines += ["", (f"* blocked: an upstream task failed for the run;"
+                       f" ! stuck: processing without job progress for {format_duration(stuck_after)}")]
+    return "\n".join(lines)
+
+
+@click.command()
+@campaign_option
+@task_option()
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Claim at most N groups (default: all).")
+@click.option("--group-by", type=click.Choice(["run", "fill"]), default="run", show_default=True,
+              help="fill: one group per fill, the newest run leads, the others become merged.")
+@request_id_option
+@pass_app
+def claim(
+    app: App, campaign: str, task: str, limit: Optional[int], group_by: str, request_id: Optional[str]
+) -> None:
+    """Claim eligible runs of a task for a submit stage.
+
+    Eligible: new or reprocess, every upstream task done. One transaction: two builds claiming at once never get the same run. Each
+    claim's leader run becomes processing (and owns the jobs of a new
+    generation); runs grouped into it become merged.
+
+    \b
+    Example:
+        ecalstate --json claim -c prompt --task reco --limit 10
+        ecalstate claim -c prompt --task calib --group-by fill
+    """
+    claims = app.store().claim(campaign, task, limit, group_by, request_id)
+    app.emit(
+        [{"task": c.task, "leader": c.run_number, "fill": c.fill, "generation": c.generation, "merged": c.merged,
+          "runs": c.runs, "meta": c.meta} for c in claims],
+        lambda: echo_table(["run", "fill", "generation", "merged"],
+                           [(c.run_number, c.fill, c.generation, ",".join(map(str, c.merged)) or None) for c in claims],
+                           f"nothing to claim for task {task}"),
+    )
+
+
+@click.command()
+@campaign_option
+@task_option(required=False, help="Only this task's transitions.")
+@click.option("--run", "run_number", type=int, metavar="N", help="Only this run's transitions.")
+@click.option("--entity", type=click.Choice(["task", "job", "handler"]), help="Only this kind of entity.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
+              help="Show the N most recent rows.")
+@pass_app
+def history(
+    app: App, campaign: str, task: Optional[str], run_number: Optional[int], entity: Optional[str], limit: int
+) -> None:
+    """The audit trail: who, when, from, to, why.
+
+    Every accepted transition and handler heartbeat, oldest first.
+
+    \b
+    Example:
+        ecalstate history -c prompt --task reco --run 356001
+    """
+    rows = app.store().history(campaign, task, run_number, limit, entity)
+    app.emit(rows, lambda: echo_table(
+        ["time", "actor", "entity", "task", "run", "job", "from", "to", "reason", "request"],
+        [(a.ts, a.actor, a.entity, a.task, a.run_number, a.jid, a.from_status, styled(a.to_status), a.reason or None,
+          a.request_id) for a in rows],
+        "no history"))
+
+
+@click.command()
+@optional_campaign_option
+@stuck_after_option
+@silent_after_option
+@pass_app
+def health(app: App, campaign: Optional[str], stuck_after: float, silent_after: float) -> None:
+    """Report stuck, silent, failing and blocked work; exit 1 if any.
+
+    Stuck: processing instances without job progress; silent or failing:
+    handler stages without a recent (successful) heartbeat; blocked: instances
+    whose upstream task failed.
+
+    Exit code 1 when anything is wrong, so Jenkins or cron can alert. An
+    instance whose jobs never started is judged by when it was claimed.
+
+    \b
+    Example:
+        ecalstate health -c prompt --stuck-after 12h --silent-after 30m || notify-shifter
+    """
+    report = app.store().health(campaign, stuck_after, silent_after)
+    app.emit({"ok": report.ok, **_health_dict(report)}, lambda: click.echo(render_health(report, stuck_after,
+                                                                                          silent_after)))
+    if not report.ok:
+        click.echo(f"unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, {len(report.failing)} failing,"
+                   f" {len(report.blocked)} blocked", err=True)
+        raise click.exceptions.Exit(1)
+
+
+def _health_dict(report: Health) -> dict[str, Any]:
+    return {
+        "stuck": [asdict(s) for s in report.stuck],
+        "silent": [asdict(s) for s in report.silent],
+        "failing": [asdict(s) for s in report.failing],
+        "blocked": [{"campaign": c, "task": t, "run_number": r} for c, t, r in report.blocked],
+    }
+
+
+def render_health(report: Health, stuck_after: float, silent_after: float) -> str:
+    """One section per kind of problem, or one line when all is well."""
+    if report.ok:
+        return "healthy: nothing stuck, silent, failing or blocked"
+    sections: list[tuple[str, list[str], Iterable[tuple[Any, ...]]]] = [
+        (f"stuck (no job progress for {format_duration(stuck_after)})", ["campaign", "task", "run", "since", "jobs"],
+         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.stuck]),
+        (f"silent handler stages (no heartbeat for {format_duration(silent_after)})",
+         ["campaign", "task", "stage", "last"], [(h.campaign, h.task, h.stage, h.last_at) for h in report.silent]),
+        ("failing handler stages", ["campaign", "task", "stage", "last", "message"],
+         [(h.campaign, h.task, h.stage, h.last_at, h.message) for h in report.failing]),
+        ("blocked (an upstream task failed)", ["campaign", "task", "run"], report.blocked),
+    ]
+    out = []
+    for title, headers, rows in sections:
+        rows = list(rows)
+        if rows:
+            out += [f"{title}: {len(rows)}", table(headers, rows), ""]
+    return "\n".join(out).rstrip()

@@ -1,0 +1,160 @@
+"""The static HTML overview: what Grafana's processing overview shows, readable without Grafana.
+
+One self-contained page (inline CSS, no scripts, no external assets), so it can
+be archived by Jenkins, mailed, or opened from a file system: the run x task
+colour matrix with blocked and stuck marks, totals per task and status, the
+most recent failures from the audit trail, and the health report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+
+from .db import utcnow
+from .results import Health, Overview
+from .statemachine import TaskStatus
+from .store import Store
+
+#: cell colour per task status (also the legend); "missing" is a task not active for the run
+COLOURS: dict[str, str] = {
+    "new": "#cbd5e1",
+    "processing": "#3b82f6",
+    "done": "#16a34a",
+    "failed": "#dc2626",
+    "merged": "#14b8a6",
+    "reprocess": "#f59e0b",
+    "missing": "#ffffff",
+}
+
+FAILURES_SQL = """
+SELECT a.ts, a.entity, a.task, a.run_number, a.jid, a.from_status, a.actor, a.reason
+FROM audit a JOIN campaign c ON c.id = a.campaign_id
+WHERE c.name = ? AND a.to_status IN ('failed', 'error')
+ORDER BY a.id DESC LIMIT ?
+"""
+
+CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #111827; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 24px 0 8px; }
+.meta { color: #4b5563; margin: 0 0 12px; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 10px; color: #fff; font-weight: 600; }
+.ok { background: #16a34a; } .bad { background: #dc2626; }
+table { border-collapse: collapse; }
+th, td { padding: 2px 8px; text-align: left; border: 1px solid #e5e7eb; }
+th { background: #f3f4f6; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+table.matrix td.c { width: 56px; height: 18px; padding: 0; text-align: center; font-weight: 700; color: #111827; }
+table.matrix th.t { writing-mode: horizontal-tb; }
+.legend span { display: inline-block; margin-right: 12px; }
+.legend i { display: inline-block; width: 14px; height: 14px; vertical-align: -2px; margin-right: 4px;
+            border: 1px solid #9ca3af; }
+"""
+
+
+def render_html(
+    store: Store,
+    campaign: str,
+    stuck_after: float = 6 * 3600,
+    silent_after: float = 2 * 3600,
+    failures: int = 20,
+) -> str:
+    """The whole page for ``campaign`` as one string (raises the store's errors for an unknown campaign)."""
+    view = store.overview(campaign, stuck_after=stuck_after)
+    report = store.health(campaign, stuck_after, silent_after)
+    with store.db.tx(write=False) as tx:
+        failed = tx.all(FAILURES_SQL, (campaign, failures))
+    style = "".join(f"td.s-{s} {{ background: {c}; }}\n" for s, c in COLOURS.items())
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>ecalstate: {escape(campaign)}</title>",
+        f"<style>{CSS}{style}</style></head><body>",
+        f"<h1>Processing overview: {escape(campaign)}</h1>",
+        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {escape(utcnow())} by ecalstate. '
+        + _health_badge(report) + "</p>",
+        _matrix(view),
+        "<h2>Totals per task and status</h2>",
+        _totals(view),
+        f"<h2>Recent failures (last {failures})</h2>",
+        _table(["time", "entity", "task", "run", "job", "from", "actor", "reason"], failed, "no failures recorded"),
+        "<h2>Health</h2>",
+        _health(report),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _health_badge(report: Health) -> str:
+    if report.ok:
+        return '<span class="badge ok">healthy</span>'
+    return (f'<span class="badge bad">unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, '
+            f"{len(report.failing)} failing, {len(report.blocked)} blocked</span>")
+
+
+def _legend() -> str:
+    items = "".join(f'<span><i style="background:{c}"></i>{escape(s)}</span>' for s, c in COLOURS.items())
+    return f'<p class="legend">{items}<span>* blocked</span><span>! stuck</span></p>'
+
+
+def _matrix(view: Overview) -> str:
+    """Rows are runs, columns tasks; each cell's class (and colour) is the instance's status."""
+    if not view.rows or not view.tasks:
+        return "<p>no runs or no tasks yet</p>"
+    marks = {(t, r): "*" for t, r in view.blocked}
+    marks.update({(t, r): "!" for t, r in view.stuck})
+    names = [escape(t) for t in view.tasks]
+    out = [_legend(), '<table class="matrix"><thead><tr><th>run</th><th>fill</th>',
+           "".join(f'<th class="t">{n}</th>' for n in names), "</tr></thead><tbody>"]
+    for row in view.rows:
+        cells = []
+        for task, name in zip(view.tasks, names):
+            state = row.statuses.get(task, "missing")
+            mark = marks.get((task, row.run_number), "")
+            cells.append(f'<td class="c s-{state}" data-status="{state}" title="{name} run {row.run_number}: '
+                         f'{state}">{mark}</td>')
+        fill = "" if row.fill is None else row.fill
+        out.append(f'<tr><td class="n">{row.run_number}</td><td class="n">{fill}</td>{"".join(cells)}</tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _totals(view: Overview) -> str:
+    statuses = [s.value for s in TaskStatus]
+    rows: list[list[Any]] = [[s] + [view.totals[t][s] for t in view.tasks] for s in statuses]
+    rows.append(["blocked"] + [sum(1 for t, _ in view.blocked if t == task) for task in view.tasks])
+    rows.append(["stuck"] + [sum(1 for t, _ in view.stuck if t == task) for task in view.tasks])
+    return _table(["status", *view.tasks], rows, "no tasks")
+
+
+def _health(report: Health) -> str:
+    if report.ok:
+        return "<p>Nothing stuck, silent, failing or blocked.</p>"
+    sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
+        ("Stuck instances", ["campaign", "task", "run", "since", "jobs"],
+         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.stuck]),
+        ("Silent handler stages", ["campaign", "task", "stage", "last heartbeat"],
+         [(h.campaign, h.task, h.stage, h.last_at) for h in report.silent]),
+        ("Failing handler stages", ["campaign", "task", "stage", "last heartbeat", "message"],
+         [(h.campaign, h.task, h.stage, h.last_at, h.message) for h in report.failing]),
+        ("Blocked instances", ["campaign", "task", "run"], report.blocked),
+    ]
+    return "".join(f"<h3>{title} ({len(rows)})</h3>" + _table(headers, rows, "")
+                   for title, headers, rows in sections if rows)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> str:
+    body = "".join(
+        "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows
+    )
+    if not body:
+        return f"<p>{escape(empty)}</p>"
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'<td class="n">{value}</td>'
+    return f"<td>{'' if value is None else escape(str(value))}</td>"
