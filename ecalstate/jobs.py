@@ -76,8 +76,8 @@ class Jobs(StoreBase):
                 "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
             tx.many(AUDIT_SQL, [
                 ctx.audit_row(cid, "job", task, J.IDLE.value, instance_id=iid, job_pk=pks[j], run_number=run,
-                              jid=j, generation=gen, reason="created by submit")
-                for j in jid_list
+                              jid=j, generation=gen, reason="created by submit", detail=f or None)
+                for j, f in zip(jid_list, field_list)
             ])
             tx.run("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
             return len(jid_list)
