@@ -276,10 +276,13 @@ class Database:
 
     def __init__(self, url: str, create: bool = False, check_version: bool = True) -> None:
         self.url = normalise_url(url)
-        path = sqlite_path(self.url)
-        if path is not None and path != ":memory:":
-            check_sqlite_path(path, create)
-        self.engine = make_engine(self.url)
+        try:
+            path = sqlite_path(self.url)
+            if path is not None and path != ":memory:":
+                check_sqlite_path(path, create)
+            self.engine = make_engine(self.url)
+        except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
+            raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None
         if create:
             self.create_schema()
@@ -319,11 +322,11 @@ class Database:
         self.check_schema()
 
     def schema_version(self) -> Optional[int]:
-        try:
-            with self.tx(write=False) as tx:
-                value = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
-        except DatabaseError:
-            return None
+        """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
+        with self.tx(write=False) as tx:
+            if not self.engine.dialect.has_table(tx.conn, "meta"):
+                return None
+            value = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
         return None if value is None else int(value)
 
     def check_schema(self) -> None:
