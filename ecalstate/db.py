@@ -9,6 +9,7 @@ lands on. Any SQLAlchemy URL works; PostgreSQL is the multi-host engine.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Field, SQLModel, create_engine
 
 from .errors import EcalStateError, NotFound, SchemaError
+from .paths import network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
 SCHEMA_VERSION = 2
@@ -274,12 +276,14 @@ class Tx:
 class Database:
     """An engine plus the transaction discipline; opens, creates and version-checks the schema."""
 
-    def __init__(self, url: str, create: bool = False, check_version: bool = True) -> None:
+    def __init__(
+        self, url: str, create: bool = False, check_version: bool = True, allow_network_fs: bool = False
+    ) -> None:
         self.url = normalise_url(url)
         try:
             path = sqlite_path(self.url)
             if path is not None and path != ":memory:":
-                check_sqlite_path(path, create)
+                check_sqlite_path(path, create, allow_network_fs)
             self.engine = make_engine(self.url)
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
@@ -344,8 +348,8 @@ class Database:
             )
 
 
-def check_sqlite_path(path: str, create: bool) -> None:
-    """Refuse what SQLite cannot use safely, before it creates anything."""
+def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -> None:
+    """Refuse what SQLite cannot use safely, before it creates anything: a network or FUSE mount among them."""
     if os.path.isdir(path):
         raise DatabaseError(f"{path} is a directory, not a database file")
     if not os.path.exists(path):
@@ -356,6 +360,18 @@ def check_sqlite_path(path: str, create: bool) -> None:
             raise DatabaseError(f"cannot create {path}: folder {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise DatabaseError(f"cannot create {path}: folder {parent} is not writable")
+    mount = network_mount(path)
+    if mount is None:
+        return
+    where = f"{path} is on {mount.network_kind} ({mount.fstype} mounted at {mount.mount_point})"
+    if not allow_network_fs:
+        raise DatabaseError(
+            f"{where}: SQLite needs a local disk (several hosts writing one file corrupt it); share the state "
+            "through PostgreSQL (--db postgresql+psycopg://USER@HOST/DBNAME) or use a local path "
+            "(--allow-network-fs overrides, at your own risk)"
+        )
+    logging.getLogger("ecalstate").warning("warning: %s; SQLite used anyway (--allow-network-fs): "
+                                           "never write it from more than one host", where)
 
 
 def redact(url: str) -> str:
