@@ -21,9 +21,14 @@ class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod
-    def open(cls, db: str, actor: Optional[str] = None, create: bool = False) -> "Store":
-        """Open ``db``; ``create`` makes the file and schema when missing (``ecalstate init``)."""
-        return cls(Database(db, create=create), actor)
+    def open(
+        cls, db: str, actor: Optional[str] = None, create: bool = False, allow_network_fs: bool = False
+    ) -> "Store":
+        """Open ``db``; ``create`` makes the file and schema when missing (``ecalstate init``).
+
+        ``allow_network_fs`` accepts a SQLite file on a network or FUSE mount (refused by default).
+        """
+        return cls(Database(db, create=create, allow_network_fs=allow_network_fs), actor)
 
     def close(self) -> None:
         self.db.close()

@@ -68,9 +68,11 @@ def _available(name: str) -> bool:
               help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB).")
 @click.option("--actor", metavar="NAME", help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG, else user@host).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.option("--allow-network-fs", is_flag=True,
+              help="Accept a SQLite file on a network or FUSE mount (AFS, EOS, NFS...), with a warning.")
 @click.version_option(package_name="ecalstate")
 @click.pass_context
-def main(ctx: click.Context, db: str, actor: Optional[str], as_json: bool) -> None:
+def main(ctx: click.Context, db: str, actor: Optional[str], as_json: bool, allow_network_fs: bool) -> None:
     """Keep track of calibration workflows: campaigns, runs, tasks and jobs.
 
     Every state change is validated against the transition tables and
@@ -81,4 +83,4 @@ def main(ctx: click.Context, db: str, actor: Optional[str], as_json: bool) -> No
         ecalstate --db state.db init
         ecalstate --db state.db status -c prompt
     """
-    ctx.obj = App(db=db, actor=actor, as_json=as_json)
+    ctx.obj = App(db=db, actor=actor, as_json=as_json, allow_network_fs=allow_network_fs)

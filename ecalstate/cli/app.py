@@ -15,15 +15,16 @@ from ..store import Store
 class App:
     """Opens the store lazily, once, and prints results as text or JSON."""
 
-    def __init__(self, db: str, actor: Optional[str], as_json: bool) -> None:
+    def __init__(self, db: str, actor: Optional[str], as_json: bool, allow_network_fs: bool = False) -> None:
         self.db = db
         self.actor = actor
         self.as_json = as_json
+        self.allow_network_fs = allow_network_fs
         self._store: Optional[Store] = None
 
     def store(self, create: bool = False) -> Store:
         if self._store is None:
-            self._store = Store.open(self.db, actor=self.actor, create=create)
+            self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs)
         return self._store
 
     def emit(self, data: Any, text: Callable[[], None] | str | None = None) -> None:
