@@ -14,9 +14,22 @@ from .parse import DURATION
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _complete_campaign(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of campaign names, read from the database of ``--db`` (nothing when it cannot be read)."""
+    from ..store import Store
+
+    db = ctx.find_root().params.get("db")
+    try:
+        with Store.open(db) as store:
+            names = [c.name for c in store.list_campaigns()]
+    except (EcalStateError, TypeError):
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
 def _campaign(required: bool, help: str) -> Callable[[F], F]:
     return click.option("-c", "--campaign", envvar="ECALSTATE_CAMPAIGN", required=required, metavar="NAME",
-                        help=help + " (env ECALSTATE_CAMPAIGN).")
+                        shell_complete=_complete_campaign, help=help + " (env ECALSTATE_CAMPAIGN).")
 
 
 def campaign_option(f: F) -> F:
