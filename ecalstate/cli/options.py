@@ -19,10 +19,12 @@ def _complete_campaign(ctx: click.Context, param: click.Parameter, incomplete: s
     from ..store import Store
 
     db = ctx.find_root().params.get("db")
+    if not isinstance(db, str):
+        return []
     try:
         with Store.open(db) as store:
             names = [c.name for c in store.list_campaigns()]
-    except (EcalStateError, TypeError):
+    except EcalStateError:
         return []
     return [n for n in names if n.startswith(incomplete)]
 
