@@ -40,14 +40,7 @@ class Jobs(StoreBase):
         request_id: Optional[str] = None,
     ) -> int:
         """Create jobs ``jids`` (status ``idle``) in the current generation of a ``processing`` instance."""
-        jid_list = [_check_jid(j) for j in jids]
-        if len(set(jid_list)) != len(jid_list):
-            raise Invalid("duplicate job ids in one creation")
-        if not jid_list:
-            raise Invalid("no job ids given")
-        field_list = list(fields) if fields is not None else [{} for _ in jid_list]
-        if len(field_list) != len(jid_list):
-            raise Invalid(f"{len(jid_list)} job ids but {len(field_list)} field sets")
+        jid_list, field_list = check_jobs(jids, fields)
 
         def body(ctx: Ctx) -> int:
             tx = ctx.tx
@@ -63,24 +56,7 @@ class Jobs(StoreBase):
             iid, status, gen = row
             if status != TaskStatus.PROCESSING.value:
                 raise Invalid(f"task {task} run {run} is {status}, not processing: claim it before creating jobs")
-            taken = {r[0] for r in tx.all("SELECT jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
-            dupes = sorted(set(jid_list) & taken)
-            if dupes:
-                raise Invalid(f"job(s) {_ids(dupes)} already exist for task {task} run {run} generation {gen}")
-            tx.many(
-                "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at,"
-                " updated_at) VALUES (?,?,?,'idle',1,1,?,?,?)",
-                [(iid, gen, j, json.dumps(f, sort_keys=True), ctx.now, ctx.now) for j, f in zip(jid_list, field_list)],
-            )
-            pks = {r[1]: r[0] for r in tx.all(
-                "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
-            tx.many(AUDIT_SQL, [
-                ctx.audit_row(cid, "job", task, J.IDLE.value, instance_id=iid, job_pk=pks[j], run_number=run,
-                              jid=j, generation=gen, reason="created by submit", detail=f or None)
-                for j, f in zip(jid_list, field_list)
-            ])
-            tx.run("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
-            return len(jid_list)
+            return insert_jobs(ctx, cid, task, run, iid, gen, jid_list, field_list)
 
         return self._write("job.create", request_id, body)
 
@@ -114,12 +90,17 @@ class Jobs(StoreBase):
         reason: str = "",
         generation: Optional[int] = None,
         request_id: Optional[str] = None,
+        complete: bool = True,
     ) -> Change:
-        """One job transition; a refusal raises :class:`TransitionNotAllowed`."""
+        """One job transition; a refusal raises :class:`TransitionNotAllowed`.
+
+        ``complete=False`` leaves the instance ``processing`` even when this change decides it, for callers
+        whose own check stage completes instances (the ecalautoctrl compat layer).
+        """
         update = JobUpdate(run, jid, status, fields, batch_id, reason, generation)
 
         def body(ctx: Ctx) -> BulkResult:
-            return _apply(ctx, self, campaign, task, [update], strict=True)
+            return _apply(ctx, self, campaign, task, [update], strict=True, complete=complete)
 
         result = self._write("job.set", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
         return result.changes[0]
@@ -170,6 +151,46 @@ class Jobs(StoreBase):
                 JobInfo(task, r[0], r[1], r[2], r[3], r[4], r[5], r[6], loads(r[7]), r[8], r[9], r[10], r[11])
                 for r in tx.all(sql, params)
             ]
+
+
+def insert_jobs(
+    ctx: Ctx, cid: int, task: str, run: int, iid: int, gen: int, jids: Sequence[int], fields: Sequence[dict[str, Any]]
+) -> int:
+    """Insert ``idle`` jobs into generation ``gen`` of instance ``iid``, audited; refuse ids already taken."""
+    tx = ctx.tx
+    taken = {r[0] for r in tx.all("SELECT jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
+    dupes = sorted(set(jids) & taken)
+    if dupes:
+        raise Invalid(f"job(s) {_ids(dupes)} already exist for task {task} run {run} generation {gen}")
+    tx.many(
+        "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at,"
+        " updated_at) VALUES (?,?,?,'idle',1,1,?,?,?)",
+        [(iid, gen, j, json.dumps(f, sort_keys=True), ctx.now, ctx.now) for j, f in zip(jids, fields)],
+    )
+    pks = {r[1]: r[0] for r in tx.all(
+        "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
+    tx.many(AUDIT_SQL, [
+        ctx.audit_row(cid, "job", task, J.IDLE.value, instance_id=iid, job_pk=pks[j], run_number=run,
+                      jid=j, generation=gen, reason="created by submit", detail=f or None)
+        for j, f in zip(jids, fields)
+    ])
+    tx.run("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
+    return len(jids)
+
+
+def check_jobs(
+    jids: Sequence[Any], fields: Optional[Sequence[dict[str, Any]]]
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Validated job ids (distinct, >= 0, at least one) and one field set per id."""
+    jid_list = [_check_jid(j) for j in jids]
+    if len(set(jid_list)) != len(jid_list):
+        raise Invalid("duplicate job ids in one creation")
+    if not jid_list:
+        raise Invalid("no job ids given")
+    field_list = list(fields) if fields is not None else [{} for _ in jid_list]
+    if len(field_list) != len(jid_list):
+        raise Invalid(f"{len(jid_list)} job ids but {len(field_list)} field sets")
+    return jid_list, field_list
 
 
 def _check_jid(jid: Any) -> int:
@@ -263,7 +284,8 @@ def _plan(
 
 
 def _apply(
-    ctx: Ctx, store: StoreBase, campaign: str, task: str, updates: Sequence[JobUpdate], strict: bool
+    ctx: Ctx, store: StoreBase, campaign: str, task: str, updates: Sequence[JobUpdate], strict: bool,
+    complete: bool = True,
 ) -> BulkResult:
     tx = ctx.tx
     changes, accepted, cid, retries = _plan(tx, store, campaign, task, updates, strict)
@@ -311,7 +333,8 @@ def _apply(
             raise Conflict("a job changed concurrently; nothing was written, retry")
         tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?", [(now, iid) for iid in sorted(touched)])
         tx.many(AUDIT_SQL, audit_rows)
-    changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))
+    if complete:
+        changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))
     return BulkResult(changes)
 
 
