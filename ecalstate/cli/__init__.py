@@ -51,11 +51,29 @@ class LazyGroup(click.Group):
             return command
         return super().get_command(ctx, cmd_name)
 
+    def make_context(
+        self, info_name: Optional[str], args: list[str], parent: Optional[click.Context] = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except EcalStateError as err:
             raise click.ClickException(str(err)) from None
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+
+def _one_line(err: click.UsageError) -> click.UsageError:
+    """A usage error as one stderr line (exit 2) that names the command's --help, instead of click's four."""
+    if isinstance(err, click.exceptions.NoArgsIsHelpError):  # a bare group prints its help
+        return err
+    where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+    return click.UsageError(err.format_message() + where)
 
 
 def _available(name: str) -> bool:
@@ -84,3 +102,4 @@ def main(ctx: click.Context, db: str, actor: Optional[str], as_json: bool, allow
         ecalstate --db state.db status -c prompt
     """
     ctx.obj = App(db=db, actor=actor, as_json=as_json, allow_network_fs=allow_network_fs)
+    ctx.call_on_close(ctx.obj.close)

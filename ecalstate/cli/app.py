@@ -27,6 +27,12 @@ class App:
             self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs)
         return self._store
 
+    def close(self) -> None:
+        """Release the database (on SQLite the last connection out checkpoints the WAL)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def emit(self, data: Any, text: Callable[[], None] | str | None = None) -> None:
         """Print ``data`` as JSON with ``--json``; otherwise call ``text`` (or echo it)."""
         if self.as_json:
