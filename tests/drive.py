@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from sqlmodel import SQLModel
+
 from ecalstate import JobStatus, Store, TaskStatus
 from ecalstate.claims import Eligible
 
@@ -75,3 +77,13 @@ def start_jobs(store: Store, campaign: str, task: str, run: int, jids: Sequence[
 def audit_count(store: Store) -> int:
     with store.db.tx(write=False) as tx:
         return int(tx.scalar("SELECT COUNT(*) FROM audit WHERE entity IN ('task', 'job')"))
+
+
+def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, to prove that a refused call wrote nothing."""
+    out = {}
+    with store.db.tx(write=False) as tx:
+        for table in SQLModel.metadata.sorted_tables:
+            order = ", ".join(str(i + 1) for i in range(len(table.columns)))
+            out[table.name] = [tuple(r) for r in tx.all(f"SELECT * FROM {table.name} ORDER BY {order}")]
+    return out
