@@ -12,12 +12,13 @@ from .catalog import Catalog
 from .claims import Claims
 from .db import Database
 from .jobs import Jobs
+from .legacy_api import LegacyApi
 from .monitoring import Monitoring
 from .queries import Queries
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod
