@@ -1,0 +1,89 @@
+"""Start local jobs detached from the submitting process (run as a script: stdlib only, no ecalstate import).
+
+Usage: python _runner.py SLOTS_DIR SLOTS JOB_DIR...
+
+Each JOB_DIR holds ``run.json`` ({"cmd": [...], "env": {...}}). For each one a
+daemon is forked into its own session; the runner writes ``pid`` ("PID STARTTIME",
+so a recycled pid is not mistaken for the job) and exits. The daemon waits for one
+of SLOTS slot locks (bounded parallelism across every submitter sharing the
+folder), writes ``started``, runs the command with stdout/stderr in ``stdout`` and
+``stderr``, and writes its exit code to ``exit`` (negative: killed by that signal).
+A daemon that dies without writing ``exit`` is judged failed by the backend.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the pid, a unique process identity."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+def acquire_slot(folder: str, slots: int) -> int:
+    os.makedirs(folder, exist_ok=True)
+    while True:
+        for index in range(slots):
+            fd = os.open(os.path.join(folder, f"slot{index}"), os.O_CREAT | os.O_RDWR, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        time.sleep(0.1)
+
+
+def daemon(slots_dir: str, slots: int, job_dir: str) -> None:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    with open(os.path.join(job_dir, "run.json")) as handle:
+        spec = json.load(handle)
+    acquire_slot(slots_dir, slots)
+    write_atomic(os.path.join(job_dir, "started"), str(os.getpid()))
+    with open(os.path.join(job_dir, "stdout"), "wb") as out, open(os.path.join(job_dir, "stderr"), "wb") as err:
+        try:
+            child = subprocess.Popen(spec["cmd"], cwd=job_dir, env={**os.environ, **spec["env"]},
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        except OSError as exc:
+            err.write(f"cannot start {spec['cmd'][0]}: {exc.strerror}\n".encode())
+            code = 127
+        else:
+            signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+            code = child.wait()
+    write_atomic(os.path.join(job_dir, "exit"), str(code))
+
+
+def main(argv: list[str]) -> None:
+    slots_dir, slots, job_dirs = argv[0], int(argv[1]), argv[2:]
+    for job_dir in job_dirs:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                daemon(slots_dir, slots, job_dir)
+            finally:
+                os._exit(0)
+        write_atomic(os.path.join(job_dir, "pid"), f"{pid} {start_time(pid)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,197 @@
+"""HTCondor backend, through the ``htcondor2`` bindings (PyPI ``htcondor``; imported only when used).
+
+One cluster per task instance submission; every job carries ClassAd attributes
+naming it (``EcalCampaign``, ``EcalTask``, ``EcalRun``, ``EcalJobId``,
+``EcalGeneration``, ``EcalAttempt``), so ``observe`` finds it again through
+``Schedd.query`` (queue) and ``Schedd.history`` (left the queue). Status mapping:
+1 idle; 2 running, 6 transferring and 7 suspended count as running; 4 completed:
+done when ExitCode == 0, else failed; 3 removed: failed; 5 held: failed with its
+HoldReason, and removed once recorded. Any error talking to the schedd is a
+:class:`BackendError` raised before the handler changes anything.
+
+The submit description starts from defaults, then the workflow's template
+(any submit commands: memory, ``+JobFlavour``, requirements...; it may use the
+per-job macros ``$(exe)``, ``$(args)``, ``$(dir)``, ``$(jid)``, ``$(attempt)``).
+Folders are created world-writable (sticky): jobs may run as another user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from ..errors import Invalid
+from . import Backend, BackendError, BatchJob, JobKey, Observation
+
+#: attributes that identify a job; a template may not set them
+KEY_ATTRS = {"EcalCampaign": "campaign", "EcalTask": "task", "EcalRun": "run", "EcalJobId": "jid",
+             "EcalGeneration": "generation", "EcalAttempt": "attempt"}
+PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
+              "LastHoldReason", "RemoveReason", *KEY_ATTRS]
+DEFAULTS = {
+    "universe": "vanilla",
+    "executable": "$(exe)",
+    "arguments": "$(args)",
+    "initialdir": "$(dir)",
+    "output": "$(dir)/stdout",
+    "error": "$(dir)/stderr",
+    "log": "$(dir)/condor.log",
+    "should_transfer_files": "NO",
+    "transfer_executable": "False",
+    "request_cpus": "1",
+    "request_memory": "256MB",
+}
+RESERVED = {"environment", "queue", *(f"+{a}".lower() for a in KEY_ATTRS), *(f"my.{a}".lower() for a in KEY_ATTRS)}
+RUNNING = {2, 6, 7}
+
+
+def _bindings() -> Any:
+    try:
+        import htcondor2
+    except ImportError as err:
+        raise BackendError(f"the HTCondor backend needs the htcondor bindings (pip install htcondor): {err}") from None
+    return htcondor2
+
+
+def classad_string(value: str) -> str:
+    """A ClassAd string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_args(args: Sequence[str]) -> str:
+    """Arguments in the submit language's new syntax (each one single-quoted), with ``$`` kept literal."""
+    def one(arg: str) -> str:
+        return "'" + arg.replace("'", "''").replace('"', '""') + "'"
+    return ('"' + " ".join(one(a) for a in args) + '"').replace("$", "$(DOLLAR)")
+
+
+def _environment(env: Mapping[str, str]) -> str:
+    return '"' + " ".join(f"{k}='{v}'" for k, v in env.items()).replace("$", "$(DOLLAR)") + '"'
+
+
+class CondorBackend(Backend):
+    """Submit to and reconcile with the schedd that ``CONDOR_CONFIG`` points at."""
+
+    name = "htcondor"
+    dir_mode = 0o1777
+
+    def __init__(self, workdir: str | os.PathLike[str], template: Optional[Mapping[str, str]] = None,
+                 python: str = "/usr/bin/python3") -> None:
+        super().__init__(workdir)
+        self.template = dict(template or {})
+        bad = sorted(k for k in self.template if k.lower() in RESERVED)
+        if bad:
+            raise Invalid(f"the submit template may not set {', '.join(bad)}: ecalstate sets them")
+        self.python = python
+
+    def _schedd(self) -> Any:
+        htcondor2 = _bindings()
+        try:
+            return htcondor2.Schedd()
+        except Exception as err:  # the bindings raise HTCondorException, RuntimeError, ValueError...
+            raise BackendError(f"HTCondor schedd unreachable: {_one_line(err)}") from None
+
+    def check(self) -> None:
+        self._call("query the schedd", self._schedd().query, constraint="False", projection=["ClusterId"])
+        self.makedirs(self.workdir)
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:
+            raise BackendError(f"HTCondor: cannot {what}: {_one_line(err)}") from None
+
+    def submit(self, campaign: str, task: str, jobs: Sequence[BatchJob]) -> dict[JobKey, str]:
+        if not jobs:
+            return {}
+        htcondor2 = _bindings()
+        first = jobs[0].key
+        description = {
+            **DEFAULTS,
+            **self.template,
+            "environment": "$(env)",
+            "+EcalCampaign": classad_string(campaign),
+            "+EcalTask": classad_string(task),
+            "+EcalRun": str(first.run),
+            "+EcalGeneration": str(first.generation),
+            "+EcalJobId": "$(jid)",
+            "+EcalAttempt": "$(attempt)",
+        }
+        items = []
+        for job in jobs:
+            executable = self.stage(job.spec.executable)
+            exe, args = (self.python, [executable, *job.spec.args]) if job.spec.python else (executable, job.spec.args)
+            items.append({"exe": exe, "args": quote_args(args), "dir": str(job.folder), "jid": str(job.key.jid),
+                          "attempt": str(job.key.attempt), "env": _environment(job.env)})
+        schedd = self._schedd()
+        result = self._call("submit", schedd.submit, htcondor2.Submit(description), itemdata=iter(items))
+        cluster, proc = result.cluster(), result.first_proc()
+        return {job.key: f"{cluster}.{proc + i}" for i, job in enumerate(jobs)}
+
+    def observe(self, campaign: str, task: str, keys: Sequence[JobKey]) -> dict[JobKey, Observation]:
+        if not keys:
+            return {}
+        wanted = set(keys)
+        schedd = self._schedd()
+        base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
+        runs = sorted({k.run for k in keys})
+        found: dict[JobKey, Observation] = {}
+        for start in range(0, len(runs), 200):
+            chunk = runs[start:start + 200]
+            constraint = base + " && (" + " || ".join(f"EcalRun == {r}" for r in chunk) + ")"
+            for ad in self._call("query the queue", schedd.query, constraint=constraint, projection=PROJECTION):
+                _collect(found, wanted, ad)
+            if any(k not in found for k in wanted if k.run in chunk):
+                for ad in self._call("read the history", schedd.history, constraint=constraint,
+                                     projection=PROJECTION):
+                    _collect(found, wanted, ad, queue=False)
+        for key in wanted - found.keys():
+            found[key] = Observation("failed", "not found in the HTCondor queue or history")
+        return found
+
+    def release(self, batch_ids: Sequence[str]) -> None:
+        if not batch_ids:
+            return
+        htcondor2 = _bindings()
+        self._call("remove held jobs", self._schedd().act, htcondor2.JobAction.Remove, list(batch_ids),
+                   reason="ecalstate: held job recorded as failed")
+
+
+def _collect(found: dict[JobKey, Observation], wanted: set[JobKey], ad: Any, queue: bool = True) -> None:
+    try:
+        key = JobKey(int(ad["EcalRun"]), int(ad["EcalJobId"]), int(ad["EcalGeneration"]), int(ad["EcalAttempt"]))
+    except (KeyError, TypeError, ValueError):
+        return
+    if key not in wanted or (not queue and key in found):
+        return
+    found[key] = observation(dict(ad.items()) if hasattr(ad, "items") else dict(ad), queue)
+
+
+def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
+    """Map one job ClassAd to the store's job status (DESIGN.md's table)."""
+    batch_id = f"{ad.get('ClusterId')}.{ad.get('ProcId')}"
+    status = int(ad.get("JobStatus", 0))
+    if status == 1:
+        return Observation("idle", batch_id=batch_id)
+    if status in RUNNING:
+        return Observation("running", batch_id=batch_id)
+    if status == 4:
+        if ad.get("ExitBySignal"):
+            return Observation("failed", f"killed by signal {ad.get('ExitSignal')}", batch_id)
+        code = ad.get("ExitCode")
+        if code == 0:
+            return Observation("done", batch_id=batch_id)
+        return Observation("failed", f"exit code {code}", batch_id)
+    if status == 5:
+        return Observation("failed", f"held: {ad.get('HoldReason', 'no reason given')}", batch_id, release=in_queue)
+    if status == 3:
+        held = ad.get("LastHoldReason")
+        reason = f"removed: {ad.get('RemoveReason', 'no reason given')}" + (f" (held: {held})" if held else "")
+        return Observation("failed", reason, batch_id)
+    return Observation("failed", f"unknown HTCondor JobStatus {status}", batch_id)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__

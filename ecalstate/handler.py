@@ -1,0 +1,411 @@
+"""TaskHandler: the submit, check and resubmit stages of one task, and their command line.
+
+A workflow script subclasses :class:`TaskHandler`, names its task, says how runs
+are grouped, and builds the jobs of a claimed task instance::
+
+    class PhiSymReco(TaskHandler):
+        task = "phisym-reco"
+        def jobs(self, campaign, claim):
+            return [JobSpec(i, "handlers/jobs/reco.py", ["--run", str(claim.run_number)]) for i in range(3)]
+
+    if __name__ == "__main__":
+        PhiSymReco.main()     # python handlers/phisym_reco.py -c prompt submit|check|resubmit
+
+Each stage is a few short store transactions around backend I/O, never one
+transaction across it: submit claims (one transaction, so two overlapping
+stages never take the same run), creates the jobs, submits them, records their
+batch ids. If submission fails after the claim, the claim is rolled back: the
+instance goes to ``reprocess`` (eligible again, merged runs released) and the
+jobs created for it are marked failed, with the error as reason. check
+reconciles job statuses in one bulk update and reads the JSON reports of jobs
+that could not reach the database; instances complete in the store. resubmit
+puts failed jobs under the retry limit back to idle and submits them again.
+Every stage records a heartbeat, ok or not, for ``ecalstate health``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Union
+
+import click
+
+from .backends import Backend, JobKey, JobSpec, Observation, make_backend, read_report
+from .claims import Grouper, _grouper
+from .errors import EcalStateError, Invalid
+from .filters import split_multi
+from .results import Claim, JobInfo, JobUpdate
+from .store import Store
+
+ACTIVE = ("idle", "running")
+
+
+class StageFailed(EcalStateError):
+    """A stage finished with errors (some claims rolled back); its heartbeat says so."""
+
+
+@dataclass
+class StageReport:
+    """What one stage did for one campaign: counts, the runs it touched, and its errors."""
+
+    campaign: str
+    task: str
+    stage: str
+    dry_run: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    runs: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items()) or "nothing to do"
+        runs = f" (runs {', '.join(map(str, self.runs))})" if self.runs else ""
+        return f"{self.stage}: {counts}{runs}" + (" [dry run]" if self.dry_run else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TaskHandler:
+    """Base of every workflow script: subclass, set :attr:`task`, implement :meth:`jobs`."""
+
+    #: the task this handler runs (declared in each campaign with ``ecalstate task add``)
+    task: ClassVar[str]
+    #: how eligible runs are grouped into one instance: None (one per run), "fill", or a callable
+    group_by: ClassVar[Union[None, str, Grouper]] = None
+    #: the workflow's HTCondor submit template (memory, +JobFlavour, requirements...)
+    condor: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, store: Store, backend: Backend) -> None:
+        self.store = store
+        self.backend = backend
+
+    # --- what a workflow implements ---------------------------------------------------------
+
+    def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
+        """The jobs of a claimed instance (``claim.runs``: the group, leader last)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement jobs()")
+
+    # --- helpers for workflows ------------------------------------------------------------------
+
+    def data_dir(self, campaign: str, claim: Claim) -> Path:
+        """Where the jobs of this instance put their outputs (per generation: reprocessing never overwrites)."""
+        return self.backend.workdir / "data" / campaign / self.task / str(claim.run_number) / f"g{claim.generation}"
+
+    def outputs(self, campaign: str, task: str, run: int, key: str = "output") -> list[str]:
+        """The ``key`` outputs of ``task`` for ``run``, following a merged run to its group leader."""
+        info = self.store.instance(campaign, task, run)
+        if info.leader_run is not None:
+            info = self.store.instance(campaign, task, info.leader_run)
+        return [p for p in str(info.outputs.get(key, "")).split(",") if p]
+
+    # --- stages ------------------------------------------------------------------------------------
+
+    def submit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:
+        """Claim eligible instances (grouped), create and submit their jobs, record the batch ids."""
+        if dry_run:
+            report = StageReport(campaign, self.task, "submit", dry_run=True)
+            groups = _grouper(self._grouping())(self.store.eligible(campaign, self.task))[:limit]
+            for group in groups:
+                report.add("would claim")
+                report.add("would merge", len(group) - 1)
+                report.runs.append(group[-1].run_number)
+            return report
+        with self._stage(campaign, "submit") as report:
+            self.backend.check()  # an unreachable batch system: fail before claiming anything
+            for claim in self.store.claim(campaign, self.task, limit, self._grouping()):
+                report.add("claimed")
+                report.add("merged", len(claim.merged))
+                try:
+                    report.add("jobs submitted", self._submit_claim(campaign, claim))
+                    report.runs.append(claim.run_number)
+                except Exception as err:  # any failure after the claim: roll it back, go on with the next
+                    report.errors.append(f"run {claim.run_number}: {_message(err)}")
+                    report.add("rolled back")
+                    self._roll_back(campaign, claim, f"submit failed: {_message(err)}")
+            return report
+
+    def _grouping(self) -> Union[None, str, Grouper]:
+        # read from the class: a function stored as a class attribute would bind as a method
+        return type(self).group_by
+
+    def _submit_claim(self, campaign: str, claim: Claim) -> int:
+        specs = self.jobs(campaign, claim)
+        jids = [s.jid for s in specs]
+        if not specs or len(set(jids)) != len(jids):
+            raise Invalid(f"{type(self).__name__}.jobs() must return jobs with distinct ids, got {jids}")
+        for spec in specs:
+            path = self.backend.spec_path(campaign, self.task, claim.run_number, claim.generation, spec.jid)
+            self.backend.makedirs(path.parent)
+            path.write_text(json.dumps(spec.to_dict(), sort_keys=True))
+        self.store.create_jobs(campaign, self.task, claim.run_number, jids, [dict(s.fields) for s in specs])
+        jobs = [self.backend.batch_job(campaign, self.task, JobKey(claim.run_number, s.jid, claim.generation, 1), s)
+                for s in specs]
+        self._record(campaign, self.backend.submit(campaign, self.task, jobs))
+        return len(jobs)
+
+    def _record(self, campaign: str, batch_ids: Mapping[JobKey, str]) -> None:
+        self.store.update_jobs(campaign, self.task, [
+            JobUpdate(k.run, k.jid, "idle", batch_id=b, generation=k.generation) for k, b in batch_ids.items()])
+
+    def _roll_back(self, campaign: str, claim: Claim, reason: str) -> None:
+        """Make a claimed run eligible again; the jobs created for it, if any, are marked failed."""
+        self.store.reprocess(campaign, self.task, runs=[claim.run_number], reason=reason)
+        created = self.store.list_jobs(campaign, self.task, run=claim.run_number, status="idle")
+        self.store.update_jobs(campaign, self.task, [
+            JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation)
+            for j in created if j.generation == claim.generation])
+
+    def check(self, campaign: str, dry_run: bool = False) -> StageReport:
+        """Reconcile the active jobs with the backend in one bulk update; read the jobs' reports."""
+        with self._stage(campaign, "check", dry_run) as report:
+            active = [j for j in self.store.list_jobs(campaign, self.task) if j.status in ACTIVE]
+            jobs = {_key(j): j for j in active}
+            seen = self.backend.observe(campaign, self.task, sorted(jobs))
+            updates = [self._update(campaign, jobs[k], o) for k, o in sorted(seen.items())
+                       if o.status != jobs[k].status or (o.batch_id and o.batch_id != jobs[k].batch_id)]
+            result = self.store.update_jobs(campaign, self.task, updates, dry_run=dry_run)
+            report.add("active", len(active))
+            for change in result.changes:
+                if change.entity == "job" and change.outcome == "changed":
+                    report.add(change.requested)
+                elif change.entity == "task":
+                    report.add(f"instances {change.requested}")
+                    report.runs.append(int(change.key.rsplit(" ", 1)[1]))
+            if result.refused:
+                report.add("refused", len(result.refused))
+            held = [o.batch_id for o in seen.values() if o.release and o.batch_id]
+            if held and not dry_run:
+                self.backend.release(held)
+                report.add("held removed", len(held))
+            return report
+
+    def _update(self, campaign: str, job: JobInfo, seen: Observation) -> JobUpdate:
+        fields: Optional[dict[str, Any]] = None
+        reason = seen.reason
+        if seen.status in ("done", "failed"):
+            data = read_report(self.backend.job_dir(campaign, self.task, _key(job)))
+            fields = data.get("fields") if isinstance(data.get("fields"), dict) else None
+            error = str(data.get("error") or "")
+            if error and error not in reason:  # the local backend already quotes the last stderr line
+                reason = f"{reason}: {error}" if reason else error
+        return JobUpdate(job.run_number, job.jid, seen.status, fields, seen.batch_id, reason, job.generation)
+
+    def resubmit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:
+        """Put failed jobs (under the retry limit, of ``processing`` instances) back to idle and submit them."""
+        with self._stage(campaign, "resubmit", dry_run) as report:
+            retries = {t.name: t.max_retries for t in self.store.list_tasks(campaign)}[self.task]
+            processing = {r["run_number"] for r in self.store.list_runs(campaign, self.task, status="processing")}
+            by_run: dict[int, list[JobInfo]] = defaultdict(list)
+            for job in self.store.list_jobs(campaign, self.task, status="failed"):
+                if job.run_number in processing and job.attempts <= retries:
+                    by_run[job.run_number].append(job)
+            runs = sorted(by_run)[:limit]
+            if dry_run:
+                report.add("would resubmit", sum(len(by_run[r]) for r in runs))
+                report.runs.extend(runs)
+                return report
+            if runs:
+                self.backend.check()
+            for run in runs:
+                try:
+                    report.add("jobs resubmitted", self._resubmit_run(campaign, by_run[run]))
+                    report.runs.append(run)
+                except Exception as err:
+                    report.errors.append(f"run {run}: {_message(err)}")
+            return report
+
+    def _resubmit_run(self, campaign: str, failed: Sequence[JobInfo]) -> int:
+        updates = [JobUpdate(j.run_number, j.jid, "idle", reason="resubmitted", generation=j.generation)
+                   for j in failed]
+        result = self.store.update_jobs(campaign, self.task, updates)
+        # one change per update, in order: only the jobs this stage moved to idle are submitted by it
+        mine = [j for j, c in zip(failed, result.changes) if c.outcome == "changed"]
+        try:
+            jobs = []
+            for job in mine:
+                path = self.backend.spec_path(campaign, self.task, job.run_number, job.generation, job.jid)
+                spec = JobSpec.from_dict(json.loads(path.read_text()))
+                key = JobKey(job.run_number, job.jid, job.generation, job.attempts + 1)
+                jobs.append(self.backend.batch_job(campaign, self.task, key, spec))
+            batch_ids = self.backend.submit(campaign, self.task, jobs)
+        except Exception as err:  # back to failed: the next resubmit tries again while retries last
+            self.store.update_jobs(campaign, self.task, [
+                JobUpdate(j.run_number, j.jid, "failed", reason=f"resubmit failed: {_message(err)}",
+                          generation=j.generation) for j in mine])
+            raise
+        self._record(campaign, batch_ids)
+        return len(jobs)
+
+    @contextmanager
+    def _stage(self, campaign: str, stage: str, dry_run: bool = False) -> Iterator[StageReport]:
+        """Run a stage and record its heartbeat (ok, or the error), unless it is a dry run."""
+        report = StageReport(campaign, self.task, stage, dry_run=dry_run)
+        try:
+            yield report
+        except Exception as err:
+            if not dry_run:
+                self._heartbeat(campaign, stage, False, _message(err))
+            raise
+        if report.errors:
+            message = f"{len(report.errors)} error(s): {'; '.join(report.errors)}"
+            if not dry_run:
+                self._heartbeat(campaign, stage, False, message)
+            raise StageFailed(f"{campaign} {self.task} {report.summary()}; {message}")
+        if not dry_run:
+            self._heartbeat(campaign, stage, True, report.summary())
+
+    def _heartbeat(self, campaign: str, stage: str, ok: bool, message: str) -> None:
+        try:
+            self.store.heartbeat(campaign, self.task, stage, ok, message[:1000])
+        except EcalStateError:
+            if ok:
+                raise  # a failing stage reports its own error, not the heartbeat's
+
+    # --- command line ----------------------------------------------------------------------------
+
+    @classmethod
+    def cli(cls) -> click.Group:
+        """The handler's click command line: ``-c C [-c C2] submit|check|resubmit``."""
+        return _make_cli(cls)
+
+    @classmethod
+    def main(cls, args: Optional[Sequence[str]] = None) -> None:
+        """Run the command line (``if __name__ == "__main__": MyHandler.main()``)."""
+        cls.cli().main(args=list(args) if args is not None else None,
+                       prog_name=os.path.basename(sys.argv[0]) or cls.task)
+
+
+def _key(job: JobInfo) -> JobKey:
+    return JobKey(job.run_number, job.jid, job.generation, job.attempts)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, EcalStateError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+class _Context:
+    """The options of the handler's command group, and the store and backend they open."""
+
+    def __init__(self, handler: type[TaskHandler], campaigns: list[str], db: str, actor: Optional[str],
+                 backend: str, workdir: str, slots: Optional[int], as_json: bool) -> None:
+        self.handler_cls = handler
+        self.campaigns = campaigns
+        self.db, self.actor, self.backend_name, self.workdir = db, actor, backend, workdir
+        self.slots = slots
+        self.as_json = as_json
+
+    def handler(self) -> TaskHandler:
+        options: dict[str, Any] = {"slots": self.slots} if self.backend_name == "local" else {
+            "template": self.handler_cls.condor}
+        backend = make_backend(self.backend_name, self.workdir, **options)
+        return self.handler_cls(Store.open(self.db, actor=self.actor), backend)
+
+    def each(self, stage: Callable[[TaskHandler, str], StageReport]) -> None:
+        """Run ``stage`` for every campaign; print each report; exit 1 (one line per error) if any failed."""
+        errors = []
+        try:
+            handler = self.handler()
+        except EcalStateError as err:
+            raise click.ClickException(str(err)) from None
+        try:
+            for campaign in self.campaigns:
+                try:
+                    report = stage(handler, campaign)
+                except EcalStateError as err:
+                    errors.append(f"{campaign}: {err}")
+                    continue
+                if self.as_json:
+                    click.echo(json.dumps(report.to_dict(), sort_keys=True))
+                else:
+                    click.echo(f"{campaign} {handler.task} {report.summary()}")
+        finally:
+            handler.store.close()
+        if errors:
+            raise click.ClickException("; ".join(errors))
+
+
+def _campaigns(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    names = split_multi(value)
+    if not names:
+        raise click.BadParameter("give at least one campaign")
+    return names
+
+
+def _make_cli(handler: type[TaskHandler]) -> click.Group:
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                 help=f"Stages of task {handler.task}: submit, check, resubmit.\n\n"
+                      f"\b\nExample:\n    python {handler.task}.py -c prompt submit --limit 10")
+    @click.option("-c", "--campaign", "campaigns", multiple=True, envvar="ECALSTATE_CAMPAIGN", required=True,
+                  callback=_campaigns, metavar="NAME",
+                  help="Campaign (env ECALSTATE_CAMPAIGN). Repeatable; comma lists accepted.")
+    @click.option("--db", envvar="ECALSTATE_DB", default="./ecalstate.db", show_default=True, metavar="URL|PATH",
+                  help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB).")
+    @click.option("--actor", metavar="NAME", help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG).")
+    @click.option("--backend", type=click.Choice(["local", "htcondor"]), envvar="ECALSTATE_BACKEND",
+                  default="local", show_default=True, help="Where jobs run (env ECALSTATE_BACKEND).")
+    @click.option("--workdir", envvar="ECALSTATE_WORKDIR", default="./ecalstate-work", show_default=True,
+                  metavar="DIR", help="Job folders, staged payloads and outputs; every stage must use the same "
+                                      "(env ECALSTATE_WORKDIR). With htcondor: a folder the pool sees.")
+    @click.option("--slots", type=click.IntRange(min=1), envvar="ECALSTATE_LOCAL_SLOTS", metavar="N",
+                  help="Local backend: jobs running at once (env ECALSTATE_LOCAL_SLOTS; default: CPUs).")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON report per campaign on stdout.")
+    @click.pass_context
+    def group(ctx: click.Context, campaigns: list[str], db: str, actor: Optional[str], backend: str, workdir: str,
+              slots: Optional[int], as_json: bool) -> None:
+        ctx.obj = _Context(handler, campaigns, db, actor, backend, workdir, slots, as_json)
+
+    limit_option = click.option("--limit", type=click.IntRange(min=1), metavar="N",
+                                help="At most N task instances (groups) per campaign.")
+    dry_run_option = click.option("--dry-run", is_flag=True, help="Print what would happen; write and submit nothing.")
+
+    @group.command()
+    @limit_option
+    @dry_run_option
+    @click.pass_obj
+    def submit(obj: _Context, limit: Optional[int], dry_run: bool) -> None:
+        """Claim eligible runs, create their jobs and submit them.
+
+        \b
+        Example:
+            python handlers/phisym_reco.py -c prompt submit --limit 20
+        """
+        obj.each(lambda h, c: h.submit(c, limit, dry_run))
+
+    @group.command()
+    @dry_run_option
+    @click.pass_obj
+    def check(obj: _Context, dry_run: bool) -> None:
+        """Reconcile job statuses with the batch system; complete task instances.
+
+        \b
+        Example:
+            python handlers/phisym_reco.py -c prompt check
+        """
+        obj.each(lambda h, c: h.check(c, dry_run))
+
+    @group.command()
+    @limit_option
+    @dry_run_option
+    @click.pass_obj
+    def resubmit(obj: _Context, limit: Optional[int], dry_run: bool) -> None:
+        """Resubmit failed jobs that are under the task's retry limit.
+
+        \b
+        Example:
+            python handlers/phisym_reco.py -c prompt resubmit
+        """
+        obj.each(lambda h, c: h.resubmit(c, limit, dry_run))
+
+    return group
