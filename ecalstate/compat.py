@@ -1,0 +1,286 @@
+"""The original framework's names and call shapes (ecalautoctrl's JobCtrl, RunCtrl, TaskHandler) over the store.
+
+Handlers written for ecalautoctrl keep working by changing their imports to
+``from ecalstate.compat import JobCtrl, RunCtrl, TaskHandler``; ``dbname`` is an
+ecalstate database path or URL. Unlike the original, every call is one validated,
+audited transaction: what the original accepted silently but the transition
+tables refuse raises :class:`~ecalstate.statemachine.TransitionNotAllowed` (or
+another :class:`~ecalstate.errors.EcalStateError`) and writes nothing.
+
+Two deliberate differences (docs/migration.md has the full table):
+
+* job changes never complete the task instance by themselves: as in the
+  original, the handler's ``check`` stage moves ``processing`` to ``done``;
+* ``createTask(recreate=True)`` opens a new job generation, history stays.
+
+Run numbers may be ints, numeric strings or the original's run dicts (a mapping
+with ``run_number``); run dicts returned here carry strings, as InfluxDB tags did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Optional, Union
+
+from .base import resolve_actor
+from .catalog import check_run
+from .db import normalise_url
+from .errors import EcalStateError, Invalid, NotFound
+from .filters import split_multi
+from .results import BulkResult, JobInfo
+from .statemachine import JobStatus, TaskStatus
+from .store import Store
+
+RunRef = Union[int, str, Mapping[str, Any]]
+STAGES = ("submit", "resubmit", "check")
+#: instance statuses whose current generation holds the jobs a JobCtrl talks about
+_WITH_JOBS = (TaskStatus.PROCESSING.value, TaskStatus.DONE.value, TaskStatus.FAILED.value)
+
+_stores: dict[tuple[str, str], Store] = {}
+
+
+def open_store(dbname: str) -> Store:
+    """One store per database and actor for the whole process (handlers create many controllers)."""
+    key = (normalise_url(dbname), resolve_actor())
+    store = _stores.get(key)
+    if store is None:
+        store = _stores[key] = Store.open(dbname)
+    return store
+
+
+def close_stores() -> None:
+    """Close every store :func:`open_store` opened (end of a handler, or of a test)."""
+    while _stores:
+        _stores.popitem()[1].close()
+
+
+def run_number(run: RunRef) -> int:
+    """The run number of an int, a numeric string or a run dict."""
+    value = run.get("run_number") if isinstance(run, Mapping) else run
+    return check_run(value)[0]
+
+
+def _one_hot(status: str) -> dict[str, int]:
+    return {s.value: int(s.value == status) for s in JobStatus}
+
+
+class JobCtrl:
+    """Jobs of one task instance: ``workflow`` (the task) x ``campaign`` x ``tags['run_number']``."""
+
+    def __init__(self, workflow: str, campaign: str, tags: Mapping[str, Any], dbname: str) -> None:
+        if "run_number" not in tags:
+            raise Invalid("JobCtrl needs tags={'run_number': ...}")
+        self.task = workflow
+        self.campaign = campaign
+        self.tags = dict(tags)
+        self.run = run_number(tags["run_number"])
+        self.store = open_store(dbname)
+
+    # --- task level -------------------------------------------------------------------
+
+    def taskExist(self) -> bool:
+        """True when the instance's current generation has jobs (a ``new``/``reprocess`` one has none yet)."""
+        return bool(self._jobs())
+
+    def createTask(
+        self, jids: Sequence[int], fields: Optional[Sequence[dict[str, Any]]] = None, recreate: bool = False
+    ) -> int:
+        """Create ``idle`` jobs; claims a ``new`` instance first. Returns the job generation (>= 1)."""
+        return self.store.open_generation(self.campaign, self.task, self.run, jids, fields, recreate)
+
+    def taskCompleted(self) -> bool:
+        """Every job of the current generation is done (and there is at least one)."""
+        jobs = self._jobs()
+        return bool(jobs) and all(j.status == JobStatus.DONE.value for j in jobs)
+
+    def taskEndTime(self) -> Optional[datetime]:
+        """When the last job finished, once the task is completed."""
+        if not self.taskCompleted():
+            return None
+        return max(datetime.fromisoformat(str(j.finished_at)) for j in self._jobs())
+
+    # --- job statuses (called by the job itself, or by a check stage) ------------------
+
+    def setStatus(self, jid: int, status: str, fields: Optional[dict[str, Any]] = None) -> bool:
+        """Validated job transition; the instance itself is completed by the handler's ``check``."""
+        self.store.set_job_status(self.campaign, self.task, self.run, jid, str(status), fields,
+                                  reason=f"JobCtrl.{status}", complete=False)
+        return True
+
+    def idle(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+        return self.setStatus(jid, JobStatus.IDLE.value, fields)
+
+    def running(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+        return self.setStatus(jid, JobStatus.RUNNING.value, fields)
+
+    def done(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+        return self.setStatus(jid, JobStatus.DONE.value, fields)
+
+    def failed(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+        return self.setStatus(jid, JobStatus.FAILED.value, fields)
+
+    # --- job queries ------------------------------------------------------------------
+
+    def getJob(self, jid: int, last: bool = True) -> Union[dict[str, Any], list[dict[str, Any]]]:
+        """The job as the original's last point (one-hot statuses + user fields), or its history of points."""
+        job = self._job(jid)
+        if last:
+            return {"time": job.updated_at, "id": str(job.jid), **_one_hot(job.status), **job.fields}
+        return [{"time": row.ts, "id": str(job.jid), **_one_hot(row.to_status)}
+                for row in self._history(job)]
+
+    def getJobs(self) -> dict[str, list[str]]:
+        """Job ids (strings, as the original's tags) by status."""
+        out: dict[str, list[str]] = {s.value: [] for s in JobStatus}
+        for job in self._jobs():
+            out[job.status].append(str(job.jid))
+        return out
+
+    def getIdle(self) -> list[str]:
+        return self.getJobs()[JobStatus.IDLE.value]
+
+    def getRunning(self) -> list[str]:
+        return self.getJobs()[JobStatus.RUNNING.value]
+
+    def getDone(self) -> list[str]:
+        return self.getJobs()[JobStatus.DONE.value]
+
+    def getFailed(self) -> list[str]:
+        return self.getJobs()[JobStatus.FAILED.value]
+
+    def getNRetries(self, jid: int) -> int:
+        """How many times the job failed in this generation (the original counted its failed points)."""
+        return sum(1 for row in self._history(self._job(jid)) if row.to_status == JobStatus.FAILED.value)
+
+    def _jobs(self) -> list[JobInfo]:
+        if self.store.instance(self.campaign, self.task, self.run).status not in _WITH_JOBS:
+            return []
+        return self.store.list_jobs(self.campaign, self.task, run=self.run)
+
+    def _job(self, jid: int) -> JobInfo:
+        for job in self._jobs():
+            if str(job.jid) == str(jid):
+                return job
+        raise NotFound(f"no job {jid} for task {self.task!r} run {self.run} in campaign {self.campaign!r}; "
+                       "create it with createTask")
+
+    def _history(self, job: JobInfo) -> list[Any]:
+        rows = self.store.history(self.campaign, self.task, self.run, limit=None, entity="job")
+        return [r for r in rows if r.jid == job.jid and r.generation == job.generation]
+
+
+class RunCtrl:
+    """Runs of one campaign: task statuses per run, and the outputs tasks recorded."""
+
+    def __init__(self, dbname: str, campaign: str) -> None:
+        self.campaign = campaign
+        self.store = open_store(dbname)
+
+    def updateStatus(self, run: RunRef, status: Mapping[str, str], leader: Optional[RunRef] = None) -> BulkResult:
+        """Set ``{task: status}`` for a run, validated and all or nothing.
+
+        ``processing`` claims the run (next generation); ``merged`` folds it into ``leader``, by default
+        the one ``processing`` run of the task in the same fill; ``reprocess`` (alone) cascades to the runs
+        merged into it; the same status again changes nothing.
+        """
+        number = run_number(run)
+        if "reprocess" in status.values():
+            if len(status) != 1:
+                raise Invalid("updateStatus with reprocess takes one task at a time")
+            (task,) = status
+            return self.store.reprocess(self.campaign, task, runs=[number], reason="updateStatus")
+        head = None if leader is None else run_number(leader)
+        return self.store.legacy_update(self.campaign, number, status, leader=head)
+
+    def getRuns(self, status: Optional[Mapping[str, Union[str, Sequence[str]]]] = None) -> list[dict[str, Any]]:
+        """Run dicts (``run_number`` and ``fill`` as strings, metadata, each task's status) matching every
+        ``{task: status or [statuses]}`` given."""
+        wanted = {t: {s} if isinstance(s, str) else set(s) for t, s in (status or {}).items()}
+        out = []
+        for run in self.store.legacy_runs(self.campaign):
+            if all(run.statuses.get(t) in allowed for t, allowed in wanted.items()):
+                fill = "" if run.fill is None else str(run.fill)
+                out.append({**run.meta, **run.statuses, "run_number": str(run.run_number), "fill": fill})
+        return out
+
+    def getOutput(
+        self, process: str, runs: Optional[Sequence[RunRef]] = None, era: Optional[str] = None
+    ) -> list[str]:
+        """The ``output`` (comma-separated files) task ``process`` recorded, for ``runs`` or for an ``era``."""
+        if (runs is None) == (era is None):
+            raise Invalid("getOutput takes runs=... or era=..., one of them")
+        numbers = None if runs is None else {run_number(r) for r in runs}
+        out = []
+        for run in self.store.legacy_runs(self.campaign):
+            if (numbers is not None and run.run_number not in numbers) or (era is not None and run.meta.get("era") != era):
+                continue
+            value = run.outputs.get(process, {}).get("output")
+            if value:
+                out.append(str(value))
+        return out
+
+
+class TaskHandler:
+    """Base of a task script: ``python my_task.py --db DB -c CAMPAIGN submit|resubmit|check``.
+
+    Subclasses implement ``submit`` and ``resubmit`` (and may override ``check``); before each stage
+    method runs, ``self.campaign`` and ``self.rctrl`` are switched to the campaign at hand. Each stage
+    records a heartbeat for ``ecalstate health``; a failing campaign is logged and does not stop the others.
+    """
+
+    rctrl: RunCtrl  # set for the campaign at hand before each stage method runs
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.campaign = ""
+        self.log = logging.getLogger(f"ecalstate.compat.{task}")
+        self.opts = argparse.Namespace()
+        self.parser = argparse.ArgumentParser(description=f"{task}: submit, resubmit or check its jobs")
+        self.parser.add_argument("--db", dest="dbname", default=os.environ.get("ECALSTATE_DB", "./ecalstate.db"),
+                                 help="ecalstate database path or URL (env ECALSTATE_DB)")
+        self.parser.add_argument("-c", "--campaign", action="append", default=[],
+                                 help="campaign; repeatable, comma lists accepted (env ECALSTATE_CAMPAIGN)")
+        self.parser.add_argument("stage", choices=STAGES)
+
+    def __call__(self, argv: Optional[Sequence[str]] = None) -> int:
+        """Run the stage for every campaign; 0 when all succeeded, 1 otherwise."""
+        self.opts = self.parser.parse_args(argv)
+        campaigns = split_multi(self.opts.campaign or [os.environ.get("ECALSTATE_CAMPAIGN", "")])
+        if not campaigns:
+            self.parser.error("give -c/--campaign (or set ECALSTATE_CAMPAIGN)")
+        return max(self._stage(campaign, self.opts.stage) for campaign in campaigns)
+
+    def _stage(self, campaign: str, stage: str) -> int:
+        self.campaign = campaign
+        ok, message = True, ""
+        try:
+            self.rctrl = RunCtrl(self.opts.dbname, campaign)
+            getattr(self, stage)()
+        except EcalStateError as err:
+            ok, message = False, str(err)
+            self.log.error(f"{stage} of {self.task} in campaign {campaign} failed: {err}")
+        except Exception as err:  # a handler bug in one campaign must not stop the others
+            ok, message = False, f"{type(err).__name__}: {err}"
+            self.log.exception(f"{stage} of {self.task} in campaign {campaign} failed")
+        try:
+            open_store(self.opts.dbname).heartbeat(campaign, self.task, stage, ok, message[:500])
+        except EcalStateError as err:
+            ok = False
+            self.log.error(f"cannot record the {stage} heartbeat of {self.task} in campaign {campaign}: {err}")
+        return 0 if ok else 1
+
+    def submit(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement submit")
+
+    def resubmit(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement resubmit")
+
+    def check(self) -> None:
+        """Complete ``processing`` instances whose jobs decided them: all done -> done; failed beyond retries -> failed."""
+        result = open_store(self.opts.dbname).complete_instances(self.campaign, self.task)
+        for change in result.changes:
+            self.log.info(f"{change.key}: {change.current} -> {change.requested} ({change.reason})")
