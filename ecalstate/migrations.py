@@ -85,5 +85,27 @@ def upgrade(db: Database) -> list[Step]:
     return applied
 
 
+@dataclass(frozen=True)
+class UpgradeResult:
+    """Where a database was, where it is now, and the steps that took it there."""
+
+    url: str
+    from_version: int
+    to_version: int
+    applied: list[str]
+
+
+def upgrade_database(url: str, allow_network_fs: bool = False) -> UpgradeResult:
+    """Open ``url`` without the version check and apply the pending steps (``ecalstate db upgrade``)."""
+    db = Database(url, allow_network_fs=allow_network_fs, check_version=False)
+    try:
+        before = db.schema_version() or 0
+        steps = upgrade(db)  # refuses a database without a schema
+        after = db.schema_version() or 0
+    finally:
+        db.close()
+    return UpgradeResult(redact(db.url), before, after, [f"{s.version}: {s.description}" for s in steps])
+
+
 def _for_update(tx: Tx) -> str:
     return "" if tx.is_sqlite else " FOR UPDATE"

@@ -1,0 +1,251 @@
+"""Retention: prune what is old and safe to drop, and measure what the database holds.
+
+``prune`` removes, older than a cut-off date:
+
+* audit rows the exporter has sent to every registered target (id <= the smallest
+  ``export_cursor``; rows above it are never pruned, whatever their age). A job's rows
+  are kept while that job can still change (current generation of a ``processing``
+  instance, not ``done``): the exporter rebuilds a job's attempts and fields from its
+  earlier rows, and must still find them when the job moves again;
+* jobs of finished older generations: superseded by a newer generation of their task
+  instance, every job of the generation ``done`` or ``failed``, none updated since;
+* request-id records (replays of calls that old are not retries any more).
+
+Work goes in chunks, one short write transaction each, so Jenkins stages are never
+locked out for long. With ``archive`` the rows of each chunk are appended to a JSON-lines
+file and flushed to disk before the chunk's delete commits. ``dry_run`` counts the same
+sets with the same predicates and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import IO, Any, Optional
+
+from sqlmodel import SQLModel
+
+from .db import Database, Tx, sqlite_path
+from .errors import Invalid
+
+CHUNK = 20_000
+
+_AGE = re.compile(r"^(\d+)([dw])$")
+
+# a job can still move: current generation of a processing instance, and not done
+_LIVE_JOB = (
+    "EXISTS (SELECT 1 FROM job j JOIN task_instance ti ON ti.id = j.instance_id WHERE j.id = a.job_pk"
+    " AND j.generation = ti.generation AND ti.status = 'processing' AND j.status <> 'done')"
+)
+AUDIT_WHERE = f"a.ts < ? AND a.id <= ? AND NOT (a.entity = 'job' AND {_LIVE_JOB})"
+# generations superseded by a newer one, every job done or failed, none updated since the cut-off
+FINISHED_GENERATIONS = """
+SELECT k.instance_id, k.generation, COUNT(*) FROM job k JOIN task_instance ti ON ti.id = k.instance_id
+WHERE k.generation < ti.generation
+GROUP BY k.instance_id, k.generation
+HAVING MAX(k.updated_at) < ? AND SUM(CASE WHEN k.status IN ('done', 'failed') THEN 0 ELSE 1 END) = 0
+ORDER BY k.instance_id, k.generation
+"""
+
+
+def parse_before(text: str, now: Optional[datetime] = None) -> str:
+    """A cut-off in the store's timestamp format from ``YYYY-MM-DD``, an ISO date-time, or an age (``90d``, ``8w``)."""
+    value = text.strip()
+    age = _AGE.match(value)
+    if age:
+        days = int(age.group(1)) * (7 if age.group(2) == "w" else 1)
+        moment = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+    else:
+        try:
+            moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        except ValueError:
+            raise Invalid(f"invalid date {text!r}: expected YYYY-MM-DD, an ISO date-time or an age like 90d") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What was (or, in a dry run, would be) removed, and what was kept back because it is not exported yet."""
+
+    before: str
+    dry_run: bool
+    audit: int
+    jobs: int
+    requests: int
+    unexported_kept: int
+    export_floor: Optional[int]
+    archive: Optional[str] = None
+
+
+def export_floor(tx: Tx) -> Optional[int]:
+    """The smallest export cursor of any registered target (None: no target, nothing holds rows back)."""
+    value = tx.scalar("SELECT MIN(audit_id) FROM export_cursor")
+    return None if value is None else int(value)
+
+
+def prune(
+    db: Database, before: str, dry_run: bool = False, archive: Optional[str] = None, chunk: int = CHUNK
+) -> PruneResult:
+    """Remove old audit rows, finished older job generations and request records (see the module doc)."""
+    cutoff = parse_before(before)
+    if chunk < 1:
+        raise Invalid(f"invalid chunk size {chunk}")
+    with db.tx(write=False) as tx:
+        floor = export_floor(tx)
+        limit = int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit")) if floor is None else floor
+        kept = int(tx.scalar("SELECT COUNT(*) FROM audit WHERE ts < ? AND id > ?", (cutoff, limit)))
+        generations = [(r[0], r[1], int(r[2])) for r in tx.all(FINISHED_GENERATIONS, (cutoff,))]
+        if dry_run:
+            audit = int(tx.scalar(f"SELECT COUNT(*) FROM audit a WHERE {AUDIT_WHERE}", (cutoff, limit)))
+            requests = int(tx.scalar("SELECT COUNT(*) FROM request WHERE created_at < ?", (cutoff,)))
+            jobs = sum(g[2] for g in generations)
+    if not dry_run:
+        with _archive_file(archive) as out:
+            audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out)
+            jobs = _delete_generations(db, generations, cutoff, chunk, out)
+            requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out)
+    return PruneResult(cutoff, dry_run, audit, jobs, requests, kept, floor, archive)
+
+
+@contextmanager
+def _archive_file(path: Optional[str]) -> Iterator[Optional[IO[str]]]:
+    if path is None:
+        yield None
+        return
+    try:
+        handle = open(os.path.expanduser(path), "a", encoding="utf-8")
+    except OSError as err:
+        raise Invalid(f"cannot write the archive {path}: {err.strerror or err}") from None
+    with handle:
+        yield handle
+
+
+def _take(tx: Tx, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    result = tx.run(sql, params)
+    columns = list(result.keys())
+    return [dict(zip(columns, r)) for r in result.fetchall()]
+
+
+def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[IO[str]]) -> None:
+    """Archive ``rows`` (flushed to disk) and delete them, inside the caller's transaction."""
+    if out is not None:
+        for row in rows:
+            out.write(json.dumps({"table": table, "row": row}, sort_keys=True, default=str) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    keys = [r[key] for r in rows]
+    for start in range(0, len(keys), 500):
+        part = keys[start:start + 500]
+        tx.run(f"DELETE FROM {table} WHERE {key} IN ({','.join('?' * len(part))})", part)
+
+
+def _delete_where(
+    db: Database, source: str, key: str, where: str, params: Sequence[Any], chunk: int, out: Optional[IO[str]]
+) -> int:
+    """Delete the rows of ``source`` ("table alias") matching ``where`` in key order, ``chunk`` per transaction."""
+    table, alias = source.split()
+    total = 0
+    last: Any = "" if key == "request_id" else -1
+    while True:
+        with db.tx(write=True) as tx:
+            rows = _take(tx, f"SELECT {alias}.* FROM {source} WHERE {where} AND {alias}.{key} > ?"
+                             f" ORDER BY {alias}.{key} LIMIT ?", (*params, last, chunk))
+            _remove(tx, table, key, rows, out)
+        total += len(rows)
+        if len(rows) < chunk:
+            return total
+        last = rows[-1][key]
+
+
+def _delete_generations(
+    db: Database, generations: Sequence[tuple[int, int, int]], cutoff: str, chunk: int, out: Optional[IO[str]]
+) -> int:
+    """Delete the jobs of the given (instance, generation) pairs, about ``chunk`` jobs per transaction.
+
+    Each generation is checked again in the deleting transaction: one that moved since it was
+    chosen (a job updated after the cut-off, or not finished) is left alone.
+    """
+    total = 0
+    start = 0
+    while start < len(generations):
+        with db.tx(write=True) as tx:
+            taken = 0
+            while start < len(generations) and taken < chunk:
+                iid, gen, _ = generations[start]
+                rows = _take(tx, "SELECT * FROM job WHERE instance_id = ? AND generation = ? ORDER BY id"
+                             + tx.lock("job"), (iid, gen))
+                start += 1
+                if any(r["status"] not in ("done", "failed") or r["updated_at"] >= cutoff for r in rows):
+                    continue
+                _remove(tx, "job", "id", rows, out)
+                taken += len(rows)
+        total += taken
+    return total
+
+
+# --------------------------------------------------------------------------------------------- stats
+
+
+@dataclass(frozen=True)
+class DbStats:
+    """Rows per table and bytes on disk (SQLite: file, WAL, free pages; PostgreSQL: database and tables)."""
+
+    url: str
+    engine: str
+    rows: dict[str, int]
+    size_bytes: int
+    wal_bytes: Optional[int] = None
+    free_bytes: Optional[int] = None
+    table_bytes: dict[str, int] = field(default_factory=dict)
+    schema_version: Optional[int] = None
+
+
+def stats(db: Database) -> DbStats:
+    """Count the rows of every table and measure the database's size."""
+    names = sorted(t.name for t in SQLModel.metadata.sorted_tables)
+    with db.tx(write=False) as tx:
+        rows = {name: int(tx.scalar(f"SELECT COUNT(*) FROM {name}")) for name in names}
+        if tx.is_sqlite:
+            page = int(tx.scalar("PRAGMA page_size"))
+            free = int(tx.scalar("PRAGMA freelist_count")) * page
+            table_bytes: dict[str, int] = {}
+        else:
+            size = int(tx.scalar("SELECT pg_database_size(current_database())"))
+            table_bytes = {n: int(tx.scalar("SELECT pg_total_relation_size(?::regclass)", (n,))) for n in names}
+    version = db.schema_version()
+    path = sqlite_path(db.url)
+    if path is None:
+        return DbStats(db.url, "postgresql", rows, size, table_bytes=table_bytes, schema_version=version)
+    wal = path + "-wal"
+    return DbStats(db.url, "sqlite", rows, os.path.getsize(path), os.path.getsize(wal) if os.path.exists(wal) else 0,
+                   free, schema_version=version)
+
+
+def vacuum(db: Database) -> None:
+    """Give the space of deleted rows back to the file system (after a large prune).
+
+    VACUUM cannot run inside a transaction, so it goes through the driver connection in
+    autocommit mode; on SQLite the WAL is checkpointed and truncated as well.
+    """
+    raw = db.engine.raw_connection()
+    try:
+        conn: Any = raw.driver_connection
+        if db.is_sqlite:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            conn.rollback()
+            conn.autocommit = True
+            try:
+                conn.execute("VACUUM")
+            finally:
+                conn.autocommit = False
+    finally:
+        raw.close()
