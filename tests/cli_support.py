@@ -21,7 +21,8 @@ ECALSTATE = str(Path(sys.executable).parent / "ecalstate")
 def invoke(db: str, *args: str, env: Optional[dict[str, str]] = None, color: bool = False) -> Result:
     """``ecalstate --db DB --actor tester ARGS`` in-process; exceptions are kept on the result, never raised."""
     runner = CliRunner(env={"ECALSTATE_CAMPAIGN": None, "ECALSTATE_DB": None, **(env or {})})
-    return runner.invoke(main, ["--db", db, "--actor", "tester", *args], color=color, catch_exceptions=True)
+    return runner.invoke(main, ["--db", db, "--actor", "tester", *args], color=color, catch_exceptions=True,
+                         prog_name="ecalstate")
 
 
 def ok(db: str, *args: str, **kw: Any) -> Result:

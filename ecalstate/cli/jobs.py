@@ -81,7 +81,7 @@ def job_list(
 @task_option()
 @click.option("--run", "run_number", type=int, required=True, metavar="N", help="Run of the job.")
 @click.option("--job", "jid", type=int, required=True, metavar="ID", help="Job id within the run.")
-@click.argument("status", type=click.Choice(JOB_STATUSES))
+@click.argument("status", type=click.Choice(JOB_STATUSES), metavar="STATUS")
 @click.option("--field", "fields", type=KEY_VALUE, multiple=True, metavar="KEY=VALUE",
               help="Result field (output path, plot URL, number); JSON scalars when they parse, else text. Repeatable.")
 @click.option("--batch-id", metavar="ID", help="Batch system id, e.g. an HTCondor cluster.proc.")
@@ -93,7 +93,10 @@ def job_set(
     app: App, campaign: str, task: str, run_number: int, jid: int, status: str, fields: tuple[tuple[str, Any], ...],
     batch_id: Optional[str], generation: Optional[int], reason: str, request_id: Optional[str],
 ) -> None:
-    """Set the STATUS of one job, validated by the job table and the retry limit.
+    """Set the STATUS (idle, running, done or failed) of one job.
+
+    The change is validated by the job table and the retry limit (failed ->
+    idle only while attempts <= the task's max retries).
 
     When the change decides its task instance (all jobs done, or one failed
     beyond its retries) the instance completes in the same transaction.

@@ -24,7 +24,7 @@ from .options import (
 @campaign_option
 @task_option()
 @runs_option(required=True)
-@click.argument("status", type=click.Choice([s.value for s in OPERATOR_TARGETS]))
+@click.argument("status", type=click.Choice([s.value for s in OPERATOR_TARGETS]), metavar="STATUS")
 @reason_option
 @dry_run_option
 @request_id_option
@@ -33,10 +33,9 @@ def set_status(
     app: App, campaign: str, task: str, runs: list[int], status: str, reason: str, dry_run: bool,
     request_id: Optional[str],
 ) -> None:
-    """Set the STATUS of a task for a set of runs.
+    """Set the STATUS (done, failed or reprocess) of a task for a set of runs.
 
-    Every change goes through the transition table.
-    One refused transition refuses the whole request and nothing is written;
+    Every change goes through the transition table. One refused transition refuses the whole request and nothing is written;
     --dry-run prints the plan with per-outcome counts. Setting reprocess also
     reprocesses the runs merged into a reprocessed leader.
 
@@ -64,8 +63,7 @@ def reprocess(
 ) -> None:
     """Mark runs of a task for reprocessing.
 
-    The next claim opens a new job generation.
-    History is kept. Runs merged into a reprocessed leader follow it; with
+    The next claim opens a new job generation; history is kept. Runs merged into a reprocessed leader follow it; with
     --downstream the dependent tasks follow too (those not processed yet stay).
 
     \b
