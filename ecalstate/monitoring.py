@@ -61,6 +61,22 @@ def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
     return [(r[0], r[1], r[2]) for r in tx.all(BLOCKED_SQL, (cid,))]
 
 
+def record_heartbeat(ctx: Ctx, cid: int, task: str, stage: str, ok: bool, message: str) -> None:
+    """Upsert the (campaign, task, stage) heartbeat and audit it as a ``handler`` row (exported)."""
+    updated = ctx.tx.run(
+        "UPDATE heartbeat SET last_at = ?, actor = ?, ok = ?, message = ?"
+        " WHERE campaign_id = ? AND task = ? AND stage = ?",
+        (ctx.now, ctx.actor, ok, message, cid, task, stage),
+    ).rowcount
+    if not updated:
+        ctx.tx.run(
+            "INSERT INTO heartbeat (campaign_id, task, stage, last_at, actor, ok, message)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (cid, task, stage, ctx.now, ctx.actor, ok, message),
+        )
+    ctx.audit(cid, "handler", task, "ok" if ok else "error", reason=message, detail={"stage": stage})
+
+
 class Monitoring(StoreBase):
     """Heartbeats and health."""
 
@@ -72,18 +88,7 @@ class Monitoring(StoreBase):
         def body(ctx: Ctx) -> None:
             cid = self._campaign_id(ctx.tx, campaign)
             self._task(ctx.tx, cid, campaign, task)
-            updated = ctx.tx.run(
-                "UPDATE heartbeat SET last_at = ?, actor = ?, ok = ?, message = ?"
-                " WHERE campaign_id = ? AND task = ? AND stage = ?",
-                (ctx.now, ctx.actor, ok, message, cid, task, stage),
-            ).rowcount
-            if not updated:
-                ctx.tx.run(
-                    "INSERT INTO heartbeat (campaign_id, task, stage, last_at, actor, ok, message)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (cid, task, stage, ctx.now, ctx.actor, ok, message),
-                )
-            ctx.audit(cid, "handler", task, "ok" if ok else "error", reason=message, detail={"stage": stage})
+            record_heartbeat(ctx, cid, task, stage, ok, message)
 
         self._write("heartbeat", None, body)
 
