@@ -1,0 +1,261 @@
+"""TaskHandler on the local backend: the submit/check/resubmit lifecycle, rollbacks, heartbeats, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from handler_support import Probe, make_campaign, marker, settle, transitions, write_payload
+
+from ecalstate import Store
+from ecalstate.backends import JobSpec
+from ecalstate.backends.local import LocalBackend
+from ecalstate.handler import StageFailed
+from ecalstate.results import Claim
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def probe(tmp_path: Path, sqlite_url: str) -> Probe:
+    store = Store.open(sqlite_url, actor="tester", create=True)
+    handler = Probe(store, LocalBackend(tmp_path / "work", slots=2))
+    handler.payload = write_payload(tmp_path / "payload")
+    yield handler
+    store.close()
+
+
+def test_lifecycle_failure_resubmit_after_fix_done_and_audited(probe: Probe) -> None:
+    store, work = probe.store, probe.backend.workdir
+    make_campaign(store, [1, 2], retries=2)
+    work.mkdir(parents=True)
+    marker(work, 1, 1).touch()
+
+    report = probe.submit("prompt")
+    assert report.counts == {"claimed": 2, "merged": 0, "jobs submitted": 6} and report.runs == [1, 2]
+    settle(probe)
+    assert store.instance("prompt", "probe", 2).status == "done"
+    assert store.instance("prompt", "probe", 1).status == "processing"
+    failed = store.list_jobs("prompt", "probe", run=1, status="failed")
+    assert [(j.jid, j.attempts) for j in failed] == [(1, 1)]
+
+    probe.resubmit("prompt")  # not fixed yet: fails again, still within the retry limit
+    settle(probe)
+    assert [(j.jid, j.attempts) for j in store.list_jobs("prompt", "probe", run=1, status="failed")] == [(1, 2)]
+    assert store.instance("prompt", "probe", 1).status == "processing"
+
+    marker(work, 1, 1).unlink()  # the fix
+    assert probe.resubmit("prompt").counts == {"jobs resubmitted": 1}
+    settle(probe)
+    info = store.instance("prompt", "probe", 1)
+    assert info.status == "done"
+    assert info.outputs["output"].split(",") == [str(work / "out/1/g1" / f"job{i}.json") for i in range(3)]
+    jobs = store.list_jobs("prompt", "probe", run=1)
+    assert [(j.status, j.attempts) for j in jobs] == [("done", 1), ("done", 3), ("done", 1)]
+    assert all(j.fields["answer"] == 42 and j.fields["slice"] == j.jid for j in jobs)
+    assert all(j.batch_id and j.batch_id.startswith("local:") for j in jobs)
+    assert json.loads(Path(jobs[1].fields["output"]).read_text())["attempt"] == "3"
+
+    assert transitions(store, "probe", 1) == {
+        None: ["new", "processing", "done"],
+        0: ["idle", "done"], 2: ["idle", "done"],
+        1: ["idle", "failed", "idle", "failed", "idle", "done"]}
+    reasons = [a.reason for a in store.history("prompt", task="probe", run=1, limit=None) if a.to_status == "failed"]
+    assert reasons == ["exit code 3: input marked broken"] * 2
+    beats = {a.reason.split(":")[0] for a in store.history("prompt", entity="handler", limit=None)}
+    assert beats == {"submit", "check", "resubmit"} and store.health("prompt").ok
+
+
+def test_retries_exhausted_fail_the_instance_and_resubmit_leaves_it(probe: Probe) -> None:
+    store, work = probe.store, probe.backend.workdir
+    make_campaign(store, [7], retries=0)
+    work.mkdir(parents=True)
+    marker(work, 7, 0).touch()
+    probe.submit("prompt")
+    settle(probe)
+    assert store.instance("prompt", "probe", 7).status == "failed"
+    assert probe.resubmit("prompt").counts == {}
+    assert [j.status for j in store.list_jobs("prompt", "probe", run=7)] == ["failed", "done", "done"]
+
+
+class Flaky(Probe):
+    """Cannot build the jobs of run 2 (a bug in the workflow, a missing input...)."""
+
+    def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
+        if claim.run_number == 2:
+            raise RuntimeError("no input for run 2")
+        return super().jobs(campaign, claim)
+
+
+def test_submit_failure_before_jobs_rolls_back_that_claim_only(probe: Probe) -> None:
+    store = probe.store
+    make_campaign(store, [1, 2])
+    flaky = Flaky(store, probe.backend)
+    flaky.payload = probe.payload
+    with pytest.raises(StageFailed, match="run 2: RuntimeError: no input for run 2"):
+        flaky.submit("prompt")
+    assert store.instance("prompt", "probe", 1).status == "processing"
+    assert store.instance("prompt", "probe", 2).status == "reprocess"
+    assert store.list_jobs("prompt", "probe", run=2) == []
+    last = store.history("prompt", task="probe", run=2, limit=1)[0]
+    assert (last.from_status, last.to_status, last.reason) == (
+        "processing", "reprocess", "submit failed: RuntimeError: no input for run 2")
+    assert [(h.stage, h.ok) for h in store.health("prompt").failing] == [("submit", False)]
+
+    assert probe.submit("prompt").runs == [2]  # fixed: the run was eligible again, a new generation
+    settle(probe)
+    assert store.instance("prompt", "probe", 2).generation == 2
+    assert store.instance("prompt", "probe", 2).status == "done"
+    assert store.health("prompt").ok
+
+
+def test_submit_failure_after_jobs_created_fails_them_and_releases_merged_runs(probe: Probe) -> None:
+    store = probe.store
+    make_campaign(store, [1, 2, 3])
+
+    class ByFill(Probe):
+        group_by = "fill"
+
+    grouped = ByFill(store, probe.backend)
+    grouped.payload = probe.payload.parent / "missing.py"
+    with pytest.raises(StageFailed, match="missing.py does not exist"):
+        grouped.submit("prompt")
+    assert [store.instance("prompt", "probe", r).status for r in (1, 2, 3)] == ["reprocess"] * 3
+    jobs = store.list_jobs("prompt", "probe", run=3)
+    assert [(j.generation, j.status) for j in jobs] == [(1, "failed")] * 3
+    assert "submit failed: job payload" in store.history("prompt", task="probe", run=3, limit=1)[0].reason
+
+    grouped.payload = probe.payload
+    report = grouped.submit("prompt")
+    assert report.counts == {"claimed": 1, "merged": 2, "jobs submitted": 3}
+    settle(grouped)
+    assert [store.instance("prompt", "probe", r).status for r in (1, 2, 3)] == ["merged", "merged", "done"]
+    assert [j.generation for j in store.list_jobs("prompt", "probe", run=3)] == [2, 2, 2]
+
+
+def snapshot(store: Store) -> tuple[object, ...]:
+    overview = store.overview("prompt")
+    jobs = store.list_jobs("prompt", "probe", all_generations=True)
+    audit = [a for a in store.history("prompt", limit=None) if a.entity != "handler"]
+    return [r.statuses for r in overview.rows], jobs, audit
+
+
+def cli(handler: type[Probe], *args: str, env: dict[str, str] | None = None) -> object:
+    return CliRunner().invoke(handler.cli(), list(args), env=env, catch_exceptions=False)
+
+
+def test_unreachable_backend_is_one_line_exit_1_and_claims_nothing(probe: Probe, tmp_path: Path) -> None:
+    make_campaign(probe.store, [1, 2])
+    before = snapshot(probe.store)
+    (tmp_path / "file").write_text("not a folder")
+    result = cli(type(probe), "-c", "prompt", "--db", probe.store.db.url, "--workdir", str(tmp_path / "file/work"),
+                 "submit")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: prompt: cannot create {tmp_path}/file/work: Not a directory"]
+    assert snapshot(probe.store) == before
+    assert [(h.stage, h.message) for h in probe.store.health("prompt").failing] == [
+        ("submit", f"cannot create {tmp_path}/file/work: Not a directory")]
+
+
+def test_cli_dry_run_writes_nothing_and_json_reports(probe: Probe, tmp_path: Path) -> None:
+    make_campaign(probe.store, [1, 2])
+    before = snapshot(probe.store)
+    url = probe.store.db.url
+    result = cli(type(probe), "-c", "prompt", "--db", url, "submit", "--dry-run", "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert result.output == "prompt probe submit: would claim 1, would merge 0 (runs 1) [dry run]\n"
+    assert snapshot(probe.store) == before and probe.store.history("prompt", entity="handler") == []
+
+
+def test_cli_loops_over_campaigns_and_reports_each_error(probe: Probe, tmp_path: Path) -> None:
+    make_campaign(probe.store, [1])
+    make_campaign(probe.store, [5], campaign="rereco")
+    # the payload path comes from the class, as a workflow script has it
+    handler = type("CliProbe", (Probe,), {"payload": probe.payload})
+    env = {"ECALSTATE_DB": probe.store.db.url, "ECALSTATE_WORKDIR": str(probe.backend.workdir)}
+    result = cli(handler, "-c", "prompt,nosuch", "-c", "rereco", "--json", "submit", env=env)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    reports = [json.loads(line) for line in lines[:-1]]
+    assert [(r["campaign"], r["runs"]) for r in reports] == [("prompt", [1]), ("rereco", [5])]
+    assert lines[-1] == "Error: nosuch: unknown campaign 'nosuch'"
+    assert probe.store.instance("rereco", "probe", 5).status == "processing"
+
+
+RACER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    from handler_support import Probe
+    Racer = type("Racer", (Probe,), {{"payload": {payload!r}}})
+    go = float(sys.argv[1])
+    while time.time() < go:
+        time.sleep(0.001)
+    Racer.main(["-c", "prompt", "--db", {db!r}, "--workdir", {work!r}, "--json", "submit"])
+""")
+
+
+def test_two_submit_stages_at_the_same_moment_never_submit_the_same_run(probe: Probe, tmp_path: Path) -> None:
+    runs = list(range(1, 21))
+    make_campaign(probe.store, runs, meta={"jobs": 1})
+    script = tmp_path / "racer.py"
+    script.write_text(RACER.format(tests=str(REPO / "tests"), payload=str(probe.payload), db=probe.store.db.url,
+                                   work=str(probe.backend.workdir)))
+    go = time.time() + 2.0  # both processes are up and waiting well before this moment
+    procs = [subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    submitted = [json.loads(out)["runs"] for out in outputs]
+    assert sorted(submitted[0] + submitted[1]) == runs  # every run once, by one of them
+    settle(probe)
+    claims = [a for a in probe.store.history("prompt", limit=None) if a.to_status == "processing"]
+    assert sorted(a.run_number for a in claims) == runs
+    assert [(j.run_number, j.generation, j.attempts, j.status) for j in probe.store.list_jobs(
+        "prompt", "probe", all_generations=True)] == [(r, 1, 1, "done") for r in runs]
+    started = sorted((probe.backend.workdir / "jobs").glob("prompt/probe/*/g*/j*.a*/started"))
+    assert len(started) == len(runs)
+
+
+def test_jobs_that_reach_the_database_set_their_own_status(probe: Probe, tmp_path: Path) -> None:
+    """A payload may call `ecalstate job set` itself; check reconciles what the batch system says on top."""
+    make_campaign(probe.store, [3], meta={"jobs": 1})
+    payload = tmp_path / "selfreport" / "selfreport_job.py"
+    payload.parent.mkdir()
+    payload.write_text(textwrap.dedent(f"""
+        import os, subprocess, sys
+        e = os.environ
+        subprocess.run([{str(Path(sys.executable).parent / "ecalstate")!r}, "--db", {probe.store.db.url!r}, "job", "set",
+                        "-c", e["ECALSTATE_CAMPAIGN"], "--task", e["ECALSTATE_TASK"], "--run", e["ECALSTATE_RUN"],
+                        "--job", e["ECALSTATE_JOB_ID"], "running", "--field", "progress=half"], check=True)
+    """))
+
+    class SelfReporting(Probe):
+        def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
+            return [JobSpec(0, str(payload))]
+
+    handler = SelfReporting(probe.store, probe.backend)
+    handler.submit("prompt")
+    settle(handler)
+    job = probe.store.list_jobs("prompt", "probe", run=3)[0]
+    assert (job.status, job.fields) == ("done", {"progress": "half"})
+    assert transitions(probe.store, "probe", 3)[0] == ["idle", "done"]
+    assert [(a.from_status, a.to_status) for a in probe.store.history("prompt", task="probe", run=3, limit=None)
+            if a.entity == "job"] == [(None, "idle"), ("idle", "running"), ("running", "done")]
+
+
+def test_importing_ecalstate_and_the_handler_cli_never_imports_htcondor() -> None:
+    code = ("import sys, ecalstate, ecalstate.handler, ecalstate.backends.local\n"
+            "sys.path.insert(0, 'handlers')\n"
+            "import phisym_reco\n"
+            "try:\n    phisym_reco.PhiSymReco.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'htcondor2' not in sys.modules, 'htcondor2 imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "submit" in result.stdout and "resubmit" in result.stdout
