@@ -1,0 +1,193 @@
+"""Schema migrations, on both engines, from a database made by the first release with data in it.
+
+tests/data holds that release's schema (per engine) and the rows its own store wrote
+(make_v1_fixture.py regenerates them from git). Every row must survive an upgrade, and the
+upgraded database must keep working: old request ids still replay, old jobs still move.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from ecalstate import JobUpdate, RunSpec, SchemaError, Store
+from ecalstate import db as dbmod
+from ecalstate import migrations
+from ecalstate.db import Database, DatabaseError, Tx
+from ecalstate.migrations import Step, upgrade, upgrade_database
+
+DATA = Path(__file__).parent / "data"
+_INSERT = re.compile(r"^INSERT INTO (\w+) \(([^)]*)\)")
+
+
+def v1_columns() -> dict[str, list[str]]:
+    """Table -> columns of the first release, as its dump lists them."""
+    out: dict[str, list[str]] = {}
+    for line in (DATA / "data_v1.sql").read_text(encoding="utf-8").splitlines():
+        m = _INSERT.match(line)
+        if m:
+            out.setdefault(m.group(1), [c.strip() for c in m.group(2).split(",")])
+    return out
+
+
+def v1_row_counts() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in (DATA / "data_v1.sql").read_text(encoding="utf-8").splitlines():
+        m = _INSERT.match(line)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+def load_v1(url: str) -> None:
+    """Create the first release's schema in the empty database ``url`` and load its rows."""
+    data = (DATA / "data_v1.sql").read_text(encoding="utf-8")
+    if "://" not in url:
+        with sqlite3.connect(url) as conn:
+            conn.executescript((DATA / "schema_v1.sqlite.sql").read_text() + data)
+        return
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn:
+        conn.execute((DATA / "schema_v1.postgresql.sql").read_text())
+        conn.execute(data)
+        for table in ("campaign", "task", "rtype", "run", "task_instance", "job", "audit"):
+            conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))")
+
+
+def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every first-release column, sorted, per table."""
+    db = Database(url, check_version=False)
+    try:
+        with db.tx(write=False) as tx:
+            return {t: sorted(tuple(r) for r in tx.all(f"SELECT {', '.join(cols)} FROM {t}"))
+                    for t, cols in v1_columns().items()}
+    finally:
+        db.close()
+
+
+def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    """The same rows, with only the schema version moved on."""
+    return {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))]}
+
+
+@pytest.fixture
+def v1_url(db_url: str) -> str:
+    load_v1(db_url)
+    return db_url
+
+
+def test_the_frozen_release_is_version_1_and_is_refused_until_upgraded(v1_url: str) -> None:
+    with pytest.raises(SchemaError, match=r"schema version 1; run `ecalstate db upgrade` first"):
+        Store.open(v1_url)
+    db = Database(v1_url, check_version=False)
+    try:
+        assert db.schema_version() == 1
+        assert [s.version for s in migrations.pending(1)] == list(range(2, dbmod.SCHEMA_VERSION + 1))
+    finally:
+        db.close()
+
+
+def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str) -> None:
+    before = snapshot(v1_url)
+    assert {t: len(rows) for t, rows in before.items()} == v1_row_counts()
+
+    result = upgrade_database(v1_url)
+    assert (result.from_version, result.to_version) == (1, dbmod.SCHEMA_VERSION)
+    assert [a.split(":")[0] for a in result.applied] == [str(v) for v in range(2, dbmod.SCHEMA_VERSION + 1)]
+    assert snapshot(v1_url) == upgraded(before)
+    assert upgrade_database(v1_url).applied == []
+
+    with Store.open(v1_url, actor="after-upgrade") as store:
+        with store.db.tx(write=False) as tx:
+            assert tx.all("SELECT name, settings FROM campaign ORDER BY name") == [
+                ("prompt", "{}"), ("rereco-2023", "{}")]
+        # an idempotency record written by the first release still replays its outcome
+        replay = store.claim("prompt", "reco", group_by="fill", request_id="claim-1")
+        assert [(c.run_number, c.merged) for c in replay] == [(356002, [356001]), (356004, [356003])]
+        overview = store.overview("prompt")
+        assert overview.totals["reco"]["processing"] == 2
+        old_history = len(store.history("prompt", limit=None))
+        # the workflow goes on where the first release left it
+        leader = next(r.run_number for r in overview.rows if r.statuses["reco"] == "processing")
+        generation = store.instance("prompt", "reco", leader).generation
+        store.create_jobs("prompt", "reco", leader, [0, 1])
+        result_jobs = store.update_jobs("prompt", "reco", [JobUpdate(leader, 0, "done"), JobUpdate(leader, 1, "done")])
+        assert [c.outcome for c in result_jobs.changes][-1] == "changed"
+        assert store.instance("prompt", "reco", leader).status == "done"
+        assert store.instance("prompt", "reco", leader).generation == generation
+        store.inject_runs("prompt", [RunSpec(356010, 8003, {"class": "Collisions", "nevents": 4000})])
+        store.create_campaign("new-after-upgrade")
+        history = store.history("prompt", limit=None)
+        assert len(history) > old_history
+        assert [h.id for h in history] == sorted(h.id for h in history)
+        assert history[0].actor == "jenkins-prompt-42"  # the first release's rows are all still there
+
+
+def test_init_on_a_first_release_database_upgrades_it(v1_url: str) -> None:
+    before = snapshot(v1_url)
+    with Store.open(v1_url, create=True) as store:
+        assert store.db.schema_version() == dbmod.SCHEMA_VERSION
+    assert snapshot(v1_url) == upgraded(before)
+
+
+def test_a_newer_schema_is_refused_clearly(store: Store) -> None:
+    url = store.db.url
+    with store.db.tx() as tx:
+        tx.run("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match=r"schema version 99, newer than this ecalstate .*upgrade ecalstate"):
+        Store.open(url)
+    with pytest.raises(SchemaError, match="newer than this ecalstate"):
+        upgrade_database(url)
+
+
+def test_no_schema_at_all_is_not_upgraded(db_url: str) -> None:
+    if "://" not in db_url:
+        sqlite3.connect(db_url).close()  # an empty SQLite file
+    with pytest.raises(SchemaError, match="no ecalstate schema; create it with `ecalstate init`"):
+        upgrade_database(db_url)
+
+
+def test_a_failing_step_leaves_the_database_as_it_was(v1_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_done(tx: Tx) -> None:
+        tx.run("ALTER TABLE campaign ADD COLUMN settings VARCHAR NOT NULL DEFAULT '{}'")
+        tx.run("INSERT INTO no_such_table VALUES (1)")
+
+    monkeypatch.setattr(migrations, "STEPS", (Step(2, "fails halfway", half_done),))
+    before = snapshot(v1_url)
+    with pytest.raises(DatabaseError):
+        upgrade_database(v1_url)
+    db = Database(v1_url, check_version=False)
+    try:
+        assert db.schema_version() == 1
+        with db.tx(write=False) as tx:
+            assert "settings" not in tx.run("SELECT * FROM campaign").keys()
+    finally:
+        db.close()
+    assert snapshot(v1_url) == before
+
+
+def test_two_upgraders_at_once_apply_each_step_once(v1_url: str) -> None:
+    results: list[Any] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(upgrade_database(v1_url))
+        except Exception as err:  # collected and asserted below
+            results.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert sorted(len(r.applied) for r in results) == [0, dbmod.SCHEMA_VERSION - 1]
