@@ -1,0 +1,199 @@
+"""What the notifier keeps in the database: its per-campaign configuration, cursors and delivery state.
+
+The configuration lives in ``campaign.settings`` under ``notify``. Notifications
+are derived from the audit table after a cursor per campaign and channel
+(``export_cursor`` targets ``notify:<campaign>:<channel>``), so sending them never
+touches, delays or fails a state transition. The notifier's own runs are recorded
+as a heartbeat of the pseudo-task ``@notify`` (no real task can have that name),
+so ``ecalstate health`` shows a webhook that is down, or a notifier that stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .base import Ctx, StoreBase, loads
+from .db import Tx
+from .errors import Invalid
+from .monitoring import record_heartbeat
+
+#: what a channel can be told: a task instance failed, a job failed with no retry left, any job failed
+#: (low level, for the development channel), new health problems (stuck, silent or failing stages)
+EVENTS = ("failed", "retries", "job-failed", "health")
+CHANNELS = ("main", "dev")
+DEFAULT_EVENTS = {"main": ("failed", "retries", "health"), "dev": ("job-failed",)}
+#: heartbeat task name of the notifier itself; check_name() refuses it for real tasks
+NOTIFIER = "@notify"
+NOTIFIER_STAGE = "send"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_EVENTS_SQL = """
+SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.reason, t.max_retries,
+  CASE WHEN a.entity = 'job' THEN 1 + (
+    SELECT COUNT(*) FROM audit b WHERE b.instance_id = a.instance_id AND b.job_pk = a.job_pk
+      AND b.from_status = 'failed' AND b.to_status = 'idle' AND b.id < a.id) END
+FROM audit a LEFT JOIN task t ON t.campaign_id = a.campaign_id AND t.name = a.task
+WHERE a.campaign_id = ? AND a.id > ? AND a.to_status = 'failed' AND a.entity IN ('task', 'job')
+ORDER BY a.id LIMIT ?
+"""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One channel: a Mattermost/Slack incoming webhook. The URL is a secret: kept out of repr and output."""
+
+    url: Optional[str] = field(default=None, repr=False)
+    url_env: Optional[str] = None
+    channel: Optional[str] = None
+    events: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.url_env is None):
+            raise Invalid("a webhook needs its URL (from a file) or the environment variable holding it, one of them")
+        if self.url is not None and not re.match(r"^https?://\S+$", self.url):
+            raise Invalid("the webhook URL must be one http:// or https:// URL")
+        if self.url_env is not None and not _ENV_NAME.match(self.url_env):
+            raise Invalid(f"invalid environment variable name {self.url_env!r}")
+        unknown = [e for e in self.events if e not in EVENTS]
+        if unknown or not self.events:
+            raise Invalid(f"invalid notification events {', '.join(unknown) or '(none)'} (valid: {', '.join(EVENTS)})")
+
+    def source(self) -> str:
+        """Where the URL comes from, without the URL."""
+        return "stored URL (hidden)" if self.url is not None else f"URL from ${self.url_env}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "url_env": self.url_env, "channel": self.channel, "events": list(self.events)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Webhook:
+        return cls(data.get("url"), data.get("url_env"), data.get("channel"), tuple(data.get("events", ())))
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """A campaign's notification channels: ``main`` (shifters) and ``dev`` (experts, development)."""
+
+    main: Optional[Webhook] = None
+    dev: Optional[Webhook] = None
+    username: str = "ecalstate"
+
+    def __post_init__(self) -> None:
+        if self.main is None and self.dev is None:
+            raise Invalid("configure at least one webhook (main or dev)")
+
+    def channels(self) -> list[tuple[str, Webhook]]:
+        return [(name, hook) for name, hook in (("main", self.main), ("dev", self.dev)) if hook is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"username": self.username, **{name: hook.to_dict() for name, hook in self.channels()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NotifyConfig:
+        hooks = {name: Webhook.from_dict(data[name]) for name in CHANNELS if data.get(name)}
+        return cls(hooks.get("main"), hooks.get("dev"), data.get("username", "ecalstate"))
+
+
+@dataclass(frozen=True)
+class NotifyEvent:
+    """Something to tell a channel, derived from one audit row."""
+
+    audit_id: int
+    ts: str
+    kind: str
+    task: str
+    run_number: Optional[int]
+    jid: Optional[int]
+    reason: str
+    attempts: Optional[int] = None
+    max_retries: Optional[int] = None
+
+
+def cursor_target(campaign: str, channel: str) -> str:
+    return f"notify:{campaign}:{channel}"
+
+
+def _seen_key(campaign: str, channel: str) -> str:
+    return f"notify.seen:{campaign}:{channel}"
+
+
+class NotifyStore(StoreBase):
+    """Typed access to the notifier's configuration and progress."""
+
+    def notify_config(self, campaign: str) -> Optional[NotifyConfig]:
+        with self.db.tx(write=False) as tx:
+            settings = _settings(tx, self._campaign_id(tx, campaign))
+        data = settings.get("notify")
+        return None if not data else NotifyConfig.from_dict(data)
+
+    def set_notify_config(self, campaign: str, config: Optional[NotifyConfig]) -> None:
+        """Store (or with ``None`` remove) a campaign's notification setup; new channels start at the audit's end."""
+
+        def body(ctx: Ctx) -> None:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            settings = _settings(tx, cid)
+            if config is None:
+                settings.pop("notify", None)
+                tx.many("DELETE FROM export_cursor WHERE target = ?", [(cursor_target(campaign, c),) for c in CHANNELS])
+                tx.many("DELETE FROM meta WHERE key = ?", [(_seen_key(campaign, c),) for c in CHANNELS])
+                tx.run("DELETE FROM heartbeat WHERE campaign_id = ? AND task = ?", (cid, NOTIFIER))
+            else:
+                settings["notify"] = config.to_dict()
+                end = tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit")
+                for name, _ in config.channels():
+                    target = cursor_target(campaign, name)
+                    if tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?", (target,)) is None:
+                        tx.run("INSERT INTO export_cursor (target, audit_id, updated_at) VALUES (?,?,?)",
+                               (target, end, ctx.now))
+            tx.run("UPDATE campaign SET settings = ? WHERE id = ?", (json.dumps(settings, sort_keys=True), cid))
+
+        self._write("notify.config", None, body)
+
+    def notify_events(self, campaign: str, channel: str, limit: int = 1000) -> tuple[list[NotifyEvent], int]:
+        """Events after the channel's cursor (at most ``limit`` audit rows) and the audit id to advance it to."""
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            start = int(tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?",
+                                  (cursor_target(campaign, channel),)) or 0)
+            rows = tx.all(_EVENTS_SQL, (cid, start, limit))
+            upto = rows[-1][0] if len(rows) == limit else int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit"))
+        events = []
+        for audit_id, ts, entity, task, run, jid, reason, retries, attempts in rows:
+            kinds = ["failed"] if entity == "task" else ["job-failed"]
+            if entity == "job" and retries is not None and attempts > retries:
+                kinds.append("retries")
+            events += [NotifyEvent(audit_id, ts, k, task, run, jid, reason, attempts, retries) for k in kinds]
+        return events, max(upto, start)
+
+    def notify_seen(self, campaign: str, channel: str) -> list[str]:
+        """Health problems already told to this channel."""
+        with self.db.tx(write=False) as tx:
+            value = tx.scalar("SELECT value FROM meta WHERE key = ?", (_seen_key(campaign, channel),))
+        return list(json.loads(value)) if value else []
+
+    def notify_delivered(self, campaign: str, channel: str, upto: int, seen: Sequence[str]) -> None:
+        """After the channel acknowledged: advance its cursor and remember the health problems it knows."""
+
+        def body(ctx: Ctx) -> None:
+            self._campaign_id(ctx.tx, campaign)
+            ctx.tx.run("UPDATE export_cursor SET audit_id = ?, updated_at = ? WHERE target = ?",
+                       (upto, ctx.now, cursor_target(campaign, channel)))
+            key = _seen_key(campaign, channel)
+            ctx.tx.run("DELETE FROM meta WHERE key = ?", (key,))
+            ctx.tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(sorted(set(seen)))))
+
+        self._write("notify.delivered", None, body)
+
+    def notifier_heartbeat(self, campaign: str, ok: bool, message: str) -> None:
+        """Record a notifier run; a failed delivery shows in ``health`` as a failing ``@notify`` stage."""
+        self._write("heartbeat", None, lambda ctx: record_heartbeat(
+            ctx, self._campaign_id(ctx.tx, campaign), NOTIFIER, NOTIFIER_STAGE, ok, message))
+
+
+def _settings(tx: Tx, cid: int) -> dict[str, Any]:
+    return loads(tx.scalar("SELECT settings FROM campaign WHERE id = ?", (cid,)))
