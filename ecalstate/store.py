@@ -14,11 +14,12 @@ from .db import Database
 from .jobs import Jobs
 from .legacy_api import LegacyApi
 from .monitoring import Monitoring
+from .notify_store import NotifyStore
 from .queries import Queries
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi, NotifyStore):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod
