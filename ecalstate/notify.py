@@ -1,0 +1,211 @@
+"""Webhook notifications (Mattermost/Slack incoming webhooks), like the original's shifter channels.
+
+:func:`deliver` reads what happened since each channel's cursor (task failures,
+jobs out of retries, low-level job failures) and the campaign's current health
+problems, and posts one message per channel: ``{"text", "username", "channel"?}``.
+It runs after the fact, from the audit: a webhook that is slow or down never
+blocks or fails a state transition. A failed delivery leaves the cursor where it
+was (the next run sends the same events again), is logged without the URL, and
+shows in ``ecalstate health`` as the failing stage ``@notify send``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .errors import EcalStateError, Invalid
+from .notify_store import NOTIFIER, NotifyConfig, NotifyEvent, Webhook
+from .results import Health
+from .store import Store
+
+log = logging.getLogger("ecalstate.notify")
+#: lines per message; the rest is summarised (Mattermost posts are limited to 16k characters)
+MAX_LINES = 30
+
+
+class NotifyError(EcalStateError):
+    """A webhook could not be reached or refused the message (the URL is never part of the message)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one channel was sent: events and health problems told, or the error and what stays pending."""
+
+    campaign: str
+    channel: str
+    events: int
+    problems: int
+    pending: int
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def read_url_file(path: str) -> str:
+    """The webhook URL in a file (one line); errors name the file, never its content."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError as err:
+        raise Invalid(f"cannot read the webhook URL file {path}: {err.strerror}") from None
+    if "\n" in text or not text.startswith(("http://", "https://")):
+        raise Invalid(f"{path} must hold one http:// or https:// URL")
+    return text
+
+
+def resolve_url(hook: Webhook) -> str:
+    if hook.url is not None:
+        return hook.url
+    value = os.environ.get(str(hook.url_env), "").strip()
+    if not value:
+        raise NotifyError(f"environment variable {hook.url_env} (the webhook URL) is not set")
+    return value
+
+
+def post(url: str, payload: dict[str, Any], timeout: float = 5.0, retries: int = 2, backoff: float = 1.0) -> None:
+    """POST ``payload`` as JSON; retry ``retries`` times with doubling ``backoff``; :class:`NotifyError` at the end."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(payload).encode()
+    problem = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+                return
+        except urllib.error.HTTPError as err:
+            problem = f"HTTP {err.code} {err.reason}"
+            if err.code < 500 and err.code != 429:
+                break  # the webhook refused this message: sending it again will not help
+        except (urllib.error.URLError, OSError) as err:
+            reason = err.reason if isinstance(err, urllib.error.URLError) else err
+            problem = f"unreachable ({reason})"
+    raise NotifyError(f"webhook {problem} after {attempt + 1} attempt(s)")
+
+
+def describe(event: NotifyEvent) -> str:
+    """One line per event, in the shifters' words."""
+    where = f"task {event.task} run {event.run_number}"
+    if event.kind == "failed":
+        return f"{where} failed" + (f": {event.reason}" if event.reason else "")
+    job = f"{where} job {event.jid}"
+    if event.kind == "retries":
+        return f"{job} failed with no retry left ({event.attempts} attempts, max retries {event.max_retries})"
+    return f"{job} failed (attempt {event.attempts})" + (f": {event.reason}" if event.reason else "")
+
+
+def health_problems(health: Health) -> dict[str, str]:
+    """Stuck instances and silent or failing handler stages, keyed so that each is told once."""
+    problems = {f"stuck:{s.task}:{s.run_number}": f"task {s.task} run {s.run_number} stuck in processing since "
+                f"{s.since} ({s.jobs} jobs)" for s in health.stuck}
+    for beat in health.silent:
+        if beat.task != NOTIFIER:
+            problems[f"silent:{beat.task}:{beat.stage}"] = (f"handler {beat.task} {beat.stage} silent since "
+                                                            f"{beat.last_at}")
+    for beat in health.failing:
+        if beat.task != NOTIFIER:
+            problems[f"failing:{beat.task}:{beat.stage}"] = f"handler {beat.task} {beat.stage} failing: {beat.message}"
+    return problems
+
+
+def render(campaign: str, lines: list[str]) -> str:
+    shown = lines[:MAX_LINES]
+    more = len(lines) - len(shown)
+    tail = [f"... and {more} more (ecalstate history -c {campaign})"] if more else []
+    return "\n".join([f"ecalstate, campaign {campaign}:"] + [f"- {line}" for line in shown] + tail)
+
+
+def deliver(
+    store: Store,
+    campaign: str,
+    stuck_after: float = 6 * 3600,
+    silent_after: float = 2 * 3600,
+    timeout: float = 5.0,
+    retries: int = 2,
+    backoff: float = 1.0,
+) -> list[Delivery]:
+    """Send each configured channel what it has not been told yet; never raises for an unreachable webhook."""
+    config = store.notify_config(campaign)
+    if config is None:
+        return []
+    problems = health_problems(store.health(campaign, stuck_after, silent_after))
+    out = [_deliver_channel(store, campaign, config, name, hook, problems, timeout, retries, backoff)
+           for name, hook in config.channels()]
+    failed = [d for d in out if not d.ok]
+    message = "; ".join(f"{d.channel}: {d.error}, {d.pending} pending" for d in failed) or \
+        "delivered " + ", ".join(f"{d.channel}: {d.events + d.problems}" for d in out)
+    store.notifier_heartbeat(campaign, not failed, message[:500])
+    return out
+
+
+def _deliver_channel(
+    store: Store, campaign: str, config: NotifyConfig, name: str, hook: Webhook, problems: dict[str, str],
+    timeout: float, retries: int, backoff: float,
+) -> Delivery:
+    events, upto = store.notify_events(campaign, name)
+    lines = [describe(e) for e in events if e.kind in hook.events]
+    current = problems if "health" in hook.events else {}
+    fresh = [text for key, text in sorted(current.items()) if key not in set(store.notify_seen(campaign, name))]
+    if lines or fresh:
+        payload: dict[str, Any] = {"text": render(campaign, lines + fresh), "username": config.username}
+        if hook.channel:
+            payload["channel"] = hook.channel
+        try:
+            post(resolve_url(hook), payload, timeout, retries, backoff)
+        except NotifyError as err:
+            log.warning(f"notifications for campaign {campaign} ({name} channel) not delivered: {err}")
+            return Delivery(campaign, name, 0, 0, len(lines) + len(fresh), str(err))
+    store.notify_delivered(campaign, name, upto, list(current))
+    return Delivery(campaign, name, len(lines), len(fresh), 0)
+
+
+def send_test(store: Store, campaign: str, channel: str = "main", timeout: float = 5.0) -> None:
+    """Post a test message to one channel (checks the URL and the channel name)."""
+    config = store.notify_config(campaign)
+    hook = None if config is None else dict(config.channels()).get(channel)
+    if config is None or hook is None:
+        raise Invalid(f"campaign {campaign!r} has no {channel} notification channel configured")
+    payload: dict[str, Any] = {"text": f"ecalstate, campaign {campaign}: test message ({channel} channel)",
+                               "username": config.username}
+    if hook.channel:
+        payload["channel"] = hook.channel
+    post(resolve_url(hook), payload, timeout, retries=0)
+
+
+def webhook(
+    url_file: Optional[str], url_env: Optional[str], channel: Optional[str], events: list[str], default: tuple[str, ...]
+) -> Optional[Webhook]:
+    """A channel from its URL file or environment variable (``None`` when neither is given)."""
+    if url_file is None and url_env is None:
+        if channel or events:
+            raise Invalid("a channel name or event list needs its webhook URL file or environment variable")
+        return None
+    if url_file is not None and url_env is not None:
+        raise Invalid("give the webhook URL as a file or as an environment variable, not both")
+    url = None if url_file is None else read_url_file(url_file)
+    return Webhook(url, url_env, channel or None, tuple(events) or default)
+
+
+def status(store: Store, campaign: str) -> dict[str, Any]:
+    """The configuration without secrets, with what each channel has pending."""
+    config = store.notify_config(campaign)
+    if config is None:
+        return {"campaign": campaign, "configured": False, "channels": []}
+    channels = []
+    for name, hook in config.channels():
+        events, _ = store.notify_events(campaign, name, limit=100_000)
+        channels.append({"channel": name, "url": hook.source(), "mattermost_channel": hook.channel,
+                         "events": list(hook.events), "pending": sum(e.kind in hook.events for e in events)})
+    return {"campaign": campaign, "configured": True, "username": config.username, "channels": channels}
