@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "export": ".export:export",
     "db": ".dbadmin:db",
     "import-influx": ".legacy:import_influx",
+    "notify": ".notify:notify",
 }
 
 
