@@ -39,7 +39,7 @@ def test_campaign_create_and_list(db: str) -> None:
     assert [(c["name"], c["kind"], c["description"]) for c in listed] == [
         ("prompt", "prompt", ""), ("rereco-2024", "reprocessing", "2024 rereco")]
     text = ok(db, "campaign", "list").stdout
-    assert re.search(r"^rereco-2024\s+reprocessing\s+\S+Z\s+2024 rereco$", text, re.M)
+    assert re.search(r"^rereco-2024\s+reprocessing\s+\S+Z\s+2024 rereco$", text, re.MULTILINE)
 
 
 def test_task_add_update_list(db: str) -> None:
@@ -56,7 +56,7 @@ def test_task_add_update_list(db: str) -> None:
     tasks = {t["name"]: t for t in as_json(db, "task", "list", "-c", "prompt")}
     assert (tasks["calib"]["depends_on"], tasks["calib"]["max_retries"]) == (["reco"], 5)
     assert tasks["plots"]["depends_on"] == []
-    assert re.search(r"^calib\s+reco\s+5$", ok(db, "task", "list", "-c", "prompt").stdout, re.M)
+    assert re.search(r"^calib\s+reco\s+5$", ok(db, "task", "list", "-c", "prompt").stdout, re.MULTILINE)
 
 
 def test_rtype_filters_activate_tasks_and_backfill(db: str) -> None:
@@ -79,7 +79,7 @@ def test_rtype_filters_activate_tasks_and_backfill(db: str) -> None:
     assert rtypes["coll"] == {"name": "coll", "filter": "class=Collisions", "tasks": ["reco"]}
     assert rtypes["cosmics"]["tasks"] == ["cosmics-reco"] and rtypes["all"]["filter"] == ""
     ok(db, "rtype", "update", "-c", "prompt", "coll", "--remove", "reco")
-    assert re.search(r"^coll\s+class=Collisions\s+-$", ok(db, "rtype", "list", "-c", "prompt").stdout, re.M)
+    assert re.search(r"^coll\s+class=Collisions\s+-$", ok(db, "rtype", "list", "-c", "prompt").stdout, re.MULTILINE)
 
 
 def test_run_inject_files_and_replay(chain: str, tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_run_list_by_task_status(chain: str) -> None:
     failed = as_json(chain, "run", "list", "-c", "prompt", "--task", "reco", "--status", "failed")
     assert [(r["run_number"], r["status"], r["generation"]) for r in failed] == [(3, "failed", 1)]
     text = ok(chain, "run", "list", "-c", "prompt", "--task", "reco").stdout
-    assert re.search(r"^4\s+11\s+all\s+processing\s+1\s+-$", text, re.M)
+    assert re.search(r"^4\s+11\s+all\s+processing\s+1\s+-$", text, re.MULTILINE)
 
 
 def test_status_matrix_totals_marks_and_filters(chain: str) -> None:
@@ -124,9 +124,9 @@ def test_status_matrix_totals_marks_and_filters(chain: str) -> None:
     assert stuck == [{"task": "reco", "run_number": 4}]  # claimed, jobs never created: still caught
 
     text = ok(chain, "status", "-c", "prompt", "--stuck-after", "0").stdout
-    assert re.search(r"^3\s+11\s+failed\s+new\*\s+new$", text, re.M)
-    assert re.search(r"^4\s+11\s+processing!\s+new\s+new$", text, re.M)
-    assert re.search(r"^done\s+2\s+0\s+0$", text, re.M) and re.search(r"^blocked \*\s+0\s+1\s+0$", text, re.M)
+    assert re.search(r"^3\s+11\s+failed\s+new\*\s+new$", text, re.MULTILINE)
+    assert re.search(r"^4\s+11\s+processing!\s+new\s+new$", text, re.MULTILINE)
+    assert re.search(r"^done\s+2\s+0\s+0$", text, re.MULTILINE) and re.search(r"^blocked \*\s+0\s+1\s+0$", text, re.MULTILINE)
     assert "\x1b[" not in text  # plain when not a terminal
 
     coloured = ok(chain, "status", "-c", "prompt", color=True).stdout
@@ -153,7 +153,7 @@ def test_claim_text_json_grouping_and_limit(chain: str) -> None:
     assert claims == [{"task": "reco", "leader": 2, "fill": 10, "generation": 1, "merged": [1], "runs": [1, 2],
                        "meta": {}}]
     text = ok(chain, "claim", "-c", "prompt", "--task", "reco", "--request-id", "c1").stdout
-    assert re.search(r"^3\s+11\s+1\s+-$", text, re.M) and re.search(r"^4\s+11\s+1\s+-$", text, re.M)
+    assert re.search(r"^3\s+11\s+1\s+-$", text, re.MULTILINE) and re.search(r"^4\s+11\s+1\s+-$", text, re.MULTILINE)
     assert ok(chain, "claim", "-c", "prompt", "--task", "reco", "--request-id", "c1").stdout == text  # replay
     with Store.open(chain) as store:
         statuses = {r["run_number"]: r["status"] for r in store.list_runs("prompt", "reco")}
@@ -179,7 +179,7 @@ def test_job_create_list_set_fields_and_completion(chain: str) -> None:
     assert text.strip() == "changed: reco run 1 job 1: idle -> done"
     assert as_json(chain, "status", "-c", "prompt", "--runs", "1")["rows"][0]["statuses"]["reco"] == "done"
     assert re.search(r"^1\s+0\s+1\s+done\s+1\s+123\.0\s",
-                     ok(chain, "job", "list", "-c", "prompt", "--task", "reco").stdout, re.M)
+                     ok(chain, "job", "list", "-c", "prompt", "--task", "reco").stdout, re.MULTILINE)
 
 
 def test_set_dry_run_writes_nothing_then_applies(chain: str) -> None:
@@ -256,7 +256,7 @@ def test_history_filters(chain: str) -> None:
     jobs = as_json(chain, "history", "-c", "prompt", "--entity", "job")
     assert {r["entity"] for r in jobs} == {"job"} and len(jobs) == 2
     text = ok(chain, "history", "-c", "prompt", "--run", "1", "--task", "reco").stdout
-    assert re.search(r"^\S+Z\s+setup\s+task\s+reco\s+1\s+-\s+processing\s+done\s+all 1 jobs done\s+-$", text, re.M)
+    assert re.search(r"^\S+Z\s+setup\s+task\s+reco\s+1\s+-\s+processing\s+done\s+all 1 jobs done\s+-$", text, re.MULTILINE)
 
 
 def test_health_exit_codes_and_json(chain: str) -> None:
@@ -279,7 +279,7 @@ def test_health_exit_codes_and_json(chain: str) -> None:
     silent = invoke(chain, "health", "--silent-after", "0s")  # every campaign
     assert silent.exit_code == 1
     assert "silent handler stages (no heartbeat for 0s): 2" in silent.stdout
-    assert re.search(r"^prompt\s+reco\s+submit\s+\S+Z$", silent.stdout, re.M)
+    assert re.search(r"^prompt\s+reco\s+submit\s+\S+Z$", silent.stdout, re.MULTILINE)
 
 
 def test_report_html_command(chain: str, tmp_path: Path) -> None:

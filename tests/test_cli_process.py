@@ -18,7 +18,8 @@ ENV = {**os.environ, "ECALSTATE_CAMPAIGN": "prompt", "ECALSTATE_ACTOR": "jenkins
 
 
 def sh(db: str, *args: str, code: int = 0) -> str:
-    proc = subprocess.run([ECALSTATE, "--db", db, *args], capture_output=True, text=True, env=ENV, timeout=60)
+    proc = subprocess.run([ECALSTATE, "--db", db, *args], capture_output=True, text=True, env=ENV, timeout=60,
+                          check=False)
     assert proc.returncode == code, (args, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     return proc.stdout
@@ -46,7 +47,7 @@ def test_every_command_group_in_a_real_process(tmp_path: Path) -> None:
     assert "would change  reco run 103" in sh(db, "reprocess", "--task", "reco", "--failed", "--reason", "x",
                                                 "--dry-run")
     status = sh(db, "status")
-    assert re.search(r"^102\s+7\s+done\s+new$", status, re.M) and re.search(r"^103\s+8\s+failed\s+new\*$", status, re.M)
+    assert re.search(r"^102\s+7\s+done\s+new$", status, re.MULTILINE) and re.search(r"^103\s+8\s+failed\s+new\*$", status, re.MULTILINE)
     assert "blocked (an upstream task failed): 1" in sh(db, "health", code=1)
     rows = json.loads(sh(db, "--json", "history", "--task", "reco", "--run", "103"))
     assert (rows[-1]["to_status"], rows[-1]["actor"], rows[-1]["reason"]) == ("failed", "jenkins-prompt-42",
@@ -97,13 +98,14 @@ def test_cli_path_never_imports_influxdb_or_htcondor() -> None:
         " 'matplotlib', 'numpy'))\n"
         "print(','.join(heavy))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
 
 
 def test_help_runs_without_a_database(tmp_path: Path) -> None:
-    proc = subprocess.run([ECALSTATE, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    proc = subprocess.run([ECALSTATE, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          check=False)
     assert proc.returncode == 0 and "Commands:" in proc.stdout and list(tmp_path.iterdir()) == []
 
 
@@ -117,7 +119,7 @@ def test_shell_completion(tmp_path: Path) -> None:
     def complete(words: str) -> list[str]:
         env = {**ENV, "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1),
                "_ECALSTATE_COMPLETE": "bash_complete"}
-        proc = subprocess.run([ECALSTATE], capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run([ECALSTATE], capture_output=True, text=True, env=env, timeout=60, check=False)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.split()
 
@@ -126,12 +128,13 @@ def test_shell_completion(tmp_path: Path) -> None:
     assert complete(f"ecalstate --db {db} set --task reco --runs 1 f") == ["plain,failed"]
     assert complete(f"ecalstate --db {tmp_path}/none.db status -c p") == []
     assert dump(db) == before and not (tmp_path / "none.db").exists()
-    script = subprocess.run([ECALSTATE], capture_output=True, text=True, timeout=60,
+    script = subprocess.run([ECALSTATE], capture_output=True, text=True, timeout=60, check=True,
                             env={**ENV, "_ECALSTATE_COMPLETE": "bash_source"}).stdout
     assert "_ecalstate_completion" in script and "complete " in script
 
 
 def test_bare_group_prints_its_help(tmp_path: Path) -> None:
-    proc = subprocess.run([ECALSTATE, "job"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    proc = subprocess.run([ECALSTATE, "job"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          check=False)
     assert proc.returncode == 2 and "Usage: ecalstate job [OPTIONS] COMMAND" in proc.stdout + proc.stderr
     assert "  set     Set the STATUS" in proc.stdout + proc.stderr
