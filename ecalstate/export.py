@@ -60,8 +60,9 @@ TOKEN_ENV = "ECALSTATE_INFLUX_TOKEN"
 USER_ENV = "ECALSTATE_INFLUX_USER"
 PASSWORD_ENV = "ECALSTATE_INFLUX_PASSWORD"
 JOB_STATUSES = ("idle", "running", "done", "failed")
-#: job fields the exporter writes itself; a user field of the same name is written as ``user_<name>``
-JOB_FIELDS = frozenset(("status", *JOB_STATUSES, "attempts", "generation", "reason"))
+#: job fields the exporter writes itself (and ``time``, which InfluxDB reserves); a user field of the
+#: same name is written as ``user_<name>``
+JOB_FIELDS = frozenset(("status", *JOB_STATUSES, "attempts", "generation", "reason", "time"))
 
 
 class ExportError(EcalStateError):

@@ -61,7 +61,7 @@ def make_campaign(store: Store, campaign: str = "prompt", runs: int = 12, text: 
     for claim in store.claim(campaign, "reco"):
         fields = [{"output": f"/eos/reco/{claim.run_number}_{j}.root", "label": text} for j in range(3)]
         if claim.run_number == ok:
-            fields[0].update({"key with space,comma=eq": 1, "back\\slash\nkey": "x", "status": "user's"})
+            fields[0].update({"key with space,comma=eq": 1, "back\\slash\nkey": "x", "status": "user's", "time": 3})
         store.create_jobs(campaign, "reco", claim.run_number, [0, 1, 2], fields)
     store.update_jobs(campaign, "reco", [JobUpdate(n, j, "running") for n in numbers for j in range(3)])
     store.update_jobs(campaign, "reco", [JobUpdate(retried, 1, "failed", reason="held: " + text)])
@@ -168,6 +168,7 @@ def test_job_points_carry_attempts_and_fields_as_of_their_transition(store: Stor
     first = job_lines(text, "reco", numbers[0], 0)[0]
     assert 'key\\ with\\ space\\,comma\\=eq=1.0' in first
     assert 'back_slash_key="x"' in first and 'user_status="user\'s"' in first and 'status="idle"' in first
+    assert "user_time=3.0" in first and ",time=" not in first
     db_jobs = {(j.run_number, j.jid): j for j in store.list_jobs("prompt", "reco")}
     last = job_lines(text, "reco", numbers[2], 0)[-1]
     assert db_jobs[(numbers[2], 0)].generation == 2 and "generation=2i" in last and "attempts=1i" in last
