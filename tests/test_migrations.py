@@ -17,11 +17,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from ecalstate import JobUpdate, RunSpec, SchemaError, Store
+from ecalstate import JobUpdate, RunSpec, SchemaError, Store, migrations
 from ecalstate import db as dbmod
-from ecalstate import migrations
 from ecalstate.db import Database, DatabaseError, Tx
-from ecalstate.migrations import Step, upgrade, upgrade_database
+from ecalstate.migrations import Step, upgrade_database
 
 DATA = Path(__file__).parent / "data"
 _INSERT = re.compile(r"^INSERT INTO (\w+) \(([^)]*)\)")
