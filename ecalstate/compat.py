@@ -31,6 +31,7 @@ from .catalog import check_run
 from .db import normalise_url
 from .errors import EcalStateError, Invalid, NotFound
 from .filters import split_multi
+from .notify import deliver
 from .results import BulkResult, JobInfo
 from .statemachine import JobStatus, TaskStatus
 from .store import Store
@@ -229,7 +230,8 @@ class TaskHandler:
 
     Subclasses implement ``submit`` and ``resubmit`` (and may override ``check``); before each stage
     method runs, ``self.campaign`` and ``self.rctrl`` are switched to the campaign at hand. Each stage
-    records a heartbeat for ``ecalstate health``; a failing campaign is logged and does not stop the others.
+    records a heartbeat for ``ecalstate health`` and then sends the campaign's pending notifications
+    (a webhook that is down is logged, never fails the stage); a failing campaign does not stop the others.
     """
 
     rctrl: RunCtrl  # set for the campaign at hand before each stage method runs
@@ -267,10 +269,12 @@ class TaskHandler:
             ok, message = False, f"{type(err).__name__}: {err}"
             self.log.exception(f"{stage} of {self.task} in campaign {campaign} failed")
         try:
-            open_store(self.opts.dbname).heartbeat(campaign, self.task, stage, ok, message[:500])
+            store = open_store(self.opts.dbname)
+            store.heartbeat(campaign, self.task, stage, ok, message[:500])
+            deliver(store, campaign, timeout=3.0, retries=1, backoff=0.5)
         except EcalStateError as err:
             ok = False
-            self.log.error(f"cannot record the {stage} heartbeat of {self.task} in campaign {campaign}: {err}")
+            self.log.error(f"cannot record the {stage} of {self.task} in campaign {campaign}: {err}")
         return 0 if ok else 1
 
     def submit(self) -> None:

@@ -97,8 +97,11 @@ def _show(app: App, campaign: str) -> None:
 @silent_after_option
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True,
               help="Seconds to wait for a webhook, per attempt.")
+@click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
+              help="Retries of a failed delivery (1 s, 2 s, 4 s... apart).")
 @pass_app
-def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_after: float, timeout: float) -> None:
+def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_after: float, timeout: float,
+                retries: int) -> None:
     """Send what each channel has not been told yet; exit 1 if a webhook could not be reached.
 
     Undelivered notifications stay pending and are sent by the next run.
@@ -109,7 +112,7 @@ def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_af
     """
     store = app.store()
     names = [campaign] if campaign else [c.name for c in store.list_campaigns()]
-    results = [d for name in names for d in deliver(store, name, stuck_after, silent_after, timeout)]
+    results = [d for name in names for d in deliver(store, name, stuck_after, silent_after, timeout, retries)]
 
     def text() -> None:
         for d in results:

@@ -1,0 +1,246 @@
+"""Webhook notifications against real local HTTP servers (one of them down): what is sent, once, to which
+channel; a webhook that is down blocks nothing, loses nothing and shows in health; URLs never printed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from ecalstate import RunSpec, Store
+from ecalstate.cli import main
+from ecalstate.compat import JobCtrl, TaskHandler, close_stores
+from ecalstate.notify import deliver, status
+from ecalstate.notify_store import NotifyConfig, Webhook
+
+
+class Hook:
+    """A local incoming-webhook endpoint on 127.0.0.1 recording the JSON it receives."""
+
+    def __init__(self, port: int = 0, code: int = 200) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.code = code
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.received.append(json.loads(body))
+                self.send_response(hook.code)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/s3cr3t-token"
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def hooks() -> Iterator[list[Hook]]:
+    started: list[Hook] = []
+    yield started
+    for hook in started:
+        hook.close()
+
+
+def start(hooks: list[Hook], port: int = 0, code: int = 200) -> Hook:
+    hook = Hook(port, code)
+    hooks.append(hook)
+    return hook
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Store]:
+    with Store.open(sqlite_url, actor="tester", create=True) as s:
+        s.create_campaign("prompt")
+        s.add_task("prompt", "reco", max_retries=1)
+        s.update_rtype("prompt", "all", add=["reco"])
+        s.inject_runs("prompt", [RunSpec(1, 10), RunSpec(2, 10)])
+        yield s
+    close_stores()
+
+
+def configure(store: Store, main: str, dev: str | None = None, channel: str | None = None) -> None:
+    store.set_notify_config("prompt", NotifyConfig(
+        Webhook(main, channel=channel, events=("failed", "retries", "health")),
+        None if dev is None else Webhook(dev, events=("job-failed",)),
+    ))
+
+
+def fail_twice(store: Store, run: int) -> None:
+    """Job 0 of ``run`` fails, is resubmitted, fails again: out of retries (max 1), the instance fails."""
+    store.claim("prompt", "reco", group_by=lambda runs: [[r] for r in runs if r.run_number == run])
+    store.create_jobs("prompt", "reco", run, [0])
+    store.set_job_status("prompt", "reco", run, 0, "failed", reason="exit code 1")
+    store.set_job_status("prompt", "reco", run, 0, "idle")
+    store.set_job_status("prompt", "reco", run, 0, "failed", reason="exit code 1")
+    assert store.instance("prompt", "reco", run).status == "failed"
+
+
+def test_each_channel_gets_its_events_once(store: Store, hooks: list[Hook]) -> None:
+    main, dev = start(hooks), start(hooks)
+    fail_twice(store, 1)  # before the configuration: never sent
+    configure(store, main.url, dev.url, channel="ecal-automation")
+    assert [(d.channel, d.events, d.ok) for d in deliver(store, "prompt", backoff=0)] == [
+        ("main", 0, True), ("dev", 0, True)]
+    assert main.received == [] and dev.received == []
+
+    fail_twice(store, 2)
+    results = deliver(store, "prompt", backoff=0)
+    assert [(d.channel, d.events, d.ok) for d in results] == [("main", 2, True), ("dev", 2, True)]
+    (message,) = main.received
+    assert message["channel"] == "ecal-automation" and message["username"] == "ecalstate"
+    assert message["text"].splitlines()[1:] == [
+        "- task reco run 2 job 0 failed with no retry left (2 attempts, max retries 1)",
+        "- task reco run 2 failed: 1 of 1 jobs failed beyond 1 retries"]
+    (low,) = dev.received
+    assert "channel" not in low
+    assert low["text"].splitlines()[1:] == ["- task reco run 2 job 0 failed (attempt 1): exit code 1",
+                                            "- task reco run 2 job 0 failed (attempt 2): exit code 1"]
+    assert [(d.events, d.problems) for d in deliver(store, "prompt", backoff=0)] == [(0, 0), (0, 0)]
+    assert len(main.received) == len(dev.received) == 1
+
+
+def test_a_webhook_that_is_down_blocks_nothing_loses_nothing_and_shows_in_health(
+    store: Store, hooks: list[Hook], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    down = f"http://127.0.0.1:{port}/hooks/s3cr3t-token"
+    configure(store, down)
+    fail_twice(store, 1)  # transitions go on while the webhook is down
+    (result,) = deliver(store, "prompt", timeout=1, retries=2, backoff=0)
+    assert not result.ok and result.pending == 2 and "unreachable" in str(result.error)
+    assert status(store, "prompt")["channels"][0]["pending"] == 2
+    (failing,) = store.health("prompt").failing
+    assert (failing.task, failing.stage, failing.ok) == ("@notify", "send", False)
+    assert "2 pending" in failing.message
+    assert "s3cr3t" not in failing.message and "s3cr3t" not in caplog.text
+    assert "not delivered" in caplog.text
+
+    up = start(hooks, port=port)  # the webhook comes back on the same address
+    (result,) = deliver(store, "prompt", backoff=0)
+    assert result.ok and result.events == 2
+    assert len(up.received) == 1 and len(up.texts()[0].splitlines()) == 3
+    assert not store.health("prompt").failing
+    assert deliver(store, "prompt", backoff=0)[0].events == 0 and len(up.received) == 1
+
+
+def test_a_refusing_webhook_is_not_retried(store: Store, hooks: list[Hook]) -> None:
+    refusing = start(hooks, code=400)
+    configure(store, refusing.url)
+    fail_twice(store, 1)
+    (result,) = deliver(store, "prompt", retries=3, backoff=0)
+    assert result.error == "webhook HTTP 400 Bad Request after 1 attempt(s)"
+    assert len(refusing.received) == 1
+
+
+def test_health_problems_are_told_once_each(store: Store, hooks: list[Hook]) -> None:
+    main = start(hooks)
+    configure(store, main.url)
+    store.heartbeat("prompt", "reco", "check", ok=False, message="schedd unreachable")
+    deliver(store, "prompt", backoff=0)
+    deliver(store, "prompt", backoff=0)
+    assert main.texts() == ["ecalstate, campaign prompt:\n- handler reco check failing: schedd unreachable"]
+
+    store.claim("prompt", "reco", limit=1)  # run 1 processing, no job: stuck at once with stuck_after=0
+    deliver(store, "prompt", stuck_after=0, backoff=0)
+    assert main.texts()[1].startswith("ecalstate, campaign prompt:\n- task reco run 1 stuck in processing since")
+    store.heartbeat("prompt", "reco", "check", ok=True)
+    deliver(store, "prompt", stuck_after=0, backoff=0)
+    store.heartbeat("prompt", "reco", "check", ok=False, message="schedd unreachable")
+    deliver(store, "prompt", stuck_after=0, backoff=0)  # resolved, then back: told again
+    assert len(main.received) == 3 and "failing: schedd unreachable" in main.texts()[2]
+
+
+def test_a_compat_handler_stage_sends_what_it_caused(store: Store, hooks: list[Hook]) -> None:
+    main = start(hooks)
+    configure(store, main.url)
+
+    class Reco(TaskHandler):
+        def submit(self) -> None:
+            jctrl = JobCtrl(workflow=self.task, campaign=self.campaign, tags={"run_number": 1}, dbname=self.opts.dbname)
+            jctrl.createTask(jids=[0])
+            jctrl.failed(jid=0)
+            jctrl.idle(jid=0)
+            jctrl.failed(jid=0)
+
+    assert Reco("reco")(["--db", store.db.url, "-c", "prompt", "submit"]) == 0
+    assert main.texts() == ["ecalstate, campaign prompt:\n"
+                            "- task reco run 1 job 0 failed with no retry left (2 attempts, max retries 1)"]
+    assert Reco("reco")(["--db", store.db.url, "-c", "prompt", "check"]) == 0
+    assert main.texts()[1] == "ecalstate, campaign prompt:\n- task reco run 1 failed: 1 of 1 jobs failed beyond 1 retries"
+
+
+def test_cli_never_prints_the_url(store: Store, hooks: list[Hook], tmp_path: Path,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    down = f"http://127.0.0.1:{free_port()}/hooks/s3cr3t-token"
+    secret = tmp_path / "hook"
+    secret.write_text(down + "\n")
+    runner = CliRunner()
+    db = ["--db", store.db.url]
+    out = runner.invoke(main, [*db, "notify", "set", "-c", "prompt", "--webhook-url-file", str(secret),
+                               "--dev-webhook-url-env", "MM_DEV_HOOK", "--dev-on", "job-failed,health"])
+    assert out.exit_code == 0, out.output
+    assert "stored URL (hidden)" in out.output and "$MM_DEV_HOOK" in out.output
+    shown = runner.invoke(main, [*db, "--json", "notify", "show", "-c", "prompt"])
+    assert json.loads(shown.output)["channels"][1]["events"] == ["job-failed", "health"]
+    fail_twice(store, 1)
+    sent = runner.invoke(main, [*db, "notify", "send", "-c", "prompt", "--timeout", "1",
+                                "--retries", "0"])
+    assert sent.exit_code == 1
+    assert "main: NOT delivered" in sent.output and "MM_DEV_HOOK" in sent.output
+    for text in (out.output, shown.output, sent.output, caplog.text):
+        assert "s3cr3t" not in text
+    bad = runner.invoke(main, [*db, "notify", "set", "-c", "prompt", "--webhook-url-file", str(secret),
+                               "--on", "everything"])
+    assert bad.exit_code == 1 and "invalid notification events everything" in bad.output
+    assert store.notify_config("prompt") is not None
+    assert runner.invoke(main, [*db, "notify", "clear", "-c", "prompt"]).exit_code == 0
+    assert store.notify_config("prompt") is None and store.health("prompt").ok
+
+
+def test_the_url_stays_out_of_reprs() -> None:
+    hook = Webhook("https://chat.example/hooks/s3cr3t-token", events=("failed",))
+    assert "s3cr3t" not in repr(NotifyConfig(hook))
+    with pytest.raises(Exception, match="invalid notification events"):
+        Webhook("https://chat.example/hooks/x", events=())
+    with pytest.raises(Exception, match="one of them"):
+        Webhook(events=("failed",))
+
+
+def test_logs_name_the_channel_not_the_url(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    configure(store, f"http://127.0.0.1:{free_port()}/hooks/s3cr3t-token")
+    fail_twice(store, 1)
+    with caplog.at_level(logging.WARNING, logger="ecalstate.notify"):
+        deliver(store, "prompt", timeout=1, retries=0)
+    assert "campaign prompt (main channel) not delivered: webhook unreachable" in caplog.text
+    assert "s3cr3t" not in caplog.text
