@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +61,24 @@ class Probe(TaskHandler):
                         {"slice": i}) for i in range(n)]
 
 
+CLI = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from handler_support import Probe
+while time.time() < {start_at!r}:
+    time.sleep(0.001)
+type("CliProbe", (Probe,), {{"payload": {payload!r}}}).main({args!r})
+"""
+
+
+def cli_process(payload: Path, args: Sequence[str], env: Optional[dict[str, str]] = None,
+                start_at: float = 0.0) -> subprocess.Popen[str]:
+    """The probe workflow's command line in its own process (as Jenkins runs it), from ``start_at`` on."""
+    code = CLI.format(tests=str(Path(__file__).parent), start_at=start_at, payload=str(payload), args=list(args))
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
 def marker(workdir: Path, run: int, jid: int) -> Path:
     """While this file exists, job ``jid`` of ``run`` fails."""
     return workdir / f"broken-{run}-{jid}"
@@ -94,3 +114,11 @@ def transitions(store: Store, task: str, run: int, campaign: str = "prompt") -> 
         if a.entity in ("task", "job") and a.to_status != "running":
             out.setdefault(a.jid, []).append(a.to_status)
     return out
+
+
+def snapshot(store: Store) -> tuple[object, ...]:
+    """Every task and job status, every job, and the task/job audit (heartbeats excluded) of campaign prompt."""
+    overview = store.overview("prompt")
+    jobs = store.list_jobs("prompt", "probe", all_generations=True)
+    audit = [a for a in store.history("prompt", limit=None) if a.entity != "handler"]
+    return [r.statuses for r in overview.rows], jobs, audit

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from handler_support import Probe, make_campaign, marker, settle, transitions, write_payload
+from handler_support import Probe, cli_process, make_campaign, marker, settle, snapshot, transitions, write_payload
 
 from ecalstate import Store
 from ecalstate.backends import JobSpec
@@ -140,13 +140,6 @@ def test_submit_failure_after_jobs_created_fails_them_and_releases_merged_runs(p
     assert [j.generation for j in store.list_jobs("prompt", "probe", run=3)] == [2, 2, 2]
 
 
-def snapshot(store: Store) -> tuple[object, ...]:
-    overview = store.overview("prompt")
-    jobs = store.list_jobs("prompt", "probe", all_generations=True)
-    audit = [a for a in store.history("prompt", limit=None) if a.entity != "handler"]
-    return [r.statuses for r in overview.rows], jobs, audit
-
-
 def cli(handler: type[Probe], *args: str, env: dict[str, str] | None = None) -> object:
     return CliRunner().invoke(handler.cli(), list(args), env=env, catch_exceptions=False)
 
@@ -189,27 +182,12 @@ def test_cli_loops_over_campaigns_and_reports_each_error(probe: Probe, tmp_path:
     assert probe.store.instance("rereco", "probe", 5).status == "processing"
 
 
-RACER = textwrap.dedent("""
-    import os, sys, time
-    sys.path.insert(0, {tests!r})
-    from handler_support import Probe
-    Racer = type("Racer", (Probe,), {{"payload": {payload!r}}})
-    go = float(sys.argv[1])
-    while time.time() < go:
-        time.sleep(0.001)
-    Racer.main(["-c", "prompt", "--db", {db!r}, "--workdir", {work!r}, "--json", "submit"])
-""")
-
-
 def test_two_submit_stages_at_the_same_moment_never_submit_the_same_run(probe: Probe, tmp_path: Path) -> None:
     runs = list(range(1, 21))
     make_campaign(probe.store, runs, meta={"jobs": 1})
-    script = tmp_path / "racer.py"
-    script.write_text(RACER.format(tests=str(REPO / "tests"), payload=str(probe.payload), db=probe.store.db.url,
-                                   work=str(probe.backend.workdir)))
+    args = ["-c", "prompt", "--db", probe.store.db.url, "--workdir", str(probe.backend.workdir), "--json", "submit"]
     go = time.time() + 2.0  # both processes are up and waiting well before this moment
-    procs = [subprocess.Popen([sys.executable, str(script), str(go)], stdout=subprocess.PIPE, text=True,
-                              cwd=tmp_path) for _ in range(2)]
+    procs = [cli_process(probe.payload, args, start_at=go) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     submitted = [json.loads(out)["runs"] for out in outputs]

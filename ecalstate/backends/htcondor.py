@@ -136,19 +136,19 @@ class CondorBackend(Backend):
         schedd = self._schedd()
         base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
         runs = sorted({k.run for k in keys})
-        found: dict[JobKey, Observation] = {}
+        found: dict[JobKey, tuple[int, Observation]] = {}
         for start in range(0, len(runs), 200):
             chunk = runs[start:start + 200]
             constraint = base + " && (" + " || ".join(f"EcalRun == {r}" for r in chunk) + ")"
-            for ad in self._call("query the queue", schedd.query, constraint=constraint, projection=PROJECTION):
-                _collect(found, wanted, ad)
+            _collect(found, wanted, self._call("query the queue", schedd.query, constraint=constraint,
+                                               projection=PROJECTION))
             if any(k not in found for k in wanted if k.run in chunk):
-                for ad in self._call("read the history", schedd.history, constraint=constraint,
-                                     projection=PROJECTION):
-                    _collect(found, wanted, ad, queue=False)
-        for key in wanted - found.keys():
-            found[key] = Observation("failed", "not found in the HTCondor queue or history")
-        return found
+                _collect(found, wanted, self._call("read the history", schedd.history, constraint=constraint,
+                                                   projection=PROJECTION), in_queue=False)
+        out = {key: seen for key, (_, seen) in found.items()}
+        for key in wanted - out.keys():
+            out[key] = Observation("failed", "not found in the HTCondor queue or history")
+        return out
 
     def release(self, batch_ids: Sequence[str]) -> None:
         if not batch_ids:
@@ -158,14 +158,19 @@ class CondorBackend(Backend):
                    reason="ecalstate: held job recorded as failed")
 
 
-def _collect(found: dict[JobKey, Observation], wanted: set[JobKey], ad: Any, queue: bool = True) -> None:
-    try:
-        key = JobKey(int(ad["EcalRun"]), int(ad["EcalJobId"]), int(ad["EcalGeneration"]), int(ad["EcalAttempt"]))
-    except (KeyError, TypeError, ValueError):
-        return
-    if key not in wanted or (not queue and key in found):
-        return
-    found[key] = observation(dict(ad.items()) if hasattr(ad, "items") else dict(ad), queue)
+def _collect(found: dict[JobKey, tuple[int, Observation]], wanted: set[JobKey], ads: Any,
+             in_queue: bool = True) -> None:
+    """Keep, per wanted key not seen yet, the newest cluster's ad (the queue is read before the history)."""
+    fresh: dict[JobKey, tuple[int, Observation]] = {}
+    for ad in ads:
+        try:
+            key = JobKey(int(ad["EcalRun"]), int(ad["EcalJobId"]), int(ad["EcalGeneration"]), int(ad["EcalAttempt"]))
+            cluster = int(ad["ClusterId"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if key in wanted and key not in found and cluster >= fresh.get(key, (-1, None))[0]:
+            fresh[key] = (cluster, observation(dict(ad.items()), in_queue))
+    found.update(fresh)
 
 
 def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
@@ -186,8 +191,8 @@ def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
     if status == 5:
         return Observation("failed", f"held: {ad.get('HoldReason', 'no reason given')}", batch_id, release=in_queue)
     if status == 3:
-        held = ad.get("LastHoldReason")
-        reason = f"removed: {ad.get('RemoveReason', 'no reason given')}" + (f" (held: {held})" if held else "")
+        removed, held = ad.get("RemoveReason"), ad.get("LastHoldReason")
+        reason = "removed" + (f": {removed}" if removed else "") + (f" (held: {held})" if held else "")
         return Observation("failed", reason, batch_id)
     return Observation("failed", f"unknown HTCondor JobStatus {status}", batch_id)
 
