@@ -40,10 +40,11 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #111827; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 24px 0 8px; }
 .meta { color: #4b5563; margin: 0 0 12px; }
 .badge { display: inline-block; padding: 2px 10px; border-radius: 10px; color: #fff; font-weight: 600; }
-.ok { background: #16a34a; } .bad { background: #dc2626; }
+.ok { background: #047857; } .bad { background: #b91c1c; }
 table { border-collapse: collapse; }
 th, td { padding: 2px 8px; text-align: left; border: 1px solid #e5e7eb; }
-th { background: #f3f4f6; }
+th { background: #f3f4f6; white-space: nowrap; }
+td:first-child { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 table.matrix td.c { width: 56px; height: 18px; padding: 0; text-align: center; font-weight: 700; color: #111827; }
 table.matrix th.t { writing-mode: horizontal-tb; }
