@@ -255,6 +255,16 @@ class Tx:
         """Row-lock clause for reads that decide a write: none on SQLite (the transaction holds the lock)."""
         return "" if self.is_sqlite else f" FOR UPDATE OF {alias}"
 
+    def serialize(self, scope: str, key: object = "") -> None:
+        """Wait for, then hold until commit, the lock named (``scope``, ``key``).
+
+        For a read-then-insert where no row exists yet to lock: PostgreSQL transactions taking the
+        same name run one after the other (a transaction-level advisory lock; its next statement
+        sees what the previous holder committed). SQLite write transactions always do.
+        """
+        if not self.is_sqlite:
+            self.run("SELECT pg_advisory_xact_lock(hashtext(?), hashtext(?))", (scope, str(key)))
+
     def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.exec_driver_sql(self._fmt(sql), tuple(params))
 
