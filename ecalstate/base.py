@@ -106,6 +106,7 @@ class StoreBase:
             raise Invalid("request id must not be blank")
         with self.db.tx(write=True) as tx:
             if request_id:
+                tx.serialize("request", request_id)  # a concurrent replay waits for the first outcome
                 row = tx.one("SELECT kind, outcome FROM request WHERE request_id = ?", (request_id,))
                 if row is not None:
                     if row[0] != kind:
