@@ -184,6 +184,7 @@ class Catalog(StoreBase):
         def body(ctx: Ctx) -> BackfillResult:
             tx = ctx.tx
             cid = self._campaign_id(tx, campaign)
+            tx.serialize("runs", cid)  # with injections: each sees the other's runs or run-type tasks
             rid = tx.scalar("SELECT id FROM rtype WHERE campaign_id = ? AND name = ?", (cid, name))
             if rid is None:
                 raise NotFound(f"unknown run type {name!r} in campaign {campaign!r}")
@@ -245,6 +246,7 @@ class Catalog(StoreBase):
         def body(ctx: Ctx) -> InjectResult:
             tx = ctx.tx
             cid = self._campaign_id(tx, campaign)
+            tx.serialize("runs", cid)  # overlapping builds injecting the same runs: one inserts, the rest see them
             known: set[int] = set()
             numbers = sorted(specs)
             for chunk in _chunks(numbers, 500):
