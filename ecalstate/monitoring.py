@@ -63,17 +63,12 @@ def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
 
 def record_heartbeat(ctx: Ctx, cid: int, task: str, stage: str, ok: bool, message: str) -> None:
     """Upsert the (campaign, task, stage) heartbeat and audit it as a ``handler`` row (exported)."""
-    updated = ctx.tx.run(
-        "UPDATE heartbeat SET last_at = ?, actor = ?, ok = ?, message = ?"
-        " WHERE campaign_id = ? AND task = ? AND stage = ?",
-        (ctx.now, ctx.actor, ok, message, cid, task, stage),
-    ).rowcount
-    if not updated:
-        ctx.tx.run(
-            "INSERT INTO heartbeat (campaign_id, task, stage, last_at, actor, ok, message)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (cid, task, stage, ctx.now, ctx.actor, ok, message),
-        )
+    ctx.tx.run(  # one statement: two first heartbeats at once cannot both insert (PostgreSQL)
+        "INSERT INTO heartbeat (campaign_id, task, stage, last_at, actor, ok, message) VALUES (?,?,?,?,?,?,?)"
+        " ON CONFLICT (campaign_id, task, stage) DO UPDATE SET last_at = excluded.last_at,"
+        " actor = excluded.actor, ok = excluded.ok, message = excluded.message",
+        (cid, task, stage, ctx.now, ctx.actor, ok, message),
+    )
     ctx.audit(cid, "handler", task, "ok" if ok else "error", reason=message, detail={"stage": stage})
 
 
