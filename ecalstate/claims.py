@@ -95,7 +95,10 @@ class Claims(StoreBase):
             tx = ctx.tx
             cid = self._campaign_id(tx, campaign)
             tid, _ = self._task(tx, cid, campaign, task)
-            groups = [g for g in grouper(_eligible(tx, tid, lock=True)) if g]
+            # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
+            # claimers get the next runs instead of finding everything locked
+            rows = limit if grouper is one_per_run else None
+            groups = [g for g in grouper(_eligible(tx, tid, lock=True, limit=rows)) if g]
             if limit is not None:
                 groups = groups[:limit]
             return [_claim_group(ctx, cid, task, group) for group in groups]
@@ -118,13 +121,17 @@ def _grouper(group_by: Union[None, str, Grouper]) -> Grouper:
         raise Invalid(f"unknown grouping {group_by!r} (valid: {', '.join(GROUPERS)})") from None
 
 
-def _eligible(tx: Tx, task_id: int, lock: bool) -> list[Eligible]:
+def _eligible(tx: Tx, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
     sql = ELIGIBLE_SQL
+    params: list[Any] = [task_id]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
     if lock and not tx.is_sqlite:
         sql += " FOR UPDATE OF ti SKIP LOCKED"
     return [
         Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
-        for r in tx.all(sql, (task_id,))
+        for r in tx.all(sql, params)
     ]
 
 
