@@ -59,7 +59,8 @@ def make_campaign(store: Store, campaign: str = "prompt", runs: int = 12, text: 
     ok, retried, doomed = numbers[0], numbers[1], numbers[2]
 
     for claim in store.claim(campaign, "reco"):
-        fields = [{"output": f"/eos/reco/{claim.run_number}_{j}.root", "label": text} for j in range(3)]
+        fields: list[dict[str, Any]] = [{"output": f"/eos/reco/{claim.run_number}_{j}.root", "label": text}
+                                        for j in range(3)]
         if claim.run_number == ok:
             fields[0].update({"key with space,comma=eq": 1, "back\\slash\nkey": "x", "status": "user's", "time": 3})
         store.create_jobs(campaign, "reco", claim.run_number, [0, 1, 2], fields)
