@@ -156,15 +156,17 @@ def render_overview(view: Overview, stuck_after: float) -> str:
     widths = [max(len(t), len("processing!")) for t in view.tasks]
     lines = [f"campaign {view.campaign}: {len(view.rows)} runs x {len(view.tasks)} tasks", "",
              "  ".join(["run".ljust(run_w), "fill".ljust(fill_w)] + [t.ljust(w) for t, w in zip(view.tasks, widths)]).rstrip()]
+    rendered: dict[tuple[Optional[str], str, int], str] = {}  # 200,000 cells, a few dozen distinct ones
     for row in view.rows:
         cells = [str(row.run_number).ljust(run_w), ("-" if row.fill is None else str(row.fill)).ljust(fill_w)]
         for name, width in zip(view.tasks, widths):
-            state = row.statuses.get(name)
-            if state is None:
-                cells.append("-".ljust(width))
-            else:
-                text = state + marks.get((name, row.run_number), "")
-                cells.append(styled(state, text) + " " * (width - len(text)))
+            key = (row.statuses.get(name), marks.get((name, row.run_number), "") if marks else "", width)
+            cell = rendered.get(key)
+            if cell is None:
+                state, mark = key[0], key[1]
+                text = "-" if state is None else state + mark
+                cell = rendered[key] = (text if state is None else styled(state, text)) + " " * (width - len(text))
+            cells.append(cell)
         lines.append("  ".join(cells).rstrip())
     counts = [[s] + [view.totals[t][s] for t in view.tasks] for s in TASK_STATUSES]
     counts.append(["blocked *"] + [sum(1 for t, _ in view.blocked if t == name) for name in view.tasks])
