@@ -10,24 +10,33 @@ typed errors as the rest of the store:
   of deleting history.
 * :meth:`LegacyApi.legacy_update` is ``updateStatus``: ``processing`` claims,
   ``merged`` folds the run into its group leader, ``done``/``failed`` complete.
+* :meth:`LegacyApi.import_plan` writes what ``ecalstate import-influx`` read from
+  the original's InfluxDB (:mod:`ecalstate.legacy` validates it first): one
+  transaction per campaign; what exists already is never overwritten, so a
+  second import changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from .base import Ctx, StoreBase, loads
+from .base import AUDIT_SQL, Ctx, StoreBase, loads
+from .catalog import _record
 from .claims import Eligible, _move
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
+from .filters import parse_filter
 from .jobs import _outputs, check_jobs, insert_jobs
 from .results import BulkResult, Change
 from .statemachine import CLAIMABLE, TASK, TaskStatus, TransitionNotAllowed
 
 T = TaskStatus
+#: the actor of every audit row an import writes (the notifier does not replay them)
+IMPORT_ACTOR = "import"
+IMPORT_REASON = "imported from InfluxDB"
 
 _INSTANCE_SQL = (
     "SELECT ti.id, r.run_number, r.fill, ti.status, ti.version, ti.generation, r.meta"
@@ -53,6 +62,89 @@ class LegacyRun:
     meta: dict[str, Any]
     statuses: dict[str, str]
     outputs: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something an import reports instead of writing: never coerced into a state."""
+
+    campaign: str
+    task: Optional[str]
+    run: Optional[int]
+    jid: Optional[int]
+    message: str
+
+    def __str__(self) -> str:
+        where = [f"campaign {self.campaign}"] + [f"{k} {v}" for k, v in (("task", self.task), ("run", self.run),
+                                                                           ("job", self.jid)) if v is not None]
+        return " ".join(where) + ": " + self.message
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    """A job's validated legacy history: (time, from, to, fields changed) per transition, oldest first."""
+
+    jid: int
+    status: str
+    fields: dict[str, Any]
+    attempts: int
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    history: list[tuple[str, Optional[str], str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ImportInstance:
+    """A task instance at its latest legacy status, with its raw status history and its jobs."""
+
+    task: str
+    run: int
+    status: str
+    history: list[tuple[str, str]]
+    jobs: list[ImportJob] = field(default_factory=list)
+    leader_run: Optional[int] = None
+
+    @property
+    def generation(self) -> int:
+        started = self.jobs or self.status in (T.PROCESSING.value, T.DONE.value, T.FAILED.value)
+        return 1 if started else 0
+
+
+@dataclass(frozen=True)
+class ImportRun:
+    run_number: int
+    fill: Optional[int]
+    meta: dict[str, Any]
+    first_seen: str
+
+
+@dataclass
+class ImportPlan:
+    """What one campaign of a legacy database holds, validated.
+
+    ``problems`` were found while reading it: one per refused instance (with its task), and run-level ones.
+    """
+
+    campaign: str
+    kind: str
+    runs: list[ImportRun] = field(default_factory=list)
+    instances: list[ImportInstance] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """Counts per outcome for one campaign, and every problem reported."""
+
+    campaign: str
+    dry_run: bool
+    campaign_created: bool
+    tasks_created: list[str]
+    runs: dict[str, int]
+    instances: dict[str, int]
+    jobs: int
+    audit_rows: int
+    problems: list[Problem]
 
 
 class LegacyApi(StoreBase):
@@ -150,6 +242,103 @@ class LegacyApi(StoreBase):
                 runs[run_id].statuses[task] = status
                 runs[run_id].outputs[task] = loads(outputs)
         return list(runs.values())
+
+    def import_plan(self, plan: ImportPlan, dry_run: bool = False) -> ImportResult:
+        """Write a campaign's legacy state in one transaction; what exists already is left as it is."""
+        if dry_run:
+            with self.db.tx(write=False) as tx:
+                return _import(tx, None, plan)
+        return self._write("legacy.import", None, lambda ctx: _import(ctx.tx, ctx, plan))
+
+
+def _import(tx: Tx, ctx: Optional[Ctx], plan: ImportPlan) -> ImportResult:
+    """Compare ``plan`` with the database and, given a write context, insert what is missing."""
+    cid = tx.scalar("SELECT id FROM campaign WHERE name = ?", (plan.campaign,))
+    created = cid is None
+    if created and ctx is not None:
+        cid = tx.scalar("INSERT INTO campaign (name, kind, description, created_at) VALUES (?,?,?,?) RETURNING id",
+                        (plan.campaign, plan.kind, IMPORT_REASON, ctx.now))
+        tx.run("INSERT INTO rtype (campaign_id, name, filter) VALUES (?, 'all', '')", (cid,))
+    tasks = {} if cid is None else {r[1]: r[0] for r in tx.all("SELECT id, name FROM task WHERE campaign_id = ?",
+                                                                   (cid,))}
+    new_tasks = sorted({i.task for i in plan.instances} - set(tasks))
+    runs = {} if cid is None else {r[0]: r[1] for r in tx.all("SELECT run_number, id FROM run WHERE campaign_id = ?",
+                                                                  (cid,))}
+    existing: dict[tuple[str, int], tuple[str, Optional[int]]] = {} if cid is None else {
+        (r[0], r[1]): (r[2], r[3]) for r in tx.all(
+        "SELECT t.name, r.run_number, ti.status, ti.id FROM task_instance ti JOIN task t ON t.id = ti.task_id"
+        " JOIN run r ON r.id = ti.run_id WHERE ti.campaign_id = ?", (cid,))}
+    counts = {"imported": 0, "unchanged": 0, "conflict": 0, "refused": sum(p.task is not None for p in plan.problems)}
+    problems = list(plan.problems)
+    new_runs = [r for r in plan.runs if r.run_number not in runs]
+    jobs = audit = 0
+    if ctx is not None:
+        assert cid is not None
+        for name in new_tasks:
+            tasks[name] = tx.scalar("INSERT INTO task (campaign_id, name, max_retries, created_at) VALUES (?,?,3,?)"
+                                    " RETURNING id", (cid, name, ctx.now))
+        rtypes = [(r[0], parse_filter(r[1])) for r in tx.all("SELECT name, filter FROM rtype WHERE campaign_id = ?",
+                                                             (cid,))]
+        for run in new_runs:
+            matched = ",".join(n for n, flt in rtypes if flt.matches(_record(run.run_number, run.fill, run.meta)))
+            runs[run.run_number] = tx.scalar(
+                "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at) VALUES (?,?,?,?,?,?)"
+                " RETURNING id", (cid, run.run_number, run.fill, json.dumps(run.meta, sort_keys=True), matched,
+                                  run.first_seen))
+    for inst in sorted(plan.instances, key=lambda i: i.leader_run is not None):  # leaders before merged runs
+        found = existing.get((inst.task, inst.run))
+        if found is not None:
+            outcome = "unchanged" if found[0] == inst.status else "conflict"
+            counts[outcome] += 1
+            if outcome == "conflict":
+                problems.append(Problem(plan.campaign, inst.task, inst.run, None,
+                                        f"already {found[0]} here, {inst.status} in InfluxDB: left as it is"))
+            continue
+        leader = None if inst.leader_run is None else existing.get((inst.task, inst.leader_run))
+        if inst.leader_run is not None and leader is None:
+            counts["refused"] += 1
+            problems.append(Problem(plan.campaign, inst.task, inst.run, None,
+                                    f"merged into run {inst.leader_run}, which was not imported"))
+            continue
+        counts["imported"] += 1
+        jobs += len(inst.jobs)
+        audit += 1 + sum(len(j.history) for j in inst.jobs)
+        iid = None
+        if ctx is not None:
+            assert cid is not None
+            iid = _insert_instance(ctx, cid, tasks[inst.task], runs[inst.run], inst, None if leader is None else leader[1])
+        existing[(inst.task, inst.run)] = (inst.status, iid)
+    return ImportResult(plan.campaign, ctx is None, created, new_tasks, {"new": len(new_runs),
+                        "existing": len(plan.runs) - len(new_runs)}, counts, jobs, audit, problems)
+
+
+def _insert_instance(ctx: Ctx, cid: int, tid: int, run_id: int, inst: ImportInstance, leader_id: Optional[int]) -> int:
+    """One imported instance, its jobs and their audit rows, at their legacy times, by the ``import`` actor."""
+    tx = ctx.tx
+    gen = inst.generation
+    first, last = inst.history[0][0], inst.history[-1][0]
+    progress = max((j.history[-1][0] for j in inst.jobs), default=None)
+    iid = int(tx.scalar(
+        "INSERT INTO task_instance (campaign_id, task_id, run_id, status, version, generation, leader_id, outputs,"
+        " created_at, updated_at, progress_at) VALUES (?,?,?,?,1,?,?,'{}',?,?,?) RETURNING id",
+        (cid, tid, run_id, inst.status, gen, leader_id, first, last, progress)))
+    rows = [replace(ctx, now=last, actor=IMPORT_ACTOR).audit_row(
+        cid, "task", inst.task, inst.status, instance_id=iid, run_number=inst.run, generation=gen,
+        reason=IMPORT_REASON, detail={"legacy_history": inst.history[-50:]})]
+    for job in inst.jobs:
+        pk = tx.scalar(
+            "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at, updated_at,"
+            " started_at, finished_at) VALUES (?,?,?,?,1,?,?,?,?,?,?) RETURNING id",
+            (iid, gen, job.jid, job.status, job.attempts, json.dumps(job.fields, sort_keys=True), job.history[0][0],
+             job.history[-1][0], job.started_at, job.finished_at))
+        rows += [replace(ctx, now=ts, actor=IMPORT_ACTOR).audit_row(
+            cid, "job", inst.task, to, from_status=frm, instance_id=iid, job_pk=pk, run_number=inst.run, jid=job.jid,
+            generation=gen, reason=IMPORT_REASON, detail=changed or None) for ts, frm, to, changed in job.history]
+    tx.many(AUDIT_SQL, rows)
+    if inst.status == T.DONE.value:
+        tx.run("UPDATE task_instance SET outputs = ? WHERE id = ?",
+               (json.dumps(_outputs(tx, iid, gen), sort_keys=True), iid))
+    return iid
 
 
 def _instance(tx: Tx, campaign: str, task: str, tid: int, run: int) -> Eligible:

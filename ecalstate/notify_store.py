@@ -3,7 +3,8 @@
 The configuration lives in ``campaign.settings`` under ``notify``. Notifications
 are derived from the audit table after a cursor per campaign and channel
 (``export_cursor`` targets ``notify:<campaign>:<channel>``), so sending them never
-touches, delays or fails a state transition. The notifier's own runs are recorded
+touches, delays or fails a state transition; history brought in by
+``import-influx`` (actor ``import``) is not announced again. The notifier's own runs are recorded
 as a heartbeat of the pseudo-task ``@notify`` (no real task can have that name),
 so ``ecalstate health`` shows a webhook that is down, or a notifier that stopped.
 """
@@ -19,6 +20,7 @@ from typing import Any, Optional
 from .base import Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Invalid
+from .legacy_api import IMPORT_ACTOR
 from .monitoring import record_heartbeat
 
 #: what a channel can be told: a task instance failed, a job failed with no retry left, any job failed
@@ -37,7 +39,7 @@ SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.reason, t.max_retrie
     SELECT COUNT(*) FROM audit b WHERE b.instance_id = a.instance_id AND b.job_pk = a.job_pk
       AND b.from_status = 'failed' AND b.to_status = 'idle' AND b.id < a.id) END
 FROM audit a LEFT JOIN task t ON t.campaign_id = a.campaign_id AND t.name = a.task
-WHERE a.campaign_id = ? AND a.id > ? AND a.to_status = 'failed' AND a.entity IN ('task', 'job')
+WHERE a.campaign_id = ? AND a.id > ? AND a.to_status = 'failed' AND a.entity IN ('task', 'job') AND a.actor <> ?
 ORDER BY a.id LIMIT ?
 """
 
@@ -160,7 +162,7 @@ class NotifyStore(StoreBase):
             cid = self._campaign_id(tx, campaign)
             start = int(tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?",
                                   (cursor_target(campaign, channel),)) or 0)
-            rows = tx.all(_EVENTS_SQL, (cid, start, limit))
+            rows = tx.all(_EVENTS_SQL, (cid, start, IMPORT_ACTOR, limit))
             upto = rows[-1][0] if len(rows) == limit else int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit"))
         events = []
         for audit_id, ts, entity, task, run, jid, reason, retries, attempts in rows:
