@@ -1,4 +1,4 @@
-"""The ecalautoctrl compat layer: the original's documented fragment runs unchanged on a real SQLite file,
+"""The ecalautoctrl compat layer: the original's documented fragment runs unchanged (SQLite file and PostgreSQL),
 leaves the state the original left (merged group, leader processing, job 0 done with its fields), every
 change audited; the handler's check finishes the task; refused calls raise typed errors and write nothing."""
 
@@ -22,8 +22,8 @@ FILL_B = [356010]  # fill 8001: a group of one
 
 
 @pytest.fixture
-def db(sqlite_url: str) -> Iterator[str]:
-    with Store.open(sqlite_url, actor="setup", create=True) as store:
+def db(db_url: str) -> Iterator[str]:
+    with Store.open(db_url, actor="setup", create=True) as store:
         store.create_campaign("prompt")
         store.add_task("prompt", "reco")
         store.add_task("prompt", TASK, max_retries=1)
@@ -31,7 +31,7 @@ def db(sqlite_url: str) -> Iterator[str]:
         store.update_rtype("prompt", "all", add=["reco", TASK, "calib"])
         store.inject_runs("prompt", [RunSpec(r, 8000, {"era": "Run2022F"}) for r in FILL_A]
                           + [RunSpec(r, 8001, {"era": "Run2022G"}) for r in FILL_B])
-    yield sqlite_url
+    yield db_url
     close_stores()
 
 

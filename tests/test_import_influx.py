@@ -140,9 +140,9 @@ def expected_problems(lg: Legacy) -> set[str]:
     }
 
 
-def test_import_round_trip_then_idempotent(legacy: tuple[InfluxSource, Legacy], sqlite_url: str) -> None:
+def test_import_round_trip_then_idempotent(legacy: tuple[InfluxSource, Legacy], db_url: str) -> None:
     source, lg = legacy
-    with Store.open(sqlite_url, actor="migration", create=True) as store:
+    with Store.open(db_url, actor="migration", create=True) as store:
         before = snapshot(store)
         planned, problems = import_influx(store, source, dry_run=True)
         assert snapshot(store) == before
