@@ -38,8 +38,13 @@ class Jobs(StoreBase):
         jids: Sequence[int],
         fields: Optional[Sequence[dict[str, Any]]] = None,
         request_id: Optional[str] = None,
+        generation: Optional[int] = None,
     ) -> int:
-        """Create jobs ``jids`` (status ``idle``) in the current generation of a ``processing`` instance."""
+        """Create jobs ``jids`` (status ``idle``) in the current generation of a ``processing`` instance.
+
+        Pass the claim's ``generation``: if an operator aborted the claim and someone claimed the run again
+        in between, the jobs are refused instead of landing in the other claim's generation.
+        """
         jid_list, field_list = check_jobs(jids, fields)
 
         def body(ctx: Ctx) -> int:
@@ -56,6 +61,9 @@ class Jobs(StoreBase):
             iid, status, gen = row
             if status != TaskStatus.PROCESSING.value:
                 raise Invalid(f"task {task} run {run} is {status}, not processing: claim it before creating jobs")
+            if generation is not None and generation != gen:
+                raise Conflict(f"task {task} run {run} was claimed again (generation {gen}); the claim of generation"
+                               f" {generation} is over, its jobs are not created")
             return insert_jobs(ctx, cid, task, run, iid, gen, jid_list, field_list)
 
         return self._write("job.create", request_id, body)
