@@ -266,6 +266,16 @@ def test_jobs_are_created_in_bulk(chain: Store) -> None:
     refused_and_unchanged(s, lambda: s.create_jobs("prompt", "reco", 1, [4000], fields=[]), Invalid, "field sets")
 
 
+def test_jobs_of_a_claim_that_was_aborted_and_claimed_again_are_refused(chain: Store) -> None:
+    first = chain.claim("prompt", "reco", group_by=only(1))[0]
+    chain.reprocess("prompt", "reco", runs=[1], reason="operator abort")
+    second = chain.claim("prompt", "reco", group_by=only(1))[0]
+    assert (first.generation, second.generation) == (1, 2)
+    refused_and_unchanged(chain, lambda: chain.create_jobs("prompt", "reco", 1, [0], generation=first.generation),
+                          Conflict, "reco run 1 was claimed again .generation 2.; the claim of generation 1 is over")
+    assert chain.create_jobs("prompt", "reco", 1, [0], generation=second.generation) == 1
+
+
 def test_bulk_job_updates_report_per_outcome_counts(chain: Store) -> None:
     start_jobs(chain, "prompt", "reco", 1, range(5))
     before = snapshot(chain)
