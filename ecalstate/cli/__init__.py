@@ -37,12 +37,49 @@ COMMANDS: dict[str, str] = {
     "notify": ".notify:notify",
 }
 
+#: command name -> its one-line summary (its docstring's first sentence; tests/test_cli_docs.py checks them),
+#: so that ``ecalstate --help`` lists the commands without importing their modules
+SUMMARIES: dict[str, str] = {
+    "campaign": "Create and list campaigns.",
+    "claim": "Claim eligible runs of a task for a submit stage.",
+    "db": "Maintain the database: schema upgrades, pruning old history, sizes.",
+    "export": "Export state changes to InfluxDB as run, job and handler points.",
+    "health": "Report stuck, silent, failing and blocked work; exit 1 if any.",
+    "history": "The audit trail: who, when, from, to, why.",
+    "import-influx": "Import campaigns, runs, task statuses and job histories from the original's InfluxDB.",
+    "init": "Create or upgrade the database schema.",
+    "job": "Batch jobs of a task instance (one claimed run of a task).",
+    "notify": "Webhook notifications (Mattermost/Slack) of failures and health problems.",
+    "report": "Write static reports of a campaign.",
+    "reprocess": "Mark runs of a task for reprocessing.",
+    "rtype": "Run types: filters on run metadata that activate tasks.",
+    "run": "Inject runs into a campaign and list them.",
+    "set": "Set the STATUS (done, failed or reprocess) of a task for a set of runs.",
+    "status": "The run x task overview, with totals per task and status.",
+    "task": "Declare tasks, their dependencies and retry limits.",
+}
+
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use; library errors exit 1 with one line."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | {n for n in COMMANDS if _available(n)})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`SUMMARIES`; only a command without a summary is imported for it."""
+        rows = []
+        for name in self.list_commands(ctx):
+            summary = SUMMARIES.get(name)
+            if summary is None:
+                command = self.get_command(ctx, name)
+                if command is None or command.hidden:
+                    continue
+                summary = command.get_short_help_str(limit=1000)
+            rows.append((name, summary))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
         if cmd_name in COMMANDS and _available(cmd_name):
