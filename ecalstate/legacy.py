@@ -89,31 +89,39 @@ class InfluxSource:
         if user:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
+        found: dict[tuple[tuple[str, str], ...], Series] = {}
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                lines = response.read().decode().splitlines()
+                for line in response:  # one JSON document per chunk
+                    if line.strip():
+                        self._add(found, json.loads(line))
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")[:200]
             raise LegacySourceError(f"InfluxDB at {self.url} answered HTTP {err.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as err:
             reason = err.reason if isinstance(err, urllib.error.URLError) else err
             raise LegacySourceError(f"InfluxDB at {self.url} unreachable: {reason}") from None
-        found: dict[tuple[tuple[str, str], ...], Series] = {}
-        for line in filter(None, lines):
-            for result in json.loads(line).get("results", []):
-                if "error" in result:
-                    raise LegacySourceError(f"InfluxDB database {self.database}: {result['error']}")
-                for raw in result.get("series", []):
-                    tags = {k: v for k, v in (raw.get("tags") or {}).items() if v != ""}  # GROUP BY * lists every key
-                    series = found.setdefault(tuple(sorted(tags.items())), Series(dict(tags), []))
-                    columns = raw["columns"]
-                    for values in raw["values"]:
-                        point = {k: v for k, v in zip(columns, values) if v is not None}
-                        point["time"] = _timestamp(point["time"])
-                        series.points.append(point)
+        except ValueError:
+            raise LegacySourceError(f"{self.url} did not answer InfluxDB /query JSON") from None
         for series in found.values():
             series.points.sort(key=lambda p: p["time"])
         return list(found.values())
+
+    def _add(self, found: dict[tuple[tuple[str, str], ...], Series], chunk: dict[str, Any]) -> None:
+        """Add one chunk's points to their series (a series may span several chunks)."""
+        if "error" in chunk:
+            raise LegacySourceError(f"InfluxDB database {self.database}: {chunk['error']}")
+        for result in chunk.get("results", []):
+            if "error" in result:
+                raise LegacySourceError(f"InfluxDB database {self.database}: {result['error']}")
+            for raw in result.get("series", []):
+                tags = {k: v for k, v in (raw.get("tags") or {}).items() if v != ""}  # GROUP BY * lists every key
+                series = found.setdefault(tuple(sorted(tags.items())), Series(tags, []))
+                columns = raw["columns"]
+                for values in raw["values"]:
+                    point = {k: v for k, v in zip(columns, values) if v is not None}
+                    point["time"] = _timestamp(point["time"])
+                    series.points.append(point)
 
 
 @dataclass

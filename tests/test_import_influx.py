@@ -6,7 +6,9 @@ changes nothing."""
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -227,13 +229,32 @@ def test_cli_dry_run_and_campaign_filter(legacy: tuple[InfluxSource, Legacy], sq
         assert store.instance("rereco-2022", "ecalelf-ntuples", 355000).status == "done"
 
 
+class NotInflux(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>login</html>\n")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 def test_unreachable_or_unknown_source_is_one_clear_error(influx: Any, sqlite_url: str) -> None:
-    with Store.open(sqlite_url, create=True) as store:
-        with pytest.raises(LegacySourceError, match="database not found: nope"):
-            import_influx(store, InfluxSource(influx.url, "nope"))
-        with pytest.raises(LegacySourceError, match="unreachable"):
-            import_influx(store, InfluxSource("http://127.0.0.1:9", DB, timeout=2))
-        assert store.list_campaigns() == []
+    portal = ThreadingHTTPServer(("127.0.0.1", 0), NotInflux)
+    thread = threading.Thread(target=portal.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        with Store.open(sqlite_url, create=True) as store:
+            with pytest.raises(LegacySourceError, match="database not found: nope"):
+                import_influx(store, InfluxSource(influx.url, "nope"))
+            with pytest.raises(LegacySourceError, match="unreachable"):
+                import_influx(store, InfluxSource("http://127.0.0.1:9", DB, timeout=2))
+            with pytest.raises(LegacySourceError, match="did not answer InfluxDB /query JSON"):
+                import_influx(store, InfluxSource(f"http://127.0.0.1:{portal.server_address[1]}", DB))
+            assert store.list_campaigns() == []
+    finally:
+        portal.shutdown()
+        portal.server_close()
     with pytest.raises(Invalid, match="credentials in the InfluxDB URL are refused"):
         InfluxSource("http://reader:secret@127.0.0.1:8086", DB)
 
