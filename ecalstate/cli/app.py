@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
-from ..store import Store
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 class App:
@@ -24,6 +25,8 @@ class App:
 
     def store(self, create: bool = False) -> Store:
         if self._store is None:
+            from ..store import Store  # not for --help: the schema takes longer to load than click
+
             self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs)
         return self._store
 
