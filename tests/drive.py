@@ -87,3 +87,29 @@ def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
             order = ", ".join(str(i + 1) for i in range(len(table.columns)))
             out[table.name] = [tuple(r) for r in tx.all(f"SELECT * FROM {table.name} ORDER BY {order}")]
     return out
+
+
+def audit_problems(store: Store) -> list[str]:
+    """Half-applied or lost transitions: each task instance and job must have one unbroken chain of audit
+    rows (first from nothing, each from the previous to), ending at its current status, one row per version."""
+    problems = []
+    with store.db.tx(write=False) as tx:
+        chains: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
+        for entity, key, src, dst in tx.all(
+            "SELECT entity, CASE WHEN entity = 'job' THEN job_pk ELSE instance_id END, from_status, to_status"
+            " FROM audit WHERE entity IN ('task', 'job') ORDER BY id"
+        ):
+            chains.setdefault((entity, key), []).append((src, dst))
+        rows = [("task", *r) for r in tx.all("SELECT id, status, version FROM task_instance")]
+        rows += [("job", *r) for r in tx.all("SELECT id, status, version FROM job")]
+    for entity, pk, status, version in rows:
+        chain = chains.pop((entity, pk), [])
+        if len(chain) != version:
+            problems.append(f"{entity} {pk}: version {version} but {len(chain)} audit rows")
+        if not chain or chain[0][0] is not None or chain[-1][1] != status:
+            problems.append(f"{entity} {pk}: status {status}, audit chain {chain}")
+        breaks = [(a, b) for a, b in zip(chain, chain[1:]) if a[1] != b[0]]
+        if breaks:
+            problems.append(f"{entity} {pk}: audit chain broken at {breaks}")
+    problems += [f"audit rows for a missing {entity} {pk}" for entity, pk in chains]
+    return problems
