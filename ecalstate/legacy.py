@@ -297,17 +297,22 @@ def _find_leaders(target: ImportPlan, fills: dict[int, Optional[int]]) -> None:
     """Point each merged instance at its leader: the run of the task whose jobs' ``group`` field lists it,
     else the one other (not merged) run of the task in its fill; refuse it when there is none or several."""
     leaders = [i for i in target.instances if i.status != TaskStatus.MERGED.value]
+    listing: dict[tuple[str, str], set[int]] = {}
+    by_fill: dict[tuple[str, Optional[int]], set[int]] = {}
+    for lead in leaders:
+        by_fill.setdefault((lead.task, fills.get(lead.run)), set()).add(lead.run)
+        for job in lead.jobs:
+            for member in str(job.fields.get("group", "")).replace(" ", "").split(","):
+                listing.setdefault((lead.task, member), set()).add(lead.run)
     kept = list(leaders)
     for inst in target.instances:
         if inst.status != TaskStatus.MERGED.value:
             continue
-        mates = [i for i in leaders if i.task == inst.task]
-        listed = {i.run for i in mates if any(
-            str(inst.run) in str(job.fields.get("group", "")).replace(" ", "").split(",") for job in i.jobs)}
         fill = fills.get(inst.run)
-        candidates = listed or {i.run for i in mates if fill is not None and fills.get(i.run) == fill}
+        candidates = listing.get((inst.task, str(inst.run))) or (by_fill.get((inst.task, fill), set())
+                                                                 if fill is not None else set())
         if len(candidates) == 1:
-            kept.append(replace(inst, leader_run=candidates.pop()))
+            kept.append(replace(inst, leader_run=next(iter(candidates))))
             continue
         found = ", ".join(map(str, sorted(candidates))) or "none"
         target.problems.append(Problem(target.campaign, inst.task, inst.run, None,
