@@ -45,12 +45,16 @@ def _check(text: str, what: str) -> None:
                          "(control character, or backslash before , = space or at the end)")
 
 
+@lru_cache(maxsize=65536)
 def escape_key(text: str, what: str = "tag or field key") -> str:
-    """A tag key, tag value or field key, escaped; ``ValueError`` if line protocol cannot carry it."""
+    """A tag key, tag value or field key, escaped; ``ValueError`` if line protocol cannot carry it.
+
+    Cached: the same names (tag keys, task names, campaigns, run numbers) come back on every line."""
     _check(text, what)
     return text.translate(_KEY_SPECIALS)
 
 
+@lru_cache(maxsize=256)
 def escape_measurement(text: str) -> str:
     _check(text, "measurement")
     return text.translate(_MEASUREMENT_SPECIALS)
@@ -68,6 +72,11 @@ def quote(text: str) -> str:
 
 def field_value(value: FieldValue) -> Optional[str]:
     """The line-protocol form of a field value; ``None`` for a float line protocol cannot carry (NaN, inf)."""
+    kind = type(value)
+    if kind is str:
+        return quote(value)  # type: ignore[arg-type]
+    if kind is int:
+        return f"{value}i"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

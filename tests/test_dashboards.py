@@ -164,9 +164,9 @@ def check_overview(found: list[dict[str, Any]], data: Loaded) -> None:
 
 
 def check_handlers(found: list[dict[str, Any]], data: Loaded) -> None:
-    want = {(task, stage): (bool(ok), message, timestamp_ns(at) // 10**6) for task, stage, ok, message, at in data.audit(
-        "SELECT h.task, h.stage, h.ok, h.message, h.last_at FROM heartbeat h JOIN campaign c ON c.id = h.campaign_id"
-        " WHERE c.name = 'prompt'")}
+    beats = data.audit("SELECT h.task, h.stage, h.ok, h.message, h.last_at FROM heartbeat h"
+                       " JOIN campaign c ON c.id = h.campaign_id WHERE c.name = 'prompt'")
+    want = {(task, stage): (bool(ok), message, timestamp_ns(at) // 10**6) for task, stage, ok, message, at in beats}
     assert {(r["task"], r["stage"]): (r["ok"], r["message"], r["time"]) for r in found} == want
     assert want[("reco", "check")][:2] == (False, NASTY)
 

@@ -159,9 +159,9 @@ def test_job_points_carry_attempts_and_fields_as_of_their_transition(store: Stor
     file_export(store.db, out, batch_size=3)
     text = out.read_text()
     retried = job_lines(text, "reco", numbers[1], 1)
-    assert [re.search(r"status=\"(\w+)\"", ln).group(1) for ln in retried] == [  # type: ignore[union-attr]
+    assert [re.findall(r'status="(\w+)"', ln)[0] for ln in retried] == [
         "idle", "running", "failed", "idle", "running", "done"]
-    assert [int(re.search(r"attempts=(\d+)i", ln).group(1)) for ln in retried] == [1, 1, 1, 2, 2, 2]  # type: ignore[union-attr]
+    assert [int(re.findall(r"attempts=(\d+)i", ln)[0]) for ln in retried] == [1, 1, 1, 2, 2, 2]
     assert all("idle=1i,running=0i,done=0i,failed=0i" in ln for ln in retried if 'status="idle"' in ln)
     assert 'label="plain"' in retried[0] and "nevents" not in retried[0]
     assert "nevents=1001.0" in retried[-1] and "good=true" in retried[-1]

@@ -1,0 +1,151 @@
+"""Export benchmarks against the real InfluxDB 1.6.7 (started here from scripts/servers.py).
+
+1. Full export of ~200,000 points (a campaign driven through the Store API: injections, claims,
+   jobs created, running, done) in batches of 5,000, against the original's pattern of one write
+   request per status change (a sample of 2,000 single-point writes of the same lines on a keep-alive
+   connection, extrapolated).
+2. Incremental export of 1,000 changes on a database of 1,000,000 audit rows against the same
+   1,000 changes on a database of 1,000 rows: the cost must follow the changes, not the database.
+
+``run()`` returns rows {name, value, unit, anchor, ratio}: ``ratio`` is value / the value of the row
+named by ``anchor``. ``python -m bench.export`` prints them as a table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ecalstate import JobUpdate, RunSpec, Store
+from ecalstate.export import V1Target, _set_cursor, cursor, export, read_batch
+
+REPO = Path(__file__).resolve().parent.parent
+TASKS = [f"t{i:02d}" for i in range(20)]
+
+
+def _servers() -> Any:
+    spec = importlib.util.spec_from_file_location("ecalstate_bench_servers", REPO / "scripts" / "servers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(name: str, value: float, unit: str, anchor: Optional[str] = None,
+        anchor_value: Optional[float] = None) -> dict[str, Any]:
+    ratio = None if anchor_value is None else round(value / anchor_value, 2)
+    return {"name": name, "value": round(value, 1), "unit": unit, "anchor": anchor, "ratio": ratio}
+
+
+def campaign(store: Store, runs: int, tasks: list[str], jobs: int) -> None:
+    """``runs`` x ``tasks`` instances; each claimed and run through ``jobs`` jobs idle -> running -> done."""
+    store.create_campaign("bench")
+    for task in tasks:
+        store.add_task("bench", task)
+    store.update_rtype("bench", "all", add=tasks)
+    for start in range(0, runs, 5000):
+        store.inject_runs("bench", [RunSpec(100000 + n, n // 10) for n in range(start, min(runs, start + 5000))])
+    if not jobs:
+        return
+    for task in tasks:
+        claims = store.claim("bench", task)
+        for claim in claims:
+            store.create_jobs("bench", task, claim.run_number, list(range(jobs)),
+                              [{"output": f"/eos/bench/{task}/{claim.run_number}_{j}.root"} for j in range(jobs)])
+        for status in ("running", "done"):
+            fields = {"nevents": 1000} if status == "done" else None
+            store.update_jobs("bench", task, [JobUpdate(c.run_number, j, status, fields) for c in claims
+                                              for j in range(jobs)])
+
+
+def audit_rows(store: Store) -> int:
+    with store.db.tx(write=False) as tx:
+        return int(tx.scalar("SELECT COUNT(*) FROM audit"))
+
+
+def full_export(influx: Any, workdir: Path) -> list[dict[str, Any]]:
+    with Store.open(str(workdir / "full.db"), actor="bench", create=True) as store:
+        campaign(store, runs=1000, tasks=TASKS[:10], jobs=6)
+        points = audit_rows(store)
+        influx.create_database("full")
+        target = V1Target(influx.url, "full")
+        t0 = time.perf_counter()
+        result = export(store.db, target)
+        batched = time.perf_counter() - t0
+        target.close()
+        assert result.points == points
+
+        lines, _, _ = read_batch(store.db, 0, result.cursor_after, 2000)
+        influx.create_database("single")
+        single = V1Target(influx.url, "single")
+        t0 = time.perf_counter()
+        for text in lines:
+            single.send(text.encode())
+        one_by_one = time.perf_counter() - t0
+        single.close()
+    batch_rate = points / batched
+    single_rate = len(lines) / one_by_one
+    name = "one write request per point (original pattern; 2,000-point sample)"
+    return [
+        row(name, single_rate, "points/s"),
+        row(f"full export, {points:,} points, batches of 5,000", batch_rate, "points/s", name, single_rate),
+        row(f"full export, {points:,} points: time (one request per point: {points / single_rate:,.0f} s)",
+            batched, "s"),
+    ]
+
+
+def incremental(influx: Any, workdir: Path, rounds: int = 3) -> list[dict[str, Any]]:
+    """1,000 changes (50 claims on each of 20 tasks), exported to InfluxDB after the cursor."""
+    timings: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for label, runs in (("small", 50 * (rounds + 1)), ("large", 50_000)):
+        with Store.open(str(workdir / f"{label}.db"), actor="bench", create=True) as store:
+            campaign(store, runs=runs, tasks=TASKS, jobs=0)
+            sizes[label] = audit_rows(store)
+            database = f"inc_{label}"
+            influx.create_database(database)
+            target = V1Target(influx.url, database)
+            # the database was exported before: the cursor sits at its end (setting it is bench set-up)
+            _set_cursor(store.db, target.name, sizes[label])
+            samples = []
+            for _ in range(rounds):
+                for task in TASKS:
+                    store.claim("bench", task, limit=50)
+                t0 = time.perf_counter()
+                result = export(store.db, target)
+                samples.append(time.perf_counter() - t0)
+                assert result.points == 1000, result
+            assert cursor(store.db, target.name) == sizes[label] + rounds * 1000
+            target.close()
+            timings[label] = statistics.median(samples) * 1000
+    small = f"incremental export of 1,000 changes, database of {sizes['small']:,} audit rows"
+    return [
+        row(small, timings["small"], "ms"),
+        row(f"incremental export of 1,000 changes, database of {sizes['large']:,} audit rows", timings["large"], "ms",
+            small, timings["small"]),
+    ]
+
+
+def run() -> list[dict[str, Any]]:
+    servers = _servers()
+    with tempfile.TemporaryDirectory(prefix="ecalstate-bench-") as tmp, servers.InfluxServer() as influx:
+        workdir = Path(tmp)
+        return full_export(influx, workdir) + incremental(influx, workdir)
+
+
+def main() -> int:
+    rows = run()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"  x{r['ratio']} vs {r['anchor']}"
+        print(f"{r['name']:<{width}}  {r['value']:>12,.1f} {r['unit']}{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
