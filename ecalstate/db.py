@@ -275,6 +275,14 @@ class Tx:
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(self.run(sql, params).fetchall())
 
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Like :meth:`all`, as the driver's plain tuples: no Row objects for reads of 100,000s of rows."""
+        result = self.run(sql, params)
+        try:
+            return list(result.cursor.fetchall())
+        finally:
+            result.close()
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.run(sql, params).fetchone()
 
