@@ -35,17 +35,16 @@ class Queries(StoreBase):
                 if run_filter is None or number in run_filter:
                     by_run[number] = OverviewRow(number, fill, {})
             totals: dict[str, dict[str, int]] = {n: {s.value: 0 for s in TaskStatus} for n in ordered}
-            wanted_ids = set(wanted)
-            for task_id, number, status in tx.all(
+            columns = {t: (names[t], totals[names[t]]) for t in wanted}
+            for task_id, number, status in tx.tuples(
                 "SELECT ti.task_id, r.run_number, ti.status FROM run r JOIN task_instance ti ON ti.run_id = r.id"
                 " WHERE r.campaign_id = ?", (cid,)  # run by run: 2x faster than the campaign index on instances
             ):
-                row = by_run.get(number)
-                if row is None or task_id not in wanted_ids:
+                row, column = by_run.get(number), columns.get(task_id)
+                if row is None or column is None:
                     continue
-                name = names[task_id]
-                row.statuses[name] = status
-                totals[name][status] += 1
+                row.statuses[column[0]] = status
+                column[1][status] += 1
             blocked = [(t, r) for _, t, r in blocked_instances(tx, cid) if r in by_run and t in totals]
             stuck = [] if stuck_after is None else [
                 (s.task, s.run_number) for s in stuck_instances(tx, cid, stuck_after)
