@@ -6,10 +6,12 @@ stdout is not a terminal, so pipes and Jenkins logs get plain text.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
+from click.globals import resolve_color_default
 
 #: terminal colour per task and job status
 STATUS_COLOURS: dict[str, str] = {
@@ -22,6 +24,11 @@ STATUS_COLOURS: dict[str, str] = {
     "merged": "cyan",
     "reprocess": "yellow",
 }
+
+
+def colours_shown() -> bool:
+    """Whether :func:`click.echo` keeps colours on stdout (a terminal, or colour forced), asked as echo asks it."""
+    return not click.utils.should_strip_ansi(sys.stdout, resolve_color_default())
 
 
 def styled(status: str, text: str | None = None) -> str:

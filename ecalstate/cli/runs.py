@@ -13,7 +13,7 @@ import click
 from ..results import Health, Overview, RunSpec
 from ..statemachine import TaskStatus
 from .app import App, pass_app
-from .fmt import echo_table, styled, table
+from .fmt import colours_shown, echo_table, styled, table
 from .options import (
     campaign_option,
     multi_option,
@@ -130,7 +130,7 @@ def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], 
         ecalstate --json status -c prompt --task reco,calib --runs 356001-356100
     """
     view = app.store().overview(campaign, task, runs, stuck_after)
-    app.emit(overview_dict(view), lambda: click.echo(render_overview(view, stuck_after)))
+    app.emit(overview_dict(view), lambda: click.echo(render_overview(view, stuck_after, colours_shown())))
 
 
 def overview_dict(view: Overview) -> dict[str, Any]:
@@ -145,29 +145,34 @@ def overview_dict(view: Overview) -> dict[str, Any]:
     }
 
 
-def render_overview(view: Overview, stuck_after: float) -> str:
+def render_overview(view: Overview, stuck_after: float, colour: bool = False) -> str:
     """The matrix, then totals per status (rows) and task (columns), then the legend of marks."""
     if not view.rows or not view.tasks:
         return f"campaign {view.campaign}: {len(view.rows)} runs, {len(view.tasks)} tasks: nothing to show"
-    marks = {(t, r): "*" for t, r in view.blocked}
-    marks.update({(t, r): "!" for t, r in view.stuck})
     run_w = max(len("run"), *(len(str(r.run_number)) for r in view.rows))
     fill_w = max(len("fill"), *(len(str(r.fill)) for r in view.rows))
     widths = [max(len(t), len("processing!")) for t in view.tasks]
+
+    def cell(state: Optional[str], mark: str, width: int) -> str:
+        text = "-" if state is None else state + mark
+        return (styled(state, text) if colour and state else text) + " " * (width - len(text))
+
+    # 200,000 cells but few distinct ones: render each once, then look cells up by status
+    plain = [{s: cell(s, "", w) for s in [None, *TASK_STATUSES]} for w in widths]
+    marked: dict[int, dict[int, str]] = {}  # run -> column -> mark
+    column = {t: i for i, t in enumerate(view.tasks)}
+    for marks, sign in ((view.blocked, "*"), (view.stuck, "!")):
+        for task, run_number in marks:
+            marked.setdefault(run_number, {})[column[task]] = sign
     lines = [f"campaign {view.campaign}: {len(view.rows)} runs x {len(view.tasks)} tasks", "",
              "  ".join(["run".ljust(run_w), "fill".ljust(fill_w)] + [t.ljust(w) for t, w in zip(view.tasks, widths)]).rstrip()]
-    rendered: dict[tuple[Optional[str], str, int], str] = {}  # 200,000 cells, a few dozen distinct ones
     for row in view.rows:
-        cells = [str(row.run_number).ljust(run_w), ("-" if row.fill is None else str(row.fill)).ljust(fill_w)]
-        for name, width in zip(view.tasks, widths):
-            key = (row.statuses.get(name), marks.get((name, row.run_number), "") if marks else "", width)
-            cell = rendered.get(key)
-            if cell is None:
-                state, mark = key[0], key[1]
-                text = "-" if state is None else state + mark
-                cell = rendered[key] = (text if state is None else styled(state, text)) + " " * (width - len(text))
-            cells.append(cell)
-        lines.append("  ".join(cells).rstrip())
+        statuses = row.statuses
+        cells = [col[statuses.get(name)] for name, col in zip(view.tasks, plain)]
+        for i, sign in marked.get(row.run_number, {}).items():
+            cells[i] = cell(statuses.get(view.tasks[i]), sign, widths[i])
+        head = f"{str(row.run_number).ljust(run_w)}  {('-' if row.fill is None else str(row.fill)).ljust(fill_w)}  "
+        lines.append((head + "  ".join(cells)).rstrip())
     counts = [[s] + [view.totals[t][s] for t in view.tasks] for s in TASK_STATUSES]
     counts.append(["blocked *"] + [sum(1 for t, _ in view.blocked if t == name) for name in view.tasks])
     counts.append(["stuck !"] + [sum(1 for t, _ in view.stuck if t == name) for name in view.tasks])
