@@ -155,7 +155,8 @@ def _delete_where(
     last: Any = "" if key == "request_id" else -1
     while True:
         with db.tx(write=True) as tx:
-            rows = _take(tx, f"SELECT {alias}.* FROM {source} WHERE {where} AND {alias}.{key} > ?"
+            columns = f"{alias}.*" if out is not None else f"{alias}.{key}"  # whole rows only to archive them
+            rows = _take(tx, f"SELECT {columns} FROM {source} WHERE {where} AND {alias}.{key} > ?"
                              f" ORDER BY {alias}.{key} LIMIT ?", (*params, last, chunk))
             _remove(tx, table, key, rows, out)
         total += len(rows)
