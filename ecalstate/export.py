@@ -61,9 +61,10 @@ TOKEN_ENV = "ECALSTATE_INFLUX_TOKEN"
 USER_ENV = "ECALSTATE_INFLUX_USER"
 PASSWORD_ENV = "ECALSTATE_INFLUX_PASSWORD"
 JOB_STATUSES = ("idle", "running", "done", "failed")
-#: job fields the exporter writes itself (and ``time``, which InfluxDB reserves); a user field of the
-#: same name is written as ``user_<name>``
-JOB_FIELDS = frozenset(("status", *JOB_STATUSES, "attempts", "generation", "reason", "time"))
+#: names a job's user field may not take: the exporter's own fields and tags (InfluxDB 3 refuses a field
+#: named like a tag; 1.x makes queries ambiguous) and ``time``; such a field is written as ``user_<name>``
+JOB_FIELDS = frozenset(("status", *JOB_STATUSES, "attempts", "generation", "reason", "time",
+                        "campaign", "task", "run_number", "id"))
 
 
 class ExportError(EcalStateError):
