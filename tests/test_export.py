@@ -6,6 +6,7 @@ exporter must carry, with the public Store API only.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -560,3 +561,50 @@ def test_export_through_influxdb_client_to_victoriametrics(store: Store, victori
         for ts, value in zip(series["timestamps"], series["values"]):
             got[(metric["__name__"], labels, ts, None if metric["__name__"] in strings else float(value))] += 1
     assert got == want
+
+
+# ------------------------------------------------------------------------ command line, watch loop
+
+
+def test_cli_reports_points_batches_and_cursor(tmp_path: Path) -> None:
+    from cli_support import build_chain
+    db = str(tmp_path / "s.db")
+    build_chain(db)
+    out = str(tmp_path / "x.lp")
+    first = invoke(db, "--json", "export", "--out", out, "--batch-size", "5")
+    assert first.exit_code == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert (data["points"], data["batches"], data["cursor_before"], data["cursor_after"]) == (12, 3, 0, 12)
+    assert data["target"] == f"file:{out}"
+    again = invoke(db, "export", "--out", out)
+    assert again.stdout.strip() == f"nothing to export to file:{out} (cursor at 12)"
+
+    bad = [invoke(db, "export", "--out", out, "--url", "http://h:1"),
+           invoke(db, "export", "--url", "http://h:1", "--bucket", "b"),
+           invoke(db, "export", "--out", out, "--batch-size", "5001"),
+           invoke(db, "export", "--out", out, "--watch", "0")]
+    assert [r.exit_code for r in bad] == [1, 1, 2, 2]
+    assert "give either --out FILE or --url URL" in bad[0].stderr and "--bucket and --org" in bad[1].stderr
+    with Store.open(db) as store:
+        with store.db.tx(write=False) as tx:
+            assert tx.all("SELECT target, audit_id FROM export_cursor") == [(f"file:{out}", 12)]
+
+
+def test_watch_reports_outages_and_keeps_going(chain: Store, tmp_path: Path) -> None:
+    from ecalstate.export import watch
+    target = V1Target(f"http://127.0.0.1:{closed_port()}", "ecal", timeout=2)
+    stop = threading.Event()
+    seen: list[Any] = []
+
+    def report(result: Any, error: Optional[ExportError]) -> None:
+        seen.append(error)
+        if len(seen) == 2:
+            stop.set()
+
+    assert watch(chain.db, target, 0.01, stop, report, retry=FAST) == 2
+    assert all(isinstance(e, ExportError) and not e.permanent for e in seen)
+    assert cursor(chain.db, target.name) == 0
+
+    broken = FileTarget(str(tmp_path / "no-such-dir" / "x.lp"))
+    with pytest.raises(ExportError):  # waiting does not fix a refusal: it ends the loop
+        watch(chain.db, broken, 0.01, threading.Event(), lambda r, e: None, retry=FAST)
