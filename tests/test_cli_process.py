@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,20 @@ def test_bare_group_prints_its_help(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 2 and "Usage: ecalstate job [OPTIONS] COMMAND" in proc.stdout + proc.stderr
     assert "  set     Set the STATUS" in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="util-linux script (a pseudo-terminal) is not installed")
+def test_long_injection_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    with Store.open(db, create=True) as store:
+        store.create_campaign("prompt")
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps([{"run_number": n} for n in range(1, 1201)]))
+    command = f'"{ECALSTATE}" --db "{db}" run inject --file "{runs}"'
+    tty = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, env=ENV,
+                         timeout=60, check=False)
+    assert tty.returncode == 0 and "checking 1200 runs" in tty.stdout and "100%" in tty.stdout
+    (tmp_path / "second.json").write_text(json.dumps([{"run_number": n} for n in range(1201, 2401)]))
+    piped = subprocess.run([ECALSTATE, "--db", db, "run", "inject", "--file", str(tmp_path / "second.json")],
+                           capture_output=True, text=True, env=ENV, timeout=60, check=False)
+    assert piped.returncode == 0 and piped.stderr == "" and piped.stdout.startswith("injected 1200 new runs")
