@@ -157,6 +157,7 @@ CASES = [
     case("db-missing-read", ["status", "-c", "prompt"], 1, "create it with `ecalstate init`", db="missing"),
     case("db-missing-history", ["history", "-c", "prompt"], 1, "no database at", db="missing"),
     case("db-missing-health", ["health"], 1, "no database at", db="missing"),
+    case("db-missing-bad-campaign", ["campaign", "create", "bad name!"], 1, "invalid campaign name", db="missing"),
     case("db-directory", ["status", "-c", "prompt"], 1, "is a directory, not a database file", db="dir"),
     case("db-directory-init", ["init"], 1, "is a directory, not a database file", db="dir"),
     case("db-read-only-set", [*SET, "--runs", "2", "done", "--reason", "x"], 1, "attempt to write a readonly database",

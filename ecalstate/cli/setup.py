@@ -6,6 +6,7 @@ from typing import Optional
 
 import click
 
+from ..catalog import check_name
 from .app import App, pass_app
 from .fmt import echo_table
 from .options import campaign_option, multi_option
@@ -44,10 +45,14 @@ def campaign() -> None:
 def campaign_create(app: App, name: str, kind: str, description: str) -> None:
     """Create campaign NAME with its default run type `all`.
 
+    The database is created when missing (as `ecalstate init` would), but
+    only for a valid name.
+
     \b
     Example:
         ecalstate campaign create rereco-2024 --kind reprocessing --description "2024 rereco"
     """
+    check_name("campaign", name)  # before the database file is created: a refusal writes nothing
     info = app.store(create=True).create_campaign(name, kind, description)
     app.emit(info, f"created campaign {info.name} ({info.kind})")
 
