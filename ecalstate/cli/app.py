@@ -25,7 +25,8 @@ class App:
 
     def store(self, create: bool = False) -> Store:
         if self._store is None:
-            from ..store import Store  # not for --help: the schema takes longer to load than click
+            # imported here, not for --help: the schema takes longer to load than click
+            from ..store import Store
 
             self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs)
         return self._store
