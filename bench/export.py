@@ -13,33 +13,19 @@ named by ``anchor``. ``python -m bench.export`` prints them as a table.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.export import V1Target, _set_cursor, cursor, export, read_batch
 
-REPO = Path(__file__).resolve().parent.parent
+from .common import row, servers
+
 TASKS = [f"t{i:02d}" for i in range(20)]
-
-
-def _servers() -> Any:
-    spec = importlib.util.spec_from_file_location("ecalstate_bench_servers", REPO / "scripts" / "servers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def row(name: str, value: float, unit: str, anchor: Optional[str] = None,
-        anchor_value: Optional[float] = None) -> dict[str, Any]:
-    ratio = None if anchor_value is None else round(value / anchor_value, 2)
-    return {"name": name, "value": round(value, 1), "unit": unit, "anchor": anchor, "ratio": ratio}
 
 
 def campaign(store: Store, runs: int, tasks: list[str], jobs: int) -> None:
@@ -82,18 +68,17 @@ def full_export(influx: Any, workdir: Path) -> list[dict[str, Any]]:
 
         lines, _, _ = read_batch(store.db, 0, result.cursor_after, 2000)
         influx.create_database("single")
-        single = V1Target(influx.url, "single")
+        one_request_each = V1Target(influx.url, "single")
         t0 = time.perf_counter()
         for text in lines:
-            single.send(text.encode())
+            one_request_each.send(text.encode())
         one_by_one = time.perf_counter() - t0
-        single.close()
-    batch_rate = points / batched
+        one_request_each.close()
     single_rate = len(lines) / one_by_one
-    name = "one write request per point (original pattern; 2,000-point sample)"
+    single = row("one write request per point (original pattern; 2,000-point sample)", single_rate, "points/s")
     return [
-        row(name, single_rate, "points/s"),
-        row(f"full export, {points:,} points, batches of 5,000", batch_rate, "points/s", name, single_rate),
+        single,
+        row(f"full export, {points:,} points, batches of 5,000", points / batched, "points/s", single),
         row(f"full export, {points:,} points: time (one request per point: {points / single_rate:,.0f} s)",
             batched, "s"),
     ]
@@ -129,21 +114,22 @@ def incremental(influx: Any, workdir: Path, rounds: int = 5) -> list[dict[str, A
             target.close()
             timings[label] = statistics.median(samples[1:]) * 1000
             reads[label] = statistics.median(read_samples[1:]) * 1000
-    small = f"incremental export of 1,000 changes, database of {sizes['small']:,} audit rows"
-    small_read = f"reading and formatting 1,000 changes, database of {sizes['small']:,} audit rows"
+    small = row(f"incremental export of 1,000 changes, database of {sizes['small']:,} audit rows",
+                timings["small"], "ms")
+    small_read = row(f"reading and formatting 1,000 changes, database of {sizes['small']:,} audit rows",
+                     reads["small"], "ms")
     return [
-        row(small, timings["small"], "ms"),
-        row(f"incremental export of 1,000 changes, database of {sizes['large']:,} audit rows", timings["large"], "ms",
-            small, timings["small"]),
-        row(small_read, reads["small"], "ms"),
-        row(f"reading and formatting 1,000 changes, database of {sizes['large']:,} audit rows", reads["large"], "ms",
-            small_read, reads["small"]),
+        small,
+        row(f"incremental export of 1,000 changes, database of {sizes['large']:,} audit rows", timings["large"],
+            "ms", small),
+        small_read,
+        row(f"reading and formatting 1,000 changes, database of {sizes['large']:,} audit rows", reads["large"],
+            "ms", small_read),
     ]
 
 
 def run() -> list[dict[str, Any]]:
-    servers = _servers()
-    with tempfile.TemporaryDirectory(prefix="ecalstate-bench-") as tmp, servers.InfluxServer() as influx:
+    with tempfile.TemporaryDirectory(prefix="ecalstate-bench-") as tmp, servers().InfluxServer() as influx:
         workdir = Path(tmp)
         return full_export(influx, workdir) + incremental(influx, workdir)
 
