@@ -1,0 +1,154 @@
+"""Scale-out figures: SQLite against PostgreSQL, 1 against 8 processes, big databases.
+
+1. Validated, audited job transitions (``Store.set_job_status``, one transaction each) with 1 and
+   8 processes on SQLite and on a real PostgreSQL 15 (started from scripts/servers.py), checked
+   afterwards: every job done, one audit row per transition (no lost or doubled update).
+2. Claims with 8 concurrent claimers (``claim(limit=1)`` until nothing is left) against 1 claimer;
+   double claims counted (must be 0).
+3. ``status`` (the run x task overview) and ``health`` on a database of 1,000,000 jobs, against the
+   same 1,000 runs x 20 tasks with one job each.
+4. The size of a simulated year (2,000 runs x 20 tasks x 50 jobs, bench/simulate.py), and after
+   ``prune`` of its first half (everything exported) and VACUUM.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from ecalstate import Store
+from ecalstate.retention import prune, stats, vacuum
+
+from .common import job_campaign, job_keys, parallel, row, servers, split, transition_worker
+from .simulate import simulate
+
+RUNS, JOBS_PER_RUN = 80, 10      # 800 jobs: 1,600 transitions per measurement
+CLAIM_RUNS = 1600
+
+
+def _check_transitions(url: str, jobs: int) -> int:
+    """Lost or doubled updates: jobs not done, plus audit rows beyond one per transition (must be 0)."""
+    with Store.open(url) as store, store.db.tx(write=False) as tx:
+        not_done = int(tx.scalar("SELECT COUNT(*) FROM job WHERE status <> 'done'"))
+        audited = int(tx.scalar("SELECT COUNT(*) FROM audit WHERE entity = 'job'"))
+    return not_done + abs(audited - 3 * jobs)
+
+
+def transitions(engines: dict[str, Callable[[], str]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    first: dict[str, Any] = {}
+    for engine, new_url in engines.items():
+        one: dict[str, Any] = {}
+        for workers in (1, 8):
+            url = new_url()
+            job_campaign(url, RUNS, JOBS_PER_RUN)
+            args = [(url, job_keys(s, JOBS_PER_RUN), ("running", "done")) for s in split(RUNS, workers)]
+            applied, seconds = parallel(workers, transition_worker, args)
+            anchor = (one or None) if workers == 8 else (first or None)
+            result = row(f"validated transitions, {engine}, {workers} proc", sum(applied) / seconds,
+                         "transitions/s", anchor)
+            one = one or result
+            out.append(result)
+            out.append(row(f"lost or doubled job updates, {engine}, {workers} proc",
+                           _check_transitions(url, RUNS * JOBS_PER_RUN), "updates"))
+        first = first or one
+    return out
+
+
+def _claimer(url: str, start: Any) -> tuple[list[int], float]:
+    got: list[int] = []
+    with Store.open(url, actor="bench") as store:
+        start.wait()
+        while True:
+            claims = store.claim("bench", "reco", limit=1)
+            if not claims:
+                if not store.eligible("bench", "reco"):
+                    break
+                continue
+            got += [c.run_number for c in claims]
+    return got, time.time()
+
+
+def claims(engines: dict[str, Callable[[], str]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for engine, new_url in engines.items():
+        single: dict[str, Any] = {}
+        for workers in (1, 8):
+            url = new_url()
+            job_campaign(url, CLAIM_RUNS, 0)
+            got, seconds = parallel(workers, _claimer, [(url,)] * workers)
+            taken = Counter(r for runs in got for r in runs)
+            result = row(f"claims, {engine}, {workers} concurrent claimer(s)", sum(taken.values()) / seconds,
+                         "claims/s", single or None)
+            single = single or result
+            out.append(result)
+            out.append(row(f"double claims, {engine}, {workers} claimer(s) ({len(taken)} of {CLAIM_RUNS} runs)",
+                           sum(n - 1 for n in taken.values()) + CLAIM_RUNS - len(taken), "claims"))
+    return out
+
+
+def _timed(call: Callable[[], Any], repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def big_status(tmp: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    small, big = os.path.join(tmp, "small.db"), os.path.join(tmp, "million.db")
+    simulate(small, 1000, 20, 1)
+    simulate(big, 1000, 20, 50)
+    with Store.open(small) as s_store, Store.open(big) as b_store:
+        jobs = stats(b_store.db).rows["job"]
+        for what, call in (("status", lambda s: s.overview("prompt")), ("health", lambda s: s.health("prompt"))):
+            anchor = row(f"{what}, 1,000 runs x 20 tasks, 1 job each (SQLite)", _timed(lambda: call(s_store)), "ms")
+            out += [anchor, row(f"{what}, 1,000 runs x 20 tasks, {jobs:,} jobs (SQLite)", _timed(lambda: call(b_store)),
+                                "ms", anchor)]
+    return out
+
+
+def year(tmp: str) -> list[dict[str, Any]]:
+    path = os.path.join(tmp, "year.db")
+    t0 = time.perf_counter()
+    simulate(path, 2000, 20, 50)
+    built = time.perf_counter() - t0
+    with Store.open(path) as store:
+        before = stats(store.db)
+        with store.db.tx() as tx:  # everything exported: only age decides
+            tx.run("INSERT INTO export_cursor (target, audit_id, updated_at) VALUES ('influx', ?, '')",
+                   (before.rows["audit"] * 2,))
+        t0 = time.perf_counter()
+        pruned = prune(store.db, "2025-07-01")
+        pruning = time.perf_counter() - t0
+        vacuum(store.db)
+        after = stats(store.db)
+    size = row(f"database size, simulated year: 2,000 runs x 20 tasks x 50 jobs ({before.rows['job']:,} jobs, "
+               f"{before.rows['audit']:,} audit rows; built in {built:.0f} s)", before.size_bytes / 2**20, "MiB")
+    return [size,
+            row(f"database size after prune --before 2025-07-01 and VACUUM ({pruned.audit:,} audit rows, "
+                f"{pruned.jobs:,} jobs removed)", after.size_bytes / 2**20, "MiB", size),
+            row("prune of half a simulated year (chunks of 20,000 rows, one transaction each)", pruning, "s")]
+
+
+def run() -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="ecalstate-bench-scale-") as tmp, servers().PostgresServer() as pg:
+        counter = iter(range(1000))
+        engines: dict[str, Callable[[], str]] = {
+            "SQLite": lambda: os.path.join(tmp, f"s{next(counter)}.db"),
+            "PostgreSQL": lambda: pg.create_database(),
+        }
+        return transitions(engines) + claims(engines) + big_status(tmp) + year(tmp)
+
+
+if __name__ == "__main__":
+    for r in run():
+        print(r, file=sys.stdout)
