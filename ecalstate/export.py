@@ -328,7 +328,7 @@ class TargetSpec:
 
     out: Optional[str] = None
     url: Optional[str] = None
-    protocol: str = "v2"
+    protocol: Optional[str] = None  # v2 (the default with a URL) or v1
     bucket: Optional[str] = None
     org: Optional[str] = None
     database: Optional[str] = None
@@ -343,9 +343,9 @@ class TargetSpec:
         if self.timeout <= 0:
             raise Invalid("timeout must be > 0")
         if self.url is None:
-            given = [n for n, v in (("--bucket", self.bucket), ("--org", self.org), ("--database", self.database),
-                                    ("--token-file", self.token_file), ("--password-file", self.password_file))
-                     if v is not None]
+            given = [n for n, v in (("--protocol", self.protocol), ("--bucket", self.bucket), ("--org", self.org),
+                                    ("--database", self.database), ("--token-file", self.token_file),
+                                    ("--password-file", self.password_file)) if v is not None]
             if given:
                 raise Invalid(f"{', '.join(given)} need --url")
             return FileTarget(self.out or DEFAULT_OUT)
@@ -353,7 +353,7 @@ class TargetSpec:
             raise Invalid("give either --out FILE or --url URL, not both")
         if self.protocol == "v1":
             return self._open_v1(env)
-        if self.protocol != "v2":
+        if self.protocol not in (None, "v2"):
             raise Invalid(f"unknown protocol {self.protocol!r} (valid: v1, v2)")
         if self.database is not None or self.retention_policy is not None:
             raise Invalid("--database/--retention-policy are for --protocol v1; with v2 use --bucket db/retention")

@@ -264,6 +264,7 @@ def test_target_options_are_checked_before_anything_runs(tmp_path: Path) -> None
         (TargetSpec(url="http://h:8086", database="d", bucket="b", org="o"), "are for --protocol v1"),
         (TargetSpec(out="x.lp", url="http://h:8086"), "not both"),
         (TargetSpec(database="d"), "need --url"),
+        (TargetSpec(out="x.lp", protocol="v1"), "--protocol need --url"),
         (TargetSpec(url="ftp://h/x", bucket="b", org="o"), "invalid URL"),
         (TargetSpec(url="http://h:8086?u=a&p=b", protocol="v1", database="d"), "credentials do not belong"),
         (TargetSpec(url="http://h:8086", bucket="b", org="o", token_file=str(token)), "is empty"),

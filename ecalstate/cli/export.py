@@ -46,8 +46,8 @@ def _warn(result: ExportResult) -> None:
 @click.command("export")
 @click.option("--out", metavar="FILE", help=f"Append line protocol to FILE (the default target: ./{DEFAULT_OUT}).")
 @click.option("--url", metavar="URL", help="InfluxDB base URL, e.g. http://influx:8086 (no credentials in it).")
-@click.option("--protocol", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
-              help="With --url: v2 write API (InfluxDB 2.x/3.x, 1.8+) or v1 /write (InfluxDB 1.x before 1.8).")
+@click.option("--protocol", type=click.Choice(["v2", "v1"]),
+              help="With --url: v2 write API (the default: InfluxDB 2.x/3.x, 1.8+) or v1 /write (InfluxDB 1.x < 1.8).")
 @click.option("--bucket", metavar="BUCKET", help="v2: bucket (InfluxDB 1.8+: db/retention).")
 @click.option("--org", metavar="ORG", help="v2: organisation (InfluxDB 1.8+: any value).")
 @click.option("--database", metavar="DB", help="v1: database.")
@@ -69,8 +69,8 @@ def _warn(result: ExportResult) -> None:
               metavar="SECONDS", help="Timeout of one request.")
 @pass_app
 def export(
-    app: App, out: Optional[str], url: Optional[str], protocol: str, bucket: Optional[str], org: Optional[str],
-    database: Optional[str], retention_policy: Optional[str], token_file: Optional[str],
+    app: App, out: Optional[str], url: Optional[str], protocol: Optional[str], bucket: Optional[str],
+    org: Optional[str], database: Optional[str], retention_policy: Optional[str], token_file: Optional[str],
     password_file: Optional[str], full: bool, interval: Optional[float], batch_size: int, retries: int,
     retry_base: float, timeout: float,
 ) -> None:
