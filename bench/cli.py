@@ -91,9 +91,13 @@ def run(repeat: int = 10) -> list[dict[str, Any]]:
         status = [ECALSTATE, "--db", big, "status", "-c", "bench"]
         status_wall, status_cpu = timed(status, max(3, repeat // 2))
         json_wall, _ = timed([ECALSTATE, "--db", big, "--json", "status", "-c", "bench"], max(3, repeat // 2))
+        report_wall, _ = timed([ECALSTATE, "--db", big, "report", "html", "-c", "bench", "--out",
+                                os.path.join(tmp, "bench.html")], 3)
         rows += [row(f"ecalstate status, {RUNS} runs x {TASKS} tasks (wall)", status_wall, "s", one_second),
                  row(f"ecalstate status, {RUNS} runs x {TASKS} tasks (cpu)", status_cpu, "s", one_second),
-                 row(f"ecalstate --json status, {RUNS} runs x {TASKS} tasks (wall)", json_wall, "s", one_second)]
+                 row(f"ecalstate --json status, {RUNS} runs x {TASKS} tasks (wall)", json_wall, "s", one_second),
+                 row(f"ecalstate report html, {RUNS} runs x {TASKS} tasks (wall)", report_wall, "s",
+                     note=f"{os.path.getsize(os.path.join(tmp, 'bench.html')) / 1e6:.1f} MB page")]
     return rows
 
 
