@@ -223,7 +223,7 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _on_sqlite_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get("ecal_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")  # type: ignore[union-attr]
 
 
 def make_engine(url: str) -> Engine:
@@ -242,7 +242,12 @@ def _to_format_style(sql: str) -> str:
 
 
 class Tx:
-    """One transaction on one connection: plain SQL with ``?`` placeholders on every engine."""
+    """One transaction on one connection: plain SQL with ``?`` placeholders on every engine.
+
+    ``all``/``one``/``scalar``/``many``/``execute`` go straight to the driver's cursor (rows are plain tuples):
+    the hot paths run several statements per transition, and SQLAlchemy's per-statement result machinery
+    cost more than the statements themselves. ``run`` returns SQLAlchemy's result, for callers that want its API.
+    """
 
     def __init__(self, conn: Connection, write: bool) -> None:
         self.conn = conn
@@ -250,6 +255,7 @@ class Tx:
         style = conn.dialect.paramstyle
         self.is_sqlite = conn.dialect.name == "sqlite"
         self._fmt = (lambda s: s) if style == "qmark" else _to_format_style
+        self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
     def lock(self, alias: str) -> str:
         """Row-lock clause for reads that decide a write: none on SQLite (the transaction holds the lock)."""
@@ -268,26 +274,33 @@ class Tx:
     def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.exec_driver_sql(self._fmt(sql), tuple(params))
 
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self.conn.exec_driver_sql(self._fmt(sql), [tuple(r) for r in rows])
+    def _cursor_for(self, sql: str, params: Sequence[Any]) -> Any:
+        self._cursor.execute(self._fmt(sql), tuple(params))
+        return self._cursor
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """``executemany``; the number of rows it changed (-1 when the driver cannot tell)."""
+        if not rows:
+            return 0
+        self._cursor.executemany(self._fmt(sql), [tuple(r) for r in rows])
+        return int(self._cursor.rowcount)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a write; the number of rows it changed (for compare-and-set)."""
+        return int(self._cursor_for(sql, params).rowcount)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(self.run(sql, params).fetchall())
+        """Every row, as the driver's plain tuples."""
+        return list(self._cursor_for(sql, params).fetchall())
 
-    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Like :meth:`all`, as the driver's plain tuples: no Row objects for reads of 100,000s of rows."""
-        result = self.run(sql, params)
-        try:
-            return list(result.cursor.fetchall())
-        finally:
-            result.close()
+    #: reads of 100,000s of rows: plain tuples, no Row objects (what :meth:`all` gives too)
+    tuples = all
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.run(sql, params).fetchone()
+        return self._cursor_for(sql, params).fetchone()
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = self.run(sql, params).fetchone()
+        row = self._cursor_for(sql, params).fetchone()
         return None if row is None else row[0]
 
 
@@ -325,6 +338,8 @@ class Database:
                     yield Tx(conn, write)
         except exc.DBAPIError as err:
             raise DatabaseError(f"database error on {redact(self.url)}: {first_line(err.orig)}") from err
+        except self.engine.dialect.loaded_dbapi.Error as err:  # raised through Tx's driver cursor
+            raise DatabaseError(f"database error on {redact(self.url)}: {first_line(err)}") from err
 
     def create_schema(self) -> None:
         """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent)."""
