@@ -58,7 +58,7 @@ class Ctx:
         reason: str = "",
         detail: Optional[dict[str, Any]] = None,
     ) -> None:
-        self.tx.run(AUDIT_SQL, self.audit_row(
+        self.tx.execute(AUDIT_SQL, self.audit_row(
             campaign_id, entity, task, to_status, from_status=from_status, instance_id=instance_id,
             job_pk=job_pk, run_number=run_number, jid=jid, generation=generation, reason=reason, detail=detail,
         ))
@@ -115,7 +115,7 @@ class StoreBase:
             ctx = Ctx(tx, self.actor, request_id, utcnow())
             result = body(ctx)
             if request_id:
-                tx.run(
+                tx.execute(
                     "INSERT INTO request (request_id, kind, outcome, created_at) VALUES (?,?,?,?)",
                     (request_id, kind, json.dumps(encode(result)), ctx.now),
                 )
@@ -137,6 +137,20 @@ class StoreBase:
         if row is None:
             raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
         return int(row[0]), int(row[1])
+
+    @staticmethod
+    def _campaign_task(tx: Tx, campaign: str, task: str) -> tuple[int, int, int]:
+        """(campaign id, task id, max retries) in one statement: the hot paths resolve both on every call."""
+        row = tx.one(
+            "SELECT c.id, t.id, t.max_retries FROM campaign c LEFT JOIN task t ON t.campaign_id = c.id AND t.name = ?"
+            " WHERE c.name = ?",
+            (task, campaign),
+        )
+        if row is None:
+            raise NotFound(f"unknown campaign {campaign!r}")
+        if row[1] is None:
+            raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
+        return int(row[0]), int(row[1]), int(row[2])
 
     @staticmethod
     def _task_names(tx: Tx, cid: int) -> dict[int, str]:

@@ -74,8 +74,7 @@ class Claims(StoreBase):
     def eligible(self, campaign: str, task: str) -> list[Eligible]:
         """What a claim would consider now (for dry runs and displays)."""
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            _, tid, _ = self._campaign_task(tx, campaign, task)
             return _eligible(tx, tid, lock=False)
 
     def claim(
@@ -93,8 +92,7 @@ class Claims(StoreBase):
 
         def body(ctx: Ctx) -> list[Claim]:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            cid, tid, _ = self._campaign_task(tx, campaign, task)
             # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
             # claimers get the next runs instead of finding everything locked
             rows = limit if grouper is one_per_run else None
@@ -152,11 +150,11 @@ def _move(
 ) -> None:
     TASK.check(TaskStatus(inst.status), to, f"{task} run {inst.run_number}")
     gen = inst.generation if generation is None else generation
-    count = ctx.tx.run(
+    count = ctx.tx.execute(
         "UPDATE task_instance SET status = ?, version = version + 1, generation = ?, leader_id = ?,"
         " updated_at = ?, progress_at = NULL WHERE id = ? AND version = ?",
         (to.value, gen, leader_id, ctx.now, inst.instance_id, inst.version),
-    ).rowcount
+    )
     if count != 1:
         raise Conflict(f"task {task} run {inst.run_number} changed concurrently; retry the claim")
     ctx.audit(cid, "task", task, to.value, from_status=inst.status, instance_id=inst.instance_id,

@@ -49,8 +49,7 @@ class Jobs(StoreBase):
 
         def body(ctx: Ctx) -> int:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            cid, tid, _ = self._campaign_task(tx, campaign, task)
             row = tx.one(
                 "SELECT ti.id, ti.status, ti.generation FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                 " WHERE ti.task_id = ? AND r.run_number = ?" + tx.lock("ti"),
@@ -182,7 +181,7 @@ def insert_jobs(
                       jid=j, generation=gen, reason="created by submit", detail=f or None)
         for j, f in zip(jids, fields)
     ])
-    tx.run("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
+    tx.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
     return len(jids)
 
 
@@ -227,17 +226,21 @@ class _Row:
          self.iid, self.current_gen, self.started_at) = row
 
 
-def _load(tx: Tx, tid: int, runs: Sequence[int]) -> dict[tuple[int, int, int], _Row]:
+def _load(tx: Tx, tid: int, updates: Sequence[JobUpdate]) -> dict[tuple[int, int, int], _Row]:
+    """The jobs the updates name (every generation), locked on PostgreSQL; by (run, jid, generation)."""
     rows: dict[tuple[int, int, int], _Row] = {}
     lock = tx.lock("j")
-    for chunk in _chunks(sorted(set(runs))):
+    jids = sorted({u.jid for u in updates})
+    # a few job ids: read just those, not every job of the runs (a check of one job in a 10,000-job run)
+    by_jid = f" AND j.jid IN ({','.join('?' * len(jids))})" if len(jids) <= 100 else ""
+    for chunk in _chunks(sorted({u.run for u in updates})):
         marks = ",".join("?" * len(chunk))
         for raw in tx.all(
             "SELECT j.id, r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.fields, ti.id,"
             " ti.generation, j.started_at"
             " FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id"
-            f" WHERE ti.task_id = ? AND r.run_number IN ({marks}){lock}",
-            (tid, *chunk),
+            f" WHERE ti.task_id = ? AND r.run_number IN ({marks}){by_jid}{lock}",
+            (tid, *chunk, *(jids if by_jid else ())),
         ):
             row = _Row(raw)
             rows[(row.run, row.jid, row.generation)] = row
@@ -248,10 +251,9 @@ def _plan(
     tx: Tx, store: StoreBase, campaign: str, task: str, updates: Sequence[JobUpdate], strict: bool
 ) -> tuple[list[Change], list[tuple[JobUpdate, _Row, JobStatus]], int, int]:
     """Decide every update against the table and the retry guard, without writing."""
-    cid = store._campaign_id(tx, campaign)
-    tid, retries = store._task(tx, cid, campaign, task)
+    cid, tid, retries = store._campaign_task(tx, campaign, task)
     parsed = [(u, JobStatus(JOB.parse(u.status))) for u in updates]
-    rows = _load(tx, tid, [u.run for u in updates])
+    rows = _load(tx, tid, updates)
     current_gen: dict[int, int] = {}
     for loaded in rows.values():
         current_gen[loaded.run] = loaded.current_gen
@@ -317,7 +319,7 @@ def _apply(
         if target in (J.DONE, J.FAILED):
             finished = now
         if not transition:
-            tx.run("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
+            tx.execute("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
                    (json.dumps(fields, sort_keys=True), update.batch_id, row.pk))
             continue
         job_rows.append((target.value, attempts, update.batch_id, json.dumps(fields, sort_keys=True), now, started,
@@ -331,13 +333,13 @@ def _apply(
         if row.generation == row.current_gen and target in (J.DONE, J.FAILED):
             deciding.add(row.iid)
     if job_rows:
-        result = tx.conn.exec_driver_sql(
-            tx._fmt("UPDATE job SET status = ?, version = version + 1, attempts = ?,"
-                    " batch_id = COALESCE(?, batch_id), fields = ?, updated_at = ?, started_at = ?,"
-                    " finished_at = COALESCE(?, finished_at) WHERE id = ? AND version = ?"),
+        changed = tx.many(
+            "UPDATE job SET status = ?, version = version + 1, attempts = ?,"
+            " batch_id = COALESCE(?, batch_id), fields = ?, updated_at = ?, started_at = ?,"
+            " finished_at = COALESCE(?, finished_at) WHERE id = ? AND version = ?",
             job_rows,
         )
-        if result.rowcount >= 0 and result.rowcount != len(job_rows):
+        if changed >= 0 and changed != len(job_rows):
             raise Conflict("a job changed concurrently; nothing was written, retry")
         tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?", [(now, iid) for iid in sorted(touched)])
         tx.many(AUDIT_SQL, audit_rows)
@@ -372,11 +374,11 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
                 continue
             TASK.check(TaskStatus.PROCESSING, target, f"{task} run {run}")
             outputs = _outputs(tx, iid, gen) if target == TaskStatus.DONE else {}
-            count = tx.run(
+            count = tx.execute(
                 "UPDATE task_instance SET status = ?, version = version + 1, updated_at = ?, outputs = ?"
                 " WHERE id = ? AND version = ?",
                 (target.value, ctx.now, json.dumps(outputs, sort_keys=True), iid, version),
-            ).rowcount
+            )
             if count != 1:
                 raise Conflict(f"task {task} run {run} changed concurrently; retry")
             ctx.audit(cid, "task", task, target.value, from_status="processing", instance_id=iid, run_number=run,

@@ -83,8 +83,7 @@ class Transitions(StoreBase):
             raise Invalid("a reason is required for operator transitions")
 
         def plan(tx: Tx) -> tuple[int, list[_Target], list[Change]]:
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            cid, tid, _ = self._campaign_task(tx, campaign, task)
             targets, missing = _select(tx, tid, task, runs, failed)
             if target == T.REPROCESS:
                 targets = _expand(tx, self, cid, targets, downstream)
@@ -189,11 +188,11 @@ def _refusal(changes: list[Change]) -> Refused:
 
 
 def _write(ctx: Ctx, cid: int, t: _Target, target: TaskStatus, reason: str) -> None:
-    count = ctx.tx.run(
+    count = ctx.tx.execute(
         "UPDATE task_instance SET status = ?, version = version + 1, leader_id = NULL, updated_at = ?"
         " WHERE id = ? AND version = ?",
         (target.value, ctx.now, t.iid, t.version),
-    ).rowcount
+    )
     if count != 1:
         raise Conflict(f"task {t.task} run {t.run} changed concurrently; nothing was written, retry")
     ctx.audit(cid, "task", t.task, target.value, from_status=t.status, instance_id=t.iid, run_number=t.run,
