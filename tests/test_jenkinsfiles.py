@@ -1,0 +1,142 @@
+"""The Jenkins pipelines: linted offline, and every `sh` step run as Jenkins would, against a temp database.
+
+No Jenkins can run here, so the contract is checked from both sides: the Groovy
+parses (npm-groovy-lint), and each shell step, with the pipeline's environment
+(database, backend and work folder pointed at temp paths, InfluxDB at the real
+test servers), runs twice, as two builds would, and succeeds. A renamed option
+or command breaks this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecalstate import RunSpec, Store
+
+REPO = Path(__file__).resolve().parent.parent
+JENKINSFILES = sorted((REPO / "Jenkinsfiles").glob("*.Jenkinsfile"))
+CREDENTIALS = {"ECALSTATE_INFLUX_TOKEN", "ECALSTATE_INFLUX_USER", "ECALSTATE_INFLUX_PASSWORD"}
+
+
+def sh_steps(text: str) -> list[str]:
+    return re.findall(r"""\bsh\s*\(?\s*(?:script:\s*)?'([^']*)'""", text)
+
+
+def environment(text: str) -> dict[str, str]:
+    block = re.search(r"environment\s*\{(.*?)\}", text, re.S)
+    assert block, "no environment block"
+    return dict(re.findall(r"^\s*(\w+)\s*=\s*'([^']*)'", block.group(1), re.M))
+
+
+def credential_variables(text: str) -> set[str]:
+    return set(re.findall(r"(?:usernameVariable|passwordVariable|variable):\s*'(\w+)'", text))
+
+
+def test_one_pipeline_per_workflow_script() -> None:
+    scripts = {p.stem.replace("_", "-") for p in (REPO / "handlers").glob("phisym_*.py")}
+    assert {p.name.removesuffix(".Jenkinsfile") for p in JENKINSFILES} == scripts
+
+
+@pytest.mark.parametrize("path", JENKINSFILES, ids=lambda p: p.name)
+def test_pipeline_shape_and_no_inline_secrets(path: Path) -> None:
+    text = path.read_text()
+    assert re.search(r"triggers\s*\{\s*cron\('[^']+'\)", text)
+    assert "disableConcurrentBuilds()" in text
+    assert re.findall(r"stage\('(\w+)'\)", text) == ["check", "resubmit", "submit", "export", "health"]
+    handler = f"handlers/{path.name.removesuffix('.Jenkinsfile').replace('-', '_')}.py"
+    stages = [s for s in sh_steps(text) if handler in s]
+    assert [re.search(r"(submit|resubmit|check)", s.split(handler)[1]).group(1) for s in stages] == [
+        "check", "resubmit", "submit"]
+    # credentials only ever come from withCredentials bindings, into the variables the exporter reads
+    assert credential_variables(text) and credential_variables(text) <= CREDENTIALS
+    assert not set(environment(text)) & CREDENTIALS
+    for step in sh_steps(text):
+        assert not re.search(r"--(token|password|user)\b|://[^/\s]*@", step), step
+
+
+def test_lint(groovy_lint: str, tmp_path: Path) -> None:
+    def lint(*files: Path) -> tuple[int, dict[str, Any]]:
+        result = subprocess.run([groovy_lint, "--noserver", "--failon", "error", "--output", "json",
+                                 *map(str, files)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        return result.returncode, json.loads(result.stdout)
+
+    code, report = lint(*JENKINSFILES)
+    assert code == 0, report["summary"]
+    assert sorted(report["files"]) == [str(p) for p in JENKINSFILES]
+    assert [e for f in report["files"].values() for e in f["errors"] if e["severity"] == "error"] == []
+    # the linter does catch a broken pipeline (one closing brace missing)
+    broken = tmp_path / "broken.Jenkinsfile"
+    broken.write_text(JENKINSFILES[0].read_text().rstrip().removesuffix("}"))
+    code, report = lint(broken)
+    assert code == 1 and report["summary"]["totalFoundErrorNumber"] >= 1
+
+
+def prepare(db: Path) -> dict[str, int]:
+    """A campaign where each pipeline has work: reco for run 4, calib for fill 7 (run 3), plots for fill 5.
+
+    Returns the run each task's pipeline should claim.
+    """
+    sums = db.parent / "sums.csv"
+    sums.write_text("ieta,iphi,hits,sum_et\n1,1,10,10.5\n1,2,12,11.5\n")
+    constants = db.parent / "ic.csv"
+    constants.write_text("ieta,iphi,ic\n1,1,1.01\n1,2,0.99\n")
+    with Store.open(str(db), actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+        store.add_task("prompt", "phisym-reco", max_retries=1)
+        store.add_task("prompt", "phisym-calib", depends_on=["phisym-reco"], max_retries=1)
+        store.add_task("prompt", "phisym-plots", depends_on=["phisym-calib"], max_retries=1)
+        store.update_rtype("prompt", "all", add=["phisym-reco", "phisym-calib", "phisym-plots"])
+        store.inject_runs("prompt", [RunSpec(1, 5, {"nevents": 10000}), RunSpec(2, 5, {"nevents": 10000}),
+                                     RunSpec(3, 7, {"nevents": 10000}), RunSpec(4, 6, {"nevents": 10000})])
+        for task, group_by, limit, output in (("phisym-reco", None, 3, sums), ("phisym-calib", "fill", 1, constants)):
+            for claim in store.claim("prompt", task, limit=limit, group_by=group_by):
+                store.create_jobs("prompt", task, claim.run_number, [0])
+                store.set_job_status("prompt", task, claim.run_number, 0, "done", fields={"output": str(output)})
+    return {"phisym-reco": 4, "phisym-calib": 3, "phisym-plots": 2}
+
+
+@pytest.mark.parametrize("path", JENKINSFILES, ids=lambda p: p.name)
+def test_every_sh_step_runs_against_a_temp_database(path: Path, tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    text = path.read_text()
+    workspace = tmp_path / "workspace"  # what Jenkins checks out: the handlers, nothing written in the repo
+    workspace.mkdir()
+    (workspace / "handlers").symlink_to(REPO / "handlers")
+    db = tmp_path / "state.db"
+    expected = prepare(db)
+    env = {**os.environ, **environment(text)}
+    env.update({
+        "ECALSTATE_DB": str(db), "ECALSTATE_BACKEND": "local", "ECALSTATE_WORKDIR": str(tmp_path / "work"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "BUILD_TAG": "jenkins-test-1",
+        "ECALSTATE_INFLUX_TOKEN": "test:token", "ECALSTATE_INFLUX_USER": "writer",
+        "ECALSTATE_INFLUX_PASSWORD": "secret-password",
+    })
+    steps = sh_steps(text)
+    if any("--protocol v1" in s for s in steps):
+        influx = request.getfixturevalue("influx")
+        influx.create_database(env["INFLUX_DATABASE"])
+        env["INFLUX_URL"] = influx.url
+    elif any("--url" in s for s in steps):
+        env["INFLUX_URL"] = request.getfixturevalue("victoria").url
+    for build in (1, 2):
+        env["BUILD_TAG"] = f"jenkins-test-{build}"
+        for step in steps:
+            result = subprocess.run(["bash", "-ec", step], cwd=workspace, env=env, capture_output=True, text=True,
+                                    timeout=120)
+            assert result.returncode == 0, f"build {build}: {step}\n{result.stdout}\n{result.stderr}"
+            assert "secret-password" not in result.stdout + result.stderr
+    task = path.name.removesuffix(".Jenkinsfile")
+    with Store.open(str(db)) as store:
+        beats = [a for a in store.history("prompt", entity="handler", limit=None) if a.task == task]
+        assert {(a.actor, a.to_status) for a in beats} == {("jenkins-test-1", "ok"), ("jenkins-test-2", "ok")}
+        assert len(beats) == 6
+        claimed = store.instance("prompt", task, expected[task])
+        assert claimed.status in ("processing", "done") and store.list_jobs("prompt", task, run=expected[task])
