@@ -295,3 +295,20 @@ def test_report_html_command(chain: str, tmp_path: Path) -> None:
 def test_actor_is_recorded(chain: str) -> None:
     ok(chain, "claim", "-c", "prompt", "--task", "reco", "--limit", "1")
     assert as_json(chain, "history", "-c", "prompt", "--limit", "1")[0]["actor"] == "tester"
+
+
+def test_postgresql_url_and_its_password_never_printed(pg_url: str) -> None:
+    """The same commands on PostgreSQL; a password in the URL (the test server trusts any) stays out of the output."""
+    url = pg_url.replace("postgres@", "postgres:s3cret@", 1)
+    assert "s3cret" in url
+    init = ok(url, "init")
+    assert "s3cret" not in init.stdout and ":***@" in init.stdout
+    assert "s3cret" not in json.dumps(as_json(url, "init"))
+    ok(url, "campaign", "create", "prompt")
+    ok(url, "task", "add", "-c", "prompt", "reco")
+    ok(url, "rtype", "update", "-c", "prompt", "all", "--add", "reco")
+    ok(url, "run", "inject", "-c", "prompt", "--run", "5", "--fill", "1")
+    assert [c["leader"] for c in as_json(url, "claim", "-c", "prompt", "--task", "reco")] == [5]
+    assert as_json(url, "status", "-c", "prompt")["totals"]["reco"]["processing"] == 1
+    missing = invoke(url.rsplit("/", 1)[0] + "/no_such_database", "status", "-c", "prompt")
+    assert missing.exit_code == 1 and ":***@" in missing.stderr and "s3cret" not in missing.stderr

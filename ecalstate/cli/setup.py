@@ -7,6 +7,7 @@ from typing import Optional
 import click
 
 from ..catalog import check_name
+from ..db import redact
 from .app import App, pass_app
 from .fmt import echo_table
 from .options import campaign_option, multi_option
@@ -22,8 +23,8 @@ def init(app: App) -> None:
         ecalstate --db state.db init
     """
     store = app.store(create=True)
-    app.emit({"db": store.db.url, "schema_version": store.db.schema_version()},
-             f"database ready: {store.db.url} (schema {store.db.schema_version()})")
+    url, version = redact(store.db.url), store.db.schema_version()  # a URL's password is never printed
+    app.emit({"db": url, "schema_version": version}, f"database ready: {url} (schema {version})")
 
 
 @click.group()
