@@ -1,0 +1,56 @@
+"""The README's demo, end to end: a simulated day of PhiSym processing on the embedded defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ecalstate import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "handlers" / "demo.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = demo("--out", str(out), "--fills", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "healthy: nothing stuck, silent, failing or blocked" in result.stdout
+    assert "run inject -c prompt --file" in result.stdout and "export --out" in result.stdout
+    with Store.open(str(out / "ecalstate.db")) as store:
+        overview = store.overview("prompt")
+        statuses = {r.run_number: r.statuses for r in overview.rows}
+        # fill 9001 has 3 collision runs, fill 9002 has 4; each fill ends with a cosmics run (no task)
+        assert [n for n, s in statuses.items() if not s] == [380004, 380009]
+        assert all(s["phisym-reco"] == "done" for s in statuses.values() if s)
+        assert {s["phisym-calib"] for s in statuses.values() if s} == {"done", "merged"}
+        # the injected transient failure was recovered by resubmit
+        job = store.list_jobs("prompt", "phisym-reco", run=380002)[0]
+        assert (job.status, job.attempts) == ("done", 2)
+        steps = [a.to_status for a in store.history("prompt", task="phisym-reco", run=380002, limit=None)
+                 if a.entity == "job" and a.jid == 0 and a.to_status != "running"]
+        assert steps == ["idle", "failed", "idle", "done"]
+        leaders = [n for n, s in statuses.items() if s.get("phisym-plots") == "done"]
+        plots = [store.instance("prompt", "phisym-plots", n).outputs["plots"] for n in leaders]
+    assert plots and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert "<html" in (out / "overview.html").read_text().lower()
+    lines = (out / "ecalstate.lp").read_text().splitlines()
+    assert any(line.startswith("run,") for line in lines) and any(line.startswith("job,") for line in lines)
+
+    # a second run starts afresh in its own folder; a folder it did not make is refused
+    assert demo("--out", str(out), "--fills", "1").returncode == 0
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    refused = demo("--out", str(other))
+    assert refused.returncode == 1 and "was not made by the demo" in refused.stderr
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_script_is_valid_shell() -> None:
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "demo.sh")]).returncode == 0
