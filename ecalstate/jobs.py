@@ -18,6 +18,7 @@ from .results import BulkResult, Change, JobInfo, JobUpdate
 from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
 
 J = JobStatus
+_STATUS = {s.value: s for s in JobStatus}
 #: job fields gathered into the instance's outputs when it completes (the original's getOutput)
 OUTPUT_KEYS = ("output", "plots")
 
@@ -252,7 +253,8 @@ def _plan(
 ) -> tuple[list[Change], list[tuple[JobUpdate, _Row, JobStatus]], int, int]:
     """Decide every update against the table and the retry guard, without writing."""
     cid, tid, retries = store._campaign_task(tx, campaign, task)
-    parsed = [(u, JobStatus(JOB.parse(u.status))) for u in updates]
+    statuses = {str(s): JobStatus(JOB.parse(s)) for s in {u.status for u in updates}}  # parsed once per name
+    parsed = [(u, statuses[str(u.status)]) for u in updates]
     rows = _load(tx, tid, updates)
     current_gen: dict[int, int] = {}
     for loaded in rows.values():
@@ -272,7 +274,7 @@ def _plan(
         if (update.run, update.jid, gen) in seen:
             raise Invalid(f"{key} appears twice in one update")
         seen.add((update.run, update.jid, gen))
-        current = JobStatus(row.status)
+        current = _STATUS[row.status]
         if current == target:
             changes.append(Change("job", key, current.value, target.value, "unchanged"))
             if update.fields or update.batch_id:
@@ -305,9 +307,8 @@ def _apply(
     touched: set[int] = set()
     deciding: set[int] = set()
     for update, row, target in accepted:
-        fields = loads(row.fields)
-        if update.fields:
-            fields.update(update.fields)
+        # most updates carry no fields: keep the stored JSON text instead of parsing and re-encoding it
+        fields = json.dumps({**loads(row.fields), **update.fields}, sort_keys=True) if update.fields else row.fields
         transition = target.value != row.status
         attempts = row.attempts + 1 if (row.status == J.FAILED.value and target == J.IDLE) else row.attempts
         started = row.started_at
@@ -320,10 +321,10 @@ def _apply(
             finished = now
         if not transition:
             tx.execute("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
-                   (json.dumps(fields, sort_keys=True), update.batch_id, row.pk))
+                       (fields, update.batch_id, row.pk))
             continue
-        job_rows.append((target.value, attempts, update.batch_id, json.dumps(fields, sort_keys=True), now, started,
-                         finished, row.pk, row.version))
+        job_rows.append((target.value, attempts, update.batch_id, fields, now, started, finished, row.pk,
+                         row.version))
         audit_rows.append(ctx.audit_row(
             cid, "job", task, target.value, from_status=row.status, instance_id=row.iid, job_pk=row.pk,
             run_number=row.run, jid=row.jid, generation=row.generation, reason=update.reason,
