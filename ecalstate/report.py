@@ -81,7 +81,7 @@ def render_html(
         f"<h2>Recent failures (last {failures})</h2>",
         _table(["time", "entity", "task", "run", "job", "from", "actor", "reason"], failed, "no failures recorded"),
         "<h2>Health</h2>",
-        _health(report),
+        _health(report, stuck_after, silent_after),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -125,20 +125,31 @@ def _totals(view: Overview) -> str:
     return _table(["status", *view.tasks], rows, "no tasks")
 
 
-def _health(report: Health) -> str:
+def health_sections(report: Health) -> list[tuple[str, list[str], list[tuple[Any, ...]]]]:
+    """What is wrong, by kind: (title, column names, rows); kinds with nothing to report are left out.
+
+    Shared by this page and ``ecalstate health``, so both say the same thing.
+    """
+    sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
+        ("stuck: processing without job progress", ["campaign", "task", "run", "since", "jobs"],
+         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.stuck]),
+        ("silent handler stages: no recent heartbeat", ["campaign", "task", "stage", "last heartbeat"],
+         [(h.campaign, h.task, h.stage, h.last_at) for h in report.silent]),
+        ("failing handler stages: the last run reported an error", ["campaign", "task", "stage", "last heartbeat",
+                                                                     "message"],
+         [(h.campaign, h.task, h.stage, h.last_at, h.message) for h in report.failing]),
+        ("blocked: an upstream task failed for the run", ["campaign", "task", "run"], list(report.blocked)),
+    ]
+    return [section for section in sections if section[2]]
+
+
+def _health(report: Health, stuck_after: float, silent_after: float) -> str:
     if report.ok:
         return "<p>Nothing stuck, silent, failing or blocked.</p>"
-    sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
-        ("Stuck instances", ["campaign", "task", "run", "since", "jobs"],
-         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.stuck]),
-        ("Silent handler stages", ["campaign", "task", "stage", "last heartbeat"],
-         [(h.campaign, h.task, h.stage, h.last_at) for h in report.silent]),
-        ("Failing handler stages", ["campaign", "task", "stage", "last heartbeat", "message"],
-         [(h.campaign, h.task, h.stage, h.last_at, h.message) for h in report.failing]),
-        ("Blocked instances", ["campaign", "task", "run"], report.blocked),
-    ]
-    return "".join(f"<h3>{title} ({len(rows)})</h3>" + _table(headers, rows, "")
-                   for title, headers, rows in sections if rows)
+    limits = (f"<p>Stuck after {stuck_after / 3600:g} h without job progress; silent after {silent_after / 3600:g} h"
+              " without a heartbeat.</p>")
+    return limits + "".join(f"<h3>{escape(title)} ({len(rows)})</h3>" + _table(headers, rows, "")
+                            for title, headers, rows in health_sections(report))
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> str:

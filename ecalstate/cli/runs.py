@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, Optional
 
 import click
 
+from ..report import health_sections
 from ..results import Health, Overview, RunSpec
 from ..statemachine import TaskStatus
 from .app import App, pass_app
@@ -283,18 +283,8 @@ def render_health(report: Health, stuck_after: float, silent_after: float) -> st
     """One section per kind of problem, or one line when all is well."""
     if report.ok:
         return "healthy: nothing stuck, silent, failing or blocked"
-    sections: list[tuple[str, list[str], Iterable[tuple[Any, ...]]]] = [
-        (f"stuck (no job progress for {format_duration(stuck_after)})", ["campaign", "task", "run", "since", "jobs"],
-         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.stuck]),
-        (f"silent handler stages (no heartbeat for {format_duration(silent_after)})",
-         ["campaign", "task", "stage", "last"], [(h.campaign, h.task, h.stage, h.last_at) for h in report.silent]),
-        ("failing handler stages", ["campaign", "task", "stage", "last", "message"],
-         [(h.campaign, h.task, h.stage, h.last_at, h.message) for h in report.failing]),
-        ("blocked (an upstream task failed)", ["campaign", "task", "run"], report.blocked),
-    ]
-    out = []
-    for title, headers, rows in sections:
-        rows = list(rows)
-        if rows:
-            out += [f"{title}: {len(rows)}", table(headers, rows), ""]
+    out = [(f"stuck after {format_duration(stuck_after)} without job progress;"
+            f" silent after {format_duration(silent_after)} without a heartbeat"), ""]
+    for title, headers, rows in health_sections(report):
+        out += [f"{title}: {len(rows)}", table(headers, rows), ""]
     return "\n".join(out).rstrip()
