@@ -77,7 +77,7 @@ def render_html(
         + _health_badge(report) + "</p>",
         _matrix(view),
         "<h2>Totals per task and status</h2>",
-        _totals(view),
+        _table(["status", *view.tasks], totals_rows(view), "no tasks"),
         f"<h2>Recent failures (last {failures})</h2>",
         _table(["time", "entity", "task", "run", "job", "from", "actor", "reason"], failed, "no failures recorded"),
         "<h2>Health</h2>",
@@ -103,8 +103,7 @@ def _matrix(view: Overview) -> str:
     """Rows are runs, columns tasks; each cell's class (and colour) is the instance's status."""
     if not view.rows or not view.tasks:
         return "<p>no runs or no tasks yet</p>"
-    marks = {(t, r): "*" for t, r in view.blocked}
-    marks.update({(t, r): "!" for t, r in view.stuck})
+    marks = cell_marks(view)
     out = [_legend(), '<table class="matrix"><thead><tr><th>run</th><th>fill</th>',
            "".join(f"<th>{escape(t)}</th>" for t in view.tasks), "</tr></thead><tbody>\n"]
     for row in view.rows:  # compact cells: 200,000 of them for 10,000 runs x 20 tasks
@@ -117,12 +116,19 @@ def _matrix(view: Overview) -> str:
     return "".join(out)
 
 
-def _totals(view: Overview) -> str:
-    statuses = [s.value for s in TaskStatus]
-    rows: list[list[Any]] = [[s] + [view.totals[t][s] for t in view.tasks] for s in statuses]
-    rows.append(["blocked"] + [sum(1 for t, _ in view.blocked if t == task) for task in view.tasks])
-    rows.append(["stuck"] + [sum(1 for t, _ in view.stuck if t == task) for task in view.tasks])
-    return _table(["status", *view.tasks], rows, "no tasks")
+def cell_marks(view: Overview) -> dict[tuple[str, int], str]:
+    """(task, run) -> ``*`` for a blocked instance, ``!`` for a stuck one."""
+    marks = {(t, r): "*" for t, r in view.blocked}
+    marks.update({(t, r): "!" for t, r in view.stuck})
+    return marks
+
+
+def totals_rows(view: Overview) -> list[list[Any]]:
+    """Per status (then blocked and stuck), the count of each task: the totals under the matrix."""
+    rows: list[list[Any]] = [[s.value] + [view.totals[t][s.value] for t in view.tasks] for s in TaskStatus]
+    rows.append(["blocked *"] + [sum(1 for t, _ in view.blocked if t == task) for task in view.tasks])
+    rows.append(["stuck !"] + [sum(1 for t, _ in view.stuck if t == task) for task in view.tasks])
+    return rows
 
 
 def health_sections(report: Health) -> list[tuple[str, list[str], list[tuple[Any, ...]]]]:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import click
 
-from ..report import health_sections
+from ..report import cell_marks, health_sections, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import TaskStatus
 from .app import App, pass_app
@@ -161,9 +161,8 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
     plain = [{s: cell(s, "", w) for s in [None, *TASK_STATUSES]} for w in widths]
     marked: dict[int, dict[int, str]] = {}  # run -> column -> mark
     column = {t: i for i, t in enumerate(view.tasks)}
-    for marks, sign in ((view.blocked, "*"), (view.stuck, "!")):
-        for task, run_number in marks:
-            marked.setdefault(run_number, {})[column[task]] = sign
+    for (task, run_number), sign in cell_marks(view).items():
+        marked.setdefault(run_number, {})[column[task]] = sign
     lines = [f"campaign {view.campaign}: {len(view.rows)} runs x {len(view.tasks)} tasks", "",
              "  ".join(["run".ljust(run_w), "fill".ljust(fill_w)] + [t.ljust(w) for t, w in zip(view.tasks, widths)]).rstrip()]
     for row in view.rows:
@@ -173,10 +172,7 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
             cells[i] = cell(statuses.get(view.tasks[i]), sign, widths[i])
         head = f"{str(row.run_number).ljust(run_w)}  {('-' if row.fill is None else str(row.fill)).ljust(fill_w)}  "
         lines.append((head + "  ".join(cells)).rstrip())
-    counts = [[s] + [view.totals[t][s] for t in view.tasks] for s in TASK_STATUSES]
-    counts.append(["blocked *"] + [sum(1 for t, _ in view.blocked if t == name) for name in view.tasks])
-    counts.append(["stuck !"] + [sum(1 for t, _ in view.stuck if t == name) for name in view.tasks])
-    lines += ["", table(["totals"] + view.tasks, counts)]
+    lines += ["", table(["totals"] + view.tasks, totals_rows(view))]
     if view.blocked or view.stuck:
         lines += ["", (f"* blocked: an upstream task failed for the run;"
                        f" ! stuck: processing without job progress for {format_duration(stuck_after)}")]
