@@ -21,11 +21,12 @@ from .statemachine import TASK, TaskStatus
 
 T = TaskStatus
 
-# an instance is eligible when every task it depends on is done for its run, or merged into a done leader
+# an instance is eligible when every task it depends on is done for its run, or merged into a done leader;
+# the campaign id lets the (campaign, task, status) index find the new/reprocess ones without reading the done ones
 ELIGIBLE_SQL = """
 SELECT ti.id, r.run_number, r.fill, ti.status, ti.version, ti.generation, r.meta
 FROM task_instance ti JOIN run r ON r.id = ti.run_id
-WHERE ti.task_id = ? AND ti.status IN ('new', 'reprocess')
+WHERE ti.campaign_id = ? AND ti.task_id = ? AND ti.status IN ('new', 'reprocess')
   AND NOT EXISTS (
     SELECT 1 FROM task_dep d
     WHERE d.task_id = ti.task_id AND NOT EXISTS (
@@ -74,8 +75,8 @@ class Claims(StoreBase):
     def eligible(self, campaign: str, task: str) -> list[Eligible]:
         """What a claim would consider now (for dry runs and displays)."""
         with self.db.tx(write=False) as tx:
-            _, tid, _ = self._campaign_task(tx, campaign, task)
-            return _eligible(tx, tid, lock=False)
+            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            return _eligible(tx, cid, tid, lock=False)
 
     def claim(
         self,
@@ -96,7 +97,7 @@ class Claims(StoreBase):
             # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
             # claimers get the next runs instead of finding everything locked
             rows = limit if grouper is one_per_run else None
-            groups = [g for g in grouper(_eligible(tx, tid, lock=True, limit=rows)) if g]
+            groups = [g for g in grouper(_eligible(tx, cid, tid, lock=True, limit=rows)) if g]
             if limit is not None:
                 groups = groups[:limit]
             return [_claim_group(ctx, cid, task, group) for group in groups]
@@ -119,9 +120,9 @@ def _grouper(group_by: Union[None, str, Grouper]) -> Grouper:
         raise Invalid(f"unknown grouping {group_by!r} (valid: {', '.join(GROUPERS)})") from None
 
 
-def _eligible(tx: Tx, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
+def _eligible(tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
     sql = ELIGIBLE_SQL
-    params: list[Any] = [task_id]
+    params: list[Any] = [cid, task_id]
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
