@@ -101,12 +101,18 @@ class TaskHandler:
         """Where the jobs of this instance put their outputs (per generation: reprocessing never overwrites)."""
         return self.backend.workdir / "data" / campaign / self.task / str(claim.run_number) / f"g{claim.generation}"
 
-    def outputs(self, campaign: str, task: str, run: int, key: str = "output") -> list[str]:
-        """The ``key`` outputs of ``task`` for ``run``, following a merged run to its group leader."""
-        info = self.store.instance(campaign, task, run)
-        if info.leader_run is not None:
-            info = self.store.instance(campaign, task, info.leader_run)
-        return [p for p in str(info.outputs.get(key, "")).split(",") if p]
+    def outputs(self, campaign: str, task: str, runs: Sequence[int], key: str = "output") -> list[str]:
+        """The ``key`` outputs of ``task`` for ``runs`` (e.g. ``claim.runs``), each once, in run order.
+
+        A merged run stands for its group leader's outputs (the original's getOutput).
+        """
+        found: dict[str, None] = {}
+        for run in runs:
+            info = self.store.instance(campaign, task, run)
+            if info.leader_run is not None:
+                info = self.store.instance(campaign, task, info.leader_run)
+            found.update(dict.fromkeys(p for p in str(info.outputs.get(key, "")).split(",") if p))
+        return list(found)
 
     # --- stages ------------------------------------------------------------------------------------
 

@@ -25,8 +25,7 @@ class PhiSymCalib(TaskHandler):
     condor = {"request_memory": "1GB", "+JobFlavour": '"microcentury"'}
 
     def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
-        inputs = [path for run in claim.runs for path in self.outputs(campaign, UPSTREAM, run)]
-        args = ["--inputs", *inputs, "--out", str(self.data_dir(campaign, claim) / "phisym_ic.csv")]
+        args = ["--inputs", *self.outputs(campaign, UPSTREAM, claim.runs), "--out", str(self.data_dir(campaign, claim) / "phisym_ic.csv")]
         if claim.fill is not None:
             args += ["--fill", str(claim.fill)]
         return [JobSpec(0, str(PAYLOAD), args, {"runs": ",".join(map(str, claim.runs))})]

@@ -25,7 +25,7 @@ class PhiSymPlots(TaskHandler):
     condor = {"request_memory": "256MB", "+JobFlavour": '"espresso"'}
 
     def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
-        constants = dict.fromkeys(p for run in claim.runs for p in self.outputs(campaign, UPSTREAM, run))
+        constants = self.outputs(campaign, UPSTREAM, claim.runs)
         name = f"ic_map_fill{claim.fill}" if claim.fill is not None else f"ic_map_run{claim.run_number}"
         out = self.data_dir(campaign, claim)
         return [JobSpec(i, str(PAYLOAD), ["--constants", path, "--out", str(out / f"{name}_{i}.png")])

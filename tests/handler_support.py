@@ -21,6 +21,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--out", required=True)
 p.add_argument("--marker", required=True)
 p.add_argument("--sleep", type=float, default=0.0)
+p.add_argument("--hang", required=True)
 a = p.parse_args()
 def report(data):
     with open(os.environ["ECALSTATE_REPORT"] + ".tmp", "w") as f:
@@ -28,6 +29,8 @@ def report(data):
     os.replace(os.environ["ECALSTATE_REPORT"] + ".tmp", os.environ["ECALSTATE_REPORT"])
 start = time.time()
 time.sleep(a.sleep)
+while os.path.exists(a.hang) and time.time() < start + 120:
+    time.sleep(0.05)
 if os.path.exists(a.marker):
     report({"error": "input marked broken"})
     print("input marked broken", file=sys.stderr)
@@ -57,7 +60,9 @@ class Probe(TaskHandler):
         n = int(claim.meta.get("jobs", 3))
         return [JobSpec(i, str(self.payload), ["--out", str(out / f"job{i}.json"),
                                                 "--marker", str(marker(self.backend.workdir, claim.run_number, i)),
-                                                "--sleep", str(claim.meta.get("sleep", 0))],
+                                                "--sleep", str(claim.meta.get("sleep", 0)),
+                                                "--hang", str(marker(self.backend.workdir, claim.run_number, i,
+                                                                     "hang"))],
                         {"slice": i}) for i in range(n)]
 
 
@@ -79,9 +84,9 @@ def cli_process(payload: Path, args: Sequence[str], env: Optional[dict[str, str]
                             env=env)
 
 
-def marker(workdir: Path, run: int, jid: int) -> Path:
-    """While this file exists, job ``jid`` of ``run`` fails."""
-    return workdir / f"broken-{run}-{jid}"
+def marker(workdir: Path, run: int, jid: int, kind: str = "broken") -> Path:
+    """While this file exists, job ``jid`` of ``run`` fails (``broken``) or does not finish (``hang``)."""
+    return workdir / f"{kind}-{run}-{jid}"
 
 
 def make_campaign(store: Store, runs: Sequence[int], task: str = "probe", retries: int = 2,

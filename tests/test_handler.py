@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from handler_support import Probe, cli_process, make_campaign, marker, settle, snapshot, transitions, write_payload
 
 from ecalstate import Store
-from ecalstate.backends import JobSpec
+from ecalstate.backends import JobKey, JobSpec
 from ecalstate.backends.local import LocalBackend
 from ecalstate.handler import StageFailed
 from ecalstate.results import Claim
@@ -71,6 +72,31 @@ def test_lifecycle_failure_resubmit_after_fix_done_and_audited(probe: Probe) -> 
     assert reasons == ["exit code 3: input marked broken"] * 2
     beats = {a.reason.split(":")[0] for a in store.history("prompt", entity="handler", limit=None)}
     assert beats == {"submit", "check", "resubmit"} and store.health("prompt").ok
+
+
+def test_a_job_killed_behind_the_handlers_back_is_failed_then_resubmitted(probe: Probe) -> None:
+    """The local analogue of a held job: the process is gone, no exit code was written."""
+    store, work = probe.store, probe.backend.workdir
+    make_campaign(store, [4], meta={"jobs": 2})
+    work.mkdir(parents=True)
+    marker(work, 4, 1, "hang").touch()
+    probe.submit("prompt")
+    folder = probe.backend.job_dir("prompt", "probe", JobKey(4, 1, 1, 1))
+    stop = time.monotonic() + 30
+    while not (folder / "started").exists() and time.monotonic() < stop:
+        time.sleep(0.05)
+    pid = int((folder / "pid").read_text().split()[0])
+    os.killpg(pid, signal.SIGKILL)
+    settle(probe)
+    failed = store.list_jobs("prompt", "probe", run=4, status="failed")
+    assert [j.jid for j in failed] == [1]
+    assert [a.reason for a in store.history("prompt", task="probe", run=4, limit=None) if a.to_status == "failed"] == [
+        f"job process {pid} died without an exit code"]
+    marker(work, 4, 1, "hang").unlink()
+    assert probe.resubmit("prompt").counts == {"jobs resubmitted": 1}
+    settle(probe)
+    assert store.instance("prompt", "probe", 4).status == "done"
+    assert transitions(store, "probe", 4)[1] == ["idle", "failed", "idle", "done"]
 
 
 def test_retries_exhausted_fail_the_instance_and_resubmit_leaves_it(probe: Probe) -> None:
