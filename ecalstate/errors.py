@@ -27,7 +27,7 @@ class SchemaError(EcalStateError):
 
 
 class Refused(EcalStateError):
-    """A refused request: nothing was written; ``result`` (a bulk call's per-item outcomes, if any) says what and why."""
+    """A refused request: nothing was written; ``result`` (a bulk call's outcomes, if any) says what and why."""
 
     def __init__(self, message: str, result: object) -> None:
         super().__init__(message)

@@ -261,5 +261,6 @@ def document() -> str:
     for title, machine in (("Task instances", TASK), ("Jobs", JOB)):
         statuses = ", ".join(f"`{s.value}`" for s in machine.statuses)
         final = ", ".join(f"`{s.value}`" for s in machine.statuses if s in machine.terminals) or "none"
-        parts += ["", f"## {title}", "", f"Statuses: {statuses}. Terminal: {final}.", "", render_markdown(machine).rstrip("\n")]
+        table = render_markdown(machine).rstrip("\n")
+        parts += ["", f"## {title}", "", f"Statuses: {statuses}. Terminal: {final}.", "", table]
     return "\n".join(parts) + "\n"

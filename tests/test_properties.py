@@ -21,9 +21,27 @@ import pytest
 from drive import snapshot
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from ecalstate import JOB, TASK, Invalid, JobStatus, JobUpdate, Refused, RunSpec, Store, TaskStatus, TransitionNotAllowed
+from ecalstate import (
+    JOB,
+    TASK,
+    Invalid,
+    JobStatus,
+    JobUpdate,
+    Refused,
+    RunSpec,
+    Store,
+    TaskStatus,
+    TransitionNotAllowed,
+)
 from ecalstate.transitions import OPERATOR_TARGETS
 
 C = "prop"
@@ -161,7 +179,8 @@ class Model:
                     if k not in chosen:
                         chosen[k] = False
                         queue.append(k)
-        plan: list[tuple[str, Optional[str], str, str]] = [(f"{task} run {r}", None, target, "refused") for r in missing]
+        plan: list[tuple[str, Optional[str], str, str]] = [
+            (f"{task} run {r}", None, target, "refused") for r in missing]
         order = sorted(chosen, key=lambda k: (not chosen[k], TASK_NAMES.index(k[0]), k[1]))
         for k in order:
             current = self.inst[k].status

@@ -91,7 +91,8 @@ def test_render_markdown_round_trips_to_the_table(machine: Machine) -> None:
     parsed = {}
     for source, targets, cause in rows[1:]:
         status = machine.parse(source)
-        parsed[status] = frozenset() if targets == "(none)" else frozenset(machine.parse(t) for t in targets.split(", "))
+        parsed[status] = frozenset() if targets == "(none)" else frozenset(
+            machine.parse(t) for t in targets.split(", "))
         expected = "terminal" if not parsed[status] else "; ".join(
             machine.causes[(status, t)] for t in sorted(parsed[status], key=list(machine.statuses).index))
         assert cause == expected

@@ -90,7 +90,8 @@ def test_tasks_and_dependencies(chain: Store) -> None:
     s = chain
     refused_and_unchanged(s, lambda: s.add_task("prompt", "reco"), Invalid, "task 'reco' already exists")
     refused_and_unchanged(s, lambda: s.add_task("prompt", "fit", depends_on=["nope"]), NotFound, "unknown task 'nope'")
-    refused_and_unchanged(s, lambda: s.add_task("prompt", "fit", depends_on=["fit"]), Invalid, "cannot depend on itself")
+    refused_and_unchanged(s, lambda: s.add_task("prompt", "fit", depends_on=["fit"]), Invalid,
+                          "cannot depend on itself")
     refused_and_unchanged(s, lambda: s.add_task("prompt", "fit", max_retries=-1), Invalid, "invalid max retries")
     refused_and_unchanged(s, lambda: s.update_task("prompt", "reco", depends_on=["plots"]), Invalid,
                           "task 'reco' cannot depend on 'plots': that closes a dependency cycle")
@@ -227,7 +228,8 @@ def test_claims_take_eligible_runs_in_order_up_to_the_limit(chain: Store) -> Non
 def test_grouping_by_fill_newest_run_leads(chain: Store) -> None:
     chain.inject_runs("prompt", [RunSpec(5), RunSpec(6, 11)])
     claims = chain.claim("prompt", "reco", group_by="fill")
-    assert [(c.run_number, c.merged, c.runs) for c in claims] == [(2, [1], [1, 2]), (5, [], [5]), (6, [3, 4], [3, 4, 6])]
+    assert [(c.run_number, c.merged, c.runs) for c in claims] == [
+        (2, [1], [1, 2]), (5, [], [5]), (6, [3, 4], [3, 4, 6])]
     assert statuses(chain, "reco") == {1: "merged", 2: "processing", 3: "merged", 4: "merged", 5: "processing",
                                        6: "processing"}
     assert [chain.instance("prompt", "reco", r).leader_run for r in (1, 2, 3, 4, 6)] == [2, None, 6, 6, None]
