@@ -136,8 +136,11 @@ class TaskHandler:
                     report.runs.append(claim.run_number)
                 except Exception as err:  # any failure after the claim: roll it back, go on with the next
                     report.errors.append(f"run {claim.run_number}: {_message(err)}")
-                    report.add("rolled back")
-                    self._roll_back(campaign, claim, f"submit failed: {_message(err)}")
+                    try:
+                        self._roll_back(campaign, claim, f"submit failed: {_message(err)}")
+                        report.add("rolled back")
+                    except EcalStateError as again:  # left processing: health reports it as stuck
+                        report.errors.append(f"run {claim.run_number}: rollback failed: {again}")
             return report
 
     def _grouping(self) -> Union[None, str, Grouper]:
@@ -181,6 +184,8 @@ class TaskHandler:
                        if o.status != jobs[k].status or (o.batch_id and o.batch_id != jobs[k].batch_id)]
             result = self.store.update_jobs(campaign, self.task, updates, dry_run=dry_run)
             report.add("active", len(active))
+            if len(seen) < len(jobs):  # left active; health reports them as stuck if it lasts
+                report.add("not found by the backend", len(jobs) - len(seen))
             for change in result.changes:
                 if change.entity == "job" and change.outcome == "changed":
                     report.add(change.requested)

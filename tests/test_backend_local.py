@@ -112,8 +112,11 @@ def test_a_recycled_pid_is_not_taken_for_the_job(tmp_path: Path) -> None:
     folder = backend.makedirs(backend.job_dir("c", "t", key))
     (folder / "pid").write_text(f"{os.getpid()} 1")  # a live process, but not started at tick 1
     assert backend.observe("c", "t", [key])[key].status == "failed"
-    other = JobKey(1, 1, 1, 1)
-    assert backend.observe("c", "t", [other])[other].reason == "never started: no local process was recorded"
+    backend.makedirs(backend.job_dir("c", "t", JobKey(1, 1, 1, 1)))  # a folder, but no process was recorded
+    assert backend.observe("c", "t", [JobKey(1, 1, 1, 1)])[JobKey(1, 1, 1, 1)].reason == (
+        "never started: no local process was recorded")
+    # no folder at all (a check run with another --workdir): no evidence, so no verdict
+    assert backend.observe("c", "t", [JobKey(1, 2, 1, 1)]) == {}
 
 
 def test_staging_is_content_addressed(tmp_path: Path) -> None:

@@ -99,6 +99,18 @@ def test_a_job_killed_behind_the_handlers_back_is_failed_then_resubmitted(probe:
     assert transitions(store, "probe", 4)[1] == ["idle", "failed", "idle", "done"]
 
 
+def test_a_check_that_cannot_find_the_jobs_changes_nothing(probe: Probe, tmp_path: Path) -> None:
+    """A check pointed at another work folder has no evidence about the jobs: they stay as they are."""
+    make_campaign(probe.store, [6], meta={"jobs": 2})
+    probe.submit("prompt")
+    before = snapshot(probe.store)
+    elsewhere = Probe(probe.store, LocalBackend(tmp_path / "elsewhere"))
+    assert elsewhere.check("prompt").counts == {"active": 2, "not found by the backend": 2}
+    assert snapshot(probe.store) == before
+    settle(probe)
+    assert probe.store.instance("prompt", "probe", 6).status == "done"
+
+
 def test_retries_exhausted_fail_the_instance_and_resubmit_leaves_it(probe: Probe) -> None:
     store, work = probe.store, probe.backend.workdir
     make_campaign(store, [7], retries=0)

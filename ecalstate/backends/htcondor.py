@@ -145,10 +145,9 @@ class CondorBackend(Backend):
             if any(k not in found for k in wanted if k.run in chunk):
                 _collect(found, wanted, self._call("read the history", schedd.history, constraint=constraint,
                                                    projection=PROJECTION), in_queue=False)
-        out = {key: seen for key, (_, seen) in found.items()}
-        for key in wanted - out.keys():
-            out[key] = Observation("failed", "not found in the HTCondor queue or history")
-        return out
+        # a job in neither the queue nor the history (another pool? history rotated?) is left out:
+        # it stays active, and health reports its instance as stuck
+        return {key: seen for key, (_, seen) in found.items()}
 
     def release(self, batch_ids: Sequence[str]) -> None:
         if not batch_ids:

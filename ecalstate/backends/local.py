@@ -56,7 +56,9 @@ class LocalBackend(Backend):
         return {job.key: f"local:{_read(job.folder / 'pid').split()[0]}" for job in jobs}
 
     def observe(self, campaign: str, task: str, keys: Sequence[JobKey]) -> dict[JobKey, Observation]:
-        return {key: self._observe(self.job_dir(campaign, task, key)) for key in keys}
+        """Jobs whose folder is missing are left out: no evidence (another --workdir?) is not a failure."""
+        folders = {key: self.job_dir(campaign, task, key) for key in keys}
+        return {key: self._observe(folder) for key, folder in folders.items() if folder.is_dir()}
 
     def _observe(self, folder: Path) -> Observation:
         pid_text = _read(folder / "pid")
@@ -66,7 +68,7 @@ class LocalBackend(Backend):
             return Observation(*_exit_status(int(code), folder), batch_id=batch_id)
         if pid_text and _alive(pid_text):
             return Observation("running" if (folder / "started").exists() else "idle", batch_id=batch_id)
-        if not folder.exists() or not pid_text:
+        if not pid_text:
             return Observation("failed", "never started: no local process was recorded", batch_id)
         return Observation("failed", f"job process {pid_text.split()[0]} died without an exit code", batch_id)
 
