@@ -342,6 +342,8 @@ def _apply(
         )
         if changed >= 0 and changed != len(job_rows):
             raise Conflict("a job changed concurrently; nothing was written, retry")
+        # on PostgreSQL this row lock also serialises two transactions finishing different jobs of one
+        # instance, so the second one's completion check sees the first one's job
         tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?", [(now, iid) for iid in sorted(touched)])
         tx.many(AUDIT_SQL, audit_rows)
     if complete:
