@@ -137,3 +137,35 @@ def test_eight_processes_lose_nothing_and_claim_nothing_twice(db_url: str) -> No
     assert {k: v - 1 for k, v in jobs.items() if v > 1} == dict(job_changes)
     assert len(jobs) == created
     assert audited == len(instances) + created + sum(task_changes.values()) + sum(job_changes.values())
+
+
+def finish_job(url: str, jid: int, runs: int, start: Any, out: Any) -> None:
+    """Set job ``jid`` of every run done, in step with the other process (one barrier per run)."""
+    with Store.open(url, actor=f"finisher-{jid}") as store:
+        for run in range(1, runs + 1):
+            start.wait()
+            store.set_job_status(C, "reco", run, jid, "done")
+    out.put(jid)
+
+
+def test_the_last_two_jobs_finishing_at_once_complete_the_instance(db_url: str) -> None:
+    """Each transaction sees only its own job done until the other commits: one of them must still decide."""
+    runs = 100
+    with Store.open(db_url, actor="setup", create=True) as store:
+        store.create_campaign(C)
+        store.add_task(C, "reco")
+        store.update_rtype(C, "all", add=["reco"])
+        store.inject_runs(C, [RunSpec(r) for r in range(1, runs + 1)])
+        for claim in store.claim(C, "reco"):
+            store.create_jobs(C, "reco", claim.run_number, [0, 1])
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=finish_job, args=(db_url, jid, runs, start, out)) for jid in (0, 1)]
+    for p in procs:
+        p.start()
+    assert sorted(out.get(timeout=120) for _ in procs) == [0, 1]
+    for p in procs:
+        p.join(timeout=30)
+    with Store.open(db_url) as store:
+        assert {r["status"] for r in store.list_runs(C, task="reco")} == {"done"}
+        assert audit_problems(store) == []
