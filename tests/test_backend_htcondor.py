@@ -151,3 +151,36 @@ def test_arguments_and_templates() -> None:
     assert quote_args(["a b", "it's", 'say "x"', "$HOME"]) == '"\'a b\' \'it\'\'s\' \'say ""x""\' \'$(DOLLAR)HOME\'"'
     with pytest.raises(EcalStateError, match=r"may not set \+EcalRun"):
         CondorBackend("/tmp/x", template={"+EcalRun": "1"})
+
+
+def test_the_phisym_workflows_run_on_the_pool(condor_pool: Any, workdir: Path, sqlite_url: str) -> None:
+    """The example workflows' stdlib payloads run inside the pool (trixie's python3, as the job user)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "handlers"))
+    from phisym_calib import PhiSymCalib
+    from phisym_plots import PhiSymPlots
+    from phisym_reco import PhiSymReco
+
+    from ecalstate import RunSpec
+
+    store = Store.open(sqlite_url, actor="tester", create=True)
+    store.create_campaign(C)
+    store.add_task(C, "phisym-reco", max_retries=1)
+    store.add_task(C, "phisym-calib", depends_on=["phisym-reco"])
+    store.add_task(C, "phisym-plots", depends_on=["phisym-calib"])
+    store.update_rtype(C, "all", add=["phisym-reco", "phisym-calib", "phisym-plots"])
+    store.inject_runs(C, [RunSpec(21, 3, {"nevents": 60000, "inject_failure": 1}), RunSpec(22, 3, {"nevents": 20000})])
+    for workflow in (PhiSymReco, PhiSymCalib, PhiSymPlots):
+        handler = workflow(store, CondorBackend(workdir, template=workflow.condor))
+        handler.submit(C)
+        settle(handler, C, deadline=120)
+        while handler.resubmit(C).counts:
+            settle(handler, C, deadline=120)
+    assert [r.statuses for r in store.overview(C).rows] == [
+        {"phisym-reco": "done", "phisym-calib": "merged", "phisym-plots": "merged"},
+        {"phisym-reco": "done", "phisym-calib": "done", "phisym-plots": "done"}]
+    assert store.list_jobs(C, "phisym-reco", run=21)[0].attempts == 2  # the injected failure, resubmitted
+    png = Path(store.instance(C, "phisym-plots", 22).outputs["plots"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_uid == 2001  # written by the job user
+    store.close()
