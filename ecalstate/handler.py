@@ -355,9 +355,15 @@ def _campaigns(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 
 
 def _make_cli(handler: type[TaskHandler]) -> click.Group:
+    source = getattr(sys.modules.get(handler.__module__), "__file__", None) or f"{handler.task}.py"
+    script = f"python {os.path.basename(source)}"
+
+    def example(text: str, line: str) -> str:
+        return f"{text}\n\n\b\nExample:\n    {script} {line}"
+
     @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-                 help=f"Stages of task {handler.task}: submit, check, resubmit.\n\n"
-                      f"\b\nExample:\n    python {handler.task}.py -c prompt submit --limit 10")
+                 help=example(f"The stages of task {handler.task}: submit, check, resubmit (run by Jenkins).",
+                              "-c prompt --backend htcondor submit --limit 10"))
     @click.option("-c", "--campaign", "campaigns", multiple=True, envvar="ECALSTATE_CAMPAIGN", required=True,
                   callback=_campaigns, metavar="NAME",
                   help="Campaign (env ECALSTATE_CAMPAIGN). Repeatable; comma lists accepted.")
@@ -381,42 +387,27 @@ def _make_cli(handler: type[TaskHandler]) -> click.Group:
                                 help="At most N task instances (groups) per campaign.")
     dry_run_option = click.option("--dry-run", is_flag=True, help="Print what would happen; write and submit nothing.")
 
-    @group.command()
+    @group.command(help=example("Claim eligible runs, create their jobs and submit them.",
+                                "-c prompt submit --limit 20"))
     @limit_option
     @dry_run_option
     @click.pass_obj
     def submit(obj: _Context, limit: Optional[int], dry_run: bool) -> None:
-        """Claim eligible runs, create their jobs and submit them.
-
-        \b
-        Example:
-            python handlers/phisym_reco.py -c prompt submit --limit 20
-        """
         obj.each(lambda h, c: h.submit(c, limit, dry_run))
 
-    @group.command()
+    @group.command(help=example("Reconcile job statuses with the batch system; complete task instances.",
+                                "-c prompt check"))
     @dry_run_option
     @click.pass_obj
     def check(obj: _Context, dry_run: bool) -> None:
-        """Reconcile job statuses with the batch system; complete task instances.
-
-        \b
-        Example:
-            python handlers/phisym_reco.py -c prompt check
-        """
         obj.each(lambda h, c: h.check(c, dry_run))
 
-    @group.command()
+    @group.command(help=example("Resubmit failed jobs that are under the task's retry limit.",
+                                "-c prompt resubmit"))
     @limit_option
     @dry_run_option
     @click.pass_obj
     def resubmit(obj: _Context, limit: Optional[int], dry_run: bool) -> None:
-        """Resubmit failed jobs that are under the task's retry limit.
-
-        \b
-        Example:
-            python handlers/phisym_reco.py -c prompt resubmit
-        """
         obj.each(lambda h, c: h.resubmit(c, limit, dry_run))
 
     return group
