@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Optional, Union
 
 import click
 
-from .backends import Backend, JobKey, JobSpec, Observation, make_backend, read_report
+from .backends import Backend, BatchJob, JobKey, JobSpec, Observation, make_backend, read_report
 from .claims import Grouper, _grouper
 from .errors import EcalStateError, Invalid
 from .filters import split_multi
@@ -159,12 +159,14 @@ class TaskHandler:
         self.store.create_jobs(campaign, self.task, claim.run_number, jids, [dict(s.fields) for s in specs])
         jobs = [self.backend.batch_job(campaign, self.task, JobKey(claim.run_number, s.jid, claim.generation, 1), s)
                 for s in specs]
-        self._record(campaign, self.backend.submit(campaign, self.task, jobs))
+        self._record(campaign, jobs, self.backend.submit(campaign, self.task, jobs))
         return len(jobs)
 
-    def _record(self, campaign: str, batch_ids: Mapping[JobKey, str]) -> None:
+    def _record(self, campaign: str, jobs: Sequence[BatchJob], batch_ids: Mapping[JobKey, str]) -> None:
+        """Batch ids, and the folder of each attempt (its stdout, stderr, report) as the ``logs`` field."""
         self.store.update_jobs(campaign, self.task, [
-            JobUpdate(k.run, k.jid, "idle", batch_id=b, generation=k.generation) for k, b in batch_ids.items()])
+            JobUpdate(j.key.run, j.key.jid, "idle", {"logs": str(j.folder)}, batch_ids[j.key],
+                      generation=j.key.generation) for j in jobs])
 
     def _roll_back(self, campaign: str, claim: Claim, reason: str) -> None:
         """Make a claimed run eligible again; the jobs created for it, if any, are marked failed."""
@@ -254,7 +256,7 @@ class TaskHandler:
                 JobUpdate(j.run_number, j.jid, "failed", reason=f"resubmit failed: {_message(err)}",
                           generation=j.generation) for j in mine])
             raise
-        self._record(campaign, batch_ids)
+        self._record(campaign, jobs, batch_ids)
         return len(jobs)
 
     @contextmanager

@@ -77,7 +77,8 @@ def test_end_to_end_failure_hold_resubmit_done(condor_pool: Any, workdir: Path, 
     settle(handler, C, deadline=120)
     jobs = {j.jid: j for j in store.list_jobs(C, "probe", run=11)}
     assert {i: j.status for i, j in jobs.items()} == {0: "done", 1: "failed", 2: "failed", 3: "done"}
-    assert jobs[0].fields == {"slice": 0, "output": str(workdir / "out/11/g1/job0.json"), "answer": 42}
+    assert jobs[0].fields == {"slice": 0, "output": str(workdir / "out/11/g1/job0.json"), "answer": 42,
+                              "logs": str(backend.job_dir(C, "probe", JobKey(11, 0, 1, 1)))}
     reasons = {a.jid: a.reason for a in store.history(C, task="probe", run=11, limit=None) if a.to_status == "failed"}
     assert reasons[1] == "exit code 3: input marked broken"
     assert reasons[2].startswith("held: ") and "Permission denied" in reasons[2] and str(stdout) in reasons[2]

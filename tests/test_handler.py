@@ -62,6 +62,7 @@ def test_lifecycle_failure_resubmit_after_fix_done_and_audited(probe: Probe) -> 
     assert [(j.status, j.attempts) for j in jobs] == [("done", 1), ("done", 3), ("done", 1)]
     assert all(j.fields["answer"] == 42 and j.fields["slice"] == j.jid for j in jobs)
     assert all(j.batch_id and j.batch_id.startswith("local:") for j in jobs)
+    assert jobs[1].fields["logs"].endswith("/jobs/prompt/probe/1/g1/j1.a3")  # the last attempt's folder
     assert json.loads(Path(jobs[1].fields["output"]).read_text())["attempt"] == "3"
 
     assert transitions(store, "probe", 1) == {
@@ -260,7 +261,8 @@ def test_jobs_that_reach_the_database_set_their_own_status(probe: Probe, tmp_pat
     handler.submit("prompt")
     settle(handler)
     job = probe.store.list_jobs("prompt", "probe", run=3)[0]
-    assert (job.status, job.fields) == ("done", {"progress": "half"})
+    assert (job.status, job.fields) == ("done", {"progress": "half", "logs": str(
+        probe.backend.job_dir("prompt", "probe", JobKey(3, 0, 1, 1)))})
     assert transitions(probe.store, "probe", 3)[0] == ["idle", "done"]
     assert [(a.from_status, a.to_status) for a in probe.store.history("prompt", task="probe", run=3, limit=None)
             if a.entity == "job"] == [(None, "idle"), ("idle", "running"), ("running", "done")]
