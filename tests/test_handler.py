@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def probe(tmp_path: Path, sqlite_url: str) -> Probe:
-    store = Store.open(sqlite_url, actor="tester", create=True)
+def probe(tmp_path: Path, db_url: str) -> Probe:
+    """The probe workflow on the local backend, on each engine (SQLite file, PostgreSQL)."""
+    store = Store.open(db_url, actor="tester", create=True)
     handler = Probe(store, LocalBackend(tmp_path / "work", slots=2))
     handler.payload = write_payload(tmp_path / "payload")
     yield handler
