@@ -16,6 +16,8 @@ from .statemachine import TaskStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
 CAMPAIGN_KINDS = ("prompt", "reprocessing")
+#: task names that cannot be a field of the exported ``run`` point (InfluxDB drops ``time``; the rest are its tags)
+RESERVED_TASK_NAMES = ("time", "campaign", "run_number", "fill", "rtype")
 
 
 def check_name(what: str, name: str) -> str:
@@ -23,6 +25,11 @@ def check_name(what: str, name: str) -> str:
         raise Invalid(
             f"invalid {what} name {name!r}: 1-128 characters, letters, digits and _ . : + - "
             "(starting with a letter or digit)"
+        )
+    if what == "task" and name.lower() in RESERVED_TASK_NAMES:
+        raise Invalid(
+            f"invalid task name {name!r}: reserved by the exported run measurement "
+            f"({', '.join(RESERVED_TASK_NAMES)})"
         )
     return name
 

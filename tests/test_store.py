@@ -546,3 +546,11 @@ def test_errors_are_library_errors(chain: Store) -> None:
                  lambda: chain.instance("prompt", "reco", 99)):
         with pytest.raises(EcalStateError):
             call()
+
+
+@pytest.mark.parametrize("name", ["time", "campaign", "run_number", "fill", "rtype", "Time"])
+def test_task_names_reserved_by_the_run_measurement_are_refused(store: Store, name: str) -> None:
+    store.create_campaign("prompt")
+    with pytest.raises(Invalid, match="reserved"):
+        store.add_task("prompt", name)
+    assert store.list_tasks("prompt") == []
