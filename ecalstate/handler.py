@@ -156,7 +156,8 @@ class TaskHandler:
             path = self.backend.spec_path(campaign, self.task, claim.run_number, claim.generation, spec.jid)
             self.backend.makedirs(path.parent)
             path.write_text(json.dumps(spec.to_dict(), sort_keys=True))
-        self.store.create_jobs(campaign, self.task, claim.run_number, jids, [dict(s.fields) for s in specs])
+        self.store.create_jobs(campaign, self.task, claim.run_number, jids, [dict(s.fields) for s in specs],
+                               generation=claim.generation)
         jobs = [self.backend.batch_job(campaign, self.task, JobKey(claim.run_number, s.jid, claim.generation, 1), s)
                 for s in specs]
         self._record(campaign, jobs, self.backend.submit(campaign, self.task, jobs))
