@@ -17,6 +17,9 @@ from .errors import Invalid
 from .results import Health, SilentHandler, StuckInstance
 
 STAGES = ("submit", "resubmit", "check")
+#: default thresholds of health, in seconds: no job progress for 6 h, no stage heartbeat for 2 h
+STUCK_AFTER = 6 * 3600
+SILENT_AFTER = 2 * 3600
 
 
 def cutoff(seconds: float) -> str:
@@ -92,8 +95,8 @@ class Monitoring(StoreBase):
     def health(
         self,
         campaign: Optional[str] = None,
-        stuck_after: float = 6 * 3600,
-        silent_after: float = 2 * 3600,
+        stuck_after: float = STUCK_AFTER,
+        silent_after: float = SILENT_AFTER,
     ) -> Health:
         """Stuck instances, silent or failing handler stages, blocked instances; ``ok`` when none."""
         with self.db.tx(write=False) as tx:

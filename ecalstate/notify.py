@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from .errors import EcalStateError, Invalid
 from .notify_store import NOTIFIER, NotifyConfig, NotifyEvent, Webhook
+from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .results import Health
 from .store import Store
 
@@ -130,8 +131,8 @@ def render(campaign: str, lines: list[str]) -> str:
 def deliver(
     store: Store,
     campaign: str,
-    stuck_after: float = 6 * 3600,
-    silent_after: float = 2 * 3600,
+    stuck_after: float = STUCK_AFTER,
+    silent_after: float = SILENT_AFTER,
     timeout: float = 5.0,
     retries: int = 2,
     backoff: float = 1.0,

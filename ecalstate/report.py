@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from .db import utcnow
+from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .results import Health, Overview
 from .statemachine import TaskStatus
 from .store import Store
@@ -57,8 +58,8 @@ table.matrix tbody th { background: none; font-weight: 400; text-align: right; f
 def render_html(
     store: Store,
     campaign: str,
-    stuck_after: float = 6 * 3600,
-    silent_after: float = 2 * 3600,
+    stuck_after: float = STUCK_AFTER,
+    silent_after: float = SILENT_AFTER,
     failures: int = 20,
 ) -> str:
     """The whole page for ``campaign`` as one string (raises the store's errors for an unknown campaign)."""
