@@ -100,8 +100,10 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EcalStateError as err:
-            raise click.ClickException(str(err)) from None
+        except EcalStateError as err:  # its text may quote stored data (a job's reason): made inert for the terminal
+            from .fmt import printable
+
+            raise click.ClickException(printable(str(err))) from None
         except click.UsageError as err:
             raise _one_line(err) from None
 

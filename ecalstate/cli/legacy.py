@@ -9,7 +9,7 @@ import click
 from ..legacy import InfluxSource, import_influx as run_import
 from ..legacy_api import ImportResult, Problem
 from .app import App, pass_app
-from .fmt import echo_table
+from .fmt import echo_table, printable
 from .options import dry_run_option, multi_option
 
 
@@ -58,4 +58,4 @@ def _text(results: list[ImportResult], problems: list[Problem], dry_run: bool) -
     if problems:
         click.echo(f"reported, not imported ({len(problems)}):")
         for problem in problems:
-            click.echo(f"  {problem}")
+            click.echo(f"  {printable(problem)}")

@@ -9,7 +9,7 @@ import click
 from ..notify import deliver, send_test, status, webhook
 from ..notify_store import DEFAULT_EVENTS, EVENTS, NotifyConfig
 from .app import App, pass_app
-from .fmt import echo_table
+from .fmt import echo_table, printable
 from .options import campaign_option, multi_option, optional_campaign_option, silent_after_option, stuck_after_option
 
 _EVENTS_HELP = f"Events to send ({', '.join(EVENTS)})"
@@ -117,7 +117,7 @@ def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_af
     def text() -> None:
         for d in results:
             sent = f"{d.events} event(s), {d.problems} health problem(s) sent"
-            click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else f"NOT delivered ({d.error}), "
+            click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else f"NOT delivered ({printable(d.error)}), "
                                                                           f"{d.pending} pending"))
 
     app.emit(results, text)

@@ -9,7 +9,7 @@ import click
 from ..results import BulkResult
 from ..transitions import OPERATOR_TARGETS
 from .app import App, pass_app
-from .fmt import styled
+from .fmt import printable, styled
 from .options import (
     campaign_option,
     dry_run_option,
@@ -87,8 +87,9 @@ def emit_bulk(app: App, result: BulkResult) -> None:
         width = max([len(c.key) for c in result.changes] + [0])
         for c in result.changes:
             outcome = verb if c.outcome == "changed" else c.outcome
-            move = f"{c.current or '-'} -> {styled(c.requested)}"
-            click.echo(f"{outcome:<12}  {c.key:<{width}}  {move}" + (f"  ({c.reason})" if c.reason else ""))
+            move = f"{printable(c.current or '-')} -> {styled(c.requested)}"
+            click.echo(f"{outcome:<12}  {printable(c.key):<{width}}  {move}"
+                       + (f"  ({printable(c.reason)})" if c.reason else ""))
         click.echo(f"{verb} {result.changed}, unchanged {result.unchanged}, refused {len(result.refused)}")
 
     app.emit(result, text)
