@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import pwd
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ R = TypeVar("R")
 
 AUDIT_SQL = (
     "INSERT INTO audit (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,"
-    " from_status, to_status, actor, reason, request_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " from_status, to_status, actor, identity, reason, request_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -33,6 +34,19 @@ def resolve_actor(explicit: Optional[str] = None) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def os_identity() -> str:
+    """Who this process really is: its effective uid's account (not ``$USER``, which anyone sets) at this host,
+    and Jenkins' build tag when it runs in a build."""
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without an account (containers)
+        user = f"uid {uid}"
+    identity = f"{user}@{socket.gethostname()}"
+    build = os.environ.get("BUILD_TAG")
+    return f"{identity} ({build})" if build else identity
+
+
 @dataclass
 class Ctx:
     """Who does a write, under which request id, and when (one timestamp per transaction)."""
@@ -41,6 +55,8 @@ class Ctx:
     actor: str
     request_id: Optional[str]
     now: str
+    #: the authenticated identity (see :meth:`StoreBase.identity`), recorded beside the free-text ``actor``
+    identity: str = ""
 
     def audit(
         self,
@@ -81,7 +97,7 @@ class Ctx:
     ) -> tuple[Any, ...]:
         return (
             self.now, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
-            from_status, to_status, self.actor, reason, self.request_id,
+            from_status, to_status, self.actor, self.identity, reason, self.request_id,
             None if detail is None else json.dumps(detail, sort_keys=True),
         )
 
@@ -92,6 +108,15 @@ class StoreBase:
     def __init__(self, db: Database, actor: Optional[str] = None) -> None:
         self.db = db
         self.actor = resolve_actor(actor)
+        self._identity: Optional[str] = None
+
+    def identity(self, tx: Tx) -> str:
+        """The authenticated identity of this store's writes: :func:`os_identity`, and on PostgreSQL the role the
+        server authenticated (``session_user``), which a client cannot choose freely. Asked once per store."""
+        if self._identity is None:
+            role = None if tx.is_sqlite else tx.scalar("SELECT session_user")
+            self._identity = os_identity() + (f" db:{role}" if role else "")
+        return self._identity
 
     def _write(
         self,
@@ -112,7 +137,7 @@ class StoreBase:
                     if row[0] != kind:
                         raise Conflict(f"request id {request_id!r} was already used for a {row[0]} call")
                     return decode(json.loads(row[1]))
-            ctx = Ctx(tx, self.actor, request_id, utcnow())
+            ctx = Ctx(tx, self.actor, request_id, utcnow(), self.identity(tx))
             result = body(ctx)
             if request_id:
                 tx.execute(

@@ -25,7 +25,7 @@ from .errors import EcalStateError, NotFound, SchemaError
 from .paths import network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> str:
@@ -155,6 +155,8 @@ class Audit(SQLModel, table=True):
     from_status: Optional[str] = None
     to_status: str
     actor: str
+    #: who really acted, as authenticated (OS user@host, Jenkins' build tag, PostgreSQL role); ``actor`` is a label
+    identity: str = Field(default="", sa_column_kwargs={"server_default": ""})
     reason: str = ""
     request_id: Optional[str] = None
     detail: Optional[str] = None

@@ -45,9 +45,15 @@ def _campaign_settings(tx: Tx) -> None:
         tx.run("ALTER TABLE campaign ADD COLUMN settings VARCHAR NOT NULL DEFAULT '{}'")
 
 
+def _audit_identity(tx: Tx) -> None:
+    if "identity" not in _columns(tx, "audit"):
+        tx.run("ALTER TABLE audit ADD COLUMN identity VARCHAR NOT NULL DEFAULT ''")
+
+
 #: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)
 STEPS: tuple[Step, ...] = (
     Step(2, "campaign.settings: per-campaign configuration as JSON text (default '{}')", _campaign_settings),
+    Step(3, "audit.identity: the authenticated identity beside the free-text actor (default '')", _audit_identity),
 )
 
 

@@ -100,7 +100,8 @@ class Queries(StoreBase):
         """Audit rows, newest last; ``limit`` keeps the most recent ones."""
         with self.db.tx(write=False) as tx:
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
-                   " a.to_status, a.actor, a.reason, a.request_id FROM audit a JOIN campaign c ON c.id = a.campaign_id"
+                   " a.to_status, a.actor, a.reason, a.request_id, a.identity"
+                   " FROM audit a JOIN campaign c ON c.id = a.campaign_id"
                    " WHERE a.id > ?")
             params: list[Any] = [after_id]
             if campaign is not None:

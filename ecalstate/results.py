@@ -178,6 +178,8 @@ class AuditRow:
     actor: str
     reason: str
     request_id: Optional[str]
+    #: the authenticated identity that wrote the row (``actor`` is the free-text label it chose)
+    identity: str = ""
 
 
 @dataclass(frozen=True)

@@ -256,7 +256,7 @@ def test_history_filters(chain: str) -> None:
     jobs = as_json(chain, "history", "-c", "prompt", "--entity", "job")
     assert {r["entity"] for r in jobs} == {"job"} and len(jobs) == 2
     text = ok(chain, "history", "-c", "prompt", "--run", "1", "--task", "reco").stdout
-    assert re.search(r"^\S+Z\s+setup\s+task\s+reco\s+1\s+-\s+processing\s+done\s+all 1 jobs done\s+-$", text, re.MULTILINE)
+    assert re.search(r"^\S+Z\s+setup\s+\S+@\S+\s+task\s+reco\s+1\s+-\s+processing\s+done\s+all 1 jobs done\s+-$", text, re.MULTILINE)
 
 
 def test_health_exit_codes_and_json(chain: str) -> None:

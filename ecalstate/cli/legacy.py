@@ -58,4 +58,4 @@ def _text(results: list[ImportResult], problems: list[Problem], dry_run: bool) -
     if problems:
         click.echo(f"reported, not imported ({len(problems)}):")
         for problem in problems:
-            click.echo(f"  {printable(problem)}")
+            click.echo(f"  {printable(str(problem))}")

@@ -224,7 +224,10 @@ def history(
 ) -> None:
     """The audit trail: who, when, from, to, why.
 
-    Every accepted transition and handler heartbeat, oldest first.
+    Every accepted transition and handler heartbeat, oldest first. "actor"
+    is the label the caller chose (--actor, BUILD_TAG); "identity" is who it
+    really was: the OS account at its host, the Jenkins build, and on
+    PostgreSQL the database role the server authenticated.
 
     \b
     Example:
@@ -232,9 +235,9 @@ def history(
     """
     rows = app.store().history(campaign, task, run_number, limit, entity)
     app.emit(rows, lambda: echo_table(
-        ["time", "actor", "entity", "task", "run", "job", "from", "to", "reason", "request"],
-        [(a.ts, a.actor, a.entity, a.task, a.run_number, a.jid, a.from_status, styled(a.to_status), a.reason or None,
-          a.request_id) for a in rows],
+        ["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
+        [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
+          styled(a.to_status), a.reason or None, a.request_id) for a in rows],
         "no history"))
 
 
