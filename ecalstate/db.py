@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Field, SQLModel, create_engine
 
 from .errors import EcalStateError, NotFound, SchemaError
-from .paths import network_mount
+from .paths import Mount, network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
 SCHEMA_VERSION = 3
@@ -387,7 +387,8 @@ def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -
     """Refuse what SQLite cannot use safely, before it creates anything: a network or FUSE mount among them."""
     if os.path.isdir(path):
         raise DatabaseError(f"{path} is a directory, not a database file")
-    if not os.path.exists(path):
+    new = not os.path.exists(path)
+    if new:
         parent = os.path.dirname(path) or "."
         if not create:
             raise NotFound(f"no database at {path}; create it with `ecalstate init`")
@@ -396,8 +397,14 @@ def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -
         if not os.access(parent, os.W_OK):
             raise DatabaseError(f"cannot create {path}: folder {parent} is not writable")
     mount = network_mount(path)
-    if mount is None:
-        return
+    if mount is not None:
+        refuse_network_fs(path, mount, allow_network_fs)
+    if new:
+        create_private_file(path)
+
+
+def refuse_network_fs(path: str, mount: Mount, allow_network_fs: bool) -> None:
+    """Refuse a SQLite file on a network or FUSE mount, unless allowed (then warn)."""
     where = f"{path} is on {mount.network_kind} ({mount.fstype} mounted at {mount.mount_point})"
     if not allow_network_fs:
         raise DatabaseError(
@@ -407,6 +414,36 @@ def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -
         )
     logging.getLogger("ecalstate").warning("warning: %s; SQLite used anyway (--allow-network-fs): "
                                            "never write it from more than one host", where)
+
+
+#: environment variable naming the Unix group that may also read and write a new SQLite database (mode 0660)
+DB_GROUP_ENV = "ECALSTATE_DB_GROUP"
+
+
+def create_private_file(path: str) -> None:
+    """Create an empty SQLite file readable by its owner only (0600), or by a configured group (0660), whatever
+    the umask. SQLite gives its -wal and -shm files the database file's mode, so they stay private too."""
+    group = os.environ.get(DB_GROUP_ENV, "").strip()
+    gid = None
+    if group:
+        import grp
+
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise DatabaseError(f"{DB_GROUP_ENV}={group}: no such group") from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # created meanwhile by another process: its mode stands
+        return
+    except OSError as err:
+        raise DatabaseError(f"cannot create {path}: {err.strerror}") from None
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, 0o660 if gid is not None else 0o600)
+    finally:
+        os.close(fd)
 
 
 def redact(url: str) -> str:

@@ -62,8 +62,14 @@ def read_url_file(path: str) -> str:
 
 
 def resolve_url(hook: Webhook) -> str:
+    """The URL, read where the configuration points, at the moment of sending (rotating it needs no database write)."""
     if hook.url is not None:
         return hook.url
+    if hook.url_file is not None:
+        try:
+            return read_url_file(hook.url_file)
+        except Invalid as err:
+            raise NotifyError(str(err)) from None
     value = os.environ.get(str(hook.url_env), "").strip()
     if not value:
         raise NotifyError(f"environment variable {hook.url_env} (the webhook URL) is not set")
@@ -195,8 +201,10 @@ def webhook(
         return None
     if url_file is not None and url_env is not None:
         raise Invalid("give the webhook URL as a file or as an environment variable, not both")
-    url = None if url_file is None else read_url_file(url_file)
-    return Webhook(url, url_env, channel or None, tuple(events) or default)
+    if url_file is not None:
+        url_file = os.path.abspath(url_file)
+        read_url_file(url_file)  # checked now, read again at each sending: only the path is stored
+    return Webhook(url_file, url_env, channel or None, tuple(events) or default)
 
 
 def status(store: Store, campaign: str) -> dict[str, Any]:

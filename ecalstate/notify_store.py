@@ -12,6 +12,7 @@ so ``ecalstate health`` shows a webhook that is down, or a notifier that stopped
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,18 +47,24 @@ ORDER BY a.id LIMIT ?
 
 @dataclass(frozen=True)
 class Webhook:
-    """One channel: a Mattermost/Slack incoming webhook. The URL is a secret: kept out of repr and output."""
+    """One channel: a Mattermost/Slack incoming webhook.
 
-    url: Optional[str] = field(default=None, repr=False)
+    The URL is a secret, so the database holds only where to find it when sending: the path of a file (kept
+    private by its owner) or the name of an environment variable. ``url`` is read from databases configured by
+    earlier versions, which stored the URL itself; ``notify show`` flags those and ``notify set`` replaces them.
+    """
+
+    url_file: Optional[str] = None
     url_env: Optional[str] = None
     channel: Optional[str] = None
     events: tuple[str, ...] = ()
+    url: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.url is None) == (self.url_env is None):
-            raise Invalid("a webhook needs its URL (from a file) or the environment variable holding it, one of them")
-        if self.url is not None and not re.match(r"^https?://\S+$", self.url):
-            raise Invalid("the webhook URL must be one http:// or https:// URL")
+        if sum(v is not None for v in (self.url_file, self.url_env, self.url)) != 1:
+            raise Invalid("a webhook needs its URL file or the environment variable holding its URL, one of them")
+        if self.url_file is not None and not os.path.isabs(self.url_file):
+            raise Invalid(f"the webhook URL file must be an absolute path, got {self.url_file!r}")
         if self.url_env is not None and not _ENV_NAME.match(self.url_env):
             raise Invalid(f"invalid environment variable name {self.url_env!r}")
         unknown = [e for e in self.events if e not in EVENTS]
@@ -66,14 +73,20 @@ class Webhook:
 
     def source(self) -> str:
         """Where the URL comes from, without the URL."""
-        return "stored URL (hidden)" if self.url is not None else f"URL from ${self.url_env}"
+        if self.url is not None:
+            return "URL stored in the database by an earlier version (insecure: run `notify set` again)"
+        return f"URL from file {self.url_file}" if self.url_file is not None else f"URL from ${self.url_env}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "url_env": self.url_env, "channel": self.channel, "events": list(self.events)}
+        """What the database keeps: references only (a legacy stored URL is kept as it was until replaced)."""
+        refs = {"url_file": self.url_file, "url_env": self.url_env, "channel": self.channel,
+                "events": list(self.events)}
+        return refs if self.url is None else {**refs, "url": self.url}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Webhook:
-        return cls(data.get("url"), data.get("url_env"), data.get("channel"), tuple(data.get("events", ())))
+        return cls(data.get("url_file"), data.get("url_env"), data.get("channel"), tuple(data.get("events", ())),
+                   data.get("url"))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import stat
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,10 +92,18 @@ def store(sqlite_url: str) -> Iterator[Store]:
     close_stores()
 
 
+def url_file(url: str) -> str:
+    """A private file holding ``url``, as a site keeps its webhook secret."""
+    fd, path = tempfile.mkstemp(prefix="hook-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(url + "\n")
+    return path
+
+
 def configure(store: Store, main: str, dev: str | None = None, channel: str | None = None) -> None:
     store.set_notify_config("prompt", NotifyConfig(
-        Webhook(main, channel=channel, events=("failed", "retries", "health")),
-        None if dev is None else Webhook(dev, events=("job-failed",)),
+        Webhook(url_file(main), channel=channel, events=("failed", "retries", "health")),
+        None if dev is None else Webhook(url_file(dev), events=("job-failed",)),
     ))
 
 
@@ -210,7 +221,7 @@ def test_cli_never_prints_the_url(store: Store, hooks: list[Hook], tmp_path: Pat
     out = runner.invoke(main, [*db, "notify", "set", "-c", "prompt", "--webhook-url-file", str(secret),
                                "--dev-webhook-url-env", "MM_DEV_HOOK", "--dev-on", "job-failed,health"])
     assert out.exit_code == 0, out.output
-    assert "stored URL (hidden)" in out.output and "$MM_DEV_HOOK" in out.output
+    assert f"URL from file {secret}" in out.output and "$MM_DEV_HOOK" in out.output
     shown = runner.invoke(main, [*db, "--json", "notify", "show", "-c", "prompt"])
     assert json.loads(shown.output)["channels"][1]["events"] == ["job-failed", "health"]
     fail_twice(store, 1)
@@ -229,10 +240,10 @@ def test_cli_never_prints_the_url(store: Store, hooks: list[Hook], tmp_path: Pat
 
 
 def test_the_url_stays_out_of_reprs() -> None:
-    hook = Webhook("https://chat.example/hooks/s3cr3t-token", events=("failed",))
+    hook = Webhook(url="https://chat.example/hooks/s3cr3t-token", events=("failed",))
     assert "s3cr3t" not in repr(NotifyConfig(hook))
     with pytest.raises(Exception, match="invalid notification events"):
-        Webhook("https://chat.example/hooks/x", events=())
+        Webhook(url_file="/run/secrets/hook", events=())
     with pytest.raises(Exception, match="one of them"):
         Webhook(events=("failed",))
 
@@ -244,3 +255,63 @@ def test_logs_name_the_channel_not_the_url(store: Store, caplog: pytest.LogCaptu
         deliver(store, "prompt", timeout=1, retries=0)
     assert "campaign prompt (main channel) not delivered: webhook unreachable" in caplog.text
     assert "s3cr3t" not in caplog.text
+
+
+def test_the_database_keeps_a_reference_never_the_secret(store: Store, hooks: list[Hook], tmp_path: Path) -> None:
+    """Issue 11, item 2: the URL is read from its file when sending; the database file has no trace of it."""
+    hook = start(hooks)
+    secret = tmp_path / "hook.secret"
+    secret.write_text(hook.url + "\n")
+    secret.chmod(0o600)
+    runner = CliRunner()
+    out = runner.invoke(main, ["--db", store.db.url, "notify", "set", "-c", "prompt", "--webhook-url-file",
+                               str(secret)])
+    assert out.exit_code == 0, out.output
+    path = Path(store.db.url.removeprefix("sqlite:///"))
+    runner.invoke(main, ["--db", store.db.url, "db", "stats"])  # checkpoint nothing special: read every file
+    for f in path.parent.glob(path.name + "*"):
+        assert b"/hooks/" not in f.read_bytes(), f
+    fail_twice(store, 1)
+    assert [d.ok for d in deliver(store, "prompt", timeout=2, retries=0)] == [True]
+    # rotation: the new URL goes into the file; nothing in the database changes
+    rotated = start(hooks)
+    secret.write_text(rotated.url + "\n")
+    fail_twice(store, 2)
+    assert [d.ok for d in deliver(store, "prompt", timeout=2, retries=0)] == [True]
+    assert len(hook.texts()) == 1 and len(rotated.texts()) == 1
+
+
+def test_a_url_stored_by_an_earlier_version_still_sends_and_is_flagged(store: Store, hooks: list[Hook]) -> None:
+    hook = start(hooks)
+    store.set_notify_config("prompt", NotifyConfig(Webhook(url=hook.url, events=("failed",))))
+    assert "insecure" in status(store, "prompt")["channels"][0]["url"]
+    fail_twice(store, 1)
+    assert [d.ok for d in deliver(store, "prompt", timeout=2, retries=0)] == [True]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask 022", "umask 000"])
+def test_a_new_database_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        db = tmp_path / "state.db"
+        with Store.open(str(db), create=True) as s:
+            s.create_campaign("prompt")  # writes: the -wal and -shm files exist now
+            modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes["state.db"] == 0o600
+    assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+def test_a_configured_group_may_share_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    monkeypatch.setenv("ECALSTATE_DB_GROUP", group)
+    db = tmp_path / "state.db"
+    Store.open(str(db), create=True).close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o660 and db.stat().st_gid == os.getgid()
+    monkeypatch.setenv("ECALSTATE_DB_GROUP", "no-such-group-here")
+    with pytest.raises(Exception, match="ECALSTATE_DB_GROUP=no-such-group-here: no such group"):
+        Store.open(str(tmp_path / "other.db"), create=True)
+    assert not (tmp_path / "other.db").exists()

@@ -117,7 +117,7 @@ def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_af
     def text() -> None:
         for d in results:
             sent = f"{d.events} event(s), {d.problems} health problem(s) sent"
-            click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else f"NOT delivered ({printable(d.error or "")}), "
+            click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else f"NOT delivered ({printable(d.error or '')}), "
                                                                           f"{d.pending} pending"))
 
     app.emit(results, text)
