@@ -46,6 +46,11 @@ apt_install "${PKGS[@]}"
 # (tests run their own servers on free loopback ports), so leave them alone.
 step_end "ok ($(dpkg-query -W -f='${Package} ${Version}\n' influxdb victoria-metrics postgresql chromium | tr '\n' ';'))"
 
+# ---------------------------------------------------------------- a second Unix user
+# "Another person on the same host" for the permission tests (database files, job folders, secrets).
+step_start "second user ecaltest"
+if id -u ecaltest >/dev/null 2>&1; then step_end "exists"; else useradd --system --no-create-home ecaltest; step_end "created"; fi
+
 # ---------------------------------------------------------------- npm-groovy-lint
 step_start "npm-groovy-lint@$GROOVY_LINT_VERSION"
 TOOLS=$REPO/.tools

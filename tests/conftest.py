@@ -47,3 +47,30 @@ def chain(store: Store) -> Store:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ECALSTATE_REQUIRE_SERVERS={os.environ.get('ECALSTATE_REQUIRE_SERVERS', '0')}"
+
+
+OTHER_USER = "ecaltest"
+
+
+@pytest.fixture(scope="session")
+def other_user() -> str:
+    """An unprivileged local account ("another person on the same host"), for permission tests.
+
+    scripts/install-deps.sh creates it; as root the fixture creates it when missing. Its commands run through
+    ``runuser -u ecaltest --`` (the project's venv lives in root's home, so it runs system tools: sqlite3, cat, sh).
+    """
+    import pwd
+    import shutil
+    import subprocess
+
+    from servers_plugin import skip_or_fail
+
+    try:
+        pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        if os.geteuid() != 0 or not shutil.which("useradd"):
+            skip_or_fail(f"no user {OTHER_USER} and not root to create it (scripts/install-deps.sh creates it)")
+        subprocess.run(["useradd", "--system", "--no-create-home", OTHER_USER], check=True)
+    if os.geteuid() != 0:
+        skip_or_fail(f"running commands as {OTHER_USER} needs root (runuser)")
+    return OTHER_USER

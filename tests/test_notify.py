@@ -315,3 +315,21 @@ def test_a_configured_group_may_share_the_database(tmp_path: Path, monkeypatch: 
     with pytest.raises(Exception, match="ECALSTATE_DB_GROUP=no-such-group-here: no such group"):
         Store.open(str(tmp_path / "other.db"), create=True)
     assert not (tmp_path / "other.db").exists()
+
+
+def test_another_local_user_cannot_read_the_database(tmp_path: Path, other_user: str) -> None:
+    """Issue 11, item 2, tried as the attacker: another account on the host, in a folder it may enter."""
+    import subprocess
+
+    tmp_path.chmod(0o755)
+    db = tmp_path / "state.db"
+    with Store.open(str(db), create=True) as s:
+        s.create_campaign("prompt")
+        files = sorted(tmp_path.iterdir())
+        tried = [subprocess.run(["runuser", "-u", other_user, "--", "cat", str(f)], capture_output=True, text=True)
+                 for f in files]
+        sql = subprocess.run(["runuser", "-u", other_user, "--", "sqlite3", "-readonly", str(db),
+                              "SELECT name FROM campaign"], capture_output=True, text=True)
+    assert [f.name for f in files] == ["state.db", "state.db-shm", "state.db-wal"]
+    assert all(t.returncode != 0 and "Permission denied" in t.stderr for t in tried), tried
+    assert sql.returncode != 0 and "prompt" not in sql.stdout
