@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any, Optional
 
 from sqlalchemy import Column, Index, Integer, UniqueConstraint, event, exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlmodel import Field, SQLModel, create_engine
 
 from .errors import EcalStateError, NotFound, SchemaError
@@ -228,14 +228,58 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")  # type: ignore[union-attr]
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the SQLite discipline applied (or a plain one for other engines)."""
+def make_engine(url: str, password: Optional[str] = None) -> Engine:
+    """An engine with the SQLite discipline applied (or a plain one for other engines).
+
+    The password (``password``, else :func:`configured_password`) joins the URL only inside the engine: it is
+    never part of a text that could be printed.
+    """
     if sqlite_path(url) is not None:
         engine = create_engine(url, connect_args={"timeout": 10})
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    target = make_url(url)
+    secret = password if password is not None else configured_password()
+    if secret is not None:
+        target = target.set(password=secret)
+    return create_engine(target, pool_pre_ping=True)
+
+
+#: where a database password comes from (never the command line): a file, else a variable, else the driver's own
+#: sources (libpq reads ``~/.pgpass``, ``PGPASSFILE``, ``PGPASSWORD`` and service files by itself)
+PASSWORD_FILE_ENV = "ECALSTATE_DB_PASSWORD_FILE"
+PASSWORD_ENV = "ECALSTATE_DB_PASSWORD"
+
+
+def split_password(url: str) -> tuple[str, Optional[str]]:
+    """The URL without its password (safe to keep, print and pass on), and the password it held, if any."""
+    parsed = make_url(url)
+    if parsed.password is None:
+        return url, None
+    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query)
+    return bare.render_as_string(hide_password=False), str(parsed.password)
+
+
+def has_password(url: str) -> bool:
+    """Whether a database URL carries a password (refused on command lines, where ``ps`` shows it)."""
+    try:
+        return "://" in url and make_url(url).password is not None
+    except exc.ArgumentError:
+        return False
+
+
+def configured_password() -> Optional[str]:
+    """The password from ``ECALSTATE_DB_PASSWORD_FILE`` (first line) or ``ECALSTATE_DB_PASSWORD``; None: the driver's."""
+    path = os.environ.get(PASSWORD_FILE_ENV, "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().rstrip("\r\n")
+        except OSError as err:
+            raise DatabaseError(f"cannot read the database password file {path} ({PASSWORD_FILE_ENV}): "
+                                f"{err.strerror}") from None
+    return os.environ.get(PASSWORD_ENV) or None
 
 
 @lru_cache(maxsize=4096)
@@ -314,10 +358,12 @@ class Database:
     ) -> None:
         self.url = normalise_url(url)
         try:
+            # the password lives in the engine only: ``url`` is what messages, stats and reopening use
+            self.url, password = split_password(self.url)
             path = sqlite_path(self.url)
             if path is not None and path != ":memory:":
                 check_sqlite_path(path, create, allow_network_fs)
-            self.engine = make_engine(self.url)
+            self.engine = make_engine(self.url, password)
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None

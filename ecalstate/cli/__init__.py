@@ -14,7 +14,7 @@ from typing import Any, Optional
 import click
 
 from ..errors import EcalStateError
-from .app import App
+from .app import App, no_password_in_argument
 
 #: command name -> "module:attribute", relative to this package
 COMMANDS: dict[str, str] = {
@@ -123,7 +123,8 @@ def _available(name: str) -> bool:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--db", envvar="ECALSTATE_DB", default="./ecalstate.db", show_default=True, metavar="URL|PATH",
-              help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB).")
+              callback=no_password_in_argument,
+              help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB); no password in it: see ECALSTATE_DB_PASSWORD_FILE.")
 @click.option("--actor", metavar="NAME", help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG, else user@host).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--allow-network-fs", is_flag=True,

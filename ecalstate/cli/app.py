@@ -65,4 +65,22 @@ def to_jsonable(data: Any) -> Any:
     return data
 
 
+def no_password_in_argument(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """``--db`` callback: a URL carrying a password is refused on the command line, where ``ps``, shell history
+    and Jenkins' console show it (the environment variable ``ECALSTATE_DB`` is private to the process)."""
+    from urllib.parse import urlsplit
+
+    source = ctx.get_parameter_source(param.name or "")
+    try:
+        password = urlsplit(value).password if value and "://" in value else None
+    except ValueError:  # not a URL the check can read; the database layer reports it
+        password = None
+    if password is not None and source == click.core.ParameterSource.COMMANDLINE:
+        raise click.BadParameter(
+            "the URL holds a password, which the command line shows to every user (ps, shell history, build logs): "
+            "give the URL without it, and the password in the file named by ECALSTATE_DB_PASSWORD_FILE, in "
+            "ECALSTATE_DB_PASSWORD, or in ~/.pgpass", ctx, param)
+    return value
+
+
 pass_app = click.make_pass_decorator(App)
