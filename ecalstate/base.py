@@ -9,9 +9,10 @@ import pwd
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Optional, TypeVar
 
-from .db import Database, Tx, utcnow
+from .db import TS_FORMAT, Database, Tx, utcnow
 from .errors import Conflict, Invalid, NotFound
 
 R = TypeVar("R")
@@ -137,7 +138,7 @@ class StoreBase:
                     if row[0] != kind:
                         raise Conflict(f"request id {request_id!r} was already used for a {row[0]} call")
                     return decode(json.loads(row[1]))
-            ctx = Ctx(tx, self.actor, request_id, utcnow(), self.identity(tx))
+            ctx = Ctx(tx, self.actor, request_id, self._now(tx), self.identity(tx))
             result = body(ctx)
             if request_id:
                 tx.execute(
@@ -145,6 +146,21 @@ class StoreBase:
                     (request_id, kind, json.dumps(encode(result)), ctx.now),
                 )
             return result
+
+    def clock(self) -> str:
+        """This host's UTC time in the store's format; the one clock writes read (tests replace it)."""
+        return utcnow()
+
+    def _now(self, tx: Tx) -> str:
+        """The transaction's timestamp: the clock, but never before the newest audit row (plus 1 µs).
+
+        Hosts' clocks differ; audit times, and so exported point times, follow the store's order instead
+        (read inside the write transaction, after the audit row with the highest id, which is the newest)."""
+        now = self.clock()
+        latest = tx.scalar("SELECT ts FROM audit ORDER BY id DESC LIMIT 1")
+        if latest is not None and latest >= now:
+            now = (datetime.strptime(latest, TS_FORMAT) + timedelta(microseconds=1)).strftime(TS_FORMAT)
+        return now
 
     # --- name resolution, always inside the caller's transaction -------------------------
 

@@ -28,9 +28,13 @@ from .paths import Mount, network_mount
 SCHEMA_VERSION = 3
 
 
+#: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
 def utcnow() -> str:
     """UTC time with microseconds, in the one text format every table uses."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(timezone.utc).strftime(TS_FORMAT)
 
 
 class Meta(SQLModel, table=True):
