@@ -25,7 +25,7 @@ from .errors import EcalStateError, NotFound, SchemaError
 from .paths import Mount, network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 #: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
@@ -93,6 +93,9 @@ class Run(SQLModel, table=True):
     fill: Optional[int] = None
     meta: str = "{}"
     rtypes: str = ""
+    #: the run types the exporter tags the run's points with, kept when a backfill changes ``rtypes`` (NULL:
+    #: ``rtypes`` never changed): a series is defined by its tags, which must not change once exported
+    tag_rtypes: Optional[str] = None
     injected_at: str
 
 
@@ -327,6 +330,10 @@ class Tx:
     def _cursor_for(self, sql: str, params: Sequence[Any]) -> Any:
         self._cursor.execute(self._fmt(sql), tuple(params))
         return self._cursor
+
+    def script(self, sql: str) -> None:
+        """Several statements without parameters, in this transaction (DDL and grants)."""
+        self._cursor.execute(sql)
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """``executemany``; the number of rows it changed (-1 when the driver cannot tell)."""

@@ -22,6 +22,7 @@ def db() -> None:
         ecalstate db upgrade
         ecalstate db prune --before 2024-01-01 --dry-run
         ecalstate db stats
+        ecalstate db roles > roles.sql
     """
 
 
@@ -101,6 +102,38 @@ def db_stats(app: App) -> None:
     """
     result = stats(app.store().db)
     app.emit(result, lambda: _print_stats(result))
+
+
+@db.command("roles")
+@click.option("--prefix", default="ecalstate", show_default=True, metavar="NAME",
+              help="Role names are PREFIX_reader, PREFIX_writer, PREFIX_operator, PREFIX_admin.")
+@click.option("--apply", "do_apply", is_flag=True,
+              help="Create the roles and grants on the --db PostgreSQL database (as the tables' owner).")
+@pass_app
+def db_roles(app: App, prefix: str, do_apply: bool) -> None:
+    """PostgreSQL roles for shared use: print their SQL, or apply it.
+
+    reader (dashboards, shifters, the exporter): reads, and moves only the
+    exporter's bookmark. writer (handlers): claims, jobs, heartbeats, runs;
+    the audit is append-only for it and refuses operator-only transitions.
+    operator: the writer's rights, reprocess/skip of finished runs, campaign
+    set-up. admin: owns the tables (upgrade, prune). Grant them to logins
+    with GRANT PREFIX_reader TO alice; see docs/security.md.
+
+    \b
+    Example:
+        ecalstate db roles > roles.sql && psql -f roles.sql "$DB"
+        ecalstate --db postgresql+psycopg://ecal_admin@dbod:6600/ecal db roles --apply
+    """
+    from ..roles import RoleNames, apply_roles, roles_sql
+
+    if not do_apply:
+        RoleNames.of(prefix)  # a bad prefix is refused before anything is printed
+        click.echo(roles_sql(prefix), nl=False)
+        return
+    names = apply_roles(app.store().db, prefix)
+    app.emit({"roles": [names.reader, names.writer, names.operator, names.admin]},
+             f"roles {names.reader}, {names.writer}, {names.operator}, {names.admin}: created and granted")
 
 
 def _print_stats(result: DbStats) -> None:
