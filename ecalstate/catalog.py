@@ -210,8 +210,9 @@ class Catalog(StoreBase):
                 run_filter = parse_filter(tx.scalar("SELECT filter FROM rtype WHERE id = ?", (rid,)))
                 runs = tx.all("SELECT id, run_number, fill, meta, rtypes FROM run WHERE campaign_id = ?", (cid,))
                 matching = [r for r in runs if run_filter.matches(_record(r[1], r[2], loads(r[3])))]
-                # the runs it now matches carry its name too, as if injected after the change
-                tx.many("UPDATE run SET rtypes = ? WHERE id = ?", [
+                # the runs it now matches carry its name too, as if injected after the change; their exported
+                # rtype tag keeps the run types they had (a new tag would start a second series)
+                tx.many("UPDATE run SET tag_rtypes = COALESCE(tag_rtypes, rtypes), rtypes = ? WHERE id = ?", [
                     (",".join([*r[4].split(","), name] if r[4] else [name]), r[0])
                     for r in matching if name not in r[4].split(",")])
                 task_ids = [r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))]

@@ -50,10 +50,17 @@ def _audit_identity(tx: Tx) -> None:
         tx.run("ALTER TABLE audit ADD COLUMN identity VARCHAR NOT NULL DEFAULT ''")
 
 
+def _run_tag_rtypes(tx: Tx) -> None:
+    if "tag_rtypes" not in _columns(tx, "run"):
+        tx.run("ALTER TABLE run ADD COLUMN tag_rtypes VARCHAR")
+
+
 #: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)
 STEPS: tuple[Step, ...] = (
     Step(2, "campaign.settings: per-campaign configuration as JSON text (default '{}')", _campaign_settings),
     Step(3, "audit.identity: the authenticated identity beside the free-text actor (default '')", _audit_identity),
+    Step(4, "run.tag_rtypes: the run types of the exported rtype tag, kept when a backfill changes rtypes",
+         _run_tag_rtypes),
 )
 
 

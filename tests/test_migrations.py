@@ -107,6 +107,7 @@ def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str
         with store.db.tx(write=False) as tx:
             assert tx.all("SELECT name, settings FROM campaign ORDER BY name") == [
                 ("prompt", "{}"), ("rereco-2023", "{}")]
+            assert tx.all("SELECT DISTINCT tag_rtypes FROM run") == [(None,)]  # rtypes never changed: the tag
         # an idempotency record written by the first release still replays its outcome
         replay = store.claim("prompt", "reco", group_by="fill", request_id="claim-1")
         assert [(c.run_number, c.merged) for c in replay] == [(356002, [356001]), (356004, [356003])]
