@@ -26,6 +26,10 @@ class SchemaError(EcalStateError):
     """The database schema is newer than this code, or cannot be opened."""
 
 
+class StorageError(EcalStateError):
+    """A file the library appends to (export file, prune archive) could not be written: full disk, permissions."""
+
+
 class Refused(EcalStateError):
     """A refused request: nothing was written; ``result`` (a bulk call's outcomes, if any) says what and why."""
 

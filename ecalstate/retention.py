@@ -5,15 +5,17 @@
 * audit rows the exporter has sent to every registered target (id <= the smallest
   ``export_cursor``; rows above it are never pruned, whatever their age). A job's rows
   are kept while that job can still change (current generation of a ``processing``
-  instance, not ``done``): the exporter rebuilds a job's attempts and fields from its
-  earlier rows, and must still find them when the job moves again;
+  instance, not ``done``): the exporter rebuilds a job's attempts from its earlier rows,
+  and must still find them when the job moves again;
 * jobs of finished older generations: superseded by a newer generation of their task
   instance, every job of the generation ``done`` or ``failed``, none updated since;
 * request-id records (replays of calls that old are not retries any more).
 
 Work goes in chunks, one short write transaction each, so Jenkins stages are never
 locked out for long. With ``archive`` the rows of each chunk are appended to a JSON-lines
-file and flushed to disk before the chunk's delete commits. ``dry_run`` counts the same
+file and flushed to disk before the chunk's delete commits; a chunk the disk cannot take is
+cut from the file again and not deleted, so the archive never holds a torn line or a row
+that is still in the database. ``dry_run`` counts the same
 sets with the same predicates and writes nothing.
 """
 
@@ -22,16 +24,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
 from sqlmodel import SQLModel
 
+from .appendfile import append_whole
 from .db import Database, Tx, sqlite_path
-from .errors import Invalid
+from .errors import Invalid, StorageError
 
 CHUNK = 20_000
 
@@ -107,24 +109,38 @@ def prune(
             requests = int(tx.scalar("SELECT COUNT(*) FROM request WHERE created_at < ?", (cutoff,)))
             jobs = sum(g[2] for g in generations)
     if not dry_run:
-        with _archive_file(archive) as out:
-            audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out)
-            jobs = _delete_generations(db, generations, cutoff, chunk, out)
-            requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out)
+        out = _archive_file(archive)
+        audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out)
+        jobs = _delete_generations(db, generations, cutoff, chunk, out)
+        requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out)
     return PruneResult(cutoff, dry_run, audit, jobs, requests, kept, floor, archive)
 
 
-@contextmanager
-def _archive_file(path: Optional[str]) -> Iterator[Optional[IO[str]]]:
+@dataclass(frozen=True)
+class _Archive:
+    """The JSON-lines file removed rows go to: each chunk is appended whole (and fsynced) or not at all."""
+
+    path: str
+
+    def write(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        text = "".join(json.dumps({"table": table, "row": row}, sort_keys=True, default=str) + "\n" for row in rows)
+        try:
+            append_whole(self.path, text.encode("utf-8"))
+        except OSError as err:
+            raise StorageError(f"cannot write the archive {self.path}: {err.strerror or err}; this chunk was not "
+                               "deleted, and the archive holds exactly the rows deleted so far") from None
+
+
+def _archive_file(path: Optional[str]) -> Optional[_Archive]:
+    """The archive, checked writable before anything is deleted."""
     if path is None:
-        yield None
-        return
+        return None
+    archive = _Archive(os.path.expanduser(path))
     try:
-        handle = open(os.path.expanduser(path), "a", encoding="utf-8")
+        append_whole(archive.path, b"")
     except OSError as err:
-        raise Invalid(f"cannot write the archive {path}: {err.strerror or err}") from None
-    with handle:
-        yield handle
+        raise StorageError(f"cannot write the archive {path}: {err.strerror or err}") from None
+    return archive
 
 
 def _take(tx: Tx, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
@@ -133,13 +149,10 @@ def _take(tx: Tx, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(columns, r)) for r in result.fetchall()]
 
 
-def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[IO[str]]) -> None:
-    """Archive ``rows`` (flushed to disk) and delete them, inside the caller's transaction."""
-    if out is not None:
-        for row in rows:
-            out.write(json.dumps({"table": table, "row": row}, sort_keys=True, default=str) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[_Archive]) -> None:
+    """Archive ``rows`` (on disk before the delete commits) and delete them, inside the caller's transaction."""
+    if out is not None and rows:
+        out.write(table, rows)
     keys = [r[key] for r in rows]
     for start in range(0, len(keys), 500):
         part = keys[start:start + 500]
@@ -147,7 +160,7 @@ def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: O
 
 
 def _delete_where(
-    db: Database, source: str, key: str, where: str, params: Sequence[Any], chunk: int, out: Optional[IO[str]]
+    db: Database, source: str, key: str, where: str, params: Sequence[Any], chunk: int, out: Optional[_Archive]
 ) -> int:
     """Delete the rows of ``source`` ("table alias") matching ``where`` in key order, ``chunk`` per transaction."""
     table, alias = source.split()
@@ -166,7 +179,7 @@ def _delete_where(
 
 
 def _delete_generations(
-    db: Database, generations: Sequence[tuple[int, int, int]], cutoff: str, chunk: int, out: Optional[IO[str]]
+    db: Database, generations: Sequence[tuple[int, int, int]], cutoff: str, chunk: int, out: Optional[_Archive]
 ) -> int:
     """Delete the jobs of the given (instance, generation) pairs, about ``chunk`` jobs per transaction.
 
