@@ -26,6 +26,7 @@ COLOURS: dict[str, str] = {
     "failed": "#dc2626",
     "merged": "#14b8a6",
     "reprocess": "#f59e0b",
+    "skipped": "#a3a3a3",
     "missing": "#ffffff",
 }
 

@@ -24,6 +24,7 @@ class TaskStatus(str, Enum):
     FAILED = "failed"
     MERGED = "merged"
     REPROCESS = "reprocess"
+    SKIPPED = "skipped"
 
     def __str__(self) -> str:
         return self.value
@@ -177,12 +178,13 @@ TASK = Machine(
     statuses=TaskStatus,
     initial=T.NEW,
     table={
-        T.NEW: frozenset({T.PROCESSING, T.MERGED}),
-        T.REPROCESS: frozenset({T.PROCESSING, T.MERGED}),
+        T.NEW: frozenset({T.PROCESSING, T.MERGED, T.SKIPPED}),
+        T.REPROCESS: frozenset({T.PROCESSING, T.MERGED, T.SKIPPED}),
         T.PROCESSING: frozenset({T.DONE, T.FAILED, T.REPROCESS}),
         T.DONE: frozenset({T.REPROCESS}),
-        T.FAILED: frozenset({T.REPROCESS}),
+        T.FAILED: frozenset({T.REPROCESS, T.SKIPPED}),
         T.MERGED: frozenset({T.REPROCESS}),
+        T.SKIPPED: frozenset({T.REPROCESS}),
     },
     causes={
         (T.NEW, T.PROCESSING): "claimed by a submit stage",
@@ -195,6 +197,10 @@ TASK = Machine(
         (T.DONE, T.REPROCESS): "operator, or an upstream task reprocessed with --downstream",
         (T.FAILED, T.REPROCESS): "operator",
         (T.MERGED, T.REPROCESS): "operator, or its group leader is reprocessed",
+        (T.NEW, T.SKIPPED): "operator (bad data quality, detector out of the run; a reason is required)",
+        (T.REPROCESS, T.SKIPPED): "operator (a reason is required)",
+        (T.FAILED, T.SKIPPED): "operator: the run cannot be processed (a reason is required)",
+        (T.SKIPPED, T.REPROCESS): "operator changes their mind",
     },
     entry="run injected, and a run type that matches it activates the task",
 )

@@ -21,7 +21,7 @@ from .statemachine import TASK, TaskStatus, TransitionNotAllowed
 
 T = TaskStatus
 #: statuses an operator may set by hand; the others belong to injection and claims
-OPERATOR_TARGETS = (T.DONE, T.FAILED, T.REPROCESS)
+OPERATOR_TARGETS = (T.DONE, T.FAILED, T.REPROCESS, T.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class Transitions(StoreBase):
             targets, missing = _select(tx, tid, task, runs, failed)
             if target == T.REPROCESS:
                 targets = _expand(tx, self, cid, targets, downstream)
+            elif target == T.SKIPPED:  # nothing to do downstream either: the dependent tasks skip the run too
+                targets = _expand(tx, self, cid, targets, True)
             changes = [Change("task", f"{task} run {r}", None, target.value, "refused", "no such task instance")
                        for r in missing]
             changes += [_decide(t, target) for t in targets]
@@ -166,6 +168,8 @@ def _decide(t: _Target, target: TaskStatus) -> Change:
         return Change("task", key, current.value, target.value, "changed", "" if t.explicit else "cascade")
     if not t.explicit and current in (T.NEW, T.REPROCESS):
         return Change("task", key, current.value, target.value, "unchanged", "not processed yet")
+    if not t.explicit and target == T.SKIPPED:
+        return Change("task", key, current.value, target.value, "unchanged", f"keeps its {current.value} result")
     allowed = ", ".join(sorted(s.value for s in TASK.allowed(current)))
     return Change("task", key, current.value, target.value, "refused",
                   f"not in the task table (allowed from {current.value}: {allowed})")

@@ -24,6 +24,7 @@ TASK_PATH: dict[TaskStatus, TaskStatus] = {
     T.DONE: T.PROCESSING,
     T.FAILED: T.PROCESSING,
     T.REPROCESS: T.DONE,
+    T.SKIPPED: T.NEW,
 }
 JOB_PATH: dict[JobStatus, JobStatus] = {J.RUNNING: J.IDLE, J.DONE: J.IDLE, J.FAILED: J.IDLE}
 

@@ -72,9 +72,9 @@ def test_a_cause_for_a_refused_pair_fails_at_construction() -> None:
 
 def test_the_shipped_tables_are_the_designed_ones() -> None:
     assert {a.value: sorted(b.value for b in bs) for a, bs in TASK.table.items()} == {
-        "new": ["merged", "processing"], "reprocess": ["merged", "processing"],
-        "processing": ["done", "failed", "reprocess"], "done": ["reprocess"], "failed": ["reprocess"],
-        "merged": ["reprocess"],
+        "new": ["merged", "processing", "skipped"], "reprocess": ["merged", "processing", "skipped"],
+        "processing": ["done", "failed", "reprocess"], "done": ["reprocess"], "failed": ["reprocess", "skipped"],
+        "merged": ["reprocess"], "skipped": ["reprocess"],
     }
     assert {a.value: sorted(b.value for b in bs) for a, bs in JOB.table.items()} == {
         "idle": ["done", "failed", "running"], "running": ["done", "failed", "idle"], "failed": ["idle"], "done": [],
@@ -142,17 +142,22 @@ def test_allowed_task_pair(chain: Store, current: TaskStatus, requested: TaskSta
     elif requested == T.REPROCESS:
         assert chain.reprocess("prompt", "reco", runs=[RUN], reason="pair test").counts() == {
             "changed": 1, "unchanged": 0, "refused": 0}
+    elif requested == T.SKIPPED:  # nothing to do downstream either: calib and plots skip the run too
+        assert chain.set_status("prompt", "reco", [RUN], requested.value, reason="pair test").counts() == {
+            "changed": 3, "unchanged": 0, "refused": 0}
+        assert {chain.instance("prompt", t, RUN).status for t in ("calib", "plots")} == {"skipped"}
     else:
         assert chain.set_status("prompt", "reco", [RUN], requested.value, reason="pair test").counts() == {
             "changed": 1, "unchanged": 0, "refused": 0}
     assert task_row(chain) == (requested.value, version + 1)
-    rows = new_audit_rows(chain, mark)
+    rows = [r for r in new_audit_rows(chain, mark) if r.task == "reco" or requested != T.SKIPPED]
     mine = [r for r in rows if r.run_number == RUN]
     assert len(mine) == 1
     row = mine[0]
     assert (row.entity, row.task, row.from_status, row.to_status, row.actor) == (
         "task", "reco", status, requested.value, "tester")
-    assert row.reason == ("pair test" if requested in (T.DONE, T.FAILED, T.REPROCESS) else row.reason) and row.reason
+    assert row.reason == ("pair test" if requested in (T.DONE, T.FAILED, T.REPROCESS, T.SKIPPED) else row.reason)
+    assert row.reason
     # the only other row a transition may write is the group leader's own claim
     others = [(r.run_number, r.from_status, r.to_status) for r in rows if r.run_number != RUN]
     assert others == ([(PARTNER, "new", "processing")] if requested == T.MERGED else [])

@@ -498,7 +498,8 @@ def test_overview_matrix(chain: Store) -> None:
     assert [(r.run_number, r.fill, r.statuses) for r in view.rows][:2] == [
         (1, 10, {"reco": "done", "calib": "new", "plots": "new"}),
         (2, 10, {"reco": "failed", "calib": "new", "plots": "new"})]
-    assert view.totals["reco"] == {"new": 2, "processing": 0, "done": 1, "failed": 1, "merged": 0, "reprocess": 0}
+    assert view.totals["reco"] == {"new": 2, "processing": 0, "done": 1, "failed": 1, "merged": 0, "reprocess": 0,
+                                   "skipped": 0}
     assert view.blocked == [("calib", 2)]
     narrow = chain.overview("prompt", tasks=["calib"], runs=[1, 2])
     assert [r.statuses for r in narrow.rows] == [{"calib": "new"}, {"calib": "new"}]

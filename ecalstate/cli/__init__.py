@@ -54,7 +54,7 @@ SUMMARIES: dict[str, str] = {
     "reprocess": "Mark runs of a task for reprocessing.",
     "rtype": "Run types: filters on run metadata that activate tasks.",
     "run": "Inject runs into a campaign and list them.",
-    "set": "Set the STATUS (done, failed or reprocess) of a task for a set of runs.",
+    "set": "Set the STATUS (done, failed, reprocess or skipped) of a task for a set of runs.",
     "status": "The run x task overview, with totals per task and status.",
     "task": "Declare tasks, their dependencies and retry limits.",
 }

@@ -23,6 +23,7 @@ STATUS_COLOURS: dict[str, str] = {
     "done": "green",
     "failed": "red",
     "merged": "cyan",
+    "skipped": "magenta",
     "reprocess": "yellow",
 }
 

@@ -33,15 +33,20 @@ def set_status(
     app: App, campaign: str, task: str, runs: list[int], status: str, reason: str, dry_run: bool,
     request_id: Optional[str],
 ) -> None:
-    """Set the STATUS (done, failed or reprocess) of a task for a set of runs.
+    """Set the STATUS (done, failed, reprocess or skipped) of a task for a set of runs.
 
     Every change goes through the transition table. One refused transition refuses the whole request and nothing is written;
     --dry-run prints the plan with per-outcome counts. Setting reprocess also
     reprocesses the runs merged into a reprocessed leader.
 
+    skipped (from new, reprocess or failed; the reason is kept) means nothing
+    to do: the tasks that depend on this one skip the run too and health
+    stays green. "set ... reprocess" undoes it.
+
     \b
     Example:
         ecalstate set -c prompt --task reco --runs 356001-356010 failed --reason "bad calibration input" --dry-run
+        ecalstate set -c prompt --task reco --runs 356042 skipped --reason "ECAL not in the run"
     """
     result = app.store().set_status(campaign, task, runs, status, reason, dry_run, request_id)
     emit_bulk(app, result)
