@@ -11,6 +11,7 @@ from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
+from .limits import INT64_MAX, check_int64, int64_range
 from .results import BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
 from .statemachine import TaskStatus
 
@@ -42,6 +43,7 @@ def check_run(run_number: Any, fill: Any = None) -> tuple[int, Optional[int]]:
         raise Invalid(f"invalid run number {run_number!r}: expected an integer > 0") from None
     if number <= 0:
         raise Invalid(f"invalid run number {number}: run numbers are > 0")
+    check_int64(number, "run number", 1)
     if fill is None or fill == "":
         return number, None
     try:
@@ -50,6 +52,8 @@ def check_run(run_number: Any, fill: Any = None) -> tuple[int, Optional[int]]:
         raise Invalid(f"invalid fill {fill!r} for run {number}: expected an integer") from None
     if fill_number < 0:
         raise Invalid(f"invalid fill {fill_number} for run {number}: fills are >= 0")
+    if fill_number > INT64_MAX:
+        raise Invalid(f"invalid fill {fill_number} for run {number}: expected {int64_range(0)}")
     return number, fill_number
 
 
@@ -295,6 +299,7 @@ def _asdict(result: InjectResult) -> dict[str, Any]:
 def _check_retries(value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise Invalid(f"invalid max retries {value!r}: expected an integer >= 0")
+    check_int64(value, "max retries", 0)
 
 
 def _record(run_number: int, fill: Optional[int], meta: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Optional
 
 from sqlalchemy import Column, Index, Integer, UniqueConstraint, event, exc
@@ -22,6 +24,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlmodel import Field, SQLModel, create_engine
 
 from .errors import EcalStateError, NotFound, SchemaError
+from .limits import int64_range
 from .paths import Mount, network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
@@ -220,13 +223,7 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
-    mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-    if mode != "wal":
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-        except Exception:  # a read-only file keeps its mode; writes will fail loudly later
-            pass
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # a setting of this connection; WAL is set once the schema is known
     cur.close()
 
 
@@ -235,14 +232,47 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")  # type: ignore[union-attr]
 
 
-def make_engine(url: str, password: Optional[str] = None) -> Engine:
+def _read_only_connection(path: str) -> sqlite3.Connection:
+    """A connection that never changes the file at ``path``, nor leaves files beside it that were not there.
+
+    No -wal file (no writer active): when the file and its folder are writable, a read-write connection with
+    ``query_only`` (SQLite removes the -wal/-shm it made when it closes; a ``mode=ro`` one would leave them).
+    Otherwise ``mode=ro``; a WAL database in a folder the reader cannot write, with no -shm to share, cannot be
+    opened that way, and is read as ``immutable`` (no locks: safe while no writer starts during the read).
+    """
+    uri = "file:" + urllib.parse.quote(path)
+    folder = os.path.dirname(path) or "."
+    if not os.path.exists(path + "-wal") and os.access(path, os.W_OK) and os.access(folder, os.W_OK):
+        conn = sqlite3.connect(uri + "?mode=rw", uri=True, timeout=10, check_same_thread=False)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=10, check_same_thread=False)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as err:
+        conn.close()
+        # a read-only file system says CANTOPEN, a folder the user cannot write READONLY_CANTINIT
+        if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")) \
+                or os.path.exists(path + "-wal"):
+            raise
+        conn = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=10, check_same_thread=False)
+    return conn
+
+
+def make_engine(url: str, password: Optional[str] = None, read_only: bool = False) -> Engine:
     """An engine with the SQLite discipline applied (or a plain one for other engines).
+
+    ``read_only``: SQLite connections from :func:`_read_only_connection`; PostgreSQL sessions that refuse writes.
 
     The password (``password``, else :func:`configured_password`) joins the URL only inside the engine: it is
     never part of a text that could be printed.
     """
-    if sqlite_path(url) is not None:
-        engine = create_engine(url, connect_args={"timeout": 10})
+    path = sqlite_path(url)
+    if path is not None:
+        if read_only and path != ":memory:":
+            engine = create_engine(url, creator=partial(_read_only_connection, path))
+        else:
+            engine = create_engine(url, connect_args={"timeout": 10})
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
@@ -250,6 +280,9 @@ def make_engine(url: str, password: Optional[str] = None) -> Engine:
     secret = password if password is not None else configured_password()
     if secret is not None:
         target = target.set(password=secret)
+    if read_only and target.get_backend_name() == "postgresql":
+        return create_engine(target, pool_pre_ping=True,
+                             connect_args={"options": "-c default_transaction_read_only=on"})
     return create_engine(target, pool_pre_ping=True)
 
 
@@ -365,16 +398,21 @@ class Database:
     """An engine plus the transaction discipline; opens, creates and version-checks the schema."""
 
     def __init__(
-        self, url: str, create: bool = False, check_version: bool = True, allow_network_fs: bool = False
+        self, url: str, create: bool = False, check_version: bool = True, allow_network_fs: bool = False,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: never change the database (see :func:`_read_only_connection`); writes are refused."""
         self.url = normalise_url(url)
+        if read_only and create:
+            raise ValueError("a read-only database cannot be created")
+        self.read_only = read_only
         try:
             # the password lives in the engine only: ``url`` is what messages, stats and reopening use
             self.url, password = split_password(self.url)
             path = sqlite_path(self.url)
             if path is not None and path != ":memory:":
                 check_sqlite_path(path, create, allow_network_fs)
-            self.engine = make_engine(self.url, password)
+            self.engine = make_engine(self.url, password, read_only)
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None
@@ -382,6 +420,19 @@ class Database:
             self.create_schema()
         elif check_version:
             self.check_schema()
+        if self.is_sqlite and not read_only and path != ":memory:":
+            self._use_wal()
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL (it stays so), only once it is known to be ours: another program's file,
+        an empty or a damaged one is refused above unchanged."""
+        try:
+            with self.engine.connect() as conn:
+                raw: Any = conn.connection.dbapi_connection  # autocommit: the mode changes outside a transaction
+                if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    raw.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as err:
+            raise self._error(err) from err
 
     def close(self) -> None:
         self.engine.dispose()
@@ -396,9 +447,25 @@ class Database:
                 with conn.begin():
                     yield Tx(conn, write)
         except exc.DBAPIError as err:
-            raise DatabaseError(f"database error on {redact(self.url)}: {first_line(err.orig)}") from err
+            raise self._error(err.orig or err) from err
         except self.engine.dialect.loaded_dbapi.Error as err:  # raised through Tx's driver cursor
-            raise DatabaseError(f"database error on {redact(self.url)}: {first_line(err)}") from err
+            raise self._error(err) from err
+        except UnicodeDecodeError as err:  # SQLite's own message quotes garbled schema text
+            if not self.is_sqlite:
+                raise
+            raise self._error(err) from err
+        except OverflowError as err:  # a library caller passed an integer beyond 64 bits
+            raise DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}") from err
+
+    def _error(self, err: BaseException) -> DatabaseError:
+        """A driver error as one line; a damaged file or one that is not a database is named so."""
+        name = getattr(err, "sqlite_errorname", "")
+        text = first_line(err)
+        if isinstance(err, UnicodeDecodeError) or name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") \
+                or text.startswith("malformed database schema"):
+            detail = "its schema is not readable text" if isinstance(err, UnicodeDecodeError) else text
+            return DatabaseError(f"database {redact(self.url)} is damaged or not a database: {detail}")
+        return DatabaseError(f"database error on {redact(self.url)}: {text}")
 
     def create_schema(self) -> None:
         """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent)."""
@@ -423,7 +490,13 @@ class Database:
             if not self.engine.dialect.has_table(tx.conn, "meta"):
                 return None
             value = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise SchemaError(f"{redact(self.url)} has an unreadable schema version {str(value)[:40]!r}: not an "
+                              "ecalstate database, or a damaged one") from None
 
     def check_schema(self) -> None:
         version = self.schema_version()

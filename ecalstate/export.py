@@ -296,7 +296,10 @@ def _reason(err: BaseException) -> str:
 
 def check_url(url: str) -> str:
     """An http(s) URL without credentials or query (secrets come from the environment), trailing / removed."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: http://[::1
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"invalid URL {redact_url(url)!r}: expected http(s)://host[:port][/path]")
     if parts.username is not None or parts.password is not None or parts.query:

@@ -1,9 +1,13 @@
 """The run-type filter language and run-set parsing.
 
 A filter is clauses joined by commas (AND): ``class=Collisions,nevents>=1000``.
-Operators: ``=`` ``!=`` ``>=`` ``<=`` ``>`` ``<``. Values compare as numbers
-when both sides are numbers, else as text. A run lacking the key fails the
-clause. The empty filter matches every run.
+Operators: ``=`` ``!=`` ``>=`` ``<=`` ``>`` ``<``. A value starting with an
+operator character (``class==Collisions``, ``nevents>>3``) is a typo and refused,
+naming its position. ``=`` and ``!=`` compare as numbers when both sides are
+numbers, else as text. ``>`` ``>=`` ``<`` ``<=`` with a number compare numbers
+only: a run whose value is not a number fails the clause (``nevents>=1000`` never
+matches ``nevents=unknown``); with a text value they compare text (``era>=Run2024C``).
+A run lacking the key fails the clause. The empty filter matches every run.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Invalid
+from .limits import INT64_MAX, int64_range
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "!=": operator.ne,
@@ -38,6 +43,8 @@ class Clause:
             return False
         left, right = _coerce(record[self.key]), _coerce(self.value)
         if isinstance(left, float) != isinstance(right, float):
+            if isinstance(right, float) and self.op not in ("=", "!="):
+                return False  # a numeric comparison needs a number
             left, right = str(record[self.key]), self.value
         try:
             return _OPS[self.op](left, right)
@@ -70,6 +77,7 @@ def parse_filter(text: str | None) -> RunFilter:
     """Parse a filter expression, or raise :class:`Invalid` naming the bad clause."""
     text = (text or "").strip()
     clauses = []
+    start = 0  # where the clause starts in ``text``, for positions in messages
     if text:
         for part in text.split(","):
             found = _CLAUSE.match(part)
@@ -77,7 +85,13 @@ def parse_filter(text: str | None) -> RunFilter:
                 raise Invalid(
                     f"invalid filter clause {part.strip()!r}: expected KEY OP VALUE with OP one of = != >= <= > <"
                 )
+            if found.group(3)[0] in "=!<>":
+                raise Invalid(
+                    f"invalid filter clause {part.strip()!r}: {found.group(3)[0]!r} after the operator "
+                    f"{found.group(2)!r} at position {start + found.start(3) + 1} (operators: = != >= <= > <)"
+                )
             clauses.append(Clause(found.group(1), found.group(2), found.group(3)))
+            start += len(part) + 1
     return RunFilter(text, tuple(clauses))
 
 
@@ -105,6 +119,9 @@ def parse_runs(spec: str | Iterable[str] | int) -> list[int]:
             raise Invalid(f"invalid run set element {part!r}: expected N or N-M with integers") from None
         if lo <= 0 or hi <= 0:
             raise Invalid(f"invalid run set element {part!r}: run numbers are > 0")
+        if hi > INT64_MAX or lo > INT64_MAX:
+            raise Invalid(f"invalid run set element {part!r}: {max(lo, hi)} is out of range: expected"
+                          f" {int64_range(1)}")
         if hi < lo:
             raise Invalid(f"invalid run range {part!r}: end before start")
         if hi - lo >= _MAX_RANGE:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
+from .limits import MAX_JOBS_PER_CALL, check_int64
 from .results import BulkResult, Change, JobInfo, JobUpdate
 from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
 
@@ -189,7 +190,9 @@ def insert_jobs(
 def check_jobs(
     jids: Sequence[Any], fields: Optional[Sequence[dict[str, Any]]]
 ) -> tuple[list[int], list[dict[str, Any]]]:
-    """Validated job ids (distinct, >= 0, at least one) and one field set per id."""
+    """Validated job ids (distinct, >= 0, at least one, at most :data:`MAX_JOBS_PER_CALL`) and one field set per id."""
+    if len(jids) > MAX_JOBS_PER_CALL:
+        raise Invalid(f"{len(jids)} jobs in one creation: at most {MAX_JOBS_PER_CALL} per call")
     jid_list = [_check_jid(j) for j in jids]
     if len(set(jid_list)) != len(jid_list):
         raise Invalid("duplicate job ids in one creation")
@@ -208,7 +211,7 @@ def _check_jid(jid: Any) -> int:
         raise Invalid(f"invalid job id {jid!r}: expected an integer >= 0") from None
     if value < 0 or isinstance(jid, bool):
         raise Invalid(f"invalid job id {jid!r}: expected an integer >= 0")
-    return value
+    return check_int64(value, "job id", 0)
 
 
 def _ids(values: Sequence[int]) -> str:

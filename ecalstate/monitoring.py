@@ -14,6 +14,7 @@ from typing import Any, Optional
 from .base import Ctx, StoreBase
 from .db import Tx
 from .errors import Invalid
+from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .results import Health, SilentHandler, StuckInstance
 
 STAGES = ("submit", "resubmit", "check")
@@ -24,8 +25,8 @@ SILENT_AFTER = 2 * 3600
 
 def cutoff(seconds: float) -> str:
     """The timestamp ``seconds`` ago, in the store's text format (comparable as text)."""
-    if seconds < 0:
-        raise Invalid(f"invalid duration {seconds}: must be >= 0")
+    if not 0 <= seconds <= MAX_DURATION:
+        raise Invalid(f"invalid duration {seconds}: must be >= 0 and {MAX_DURATION_TEXT}")
     moment = datetime.now(timezone.utc) - timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

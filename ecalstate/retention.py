@@ -34,6 +34,7 @@ from sqlmodel import SQLModel
 from .appendfile import append_whole
 from .db import Database, Tx, sqlite_path
 from .errors import Invalid, StorageError
+from .limits import MAX_DURATION
 
 CHUNK = 20_000
 
@@ -61,15 +62,18 @@ def parse_before(text: str, now: Optional[datetime] = None) -> str:
     age = _AGE.match(value)
     if age:
         days = int(age.group(1)) * (7 if age.group(2) == "w" else 1)
+        if days * 86400 > MAX_DURATION:
+            raise Invalid(f"invalid age {text!r}: at most 100 years ({MAX_DURATION // 86400} days)")
         moment = (now or datetime.now(timezone.utc)) - timedelta(days=days)
     else:
         try:
             moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-        except ValueError:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.astimezone(timezone.utc)
+        except (ValueError, OverflowError):  # OverflowError: year 1 moved before year 1 by its offset
             raise Invalid(f"invalid date {text!r}: expected YYYY-MM-DD, an ISO date-time or an age like 90d") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

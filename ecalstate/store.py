@@ -24,13 +24,16 @@ class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi, 
 
     @classmethod
     def open(
-        cls, db: str, actor: Optional[str] = None, create: bool = False, allow_network_fs: bool = False
+        cls, db: str, actor: Optional[str] = None, create: bool = False, allow_network_fs: bool = False,
+        read_only: bool = False,
     ) -> "Store":
         """Open ``db``; ``create`` makes the file and schema when missing (``ecalstate init``).
 
         ``allow_network_fs`` accepts a SQLite file on a network or FUSE mount (refused by default).
+        ``read_only`` never changes the database, also works on a read-only file in a read-only folder (a
+        shifter reading the service's database), and refuses every write.
         """
-        return cls(Database(db, create=create, allow_network_fs=allow_network_fs), actor)
+        return cls(Database(db, create=create, allow_network_fs=allow_network_fs, read_only=read_only), actor)
 
     def close(self) -> None:
         self.db.close()

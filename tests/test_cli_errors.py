@@ -23,6 +23,8 @@ from ecalstate import Store
 SET = ["set", "-c", "prompt", "--task", "reco"]
 INJECT = ["run", "inject", "-c", "prompt"]
 JOB_SET = ["job", "set", "-c", "prompt", "--task", "reco", "--run", "1"]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+TOO_BIG = str(2**63)
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +130,14 @@ CASES = [
     case("task-duplicate", ["task", "add", "-c", "prompt", "reco"], 1, "task 'reco' already exists"),
     case("task-cycle", ["task", "update", "-c", "prompt", "reco", "--depends-on", "plots"], 1, "dependency cycle"),
     case("task-negative-retries", ["task", "add", "-c", "prompt", "x", "--max-retries", "-1"], 2,
-         "-1 is not in the range x>=0"),
+         "-1 is out of range: expected an integer from 0 to"),
     case("task-update-nothing", ["task", "update", "-c", "prompt", "reco"], 2, "nothing to change"),
     case("campaign-duplicate", ["campaign", "create", "prompt"], 1, "campaign 'prompt' already exists"),
     case("campaign-bad-name", ["campaign", "create", "bad name!"], 1, "invalid campaign name 'bad name!'"),
     case("campaign-bad-kind", ["campaign", "create", "x", "--kind", "weekly"], 2, "'weekly' is not one of"),
     # claims, jobs, request ids, durations
-    case("claim-limit-zero", ["claim", "-c", "prompt", "--task", "reco", "--limit", "0"], 2, "0 is not in the range"),
+    case("claim-limit-zero", ["claim", "-c", "prompt", "--task", "reco", "--limit", "0"], 2,
+         "0 is out of range: expected an integer from 1"),
     case("claim-unknown-grouping", ["claim", "-c", "prompt", "--task", "reco", "--group-by", "lumi"], 2,
          "'lumi' is not one of"),
     case("job-field-without-equals", [*JOB_SET, "--job", "0", "done", "--field", "output"], 2, "expected KEY=VALUE"),
@@ -144,7 +147,8 @@ CASES = [
          "request id must not be blank"),
     case("bad-duration", ["health", "--stuck-after", "5x"], 2, "invalid duration '5x'"),
     case("negative-duration", ["status", "-c", "prompt", "--stuck-after=-5m"], 2, "invalid duration '-5m'"),
-    case("history-limit-zero", ["history", "-c", "prompt", "--limit", "0"], 2, "0 is not in the range"),
+    case("history-limit-zero", ["history", "-c", "prompt", "--limit", "0"], 2,
+         "0 is out of range: expected an integer from 1"),
     case("status-filter-without-task", ["run", "list", "-c", "prompt", "--status", "failed"], 2, "--status needs --task"),
     case("report-out-folder-missing", ["report", "html", "-c", "prompt", "--out", "/nonexistent-dir/x.html"], 1,
          "cannot write /nonexistent-dir/x.html"),
@@ -171,6 +175,75 @@ CASES = [
     case("db-server-unreachable", ["status", "-c", "prompt"], 1, "Connection refused",
          db="postgresql+psycopg://ecal:s3cret@127.0.0.1:1/ecal"),
     case("db-unknown-dialect", ["status", "-c", "prompt"], 1, "cannot use database URL foo://bar", db="foo://bar"),
+    # numbers the database cannot hold: SQLite INTEGER and PostgreSQL BIGINT are signed 64-bit
+    *[case(f"int64-{name}", args, 2, f"{TOO_BIG} is out of range: expected an integer from {low} to {INT64_MAX}")
+      for name, args, low in [
+          ("inject-run", [*INJECT, "--run", TOO_BIG], INT64_MIN),
+          ("inject-fill", [*INJECT, "--run", "7", "--fill", TOO_BIG], INT64_MIN),
+          ("set-runs", [*SET, "--runs", TOO_BIG, "done", "--reason", "x"], 1),
+          ("set-runs-range", [*SET, "--runs", f"1-{TOO_BIG}", "done", "--reason", "x"], 1),
+          ("history-run", ["history", "-c", "prompt", "--run", TOO_BIG], INT64_MIN),
+          ("history-limit", ["history", "-c", "prompt", "--limit", TOO_BIG], 1),
+          ("job-set-job", [*JOB_SET, "--job", TOO_BIG, "done"], INT64_MIN),
+          ("job-set-run", ["job", "set", "-c", "prompt", "--task", "reco", "--run", TOO_BIG, "--job", "0", "done"],
+           INT64_MIN),
+          ("job-list-run", ["job", "list", "-c", "prompt", "--task", "reco", "--run", TOO_BIG], INT64_MIN),
+          ("job-create-first", ["job", "create", "-c", "prompt", "--task", "reco", "--run", "2", "--count", "1",
+                                "--first", TOO_BIG], 0),
+          ("claim-limit", ["claim", "-c", "prompt", "--task", "reco", "--limit", TOO_BIG], 1),
+          ("task-max-retries", ["task", "add", "-c", "prompt", "x", "--max-retries", TOO_BIG], 0),
+      ]],
+    case("int64-inject-run-negative", [*INJECT, "--run", f"-{TOO_BIG}1"], 2, f"-{TOO_BIG}1 is out of range"),
+    case("int64-job-create-last", ["job", "create", "-c", "prompt", "--task", "reco", "--run", "2", "--count", "2",
+                                   "--first", str(INT64_MAX)], 1,
+         f"invalid job id {TOO_BIG}: expected an integer from 0 to {INT64_MAX}"),
+    case("int64-json-run", [*INJECT, "--file", "{tmp}/runs.json"], 1,
+         f"runs.json record 2: invalid run number {TOO_BIG}: expected an integer from 1 to {INT64_MAX}",
+         **{"runs.json": f'[{{"run_number": 7}}, {{"run_number": {TOO_BIG}}}]'}),
+    case("int64-json-fill", [*INJECT, "--file", "{tmp}/runs.json"], 1,
+         f"runs.json record 1: invalid fill {TOO_BIG} for run 7: expected an integer from 0 to {INT64_MAX}",
+         **{"runs.json": f'[{{"run_number": 7, "fill": {TOO_BIG}}}]'}),
+    case("int64-csv-run", [*INJECT, "--file", "{tmp}/runs.csv"], 1,
+         f"runs.csv line 3: invalid run number {TOO_BIG}: expected an integer from 1 to {INT64_MAX}",
+         **{"runs.csv": f"run_number\n7\n{TOO_BIG}\n"}),
+    # bounded work
+    case("job-create-count-bounded", ["job", "create", "-c", "prompt", "--task", "reco", "--run", "2", "--count",
+                                      "100000000"], 2, "100000000 is not in the range 1<=x<=100000"),
+    case("duration-beyond-100-years", ["health", "--stuck-after", "999999999w"], 2,
+         "invalid duration '999999999w': at most 100 years (3155760000 s)"),
+    case("duration-beyond-100-years-silent", ["health", "--silent-after", "1" + "0" * 400], 2, "at most 100 years"),
+    case("prune-before-beyond-100-years", ["db", "prune", "--before", "99999999999d"], 1,
+         "invalid age '99999999999d': at most 100 years (36525 days)"),
+    case("prune-before-year-1", ["db", "prune", "--before", "0001-01-01T00:00:00+05:00"], 1,
+         "invalid date '0001-01-01T00:00:00+05:00'"),
+    case("export-bad-ipv6-url", ["export", "--url", "http://[::1", "--bucket", "b", "--org", "o"], 1,
+         "invalid URL"),
+    # filter typos
+    case("filter-double-equals", ["rtype", "create", "-c", "prompt", "coll", "--filter", "class==Collisions"], 1,
+         "invalid filter clause 'class==Collisions': '=' after the operator '=' at position 7"),
+    case("filter-double-greater", ["rtype", "create", "-c", "prompt", "big", "--filter", "class=C,nevents>>3"], 1,
+         "invalid filter clause 'nevents>>3': '>' after the operator '>' at position 17"),
+    case("filter-not-greater", ["rtype", "update", "-c", "prompt", "all", "--filter", "nevents=>3"], 1,
+         "'>' after the operator '=' at position 9"),
+    # damaged, foreign and empty files: refused, never changed (not even switched to WAL or given a header)
+    case("db-flipped-bits-status", ["status", "-c", "prompt"], 1, "is damaged or not a database", db="flipped"),
+    case("db-flipped-bits-set", [*SET, "--runs", "2", "done", "--reason", "x"], 1, "is damaged or not a database",
+         db="flipped"),
+    case("db-flipped-bits-init", ["init"], 1, "is damaged or not a database", db="flipped"),
+    case("db-corrupt-pages", ["status", "-c", "prompt"], 1, "is damaged or not a database: database disk image is "
+         "malformed", db="corrupt"),
+    case("db-schema-version-not-a-number", ["status", "-c", "prompt"], 1, "has an unreadable schema version 'abc'",
+         db="badversion"),
+    case("db-schema-version-not-a-number-init", ["init"], 1, "unreadable schema version 'abc'", db="badversion"),
+    case("db-empty-file-status", ["status", "-c", "prompt"], 1, "holds no ecalstate schema", db="empty"),
+    case("db-empty-file-health", ["health"], 1, "holds no ecalstate schema", db="empty"),
+    case("db-empty-file-set", [*SET, "--runs", "2", "done", "--reason", "x"], 1, "holds no ecalstate schema",
+         db="empty"),
+    case("db-foreign-status", ["status", "-c", "prompt"], 1, "holds no ecalstate schema", db="foreign"),
+    case("db-foreign-campaign-list", ["campaign", "list"], 1, "holds no ecalstate schema", db="foreign"),
+    case("db-foreign-history", ["history", "-c", "prompt"], 1, "holds no ecalstate schema", db="foreign"),
+    case("db-foreign-set", [*SET, "--runs", "2", "done", "--reason", "x"], 1, "holds no ecalstate schema",
+         db="foreign"),
 ]
 
 
@@ -179,11 +252,27 @@ def prepared(request: pytest.FixtureRequest, template: str, tmp_path: Path) -> I
     """(the --db value, the SQLite file whose content must not change, if any)."""
     kind = request.node.callspec.params["kind"]
     db = str(tmp_path / "state.db")
-    if kind in ("copy", "readonly", "newer"):
+    if kind in ("copy", "readonly", "newer", "badversion", "flipped", "corrupt"):
         shutil.copy(template, db)
-    if kind == "newer":
+    if kind in ("newer", "badversion"):
         with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+            version = "999" if kind == "newer" else "abc"
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+        conn.close()
+    if kind == "flipped":  # the high bit of the name of table meta in the schema: no longer UTF-8
+        flip(db, b"tablemetameta", range(5, 9), 0x80)
+    if kind == "corrupt":  # every b-tree page header after the first: not a page type
+        data = bytearray(Path(db).read_bytes())
+        size = int.from_bytes(data[16:18], "big")
+        for start in range(size, len(data), size):
+            data[start] = 0x77
+        Path(db).write_bytes(bytes(data))
+    if kind == "empty":
+        Path(db).touch()
+    if kind == "foreign":  # another program's database, in rollback-journal mode
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE readings (t TEXT, value REAL)")
+            conn.execute("INSERT INTO readings VALUES ('2024-05-01', 1.5)")
         conn.close()
     immutable = False
     if kind == "readonly":
@@ -202,10 +291,20 @@ def prepared(request: pytest.FixtureRequest, template: str, tmp_path: Path) -> I
     if "://" in kind:
         db = kind
     try:
-        yield db, (str(tmp_path / "state.db") if kind in ("copy", "readonly", "newer") else None)
+        kept = kind in ("copy", "readonly", "newer", "badversion", "flipped", "corrupt", "empty", "foreign")
+        yield db, (str(tmp_path / "state.db") if kept else None)
     finally:
         if immutable:
             subprocess.run(["chattr", "-i", str(tmp_path / "state.db")], check=True)
+
+
+def flip(path: str, marker: bytes, offsets: range, mask: int) -> None:
+    """Flip the ``mask`` bits of the bytes at ``offsets`` from the first ``marker`` in the file."""
+    data = bytearray(Path(path).read_bytes())
+    at = data.index(marker)
+    for offset in offsets:
+        data[at + offset] ^= mask
+    Path(path).write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(("args", "code", "expect", "kind", "files"), CASES)
@@ -216,7 +315,8 @@ def test_bad_input(
     db, sqlite_file = prepared
     for name, content in files.items():
         (tmp_path / name).write_text(content)
-    before = dump(sqlite_file) if sqlite_file else None
+    readable = sqlite_file is not None and kind not in ("flipped", "corrupt")  # a damaged file is compared as bytes
+    before = dump(sqlite_file) if sqlite_file and readable else None
     before_bytes = Path(sqlite_file).read_bytes() if sqlite_file else None
     listing = sorted(p.name for p in tmp_path.iterdir())
 
@@ -230,7 +330,7 @@ def test_bad_input(
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
     assert result.stdout == ""
     if sqlite_file:
-        assert dump(sqlite_file) == before
+        assert not readable or dump(sqlite_file) == before
         assert Path(sqlite_file).read_bytes() == before_bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no database, journal or temp file created
     assert not os.path.exists("/nonexistent-dir")

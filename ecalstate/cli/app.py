@@ -23,13 +23,21 @@ class App:
         self.allow_network_fs = allow_network_fs
         self._store: Optional[Store] = None
 
-    def store(self, create: bool = False) -> Store:
+    def store(self, create: bool = False, read_only: bool = False) -> Store:
+        """The store, opened on first use; ``read_only`` for commands that only read (the file stays unchanged)."""
+        if self._store is not None and self._store.db.read_only and not read_only:
+            self.close()  # a write after a read: reopen writable
         if self._store is None:
             # imported here, not for --help: the schema takes longer to load than click
             from ..store import Store
 
-            self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs)
+            self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs,
+                                     read_only=read_only)
         return self._store
+
+    def reader(self) -> Store:
+        """The store for a command that only reads: it never changes the database, and works read-only."""
+        return self.store(read_only=True)
 
     def close(self) -> None:
         """Release the database (on SQLite the last connection out checkpoints the WAL)."""

@@ -100,7 +100,7 @@ def db_stats(app: App) -> None:
     Example:
         ecalstate --db state.db db stats
     """
-    result = stats(app.store().db)
+    result = stats(app.reader().db)
     app.emit(result, lambda: _print_stats(result))
 
 

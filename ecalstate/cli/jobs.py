@@ -7,11 +7,12 @@ from typing import Any, Optional
 
 import click
 
+from ..limits import MAX_JOBS_PER_CALL
 from ..statemachine import JobStatus
 from .app import App, pass_app
 from .fmt import echo_table, styled
 from .options import campaign_option, request_id_option, task_option
-from .parse import KEY_VALUE, pairs_to_dict
+from .parse import INT64, INT64_FROM_0, KEY_VALUE, pairs_to_dict
 
 JOB_STATUSES = [s.value for s in JobStatus]
 
@@ -29,9 +30,10 @@ def job() -> None:
 @job.command("create")
 @campaign_option
 @task_option()
-@click.option("--run", "run_number", type=int, required=True, metavar="N", help="The claimed (processing) run.")
-@click.option("--count", type=click.IntRange(min=1), required=True, metavar="N", help="How many jobs.")
-@click.option("--first", type=click.IntRange(min=0), default=0, show_default=True, metavar="ID",
+@click.option("--run", "run_number", type=INT64, required=True, metavar="N", help="The claimed (processing) run.")
+@click.option("--count", type=click.IntRange(1, MAX_JOBS_PER_CALL), required=True, metavar="N",
+              help=f"How many jobs (at most {MAX_JOBS_PER_CALL:,} per call).")
+@click.option("--first", type=INT64_FROM_0, default=0, show_default=True, metavar="ID",
               help="Id of the first job; the others follow.")
 @request_id_option
 @pass_app
@@ -55,7 +57,7 @@ def job_create(
 @job.command("list")
 @campaign_option
 @task_option()
-@click.option("--run", "run_number", type=int, metavar="N", help="Only this run's jobs.")
+@click.option("--run", "run_number", type=INT64, metavar="N", help="Only this run's jobs.")
 @click.option("--status", type=click.Choice(JOB_STATUSES), help="Only jobs with this status.")
 @click.option("--all-generations", is_flag=True, help="Include the jobs of earlier generations.")
 @pass_app
@@ -68,7 +70,7 @@ def job_list(
     Example:
         ecalstate job list -c prompt --task reco --status failed
     """
-    jobs = app.store().list_jobs(campaign, task, run_number, status, all_generations)
+    jobs = app.reader().list_jobs(campaign, task, run_number, status, all_generations)
     app.emit(jobs, lambda: echo_table(
         ["run", "job", "generation", "status", "attempts", "batch id", "updated", "fields"],
         [(j.run_number, j.jid, j.generation, styled(j.status), j.attempts, j.batch_id, j.updated_at,
@@ -79,13 +81,13 @@ def job_list(
 @job.command("set")
 @campaign_option
 @task_option()
-@click.option("--run", "run_number", type=int, required=True, metavar="N", help="Run of the job.")
-@click.option("--job", "jid", type=int, required=True, metavar="ID", help="Job id within the run.")
+@click.option("--run", "run_number", type=INT64, required=True, metavar="N", help="Run of the job.")
+@click.option("--job", "jid", type=INT64, required=True, metavar="ID", help="Job id within the run.")
 @click.argument("status", type=click.Choice(JOB_STATUSES), metavar="STATUS")
 @click.option("--field", "fields", type=KEY_VALUE, multiple=True, metavar="KEY=VALUE",
               help="Result field (output path, plot URL, number); JSON scalars when they parse, else text. Repeatable.")
 @click.option("--batch-id", metavar="ID", help="Batch system id, e.g. an HTCondor cluster.proc.")
-@click.option("--generation", type=click.IntRange(min=0), metavar="G", help="Job generation (default: current).")
+@click.option("--generation", type=INT64_FROM_0, metavar="G", help="Job generation (default: current).")
 @click.option("--reason", default="", metavar="TEXT", help="Why (kept in the audit).")
 @request_id_option
 @pass_app

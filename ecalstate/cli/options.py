@@ -22,7 +22,7 @@ def _complete_campaign(ctx: click.Context, param: click.Parameter, incomplete: s
     if not isinstance(db, str):
         return []
     try:
-        with Store.open(db) as store:
+        with Store.open(db, read_only=True) as store:
             names = [c.name for c in store.list_campaigns()]
     except EcalStateError:
         return []

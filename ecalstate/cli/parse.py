@@ -17,6 +17,7 @@ import click
 
 from ..catalog import check_run
 from ..errors import Invalid
+from ..limits import INT64_MAX, INT64_MIN, MAX_DURATION, MAX_DURATION_TEXT, int64_range
 from ..results import RunSpec
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -24,13 +25,17 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``6h``, ``2d``, ``1w``, combinations like ``1h30m``, or plain seconds."""
+    """``90s``, ``30m``, ``6h``, ``2d``, ``1w``, combinations like ``1h30m``, or plain seconds; at most 100 years."""
     value = text.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        return float(value)
-    if not value or _PART.sub("", value):
+        seconds = float(value)
+    elif not value or _PART.sub("", value):
         raise ValueError(f"invalid duration {text!r}: expected e.g. 90s, 30m, 6h, 2d or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in _PART.findall(value))
+    else:
+        seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(value))
+    if seconds > MAX_DURATION:
+        raise ValueError(f"invalid duration {text!r}: {MAX_DURATION_TEXT}")
+    return seconds
 
 
 def parse_scalar(text: str) -> Any:
@@ -64,6 +69,24 @@ class Duration(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
+class Int64(click.ParamType):
+    """A click type for the integers the database stores (run numbers, fills, job ids, counts): signed 64-bit.
+
+    ``low`` raises the lower bound (0 for job ids); a number out of range is a usage error naming the range.
+    """
+
+    name = "integer"
+
+    def __init__(self, low: int = INT64_MIN) -> None:
+        self.low = low
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        number = click.INT.convert(value, param, ctx)
+        if not self.low <= number <= INT64_MAX:
+            self.fail(f"{number} is out of range: expected {int64_range(self.low)}", param, ctx)
+        return int(number)
+
+
 class KeyValue(click.ParamType):
     """A click type for :func:`parse_key_value`, giving a (key, value) pair."""
 
@@ -80,6 +103,10 @@ class KeyValue(click.ParamType):
 
 DURATION = Duration()
 KEY_VALUE = KeyValue()
+#: any integer the database stores; the ones below for ids and counts that start at 0 or 1
+INT64 = Int64()
+INT64_FROM_0 = Int64(0)
+INT64_FROM_1 = Int64(1)
 
 
 def pairs_to_dict(pairs: tuple[tuple[str, Any], ...], what: str) -> dict[str, Any]:

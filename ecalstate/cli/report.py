@@ -40,7 +40,7 @@ def report_html(app: App, campaign: str, out: str, stuck_after: float, silent_af
     """
     from ..report import render_html
 
-    page = render_html(app.store(), campaign, stuck_after, silent_after, failures)
+    page = render_html(app.reader(), campaign, stuck_after, silent_after, failures)
     tmp = f"{out}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as handle:

@@ -24,7 +24,7 @@ from .options import (
     stuck_after_option,
     task_option,
 )
-from .parse import KEY_VALUE, format_duration, pairs_to_dict, read_runs
+from .parse import INT64, INT64_FROM_1, KEY_VALUE, format_duration, pairs_to_dict, read_runs
 
 TASK_STATUSES = [s.value for s in TaskStatus]
 #: injections at least this long show a progress bar (on a terminal)
@@ -43,8 +43,8 @@ def run() -> None:
 
 @run.command("inject")
 @campaign_option
-@click.option("--run", "run_number", type=int, metavar="N", help="Run number (> 0).")
-@click.option("--fill", type=int, metavar="F", help="LHC fill of --run.")
+@click.option("--run", "run_number", type=INT64, metavar="N", help="Run number (> 0).")
+@click.option("--fill", type=INT64, metavar="F", help="LHC fill of --run.")
 @click.option("--meta", type=KEY_VALUE, multiple=True, metavar="KEY=VALUE",
               help="Metadata of --run (values are JSON scalars when they parse, else text). Repeatable.")
 @click.option("--file", "path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -97,7 +97,7 @@ def run_list(app: App, campaign: str, task: Optional[str], status: Optional[str]
     """
     if status is not None and task is None:
         raise click.UsageError("--status needs --task")
-    runs = app.store().list_runs(campaign, task, status)
+    runs = app.reader().list_runs(campaign, task, status)
 
     def text() -> None:
         headers = ["run", "fill", "run types"] + (["status", "generation"] if task else []) + ["metadata"]
@@ -129,7 +129,7 @@ def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], 
         ecalstate status -c prompt
         ecalstate --json status -c prompt --task reco,calib --runs 356001-356100
     """
-    view = app.store().overview(campaign, task, runs, stuck_after)
+    view = app.reader().overview(campaign, task, runs, stuck_after)
     app.emit(overview_dict(view), lambda: click.echo(render_overview(view, stuck_after, colours_shown())))
 
 
@@ -182,7 +182,7 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
 @click.command()
 @campaign_option
 @task_option()
-@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Claim at most N groups (default: all).")
+@click.option("--limit", type=INT64_FROM_1, metavar="N", help="Claim at most N groups (default: all).")
 @click.option("--group-by", type=click.Choice(["run", "fill"]), default="run", show_default=True,
               help="fill: one group per fill, the newest run leads, the others become merged.")
 @request_id_option
@@ -214,9 +214,9 @@ def claim(
 @click.command()
 @campaign_option
 @task_option(required=False, help="Only this task's transitions.")
-@click.option("--run", "run_number", type=int, metavar="N", help="Only this run's transitions.")
+@click.option("--run", "run_number", type=INT64, metavar="N", help="Only this run's transitions.")
 @click.option("--entity", type=click.Choice(["task", "job", "handler"]), help="Only this kind of entity.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
+@click.option("--limit", type=INT64_FROM_1, default=50, show_default=True, metavar="N",
               help="Show the N most recent rows.")
 @pass_app
 def history(
@@ -233,7 +233,7 @@ def history(
     Example:
         ecalstate history -c prompt --task reco --run 356001
     """
-    rows = app.store().history(campaign, task, run_number, limit, entity)
+    rows = app.reader().history(campaign, task, run_number, limit, entity)
     app.emit(rows, lambda: echo_table(
         ["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
         [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
@@ -260,7 +260,7 @@ def health(app: App, campaign: Optional[str], stuck_after: float, silent_after: 
     Example:
         ecalstate health -c prompt --stuck-after 12h --silent-after 30m || notify-shifter
     """
-    report = app.store().health(campaign, stuck_after, silent_after)
+    report = app.reader().health(campaign, stuck_after, silent_after)
     app.emit({"ok": report.ok, **_health_dict(report)}, lambda: click.echo(render_health(report, stuck_after,
                                                                                           silent_after)))
     if not report.ok:

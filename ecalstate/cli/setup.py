@@ -11,6 +11,7 @@ from ..db import redact
 from .app import App, pass_app
 from .fmt import echo_table
 from .options import campaign_option, multi_option
+from .parse import INT64_FROM_0
 
 
 @click.command()
@@ -67,7 +68,7 @@ def campaign_list(app: App) -> None:
     Example:
         ecalstate campaign list
     """
-    campaigns = app.store().list_campaigns()
+    campaigns = app.reader().list_campaigns()
     app.emit(campaigns, lambda: echo_table(
         ["name", "kind", "created", "description"],
         [(c.name, c.kind, c.created_at, c.description) for c in campaigns], "no campaigns"))
@@ -87,7 +88,7 @@ def task() -> None:
 @campaign_option
 @click.argument("name")
 @multi_option("--depends-on", help="Task this one waits for (must exist).", metavar="TASK")
-@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--max-retries", type=INT64_FROM_0, default=3, show_default=True,
               help="Resubmissions allowed for a failed job.")
 @pass_app
 def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int) -> None:
@@ -110,7 +111,7 @@ def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retr
 @click.argument("name")
 @multi_option("--depends-on", help="Replace the dependencies with these tasks.", metavar="TASK")
 @click.option("--no-depends", is_flag=True, help="Remove every dependency.")
-@click.option("--max-retries", type=click.IntRange(min=0), help="New retry limit.")
+@click.option("--max-retries", type=INT64_FROM_0, help="New retry limit.")
 @pass_app
 def task_update(
     app: App, campaign: str, name: str, depends_on: list[str], no_depends: bool, max_retries: Optional[int]
@@ -141,7 +142,7 @@ def task_list(app: App, campaign: str) -> None:
     Example:
         ecalstate task list -c prompt
     """
-    tasks = app.store().list_tasks(campaign)
+    tasks = app.reader().list_tasks(campaign)
     app.emit(tasks, lambda: echo_table(
         ["task", "depends on", "max retries"],
         [(t.name, ",".join(t.depends_on) or None, t.max_retries) for t in tasks], "no tasks"))
@@ -210,7 +211,7 @@ def rtype_list(app: App, campaign: str) -> None:
     Example:
         ecalstate rtype list -c prompt
     """
-    rtypes = app.store().list_rtypes(campaign)
+    rtypes = app.reader().list_rtypes(campaign)
     app.emit(rtypes, lambda: echo_table(
         ["run type", "filter", "tasks"], [(r.name, r.filter or None, ",".join(r.tasks) or None) for r in rtypes],
         "no run types"))

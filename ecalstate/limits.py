@@ -1,0 +1,41 @@
+"""The bounds every input is held to, in one place: what the databases can store, what one call may ask for.
+
+Run numbers, fills, job ids and counts are stored as SQLite INTEGER and PostgreSQL BIGINT:
+signed 64-bit. A larger number would reach the driver and fail there with a traceback, so
+it is refused when it is parsed, by :func:`check_int64`, which every option and file reader uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import Invalid
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: jobs one ``create_jobs`` call may create (one transaction holds the write lock while it inserts them)
+MAX_JOBS_PER_CALL = 100_000
+#: the longest duration or age accepted (``--stuck-after``, ``db prune --before 90d``): 100 years, in seconds
+MAX_DURATION = 100 * 36525 * 864  # 100 * 365.25 days * 86400 s, kept an integer
+MAX_DURATION_TEXT = f"at most 100 years ({MAX_DURATION} s)"
+
+
+def int64_range(low: int = INT64_MIN) -> str:
+    """How messages state the accepted range."""
+    return f"an integer from {low} to {INT64_MAX}"
+
+
+def check_int64(value: Any, what: str, low: int = INT64_MIN) -> int:
+    """``value`` as an int in [``low``, INT64_MAX], or :class:`Invalid` naming ``what`` and the range.
+
+    Accepts ints and their decimal text; refuses bools, fractions and other text.
+    """
+    try:
+        number = int(str(value).strip()) if not isinstance(value, (bool, float)) else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise Invalid(f"invalid {what} {value!r}: expected {int64_range(low)}")
+    if not low <= number <= INT64_MAX:
+        raise Invalid(f"invalid {what} {number}: expected {int64_range(low)}")
+    return number
