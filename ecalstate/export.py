@@ -1,26 +1,40 @@
 """Export the audit trail to InfluxDB as ``run``, ``job`` and ``handler`` points.
 
 Incremental: every target has a cursor (the last exported audit id, table
-``export_cursor``). An export reads the audit rows after it in id order, in
-batches of at most 5,000 lines, sends each batch and, only once the server has
-acknowledged it, advances the cursor in its own short write transaction. No
-database lock is held while talking to the server. A crash or an outage
-therefore re-sends at most the unacknowledged batch, and since a replay writes
-byte-identical lines (same series, same timestamp, same values) InfluxDB keeps
-one copy: at-least-once delivery, exactly-once data.
+``export_cursor``). An export reads the audit rows after it in id order, sends
+them in requests of at most 5,000 lines and ``batch_bytes`` bytes and, only once
+the server has acknowledged a request, advances the cursor in its own short write
+transaction. No database lock is held while talking to the server. A crash or an
+outage therefore re-sends at most the unacknowledged request, and since a replay
+writes byte-identical lines (same series, same timestamp, same values) InfluxDB
+keeps one copy: at-least-once delivery, exactly-once data.
 
-Deterministic points: a point depends only on its audit row and the rows before
-it. Job ``attempts`` and user fields are rebuilt from the job's own audit history
-(creation fields, fields sent with each transition, one attempt more per
-failed -> idle), and the run's fill and run types never change after injection.
+Nothing freezes the export: a request the server refuses for its data (a partial
+write, a parse error, too large) is split in halves until the refused points are
+found; they are reported (:class:`ExportError` at the end, with ``result.refused``)
+and passed, everything else is written. An export with nothing to send still
+checks the target, so a wrong URL or database never looks like success.
 
-Measurements (compatible with the original's Grafana):
+Deterministic, stable points: a point depends only on its audit row and the rows
+before it (job ``attempts`` is rebuilt from the job's failed -> idle rows). A
+series is defined by its tags, which never change for an entity: the run's fill
+never changes and its ``rtype`` tag keeps the run types it had before any
+backfill (``run.tag_rtypes``). Point times are the audit rows' times, which follow
+the store's order (see ``StoreBase._now``), so they never go backwards in a series.
+
+Measurements (``run``, ``job`` and ``handler`` are compatible with the original's Grafana):
 
 - ``run``: tags campaign, fill, rtype, run_number; one string field named after
   the task, holding its status at that transition;
 - ``job``: tags campaign, id, run_number, task; fields status, the one-hot
-  integers idle/running/done/failed, attempts, generation, reason, user fields
-  (numbers as floats, so that 1 and 1.5 never conflict; other values as text);
+  integers idle/running/done/failed, attempts, generation, reason; one point per
+  status change, and no user field (a field of a conflicting type would make
+  InfluxDB refuse the point, and the status with it);
+- ``job_number`` and ``job_text``: the job's tags; the user fields a transition or
+  a field-only update (an audit row from a status to itself) set: numbers and
+  booleans as floats in ``job_number``, everything else as text in ``job_text``,
+  so that a field's type never changes within a measurement. A field whose value
+  changes kind lands in the other measurement: its value is the newer of the two;
 - ``handler``: tags campaign, stage, task; fields ok, heartbeat (always 1: its
   ``last()`` gives the time of the last heartbeat), message, actor.
 
@@ -35,6 +49,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -44,27 +59,30 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 from urllib.parse import quote as urlquote
 from urllib.parse import urlencode, urlsplit
 
+from .appendfile import append_whole
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
 from .lineprotocol import FieldValue, line, safe_key, timestamp_ns
 
 #: the most lines one request carries
 BATCH_LIMIT = 5000
+#: the most bytes one request carries (InfluxDB 1.x refuses bodies over 25 MB by default); a single point
+#: larger than this is refused without sending it
+BATCH_BYTES = 10_000_000
 #: the file target used when no target is given
 DEFAULT_OUT = "ecalstate.lp"
 TOKEN_ENV = "ECALSTATE_INFLUX_TOKEN"
 USER_ENV = "ECALSTATE_INFLUX_USER"
 PASSWORD_ENV = "ECALSTATE_INFLUX_PASSWORD"
 JOB_STATUSES = ("idle", "running", "done", "failed")
-#: names a job's user field may not take: the exporter's own fields and tags (InfluxDB 3 refuses a field
-#: named like a tag; 1.x makes queries ambiguous) and ``time``; such a field is written as ``user_<name>``
-JOB_FIELDS = frozenset(("status", *JOB_STATUSES, "attempts", "generation", "reason", "time",
-                        "campaign", "task", "run_number", "id"))
+#: names a job's user field may not take: the tags (InfluxDB 3 refuses a field named like a tag; 1.x makes
+#: queries ambiguous) and ``time``; such a field is written as ``user_<name>``
+RESERVED_FIELDS = frozenset(("time", "campaign", "task", "run_number", "id"))
 
 
 class ExportError(EcalStateError):
@@ -85,7 +103,11 @@ class _Unavailable(Exception):
 
 
 class _Refused(Exception):
-    """A failure retrying cannot fix."""
+    """A failure retrying cannot fix: credentials, an unknown database, a file that cannot be written."""
+
+
+class _Rejected(Exception):
+    """The server refused (some of) the points of a request for what they hold; the rest may be written."""
 
 
 class _Stopped(Exception):
@@ -105,10 +127,10 @@ class ExportResult:
     cursor_before: int
     cursor_after: int
     full: bool = False
-    dropped: int = 0
+    #: points the server refused for what they hold (passed, and reported by an ExportError)
+    refused: int = 0
     skipped: int = 0
     stopped: bool = False
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,28 +159,34 @@ class Target(Protocol):
 
     name: str
 
-    def send(self, payload: bytes) -> tuple[int, str]:
-        """Write newline-separated lines; return (points the server dropped, its message), or raise."""
+    def send(self, payload: bytes) -> None:
+        """Write newline-separated lines, or raise _Unavailable, _Refused or _Rejected."""
+
+    def check(self) -> None:
+        """Prove the target takes writes (reachable, database there, credentials good) without writing a point."""
 
     def close(self) -> None: ...
 
 
 class FileTarget:
-    """Appends lines to a file (loadable with ``influx write`` or ``POST /write``); each batch is fsynced."""
+    """Appends lines to a file (loadable with ``influx write`` or ``POST /write``); each batch is fsynced,
+    and written whole or not at all (see :mod:`ecalstate.appendfile`)."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         self.name = "file:" + self.path
 
-    def send(self, payload: bytes) -> tuple[int, str]:
+    def send(self, payload: bytes) -> None:
+        self._append(payload + b"\n")
+
+    def check(self) -> None:
+        self._append(b"")
+
+    def _append(self, data: bytes) -> None:
         try:
-            with open(self.path, "ab") as out:
-                out.write(payload + b"\n")
-                out.flush()
-                os.fsync(out.fileno())
+            append_whole(self.path, data)
         except OSError as err:
             raise _Refused(f"cannot write {self.path}: {err.strerror or err}") from None
-        return 0, ""
 
     def close(self) -> None:
         pass
@@ -192,29 +220,38 @@ class V1Target:
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         return cls(self._host, self._port, timeout=self._timeout)
 
-    def send(self, payload: bytes) -> tuple[int, str]:
+    def send(self, payload: bytes) -> None:
         reused = self._conn is not None
         try:
-            return self._post(payload)
+            self._post(payload)
+            return
         except (OSError, http.client.HTTPException) as err:
             self.close()
             if not reused:
                 raise _Unavailable(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
         try:  # a keep-alive connection the server had closed: one fresh try, no wait
-            return self._post(payload)
+            self._post(payload)
         except (OSError, http.client.HTTPException) as err:
             self.close()
             raise _Unavailable(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
 
-    def _post(self, payload: bytes) -> tuple[int, str]:
+    def check(self) -> None:
+        self.send(b"")  # InfluxDB answers an empty write like a real one: 204, 401, 404 database not found
+
+    def _post(self, payload: bytes) -> None:
         if self._conn is None:
             self._conn = self._connect()
-        self._conn.request("POST", self._path, body=payload, headers=self._headers)
+        try:
+            self._conn.request("POST", self._path, body=payload, headers=self._headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # a server refusing the body (413 too large) answers and closes before reading it all: its
+            # answer, not the broken pipe, says what happened (and if there is none, the pipe error stands)
+            pass
         response = self._conn.getresponse()
         body = response.read().decode("utf-8", "replace")
-        if response.getheader("Connection", "").lower() == "close":
+        if response.getheader("Connection", "").lower() == "close" or response.status == 413:
             self.close()
-        return _outcome(response.status, _server_message(body), self.url)
+        _outcome(response.status, _server_message(body), self.url)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -238,32 +275,45 @@ class V2Target:
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
         self.name = f"influx-v2:{self.url}?org={org}&bucket={bucket}"
 
-    def send(self, payload: bytes) -> tuple[int, str]:
+    def send(self, payload: bytes) -> None:
         from influxdb_client import WritePrecision
+
+        self._call(lambda: self._write.write(bucket=self.bucket, org=self.org, record=payload,
+                                             write_precision=WritePrecision.NS))  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        from influxdb_client.service.write_service import WriteService
+
+        service = WriteService(self._client.api_client)  # the write API skips empty writes; the service does not
+        self._call(lambda: service.post_write(org=self.org, bucket=self.bucket, body="", precision="ns"))
+
+    def _call(self, write: Callable[[], Any]) -> None:
         from influxdb_client.rest import ApiException
         from urllib3.exceptions import HTTPError
 
         try:
-            self._write.write(bucket=self.bucket, org=self.org, record=payload,
-                              write_precision=WritePrecision.NS)  # type: ignore[arg-type]  # a str constant
+            write()
         except ApiException as err:
-            return _outcome(int(err.status or 0), _server_message(err.body or err.reason or ""), self.url)
+            _outcome(int(err.status or 0), _server_message(err.body or err.reason or ""), self.url)
         except (HTTPError, OSError) as err:
             raise _Unavailable(f"cannot reach InfluxDB at {self.url}: {_reason(err)}") from None
-        return 0, ""
 
     def close(self) -> None:
         self._client.close()
 
 
-def _outcome(status: int, message: str, url: str) -> tuple[int, str]:
-    """Map an HTTP answer: 2xx ok; a partial write is acknowledged with its dropped count; else an error."""
+#: what InfluxDB (1.x, 2.x, 3.x) and VictoriaMetrics say when they refuse points for what they hold
+_DATA_REFUSALS = re.compile(r"partial write|unable to parse|field type conflict|beyond retention|too large|"
+                            r"max-values-per-tag|invalid (field|tag|measurement|timestamp|line)", re.IGNORECASE)
+
+
+def _outcome(status: int, message: str, url: str) -> None:
+    """Map an HTTP answer: 2xx ok; the points refused (even partly: a partial write) is _Rejected; else an error."""
     if 200 <= status < 300:
-        return 0, ""
-    if status in (400, 422) and "partial write" in message:
-        found = re.search(r"dropped=(\d+)", message)
-        return (int(found.group(1)) if found else 1), message
+        return
     text = f"InfluxDB at {url} answered HTTP {status}" + (f": {message}" if message else "")
+    if status == 413 or (status in (400, 422) and _DATA_REFUSALS.search(message)):
+        raise _Rejected(text)
     if status == 0 or status == 429 or status >= 500:
         raise _Unavailable(text)
     if status in (401, 403):
@@ -402,108 +452,98 @@ def read_secret(env_name: str, path: Optional[str], env: Mapping[str, str], opti
 
 ROWS_SQL = (
     "SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status, a.to_status,"
-    " a.actor, a.reason, a.detail, a.instance_id, a.job_pk, c.name, r.fill, r.rtypes"
+    " a.actor, a.reason, a.detail, a.instance_id, a.job_pk, c.name, r.fill, COALESCE(r.tag_rtypes, r.rtypes)"
     " FROM audit a LEFT JOIN campaign c ON c.id = a.campaign_id"
     " LEFT JOIN run r ON r.campaign_id = a.campaign_id AND r.run_number = a.run_number"
     " WHERE a.id > ? AND a.id <= ? ORDER BY a.id LIMIT ?"
 )
-# the job rows that shape a job's attempts and fields, before a batch (through ix_audit_instance)
+# the job rows that add an attempt, before a batch (through ix_audit_instance)
 HISTORY_SQL = (
-    "SELECT job_pk, from_status, to_status, detail FROM audit"
-    " WHERE instance_id IN ({marks}) AND entity = 'job' AND id < ?"
-    " AND (detail IS NOT NULL OR (from_status = 'failed' AND to_status = 'idle')) ORDER BY id"
+    "SELECT job_pk FROM audit WHERE instance_id IN ({marks}) AND entity = 'job' AND id < ?"
+    " AND from_status = 'failed' AND to_status = 'idle'"
 )
 
-
-@dataclass
-class _Job:
-    """A job as of some audit row: what its points carry besides the status."""
-
-    attempts: int = 1
-    fields: dict[str, Any] = field(default_factory=dict)
-
-    def apply(self, from_status: Optional[str], to_status: str, detail: Optional[str]) -> None:
-        """Mirror what the store did at that transition (jobs._apply)."""
-        if from_status == "failed" and to_status == "idle":
-            self.attempts += 1
-        if detail:
-            self.fields.update(json.loads(detail))
+#: (audit id, line): lines keep their row's id, so that a refused point can be named and the cursor placed
+Line = tuple[int, str]
 
 
-def _user_value(value: Any) -> Optional[FieldValue]:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _user_fields(fields: Mapping[str, Any]) -> list[tuple[str, FieldValue]]:
-    out: dict[str, FieldValue] = {}
+def _user_fields(detail: Optional[str]) -> tuple[list[tuple[str, FieldValue]], list[tuple[str, FieldValue]]]:
+    """The user fields an audit row set, as (numbers, texts): one type per measurement, for ever."""
+    numbers: dict[str, FieldValue] = {}
+    texts: dict[str, FieldValue] = {}
+    fields = json.loads(detail) if detail else {}
     for raw_key in sorted(fields):
         key = safe_key(str(raw_key))
-        value = _user_value(fields[raw_key])
+        value = fields[raw_key]
         if not key or value is None:
             continue
-        out["user_" + key if key in JOB_FIELDS else key] = value
-    return list(out.items())
+        key = "user_" + key if key in RESERVED_FIELDS else key
+        if isinstance(value, (bool, int, float)):
+            number = float(value)
+            if math.isfinite(number):
+                numbers[key] = number
+        else:
+            texts[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return list(numbers.items()), list(texts.items())
 
 
-def _point(row: Sequence[Any], jobs: dict[int, _Job]) -> Optional[str]:
-    """The line of one audit row (``None`` for an entity the exporter does not know)."""
+def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
+    """The lines of one audit row (none for an entity the exporter does not know)."""
     (_id, ts, entity, task, run, jid, gen, from_status, to_status, actor, reason, detail, _iid, job_pk,
      campaign, fill, rtypes) = row
     when = timestamp_ns(ts)
     if entity == "task":
         tags = [("campaign", campaign), ("fill", "" if fill is None else str(fill)), ("rtype", rtypes or ""),
                 ("run_number", str(run))]
-        return line("run", tags, [(task, to_status)], when)
+        return [line("run", tags, [(task, to_status)], when)]
     if entity == "job":
-        job = jobs.setdefault(job_pk, _Job())
-        job.apply(from_status, to_status, detail)
-        values: list[tuple[str, FieldValue]] = [("status", to_status)]
-        values += [(s, int(s == to_status)) for s in JOB_STATUSES]
-        values += [("attempts", job.attempts), ("generation", int(gen or 0)), ("reason", reason or "")]
-        values += _user_fields(job.fields)
         tags = [("campaign", campaign), ("id", str(jid)), ("run_number", str(run)), ("task", task)]
-        return line("job", tags, values, when)
+        out = []
+        if from_status != to_status:  # a status change (from a status to itself: a field-only update)
+            if from_status == "failed" and to_status == "idle":
+                attempts[job_pk] = attempts.get(job_pk, 1) + 1
+            values: list[tuple[str, FieldValue]] = [("status", to_status)]
+            values += [(s, int(s == to_status)) for s in JOB_STATUSES]
+            values += [("attempts", attempts.get(job_pk, 1)), ("generation", int(gen or 0)),
+                       ("reason", reason or "")]
+            out.append(line("job", tags, values, when))
+        numbers, texts = _user_fields(detail)
+        if numbers:
+            out.append(line("job_number", tags, numbers, when))
+        if texts:
+            out.append(line("job_text", tags, texts, when))
+        return out
     if entity == "handler":
         stage = json.loads(detail).get("stage", "") if detail else ""
         values = [("ok", to_status == "ok"), ("heartbeat", 1), ("message", reason or ""), ("actor", actor or "")]
-        return line("handler", [("campaign", campaign), ("stage", str(stage)), ("task", task)], values, when)
-    return None
+        return [line("handler", [("campaign", campaign), ("stage", str(stage)), ("task", task)], values, when)]
+    return []
 
 
-def _job_history(tx: Tx, rows: Sequence[Sequence[Any]]) -> dict[int, _Job]:
-    """Each job of the batch as of just before the batch, rebuilt from its earlier audit rows."""
+def _attempts(tx: Tx, rows: Sequence[Sequence[Any]]) -> dict[int, int]:
+    """The attempts of each job of the batch as of just before the batch: one more per failed -> idle row."""
     instances = sorted({r[12] for r in rows if r[2] == "job" and r[12] is not None})
-    if not instances:
-        return {}
-    first = rows[0][0]
-    jobs: dict[int, _Job] = {}
+    attempts: dict[int, int] = {}
     for start in range(0, len(instances), 500):
         chunk = instances[start:start + 500]
         sql = HISTORY_SQL.format(marks=",".join("?" * len(chunk)))
-        for job_pk, from_status, to_status, detail in tx.all(sql, (*chunk, first)):
-            jobs.setdefault(job_pk, _Job()).apply(from_status, to_status, detail)
-    return jobs
+        for (job_pk,) in tx.all(sql, (*chunk, rows[0][0])):
+            attempts[job_pk] = attempts.get(job_pk, 1) + 1
+    return attempts
 
 
-def read_batch(db: Database, after: int, upto: int, limit: int) -> tuple[list[str], int, int]:
-    """Lines for the audit rows in (after, upto], at most ``limit``: (lines, last id read, rows skipped)."""
+def read_batch(db: Database, after: int, upto: int, limit: int) -> tuple[list[Line], int, int]:
+    """Lines for the audit rows in (after, upto], at most ``limit`` rows: (lines, last id read, rows skipped)."""
     with db.tx(write=False) as tx:
         rows = tx.all(ROWS_SQL, (after, upto, limit))
-        jobs = _job_history(tx, rows)
-    lines = []
+        attempts = _attempts(tx, rows)
+    lines: list[Line] = []
+    skipped = 0
     for row in rows:
-        text = _point(row, jobs)
-        if text is not None:
-            lines.append(text)
-    return lines, (rows[-1][0] if rows else after), len(rows) - len(lines)
+        texts = _points(row, attempts)
+        skipped += not texts
+        lines += [(row[0], text) for text in texts]
+    return lines, (rows[-1][0] if rows else after), skipped
 
 
 # --------------------------------------------------------------------------------- cursor
@@ -555,65 +595,120 @@ def export(
     retry: RetryPolicy = RetryPolicy(),
     stop: Optional[threading.Event] = None,
     on_batch: Optional[Callable[[int, int], None]] = None,
+    batch_bytes: int = BATCH_BYTES,
 ) -> ExportResult:
     """Send the audit rows the target has not acknowledged yet (all of them with ``full``).
 
-    ``on_batch(points, cursor)`` is called after each acknowledged batch; ``stop`` ends the export
-    cleanly between batches (or while waiting to retry), keeping what was acknowledged.
+    ``on_batch(points, cursor)`` is called after each acknowledged request; ``stop`` ends the export
+    cleanly between requests (or while waiting to retry), keeping what was acknowledged. Points the
+    server refuses for what they hold are passed and reported: an :class:`ExportError` (not permanent)
+    once everything else is written.
     """
     if not 1 <= batch_size <= BATCH_LIMIT:
         raise Invalid(f"invalid batch size {batch_size}: 1 to {BATCH_LIMIT} lines")
+    if batch_bytes < 1:
+        raise Invalid(f"invalid batch size {batch_bytes}: at least 1 byte")
     stop = stop or threading.Event()
     before = cursor(db, target.name)
     if full and before:
         _set_cursor(db, target.name, 0, forward_only=False)
     position = 0 if full else before
     high = _high_water(db)
-    points = batches = dropped = skipped = 0
-    warnings: list[str] = []
+    points = batches = skipped = 0
+    refused: list[tuple[int, str]] = []
 
     def result(stopped: bool = False) -> ExportResult:
-        return ExportResult(target.name, points, batches, before, position, full, dropped, skipped, stopped,
-                            tuple(warnings))
+        return ExportResult(target.name, points, batches, before, position, full, len(refused), skipped, stopped)
+
+    def failed(err: Exception) -> ExportError:
+        permanent = isinstance(err, _Refused)
+        attempts = retry.retries + 1
+        tries = "" if permanent else f" after {attempts} attempt{'s' if attempts > 1 else ''}"
+        sent = f", after {points} points were acknowledged" if points else ""
+        return ExportError(f"export to {target.name} failed{tries}: {err}; cursor stays at {position}{sent}; "
+                           "the next export sends what is missing", permanent, result())
 
     with closing(_prefetched(db, position, high, batch_size)) as batches_read:
         for lines, last, unknown in batches_read:
-            if stop.is_set():
-                return result(stopped=True)
-            if lines:
+            skipped += unknown
+            for chunk, upto in _requests(lines, last, batch_size, batch_bytes):
+                if stop.is_set():
+                    return result(stopped=True)
                 try:
-                    lost, message = _send(target, "\n".join(lines).encode("utf-8"), retry, stop)
+                    sent, lost = _deliver(target, chunk, batch_bytes, retry, stop)
                 except _Stopped:
                     return result(stopped=True)
                 except (_Unavailable, _Refused) as err:
-                    permanent = isinstance(err, _Refused)
-                    attempts = retry.retries + 1
-                    tries = "" if permanent else f" after {attempts} attempt{'s' if attempts > 1 else ''}"
-                    sent = f", after {points} points were acknowledged" if points else ""
-                    raise ExportError(
-                        f"export to {target.name} failed{tries}: {err}; cursor stays at {position}{sent}; "
-                        "the next export sends what is missing",
-                        permanent, result(),
-                    ) from None
-                if lost:
-                    dropped += lost
-                    warnings.append(f"the server dropped {lost} of {len(lines)} points: {message}")
-                batches += 1
-                points += len(lines)
-            skipped += unknown
-            _set_cursor(db, target.name, last)
-            position = last
-            if on_batch is not None:
-                on_batch(len(lines), position)
+                    raise failed(err) from None
+                refused += lost
+                points += sent
+                batches += bool(chunk)
+                _set_cursor(db, target.name, upto)
+                position = upto
+                if on_batch is not None:
+                    on_batch(sent, position)
+    if not points and not refused:
+        try:  # nothing was sent: a wrong URL, database or credentials must not look like success
+            _retrying(target.check, retry, stop)
+        except _Stopped:
+            return result(stopped=True)
+        except (_Unavailable, _Refused) as err:
+            raise failed(err) from None
+    if refused:
+        ids = ", ".join(str(i) for i in sorted({i for i, _ in refused})[:10]) + (", ..." if len(refused) > 10 else "")
+        count = f"{len(refused)} point{'s' if len(refused) > 1 else ''}"
+        raise ExportError(f"export to {target.name}: refused {count} that can never be written (audit rows {ids}): "
+                          f"{refused[0][1]}; everything else was written (cursor {before} -> {position})",
+                          False, result())
     return result()
 
 
-def _prefetched(db: Database, after: int, upto: int, limit: int) -> Generator[tuple[list[str], int, int], None, None]:
+def _requests(lines: Sequence[Line], last: int, size: int, limit: int) -> Iterator[tuple[list[Line], int]]:
+    """Split a batch's lines into requests of at most ``size`` lines and ``limit`` bytes (a larger line goes
+    alone, to be refused); each with the cursor it allows: every row up to it is then wholly sent."""
+    chunk: list[Line] = []
+    used = 0
+    for audit_id, text in lines:
+        cost = len(text.encode("utf-8")) + 1
+        if chunk and (len(chunk) >= size or used + cost > limit):
+            yield chunk, audit_id - 1
+            chunk, used = [], 0
+        chunk.append((audit_id, text))
+        used += cost
+    yield chunk, last
+
+
+def _deliver(
+    target: Target, lines: Sequence[Line], limit: int, retry: RetryPolicy, stop: threading.Event
+) -> tuple[int, list[tuple[int, str]]]:
+    """Send lines; a refused request is split in halves until its refused points are found.
+
+    Returns (points written, [(audit id, why) of each refused point]). Resending the halves is harmless:
+    the points the server had kept are written again identically."""
+    if not lines:
+        return 0, []
+    payload = "\n".join(text for _, text in lines).encode("utf-8")
+    if len(lines) == 1 and len(payload) > limit:
+        why = f"a point of {len(payload) / 1e6:.1f} MB is too large for one request (at most {limit / 1e6:.1f} MB)"
+        return 0, [(lines[0][0], why)]
+    try:
+        _retrying(lambda: target.send(payload), retry, stop)
+    except _Rejected as err:
+        if len(lines) == 1:
+            return 0, [(lines[0][0], str(err))]
+        half = len(lines) // 2
+        first, lost = _deliver(target, lines[:half], limit, retry, stop)
+        second, more = _deliver(target, lines[half:], limit, retry, stop)
+        return first + second, lost + more
+    return len(lines), []
+
+
+def _prefetched(db: Database, after: int, upto: int, limit: int) -> Generator[tuple[list[Line], int, int], None, None]:
     """The batches of (after, upto] in order; the next one is read in a worker thread while the
     current one is sent, so formatting and the server's work overlap (reads only: nothing is lost
     when the export stops early)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecalstate-export") as pool:
-        pending: Optional[Future[tuple[list[str], int, int]]] = pool.submit(read_batch, db, after, upto, limit)
+        pending: Optional[Future[tuple[list[Line], int, int]]] = pool.submit(read_batch, db, after, upto, limit)
         while pending is not None:
             batch = pending.result()
             last = batch[1]
@@ -623,11 +718,12 @@ def _prefetched(db: Database, after: int, upto: int, limit: int) -> Generator[tu
             after = last
 
 
-def _send(target: Target, payload: bytes, retry: RetryPolicy, stop: threading.Event) -> tuple[int, str]:
+def _retrying(call: Callable[[], None], retry: RetryPolicy, stop: threading.Event) -> None:
     attempt = 0
     while True:
         try:
-            return target.send(payload)
+            call()
+            return
         except _Unavailable:
             attempt += 1
             if attempt > retry.retries:
@@ -645,18 +741,20 @@ def watch(
     full: bool = False,
     batch_size: int = BATCH_LIMIT,
     retry: RetryPolicy = RetryPolicy(),
+    batch_bytes: int = BATCH_BYTES,
 ) -> int:
     """Export every ``interval`` seconds until ``stop`` is set; returns the number of cycles.
 
-    An outage is reported through ``on_result`` and retried at the next cycle; a permanent
-    refusal (credentials, unknown database) raises, since waiting will not fix it.
+    An outage, and points the server refused (passed: the export goes on), are reported through
+    ``on_result``; a permanent refusal (credentials, unknown database) raises, since waiting will not fix it.
     """
     if interval <= 0:
         raise Invalid(f"invalid watch interval {interval}: must be > 0 seconds")
     cycles = 0
     while not stop.is_set():
         try:
-            result = export(db, target, full=full and cycles == 0, batch_size=batch_size, retry=retry, stop=stop)
+            result = export(db, target, full=full and cycles == 0, batch_size=batch_size, retry=retry, stop=stop,
+                            batch_bytes=batch_bytes)
         except ExportError as err:
             if err.permanent:
                 raise

@@ -38,11 +38,6 @@ def _summary(result: ExportResult) -> str:
     return text + ("; stopped" if result.stopped else "")
 
 
-def _warn(result: ExportResult) -> None:
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
-
-
 @click.command("export")
 @click.option("--out", metavar="FILE", help=f"Append line protocol to FILE (the default target: ./{DEFAULT_OUT}).")
 @click.option("--url", metavar="URL", help="InfluxDB base URL, e.g. http://influx:8086 (no credentials in it).")
@@ -79,7 +74,10 @@ def export(
     Incremental: each target keeps a cursor in the database, advanced only
     once the server acknowledged a batch; a server that stays down ends the
     export with exit code 1, and the next export sends exactly what is
-    missing. Credentials come from the environment (ECALSTATE_INFLUX_TOKEN,
+    missing. Points the server refuses for what they hold (a field type
+    conflict, too large) are named and passed, exit code 1, everything else
+    is written. With nothing new to send the target is still checked.
+    Credentials come from the environment (ECALSTATE_INFLUX_TOKEN,
     ECALSTATE_INFLUX_USER, ECALSTATE_INFLUX_PASSWORD) or --token-file /
     --password-file, never from the command line.
 
@@ -96,15 +94,13 @@ def export(
     with closing(spec.open()) as target, stop_on_signals() as stop:
         if interval is None:
             result = run_export(db, target, full=full, batch_size=batch_size, retry=retry, stop=stop)
-            _warn(result)
             app.emit(result, _summary(result))
             return
 
         def report(result: Optional[ExportResult], error: Optional[ExportError]) -> None:
             if error is not None:
                 click.echo(f"export: {error}", err=True)
-            elif result is not None and (result.points or result.warnings or app.as_json):
-                _warn(result)
+            elif result is not None and (result.points or app.as_json):
                 click.echo(json.dumps(to_jsonable(result), sort_keys=True) if app.as_json else _summary(result))
 
         watch(db, target, interval, stop, report, full=full, batch_size=batch_size, retry=retry)
