@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -96,8 +97,19 @@ class Queries(StoreBase):
         limit: Optional[int] = 100,
         entity: Optional[str] = None,
         after_id: int = 0,
+        *,
+        runs: Optional[Sequence[int]] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+        actor: Optional[str] = None,
+        status: Optional[str] = None,
     ) -> list[AuditRow]:
-        """Audit rows, newest last; ``limit`` keeps the most recent ones."""
+        """Audit rows, newest last; ``limit`` keeps the most recent ones.
+
+        The shift's questions: ``since``/``until`` (the store's UTC text times, e.g. ``2026-12-01T06:00:00Z``),
+        ``runs`` (a run set), ``actor`` (the label, or the OS account of the identity: ``alice`` matches
+        ``alice@host``), ``status`` (the status a transition went to).
+        """
         with self.db.tx(write=False) as tx:
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
                    " a.to_status, a.actor, a.reason, a.request_id, a.identity"
@@ -109,16 +121,35 @@ class Queries(StoreBase):
                 params.append(self._campaign_id(tx, campaign))
                 if task is not None:
                     self._task(tx, params[-1], campaign, task)
-            for column, value in (("a.task", task), ("a.run_number", run), ("a.entity", entity)):
+            for clause, value in (("a.task = ?", task), ("a.run_number = ?", run), ("a.entity = ?", entity),
+                                  ("a.ts >= ?", since), ("a.ts < ?", until), ("a.to_status = ?", status)):
                 if value is not None:
-                    sql += f" AND {column} = ?"
+                    sql += f" AND {clause}"
                     params.append(value)
+            if actor is not None:
+                sql += " AND (a.actor = ? OR a.identity LIKE ? ESCAPE '!')"
+                params += [actor, re.sub(r"([!%_])", r"!\1", actor) + "@%"]
+            if runs is not None:
+                spans = run_spans(runs)
+                sql += " AND (" + (" OR ".join("a.run_number BETWEEN ? AND ?" for _ in spans) or "1 = 0") + ")"
+                params += [bound for span in spans for bound in span]
             sql += " ORDER BY a.id DESC"
             if limit is not None:
                 sql += " LIMIT ?"
                 params.append(limit)
             rows = tx.all(sql, params)
         return [AuditRow(*r) for r in reversed(rows)]
+
+
+def run_spans(runs: Sequence[int]) -> list[tuple[int, int]]:
+    """A run set as its consecutive spans: ``356001-356100,356200`` is two ranges, not 101 parameters."""
+    spans: list[tuple[int, int]] = []
+    for run in sorted(set(runs)):
+        if spans and run == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], run)
+        else:
+            spans.append((run, run))
+    return spans
 
 
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:

@@ -11,9 +11,10 @@ import click
 
 from ..report import cell_marks, health_sections, totals_rows
 from ..results import Health, Overview, RunSpec
-from ..statemachine import TaskStatus
+from ..statemachine import JobStatus, TaskStatus
 from .app import App, pass_app
 from .fmt import colours_shown, echo_table, styled, table
+from .options import _runs as optional_runs
 from .options import (
     campaign_option,
     multi_option,
@@ -25,6 +26,7 @@ from .options import (
     task_option,
 )
 from .parse import INT64, INT64_FROM_1, KEY_VALUE, format_duration, pairs_to_dict, read_runs
+from .when import MOMENT
 
 TASK_STATUSES = [s.value for s in TaskStatus]
 #: injections at least this long show a progress bar (on a terminal)
@@ -214,13 +216,21 @@ def claim(
 @click.command()
 @campaign_option
 @task_option(required=False, help="Only this task's transitions.")
-@click.option("--run", "run_number", type=INT64, metavar="N", help="Only this run's transitions.")
+@click.option("--run", "--runs", "runs", metavar="SET", callback=optional_runs,
+              help="Only these runs' transitions, e.g. 390016-390018,390020.")
 @click.option("--entity", type=click.Choice(["task", "job", "handler"]), help="Only this kind of entity.")
+@click.option("--since", type=MOMENT, metavar="TIME", help="From this time: 8h (ago), 2d, or 2026-12-01T06:00 (UTC).")
+@click.option("--until", type=MOMENT, metavar="TIME", help="Before this time (same forms as --since).")
+@click.option("--actor", "by", metavar="NAME",
+              help="Only what NAME did: the actor label, or the account of the identity (alice: alice@any-host).")
+@click.option("--status", type=click.Choice(TASK_STATUSES + [s.value for s in JobStatus if s.value not in TASK_STATUSES]),
+              help="Only transitions to this status.")
 @click.option("--limit", type=INT64_FROM_1, default=50, show_default=True, metavar="N",
               help="Show the N most recent rows.")
 @pass_app
 def history(
-    app: App, campaign: str, task: Optional[str], run_number: Optional[int], entity: Optional[str], limit: int
+    app: App, campaign: str, task: Optional[str], runs: Optional[list[int]], entity: Optional[str],
+    since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str], limit: int,
 ) -> None:
     """The audit trail: who, when, from, to, why.
 
@@ -232,8 +242,11 @@ def history(
     \b
     Example:
         ecalstate history -c prompt --task reco --run 356001
+        ecalstate history -c prompt --since 8h --status failed
+        ecalstate history -c prompt --since 2026-12-01T06:00 --until 2026-12-01T14:00 --actor alice
     """
-    rows = app.reader().history(campaign, task, run_number, limit, entity)
+    rows = app.reader().history(campaign, task, None, limit, entity, runs=runs, since=since, until=until, actor=by,
+                                status=status)
     app.emit(rows, lambda: echo_table(
         ["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
         [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
