@@ -432,6 +432,8 @@ class Database:
                 if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     raw.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as err:
+            if getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                return  # another process holds the file: the next open switches it, writes work meanwhile
             raise self._error(err) from err
 
     def close(self) -> None:
