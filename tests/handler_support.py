@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from ecalstate import RunSpec, Store
 from ecalstate.backends import JobSpec
+from ecalstate.backends.local import LocalBackend
 from ecalstate.handler import StageReport, TaskHandler
 from ecalstate.results import Claim
 
@@ -82,6 +83,13 @@ def cli_process(payload: Path, args: Sequence[str], env: Optional[dict[str, str]
     code = CLI.format(tests=str(Path(__file__).parent), start_at=start_at, payload=str(payload), args=list(args))
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
+
+
+def probe_on(db_url: str, tmp_path: Path) -> Probe:
+    """The probe workflow on the local backend (2 slots) over a new database at ``db_url``; close its store after."""
+    handler = Probe(Store.open(db_url, actor="tester", create=True), LocalBackend(tmp_path / "work", slots=2))
+    handler.payload = write_payload(tmp_path / "payload")
+    return handler
 
 
 def marker(workdir: Path, run: int, jid: int, kind: str = "broken") -> Path:

@@ -48,6 +48,11 @@ def printable(text: str) -> str:
     return _CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def printable_lines(text: str) -> str:
+    """A job's log made inert line by line: its newlines stay, every other control character shows escaped."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def colours_shown() -> bool:
     """Whether :func:`click.echo` keeps colours on stdout (a terminal, or colour forced), asked as echo asks it."""
     return not click.utils.should_strip_ansi(sys.stdout, resolve_color_default())

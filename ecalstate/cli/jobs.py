@@ -10,7 +10,7 @@ import click
 from ..limits import MAX_JOBS_PER_CALL
 from ..statemachine import JobStatus
 from .app import App, pass_app
-from .fmt import echo_table, styled
+from .fmt import echo_table, printable, printable_lines, styled
 from .options import campaign_option, request_id_option, task_option
 from .parse import INT64, INT64_FROM_0, KEY_VALUE, pairs_to_dict
 
@@ -110,3 +110,40 @@ def job_set(
     change = app.store().set_job_status(campaign, task, run_number, jid, status, pairs_to_dict(fields, "--field") or None,
                                         batch_id, reason, generation, request_id)
     app.emit(change, f"{change.outcome}: {change.key}: {change.current} -> {styled(change.requested)}")
+
+
+@job.command("logs")
+@campaign_option
+@task_option()
+@click.option("--run", "run_number", type=INT64, required=True, metavar="N", help="Run of the jobs.")
+@click.option("--job", "jid", type=INT64_FROM_0, metavar="ID", help="Only this job (default: every job of the run).")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N", help="This attempt (default: the latest).")
+@click.option("--stderr", "stream", flag_value="stderr", default="stdout", help="Show stderr instead of stdout.")
+@click.option("--tail", "lines", type=click.IntRange(min=0), metavar="N", help="Only the last N lines.")
+@pass_app
+def job_logs(app: App, campaign: str, task: str, run_number: int, jid: Optional[int], attempt: Optional[int],
+             stream: str, lines: Optional[int]) -> None:
+    """Show the stdout (or stderr) of a run's jobs, latest attempt unless --attempt.
+
+    Read from the attempt folder each job recorded (its "logs" field); at most
+    the last 64 KiB of each file. Control characters a job printed are shown
+    escaped, never sent to the terminal.
+
+    \b
+    Example:
+        ecalstate job logs -c prompt --task phisym-reco --run 390016 --job 2 --stderr --tail 20
+    """
+    from ..logs import job_logs as read_logs
+
+    found = read_logs(app.reader(), campaign, task, run_number, jid, attempt, stream, lines)
+
+    def text() -> None:
+        for log in found:
+            state = "" if log.exists else " (not written yet)"
+            cut = " (older lines left out)" if log.truncated else ""
+            click.echo(f"==> run {log.run_number} job {log.jid} attempt {log.attempt} {log.stream}: "
+                       f"{printable(log.path)}{state}{cut} <==")
+            if log.text:
+                click.echo(printable_lines(log.text.rstrip("\n")))
+
+    app.emit(found, text)
