@@ -162,7 +162,9 @@ def rtype() -> None:
 @campaign_option
 @click.argument("name")
 @click.option("--filter", "expr", default="", metavar="EXPR",
-              help="Clauses KEY OP VALUE joined by commas (AND); OP is = != >= <= > <. Empty: every run.")
+              help="Clauses KEY OP VALUE joined by commas (AND); OP is = != >= <= > <. > >= < <= with a number "
+                   "match numbers only (a run whose value is text fails); with text they compare text. Empty: every "
+                   "run.")
 @multi_option("--task", "-t", help="Task this run type activates.", metavar="TASK")
 @pass_app
 def rtype_create(app: App, campaign: str, name: str, expr: str, task: list[str]) -> None:
