@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import re
+
 import pytest
 
 from cli_support import as_json, build_chain, invoke, process
@@ -65,3 +67,39 @@ def test_bad_history_filters_are_one_line(shift: str) -> None:
     result = invoke(shift, "history", "-c", "prompt", "--since", "last tuesday")
     assert result.exit_code == 2 and "invalid time 'last tuesday'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_status_watch_redraws_what_another_process_changed(tmp_path) -> None:
+    """``status --watch``: the view refreshes by itself; Ctrl-C ends it cleanly (exit 0)."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from cli_support import ECALSTATE
+
+    db = str(tmp_path / "state.db")
+    build_chain(db)
+    proc = subprocess.Popen([ECALSTATE, "--db", db, "status", "-c", "prompt", "--task", "reco", "--watch", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+
+    def wait_for(pattern: str) -> None:
+        deadline = time.monotonic() + 20
+        while not any(re.search(pattern, line) for line in lines):
+            assert time.monotonic() < deadline, f"{text!r} never shown: {lines[-10:]}"
+            time.sleep(0.05)
+
+    try:
+        wait_for(r"^1\s+10\s+new")
+        with Store.open(db, actor="another-process") as store:
+            store.claim("prompt", "reco", limit=1)
+        wait_for(r"^1\s+10\s+processing")
+        frames = sum("Ctrl-C to stop" in line for line in lines)
+        assert frames >= 2 and any("every 0.2s" in line for line in lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert invoke(db, "--json", "status", "-c", "prompt", "--watch", "1").exit_code == 2

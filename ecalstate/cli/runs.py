@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 import click
@@ -118,8 +120,11 @@ def run_list(app: App, campaign: str, task: Optional[str], status: Optional[str]
 @multi_option("--task", "-t", help="Show only this task.", metavar="TASK")
 @runs_option(help="Show only these runs, e.g. 356001-356100,356200.")
 @stuck_after_option
+@click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Redraw every SECONDS until Ctrl-C (a terminal view; not with --json).")
 @pass_app
-def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], stuck_after: float) -> None:
+def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], stuck_after: float,
+           watch: Optional[float]) -> None:
     """The run x task overview, with totals per task and status.
 
     A blocked instance (marked *) waits on an upstream task that failed for its
@@ -130,9 +135,25 @@ def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], 
     Example:
         ecalstate status -c prompt
         ecalstate --json status -c prompt --task reco,calib --runs 356001-356100
+        ecalstate status -c prompt --watch 10
     """
-    view = app.reader().overview(campaign, task, runs, stuck_after)
-    app.emit(overview_dict(view), lambda: click.echo(render_overview(view, stuck_after, colours_shown())))
+    if watch is None:
+        view = app.reader().overview(campaign, task, runs, stuck_after)
+        app.emit(overview_dict(view), lambda: click.echo(render_overview(view, stuck_after, colours_shown())))
+        return
+    if app.as_json:
+        raise click.UsageError("--watch redraws a terminal view; scripts poll 'ecalstate --json status' instead")
+    try:
+        while True:
+            view = app.reader().overview(campaign, task, runs, stuck_after)
+            if colours_shown():
+                click.clear()
+            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            click.echo(f"--- {stamp}, every {format_duration(watch)}; Ctrl-C to stop ---")
+            click.echo(render_overview(view, stuck_after, colours_shown()))
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        click.echo("")
 
 
 def overview_dict(view: Overview) -> dict[str, Any]:
