@@ -28,7 +28,7 @@ from .limits import int64_range
 from .paths import Mount, network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 #: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
@@ -200,6 +200,28 @@ class Heartbeat(SQLModel, table=True):
     message: str = ""
 
 
+class RunSourceCursor(SQLModel, table=True):
+    """Where a run source (OMS, a file) left off for a campaign: a re-sync reads on from here."""
+
+    __tablename__ = "run_source"
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    source: str = Field(primary_key=True)
+    last_run: int = 0
+    updated_at: str
+
+
+class FillEnd(SQLModel, table=True):
+    """A fill known to have ended (a later fill started, the source saw the beam dump, or an operator closed it):
+    grouping by fill waits for this before it treats a fill's runs as complete."""
+
+    __tablename__ = "fill_end"
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    fill: int = Field(primary_key=True)
+    ended_at: str
+    reason: str
+    actor: str
+
+
 class DatabaseError(EcalStateError):
     """The database refused an operation (locked, read-only, unreachable, corrupt)."""
 
@@ -252,9 +274,12 @@ def _read_only_connection(path: str) -> sqlite3.Connection:
     except sqlite3.OperationalError as err:
         conn.close()
         # a read-only file system says CANTOPEN, a folder the user cannot write READONLY_CANTINIT
-        if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")) \
-                or os.path.exists(path + "-wal"):
+        if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
             raise
+        if os.path.exists(path + "-wal"):  # commits in the log that only its shared-memory index makes readable
+            raise DatabaseError(f"cannot read {path} read-only: its write-ahead log {path}-wal has no shared-memory "
+                                "file (-shm) and this user cannot create one; opening it once with write access "
+                                "recovers it") from None
         conn = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=10, check_same_thread=False)
     return conn
 

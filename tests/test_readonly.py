@@ -13,6 +13,7 @@ import pwd
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -247,3 +248,23 @@ def test_another_user_reads_a_database_they_cannot_write(
 
     assert outcome.startswith("writable=False rows=4 "), outcome
     assert "readonly database" in outcome, outcome
+
+
+def test_a_crashed_writers_log_without_its_index_is_one_clear_line(read_only_folder: tuple[Path, Path]) -> None:
+    """A writer killed with commits still in its -wal, and its -shm gone: a reader who cannot create the -shm
+    cannot see those commits, and says so instead of showing the older state."""
+    source, view = read_only_folder
+    crash = ("import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+             " c.execute('PRAGMA wal_autocheckpoint=0'); c.execute(\"UPDATE campaign SET description = 'late'\");"
+             " os._exit(0)")
+    subprocess.run([sys.executable, "-c", crash, str(source / "state.db")], check=True)
+    (source / "state.db-shm").unlink()
+    before = snapshot(source)
+
+    result = invoke(str(view / "state.db"), "campaign", "list")
+
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"Error: cannot read {view}/state.db read-only: its write-ahead log {view}/state.db-wal has no shared-memory"
+        " file (-shm) and this user cannot create one; opening it once with write access recovers it"]
+    assert snapshot(source) == before
