@@ -114,9 +114,11 @@ def describe(event: NotifyEvent) -> str:
 
 
 def health_problems(health: Health) -> dict[str, str]:
-    """Stuck instances and silent or failing handler stages, keyed so that each is told once."""
+    """Stuck and blocked instances, silent or failing handler stages, keyed so that each is told once."""
     problems = {f"stuck:{s.task}:{s.run_number}": f"task {s.task} run {s.run_number} stuck in processing since "
                 f"{s.since} ({s.jobs} jobs)" for s in health.stuck}
+    for _, task, run in health.blocked:
+        problems[f"blocked:{task}:{run}"] = f"task {task} run {run} blocked: an upstream task failed for the run"
     for beat in health.silent:
         if beat.task != NOTIFIER:
             problems[f"silent:{beat.task}:{beat.stage}"] = (f"handler {beat.task} {beat.stage} silent since "
@@ -164,7 +166,9 @@ def _deliver_channel(
     events, upto = store.notify_events(campaign, name)
     lines = [describe(e) for e in events if e.kind in hook.events]
     current = problems if "health" in hook.events else {}
-    fresh = [text for key, text in sorted(current.items()) if key not in set(store.notify_seen(campaign, name))]
+    seen = store.notify_seen(campaign, name)
+    fresh = [text for key, text in sorted(current.items()) if key not in seen]
+    fresh += [f"resolved: {text or key}" for key, text in sorted(seen.items()) if key not in current]
     if lines or fresh:
         payload: dict[str, Any] = {"text": render(campaign, lines + fresh), "username": config.username}
         if hook.channel:
@@ -174,7 +178,7 @@ def _deliver_channel(
         except NotifyError as err:
             log.warning(f"notifications for campaign {campaign} ({name} channel) not delivered: {err}")
             return Delivery(campaign, name, 0, 0, len(lines) + len(fresh), str(err))
-    store.notify_delivered(campaign, name, upto, list(current))
+    store.notify_delivered(campaign, name, upto, current)
     return Delivery(campaign, name, len(lines), len(fresh), 0)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -185,13 +185,14 @@ class NotifyStore(StoreBase):
             events += [NotifyEvent(audit_id, ts, k, task, run, jid, reason, attempts, retries) for k in kinds]
         return events, max(upto, start)
 
-    def notify_seen(self, campaign: str, channel: str) -> list[str]:
-        """Health problems already told to this channel."""
+    def notify_seen(self, campaign: str, channel: str) -> dict[str, str]:
+        """Health problems already told to this channel: key -> the words it was told in."""
         with self.db.tx(write=False) as tx:
             value = tx.scalar("SELECT value FROM meta WHERE key = ?", (_seen_key(campaign, channel),))
-        return list(json.loads(value)) if value else []
+        seen = json.loads(value) if value else {}
+        return seen if isinstance(seen, dict) else dict.fromkeys(seen, "")  # earlier versions kept the keys only
 
-    def notify_delivered(self, campaign: str, channel: str, upto: int, seen: Sequence[str]) -> None:
+    def notify_delivered(self, campaign: str, channel: str, upto: int, seen: Mapping[str, str]) -> None:
         """After the channel acknowledged: advance its cursor and remember the health problems it knows."""
 
         def body(ctx: Ctx) -> None:
@@ -200,7 +201,7 @@ class NotifyStore(StoreBase):
                        (upto, ctx.now, cursor_target(campaign, channel)))
             key = _seen_key(campaign, channel)
             ctx.tx.run("DELETE FROM meta WHERE key = ?", (key,))
-            ctx.tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(sorted(set(seen)))))
+            ctx.tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(dict(seen), sort_keys=True)))
 
         self._write("notify.delivered", None, body)
 

@@ -186,10 +186,27 @@ def test_health_problems_are_told_once_each(store: Store, hooks: list[Hook]) -> 
     deliver(store, "prompt", stuck_after=0, backoff=0)
     assert main.texts()[1].startswith("ecalstate, campaign prompt:\n- task reco run 1 stuck in processing since")
     store.heartbeat("prompt", "reco", "check", ok=True)
-    deliver(store, "prompt", stuck_after=0, backoff=0)
+    deliver(store, "prompt", stuck_after=0, backoff=0)  # the shifters hear that it cleared
+    assert main.texts()[2] == "ecalstate, campaign prompt:\n- resolved: handler reco check failing: schedd unreachable"
+    deliver(store, "prompt", stuck_after=0, backoff=0)  # and only once
     store.heartbeat("prompt", "reco", "check", ok=False, message="schedd unreachable")
-    deliver(store, "prompt", stuck_after=0, backoff=0)  # resolved, then back: told again
-    assert len(main.received) == 3 and "failing: schedd unreachable" in main.texts()[2]
+    deliver(store, "prompt", stuck_after=0, backoff=0)  # back: told again
+    assert len(main.received) == 4 and "failing: schedd unreachable" in main.texts()[3]
+
+
+def test_blocked_instances_are_told_and_so_is_their_unblocking(store: Store, hooks: list[Hook]) -> None:
+    """Issue 13, item 3: an instance blocked by an upstream failure, then cleared by the operator."""
+    main = start(hooks)
+    store.add_task("prompt", "calib", depends_on=["reco"])
+    store.update_rtype("prompt", "all", add=["calib"], backfill=True)
+    configure(store, main.url)
+    fail_twice(store, 1)
+    deliver(store, "prompt", backoff=0)
+    assert "- task calib run 1 blocked: an upstream task failed for the run" in main.texts()[0]
+    store.set_status("prompt", "reco", [1], "skipped", reason="raw data lost")
+    deliver(store, "prompt", backoff=0)
+    assert main.texts()[1] == ("ecalstate, campaign prompt:\n- resolved: task calib run 1 blocked: an upstream task "
+                               "failed for the run")
 
 
 def test_a_compat_handler_stage_sends_what_it_caused(store: Store, hooks: list[Hook]) -> None:
