@@ -195,6 +195,7 @@ CASES = [
                                 "--first", TOO_BIG], 0),
           ("claim-limit", ["claim", "-c", "prompt", "--task", "reco", "--limit", TOO_BIG], 1),
           ("task-max-retries", ["task", "add", "-c", "prompt", "x", "--max-retries", TOO_BIG], 0),
+          ("report-failures", ["report", "html", "-c", "prompt", "--out", "{tmp}/o.html", "--failures", TOO_BIG], 1),
       ]],
     case("int64-inject-run-negative", [*INJECT, "--run", f"-{TOO_BIG}1"], 2, f"-{TOO_BIG}1 is out of range"),
     case("int64-job-create-last", ["job", "create", "-c", "prompt", "--task", "reco", "--run", "2", "--count", "2",

@@ -8,6 +8,7 @@ import click
 
 from .app import App, pass_app
 from .options import campaign_option, silent_after_option, stuck_after_option
+from .parse import INT64_FROM_1
 
 
 @click.group()
@@ -26,7 +27,7 @@ def report() -> None:
               help="Where to write the page (replaced atomically).")
 @stuck_after_option
 @silent_after_option
-@click.option("--failures", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
+@click.option("--failures", type=INT64_FROM_1, default=20, show_default=True, metavar="N",
               help="How many recent failures to list.")
 @pass_app
 def report_html(app: App, campaign: str, out: str, stuck_after: float, silent_after: float, failures: int) -> None:
