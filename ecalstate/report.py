@@ -2,18 +2,21 @@
 
 One self-contained page (inline CSS, no scripts, no external assets), so it can
 be archived by Jenkins, mailed, or opened from a file system: the run x task
-colour matrix with blocked and stuck marks, totals per task and status, the
-most recent failures from the audit trail, and the health report.
+matrix (each cell's status as colour and as text, with a tooltip saying its
+generation, last change and reason; blocked and stuck marks), totals per task
+and status, the most recent failures from the audit trail, the operator actions
+of the period, and the health report. Every stored text is HTML-escaped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from html import escape
-from typing import Any
+from typing import Any, Optional
 
 from .db import utcnow
 from .monitoring import SILENT_AFTER, STUCK_AFTER
+from .queries import run_spans
 from .results import Health, Overview
 from .statemachine import TaskStatus
 from .store import Store
@@ -29,6 +32,28 @@ COLOURS: dict[str, str] = {
     "skipped": "#a3a3a3",
     "missing": "#ffffff",
 }
+#: statuses whose colour is dark enough to need white text
+DARK = ("processing", "done", "failed", "merged")
+
+#: per task instance, what its tooltip says besides the status: generation, last change, the last transition's reason
+CELLS_SQL = """
+SELECT t.name, r.run_number, ti.generation, ti.updated_at,
+       (SELECT a.reason FROM audit a WHERE a.instance_id = ti.id AND a.entity = 'task' ORDER BY a.id DESC LIMIT 1)
+FROM task_instance ti JOIN run r ON r.id = ti.run_id JOIN task t ON t.id = ti.task_id
+JOIN campaign c ON c.id = r.campaign_id
+WHERE c.name = ?
+"""
+
+#: what operators did by hand: set/reprocess/skip write task rows without a generation (claims and completions
+#: always name the generation they act on); a handler rolling back its own failed submit goes through the same
+#: operator call, so it is listed too, under the handler's actor
+ACTIONS_SQL = """
+SELECT a.ts, a.actor, a.identity, a.task, a.from_status, a.to_status, a.reason, a.run_number
+FROM audit a JOIN campaign c ON c.id = a.campaign_id
+WHERE c.name = ? AND a.entity = 'task' AND a.generation IS NULL
+  AND a.to_status IN ('done', 'failed', 'reprocess', 'skipped') AND a.ts >= ? AND a.ts < ?
+ORDER BY a.id
+"""
 
 FAILURES_SQL = """
 SELECT a.ts, a.entity, a.task, a.run_number, a.jid, a.from_status, a.actor, a.reason
@@ -48,7 +73,8 @@ th, td { padding: 2px 8px; text-align: left; border: 1px solid #e5e7eb; }
 th { background: #f3f4f6; white-space: nowrap; }
 td:first-child { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
-table.matrix td { width: 56px; height: 18px; padding: 0; text-align: center; font-weight: 700; color: #111827; }
+table.matrix td { min-width: 64px; height: 20px; padding: 0 4px; text-align: center; font-size: 12px;
+                  font-weight: 600; color: #111827; white-space: nowrap; }
 table.matrix tbody th { background: none; font-weight: 400; text-align: right; font-variant-numeric: tabular-nums; }
 .legend span { display: inline-block; margin-right: 12px; }
 .legend i { display: inline-block; width: 14px; height: 14px; vertical-align: -2px; margin-right: 4px;
@@ -62,13 +88,23 @@ def render_html(
     stuck_after: float = STUCK_AFTER,
     silent_after: float = SILENT_AFTER,
     failures: int = 20,
+    since: Optional[str] = None,
+    until: Optional[str] = None,
 ) -> str:
-    """The whole page for ``campaign`` as one string (raises the store's errors for an unknown campaign)."""
+    """The whole page for ``campaign`` as one string (raises the store's errors for an unknown campaign).
+
+    ``since``/``until`` (the store's UTC text times) bound the period whose operator actions are listed.
+    """
     view = store.overview(campaign, stuck_after=stuck_after)
     report = store.health(campaign, stuck_after, silent_after)
     with store.db.tx(write=False) as tx:
         failed = tx.all(FAILURES_SQL, (campaign, failures))
-    style = "".join(f"td.s-{s} {{ background: {c}; }}\n" for s, c in COLOURS.items())
+        cells = {(task, run): (gen, changed, reason) for task, run, gen, changed, reason in tx.all(CELLS_SQL,
+                                                                                                   (campaign,))}
+        actions = tx.all(ACTIONS_SQL, (campaign, since or "", until or "~"))  # "~" sorts after every time
+    style = "".join(f"td.s-{s} {{ background: {c};{' color: #fff;' if s in DARK else ''} }}\n"
+                    for s, c in COLOURS.items())
+    period = " ".join(p for p in (since and f"from {since}", until and f"until {until}") if p) or "(whole history)"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -77,11 +113,14 @@ def render_html(
         f"<h1>Processing overview: {escape(campaign)}</h1>",
         f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {escape(utcnow())} by ecalstate. '
         + _health_badge(report) + "</p>",
-        _matrix(view),
+        _matrix(view, cells),
         "<h2>Totals per task and status</h2>",
         _table(["status", *view.tasks], totals_rows(view), "no tasks"),
         f"<h2>Recent failures (last {failures})</h2>",
         _table(["time", "entity", "task", "run", "job", "from", "actor", "reason"], failed, "no failures recorded"),
+        f"<h2>Operator actions {escape(period)}</h2>",
+        _table(["time", "actor", "identity", "task", "transition", "runs", "reason"], action_rows(actions),
+               "no operator actions in this period"),
         "<h2>Health</h2>",
         _health(report, stuck_after, silent_after),
         "</body></html>",
@@ -101,21 +140,58 @@ def _legend() -> str:
     return f'<p class="legend">{items}<span>* blocked</span><span>! stuck</span></p>'
 
 
-def _matrix(view: Overview) -> str:
-    """Rows are runs, columns tasks; each cell's class (and colour) is the instance's status."""
+def _matrix(view: Overview, info: dict[tuple[str, int], tuple[int, str, Optional[str]]]) -> str:
+    """Rows are runs, columns tasks; each cell's class (and colour) and text are the instance's status."""
     if not view.rows or not view.tasks:
         return "<p>no runs or no tasks yet</p>"
     marks = cell_marks(view)
     out = [_legend(), '<table class="matrix"><thead><tr><th>run</th><th>fill</th>',
            "".join(f"<th>{escape(t)}</th>" for t in view.tasks), "</tr></thead><tbody>\n"]
-    for row in view.rows:  # compact cells: 200,000 of them for 10,000 runs x 20 tasks
-        cells = "".join(
-            f'<td class="s-{row.statuses.get(task, "missing")}">{marks.get((task, row.run_number), "")}</td>'
-            for task in view.tasks)
+    for row in view.rows:  # 200,000 cells for 10,000 runs x 20 tasks: one f-string each
+        cells = "".join(_cell_html(task, row.run_number, row.statuses.get(task), marks.get((task, row.run_number)),
+                                   info.get((task, row.run_number)))
+                        for task in view.tasks)
         fill = "" if row.fill is None else row.fill
         out.append(f"<tr><th>{row.run_number}</th><th>{fill}</th>{cells}</tr>\n")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+MARK_NOTES = {"*": "blocked: an upstream task failed", "!": "stuck: no job progress"}
+
+
+def _cell_html(task: str, run: int, status: Optional[str], mark: Optional[str],
+               info: Optional[tuple[int, str, Optional[str]]]) -> str:
+    """One matrix cell: the status as class and text (with its mark), and a tooltip saying why it is so."""
+    if status is None:
+        return f'<td class="s-missing" title="{escape(task)} run {run}: not active for this run"></td>'
+    parts = [f"{task} run {run}: {status}"]
+    if info is not None:
+        generation, changed, reason = info
+        parts += [f"generation {generation}" if generation else "not claimed yet", f"last change {changed}"]
+        if reason:
+            parts.append(f"reason: {reason}")
+    if mark:
+        parts.append(MARK_NOTES[mark])
+    text = f"{status} {mark}" if mark else status
+    return f'<td class="s-{status}" title="{escape("; ".join(parts))}">{text}</td>'
+
+
+def action_rows(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """Operator audit rows, one line per action: rows of one call (same time, actor, task, transition, reason)
+    are joined, their runs given as a run set (``1-3,7``)."""
+    actions: list[list[Any]] = []
+    runs: list[list[int]] = []
+    for ts, actor, identity, task, from_status, to_status, reason, run in rows:
+        line = [ts, actor, identity, task, f"{from_status} -> {to_status}", "", reason]
+        if actions and actions[-1][:5] == line[:5] and actions[-1][6] == reason:
+            runs[-1].append(run)
+        else:
+            actions.append(line)
+            runs.append([run])
+    for line, numbers in zip(actions, runs):
+        line[5] = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in run_spans(numbers))
+    return actions
 
 
 def cell_marks(view: Overview) -> dict[tuple[str, int], str]:

@@ -287,7 +287,7 @@ def test_report_html_command(chain: str, tmp_path: Path) -> None:
     result = as_json(chain, "report", "html", "-c", "prompt", "--out", str(out))
     page = out.read_text()
     assert result == {"out": str(out), "bytes": len(page.encode())}
-    assert page.count('<td class="s-new">') == 12 and "<title>ecalstate: prompt</title>" in page
+    assert page.count('<td class="s-new" title=') == 12 and "<title>ecalstate: prompt</title>" in page
     assert [p.name for p in out.parent.iterdir()] == ["prompt.html"]  # no temp file left
 
 
