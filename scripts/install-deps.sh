@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian 12 (bookworm) machine, as root.
 # Idempotent: every step checks first and does nothing when already done.
-#   - Debian packages: influxdb (1.6.7), victoria-metrics, debootstrap, postgresql (15), chromium, bindfs
+#   - Debian packages: influxdb (1.6.7), victoria-metrics, debootstrap, postgresql (15), chromium, chromium-driver (Selenium), bindfs
 #   - npm-groovy-lint@16.2.0 into $REPO/.tools (gitignored)
 #   - a Debian 13 (trixie) chroot with htcondor, built once in a persistent cache
 #     /var/cache/ecalstate-htcondor/trixie (bookworm has no htcondor package)
@@ -37,7 +37,7 @@ apt_install() {  # apt_install PKG...  (installs only the missing ones, apt-get 
 
 # ---------------------------------------------------------------- Debian packages
 step_start "apt packages"
-PKGS=(influxdb victoria-metrics debootstrap postgresql chromium bindfs)   # bindfs: a real FUSE mount for the SQLite path guard test
+PKGS=(influxdb victoria-metrics debootstrap postgresql chromium chromium-driver bindfs)   # bindfs: a real FUSE mount for the SQLite path guard test
 command -v npm >/dev/null || PKGS+=(npm)                       # node 20 is preinstalled on the image
 command -v java >/dev/null || PKGS+=(openjdk-17-jre-headless)  # npm-groovy-lint runs CodeNarc on Java
 command -v curl >/dev/null || PKGS+=(curl)

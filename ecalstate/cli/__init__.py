@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "db": ".dbadmin:db",
     "import-influx": ".legacy:import_influx",
     "notify": ".notify:notify",
+    "serve": ".serve:serve",
 }
 
 #: command name -> its one-line summary (its docstring's first sentence; tests/test_cli_docs.py checks them),
@@ -54,6 +55,7 @@ SUMMARIES: dict[str, str] = {
     "reprocess": "Mark runs of a task for reprocessing.",
     "rtype": "Run types: filters on run metadata that activate tasks.",
     "run": "Inject runs into a campaign and list them.",
+    "serve": "Serve a live, read-only web view of the database until Ctrl-C.",
     "set": "Set the STATUS (done, failed, reprocess or skipped) of a task for a set of runs.",
     "status": "The run x task overview, with totals per task and status.",
     "task": "Declare tasks, their dependencies and retry limits.",

@@ -1,0 +1,249 @@
+"""The web view: pages over the store's read queries, a guard that makes writing impossible, the server.
+
+Every page is rendered on the server by Jinja2 with autoescaping (stored text is data, never markup) and
+sent with a Content-Security-Policy that runs no inline script. The only script (``static/live.js``) polls
+``/api/last`` (the newest audit id) and re-reads the page's live region when it moved.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader
+from sqlalchemy import event
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import EcalStateError, Invalid, NotFound, StorageError
+from ..limits import check_int64
+from ..logs import STREAMS, JobLog, job_logs
+from ..monitoring import STUCK_AFTER, cutoff
+from ..report import COLOURS, cell_marks, health_sections
+from ..results import JobInfo
+from ..statemachine import TaskStatus
+from ..store import Store
+
+#: runs per page of the grid: 200 runs x 20 tasks is 4,000 cells, a DOM a browser paints at once
+PAGE = 200
+#: the text of a grid cell (the colour says it too, for who cannot tell colours apart)
+LABELS = {"new": "new", "processing": "proc", "done": "done", "failed": "FAIL", "merged": "mrg",
+          "reprocess": "repr", "skipped": "skip"}
+#: inline log tails on the instance page: the last lines of stderr of its failed jobs
+TAIL_LINES = 40
+TAIL_JOBS = 5
+#: hosts a browser may name in a request to a server bound to loopback (a guard against DNS rebinding)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: scripts and styles only from this server; no frames, no plugins, no inline script
+HEADERS = {"Content-Security-Policy": "default-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_TRANSACTION,
+          getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+#: pragmas that only read, with the table they name (SQLAlchemy's table checks)
+_READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list"}
+
+
+def _authorize(action: int, arg1: Optional[str], arg2: Optional[str], *_: Optional[str]) -> int:
+    if action in _READS or (action == sqlite3.SQLITE_PRAGMA and arg1 in _READ_PRAGMAS):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _reads_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.set_authorizer(_authorize)
+
+
+def forbid_writes(store: Store) -> None:
+    """Make the view's process unable to write, beyond opening read-only: SQLite statements other than reads
+    are refused by an authorizer on every connection (no PRAGMA can lift it, unlike ``query_only``);
+    PostgreSQL sessions of a read-only store start with ``default_transaction_read_only``."""
+    if not store.db.read_only:
+        raise Invalid("the web view reads a store opened read-only (Store.open(db, read_only=True))")
+    if store.db.is_sqlite:
+        event.listen(store.db.engine, "connect", _reads_only)
+        store.db.engine.dispose()  # connections opened before the guard are not reused
+
+
+class Query:
+    """The request's query parameters, checked: bad input is an :class:`Invalid` naming the parameter."""
+
+    def __init__(self, request: Request) -> None:
+        self.params = request.query_params
+
+    def text(self, name: str) -> Optional[str]:
+        return self.params.get(name) or None
+
+    def required(self, name: str) -> str:
+        value = self.text(name)
+        if value is None:
+            raise Invalid(f"parameter {name!r} is required")
+        return value
+
+    def texts(self, name: str) -> list[str]:
+        return [v for v in self.params.getlist(name) if v]
+
+    def integer(self, name: str, minimum: int = 1) -> Optional[int]:
+        value = self.text(name)
+        if value is None:
+            return None
+        return check_int64(value, f"parameter {name!r}", minimum)
+
+
+def url(path: str, **params: Any) -> str:
+    """``path`` with its query string; empty values left out, lists repeated (``status=a&status=b``)."""
+    kept = {k: v for k, v in params.items() if v not in (None, "", [], ())}
+    return path + ("?" + urlencode(kept, doseq=True) if kept else "")
+
+
+def last_change(store: Store, campaign: Optional[str]) -> int:
+    """The newest audit id (of ``campaign``): pages are current while it has not moved."""
+    rows = store.history(campaign, limit=1)
+    return rows[-1].id if rows else 0
+
+
+def instance_jobs(store: Store, campaign: str, task: str, run: int) -> dict[str, Any]:
+    """An instance with its jobs per generation (newest first), each job's last failure reason, its history,
+    and the stderr tail of the current generation's failed jobs."""
+    info = store.instance(campaign, task, run)
+    jobs = store.list_jobs(campaign, task, run, all_generations=True)
+    history = store.history(campaign, task, run, limit=None)
+    reasons = {(a.generation, a.jid): a.reason for a in history if a.entity == "job" and a.to_status == "failed"}
+    generations: dict[int, list[JobInfo]] = {}
+    for job in sorted(jobs, key=lambda j: (-j.generation, j.jid)):
+        generations.setdefault(job.generation, []).append(job)
+    failed = [j for j in generations.get(info.generation, []) if j.status == "failed"][:TAIL_JOBS]
+    return {"info": info, "generations": generations, "reasons": reasons, "history": history,
+            "tails": [(job, read_log(store, campaign, task, run, job.jid, None, "stderr", TAIL_LINES))
+                      for job in failed]}
+
+
+def read_log(store: Store, campaign: str, task: str, run: int, jid: int, attempt: Optional[int], stream: str,
+             lines: Optional[int] = None) -> JobLog | str:
+    """The log's bounded tail, or why it cannot be shown (no folder recorded, unreadable file)."""
+    try:
+        return job_logs(store, campaign, task, run, jid, attempt, stream, lines)[0]
+    except (NotFound, Invalid) as err:
+        return str(err)
+
+
+def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.0,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
+    """The ASGI application over ``store`` (open it read-only and call :func:`forbid_writes` first).
+
+    ``campaign``: where ``/`` leads; ``refresh``: seconds between the pages' checks for changes.
+    """
+    env = Environment(loader=PackageLoader("ecalstate.web", "templates"), autoescape=True, trim_blocks=True,
+                      lstrip_blocks=True)
+    env.globals.update(url=url, colours=COLOURS, labels=LABELS, statuses=[s.value for s in TaskStatus],
+                       refresh_ms=int(refresh * 1000), streams=STREAMS)
+
+    def page(template: str, request: Request, campaign: Optional[str], status_code: int = 200,
+             **context: Any) -> HTMLResponse:
+        last = last_change(store, campaign)  # read first: a change during the render moves it again
+        report = store.health(campaign)
+        html = env.get_template(template).render(
+            request=request, campaign=campaign, last=last, healthy=report.ok, health=health_sections(report),
+            **context)
+        return HTMLResponse(html, status_code=status_code, headers=HEADERS)
+
+    def home(request: Request) -> Response:
+        if campaign is not None:
+            return RedirectResponse(url("/grid", c=campaign), status_code=307)
+        return page("campaigns.html", request, None, campaigns=store.list_campaigns())
+
+    def grid(request: Request) -> Response:
+        q = Query(request)
+        name = q.required("c")
+        tasks, wanted = q.texts("task"), q.texts("status")
+        first, last, number = q.integer("first"), q.integer("last"), q.integer("page") or 1
+        total, runs = store.run_page(name, tasks, wanted, first, last, PAGE, (number - 1) * PAGE)
+        view = store.overview(name, tasks, runs=[r["run_number"] for r in runs], stuck_after=STUCK_AFTER)
+        by_number = {row.run_number: row for row in view.rows}
+        rows = [(r, by_number[r["run_number"]].statuses) for r in runs]
+        filters = {"c": name, "task": tasks, "status": wanted, "first": first, "last": last}
+        return page("grid.html", request, name, view=view, rows=rows, marks=cell_marks(view), total=total,
+                    number=number, pages=max(1, -(-total // PAGE)), filters=filters,
+                    all_tasks=[t.name for t in store.list_tasks(name)])
+
+    def instance(request: Request) -> Response:
+        q = Query(request)
+        name, task, run = q.required("c"), q.required("task"), q.integer("run")
+        if run is None:
+            raise Invalid("parameter 'run' is required")
+        return page("instance.html", request, name, task=task, run=run, **instance_jobs(store, name, task, run))
+
+    def log(request: Request) -> Response:
+        q = Query(request)
+        name, task, run, jid = q.required("c"), q.required("task"), q.integer("run"), q.integer("job", 0)
+        stream = q.text("stream") or "stderr"
+        if run is None or jid is None:
+            raise Invalid("parameters 'run' and 'job' are required")
+        found = read_log(store, name, task, run, jid, q.integer("attempt"), stream)
+        return page("log.html", request, name, task=task, run=run, jid=jid, stream=stream, log=found)
+
+    def history(request: Request) -> Response:
+        q = Query(request)
+        name, task, run, hours = q.required("c"), q.text("task"), q.integer("run"), q.integer("hours")
+        limit = q.integer("limit") or 500
+        since = None if hours is None else cutoff(hours * 3600)
+        rows = store.history(name, task, run, limit=limit, since=since)
+        return page("history.html", request, name, rows=list(reversed(rows)), task=task, run=run, hours=hours,
+                    limit=limit)
+
+    def api_last(request: Request) -> Response:
+        return JSONResponse({"last": last_change(store, Query(request).text("c"))}, headers=HEADERS)
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        code = 404 if isinstance(exc, NotFound) else 503 if isinstance(exc, StorageError) else 400
+        html = env.get_template("error.html").render(request=request, campaign=None, message=str(exc), code=code)
+        return HTMLResponse(html, status_code=code, headers=HEADERS)
+
+    routes = [Route("/", home), Route("/grid", grid), Route("/instance", instance), Route("/log", log),
+              Route("/history", history), Route("/api/last", api_last),
+              Mount("/static", StaticFiles(packages=[("ecalstate.web", "static")]), name="static")]
+    middleware = [] if "*" in allowed_hosts else [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={EcalStateError: refused})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), or one clear error (port taken, unknown host)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        raise Invalid(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
+def serve(store: Store, host: str = "127.0.0.1", port: int = 8080, campaign: Optional[str] = None,
+          refresh: float = 2.0, ready: Optional[Callable[[str], None]] = None) -> None:
+    """Serve the view of ``store`` (opened read-only) until interrupted; ``ready`` gets the URL once listening.
+
+    Bound to loopback by default; on another address, anyone who reaches it reads the state (there is no login).
+    """
+    import uvicorn  # the server only when serving: the rest of the package renders without it
+
+    forbid_writes(store)
+    wildcard = host in ("0.0.0.0", "::", "")
+    app = create_app(store, campaign, refresh, ["*"] if wildcard else [*LOOPBACK_HOSTS, host])
+    sock = bind(host, port)
+    where = f"[{host}]" if ":" in host else host
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    if ready is not None:
+        ready(f"http://{where}:{sock.getsockname()[1]}/")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
