@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlmodel import SQLModel
+
 from . import db as dbmod
 from .db import Database, Tx, redact
 from .errors import SchemaError
@@ -55,12 +57,19 @@ def _run_tag_rtypes(tx: Tx) -> None:
         tx.run("ALTER TABLE run ADD COLUMN tag_rtypes VARCHAR")
 
 
+def _run_sources(tx: Tx) -> None:
+    for table in ("run_source", "fill_end"):  # create(checkfirst) skips a table that is already there
+        SQLModel.metadata.tables[table].create(tx.conn, checkfirst=True)
+
+
 #: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)
 STEPS: tuple[Step, ...] = (
     Step(2, "campaign.settings: per-campaign configuration as JSON text (default '{}')", _campaign_settings),
     Step(3, "audit.identity: the authenticated identity beside the free-text actor (default '')", _audit_identity),
     Step(4, "run.tag_rtypes: the run types of the exported rtype tag, kept when a backfill changes rtypes",
          _run_tag_rtypes),
+    Step(5, "run_source and fill_end: run sources' cursors per campaign, and fills known to have ended",
+         _run_sources),
 )
 
 
