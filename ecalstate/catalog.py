@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional
 
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
@@ -243,53 +243,87 @@ class Catalog(StoreBase):
         self, campaign: str, runs: Iterable[RunSpec], request_id: Optional[str] = None
     ) -> InjectResult:
         """Inject runs; each run type they match activates its tasks (status ``new``). Re-injection is a no-op."""
-        specs: dict[int, RunSpec] = {}
-        for spec in runs:
-            number, fill = check_run(spec.run_number, spec.fill)
-            meta = dict(spec.meta)
-            try:
-                json.dumps(meta)
-            except (TypeError, ValueError):
-                raise Invalid(f"metadata of run {number} is not JSON-serialisable") from None
-            if number in specs and (specs[number].fill, specs[number].meta) != (fill, meta):
-                raise Invalid(f"run {number} is given twice with different values")
-            specs[number] = RunSpec(number, fill, meta)
+        specs = check_specs(runs)
 
         def body(ctx: Ctx) -> InjectResult:
-            tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
-            tx.serialize("runs", cid)  # overlapping builds injecting the same runs: one inserts, the rest see them
-            known: set[int] = set()
-            numbers = sorted(specs)
-            for chunk in _chunks(numbers, 500):
-                marks = ",".join("?" * len(chunk))
-                known.update(r[0] for r in tx.all(
-                    f"SELECT run_number FROM run WHERE campaign_id = ? AND run_number IN ({marks})", (cid, *chunk)
-                ))
-            rtypes = []
-            for rid, rname, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
-                tasks = [r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))]
-                rtypes.append((rname, parse_filter(flt), tasks))
-            fresh = [n for n in numbers if n not in known]
-            pending: list[tuple[int, int]] = []
-            run_numbers: dict[int, int] = {}
-            for number in fresh:
-                spec = specs[number]
-                record = _record(number, spec.fill, spec.meta)
-                matched = [(name, tasks) for name, flt, tasks in rtypes if flt.matches(record)]
-                run_id = tx.scalar(
-                    "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at)"
-                    " VALUES (?,?,?,?,?,?) RETURNING id",
-                    (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True),
-                     ",".join(m[0] for m in matched), ctx.now),
-                )
-                run_numbers[run_id] = number
-                for task_id in dict.fromkeys(t for _, tasks in matched for t in tasks):
-                    pending.append((run_id, task_id))
-            created = _create_pairs(ctx, cid, run_numbers, pending)
-            return InjectResult(fresh, sorted(known), created)
+            cid = self._campaign_id(ctx.tx, campaign)
+            ctx.tx.serialize("runs", cid)  # overlapping builds injecting the same runs: one inserts, the rest see them
+            return insert_runs(ctx, cid, specs)
 
         return self._write("run.inject", request_id, body, encode=_asdict, decode=InjectResult.from_dict)
+
+
+def check_specs(runs: Iterable[RunSpec]) -> dict[int, RunSpec]:
+    """Validated runs by number: run and fill numbers, JSON metadata, no run given twice with different values."""
+    specs: dict[int, RunSpec] = {}
+    for spec in runs:
+        number, fill = check_run(spec.run_number, spec.fill)
+        meta = dict(spec.meta)
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError):
+            raise Invalid(f"metadata of run {number} is not JSON-serialisable") from None
+        if number in specs and (specs[number].fill, specs[number].meta) != (fill, meta):
+            raise Invalid(f"run {number} is given twice with different values")
+        specs[number] = RunSpec(number, fill, meta)
+    return specs
+
+
+def insert_runs(ctx: Ctx, cid: int, specs: dict[int, RunSpec], activate: bool = True) -> InjectResult:
+    """Insert the runs not present yet (the caller holds the campaign's ``runs`` lock).
+
+    ``activate=False`` (a run still being taken) matches no run type and creates no instance yet:
+    :func:`activate_runs` does when the run has ended."""
+    tx = ctx.tx
+    known: set[int] = set()
+    numbers = sorted(specs)
+    for chunk in _chunks(numbers, 500):
+        marks = ",".join("?" * len(chunk))
+        known.update(r[0] for r in tx.all(
+            f"SELECT run_number FROM run WHERE campaign_id = ? AND run_number IN ({marks})", (cid, *chunk)
+        ))
+    fresh = [n for n in numbers if n not in known]
+    match = _matcher(tx, cid) if activate else (lambda spec: ("", []))
+    pending: list[tuple[int, int]] = []
+    run_numbers: dict[int, int] = {}
+    for number in fresh:
+        spec = specs[number]
+        rtypes, task_ids = match(spec)
+        run_id = tx.scalar(
+            "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at) VALUES (?,?,?,?,?,?)"
+            " RETURNING id", (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True), rtypes, ctx.now),
+        )
+        run_numbers[run_id] = number
+        pending += [(run_id, task_id) for task_id in task_ids]
+    return InjectResult(fresh, sorted(known), _create_pairs(ctx, cid, run_numbers, pending))
+
+
+def activate_runs(ctx: Ctx, cid: int, runs: Sequence[tuple[int, RunSpec]]) -> int:
+    """Match (run id, run) against the campaign's run types: record the matches, create their ``new`` instances."""
+    match = _matcher(ctx.tx, cid)
+    pending: list[tuple[int, int]] = []
+    updates = []
+    for run_id, spec in runs:
+        rtypes, task_ids = match(spec)
+        updates.append((rtypes, run_id))
+        pending += [(run_id, task_id) for task_id in task_ids]
+    ctx.tx.many("UPDATE run SET rtypes = ? WHERE id = ?", updates)
+    return _create_pairs(ctx, cid, {run_id: spec.run_number for run_id, spec in runs}, pending)
+
+
+def _matcher(tx: Tx, cid: int) -> Callable[[RunSpec], tuple[str, list[int]]]:
+    """run -> (the names of the run types it matches, comma-joined; the ids of the tasks they activate)."""
+    rtypes = []
+    for rid, rname, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
+        tasks = [r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))]
+        rtypes.append((rname, parse_filter(flt), tasks))
+
+    def match(spec: RunSpec) -> tuple[str, list[int]]:
+        record = _record(spec.run_number, spec.fill, spec.meta)
+        matched = [(name, tasks) for name, flt, tasks in rtypes if flt.matches(record)]
+        return ",".join(m[0] for m in matched), list(dict.fromkeys(t for _, tasks in matched for t in tasks))
+
+    return match
 
 
 def _asdict(result: InjectResult) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from .legacy_api import LegacyApi
 from .monitoring import Monitoring
 from .notify_store import NotifyStore
 from .queries import Queries
+from .sources.store import RunSourceStore
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi, NotifyStore):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi, NotifyStore, RunSourceStore):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

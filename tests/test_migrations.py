@@ -108,6 +108,10 @@ def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str
             assert tx.all("SELECT name, settings FROM campaign ORDER BY name") == [
                 ("prompt", "{}"), ("rereco-2023", "{}")]
             assert tx.all("SELECT DISTINCT tag_rtypes FROM run") == [(None,)]  # rtypes never changed: the tag
+            # step 5: run sources start without a cursor and no fill is known to have ended
+            assert tx.all("SELECT * FROM run_source") == tx.all("SELECT * FROM fill_end") == []
+        store.close_fill("prompt", 8000, "operator: beam dumped")
+        assert store.fill_ended("prompt", 8000) and not store.fill_ended("prompt", 8001)
         # an idempotency record written by the first release still replays its outcome
         replay = store.claim("prompt", "reco", group_by="fill", request_id="claim-1")
         assert [(c.run_number, c.merged) for c in replay] == [(356002, [356001]), (356004, [356003])]

@@ -87,6 +87,57 @@ def run_inject(
                      f" {len(result.existing)} already present")
 
 
+@run.command("sync")
+@campaign_option
+@click.option("--source", type=click.Choice(["oms", "file"]), required=True, help="Where the runs come from.")
+@click.option("--path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="file: runs.json or runs.csv (ongoing=true, or a null end_time, marks a run still being taken).")
+@click.option("--url", metavar="URL", help="oms: API base URL (default: env ECALSTATE_OMS_URL, else CERN's OMS). "
+              "Credentials: env ECALSTATE_OMS_CLIENT_ID and ECALSTATE_OMS_CLIENT_SECRET_FILE.")
+@click.option("--from-run", type=INT64_FROM_1, metavar="N", help="oms: the first run to read when the campaign "
+              "has no cursor yet.")
+@click.option("--mapping", type=click.Path(dir_okay=False), metavar="FILE",
+              help="oms: JSON mapping of OMS attributes to run metadata (see docs/migration.md).")
+@click.option("--max-runs", type=INT64_FROM_1, default=1000, show_default=True, metavar="N",
+              help="oms: read at most N new runs per sync (the next sync goes on from there).")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True,
+              help="oms: seconds to wait for each request.")
+@pass_app
+def run_sync(
+    app: App, campaign: str, source: str, path: Optional[str], url: Optional[str], from_run: Optional[int],
+    mapping: Optional[str], max_runs: int, timeout: float,
+) -> None:
+    """Bring a campaign's runs up to date with a run source; safe to repeat.
+
+    New runs are injected once. A run still being taken is recorded but
+    activates no task until a later sync sees it ended (its metadata is then
+    updated). Fills that ended (a later fill started, or OMS says the beam was
+    dumped) are recorded for grouping by fill. A source that fails writes
+    nothing; the cursor stays.
+
+    \b
+    Example:
+        export ECALSTATE_OMS_CLIENT_ID=ecal-automation ECALSTATE_OMS_CLIENT_SECRET_FILE=~/.oms-secret
+        ecalstate run sync -c prompt --source oms --from-run 390000
+        ecalstate run sync -c rereco-2024 --source file --path runs.csv
+    """
+    from ..sources.file import FileSource
+    from ..sources.oms import oms_source
+    from ..sources.sync import sync
+
+    if (path is None) == (source == "file"):
+        raise click.UsageError("--path goes with --source file, and only with it")
+    if source == "file" and (url or from_run or mapping):
+        raise click.UsageError("--url, --from-run and --mapping are for --source oms")
+    runs = FileSource(read_runs(path)) if path is not None else oms_source(url, from_run, mapping, max_runs=max_runs,
+                                                                           timeout=timeout)
+    result = sync(app.store(), campaign, runs)
+    app.emit(result, f"{source}: {len(result.new)} new runs, {len(result.ended)} ended since the last sync,"
+                     f" {len(result.ongoing)} still ongoing, {len(result.existing)} already present;"
+                     f" {result.instances} task instances; fills ended: "
+                     f"{','.join(map(str, result.fills_ended)) or 'none'}; cursor at run {result.last_run}")
+
+
 @run.command("list")
 @campaign_option
 @task_option(required=False, help="Show this task's status per run.")

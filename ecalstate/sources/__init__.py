@@ -1,0 +1,71 @@
+"""Run sources: where a campaign's runs come from (a file, CMS OMS, another catalogue).
+
+A source answers one question, :meth:`RunSource.fetch`: "which runs after run N, and what became of
+these runs that were still being taken?" It does its I/O (files, HTTP) before any transaction;
+:meth:`~ecalstate.sources.store.RunSourceStore.apply_sync` then writes the answer in one transaction
+(runs, ended runs, ended fills and the cursor together), so a source that fails halfway writes nothing
+and a sync repeated writes nothing twice. :func:`~ecalstate.sources.sync.sync` joins the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import EcalStateError
+from ..results import RunSpec
+
+#: run metadata key that says the run was still being taken when the source last saw it
+ONGOING = "ongoing"
+
+
+class SourceError(EcalStateError):
+    """A run source could not answer (unreachable, refused credentials, server error, malformed reply)."""
+
+
+@dataclass(frozen=True)
+class SourceRun:
+    """A run as a source sees it; ``ongoing`` while it is still being taken (no end time yet)."""
+
+    spec: RunSpec
+    ongoing: bool = False
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    """One answer of a source: runs (new, or re-read because they were ongoing), fills that ended
+    (fill -> why we know), and the highest run number the source has now looked at (the next cursor)."""
+
+    runs: list[SourceRun]
+    fills_ended: dict[int, str] = field(default_factory=dict)
+    last_run: int = 0
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a campaign knows of one source: its cursor, the runs still ongoing, the fills not known to have
+    ended (most recent first, at most a few dozen)."""
+
+    last_run: int
+    ongoing: list[int]
+    open_fills: list[int]
+
+
+class RunSource(Protocol):
+    """What :func:`~ecalstate.sources.sync.sync` needs of a source."""
+
+    #: the cursor's key: one cursor per campaign and source name
+    name: str
+
+    def fetch(self, state: SourceState) -> SourceBatch:
+        """Runs after ``state.last_run``, the runs of ``state.ongoing`` again, and the fills known to have ended."""
+        ...
+
+
+def later_fill_started(fills: Sequence[int]) -> dict[int, str]:
+    """Fills numbers grow: every fill seen below the highest one has ended."""
+    if not fills:
+        return {}
+    newest = max(fills)
+    return {f: f"a later fill ({newest}) started" for f in set(fills) if f < newest}

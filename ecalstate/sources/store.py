@@ -1,0 +1,153 @@
+"""The store's side of run sources: cursors, runs still being taken, fills that ended.
+
+A sync is one transaction: new runs are injected (a run still being taken is recorded but activates
+no task until it ends, so no handler processes half a run), runs that were ongoing take their final
+metadata and activate their tasks, ended fills are recorded and the cursor moves on, or nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..base import Ctx, StoreBase, loads
+from ..catalog import _chunks, activate_runs, check_run, check_specs, insert_runs
+from ..errors import Invalid
+from ..limits import check_int64
+from ..results import RunSpec
+from . import ONGOING, SourceBatch, SourceState
+
+#: how many of the newest fills not known to have ended a source is asked about
+OPEN_FILLS = 50
+_ONGOING_LIKE = f'%"{ONGOING}": true%'
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync changed: runs by outcome, task instances created, fills recorded as ended, the cursor."""
+
+    source: str
+    new: list[int] = field(default_factory=list)
+    ongoing: list[int] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+    existing: list[int] = field(default_factory=list)
+    instances: int = 0
+    fills_ended: list[int] = field(default_factory=list)
+    last_run: int = 0
+
+
+@dataclass(frozen=True)
+class FillEnd:
+    fill: int
+    ended_at: str
+    reason: str
+    actor: str
+
+
+class RunSourceStore(StoreBase):
+    """Run sources' cursors and the fills known to have ended."""
+
+    def source_state(self, campaign: str, source: str) -> SourceState:
+        """The cursor of ``source`` in ``campaign``, its runs still ongoing and the newest fills still open."""
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            last = tx.scalar("SELECT last_run FROM run_source WHERE campaign_id = ? AND source = ?", (cid, source))
+            ongoing = [r[0] for r in tx.all(
+                "SELECT run_number, meta FROM run WHERE campaign_id = ? AND meta LIKE ? ORDER BY run_number",
+                (cid, _ONGOING_LIKE)) if loads(r[1]).get(ONGOING) is True]
+            fills = [r[0] for r in tx.all(
+                "SELECT DISTINCT r.fill FROM run r WHERE r.campaign_id = ? AND r.fill IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM fill_end f WHERE f.campaign_id = r.campaign_id AND f.fill = r.fill)"
+                " ORDER BY r.fill DESC LIMIT ?", (cid, OPEN_FILLS))]
+        return SourceState(int(last or 0), ongoing, fills)
+
+    def apply_sync(self, campaign: str, source: str, batch: SourceBatch) -> SyncResult:
+        """Write what a source answered, in one transaction; a repeated answer changes nothing."""
+        specs = check_specs(r.spec for r in batch.runs)
+        ongoing = {check_run(r.spec.run_number)[0] for r in batch.runs if r.ongoing}
+        fills = {_check_fill(f): str(reason)[:500] for f, reason in batch.fills_ended.items()}
+        check_int64(batch.last_run, "cursor run number", 0)
+
+        def body(ctx: Ctx) -> SyncResult:
+            tx = ctx.tx
+            cid = self._campaign_id(tx, campaign)
+            tx.serialize("runs", cid)  # with injections and other syncs: each sees the other's runs
+            present: dict[int, tuple[int, dict[str, Any]]] = {}
+            numbers = sorted(specs)
+            for chunk in _chunks(numbers, 500):
+                marks = ",".join("?" * len(chunk))
+                present.update((r[0], (r[1], loads(r[2]))) for r in tx.all(
+                    f"SELECT run_number, id, meta FROM run WHERE campaign_id = ? AND run_number IN ({marks})",
+                    (cid, *chunk)))
+            fresh = {n: _marked(s, n in ongoing) for n, s in specs.items() if n not in present}
+            done = insert_runs(ctx, cid, {n: s for n, s in fresh.items() if n not in ongoing})
+            insert_runs(ctx, cid, {n: s for n, s in fresh.items() if n in ongoing}, activate=False)
+            updates: list[tuple[Any, ...]] = []
+            ended: list[tuple[int, RunSpec]] = []
+            still: list[tuple[int, RunSpec]] = []
+            existing: list[int] = []
+            for number, (run_id, meta) in sorted(present.items()):
+                if meta.get(ONGOING) is not True:
+                    existing.append(number)  # injected by hand, or already ended: left as it is
+                    continue
+                spec = _marked(specs[number], number in ongoing)
+                updates.append((spec.fill, json.dumps(spec.meta, sort_keys=True), run_id))
+                (still if number in ongoing else ended).append((run_id, spec))
+            tx.many("UPDATE run SET fill = ?, meta = ? WHERE id = ?", updates)
+            instances = done.instances + activate_runs(ctx, cid, ended)
+            closed = [f for f in sorted(fills) if not tx.scalar(
+                "SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, f))]
+            tx.many("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
+                    [(cid, f, ctx.now, fills[f], ctx.actor) for f in closed])
+            last = max(batch.last_run, int(tx.scalar(
+                "SELECT last_run FROM run_source WHERE campaign_id = ? AND source = ?", (cid, source)) or 0))
+            if not tx.execute("UPDATE run_source SET last_run = ?, updated_at = ? WHERE campaign_id = ? AND source = ?",
+                              (last, ctx.now, cid, source)):
+                tx.execute("INSERT INTO run_source (campaign_id, source, last_run, updated_at) VALUES (?,?,?,?)",
+                           (cid, source, last, ctx.now))
+            return SyncResult(source, sorted(n for n in fresh if n not in ongoing), sorted(
+                [n for n in fresh if n in ongoing] + [s.run_number for _, s in still]),
+                [s.run_number for _, s in ended], existing, instances, closed, last)
+
+        return self._write("run.sync", None, body)
+
+    def close_fill(self, campaign: str, fill: int, reason: str) -> bool:
+        """Record that ``fill`` ended (an operator saw the dump); False when it was known already."""
+        number = _check_fill(fill)
+        if not str(reason).strip():
+            raise Invalid("closing a fill needs a reason")
+
+        def body(ctx: Ctx) -> bool:
+            cid = self._campaign_id(ctx.tx, campaign)
+            if ctx.tx.scalar("SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, number)):
+                return False
+            ctx.tx.execute("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
+                           (cid, number, ctx.now, str(reason)[:500], ctx.actor))
+            return True
+
+        return self._write("fill.close", None, body)
+
+    def fill_ended(self, campaign: str, fill: int) -> bool:
+        """Whether ``fill`` is known to have ended (so grouping by fill may treat its runs as complete)."""
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            return bool(tx.scalar("SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?",
+                                  (cid, _check_fill(fill))))
+
+    def ended_fills(self, campaign: str) -> list[FillEnd]:
+        """Every fill known to have ended, with when, why and who recorded it, by fill."""
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            return [FillEnd(*r) for r in tx.all(
+                "SELECT fill, ended_at, reason, actor FROM fill_end WHERE campaign_id = ? ORDER BY fill", (cid,))]
+
+
+def _marked(spec: RunSpec, ongoing: bool) -> RunSpec:
+    """The run's metadata with the ongoing flag while it is being taken, without it once it ended."""
+    meta = {k: v for k, v in spec.meta.items() if k != ONGOING}
+    return RunSpec(spec.run_number, spec.fill, {**meta, ONGOING: True} if ongoing else meta)
+
+
+def _check_fill(fill: Any) -> int:
+    return check_int64(fill, "fill", 0)
