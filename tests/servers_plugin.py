@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 SERVERS_PY = REPO / "scripts" / "servers.py"
 GROOVY_LINT = Path(os.environ.get("ECALSTATE_GROOVY_LINT", REPO / ".tools" / "node_modules" / ".bin" / "npm-groovy-lint"))
 CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 def _load_servers() -> ModuleType:
@@ -81,6 +82,10 @@ def _tool_available(name: str) -> tuple[bool, str, str | None]:
         if not os.access(CHROMIUM, os.X_OK):
             return False, f"{CHROMIUM} not found (Debian package chromium): run scripts/install-deps.sh", None
         return True, "", str(CHROMIUM)
+    if name == "chromedriver":
+        if not os.access(CHROMEDRIVER, os.X_OK):
+            return False, f"{CHROMEDRIVER} not found (Debian package chromium-driver): run install-deps.sh", None
+        return True, "", str(CHROMEDRIVER)
     raise KeyError(name)
 
 
@@ -92,7 +97,7 @@ _ALIASES = {"influxdb": "influx", "influxd": "influx", "victoriametrics": "victo
 def server_available(name: str) -> tuple[bool, str]:
     """(available, reason-if-not) for influx, victoria, postgres, condor, groovy_lint, chromium."""
     name = _ALIASES.get(name, name)
-    if name in ("groovy_lint", "chromium"):
+    if name in ("groovy_lint", "chromium", "chromedriver"):
         ok, reason, _ = _tool_available(name)
         return ok, reason
     try:
@@ -113,14 +118,15 @@ def need_server(name: str) -> str | None:
     ok, reason = server_available(name)
     if not ok:
         skip_or_fail(f"{name}: {reason}")
-    if name in ("groovy_lint", "chromium"):
+    if name in ("groovy_lint", "chromium", "chromedriver"):
         return _tool_available(name)[2]
     return None
 
 
 # --------------------------------------------------------------------------------- hooks
 _FIXTURE_MARKERS = {"influx": "influx", "victoria": "victoria", "postgres": "postgres", "pg_url": "postgres",
-                    "condor_pool": "condor", "chromium": "chromium"}
+                    "condor_pool": "condor", "chromium": "chromium",
+                    "chromedriver": "chromium"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -213,5 +219,13 @@ def groovy_lint() -> str:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     path = need_server("chromium")
+    assert path
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromedriver(chromium: str) -> str:
+    """Debian's chromium-driver, for Selenium (it drives the chromium of the fixture above)."""
+    path = need_server("chromedriver")
     assert path
     return path

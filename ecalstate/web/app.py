@@ -7,9 +7,12 @@ sent with a Content-Security-Policy that runs no inline script. The only script 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 from urllib.parse import urlencode
 
@@ -240,10 +243,32 @@ def serve(store: Store, host: str = "127.0.0.1", port: int = 8080, campaign: Opt
     app = create_app(store, campaign, refresh, ["*"] if wildcard else [*LOOPBACK_HOSTS, host])
     sock = bind(host, port)
     where = f"[{host}]" if ":" in host else host
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = _server_class(uvicorn.Server)(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                           lifespan="off"))
     if ready is not None:
         ready(f"http://{where}:{sock.getsockname()[1]}/")
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _server_class(base: Any) -> Any:
+    """uvicorn's server, stopping on SIGINT or SIGTERM and then returning, where uvicorn's own re-raises the
+    signal and the process dies before the store is closed (on SQLite the last reader out removes the -wal
+    and -shm files it made: without the close they stay beside the database)."""
+
+    class Server(base):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            kept = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in kept.items():
+                    signal.signal(sig, handler)
+
+    return Server

@@ -22,7 +22,8 @@
     const fresh = doc.getElementById("live");
     if (!fresh) throw new Error("no live region");
     const open = new Set(Array.from(live.querySelectorAll("details[open]"), (d) => d.parentElement.id));
-    live.replaceChildren(...Array.from(fresh.childNodes, (n) => document.adoptNode(n)));
+    const nodes = Array.from(fresh.childNodes);  // a copy: adopting a node takes it out of the live list
+    live.replaceChildren(...nodes.map((n) => document.adoptNode(n)));
     live.querySelectorAll("details").forEach((d) => { if (open.has(d.parentElement.id)) d.open = true; });
     live.dataset.last = fresh.dataset.last;
   }

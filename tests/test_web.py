@@ -1,0 +1,291 @@
+"""``ecalstate serve`` (issue 13, item 1): the live read-only web view, served by the real command in a subprocess,
+read over HTTP and in headless Chromium driven by Selenium (Debian's chromium-driver)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from cli_support import ECALSTATE
+
+from ecalstate import RunSpec, Store
+from ecalstate.db import DatabaseError
+from ecalstate.errors import Invalid
+from ecalstate.web import forbid_writes
+
+XSS = "<script>alert(1)</script>"
+
+
+def build(db: str, work: Path, runs: int = 7) -> None:
+    """Campaign ``prompt``, reco -> calib; reco run 1 failed (job 1 held, reason and stderr carry markup),
+    run 2 processing, calib run 1 blocked; runs 1..``runs`` in fills of three."""
+    with Store.open(db, actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+        store.add_task("prompt", "reco", max_retries=0)
+        store.add_task("prompt", "calib", depends_on=["reco"])
+        store.update_rtype("prompt", "all", add=["reco", "calib"])
+        store.inject_runs("prompt", [RunSpec(n, 10 + n // 3, {"class": "Collisions"}) for n in range(1, runs + 1)])
+        store.claim("prompt", "reco", limit=2)
+        for run in (1, 2):
+            store.create_jobs("prompt", "reco", run, [0, 1])
+            for jid in (0, 1):
+                folder = work / f"r{run}" / f"j{jid}.a1"
+                folder.mkdir(parents=True)
+                (folder / "stdout").write_text(f"run {run} job {jid} starting\n")
+                (folder / "stderr").write_text(f"Traceback: {XSS} & boom in run {run}\n")
+                store.set_job_status("prompt", "reco", run, jid, "running", {"logs": str(folder)},
+                                     batch_id=f"{run}00.{jid}")
+        store.set_job_status("prompt", "reco", 1, 0, "done")
+        store.set_job_status("prompt", "reco", 1, 1, "failed", reason=f"{XSS} held: memory")
+        store.complete_instances("prompt", "reco")
+
+
+@dataclass
+class Served:
+    url: str
+    db: str
+    proc: subprocess.Popen[str]
+
+    def get(self, path: str, host: Optional[str] = None) -> tuple[int, dict[str, str], str]:
+        request = urllib.request.Request(self.url.rstrip("/") + path, headers={"Host": host} if host else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, dict(answer.headers), answer.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read().decode()
+
+
+def start(db: Optional[str], *args: str, env: Optional[dict[str, str]] = None) -> tuple[subprocess.Popen[str], str]:
+    """``ecalstate serve`` on a free port (``db`` None: from ECALSTATE_DB); (process, the first line it printed)."""
+    where = [] if db is None else ["--db", db]
+    proc = subprocess.Popen([ECALSTATE, *where, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], 60)
+    line = proc.stderr.readline().strip() if ready else ""
+    return proc, line
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve(db: Optional[str], *args: str, env: Optional[dict[str, str]] = None) -> Iterator[Served]:
+    proc, line = start(db, "-c", "prompt", "--refresh", "0.3s", *args, env=env)
+    try:
+        assert line.startswith("serving http://127.0.0.1:") and "(read-only)" in line, line
+        yield Served(line.split()[1], db or "", proc)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs")
+    yield from serve(db)
+
+
+def cells(html: str) -> list[tuple[str, str, str]]:
+    """(task, run, status) of every grid cell, in page order."""
+    import re
+
+    return re.findall(r'data-task="([^"]+)" data-run="(\d+)" data-status="(\w+)"', html)
+
+
+# ----------------------------------------------------------------------------------------------- HTTP
+
+
+def test_grid_pages_newest_runs_first_and_filters(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs", runs=450)
+    for view in serve(db):
+        status, headers, html = view.get("/grid?c=prompt")
+        assert status == 200 and "450 runs match; page 1 of 3, newest first" in html
+        runs = [int(r) for t, r, _ in cells(html) if t == "reco"]
+        assert runs == list(range(450, 250, -1))  # a page of 200, newest first
+        assert 'rel="next" href="/grid?page=2&amp;c=prompt"' in html
+        assert [int(r) for t, r, _ in cells(view.get("/grid?c=prompt&page=3")[2]) if t == "reco"] == \
+            list(range(50, 0, -1))
+        failed = view.get("/grid?c=prompt&status=failed")[2]
+        assert cells(failed) == [("reco", "1", "failed"), ("calib", "1", "new")]
+        assert 'class="s-new blocked"' in failed and "new*" in failed  # calib 1 waits on a failed reco
+        ranged = view.get("/grid?c=prompt&first=2&last=4&task=reco")[2]
+        assert cells(ranged) == [("reco", "4", "new"), ("reco", "3", "new"), ("reco", "2", "processing")]
+        assert "<td>11</td><td>all</td>" in ranged  # fill and run type of run 4
+        assert headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_instance_page_shows_jobs_reasons_and_escaped_logs(served: Served) -> None:
+    status, _, html = served.get("/instance?c=prompt&task=reco&run=1")
+    assert status == 200 and 'id="instance-status">failed' in html
+    assert XSS not in html  # stored text is data, never markup
+    assert "job 1 failed: &lt;script&gt;alert(1)&lt;/script&gt; held: memory" in html
+    assert "<pre>Traceback: &lt;script&gt;alert(1)&lt;/script&gt; &amp; boom in run 1" in html
+    assert "<td>100.1</td>" in html and "generation 1 (current)" in html
+    log = served.get("/log?c=prompt&task=reco&run=1&job=0&stream=stdout")[2]
+    assert "run 1 job 0 starting" in log and "attempt 1 of generation 1" in log
+    history = served.get("/history?c=prompt&task=reco&run=1")[2]
+    assert "1 of 2 jobs failed beyond 0 retries" in history and XSS not in history
+
+
+def test_bad_requests_get_one_clear_answer(served: Served) -> None:
+    status, _, html = served.get("/grid?c=nope")
+    assert status == 404 and "unknown campaign &#39;nope&#39;" in html
+    status, _, html = served.get("/grid?c=prompt&first=abc")
+    assert status == 400 and "invalid parameter &#39;first&#39;" in html
+    assert served.get("/log?c=prompt&task=reco&run=7&job=0")[2].count("no jobs for job 0 of run 7") == 1
+    assert served.get("/grid?c=prompt", host="attacker.example")[0] == 400  # DNS rebinding: foreign Host refused
+    post = urllib.request.Request(served.url + "grid?c=prompt", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=30)
+    assert refused.value.code == 405
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_serving_leaves_the_database_unchanged(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    folder.mkdir()
+    db = str(folder / "state.db")
+    build(db, tmp_path / "jobs")
+    before = digest(folder)
+    for view in serve(db):
+        for path in ("/grid?c=prompt", "/instance?c=prompt&task=reco&run=1", "/history?c=prompt&hours=8",
+                     "/api/last?c=prompt", "/"):
+            assert view.get(path)[0] == 200
+    assert digest(folder) == before
+
+
+def test_the_view_cannot_write_even_with_query_only_lifted(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs")
+    lift = "PRAGMA query_only=OFF"
+    write = "UPDATE campaign SET description = 'written'"
+    with Store.open(db, read_only=True) as unguarded:  # the read-only open alone: a PRAGMA lifts it
+        with unguarded.db.tx(write=False) as tx:
+            tx.execute(lift)
+            assert tx.execute(write) == 1
+            tx.conn.rollback()
+    with Store.open(db, read_only=True) as store:
+        forbid_writes(store)
+        for sql in (lift, write, "ATTACH DATABASE ':memory:' AS other", "PRAGMA journal_mode=DELETE"):
+            with pytest.raises(DatabaseError, match="not authorized"):
+                with store.db.tx(write=False) as tx:
+                    tx.execute(sql)
+        assert store.overview("prompt").rows  # reads still work
+    with Store.open(db) as writable, pytest.raises(Invalid, match="read-only"):
+        forbid_writes(writable)
+
+
+def test_serve_refuses_a_taken_port_and_a_missing_database(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        done = subprocess.run([ECALSTATE, "--db", db, "serve", "--port", port], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    missing = subprocess.run([ECALSTATE, "--db", str(tmp_path / "none.db"), "serve"], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
+
+
+def test_grid_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    build(pg_url, tmp_path / "jobs")
+    for view in serve(None, env={"ECALSTATE_DB": pg_url}):
+        html = view.get("/grid?c=prompt")[2]
+        assert ("reco", "1", "failed") in cells(html) and ("reco", "2", "processing") in cells(html)
+        assert "job 1 failed" in view.get("/instance?c=prompt&task=reco&run=1")[2]
+
+
+# -------------------------------------------------------------------------------------------- browser
+
+
+@pytest.fixture
+def browser(chromium: str, chromedriver: str, tmp_path: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,900",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def no_alert(driver: Any) -> bool:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def wait_for(condition: Any, seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_browser_clicks_from_the_grid_to_a_failed_jobs_log(browser: Any, served: Served) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(served.url)  # / leads to the campaign's grid
+    cell = browser.find_element(By.CSS_SELECTOR, 'td[data-task="reco"][data-run="1"]')
+    assert cell.text == "FAIL" and cell.value_of_css_property("background-color") == "rgba(220, 38, 38, 1)"
+    cell.find_element(By.TAG_NAME, "a").click()
+    assert wait_for(lambda: "/instance" in browser.current_url)
+    tail = browser.find_element(By.CSS_SELECTOR, 'section.tail[data-job="1"]')
+    assert f"job 1 failed: {XSS} held: memory" in tail.text  # the markup shows as text ...
+    assert no_alert(browser)  # ... and never ran
+    tail.find_element(By.LINK_TEXT, "stderr").click()
+    assert wait_for(lambda: "/log" in browser.current_url)
+    assert browser.find_element(By.ID, "log").text == f"Traceback: {XSS} & boom in run 1"
+    assert no_alert(browser)
+
+
+def test_browser_shows_another_process_transition_without_reload(browser: Any, served: Served) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(served.url.rstrip("/") + "/grid?c=prompt")
+    browser.execute_script("window.notReloaded = true;")
+    status = 'td[data-task="reco"][data-run="5"]'
+    assert browser.find_element(By.CSS_SELECTOR, status).get_attribute("data-status") == "new"
+    done = subprocess.run([ECALSTATE, "--db", served.db, "--actor", "shifter", "set", "-c", "prompt", "--task",
+                           "reco", "--runs", "5", "skipped", "--reason", "detector off"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert wait_for(lambda: browser.find_element(By.CSS_SELECTOR, status).get_attribute("data-status") == "skipped")
+    assert browser.find_element(By.CSS_SELECTOR, status).text == "skip"
+    assert browser.execute_script("return window.notReloaded === true;")
+    assert browser.find_element(By.ID, "live-status").text == "live"
