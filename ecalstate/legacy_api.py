@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
-from .catalog import _record
+from .catalog import _record, check_run
 from .claims import Eligible, _move
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
@@ -55,13 +55,12 @@ WHERE d.task_id = ? ORDER BY t.name
 
 @dataclass(frozen=True)
 class LegacyRun:
-    """A run as the original's ``run`` measurement held it: metadata, every task's status and outputs."""
+    """A run as the original's ``run`` measurement held it: metadata and every task's status."""
 
     run_number: int
     fill: Optional[int]
     meta: dict[str, Any]
     statuses: dict[str, str]
-    outputs: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -230,18 +229,60 @@ class LegacyApi(StoreBase):
         return self._write("legacy.update", None, body)
 
     def legacy_runs(self, campaign: str) -> list[LegacyRun]:
-        """Every run of a campaign with its metadata and every task's status and outputs, by run number."""
+        """Every run of a campaign with its metadata and every task's status, by run number."""
         with self.db.tx(write=False) as tx:
             cid = self._campaign_id(tx, campaign)
-            runs = {r[0]: LegacyRun(r[1], r[2], loads(r[3]), {}, {}) for r in tx.all(
+            runs = {r[0]: LegacyRun(r[1], r[2], loads(r[3]), {}) for r in tx.all(
                 "SELECT id, run_number, fill, meta FROM run WHERE campaign_id = ? ORDER BY run_number", (cid,))}
-            for run_id, task, status, outputs in tx.all(
-                "SELECT ti.run_id, t.name, ti.status, ti.outputs FROM task_instance ti JOIN task t ON t.id = ti.task_id"
+            for run_id, task, status in tx.all(
+                "SELECT ti.run_id, t.name, ti.status FROM task_instance ti JOIN task t ON t.id = ti.task_id"
                 " WHERE ti.campaign_id = ?", (cid,)
             ):
                 runs[run_id].statuses[task] = status
-                runs[run_id].outputs[task] = loads(outputs)
         return list(runs.values())
+
+    def legacy_outputs(
+        self, campaign: str, task: str, runs: Optional[Sequence[int]] = None, era: Optional[str] = None
+    ) -> list[str]:
+        """The files of ``task``'s done instances (of ``runs``, or of the runs of ``era``): one element per file, in
+        run then job order, each job's ``output`` field split at commas (a job may list several)."""
+        wanted = None if runs is None else set(runs)
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            rows = tx.all(
+                "SELECT r.run_number, r.meta, j.fields FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"
+                " WHERE ti.task_id = ? AND ti.status = 'done' ORDER BY r.run_number, j.jid", (tid,))
+        out = []
+        for number, meta, fields in rows:
+            if (wanted is not None and number not in wanted) or (era is not None and loads(meta).get("era") != era):
+                continue
+            value = loads(fields).get("output")
+            out += [f.strip() for f in str(value).split(",") if f.strip()] if value not in (None, "") else []
+        return out
+
+    def group_leader(self, campaign: str, task: str, group: Sequence[int], fill: Any = None) -> int:
+        """The run that owns a group's jobs: the one ``task`` is processing, else the newest of the group.
+
+        ``group`` empty: every run of ``fill``. Each run of the group must be in ``fill`` when it is given."""
+        number = None if fill in (None, "") else check_run(1, fill)[1]
+        with self.db.tx(write=False) as tx:
+            cid = self._campaign_id(tx, campaign)
+            tid, _ = self._task(tx, cid, campaign, task)
+            rows = tx.all("SELECT r.run_number, r.fill, ti.status FROM run r LEFT JOIN task_instance ti"
+                          " ON ti.run_id = r.id AND ti.task_id = ? WHERE r.campaign_id = ?"
+                          + (" AND r.fill = ?" if not group else ""), (tid, cid) + ((number,) if not group else ()))
+        found = {r[0]: (r[1], r[2]) for r in rows if not group or r[0] in set(group)}
+        for run in group:
+            if run not in found:
+                raise NotFound(f"run {run} of the group is not in campaign {campaign!r}")
+            if number is not None and found[run][0] != number:
+                raise Invalid(f"run {run} is in fill {found[run][0]}, not {number}: it cannot be in that group")
+        if not found:
+            raise NotFound(f"fill {number} has no run in campaign {campaign!r}")
+        processing = [r for r, (_, status) in found.items() if status == T.PROCESSING.value]
+        return max(processing or found)
 
     def import_plan(self, plan: ImportPlan, dry_run: bool = False) -> ImportResult:
         """Write a campaign's legacy state in one transaction; what exists already is left as it is."""

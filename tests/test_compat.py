@@ -154,7 +154,8 @@ def test_refused_updates_raise_typed_errors_and_write_nothing(db: str) -> None:
         jctrl.done(jid=jid, fields={"output": f"/eos/f{jid}.root"})
     assert jctrl.taskCompleted()
     rctrl.updateStatus(run=356010, status={TASK: "done"})
-    assert rctrl.getOutput(process=TASK, runs=[356010]) == ["/eos/f0.root,/eos/f1.root"]
+    # one element per job output (callers remove files one by one), run then job order
+    assert rctrl.getOutput(process=TASK, runs=[356010]) == ["/eos/f0.root", "/eos/f1.root"]
 
     err = assert_refused_writes_nothing(db, lambda: rctrl.updateStatus(run=356010, status={TASK: "new"}),
                                         TransitionNotAllowed)
@@ -241,3 +242,83 @@ def test_updatestatus_processing_claims_and_reprocess_cascades(db: str) -> None:
     with Store.open(db) as store:
         drive_instance(store, "prompt", "reco", 356001, TaskStatus.PROCESSING)
     assert rctrl.getRuns(status={"reco": "processing", TASK: "new"})[0]["run_number"] == "356001"
+
+
+def test_eflow_style_jobctrl_by_fill_and_group_belongs_to_the_leader(db: str) -> None:
+    """``JobCtrl(task=..., tags={'fill': F, 'group': '...'})`` as the eflow scripts call it: no run_number; the
+    jobs belong to the group's leader run (the newest), the string job ids round-trip into idle()/done()."""
+    with Store.open(db) as store:
+        store.add_task("prompt", "eflow-phisym")
+        store.update_rtype("prompt", "all", add=["eflow-phisym"], backfill=True)
+    group = ",".join(str(r) for r in FILL_A)
+    jctrl = JobCtrl(task="eflow-phisym", campaign="prompt", tags={"fill": 8000, "group": group}, dbname=db)
+    assert jctrl.run == 356003
+    jctrl.createTask(jids=[0, 1], fields=[{"group": group}, {"group": group}])
+    rctrl = RunCtrl(dbname=db, campaign="prompt")
+    for run in FILL_A[:-1]:
+        rctrl.updateStatus(run=run, status={"eflow-phisym": "merged"})
+    for jid in jctrl.getIdle():
+        jctrl.running(jid)
+        jctrl.failed(jid=jid)
+    assert jctrl.getFailed() == ["0", "1"]
+    for jid in jctrl.getFailed():  # the usual resubmit loop: ids come back as strings
+        jctrl.idle(jid)
+    jctrl.running("0")
+    jctrl.done(jid="0", fields={"output": "/eos/eflow/8000_0.root"})
+    jctrl.running(jid="1")
+    jctrl.done(jid="1", fields={"output": "/eos/eflow/8000_1.root"})
+    assert jctrl.taskCompleted() and jctrl.getNRetries("0") == 1
+    rctrl.updateStatus(run=356003, status={"eflow-phisym": "done"})
+    with Store.open(db) as store:
+        assert [store.instance("prompt", "eflow-phisym", r).leader_run for r in FILL_A] == [356003, 356003, None]
+        assert [j.run_number for j in store.list_jobs("prompt", "eflow-phisym")] == [356003, 356003]
+    files = rctrl.getOutput(process="eflow-phisym", runs=FILL_A)
+    assert files == ["/eos/eflow/8000_0.root", "/eos/eflow/8000_1.root"]
+    files.remove("/eos/eflow/8000_0.root")  # what the callers do with each element
+    # the fill alone: the group is every run of the fill; a group naming a run of another fill is refused
+    assert JobCtrl(task="eflow-phisym", campaign="prompt", tags={"fill": "8000"}, dbname=db).run == 356003
+    with pytest.raises(Invalid, match="run 356010 is in fill 8001, not 8000"):
+        JobCtrl(task="eflow-phisym", campaign="prompt", tags={"fill": 8000, "group": "356002,356010"}, dbname=db)
+    with pytest.raises(Invalid, match="workflow= or task="):
+        JobCtrl(campaign="prompt", tags={"run_number": 356001}, dbname=db)
+    with pytest.raises(Invalid, match="invalid job id 'x'"):
+        jctrl.idle("x")
+
+
+def test_import_ecalautoctrl_runs_unchanged_scripts(db: str) -> None:
+    import ecalautoctrl
+    from ecalautoctrl import JobCtrl as AliasJobCtrl
+    from ecalautoctrl import QueryOMS, RunCtrl as AliasRunCtrl, TaskHandler as AliasHandler
+
+    assert (AliasJobCtrl, AliasRunCtrl, AliasHandler) == (JobCtrl, RunCtrl, TaskHandler)
+    assert ecalautoctrl.QueryOMS is QueryOMS
+    rctrl = AliasRunCtrl(dbname=db, campaign="prompt")
+    assert [r["run_number"] for r in rctrl.getRuns(status={TASK: "new"})] == ["356001", "356002", "356003", "356010"]
+
+
+def test_queryoms_answers_from_the_oms_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """``QueryOMS().get_run_attribute(run, 'fill_number')`` and the ``.oms.query(...)`` chain, on item 4's client,
+    against the local OMS-format server, with credentials from the environment."""
+    from oms_server import oms_server
+
+    from ecalautoctrl import QueryOMS
+
+    secret = tmp_path / "secret"
+    secret.write_text("pw-of-the-client")
+    with oms_server("ecal", "pw-of-the-client") as oms:
+        oms.run(390001, 9000)
+        oms.fill(9000, end="2026-06-02T03:00:00Z")
+        oms.fill(9001)
+        for name, value in {"ECALSTATE_OMS_URL": oms.api_url, "ECALSTATE_OMS_CLIENT_ID": "ecal",
+                            "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret),
+                            "ECALSTATE_OMS_TOKEN_URL": oms.token_url}.items():
+            monkeypatch.setenv(name, value)
+        query = QueryOMS()
+        assert query.get_run_attribute("390001", "fill_number") == 9000
+        assert query.get_run_attribute(390001, "end_time") == "2026-06-01T12:00:00Z"
+        data = query.oms.query("fills").filter("fill_number", 9000, "GE").attrs(["fill_number", "end_time"]) \
+            .sort("fill_number", asc=False).data().json()
+        assert [(d["type"], d["attributes"]["fill_number"], d["attributes"]["end_time"]) for d in data["data"]] == [
+            ("fills", 9001, None), ("fills", 9000, "2026-06-02T03:00:00Z")]
+        with pytest.raises(NotFound, match="OMS has no run 390002"):
+            query.get_run_attribute(390002, "fill_number")

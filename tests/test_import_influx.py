@@ -135,7 +135,7 @@ def expected_problems(lg: Legacy) -> set[str]:
         "campaign prompt task phisym-reco run 356004 job 1: impossible history: done -> running at "
         f"{iso(lg.times[('prompt', 'phisym-reco', 356004, 1)][-1])} is not in the job table",
         "campaign prompt task pi0-mon run 356006: unknown task instance status 'locked' (valid: new, processing, "
-        f"done, failed, merged, reprocess) (latest status, at {iso(lg.marks['locked'])})",
+        f"done, failed, merged, reprocess, skipped) (latest status, at {iso(lg.marks['locked'])})",
         "campaign prompt task timing-reco run 356001: 1 job(s) but no status of the task in the run measurement",
         f"campaign rereco-2022 task ecalelf-ntuples run 355001 job 0: point at {iso(lg.marks['two'])} has 2 "
         "statuses set (done, running), not one",

@@ -1,8 +1,9 @@
-"""The original framework's names and call shapes (ecalautoctrl's JobCtrl, RunCtrl, TaskHandler) over the store.
+"""The original framework's names and call shapes (ecalautoctrl's JobCtrl, RunCtrl, TaskHandler, QueryOMS) over
+the store.
 
-Handlers written for ecalautoctrl keep working by changing their imports to
-``from ecalstate.compat import JobCtrl, RunCtrl, TaskHandler``; ``dbname`` is an
-ecalstate database path or URL. Unlike the original, every call is one validated,
+Handlers written for ecalautoctrl run unchanged (``import ecalautoctrl`` is an alias of this package), or
+with ``from ecalstate.compat import JobCtrl, RunCtrl, TaskHandler``; ``dbname`` is an ecalstate database
+path or URL. Unlike the original, every call is one validated,
 audited transaction: what the original accepted silently but the transition
 tables refuse raises :class:`~ecalstate.statemachine.TransitionNotAllowed` (or
 another :class:`~ecalstate.errors.EcalStateError`) and writes nothing.
@@ -14,7 +15,8 @@ Two deliberate differences (docs/migration.md has the full table):
 * ``createTask(recreate=True)`` opens a new job generation, history stays.
 
 Run numbers may be ints, numeric strings or the original's run dicts (a mapping
-with ``run_number``); run dicts returned here carry strings, as InfluxDB tags did.
+with ``run_number``); run dicts and job ids returned here are strings, as InfluxDB tags
+were, and every call takes job ids as ints or strings alike.
 """
 
 from __future__ import annotations
@@ -26,15 +28,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Optional, Union
 
-from .base import resolve_actor
-from .catalog import check_run
-from .db import normalise_url
-from .errors import EcalStateError, Invalid, NotFound
-from .filters import split_multi
-from .notify import deliver
-from .results import BulkResult, JobInfo
-from .statemachine import JobStatus, TaskStatus
-from .store import Store
+from ..base import resolve_actor
+from ..catalog import check_run
+from ..db import normalise_url
+from ..errors import EcalStateError, Invalid, NotFound
+from ..filters import split_multi
+from ..limits import check_int64
+from ..notify import deliver
+from ..results import BulkResult, JobInfo
+from ..statemachine import JobStatus, TaskStatus
+from ..store import Store
+from .oms import QueryOMS
+
+__all__ = ["JobCtrl", "QueryOMS", "RunCtrl", "TaskHandler", "close_stores", "open_store", "run_number"]
 
 RunRef = Union[int, str, Mapping[str, Any]]
 STAGES = ("submit", "resubmit", "check")
@@ -65,21 +71,44 @@ def run_number(run: RunRef) -> int:
     return check_run(value)[0]
 
 
+def job_id(jid: Union[int, str]) -> int:
+    """A job id as the store keeps it: the original's ids come back as strings (``getFailed() -> ['0']``)."""
+    try:
+        return check_int64(jid, "job id", 0)
+    except Invalid:
+        raise Invalid(f"invalid job id {jid!r}: expected an integer >= 0 (or its text)") from None
+
+
 def _one_hot(status: str) -> dict[str, int]:
     return {s.value: int(s.value == status) for s in JobStatus}
 
 
 class JobCtrl:
-    """Jobs of one task instance: ``workflow`` (the task) x ``campaign`` x ``tags['run_number']``."""
+    """Jobs of one task instance: the task (``workflow=`` or ``task=``) x ``campaign`` x a run.
 
-    def __init__(self, workflow: str, campaign: str, tags: Mapping[str, Any], dbname: str) -> None:
-        if "run_number" not in tags:
-            raise Invalid("JobCtrl needs tags={'run_number': ...}")
-        self.task = workflow
+    The run is ``tags['run_number']``; tags keyed by ``fill`` and/or ``group`` (comma-separated runs, as the
+    per-fill scripts pass them) name a group, whose jobs belong to its leader: the group's run the task is
+    processing, else its newest run (the one a grouped claim makes leader).
+    """
+
+    def __init__(
+        self, workflow: Optional[str] = None, campaign: str = "", tags: Optional[Mapping[str, Any]] = None,
+        dbname: str = "", *, task: Optional[str] = None,
+    ) -> None:
+        if (workflow is None) == (task is None):
+            raise Invalid("JobCtrl takes the task as workflow= or task=, one of them")
+        tags = dict(tags or {})
+        self.task = str(workflow if workflow is not None else task)
         self.campaign = campaign
-        self.tags = dict(tags)
-        self.run = run_number(tags["run_number"])
+        self.tags = tags
         self.store = open_store(dbname)
+        if "run_number" in tags:
+            self.run = run_number(tags["run_number"])
+        elif tags.get("group") or tags.get("fill") not in (None, ""):
+            group = [run_number(r) for r in str(tags.get("group") or "").split(",") if r.strip()]
+            self.run = self.store.group_leader(campaign, self.task, group, tags.get("fill"))
+        else:
+            raise Invalid("JobCtrl needs tags with a run_number, or a fill and/or group of runs")
 
     # --- task level -------------------------------------------------------------------
 
@@ -106,27 +135,27 @@ class JobCtrl:
 
     # --- job statuses (called by the job itself, or by a check stage) ------------------
 
-    def setStatus(self, jid: int, status: str, fields: Optional[dict[str, Any]] = None) -> bool:
+    def setStatus(self, jid: Union[int, str], status: str, fields: Optional[dict[str, Any]] = None) -> bool:
         """Validated job transition; the instance itself is completed by the handler's ``check``."""
-        self.store.set_job_status(self.campaign, self.task, self.run, jid, str(status), fields,
+        self.store.set_job_status(self.campaign, self.task, self.run, job_id(jid), str(status), fields,
                                   reason=f"JobCtrl.{status}", complete=False)
         return True
 
-    def idle(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+    def idle(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.IDLE.value, fields)
 
-    def running(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+    def running(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.RUNNING.value, fields)
 
-    def done(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+    def done(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.DONE.value, fields)
 
-    def failed(self, jid: int, fields: Optional[dict[str, Any]] = None) -> bool:
+    def failed(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.FAILED.value, fields)
 
     # --- job queries ------------------------------------------------------------------
 
-    def getJob(self, jid: int, last: bool = True) -> Union[dict[str, Any], list[dict[str, Any]]]:
+    def getJob(self, jid: Union[int, str], last: bool = True) -> Union[dict[str, Any], list[dict[str, Any]]]:
         """The job as the original's last point (one-hot statuses + user fields), or its history of points."""
         job = self._job(jid)
         if last:
@@ -153,7 +182,7 @@ class JobCtrl:
     def getFailed(self) -> list[str]:
         return self.getJobs()[JobStatus.FAILED.value]
 
-    def getNRetries(self, jid: int) -> int:
+    def getNRetries(self, jid: Union[int, str]) -> int:
         """How many times the job failed in this generation (the original counted its failed points)."""
         return sum(1 for row in self._history(self._job(jid)) if row.to_status == JobStatus.FAILED.value)
 
@@ -162,9 +191,10 @@ class JobCtrl:
             return []
         return self.store.list_jobs(self.campaign, self.task, run=self.run)
 
-    def _job(self, jid: int) -> JobInfo:
+    def _job(self, jid: Union[int, str]) -> JobInfo:
+        number = job_id(jid)
         for job in self._jobs():
-            if str(job.jid) == str(jid):
+            if job.jid == number:
                 return job
         raise NotFound(f"no job {jid} for task {self.task!r} run {self.run} in campaign {self.campaign!r}; "
                        "create it with createTask")
@@ -211,18 +241,12 @@ class RunCtrl:
     def getOutput(
         self, process: str, runs: Optional[Sequence[RunRef]] = None, era: Optional[str] = None
     ) -> list[str]:
-        """The ``output`` (comma-separated files) task ``process`` recorded, for ``runs`` or for an ``era``."""
+        """The files task ``process`` produced for ``runs`` or for an ``era``: one element per file, in run then
+        job order (callers remove files one by one), from the ``output`` field of each job of its done runs."""
         if (runs is None) == (era is None):
             raise Invalid("getOutput takes runs=... or era=..., one of them")
-        numbers = None if runs is None else {run_number(r) for r in runs}
-        out = []
-        for run in self.store.legacy_runs(self.campaign):
-            if (numbers is not None and run.run_number not in numbers) or (era is not None and run.meta.get("era") != era):
-                continue
-            value = run.outputs.get(process, {}).get("output")
-            if value:
-                out.append(str(value))
-        return out
+        numbers = None if runs is None else [run_number(r) for r in runs]
+        return self.store.legacy_outputs(self.campaign, process, numbers, era)
 
 
 class TaskHandler:

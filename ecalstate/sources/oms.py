@@ -363,8 +363,12 @@ def oms_source(
     url: Optional[str] = None, from_run: Optional[int] = None, mapping: Optional[str] = None,
     page_size: int = 100, max_runs: int = 1000, timeout: float = 30.0, retries: int = 3, backoff: float = 1.0,
 ) -> OmsRunSource:
-    """The OMS source configured as ``run sync`` and Jenkins use it: the URL from the argument, else
-    ``ECALSTATE_OMS_URL``, else CERN's; credentials from the environment only (:meth:`Credentials.from_env`)."""
-    api = OMSAPI(url or os.environ.get(ENV_URL) or DEFAULT_URL, credentials=Credentials.from_env(),
-                 timeout=timeout, retries=retries, backoff=backoff)
-    return OmsRunSource(api, RunMapping.from_file(mapping) if mapping else None, from_run, page_size, max_runs)
+    """The OMS source as ``run sync`` and Jenkins use it (:func:`oms_api`, :class:`RunMapping` from a file)."""
+    return OmsRunSource(oms_api(url, timeout, retries, backoff), RunMapping.from_file(mapping) if mapping else None,
+                        from_run, page_size, max_runs)
+
+
+def oms_api(url: Optional[str] = None, timeout: float = 30.0, retries: int = 3, backoff: float = 1.0) -> OMSAPI:
+    """The OMS API at ``url``, else ``ECALSTATE_OMS_URL``, else CERN's; credentials from the environment only."""
+    return OMSAPI(url or os.environ.get(ENV_URL) or DEFAULT_URL, credentials=Credentials.from_env(),
+                  timeout=timeout, retries=retries, backoff=backoff)
