@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
@@ -19,6 +20,8 @@ from ecalstate import RunSpec, Store
 
 REPO = Path(__file__).resolve().parent.parent
 SPAWN = multiprocessing.get_context("spawn")
+#: side-by-side measurements alternate this many times; each keeps its best round
+REPEATS = 3
 
 
 def row(name: str, value: float, unit: str, anchor: Optional[dict[str, Any]] = None,
@@ -30,6 +33,43 @@ def row(name: str, value: float, unit: str, anchor: Optional[dict[str, Any]] = N
     if note:
         out["note"] = note
     return out
+
+
+def best(rounds: list[Callable[[], float]]) -> list[float]:
+    """Alternate the measurements ``REPEATS`` times, so that other load on the machine hits each alike; the best
+    rate of each."""
+    rates: list[list[float]] = [[] for _ in rounds]
+    for _ in range(REPEATS):
+        for i, measure in enumerate(rounds):
+            rates[i].append(measure())
+    return [max(r) for r in rates]
+
+
+def timed(count: int, call: Callable[[], Any]) -> float:
+    """``count`` / seconds that ``call()`` took."""
+    start = time.perf_counter()
+    call()
+    return count / (time.perf_counter() - start)
+
+
+@contextmanager
+def cpu_burners(count: int) -> Iterator[None]:
+    """``count`` processes spinning on the CPU while the block runs: a busy machine, made on purpose."""
+    stop = SPAWN.Event()
+    procs = [SPAWN.Process(target=_burn, args=(stop,), daemon=True) for _ in range(count)]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(10)
+
+
+def _burn(stop: Any) -> None:
+    while not stop.is_set():
+        sum(range(10_000))
 
 
 def servers() -> ModuleType:

@@ -9,12 +9,15 @@ its best round, so that other load on the machine hits both alike.
    one transaction each: resolve campaign and task, read the job, check the table and the retry guard,
    compare-and-set, audit row, the instance's progress mark and (on failed) its completion check.
    Floor: BEGIN IMMEDIATE, SELECT status and version, UPDATE ... WHERE version, INSERT audit, COMMIT.
+   Beside them: the lean prototype of bench/lean_tx.py (the same work as the API on a raw connection), and
+   what an empty write transaction costs through ``Database.tx`` and by hand (the API's set-up overhead).
 2. bulk jobs/s: ``update_jobs`` on 10,000 jobs (100 runs x 100 jobs) idle <-> running, one transaction;
    then running -> done, which also completes the 100 instances. Floor: one transaction with the SELECT,
    an ``executemany`` UPDATE and an ``executemany`` audit INSERT.
 3. 8 concurrent claimer processes (``claim(limit=1)`` until nothing is left): claims/s, latency, double
    claims (must be 0). Floor: the same claim SQL (eligible SELECT LIMIT 1, UPDATE, audit INSERT in one
-   BEGIN IMMEDIATE) in 8 raw processes.
+   BEGIN IMMEDIATE) in 8 raw processes. Twice: on the machine as found, and with ``BURNERS`` CPU-bound
+   processes beside (a busy machine: the p99 latency ratio depends on it most).
 
 ``run()`` returns rows {name, value, unit, anchor, ratio}; ``python -m bench.core`` prints them.
 """
@@ -27,7 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ecalstate import JobUpdate, Store
@@ -35,14 +37,16 @@ from ecalstate.base import AUDIT_SQL
 from ecalstate.claims import ELIGIBLE_SQL
 from ecalstate.db import utcnow
 
-from .common import job_campaign, parallel, row
+from .common import best, cpu_burners, job_campaign, parallel, row, timed
+from .lean_tx import sqlite_transition
 
 C = "bench"  # the campaign bench.common.job_campaign creates
 CYCLE = ("running", "failed", "idle")
-REPEATS = 3
 SINGLE = 6000  # a multiple of the cycle: each round starts from idle
 BULK_RUNS, BULK_JOBS = 100, 100
 CLAIMERS, CLAIM_RUNS = 8, 2000
+#: CPU-bound processes beside the claimers for the "busy machine" figures (the machine has 2 cores)
+BURNERS = 2
 #: the floor's compare-and-set
 UPDATE_SQL = "UPDATE job SET status = ?, version = version + 1, updated_at = ? WHERE id = ? AND version = ?"
 
@@ -67,34 +71,26 @@ def prepared(folder: str, name: str, runs: int, jobs: int, retries: int) -> str:
 def audit_values(job: tuple[Any, ...], src: str, dst: str) -> tuple[Any, ...]:
     """An audit row for job (pk, instance id, run, jid, generation), as the store writes it."""
     pk, iid, run, jid, gen = job
-    return (utcnow(), 1, "job", iid, pk, "reco", run, jid, gen, src, dst, "bench", "", None, None)
-
-
-def best(rounds: list[Callable[[], float]]) -> list[float]:
-    """Alternate the measurements ``REPEATS`` times; the best rate of each."""
-    rates: list[list[float]] = [[] for _ in rounds]
-    for _ in range(REPEATS):
-        for i, measure in enumerate(rounds):
-            rates[i].append(measure())
-    return [max(r) for r in rates]
-
-
-def timed(count: int, call: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    call()
-    return count / (time.perf_counter() - start)
+    return (utcnow(), 1, "job", iid, pk, "reco", run, jid, gen, src, dst, "bench", "", "", None, None)
 
 
 # --- 1. single transitions -----------------------------------------------------------------------------
 
-def single(folder: str) -> tuple[float, float]:
-    """(API, floor) transitions/s; run 1 has jobs 0 and 1, job 1 stays idle so nothing completes."""
+def single(folder: str) -> dict[str, float]:
+    """Transitions/s: ``api``, ``floor``, ``lean`` (bench/lean_tx.py on a raw connection); and transactions/s
+    of an empty write transaction through ``Database.tx`` (``setup``: SQLAlchemy's pool checkout, begin, commit)
+    and by hand (``raw_setup``). Run 1 has jobs 0 and 1, job 1 stays idle so nothing completes."""
     store = Store.open(prepared(folder, "single.db", runs=1, jobs=2, retries=10**9), actor="bench")
     conn = raw_connection(prepared(folder, "single-raw.db", runs=1, jobs=2, retries=10**9))
+    lean_conn = raw_connection(prepared(folder, "single-lean.db", runs=1, jobs=2, retries=10**9))
     job = conn.execute("SELECT id, instance_id, 1, jid, generation FROM job WHERE jid = 0").fetchone()
 
     def api() -> float:
         return timed(SINGLE, lambda: [store.set_job_status(C, "reco", 1, 0, CYCLE[i % 3]) for i in range(SINGLE)])
+
+    def lean() -> float:
+        return timed(SINGLE, lambda: [sqlite_transition(lean_conn, C, "reco", 1, 0, CYCLE[i % 3], "bench")
+                                      for i in range(SINGLE)])
 
     def floor_loop() -> None:
         for i in range(SINGLE):
@@ -104,12 +100,24 @@ def single(folder: str) -> tuple[float, float]:
             conn.execute(AUDIT_SQL, audit_values(job, status, CYCLE[i % 3]))
             conn.execute("COMMIT")
 
+    def setup_loop() -> None:
+        for _ in range(SINGLE):
+            with store.db.tx(write=True):
+                pass
+
+    def raw_setup_loop() -> None:
+        for _ in range(SINGLE):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
+
     try:
-        rate_api, rate_floor = best([api, lambda: timed(SINGLE, floor_loop)])
+        rates = best([api, lambda: timed(SINGLE, floor_loop), lean, lambda: timed(SINGLE, setup_loop),
+                      lambda: timed(SINGLE, raw_setup_loop)])
     finally:
         store.close()
         conn.close()
-    return rate_api, rate_floor
+        lean_conn.close()
+    return dict(zip(("api", "floor", "lean", "setup", "raw_setup"), rates))
 
 
 # --- 2. bulk job updates ---------------------------------------------------------------------------------
@@ -183,14 +191,14 @@ def raw_claim(conn: sqlite3.Connection) -> list[tuple[int, int]]:
         conn.execute("UPDATE task_instance SET status = 'processing', version = version + 1, generation = ?,"
                      " updated_at = ? WHERE id = ? AND version = ?", (gen + 1, now, iid, version))
         conn.execute(AUDIT_SQL, (now, 1, "task", iid, None, "reco", run, None, gen + 1, status, "processing",
-                                 "bench", "claimed by submit", None, None))
+                                 "bench", "", "claimed by submit", None, None))
     conn.execute("COMMIT")
     return [] if found is None else [(run, gen + 1)]
 
 
-def claims(folder: str, raw: bool) -> tuple[float, float, float, int]:
+def claims(folder: str, raw: bool, load: str) -> tuple[float, float, float, int]:
     """(claims/s, p50 latency ms, p99 latency ms, double claims) with ``CLAIMERS`` processes."""
-    path = prepared(folder, f"claims-{'raw' if raw else 'api'}.db", CLAIM_RUNS, 0, retries=3)
+    path = prepared(folder, f"claims-{'raw' if raw else 'api'}-{load}.db", CLAIM_RUNS, 0, retries=3)
     results, elapsed = parallel(CLAIMERS, claimer, [(path, raw)] * CLAIMERS)
     claimed = [c for got, _ in results for c in got]
     latencies = sorted(lat for _, lats in results for lat in lats)
@@ -202,28 +210,44 @@ def claims(folder: str, raw: bool) -> tuple[float, float, float, int]:
     return len(claimed) / elapsed, statistics.median(latencies) * 1000, p99 * 1000, len(claimed) - CLAIM_RUNS + doubled
 
 
+def claim_rows(folder: str, load: str) -> list[dict[str, Any]]:
+    """Raw and API claimers side by side, under ``load`` (the label of the machine's state)."""
+    raw_rate, raw_p50, raw_p99, raw_doubles = claims(folder, True, load)
+    api_rate, api_p50, api_p99, api_doubles = claims(folder, False, load)
+    label = f"{CLAIMERS} claimer processes ({load}):"
+    claim_floor = row(f"{label} raw sqlite3 (floor)", raw_rate, "claims/s")
+    p50_floor = row(f"{label} claim latency p50, raw sqlite3", raw_p50, "ms")
+    p99_floor = row(f"{label} claim latency p99, raw sqlite3", raw_p99, "ms")
+    return [claim_floor, row(f"{label} Store.claim", api_rate, "claims/s", claim_floor),
+            p50_floor, row(f"{label} claim latency p50, Store.claim", api_p50, "ms", p50_floor),
+            p99_floor, row(f"{label} claim latency p99, Store.claim", api_p99, "ms", p99_floor),
+            row(f"{label} double claims, raw sqlite3", raw_doubles, "claims"),
+            row(f"{label} double claims, Store.claim (must be 0)", api_doubles, "claims")]
+
+
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="ecalstate-bench-", dir=os.environ.get("ECALSTATE_BENCH_DIR")) as folder:
-        rate_api, rate_floor = single(folder)
-        floor = row("single transition: raw sqlite3, no validation (floor)", rate_floor, "transitions/s")
-        rows = [floor, row("single transition: Store.set_job_status", rate_api, "transitions/s", floor)]
+        rates = single(folder)
+        floor = row("single transition: raw sqlite3, no validation (floor)", rates["floor"], "transitions/s")
+        api = row("single transition: Store.set_job_status", rates["api"], "transitions/s", floor)
+        cost = row("single transition: Store.set_job_status, time each", 1e6 / rates["api"], "us")
+        rows = [floor, api,
+                row("single transition: lean prototype (bench/lean_tx.py: raw connection, one read)", rates["lean"],
+                    "transitions/s", floor),
+                cost,
+                row("of which an empty write transaction through Database.tx (pool checkout, begin, commit)",
+                    1e6 / rates["setup"], "us", cost),
+                row("of which an empty write transaction by hand (BEGIN IMMEDIATE, COMMIT)", 1e6 / rates["raw_setup"],
+                    "us", cost)]
         flip, done, bulk_floor_rate = bulk(folder)
         bulk_floor = row("bulk job update: raw sqlite3 executemany, 10,000 jobs (floor)", bulk_floor_rate, "jobs/s")
         rows += [bulk_floor,
                  row("bulk job update: Store.update_jobs, 10,000 jobs idle <-> running", flip, "jobs/s", bulk_floor),
                  row("bulk job update: Store.update_jobs, 10,000 jobs -> done, 100 instances completed", done,
                      "jobs/s", bulk_floor)]
-        raw_rate, raw_p50, raw_p99, raw_doubles = claims(folder, raw=True)
-        api_rate, api_p50, api_p99, api_doubles = claims(folder, raw=False)
-        label = f"{CLAIMERS} claimer processes:"
-        claim_floor = row(f"{label} raw sqlite3 (floor)", raw_rate, "claims/s")
-        p50_floor = row(f"{label} claim latency p50, raw sqlite3", raw_p50, "ms")
-        p99_floor = row(f"{label} claim latency p99, raw sqlite3", raw_p99, "ms")
-        rows += [claim_floor, row(f"{label} Store.claim", api_rate, "claims/s", claim_floor),
-                 p50_floor, row(f"{label} claim latency p50, Store.claim", api_p50, "ms", p50_floor),
-                 p99_floor, row(f"{label} claim latency p99, Store.claim", api_p99, "ms", p99_floor),
-                 row(f"{label} double claims, raw sqlite3", raw_doubles, "claims"),
-                 row(f"{label} double claims, Store.claim (must be 0)", api_doubles, "claims")]
+        for load, burners in (("machine as found", 0), (f"{BURNERS} CPU burners beside", BURNERS)):
+            with cpu_burners(burners):
+                rows += claim_rows(folder, load)
     return rows
 
 

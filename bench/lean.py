@@ -98,9 +98,9 @@ def triggers_sql(integer_ts: bool) -> list[str]:
         else:
             target.append(f"NEW.{col}")
     return [
-        "CREATE TRIGGER audit_insert INSTEAD OF INSERT ON audit BEGIN"
-        f" INSERT OR IGNORE INTO string (text) VALUES {values};"  # a NULL from_status is skipped (NOT NULL)
-        f" INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join(target)}); END",
+        ("CREATE TRIGGER audit_insert INSTEAD OF INSERT ON audit BEGIN"
+         f" INSERT OR IGNORE INTO string (text) VALUES {values};"  # a NULL from_status is skipped (NOT NULL)
+         f" INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join(target)}); END"),
         "CREATE TRIGGER audit_delete INSTEAD OF DELETE ON audit BEGIN DELETE FROM audit_log WHERE id = OLD.id; END",
     ]
 
@@ -116,8 +116,7 @@ def strings_step(integer_ts: bool) -> list[str]:
         "CREATE TABLE string (id INTEGER PRIMARY KEY, text VARCHAR NOT NULL UNIQUE)",
         f"INSERT INTO string (text) SELECT * FROM ({union}) ORDER BY 1",
         AUDIT_LOG.format(ts_type="INTEGER" if integer_ts else "VARCHAR"),
-        f"INSERT INTO audit_log ({', '.join(COLUMNS)}) SELECT {copied} FROM old_audit o"
-        " ORDER BY o.id",
+        f"INSERT INTO audit_log ({', '.join(COLUMNS)}) SELECT {copied} FROM old_audit o ORDER BY o.id",
         "DROP TABLE old_audit",
         "CREATE INDEX ix_audit_instance ON audit_log (instance_id)",
         view_sql(integer_ts),
@@ -132,8 +131,8 @@ def timestamps_step() -> list[str]:
         "ALTER TABLE audit_log RENAME TO old_log",
         "DROP INDEX IF EXISTS ix_audit_instance",
         AUDIT_LOG.format(ts_type="INTEGER"),
-        f"INSERT INTO audit_log SELECT id, {TS_MICROS.format(c='ts')}, "
-        + ", ".join(COLUMNS[2:]) + " FROM old_log ORDER BY id",
+        (f"INSERT INTO audit_log SELECT id, {TS_MICROS.format(c='ts')}, "
+         + ", ".join(COLUMNS[2:]) + " FROM old_log ORDER BY id"),
         "DROP TABLE old_log",
         "CREATE INDEX ix_audit_instance ON audit_log (instance_id)",
         view_sql(True),

@@ -1,5 +1,8 @@
 """Scale-out figures: SQLite against PostgreSQL, 1 against 8 processes, big databases.
 
+0. One validated job transition at a time on PostgreSQL: ``Store.set_job_status``, the one-statement
+   prototype of bench/lean_tx.py, and the raw psycopg floor (SELECT ... FOR UPDATE, UPDATE ... WHERE version,
+   INSERT audit, COMMIT: four round trips and no validation), alternating, best of three each.
 1. Validated, audited job transitions (``Store.set_job_status``, one transaction each) with 1 and
    8 processes on SQLite and on a real PostgreSQL 15 (started from scripts/servers.py), checked
    afterwards: every job done, one audit row per transition (no lost or doubled update).
@@ -23,9 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ecalstate import Store
+from ecalstate.base import AUDIT_SQL
+from ecalstate.db import utcnow
 from ecalstate.retention import prune, stats, vacuum
 
-from .common import job_campaign, job_keys, parallel, row, servers, split, transition_worker
+from .common import best, job_campaign, job_keys, parallel, row, servers, split, timed, transition_worker
+from .lean_tx import pg_transition
 from .simulate import simulate
 
 RUNS, JOBS_PER_RUN = 80, 10      # 800 jobs: 1,600 transitions per measurement
@@ -139,6 +145,60 @@ def year(tmp: str) -> list[dict[str, Any]]:
             row("prune of half a simulated year (chunks of 20,000 rows, one transaction each)", pruning, "s")]
 
 
+PG_SINGLE = 900  # a multiple of the cycle running -> failed -> idle
+CYCLE = ("running", "failed", "idle")
+#: the PostgreSQL floor's compare-and-set and audit row
+PG_UPDATE = "UPDATE job SET status = %s, version = version + 1, updated_at = %s WHERE id = %s AND version = %s"
+PG_AUDIT = AUDIT_SQL.replace("?", "%s")
+
+
+def pg_single(url: str) -> list[dict[str, Any]]:
+    """One validated transition at a time on PostgreSQL: the API, the one-statement prototype
+    (bench/lean_tx.py) and the raw psycopg floor (lock, compare-and-set, audit; no validation), side by side."""
+    import psycopg
+
+    job_campaign(url, 3, 1)  # run 1 for the API, 2 for the floor, 3 for the prototype; one job each
+    store = Store.open(url, actor="bench")
+    store.update_task("bench", "reco", max_retries=10**9)
+    raw_url = url.replace("postgresql+psycopg://", "postgresql://")
+    floor_conn = psycopg.connect(raw_url)
+    lean_conn = psycopg.connect(raw_url, autocommit=True)
+    pk, iid, gen = floor_conn.execute(
+        "SELECT j.id, j.instance_id, j.generation FROM job j JOIN task_instance ti ON ti.id = j.instance_id"
+        " JOIN run r ON r.id = ti.run_id WHERE r.run_number = 2").fetchone()
+    floor_conn.commit()
+
+    def api() -> None:
+        for i in range(PG_SINGLE):
+            store.set_job_status("bench", "reco", 1, 0, CYCLE[i % 3])
+
+    def floor() -> None:
+        for i in range(PG_SINGLE):
+            status, version = floor_conn.execute("SELECT status, version FROM job WHERE id = %s FOR UPDATE",
+                                                 (pk,)).fetchone()
+            now = utcnow()
+            floor_conn.execute(PG_UPDATE, (CYCLE[i % 3], now, pk, version))
+            floor_conn.execute(PG_AUDIT, (now, 1, "job", iid, pk, "reco", 2, 0, gen, status, CYCLE[i % 3], "bench",
+                                          "", "", None, None))
+            floor_conn.commit()
+
+    def lean() -> None:
+        for i in range(PG_SINGLE):
+            pg_transition(lean_conn, "bench", "reco", 3, 0, CYCLE[i % 3], "bench")
+
+    try:
+        rate_api, rate_floor, rate_lean = best([lambda: timed(PG_SINGLE, f) for f in (api, floor, lean)])
+    finally:
+        store.close()
+        floor_conn.close()
+        lean_conn.close()
+    anchor = row("single transition, PostgreSQL: raw psycopg lock + compare-and-set + audit (floor)", rate_floor,
+                 "transitions/s")
+    return [anchor, row("single transition, PostgreSQL: Store.set_job_status", rate_api, "transitions/s", anchor),
+            row("single transition, PostgreSQL: one-statement prototype (bench/lean_tx.py)", rate_lean,
+                "transitions/s", anchor)]
+
+
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="ecalstate-bench-scale-") as tmp, servers().PostgresServer() as pg:
         counter = iter(range(1000))
@@ -146,7 +206,7 @@ def run() -> list[dict[str, Any]]:
             "SQLite": lambda: os.path.join(tmp, f"s{next(counter)}.db"),
             "PostgreSQL": lambda: pg.create_database(),
         }
-        return transitions(engines) + claims(engines) + big_status(tmp) + year(tmp)
+        return pg_single(pg.create_database()) + transitions(engines) + claims(engines) + big_status(tmp) + year(tmp)
 
 
 if __name__ == "__main__":

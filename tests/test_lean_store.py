@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ from typing import Any
 import pytest
 from test_export import NASTY, file_export, make_campaign
 
-from bench import lean
-from ecalstate import JobUpdate, Store
+from bench import lean, lean_tx
+from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.db import TS_FORMAT
 from ecalstate.retention import prune
+from ecalstate.statemachine import TransitionNotAllowed
 
 SAME_QUERIES = [s for s in lean.STEPS if s.same_queries]
 
@@ -100,3 +103,69 @@ def test_lean_copy_takes_the_same_writes_and_prunes(pair: tuple[Path, Path], tmp
             removed.append(prune(store.db, "2026-03-01T12:00:30Z").audit)
     assert removed[0] > 0 and removed[1] == removed[0]
     assert audit_rows(slim) == audit_rows(wide)
+
+
+# --------------------------------------------------------------- the one-round-trip transition (bench/lean_tx.py)
+
+STEPS_TRIED = ["running", "failed", "idle", "running", "failed", "idle", "running", "done"]
+
+
+def test_lean_transition_writes_what_the_api_writes(db_url: str) -> None:
+    """Run 1 moves through the API, run 2 through the prototype (one statement on PostgreSQL): the same
+    outcomes and refusals, the same job rows and audit rows, and the prototype says 'decided' exactly when the
+    API completed the instance."""
+    with Store.open(db_url, actor="bench", create=True) as store:
+        store.create_campaign("c")
+        store.add_task("c", "reco", max_retries=1)
+        store.update_rtype("c", "all", add=["reco"])
+        store.inject_runs("c", [RunSpec(1, 1), RunSpec(2, 1)])
+        for claim in store.claim("c", "reco"):
+            store.create_jobs("c", "reco", claim.run_number, [0, 1])
+        api, lean_side = [], []
+        with raw_connection(db_url) as (conn, transition):
+            for target in STEPS_TRIED:
+                api.append(outcome(lambda: store.set_job_status("c", "reco", 1, 0, target).outcome, 1))
+                lean_side.append(outcome(lambda: "changed" if transition(conn, "c", "reco", 2, 0, target,
+                                                                           "bench")[1] else "unchanged", 2))
+            assert transition(conn, "c", "reco", 2, 1, "running", "bench")[2] is False
+            decided = transition(conn, "c", "reco", 2, 1, "done", "bench")[2]
+        store.set_job_status("c", "reco", 1, 1, "running")
+        store.set_job_status("c", "reco", 1, 1, "done")
+        assert api == lean_side
+        assert any("(not in the job table)" in a for a in api) and any("(retries exhausted" in a for a in api)
+        with store.db.tx(write=False) as tx:
+            jobs = {run: tx.all("SELECT j.jid, j.status, j.version, j.attempts, j.batch_id, j.started_at IS NULL,"
+                                " j.finished_at IS NULL FROM job j JOIN task_instance ti ON ti.id = j.instance_id"
+                                " JOIN run r ON r.id = ti.run_id WHERE r.run_number = ? ORDER BY j.jid", (run,))
+                    for run in (1, 2)}
+            audit = {run: tx.all("SELECT entity, jid, generation, from_status, to_status, actor, reason FROM audit"
+                                 " WHERE run_number = ? AND entity = 'job' ORDER BY id", (run,)) for run in (1, 2)}
+            stamps = [r[0] for r in tx.all("SELECT ts FROM audit ORDER BY id")]
+        assert jobs[1] == jobs[2] and audit[1] == audit[2]
+        assert stamps == sorted(stamps)  # the store's order, whichever path wrote
+        assert store.instance("c", "reco", 1).status == "failed" and decided is True
+
+
+def outcome(call: Any, run: int) -> str:
+    """What a call answered, or its refusal's message (run number left out)."""
+    try:
+        return str(call())
+    except TransitionNotAllowed as err:
+        return "refused: " + str(err).replace(f"run {run} ", "run N ")
+
+
+@contextmanager
+def raw_connection(url: str) -> Iterator[tuple[Any, Any]]:
+    """The prototype's connection for ``url`` and its transition function."""
+    if "://" not in url:
+        conn = sqlite3.connect(url, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            yield conn, lean_tx.sqlite_transition
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as pg:
+        yield pg, lean_tx.pg_transition

@@ -1,0 +1,159 @@
+"""One validated job transition in the fewest round trips: prototypes of the lean hot path (issue 14).
+
+``set_job_status`` does, in one transaction: resolve campaign and task, read the job (locked), check the
+transition table and the retry guard, compare-and-set, mark the instance's progress, write the audit row at
+the store's time (the clock, never before the newest audit row), and for done/failed see whether the
+instance is decided. Through the store that is about nine statements, each a round trip on PostgreSQL, plus
+SQLAlchemy's pool checkout (with a ping), begin and commit.
+
+* :data:`PG_SQL`: all of it in ONE statement (data-modifying CTEs, autocommit: the statement is the
+  transaction). The table is passed as data (the statuses the target may be reached from); the statement
+  answers (current status, attempts, max retries, changed, decided) so that a refusal still gets its typed
+  error naming the current status. Only a decided instance (its last job done, or failed beyond retries)
+  needs a second statement, its completion, which moves the instance.
+* :func:`sqlite_transition`: SQLite has no data-modifying CTEs; on one raw ``sqlite3`` connection kept open
+  (no pool checkout, no begin/commit events), ``BEGIN IMMEDIATE``, one SELECT that reads the job, its
+  instance, the retry limit and the newest audit time, then the update, the progress mark and the audit insert.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from ecalstate.base import AUDIT_SQL
+from ecalstate.db import TS_FORMAT, utcnow
+from ecalstate.statemachine import JOB, JobStatus, TransitionNotAllowed
+
+#: the statuses each target may be reached from, as the transition table says
+SOURCES = {t.value: [s.value for s in JobStatus if JOB.is_allowed(s, t)] for t in JobStatus}
+
+PG_SQL = """
+WITH cur AS (
+  SELECT j.id, j.status, j.version, j.attempts, j.started_at, ti.id AS iid, ti.generation, r.run_number,
+         c.id AS cid, t.max_retries
+  FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = %(task)s
+  JOIN task_instance ti ON ti.task_id = t.id
+  JOIN run r ON r.id = ti.run_id AND r.run_number = %(run)s
+  JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation AND j.jid = %(jid)s
+  WHERE c.name = %(campaign)s
+  FOR UPDATE OF j
+), clock AS (
+  SELECT GREATEST(%(now)s, (SELECT to_char((a.ts::timestamptz + interval '1 microsecond') AT TIME ZONE 'UTC',
+                                            'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                            FROM audit a ORDER BY a.id DESC LIMIT 1)) AS now
+), upd AS (
+  UPDATE job SET status = %(to)s, version = job.version + 1, updated_at = clock.now,
+    attempts = CASE WHEN cur.status = 'failed' AND %(to)s = 'idle' THEN job.attempts + 1 ELSE job.attempts END,
+    batch_id = CASE WHEN cur.status = 'failed' AND %(to)s = 'idle' THEN NULL ELSE job.batch_id END,
+    started_at = CASE WHEN %(to)s = 'idle' THEN NULL WHEN %(to)s = 'running' THEN COALESCE(job.started_at, clock.now)
+                      ELSE job.started_at END,
+    finished_at = CASE WHEN %(to)s IN ('done', 'failed') THEN clock.now ELSE job.finished_at END
+  FROM cur, clock
+  WHERE job.id = cur.id AND job.version = cur.version AND cur.status = ANY(%(sources)s)
+    AND NOT (cur.status = 'failed' AND %(to)s = 'idle' AND cur.attempts > cur.max_retries)
+  RETURNING job.id, job.attempts
+), mark AS (
+  UPDATE task_instance SET progress_at = clock.now FROM cur, clock, upd WHERE task_instance.id = cur.iid
+), audit_row AS (
+  INSERT INTO audit (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation, from_status,
+                     to_status, actor, identity, reason, request_id, detail)
+  SELECT clock.now, cur.cid, 'job', cur.iid, cur.id, %(task)s, cur.run_number, %(jid)s, cur.generation, cur.status,
+         %(to)s, %(actor)s, %(identity)s, %(reason)s, NULL, NULL
+  FROM cur, clock, upd
+), tally AS (
+  SELECT COUNT(*) AS total,
+         COUNT(*) FILTER (WHERE s = 'done') AS done,
+         COUNT(*) FILTER (WHERE s IN ('idle', 'running')) AS active,
+         COUNT(*) FILTER (WHERE s = 'failed' AND a > cur.max_retries) AS exhausted
+  FROM cur, upd, LATERAL (SELECT CASE WHEN k.id = upd.id THEN %(to)s ELSE k.status END AS s,
+                                 CASE WHEN k.id = upd.id THEN upd.attempts ELSE k.attempts END AS a
+                          FROM job k WHERE k.instance_id = cur.iid AND k.generation = cur.generation) x
+  WHERE %(to)s IN ('done', 'failed')
+)
+SELECT cur.status, cur.attempts, cur.max_retries, (SELECT COUNT(*) FROM upd),
+       (SELECT total > 0 AND (done = total OR (active = 0 AND exhausted > 0)) FROM tally)
+FROM cur
+"""
+
+
+def pg_transition(conn: Any, campaign: str, task: str, run: int, jid: int, target: str, actor: str,
+                  identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
+    """One statement on an autocommit psycopg connection: (status before, changed, instance decided)."""
+    found = conn.execute(PG_SQL, {
+        "campaign": campaign, "task": task, "run": run, "jid": jid, "to": target, "sources": SOURCES[target],
+        "now": utcnow(), "actor": actor, "identity": identity, "reason": reason,
+    }).fetchone()
+    if found is None:
+        raise LookupError(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
+    status, attempts, retries, changed, decided = found
+    if not changed and status != target:
+        _refuse(task, run, jid, status, target, attempts, retries)
+    return status, bool(changed), bool(decided)
+
+
+def _refuse(task: str, run: int, jid: int, status: str, target: str, attempts: int, retries: int) -> None:
+    """The API's typed refusal: not in the table, or the retry guard."""
+    current, wanted = JobStatus(status), JobStatus(target)
+    reason = "not in the job table" if not JOB.is_allowed(current, wanted) else \
+        f"retries exhausted: {attempts} attempts, max retries {retries}"
+    raise TransitionNotAllowed("job", f"{task} run {run} job {jid}", current, wanted, JOB.allowed(current), reason)
+
+
+SQLITE_READ = (
+    "SELECT j.id, j.status, j.version, j.attempts, ti.id, ti.generation, t.max_retries, c.id,"
+    " (SELECT a.ts FROM audit a ORDER BY a.id DESC LIMIT 1)"
+    " FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = ?"
+    " JOIN task_instance ti ON ti.task_id = t.id JOIN run r ON r.id = ti.run_id AND r.run_number = ?"
+    " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation AND j.jid = ?"
+    " WHERE c.name = ?"
+)
+SQLITE_UPDATE = (
+    "UPDATE job SET status = ?, version = version + 1, attempts = ?, updated_at = ?,"
+    " batch_id = CASE WHEN ? THEN NULL ELSE batch_id END,"
+    " started_at = CASE WHEN ? = 'idle' THEN NULL WHEN ? = 'running' THEN COALESCE(started_at, ?) ELSE started_at END,"
+    " finished_at = CASE WHEN ? IN ('done', 'failed') THEN ? ELSE finished_at END WHERE id = ? AND version = ?"
+)
+SQLITE_TALLY = (
+    "SELECT COUNT(*), SUM(status = 'done'), SUM(status IN ('idle', 'running')), SUM(status = 'failed' AND attempts > ?)"
+    " FROM job WHERE instance_id = ? AND generation = ?"
+)
+
+
+def _after(latest: Optional[str], now: str) -> str:
+    if latest is not None and latest >= now:
+        return (datetime.strptime(latest, TS_FORMAT) + timedelta(microseconds=1)).strftime(TS_FORMAT)
+    return now
+
+
+def sqlite_transition(conn: sqlite3.Connection, campaign: str, task: str, run: int, jid: int, target: str,
+                      actor: str, identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
+    """The same transition on a raw autocommit ``sqlite3`` connection: (status before, changed, decided)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute(SQLITE_READ, (task, run, jid, campaign)).fetchone()
+        if found is None:
+            raise LookupError(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
+        pk, status, version, attempts, iid, gen, retries, cid, latest = found
+        if status == target:
+            conn.execute("COMMIT")
+            return status, False, False
+        retry = status == "failed" and target == "idle"
+        if not JOB.is_allowed(JobStatus(status), JobStatus(target)) or (retry and attempts > retries):
+            _refuse(task, run, jid, status, target, attempts, retries)
+        attempts += retry
+        now = _after(latest, utcnow())
+        conn.execute(SQLITE_UPDATE, (target, attempts, now, retry, target, target, now, target, now, pk, version))
+        conn.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (now, iid))
+        conn.execute(AUDIT_SQL, (now, cid, "job", iid, pk, task, run, jid, gen, status, target, actor, identity,
+                                 reason, None, None))
+        decided = False
+        if target in ("done", "failed"):
+            total, done, active, exhausted = conn.execute(SQLITE_TALLY, (retries, iid, gen)).fetchone()
+            decided = done == total or (active == 0 and exhausted > 0)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return status, True, decided
