@@ -23,6 +23,9 @@ from ecalstate import RunSpec, Store
 
 REPO = Path(__file__).resolve().parent.parent
 JENKINSFILES = sorted((REPO / "Jenkinsfiles").glob("*.Jenkinsfile"))
+RUN_SYNC = REPO / "Jenkinsfiles" / "run-sync.Jenkinsfile"
+#: one pipeline per workflow script; run-sync feeds them runs
+WORKFLOWS = [p for p in JENKINSFILES if p != RUN_SYNC]
 CREDENTIALS = {"ECALSTATE_INFLUX_TOKEN", "ECALSTATE_INFLUX_USER", "ECALSTATE_INFLUX_PASSWORD"}
 
 
@@ -42,10 +45,10 @@ def credential_variables(text: str) -> set[str]:
 
 def test_one_pipeline_per_workflow_script() -> None:
     scripts = {p.stem.replace("_", "-") for p in (REPO / "handlers").glob("phisym_*.py")}
-    assert {p.name.removesuffix(".Jenkinsfile") for p in JENKINSFILES} == scripts
+    assert {p.name.removesuffix(".Jenkinsfile") for p in WORKFLOWS} == scripts
 
 
-@pytest.mark.parametrize("path", JENKINSFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_pipeline_shape_and_no_inline_secrets(path: Path) -> None:
     text = path.read_text()
     assert re.search(r"triggers\s*\{\s*cron\('[^']+'\)", text)
@@ -103,7 +106,7 @@ def prepare(db: Path) -> dict[str, int]:
     return {"phisym-reco": 4, "phisym-calib": 3, "phisym-plots": 2}
 
 
-@pytest.mark.parametrize("path", JENKINSFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_every_sh_step_runs_against_a_temp_database(path: Path, tmp_path: Path,
                                                     request: pytest.FixtureRequest) -> None:
     text = path.read_text()
@@ -140,3 +143,38 @@ def test_every_sh_step_runs_against_a_temp_database(path: Path, tmp_path: Path,
         assert len(beats) == 6
         claimed = store.instance("prompt", task, expected[task])
         assert claimed.status in ("processing", "done") and store.list_jobs("prompt", task, run=expected[task])
+
+
+def test_run_sync_pipeline_steps_run_twice_against_a_local_oms(tmp_path: Path) -> None:
+    """The OMS sync pipeline: cron, no concurrent builds, OMS credentials only from withCredentials (a file for the
+    secret); its steps run as two builds against the local OMS-format server: runs injected once."""
+    from oms_server import oms_server
+
+    text = RUN_SYNC.read_text()
+    assert re.search(r"triggers\s*\{\s*cron\('[^']+'\)", text) and "disableConcurrentBuilds()" in text
+    assert credential_variables(text) == {"ECALSTATE_OMS_CLIENT_ID", "ECALSTATE_OMS_CLIENT_SECRET_FILE"}
+    assert not set(environment(text)) & credential_variables(text)
+    db = tmp_path / "state.db"
+    with Store.open(str(db), actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+    secret = tmp_path / "oms-secret"
+    secret.write_text("oms-secret-value")
+    with oms_server("ecal-automation", "oms-secret-value") as oms:
+        for number in range(390001, 390004):
+            oms.run(number, 9100)
+        env = {**os.environ, **environment(text), "ECALSTATE_DB": str(db), "ECALSTATE_OMS_URL": oms.api_url,
+               "ECALSTATE_OMS_TOKEN_URL": oms.token_url, "ECALSTATE_OMS_CLIENT_ID": "ecal-automation",
+               "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        outputs = []
+        for build in (1, 2):
+            env["BUILD_TAG"] = f"jenkins-sync-{build}"
+            for step in sh_steps(text):
+                result = subprocess.run(["bash", "-ec", step], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                        timeout=120)
+                assert result.returncode == 0, f"build {build}: {step}\n{result.stdout}\n{result.stderr}"
+                assert "oms-secret-value" not in result.stdout + result.stderr
+                outputs.append(result.stdout)
+    assert outputs[0].startswith("oms: 3 new runs") and outputs[2].startswith("oms: 0 new runs")
+    with Store.open(str(db)) as store:
+        assert [r["run_number"] for r in store.list_runs("prompt", None, None)] == [390001, 390002, 390003]
