@@ -49,3 +49,46 @@ def test_bad_sync_arguments_are_one_line_and_write_nothing(sqlite_url: str, tmp_
         result = invoke(sqlite_url, "run", "sync", "-c", "rereco", *args)
         assert result.exit_code == code and "Traceback" not in result.output, (args, result.output)
     assert dump(sqlite_url) == before
+
+
+def test_an_operator_closes_a_fill_once(sqlite_url: str) -> None:
+    setup(sqlite_url)
+    assert as_json(sqlite_url, "run", "close-fill", "-c", "rereco", "--fill", "9005", "--reason", "dump missed") == {
+        "fill": 9005, "closed": True}
+    again = ok(sqlite_url, "run", "close-fill", "-c", "rereco", "--fill", "9005", "--reason", "again").stdout
+    assert "known to have ended already" in again
+    bad = invoke(sqlite_url, "run", "close-fill", "-c", "rereco", "--fill", "9006", "--reason", " ")
+    assert bad.exit_code == 1 and bad.stderr.strip() == "Error: closing a fill needs a reason"
+    from ecalstate import Store
+
+    with Store.open(sqlite_url) as store:
+        assert [(f.fill, f.reason, f.actor) for f in store.ended_fills("rereco")] == [(9005, "dump missed", "tester")]
+
+
+def test_two_syncs_at_once_inject_each_run_once(sqlite_url: str, tmp_path: Path) -> None:
+    """Two overlapping Jenkins builds: every run and every task instance exactly once."""
+    import threading
+
+    from ecalstate import RunSpec, Store
+    from ecalstate.sources.file import FileSource
+    from ecalstate.sources.sync import sync
+
+    setup(sqlite_url)
+    specs = [RunSpec(n, 9000 + n % 7, {"ecal": True}) for n in range(390001, 390301)]
+    results = []
+
+    def build() -> None:
+        with Store.open(sqlite_url, actor="jenkins") as store:
+            results.append(sync(store, "rereco", FileSource(specs)))
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(n for r in results for n in r.new) == [s.run_number for s in specs]
+    assert sum(r.instances for r in results) == len(specs)
+    with Store.open(sqlite_url) as store:
+        assert len(store.list_runs("rereco", None, None)) == len(specs)
+        assert len(store.history("rereco", "reco", None, limit=None)) == len(specs)
+        assert sorted({f.fill for f in store.ended_fills("rereco")}) == list(range(9000, 9006))

@@ -138,6 +138,26 @@ def run_sync(
                      f"{','.join(map(str, result.fills_ended)) or 'none'}; cursor at run {result.last_run}")
 
 
+@run.command("close-fill")
+@campaign_option
+@click.option("--fill", type=INT64, required=True, metavar="F", help="The LHC fill that ended.")
+@click.option("--reason", required=True, metavar="TEXT", help="Why (recorded with your name).")
+@pass_app
+def run_close_fill(app: App, campaign: str, fill: int, reason: str) -> None:
+    """Record that a fill ended, when no run source says so (the dump was missed).
+
+    Grouping by fill waits for a fill to end before it treats the fill's runs
+    as complete; closing a fill that is known to have ended changes nothing.
+
+    \b
+    Example:
+        ecalstate run close-fill -c prompt --fill 9001 --reason "beam dumped at 03:10, OMS late"
+    """
+    closed = app.store().close_fill(campaign, fill, reason)
+    app.emit({"fill": fill, "closed": closed},
+             f"fill {fill} closed" if closed else f"fill {fill} was known to have ended already: nothing changed")
+
+
 @run.command("list")
 @campaign_option
 @task_option(required=False, help="Show this task's status per run.")
