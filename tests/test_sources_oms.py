@@ -175,3 +175,27 @@ def test_run_sync_cli_reads_credentials_from_the_environment_only(sqlite_url: st
                  env={**env, "ECALSTATE_OMS_CLIENT_SECRET_FILE": "", "ECALSTATE_OMS_CLIENT_SECRET": "nope"})
     assert bad.exit_code == 1 and "Traceback" not in bad.output and "nope" not in bad.output
     assert SECRET not in first.__repr__() + no_cursor.output + bad.output
+
+
+def test_a_mapping_file_renames_the_metadata(sqlite_url: str, oms: OmsServer, tmp_path) -> None:
+    """The OMS attribute names are configuration: the mapping of docs/migration.md, and a bad one refused."""
+    db = sqlite_url
+    ok(db, "init")
+    ok(db, "campaign", "create", "prompt")
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    env = {"ECALSTATE_OMS_URL": oms.api_url, "ECALSTATE_OMS_CLIENT_ID": "ecal-automation",
+           "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret), "ECALSTATE_OMS_TOKEN_URL": oms.token_url}
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"meta": {"lumi": "recorded_lumi", "hlt": "hlt_key"}, "global_attr": "daq_mode",
+                                   "global_value": "global", "class_attr": "run_class"}))
+    oms.run(390001, 9000, hlt_key="/cdaq/physics/v1", daq_mode="global", run_class="cosmics")
+    ok(db, "run", "sync", "-c", "prompt", "--source", "oms", "--from-run", "390001", "--mapping", str(mapping),
+       env=env)
+    with Store.open(db) as store:
+        (run,) = store.list_runs("prompt", None, None)
+    assert run["meta"] == {"lumi": 1.5, "hlt": "/cdaq/physics/v1", "ecal": True, "global": True, "class": "Cosmics"}
+    mapping.write_text(json.dumps({"metadata": {}}))
+    bad = invoke(db, "run", "sync", "-c", "prompt", "--source", "oms", "--mapping", str(mapping), env=env)
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and bad.stderr.count("\n") == 1
+    assert "expected a JSON object with keys among" in bad.stderr
