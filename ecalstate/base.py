@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import pwd
@@ -126,24 +127,34 @@ class StoreBase:
         body: Callable[[Ctx], R],
         encode: Callable[[R], Any] = lambda r: r,
         decode: Callable[[Any], R] = lambda d: d,
+        args: Any = None,
     ) -> R:
-        """Run ``body`` in one write transaction; with a request id, a replay returns the first outcome."""
+        """Run ``body`` in one write transaction; with a request id, a replay returns the first outcome.
+
+        ``args`` (the call's arguments) are fingerprinted with the request id: the same id with other
+        arguments is refused, never answered with another call's outcome.
+        """
         if request_id is not None and not request_id.strip():
             raise Invalid("request id must not be blank")
+        signed = kind if args is None else f"{kind} args:{fingerprint(args)}"
         with self.db.tx(write=True) as tx:
             if request_id:
                 tx.serialize("request", request_id)  # a concurrent replay waits for the first outcome
                 row = tx.one("SELECT kind, outcome FROM request WHERE request_id = ?", (request_id,))
                 if row is not None:
-                    if row[0] != kind:
-                        raise Conflict(f"request id {request_id!r} was already used for a {row[0]} call")
+                    first_kind, _, first_args = row[0].partition(" args:")
+                    if first_kind != kind:
+                        raise Conflict(f"request id {request_id!r} was already used for a {first_kind} call")
+                    if first_args and args is not None and row[0] != signed:
+                        raise Conflict(f"request id {request_id!r} was already used for a {kind} call with other"
+                                       " arguments; give this call a new request id")
                     return decode(json.loads(row[1]))
             ctx = Ctx(tx, self.actor, request_id, self._now(tx), self.identity(tx))
             result = body(ctx)
             if request_id:
                 tx.execute(
                     "INSERT INTO request (request_id, kind, outcome, created_at) VALUES (?,?,?,?)",
-                    (request_id, kind, json.dumps(encode(result)), ctx.now),
+                    (request_id, signed, json.dumps(encode(result)), ctx.now),
                 )
             return result
 
@@ -209,6 +220,12 @@ class StoreBase:
                     out.append(child)
                     frontier.append(child)
         return out
+
+
+def fingerprint(args: Any) -> str:
+    """A digest of a call's arguments (JSON, keys sorted; other objects by their text)."""
+    text = json.dumps(args, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def loads(text: Optional[str]) -> dict[str, Any]:

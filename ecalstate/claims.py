@@ -8,14 +8,15 @@ LOCKED``) so a concurrent claimer takes the next ones instead of waiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Optional, Union
 
 from .base import Ctx, StoreBase, loads
 from .db import Tx
-from .errors import Conflict, Invalid
+from .errors import Conflict, Invalid, NotFound
+from .jobs import check_jobs, insert_jobs
 from .results import Claim
 from .statemachine import TASK, TaskStatus
 
@@ -52,6 +53,8 @@ class Eligible:
 
 #: a grouping rule: eligible runs in, groups out (each group's last run is its leader)
 Grouper = Callable[[list[Eligible]], list[list[Eligible]]]
+#: a claim's jobs, made inside the claim's transaction: (job id, fields) pairs
+JobMaker = Callable[[Claim], Sequence[tuple[int, Mapping[str, Any]]]]
 
 
 def group_by_fill(runs: list[Eligible]) -> list[list[Eligible]]:
@@ -85,8 +88,14 @@ class Claims(StoreBase):
         limit: Optional[int] = None,
         group_by: Union[None, str, Grouper] = None,
         request_id: Optional[str] = None,
+        jobs: Optional[JobMaker] = None,
     ) -> list[Claim]:
-        """Mark up to ``limit`` groups of eligible runs as claimed: leader ``processing``, the rest ``merged``."""
+        """Mark up to ``limit`` groups of eligible runs as claimed: leader ``processing``, the rest ``merged``.
+
+        ``jobs`` (the claim in, (job id, fields) pairs out) creates each claim's jobs in the same transaction:
+        a build killed after the claim leaves jobs "to submit", never a claim without jobs. It runs while the
+        write lock is held: it must only compute, not wait on I/O. Whatever it raises undoes the claim.
+        """
         if limit is not None and limit < 1:
             raise Invalid(f"invalid limit {limit}: expected an integer >= 1")
         grouper = _grouper(group_by)
@@ -100,13 +109,33 @@ class Claims(StoreBase):
             groups = [g for g in grouper(_eligible(tx, cid, tid, lock=True, limit=rows)) if g]
             if limit is not None:
                 groups = groups[:limit]
-            return [_claim_group(ctx, cid, task, group) for group in groups]
+            claims = [_claim_group(ctx, cid, task, group) for group in groups]
+            if jobs is not None:
+                for claim in claims:
+                    made = list(jobs(claim))
+                    jids, fields = check_jobs([j for j, _ in made], [dict(f) for _, f in made])
+                    insert_jobs(ctx, cid, task, claim.run_number, claim.instance_id, claim.generation, jids, fields)
+            return claims
 
         return self._write(
-            "claim", request_id, body,
+            "claim", request_id, body, args=(campaign, task, limit, getattr(group_by, "__name__", group_by)),
             encode=lambda claims: [c.__dict__ for c in claims],
             decode=lambda data: [Claim(**d) for d in data],
         )
+
+    def claim_of(self, campaign: str, task: str, run: int) -> Claim:
+        """The claim ``run`` leads now (its current generation and merged runs), to finish what a killed stage
+        left "to submit"."""
+        with self.db.tx(write=False) as tx:
+            _, tid, _ = self._campaign_task(tx, campaign, task)
+            row = tx.one("SELECT ti.id, r.fill, ti.generation, r.meta FROM task_instance ti JOIN run r ON r.id ="
+                         " ti.run_id WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
+            if row is None:
+                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+            merged = [r[0] for r in tx.all(
+                "SELECT r.run_number FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                " WHERE ti.leader_id = ? AND ti.status = 'merged' ORDER BY r.run_number", (row[0],))]
+        return Claim(task, run, row[1], row[0], row[2], merged, loads(row[3]))
 
 
 def _grouper(group_by: Union[None, str, Grouper]) -> Grouper:

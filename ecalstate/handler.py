@@ -12,14 +12,20 @@ are grouped, and builds the jobs of a claimed task instance::
         PhiSymReco.main()     # python handlers/phisym_reco.py -c prompt submit|check|resubmit
 
 Each stage is a few short store transactions around backend I/O, never one
-transaction across it: submit claims (one transaction, so two overlapping
-stages never take the same run), creates the jobs, submits them, records their
-batch ids. If submission fails after the claim, the claim is rolled back: the
-instance goes to ``reprocess`` (eligible again, merged runs released) and the
-jobs created for it are marked failed, with the error as reason. check
-reconciles job statuses in one bulk update and reads the JSON reports of jobs
-that could not reach the database; instances complete in the store. resubmit
-puts failed jobs under the retry limit back to idle and submits them again.
+transaction across it. The submission protocol is "state first, side effects
+after, reconciliation by key": submit claims one group at a time and creates
+its jobs in the same transaction, so a killed build leaves jobs "to submit"
+(idle, no batch id), never a claim without jobs; it then submits them under the
+run's submission lock and records their batch ids, an annotation that never
+changes a status and is refused for another generation. A failure before the
+batch system took the jobs rolls back only the claim's own generation; a later
+or unknown one keeps the claim, and the next stage looks the jobs up by key
+(and adopts them) before submitting anything again. Every stage first removes
+from the batch system the jobs of generations an operator aborted or that were
+claimed again. check reconciles job statuses in one bulk update and reads the
+JSON reports of jobs that could not reach the database; instances complete in
+the store. resubmit puts failed jobs under the retry limit back to idle (a new
+attempt, to submit) and submits them.
 Every stage records a heartbeat, ok or not, for ``ecalstate health``.
 """
 
@@ -37,11 +43,11 @@ from typing import Any, ClassVar, Optional, Union
 
 import click
 
-from .backends import Backend, BatchJob, JobKey, JobSpec, Observation, make_backend, read_report
+from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
 from .claims import Grouper, _grouper
-from .errors import EcalStateError, Invalid
+from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
-from .results import Claim, JobInfo, JobUpdate
+from .results import BatchRecord, Claim, JobInfo, JobUpdate
 from .store import Store
 
 ACTIVE = ("idle", "running")
@@ -117,7 +123,7 @@ class TaskHandler:
     # --- stages ------------------------------------------------------------------------------------
 
     def submit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:
-        """Claim eligible instances (grouped), create and submit their jobs, record the batch ids."""
+        """Finish what earlier stages left, then claim eligible groups one at a time and submit each at once."""
         if dry_run:
             report = StageReport(campaign, self.task, "submit", dry_run=True)
             groups = _grouper(self._grouping())(self.store.eligible(campaign, self.task))[:limit]
@@ -128,58 +134,165 @@ class TaskHandler:
             return report
         with self._stage(campaign, "submit") as report:
             self.backend.check()  # an unreachable batch system: fail before claiming anything
-            for claim in self.store.claim(campaign, self.task, limit, self._grouping()):
+            self._settle_leftovers(campaign, report)
+            claimed = 0
+            skip: set[int] = set()  # groups whose jobs() failed in this stage: the next groups go on
+            while limit is None or claimed < limit:
+                made: dict[int, list[JobSpec]] = {}
+                tried: list[Claim] = []
+                rule = self._grouping() if not skip else _skipping(_grouper(self._grouping()), skip)
+                try:  # one group per claim, just before its submission: a killed build leaks nothing else
+                    claims = self.store.claim(campaign, self.task, 1, rule,
+                                              jobs=lambda c: self._make_jobs(campaign, c, made, tried))
+                except Exception as err:  # the claim was undone with everything it wrote: the run stays eligible
+                    if not tried:
+                        raise
+                    report.errors.append(f"run {tried[-1].run_number}: {_message(err)}")
+                    skip.update(tried[-1].runs)
+                    continue
+                if not claims:
+                    break
+                claim = claims[0]
+                claimed += 1
                 report.add("claimed")
                 report.add("merged", len(claim.merged))
-                try:
-                    report.add("jobs submitted", self._submit_claim(campaign, claim))
+                if self._submit_run(campaign, claim.run_number, claim.generation, report, made[claim.run_number]):
                     report.runs.append(claim.run_number)
-                except Exception as err:  # any failure after the claim: roll it back, go on with the next
-                    report.errors.append(f"run {claim.run_number}: {_message(err)}")
-                    try:
-                        self._roll_back(campaign, claim, f"submit failed: {_message(err)}")
-                        report.add("rolled back")
-                    except EcalStateError as again:  # left processing: health reports it as stuck
-                        report.errors.append(f"run {claim.run_number}: rollback failed: {again}")
+                else:  # rolled back, it is eligible again: not in this stage
+                    skip.update(claim.runs)
             return report
 
     def _grouping(self) -> Union[None, str, Grouper]:
         # read from the class: a function stored as a class attribute would bind as a method
         return type(self).group_by
 
-    def _submit_claim(self, campaign: str, claim: Claim) -> int:
+    def _make_jobs(self, campaign: str, claim: Claim, made: dict[int, list[JobSpec]],
+                   tried: list[Claim]) -> list[tuple[int, Any]]:
+        """The claim's jobs as the store creates them (inside the claim's transaction); their specs kept."""
+        tried.append(claim)
         specs = self.jobs(campaign, claim)
         jids = [s.jid for s in specs]
         if not specs or len(set(jids)) != len(jids):
             raise Invalid(f"{type(self).__name__}.jobs() must return jobs with distinct ids, got {jids}")
-        for spec in specs:
-            path = self.backend.spec_path(campaign, self.task, claim.run_number, claim.generation, spec.jid)
-            self.backend.makedirs(path.parent)
-            path.write_text(json.dumps(spec.to_dict(), sort_keys=True))
-        self.store.create_jobs(campaign, self.task, claim.run_number, jids, [dict(s.fields) for s in specs],
-                               generation=claim.generation)
-        jobs = [self.backend.batch_job(campaign, self.task, JobKey(claim.run_number, s.jid, claim.generation, 1), s)
-                for s in specs]
-        self._record(campaign, jobs, self.backend.submit(campaign, self.task, jobs))
-        return len(jobs)
+        made[claim.run_number] = specs
+        return [(s.jid, s.fields) for s in specs]
 
-    def _record(self, campaign: str, jobs: Sequence[BatchJob], batch_ids: Mapping[JobKey, str]) -> None:
-        """Batch ids, and the folder of each attempt (its stdout, stderr, report) as the ``logs`` field."""
-        self.store.update_jobs(campaign, self.task, [
-            JobUpdate(j.key.run, j.key.jid, "idle", {"logs": str(j.folder)}, batch_ids[j.key],
-                      generation=j.key.generation) for j in jobs])
+    def _settle_leftovers(self, campaign: str, report: StageReport) -> None:
+        """Remove the jobs of aborted generations, then submit (or adopt) the jobs earlier stages left to submit."""
+        self._sweep(campaign, report)
+        pending: dict[int, int] = {}
+        for job in self.store.pending_jobs(campaign, self.task):
+            pending[job.run_number] = job.generation
+        for run, generation in sorted(pending.items()):
+            self._submit_run(campaign, run, generation, report)
 
-    def _roll_back(self, campaign: str, claim: Claim, reason: str) -> None:
-        """Make a claimed run eligible again; the jobs created for it, if any, are marked failed."""
-        self.store.reprocess(campaign, self.task, runs=[claim.run_number], reason=reason)
-        created = self.store.list_jobs(campaign, self.task, run=claim.run_number, status="idle")
+    def _sweep(self, campaign: str, report: StageReport) -> None:
+        """Jobs still active in a generation that no longer runs: removed from the batch system, then failed."""
+        by_run: dict[int, list[JobInfo]] = defaultdict(list)
+        for job in self.store.stale_jobs(campaign, self.task):
+            by_run[job.run_number].append(job)
+        reason = "superseded: its task instance was aborted or claimed again"
+        for run, jobs in sorted(by_run.items()):
+            with self.backend.lock(campaign, self.task, run):
+                self.backend.remove(campaign, self.task, [_key(j) for j in jobs], reason)
+                result = self.store.update_jobs(campaign, self.task, [
+                    JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation,
+                              attempt=j.attempts) for j in jobs])
+            _count(report, "superseded jobs removed", sum(c.outcome == "changed" for c in result.changes))
+
+    def _submit_run(self, campaign: str, run: int, generation: int, report: StageReport,
+                    specs: Optional[Sequence[JobSpec]] = None, label: str = "jobs submitted") -> bool:
+        """Submit the jobs "to submit" of one run's generation: found by key in the batch system first (adopted),
+        the others submitted; then their batch ids recorded. True when all of them are in the batch system.
+
+        Holds the run's submission lock, so two stages never submit the same job. A failure before the batch
+        system took the jobs gives them up (a fresh claim is rolled back, only if still this generation); any
+        later or unknown failure keeps them, and the next stage looks them up before submitting again.
+        """
+        with self.backend.lock(campaign, self.task, run):
+            pending = {_key(j): j for j in self.store.pending_jobs(campaign, self.task, run)
+                       if j.generation == generation}
+            if not pending:
+                return False
+            try:
+                found = self.backend.find(campaign, self.task, sorted(pending))
+                todo = [k for k in sorted(pending) if k not in found]
+                batch = [self.backend.batch_job(campaign, self.task, k, spec)
+                         for k, spec in zip(todo, self._specs(campaign, run, generation, todo, specs))]
+            except Exception as err:  # nothing submitted; the next stage tries again
+                report.errors.append(f"run {run}: {_message(err)}")
+                return False
+            try:
+                submitted = self.backend.submit(campaign, self.task, batch) if batch else {}
+            except NotAccepted as err:
+                self._give_up(campaign, run, generation, [pending[k] for k in todo], _message(err), report)
+                return False
+            except Exception as err:
+                report.errors.append(f"run {run}: {_message(err)}; the jobs may be in the batch system: the next"
+                                     " stage looks them up by key before submitting again")
+                return False
+            ids = {**found, **submitted}
+            records = [BatchRecord(k.jid, k.attempt, ids[k],
+                                   {"logs": str(self.backend.job_dir(campaign, self.task, k))}) for k in sorted(ids)]
+            try:
+                self.store.record_batch_ids(campaign, self.task, run, generation, records)
+            except Exception as err:  # accepted by the batch system: never rolled back
+                report.errors.append(f"run {run}: jobs in the batch system, batch ids not recorded: {_message(err)};"
+                                     " the next stage finds them by key")
+                return False
+            _count(report, label, len(submitted))
+            _count(report, "jobs adopted", len(found))
+            return len(ids) == len(pending)
+
+    def _specs(self, campaign: str, run: int, generation: int, keys: Sequence[JobKey],
+               made: Optional[Sequence[JobSpec]]) -> list[JobSpec]:
+        """The specs of these jobs: kept beside their folders (written now for a fresh claim), or made again
+        from the claim when a killed stage never wrote them."""
+        specs = {s.jid: s for s in made or ()}
+        paths = {k.jid: self.backend.spec_path(campaign, self.task, run, generation, k.jid) for k in keys}
+        missing = [jid for jid, path in paths.items() if jid not in specs and not path.exists()]
+        if missing:
+            claim = self.store.claim_of(campaign, self.task, run)
+            if claim.generation != generation:
+                raise Conflict(f"run {run} was claimed again (generation {claim.generation}); generation"
+                               f" {generation} is not submitted")
+            specs.update({s.jid: s for s in self.jobs(campaign, claim) if s.jid in missing})
+        out = []
+        for jid, path in paths.items():
+            if jid in specs:
+                if not path.exists():
+                    self.backend.makedirs(path.parent)
+                    path.write_text(json.dumps(specs[jid].to_dict(), sort_keys=True))
+                out.append(specs[jid])
+            else:
+                out.append(JobSpec.from_dict(json.loads(path.read_text())))
+        return out
+
+    def _give_up(self, campaign: str, run: int, generation: int, jobs: Sequence[JobInfo], error: str,
+                 report: StageReport) -> None:
+        """The batch system refused jobs: a retried attempt is failed (the next resubmit tries while retries
+        last); a fresh claim that has nothing in the batch system is rolled back, only if still this generation."""
+        reason = f"submit failed: {error}"
+        report.errors.append(f"run {run}: {error}")
+        retried = [j for j in jobs if j.attempts > 1]
+        fresh = [j for j in jobs if j.attempts == 1]
+        if fresh and not any(j.batch_id for j in self.store.list_jobs(campaign, self.task, run=run)):
+            try:
+                self.store.reprocess(campaign, self.task, runs=[run], reason=reason, generation=generation)
+                report.add("rolled back")
+            except EcalStateError as err:  # aborted or claimed again meanwhile: not ours to roll back
+                report.errors.append(f"run {run}: not rolled back: {err}")
+                return
+            retried += fresh
         self.store.update_jobs(campaign, self.task, [
-            JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation)
-            for j in created if j.generation == claim.generation])
+            JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation, attempt=j.attempts)
+            for j in retried])
 
     def check(self, campaign: str, dry_run: bool = False) -> StageReport:
         """Reconcile the active jobs with the backend in one bulk update; read the jobs' reports."""
         with self._stage(campaign, "check", dry_run) as report:
+            if not dry_run:
+                self._sweep(campaign, report)
             active = [j for j in self.store.list_jobs(campaign, self.task) if j.status in ACTIVE]
             jobs = {_key(j): j for j in active}
             seen = self.backend.observe(campaign, self.task, sorted(jobs))
@@ -212,7 +325,8 @@ class TaskHandler:
             error = str(data.get("error") or "")
             if error and error not in reason:  # the local backend already quotes the last stderr line
                 reason = f"{reason}: {error}" if reason else error
-        return JobUpdate(job.run_number, job.jid, seen.status, fields, seen.batch_id, reason, job.generation)
+        return JobUpdate(job.run_number, job.jid, seen.status, fields, seen.batch_id, reason, job.generation,
+                         job.attempts)
 
     def resubmit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:
         """Put failed jobs (under the retry limit, of ``processing`` instances) back to idle and submit them."""
@@ -228,37 +342,16 @@ class TaskHandler:
                 report.add("would resubmit", sum(len(by_run[r]) for r in runs))
                 report.runs.extend(runs)
                 return report
-            if runs:
-                self.backend.check()
+            self.backend.check()
+            self._settle_leftovers(campaign, report)
             for run in runs:
-                try:
-                    report.add("jobs resubmitted", self._resubmit_run(campaign, by_run[run]))
+                # failed -> idle is the new attempt, "to submit" until its batch id is recorded
+                self.store.update_jobs(campaign, self.task, [
+                    JobUpdate(j.run_number, j.jid, "idle", reason="resubmitted", generation=j.generation,
+                              attempt=j.attempts) for j in by_run[run]])
+                if self._submit_run(campaign, run, by_run[run][0].generation, report, label="jobs resubmitted"):
                     report.runs.append(run)
-                except Exception as err:
-                    report.errors.append(f"run {run}: {_message(err)}")
             return report
-
-    def _resubmit_run(self, campaign: str, failed: Sequence[JobInfo]) -> int:
-        updates = [JobUpdate(j.run_number, j.jid, "idle", reason="resubmitted", generation=j.generation)
-                   for j in failed]
-        result = self.store.update_jobs(campaign, self.task, updates)
-        # one change per update, in order: only the jobs this stage moved to idle are submitted by it
-        mine = [j for j, c in zip(failed, result.changes) if c.outcome == "changed"]
-        try:
-            jobs = []
-            for job in mine:
-                path = self.backend.spec_path(campaign, self.task, job.run_number, job.generation, job.jid)
-                spec = JobSpec.from_dict(json.loads(path.read_text()))
-                key = JobKey(job.run_number, job.jid, job.generation, job.attempts + 1)
-                jobs.append(self.backend.batch_job(campaign, self.task, key, spec))
-            batch_ids = self.backend.submit(campaign, self.task, jobs)
-        except Exception as err:  # back to failed: the next resubmit tries again while retries last
-            self.store.update_jobs(campaign, self.task, [
-                JobUpdate(j.run_number, j.jid, "failed", reason=f"resubmit failed: {_message(err)}",
-                          generation=j.generation) for j in mine])
-            raise
-        self._record(campaign, jobs, batch_ids)
-        return len(jobs)
 
     @contextmanager
     def _stage(self, campaign: str, stage: str, dry_run: bool = False) -> Iterator[StageReport]:
@@ -301,6 +394,16 @@ class TaskHandler:
 
 def _key(job: JobInfo) -> JobKey:
     return JobKey(job.run_number, job.jid, job.generation, job.attempts)
+
+
+def _skipping(grouper: Grouper, skip: set[int]) -> Grouper:
+    """``grouper`` without the groups that hold a run of ``skip``."""
+    return lambda eligible: [g for g in grouper(eligible) if not any(e.run_number in skip for e in g)]
+
+
+def _count(report: StageReport, what: str, n: int) -> None:
+    if n:
+        report.add(what, n)
 
 
 def _message(err: BaseException) -> str:

@@ -15,13 +15,15 @@ from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
-from .results import BulkResult, Change, JobInfo, JobUpdate
+from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
 from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
 
 J = JobStatus
 _STATUS = {s.value: s for s in JobStatus}
 #: job fields gathered into the instance's outputs when it completes (the original's getOutput)
 OUTPUT_KEYS = ("output", "plots")
+#: instance statuses whose current generation's jobs may still get their batch ids recorded
+RECORDABLE = (TaskStatus.PROCESSING.value, TaskStatus.DONE.value, TaskStatus.FAILED.value)
 
 
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
@@ -50,16 +52,8 @@ class Jobs(StoreBase):
         jid_list, field_list = check_jobs(jids, fields)
 
         def body(ctx: Ctx) -> int:
-            tx = ctx.tx
-            cid, tid, _ = self._campaign_task(tx, campaign, task)
-            row = tx.one(
-                "SELECT ti.id, ti.status, ti.generation FROM task_instance ti JOIN run r ON r.id = ti.run_id"
-                " WHERE ti.task_id = ? AND r.run_number = ?" + tx.lock("ti"),
-                (tid, run),
-            )
-            if row is None:
-                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
-            iid, status, gen = row
+            cid, tid, _ = self._campaign_task(ctx.tx, campaign, task)
+            iid, status, gen = _instance(ctx.tx, tid, campaign, task, run)
             if status != TaskStatus.PROCESSING.value:
                 raise Invalid(f"task {task} run {run} is {status}, not processing: claim it before creating jobs")
             if generation is not None and generation != gen:
@@ -67,7 +61,8 @@ class Jobs(StoreBase):
                                f" {generation} is over, its jobs are not created")
             return insert_jobs(ctx, cid, task, run, iid, gen, jid_list, field_list)
 
-        return self._write("job.create", request_id, body)
+        return self._write("job.create", request_id, body,
+                           args=(campaign, task, run, jid_list, field_list, generation))
 
     def update_jobs(
         self,
@@ -85,7 +80,8 @@ class Jobs(StoreBase):
         def body(ctx: Ctx) -> BulkResult:
             return _apply(ctx, self, campaign, task, updates, strict=False)
 
-        return self._write("job.update", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
+        return self._write("job.update", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
+                           args=(campaign, task, list(updates)))
 
     def set_job_status(
         self,
@@ -111,7 +107,8 @@ class Jobs(StoreBase):
         def body(ctx: Ctx) -> BulkResult:
             return _apply(ctx, self, campaign, task, [update], strict=True, complete=complete)
 
-        result = self._write("job.set", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
+        result = self._write("job.set", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
+                             args=(campaign, task, update, complete))
         return result.changes[0]
 
     def complete_instances(self, campaign: str, task: str) -> BulkResult:
@@ -137,6 +134,38 @@ class Jobs(StoreBase):
         """Jobs of a task (current generation unless ``all_generations``), by run and job id."""
         if status is not None:
             JOB.parse(status)
+        where = ""
+        params: list[Any] = []
+        if not all_generations:
+            where += " AND j.generation = ti.generation"
+        if run is not None:
+            where += " AND r.run_number = ?"
+            params.append(run)
+        if status is not None:
+            where += " AND j.status = ?"
+            params.append(status)
+        return self._select_jobs(campaign, task, where, params)
+
+    def pending_jobs(self, campaign: str, task: str, run: Optional[int] = None) -> list[JobInfo]:
+        """Jobs "to submit": idle without a batch id, in the current generation of a ``processing`` instance.
+
+        A submit or resubmit stage left them so when it was killed (or its batch system's answer was lost)
+        between the store's transaction and the batch id's record; the next stage finds them by key or
+        submits them.
+        """
+        where = " AND j.generation = ti.generation AND ti.status = 'processing' AND j.status = 'idle'" \
+                " AND j.batch_id IS NULL"
+        if run is None:
+            return self._select_jobs(campaign, task, where, [])
+        return self._select_jobs(campaign, task, where + " AND r.run_number = ?", [run])
+
+    def stale_jobs(self, campaign: str, task: str) -> list[JobInfo]:
+        """Jobs still idle or running of a generation that no longer runs (aborted by an operator, or claimed
+        again): the batch system must drop them so that no run runs twice."""
+        return self._select_jobs(campaign, task, " AND j.status IN ('idle', 'running')"
+                                 " AND (j.generation <> ti.generation OR ti.status <> 'processing')", [])
+
+    def _select_jobs(self, campaign: str, task: str, where: str, params: list[Any]) -> list[JobInfo]:
         with self.db.tx(write=False) as tx:
             cid = self._campaign_id(tx, campaign)
             tid, _ = self._task(tx, cid, campaign, task)
@@ -144,22 +173,58 @@ class Jobs(StoreBase):
                 "SELECT r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.batch_id, j.fields,"
                 " j.created_at, j.updated_at, j.started_at, j.finished_at"
                 " FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id"
-                " WHERE ti.task_id = ?"
+                " WHERE ti.task_id = ?" + where + " ORDER BY r.run_number, j.generation, j.jid"
             )
-            params: list[Any] = [tid]
-            if not all_generations:
-                sql += " AND j.generation = ti.generation"
-            if run is not None:
-                sql += " AND r.run_number = ?"
-                params.append(run)
-            if status is not None:
-                sql += " AND j.status = ?"
-                params.append(status)
-            sql += " ORDER BY r.run_number, j.generation, j.jid"
             return [
                 JobInfo(task, r[0], r[1], r[2], r[3], r[4], r[5], r[6], loads(r[7]), r[8], r[9], r[10], r[11])
-                for r in tx.all(sql, params)
+                for r in tx.all(sql, [tid, *params])
             ]
+
+    def record_batch_ids(
+        self, campaign: str, task: str, run: int, generation: int, records: Sequence[BatchRecord]
+    ) -> int:
+        """Annotate submitted job attempts with their batch ids (and fields such as ``logs``); return how many.
+
+        Never a status change (a check may already have seen the jobs finish), and refused with
+        :class:`Conflict` when the instance is no longer in ``generation`` or was aborted: those jobs are
+        then stale, and the next stage removes them from the batch system. A record for an attempt that is
+        no longer the job's latest is skipped.
+        """
+
+        def body(ctx: Ctx) -> int:
+            tx = ctx.tx
+            _, tid, _ = self._campaign_task(tx, campaign, task)
+            iid, status, gen = _instance(tx, tid, campaign, task, run)
+            if gen != generation or status not in RECORDABLE:
+                raise Conflict(f"task {task} run {run} is {status} in generation {gen}: batch ids of generation"
+                               f" {generation} are not recorded")
+            jobs = {r[1]: r for r in tx.all(
+                "SELECT j.id, j.jid, j.attempts, j.fields FROM job j WHERE j.instance_id = ? AND j.generation = ?"
+                + tx.lock("j"), (iid, gen))}
+            rows = []
+            for rec in records:
+                job = jobs.get(rec.jid)
+                if job is None or job[2] != rec.attempt:
+                    continue
+                fields = json.dumps({**loads(job[3]), **rec.fields}, sort_keys=True) if rec.fields else job[3]
+                rows.append((rec.batch_id, fields, job[0]))
+            if rows:
+                tx.many("UPDATE job SET batch_id = ?, fields = ? WHERE id = ?", rows)
+            return len(rows)
+
+        return self._write("job.record", None, body)
+
+
+def _instance(tx: Tx, tid: int, campaign: str, task: str, run: int) -> tuple[int, str, int]:
+    """(id, status, generation) of the task's instance for ``run``, locked for the write that follows."""
+    row = tx.one(
+        "SELECT ti.id, ti.status, ti.generation FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+        " WHERE ti.task_id = ? AND r.run_number = ?" + tx.lock("ti"),
+        (tid, run),
+    )
+    if row is None:
+        raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+    return int(row[0]), str(row[1]), int(row[2])
 
 
 def insert_jobs(
@@ -278,6 +343,10 @@ def _plan(
             raise Invalid(f"{key} appears twice in one update")
         seen.add((update.run, update.jid, gen))
         current = _STATUS[row.status]
+        if update.attempt is not None and update.attempt != row.attempts:
+            changes.append(Change("job", key, current.value, target.value, "refused",
+                                  f"about attempt {update.attempt}, the job is at attempt {row.attempts}"))
+            continue
         if current == target:
             changes.append(Change("job", key, current.value, target.value, "unchanged"))
             if update.fields or update.batch_id:
@@ -313,7 +382,8 @@ def _apply(
         # most updates carry no fields: keep the stored JSON text instead of parsing and re-encoding it
         fields = json.dumps({**loads(row.fields), **update.fields}, sort_keys=True) if update.fields else row.fields
         transition = target.value != row.status
-        attempts = row.attempts + 1 if (row.status == J.FAILED.value and target == J.IDLE) else row.attempts
+        retry = row.status == J.FAILED.value and target == J.IDLE
+        attempts = row.attempts + 1 if retry else row.attempts
         started = row.started_at
         finished = None
         if target == J.RUNNING and started is None:
@@ -326,7 +396,8 @@ def _apply(
             tx.execute("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
                        (fields, update.batch_id, row.pk))
             continue
-        job_rows.append((target.value, attempts, update.batch_id, fields, now, started, finished, row.pk,
+        # a retry is a new attempt: "to submit" (no batch id) until the stage that submits it records one
+        job_rows.append((target.value, attempts, update.batch_id, retry, fields, now, started, finished, row.pk,
                          row.version))
         audit_rows.append(ctx.audit_row(
             cid, "job", task, target.value, from_status=row.status, instance_id=row.iid, job_pk=row.pk,
@@ -339,7 +410,8 @@ def _apply(
     if job_rows:
         changed = tx.many(
             "UPDATE job SET status = ?, version = version + 1, attempts = ?,"
-            " batch_id = COALESCE(?, batch_id), fields = ?, updated_at = ?, started_at = ?,"
+            " batch_id = COALESCE(?, CASE WHEN ? THEN NULL ELSE batch_id END), fields = ?, updated_at = ?,"
+            " started_at = ?,"
             " finished_at = COALESCE(?, finished_at) WHERE id = ? AND version = ?",
             job_rows,
         )

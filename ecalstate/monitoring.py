@@ -21,6 +21,8 @@ STAGES = ("submit", "resubmit", "check")
 #: default thresholds of health, in seconds: no job progress for 6 h, no stage heartbeat for 2 h
 STUCK_AFTER = 6 * 3600
 SILENT_AFTER = 2 * 3600
+#: jobs created but not submitted for 15 min: the build that claimed them was killed (the next stage submits them)
+UNSUBMITTED_AFTER = 15 * 60
 
 
 def cutoff(seconds: float) -> str:
@@ -54,12 +56,29 @@ ORDER BY t.name, r.run_number
 
 def stuck_instances(tx: Tx, cid: Optional[int], after: float) -> list[StuckInstance]:
     """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
-    sql = STUCK_SQL
+    return _late(tx, STUCK_SQL, cid, after, "")
+
+
+def _late(tx: Tx, sql: str, cid: Optional[int], after: float, group: str) -> list[StuckInstance]:
+    """The instances ``sql`` selects with its cutoff ``after`` seconds ago, in one campaign or all."""
     params: list[Any] = [cutoff(after)]
     if cid is not None:
         sql += " AND ti.campaign_id = ?"
         params.append(cid)
-    return [StuckInstance(*r) for r in tx.all(sql + " ORDER BY c.name, t.name, r.run_number", params)]
+    return [StuckInstance(*r) for r in tx.all(sql + group + " ORDER BY c.name, t.name, r.run_number", params)]
+
+
+UNSUBMITTED_SQL = """
+SELECT c.name, t.name, r.run_number, MIN(j.created_at), COUNT(*)
+FROM job j JOIN task_instance ti ON ti.id = j.instance_id AND j.generation = ti.generation
+JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id JOIN campaign c ON c.id = ti.campaign_id
+WHERE j.status = 'idle' AND j.batch_id IS NULL AND ti.status = 'processing' AND j.updated_at < ?
+"""
+
+
+def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float) -> list[StuckInstance]:
+    """``processing`` instances with jobs "to submit" (no batch id) for ``after`` seconds: a killed submit."""
+    return _late(tx, UNSUBMITTED_SQL, cid, after, " GROUP BY c.name, t.name, r.run_number")
 
 
 def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
@@ -98,11 +117,14 @@ class Monitoring(StoreBase):
         campaign: Optional[str] = None,
         stuck_after: float = STUCK_AFTER,
         silent_after: float = SILENT_AFTER,
+        unsubmitted_after: float = UNSUBMITTED_AFTER,
     ) -> Health:
-        """Stuck instances, silent or failing handler stages, blocked instances; ``ok`` when none."""
+        """Stuck instances, silent or failing handler stages, blocked instances, jobs left unsubmitted; ``ok``
+        when none."""
         with self.db.tx(write=False) as tx:
             cid = None if campaign is None else self._campaign_id(tx, campaign)
             stuck = stuck_instances(tx, cid, stuck_after)
+            unsubmitted = unsubmitted_instances(tx, cid, unsubmitted_after)
             sql = ("SELECT c.name, h.task, h.stage, h.last_at, h.ok, h.message FROM heartbeat h"
                    " JOIN campaign c ON c.id = h.campaign_id")
             params: list[object] = []
@@ -117,4 +139,4 @@ class Monitoring(StoreBase):
             campaigns = [cid] if cid is not None else [r[0] for r in tx.all("SELECT id FROM campaign")]
             names = {r[0]: r[1] for r in tx.all("SELECT id, name FROM campaign")}
             blocked = [(names[c], t, r) for c in campaigns for _, t, r in blocked_instances(tx, c)]
-        return Health(stuck, silent, blocked, failing)
+        return Health(stuck, silent, blocked, failing, unsubmitted)

@@ -85,6 +85,18 @@ class JobUpdate:
     batch_id: Optional[str] = None
     reason: str = ""
     generation: Optional[int] = None
+    #: the attempt the update is about (a check's observation): refused once a newer attempt exists
+    attempt: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What the batch system gave one submitted job attempt: its id, and fields to keep (its ``logs``)."""
+
+    jid: int
+    attempt: int
+    batch_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -226,7 +238,9 @@ class Health:
     silent: list[SilentHandler]
     blocked: list[tuple[str, str, int]]
     failing: list[SilentHandler]
+    #: ``processing`` instances whose jobs were created but not submitted for too long (a killed submit)
+    unsubmitted: list[StuckInstance] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.stuck or self.silent or self.blocked or self.failing)
+        return not (self.stuck or self.silent or self.blocked or self.failing or self.unsubmitted)

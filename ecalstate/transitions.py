@@ -68,16 +68,22 @@ class Transitions(StoreBase):
         reason: str = "",
         dry_run: bool = False,
         request_id: Optional[str] = None,
+        generation: Optional[int] = None,
     ) -> BulkResult:
-        """Mark task instances for reprocessing (by runs, or every failed one), optionally downstream too."""
+        """Mark task instances for reprocessing (by runs, or every failed one), optionally downstream too.
+
+        ``generation``: roll back one claim only, a submit stage's own: refused with :class:`Conflict` (nothing
+        written) unless every run given is ``processing`` in that generation, so a claim an operator aborted
+        and another build took again is never aborted by the first build's rollback.
+        """
         if not runs and not failed:
             raise Invalid("nothing selected: give runs or failed=True")
         return self._operate("reprocess", campaign, task, runs or (), failed, downstream, T.REPROCESS, reason,
-                             dry_run, request_id)
+                             dry_run, request_id, generation)
 
     def _operate(
         self, kind: str, campaign: str, task: str, runs: Sequence[int], failed: bool, downstream: bool,
-        target: TaskStatus, reason: str, dry_run: bool, request_id: Optional[str],
+        target: TaskStatus, reason: str, dry_run: bool, request_id: Optional[str], generation: Optional[int] = None,
     ) -> BulkResult:
         if not reason or not reason.strip():
             raise Invalid("a reason is required for operator transitions")
@@ -100,6 +106,8 @@ class Transitions(StoreBase):
 
         def body(ctx: Ctx) -> BulkResult:
             cid, targets, changes = plan(ctx.tx)
+            if generation is not None:
+                _check_generation(ctx.tx, task, targets, generation)
             if any(c.outcome == "refused" for c in changes):
                 raise _refusal(changes)
             for t, change in zip(targets, changes[len(changes) - len(targets):]):
@@ -107,7 +115,19 @@ class Transitions(StoreBase):
                     _write(ctx, cid, t, target, reason)
             return BulkResult(changes)
 
-        return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict)
+        return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
+                           args=(campaign, task, sorted(runs), failed, downstream, target.value, reason, generation))
+
+
+def _check_generation(tx: Tx, task: str, targets: Sequence[_Target], generation: int) -> None:
+    """Refuse a claim's rollback unless each run it names is still ``processing`` in that claim's generation."""
+    for t in targets:
+        if not t.explicit:
+            continue
+        gen = tx.scalar("SELECT generation FROM task_instance WHERE id = ?", (t.iid,))
+        if t.status != T.PROCESSING.value or gen != generation:
+            raise Conflict(f"task {task} run {t.run} is {t.status} in generation {gen}, no longer the claim of"
+                           f" generation {generation}: not rolled back")
 
 
 def _target(row: Sequence[Any], explicit: bool) -> _Target:

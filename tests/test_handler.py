@@ -142,16 +142,15 @@ def test_submit_failure_before_jobs_rolls_back_that_claim_only(probe: Probe) -> 
     with pytest.raises(StageFailed, match="run 2: RuntimeError: no input for run 2"):
         flaky.submit("prompt")
     assert store.instance("prompt", "probe", 1).status == "processing"
-    assert store.instance("prompt", "probe", 2).status == "reprocess"
+    # claim and job creation are one transaction: the failed jobs() undid the claim, nothing was written
+    assert store.instance("prompt", "probe", 2).status == "new"
     assert store.list_jobs("prompt", "probe", run=2) == []
-    last = store.history("prompt", task="probe", run=2, limit=1)[0]
-    assert (last.from_status, last.to_status, last.reason) == (
-        "processing", "reprocess", "submit failed: RuntimeError: no input for run 2")
+    assert [a.to_status for a in store.history("prompt", task="probe", run=2, limit=None)] == ["new"]
     assert [(h.stage, h.ok) for h in store.health("prompt").failing] == [("submit", False)]
 
-    assert probe.submit("prompt").runs == [2]  # fixed: the run was eligible again, a new generation
+    assert probe.submit("prompt").runs == [2]  # fixed: the run is still eligible
     settle(probe)
-    assert store.instance("prompt", "probe", 2).generation == 2
+    assert store.instance("prompt", "probe", 2).generation == 1
     assert store.instance("prompt", "probe", 2).status == "done"
     assert store.health("prompt").ok
 

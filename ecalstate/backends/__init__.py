@@ -13,6 +13,7 @@ the job writes for check to read (path in the job's ``ECALSTATE_REPORT``).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import json
@@ -20,7 +21,8 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -30,10 +32,19 @@ from ..errors import EcalStateError, Invalid
 #: backend name -> "module:class", imported on use (the HTCondor bindings are heavy and optional)
 BACKENDS = {"local": ".local:LocalBackend", "htcondor": ".htcondor:CondorBackend"}
 REPORT_NAME = "report.json"
+#: the largest job report check reads (outputs, plot URLs, numbers: a few kB in practice)
+MAX_REPORT_BYTES = 64 * 1024
 
 
 class BackendError(EcalStateError):
-    """The batch system is unreachable or refused a request; the handler changed nothing because of it."""
+    """The batch system is unreachable or refused a request; the handler changed nothing because of it.
+
+    Raised by :meth:`Backend.submit`, it means the outcome is unknown: the jobs may have been accepted.
+    """
+
+
+class NotAccepted(BackendError):
+    """:meth:`Backend.submit` failed before the batch system took any job: submitting again cannot run one twice."""
 
 
 @dataclass(frozen=True)
@@ -184,23 +195,60 @@ class Backend(ABC):
     def check(self) -> None:
         """Raise :class:`BackendError` unless jobs can be submitted now (called before claiming)."""
 
+    @contextmanager
+    def lock(self, campaign: str, task: str, run: int) -> Iterator[None]:
+        """Hold the run's submission lock: one stage at a time looks its jobs up, submits or removes them.
+
+        A lock file in the shared work folder, so it ends with the process holding it (a killed build
+        never leaves it taken).
+        """
+        folder = self.makedirs(self.workdir / "jobs" / campaign / task / str(run))
+        fd = os.open(folder / ".submit.lock", os.O_CREAT | os.O_RDONLY, 0o666)  # flock needs no write access
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     @abstractmethod
     def submit(self, campaign: str, task: str, jobs: Sequence[BatchJob]) -> dict[JobKey, str]:
-        """Submit the jobs of one task instance; return each job's batch id. All or nothing."""
+        """Submit the jobs of one task instance; return each job's batch id.
+
+        Raises :class:`NotAccepted` when no job was taken, :class:`BackendError` when that is not known.
+        """
 
     @abstractmethod
     def observe(self, campaign: str, task: str, keys: Sequence[JobKey]) -> dict[JobKey, Observation]:
         """What the batch system says about these job attempts; keys it cannot judge are left out."""
+
+    def find(self, campaign: str, task: str, keys: Sequence[JobKey]) -> dict[JobKey, str]:
+        """The batch ids of the job attempts the batch system already has, by key (to adopt, not resubmit)."""
+        return {k: o.batch_id for k, o in self.observe(campaign, task, keys).items() if o.batch_id}
+
+    @abstractmethod
+    def remove(self, campaign: str, task: str, keys: Sequence[JobKey], reason: str) -> None:
+        """Remove these job attempts from the batch system, by key, whether or not they were recorded."""
 
     def release(self, batch_ids: Sequence[str]) -> None:
         """Free what the batch system still holds for jobs recorded as failed (held jobs)."""
 
 
 def read_report(folder: Path) -> dict[str, Any]:
-    """The JSON report a job left in its folder, or {} (a missing or broken report is not an error)."""
+    """The JSON report a job left in its folder, or {} (a missing or broken report is not an error).
+
+    A report larger than :data:`MAX_REPORT_BYTES` is not stored: its job gets an error saying so instead
+    (the store, the export and the dashboards carry job fields; a 30 MB one froze the export).
+    """
     try:
-        data = json.loads((folder / REPORT_NAME).read_text())
-    except (OSError, ValueError):
+        with open(folder / REPORT_NAME, "rb") as handle:
+            raw = handle.read(MAX_REPORT_BYTES + 1)
+    except OSError:
+        return {}
+    if len(raw) > MAX_REPORT_BYTES:
+        return {"error": f"job report too large: more than {MAX_REPORT_BYTES} bytes, its fields were not stored"}
+    try:
+        data = json.loads(raw)
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -8,7 +8,8 @@ so a recycled pid is not mistaken for the job) and exits. The daemon waits for o
 of SLOTS slot locks (bounded parallelism across every submitter sharing the
 folder), writes ``started``, runs the command with stdout/stderr in ``stdout`` and
 ``stderr``, and writes its exit code to ``exit`` (negative: killed by that signal).
-A daemon that dies without writing ``exit`` is judged failed by the backend.
+A daemon that dies without writing ``exit`` is judged failed by the backend. A folder
+that already has a ``pid`` (or a ``removed`` mark) is skipped: starting is idempotent by key.
 """
 
 from __future__ import annotations
@@ -76,13 +77,22 @@ def daemon(slots_dir: str, slots: int, job_dir: str) -> None:
 def main(argv: list[str]) -> None:
     slots_dir, slots, job_dirs = argv[0], int(argv[1]), argv[2:]
     for job_dir in job_dirs:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                daemon(slots_dir, slots, job_dir)
-            finally:
-                os._exit(0)
-        write_atomic(os.path.join(job_dir, "pid"), f"{pid} {start_time(pid)}")
+        # under the folder's lock: a job already started (pid) or removed is never started again
+        lock = os.open(os.path.join(job_dir, ".lock"), os.O_CREAT | os.O_RDONLY, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if any(os.path.exists(os.path.join(job_dir, name)) for name in ("pid", "removed")):
+                continue
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(lock)
+                    daemon(slots_dir, slots, job_dir)
+                finally:
+                    os._exit(0)
+            write_atomic(os.path.join(job_dir, "pid"), f"{pid} {start_time(pid)}")
+        finally:
+            os.close(lock)
 
 
 if __name__ == "__main__":

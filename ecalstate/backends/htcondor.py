@@ -21,8 +21,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from ..errors import Invalid
-from . import Backend, BackendError, BatchJob, JobKey, Observation
+from ..errors import EcalStateError, Invalid
+from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation
 
 #: attributes that identify a job; a template may not set them
 KEY_ATTRS = {"EcalCampaign": "campaign", "EcalTask": "task", "EcalRun": "run", "EcalJobId": "jid",
@@ -119,13 +119,21 @@ class CondorBackend(Backend):
             "+EcalAttempt": "$(attempt)",
         }
         items = []
-        for job in jobs:
-            executable = self.stage(job.spec.executable)
-            exe, args = (self.python, [executable, *job.spec.args]) if job.spec.python else (executable, job.spec.args)
-            items.append({"exe": exe, "args": quote_args(args), "dir": str(job.folder), "jid": str(job.key.jid),
-                          "attempt": str(job.key.attempt), "env": _environment(job.env)})
-        schedd = self._schedd()
-        result = self._call("submit", schedd.submit, htcondor2.Submit(description), itemdata=iter(items))
+        try:
+            for job in jobs:
+                executable = self.stage(job.spec.executable)
+                exe, args = ((self.python, [executable, *job.spec.args]) if job.spec.python
+                             else (executable, job.spec.args))
+                items.append({"exe": exe, "args": quote_args(args), "dir": str(job.folder),
+                              "jid": str(job.key.jid), "attempt": str(job.key.attempt),
+                              "env": _environment(job.env)})
+            schedd = self._schedd()
+            submit = htcondor2.Submit(description)
+        except (OSError, EcalStateError) as err:  # nothing reached the schedd
+            detail = str(err) if isinstance(err, EcalStateError) else f"HTCondor: jobs not submitted: {err}"
+            raise NotAccepted(detail) from None
+        # an error from here on may come after the schedd took the cluster: the outcome is unknown
+        result = self._call("submit", schedd.submit, submit, itemdata=iter(items))
         cluster, proc = result.cluster(), result.first_proc()
         return {job.key: f"{cluster}.{proc + i}" for i, job in enumerate(jobs)}
 
@@ -148,6 +156,20 @@ class CondorBackend(Backend):
         # a job in neither the queue nor the history (another pool? history rotated?) is left out:
         # it stays active, and health reports its instance as stuck
         return {key: seen for key, (_, seen) in found.items()}
+
+    def remove(self, campaign: str, task: str, keys: Sequence[JobKey], reason: str) -> None:
+        """``Schedd.act(Remove)`` on the queued jobs with these keys (recorded or not)."""
+        if not keys:
+            return
+        htcondor2 = _bindings()
+        schedd = self._schedd()
+        base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
+        ordered = sorted(set(keys))
+        for start in range(0, len(ordered), 200):
+            match = " || ".join(f"(EcalRun == {k.run} && EcalJobId == {k.jid} && EcalGeneration == {k.generation}"
+                                f" && EcalAttempt == {k.attempt})" for k in ordered[start:start + 200])
+            self._call("remove jobs", schedd.act, htcondor2.JobAction.Remove, f"{base} && ({match})",
+                       reason=f"ecalstate: {reason}")
 
     def release(self, batch_ids: Sequence[str]) -> None:
         if not batch_ids:

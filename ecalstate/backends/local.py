@@ -9,17 +9,23 @@ rebooted): it is reported failed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from . import Backend, BackendError, BatchJob, JobKey, Observation
+from ..errors import EcalStateError
+from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation
 
 RUNNER = Path(__file__).with_name("_runner.py")
+#: per job folder: the lock the runner holds while it starts the job, and the mark of a removed job
+LOCK_NAME = ".lock"
+REMOVED_NAME = "removed"
 
 
 class LocalBackend(Backend):
@@ -41,19 +47,47 @@ class LocalBackend(Backend):
             raise BackendError(f"local backend: work folder {self.workdir} is not writable")
 
     def submit(self, campaign: str, task: str, jobs: Sequence[BatchJob]) -> dict[JobKey, str]:
-        for job in jobs:
-            executable = self.stage(job.spec.executable)
-            cmd = [self.python, executable] if job.spec.python else [executable]
-            (job.folder / "run.json").write_text(json.dumps({"cmd": cmd + list(job.spec.args), "env": dict(job.env)}))
-        slots_dir = self.makedirs(self.workdir / "slots")
+        """Start the jobs; a job folder that already has a process (or was removed) is never started again."""
+        try:
+            for job in jobs:
+                executable = self.stage(job.spec.executable)
+                cmd = [self.python, executable] if job.spec.python else [executable]
+                (job.folder / "run.json").write_text(json.dumps({"cmd": cmd + list(job.spec.args),
+                                                                 "env": dict(job.env)}))
+            slots_dir = self.makedirs(self.workdir / "slots")
+        except (OSError, EcalStateError) as err:
+            detail = str(err) if isinstance(err, EcalStateError) else f"local backend: cannot prepare jobs: {err}"
+            raise NotAccepted(detail) from None
         try:
             subprocess.run([sys.executable, str(RUNNER), str(slots_dir), str(self.slots),
                             *(str(job.folder) for job in jobs)],
                            check=True, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as err:
             detail = (getattr(err, "stderr", "") or str(err)).strip().splitlines() or ["no detail"]
-            raise BackendError(f"local backend: cannot start jobs: {detail[-1]}") from None
-        return {job.key: f"local:{_read(job.folder / 'pid').split()[0]}" for job in jobs}
+            started = any((job.folder / "pid").exists() for job in jobs)
+            raise (BackendError if started else NotAccepted)(f"local backend: cannot start jobs: {detail[-1]}") \
+                from None
+        return {job.key: f"local:{_read(job.folder / 'pid').split()[0]}" for job in jobs
+                if (job.folder / "pid").exists()}
+
+    def remove(self, campaign: str, task: str, keys: Sequence[JobKey], reason: str) -> None:
+        """Mark each job folder removed (so no runner starts it later) and stop its process if it runs."""
+        for key in keys:
+            folder = self.job_dir(campaign, task, key)
+            if not folder.is_dir():
+                continue
+            fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDONLY, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                (folder / REMOVED_NAME).write_text(reason + "\n")
+                pid_text = _read(folder / "pid")
+                if pid_text and _alive(pid_text):
+                    try:
+                        os.killpg(int(pid_text.split()[0]), signal.SIGTERM)  # the job's own session
+                    except ProcessLookupError:
+                        pass
+            finally:
+                os.close(fd)
 
     def observe(self, campaign: str, task: str, keys: Sequence[JobKey]) -> dict[JobKey, Observation]:
         """Jobs whose folder is missing are left out: no evidence (another --workdir?) is not a failure."""
@@ -69,7 +103,9 @@ class LocalBackend(Backend):
         if pid_text and _alive(pid_text):
             return Observation("running" if (folder / "started").exists() else "idle", batch_id=batch_id)
         if not pid_text:
-            return Observation("failed", "never started: no local process was recorded", batch_id)
+            if (folder / REMOVED_NAME).exists():
+                return Observation("failed", f"removed before it started: {_read(folder / REMOVED_NAME)}")
+            return Observation("idle")  # being submitted, or "to submit" again: the submit stages decide
         return Observation("failed", f"job process {pid_text.split()[0]} died without an exit code", batch_id)
 
 
