@@ -82,6 +82,7 @@ def test_a_run_still_being_taken_waits_then_takes_its_final_metadata(prompt: Sto
 
     still = sync(prompt, "prompt", source(oms))
     assert (still.new, still.ongoing, still.ended) == ([], [390002], [])
+    assert oms.requests[-2]["filter[run_number][eq]"] == ["390002"]  # re-read alone, not every run after it
     oms.run(390002, 9000, end="2026-06-01T14:00:00Z", recorded_lumi=7.5)
     oms.run(390003, 9001)
     ended = sync(prompt, "prompt", source(oms))

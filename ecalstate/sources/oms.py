@@ -41,6 +41,8 @@ OPERATORS = ("EQ", "NEQ", "LT", "GT", "LE", "GE", "LIKE", "CT")
 ENV_URL, ENV_CLIENT_ID = "ECALSTATE_OMS_URL", "ECALSTATE_OMS_CLIENT_ID"
 ENV_SECRET, ENV_SECRET_FILE = "ECALSTATE_OMS_CLIENT_SECRET", "ECALSTATE_OMS_CLIENT_SECRET_FILE"
 ENV_TOKEN_URL, ENV_AUDIENCE = "ECALSTATE_OMS_TOKEN_URL", "ECALSTATE_OMS_AUDIENCE"
+#: how many of the newest runs still being taken a sync reads again (one request each)
+ONGOING_REREAD = 20
 
 
 class Response:
@@ -144,8 +146,9 @@ class OMSAPI:
             answer = json.loads(text) if status == 200 else {}
             token, lifetime = str(answer["access_token"]), float(answer.get("expires_in", 300))
         except (ValueError, KeyError, TypeError):
-            raise SourceError(f"the token endpoint {_where(cred.token_url)} refused client {cred.client_id!r}: "
-                              f"HTTP {status or 'unreachable'}") from None
+            what = "refused" if 400 <= status < 500 else "gave no token to"
+            raise SourceError(f"the token endpoint {_where(cred.token_url)} {what} client {cred.client_id!r}: "
+                              + (f"HTTP {status}" if status else text)) from None
         self._token, self._token_until = token, time.monotonic() + max(lifetime - 30.0, 0.0)
         return token
 
@@ -298,19 +301,16 @@ class OmsRunSource:
         if not state.last_run and self.from_run is None:
             raise SourceError("no OMS cursor in this campaign yet: give the first run to read (--from-run N)")
         after = max(state.last_run, (self.from_run or 1) - 1)
-        runs = [self.mapping.run(a) for a in self._runs(after, None).rows(self.max_runs)]
-        if state.ongoing:
-            wanted = set(state.ongoing)
-            again = self._runs(min(wanted) - 1, max(wanted)).rows()
-            runs += [r for r in map(self.mapping.run, again) if r.spec.run_number in wanted]
+        runs = [self.mapping.run(a) for a in self._runs(after).rows(self.max_runs)]
+        for number in sorted(state.ongoing)[-ONGOING_REREAD:]:  # one or two at a time, in practice
+            query = self.api.query("runs").attrs(self.mapping.attributes()).filter("run_number", number)
+            runs += [self.mapping.run(a) for a in query.paginate(1, 1).rows(1)]
         fills = set(state.open_fills) | {r.spec.fill for r in runs if r.spec.fill is not None}
         last = max([after] + [r.spec.run_number for r in runs])
         return SourceBatch(runs, self._ended(fills) if fills else {}, last)
 
-    def _runs(self, after: int, upto: Optional[int]) -> OMSQuery:
+    def _runs(self, after: int) -> OMSQuery:
         query = self.api.query("runs").attrs(self.mapping.attributes()).filter("run_number", after, "GT")
-        if upto is not None:
-            query = query.filter("run_number", upto, "LE")
         return query.sort("run_number").paginate(1, self.page_size)
 
     def _ended(self, fills: set[int]) -> dict[int, str]:
