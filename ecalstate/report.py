@@ -223,6 +223,9 @@ def health_sections(report: Health) -> list[tuple[str, list[str], list[tuple[Any
                                                                      "message"],
          [(h.campaign, h.task, h.stage, h.last_at, h.message) for h in report.failing]),
         ("blocked: an upstream task failed for the run", ["campaign", "task", "run"], list(report.blocked)),
+        ("unsubmitted: processing with jobs never submitted (a killed submit; the next submit stage sends them)",
+         ["campaign", "task", "run", "since", "jobs"],
+         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.unsubmitted]),
     ]
     return [section for section in sections if section[2]]
 

@@ -21,6 +21,7 @@ from handler_support import Probe, make_campaign, marker, settle, write_payload
 from ecalstate import Store
 from ecalstate.backends import MAX_REPORT_BYTES, BatchJob, JobKey, NotAccepted
 from ecalstate.backends.local import LocalBackend, _alive
+from ecalstate.cli.runs import render_health
 from ecalstate.db import DatabaseError
 from ecalstate.errors import Conflict
 from ecalstate.handler import StageFailed
@@ -221,6 +222,7 @@ def test_defect4_a_killed_submit_leaves_jobs_to_submit_that_the_next_stage_submi
     assert [(j.status, j.batch_id) for j in store.list_jobs("prompt", "probe", run=2)] == [("idle", None)] * 3
     health = store.health("prompt", unsubmitted_after=0)
     assert [(u.run_number, u.jobs) for u in health.unsubmitted] == [(2, 3)] and not health.ok
+    assert "unsubmitted: processing with jobs never submitted" in render_health(health, 3600, 3600)
 
     report = probe.submit("prompt")
     assert report.counts == {"jobs submitted": 9, "claimed": 2, "merged": 0}

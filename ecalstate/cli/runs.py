@@ -370,7 +370,8 @@ def health(app: App, campaign: Optional[str], stuck_after: float, silent_after: 
                                                                                           silent_after)))
     if not report.ok:
         click.echo(f"unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, {len(report.failing)} failing,"
-                   f" {len(report.blocked)} blocked", err=True)
+                   f" {len(report.blocked)} blocked"
+                   + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else ""), err=True)
         raise click.exceptions.Exit(1)
 
 
@@ -380,6 +381,7 @@ def _health_dict(report: Health) -> dict[str, Any]:
         "silent": [asdict(s) for s in report.silent],
         "failing": [asdict(s) for s in report.failing],
         "blocked": [{"campaign": c, "task": t, "run_number": r} for c, t, r in report.blocked],
+        "unsubmitted": [asdict(s) for s in report.unsubmitted],
     }
 
 
