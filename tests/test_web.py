@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,12 +26,14 @@ from ecalstate.errors import Invalid
 from ecalstate.web import forbid_writes
 
 XSS = "<script>alert(1)</script>"
+TS = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def build(db: str, work: Path, runs: int = 7) -> None:
     """Campaign ``prompt``, reco -> calib; reco run 1 failed (job 1 held, reason and stderr carry markup),
-    run 2 processing, calib run 1 blocked; runs 1..``runs`` in fills of three."""
+    run 2 processing and stuck (set up 7 h ago), calib run 1 blocked; runs 1..``runs`` in fills of three."""
     with Store.open(db, actor="setup", create=True) as store:
+        store.clock = lambda: (datetime.now(timezone.utc) - timedelta(hours=7)).strftime(TS)  # type: ignore[method-assign]
         store.create_campaign("prompt")
         store.add_task("prompt", "reco", max_retries=0)
         store.add_task("prompt", "calib", depends_on=["reco"])
@@ -126,9 +129,12 @@ def test_grid_pages_newest_runs_first_and_filters(tmp_path: Path) -> None:
         failed = view.get("/grid?c=prompt&status=failed")[2]
         assert cells(failed) == [("reco", "1", "failed"), ("calib", "1", "new")]
         assert 'class="s-new blocked"' in failed and "new*" in failed  # calib 1 waits on a failed reco
+        assert "<strong>unhealthy</strong>:\n1 stuck, 1 blocked" in html
         ranged = view.get("/grid?c=prompt&first=2&last=4&task=reco")[2]
         assert cells(ranged) == [("reco", "4", "new"), ("reco", "3", "new"), ("reco", "2", "processing")]
         assert "<td>11</td><td>all</td>" in ranged  # fill and run type of run 4
+        assert '<td class="s-processing stuck" data-task="reco" data-run="2"' in ranged  # no job progress for 7 h
+        assert "proc!</a>" in ranged
         assert headers["content-security-policy"].startswith("default-src 'self'")
 
 
@@ -143,6 +149,17 @@ def test_instance_page_shows_jobs_reasons_and_escaped_logs(served: Served) -> No
     assert "run 1 job 0 starting" in log and "attempt 1 of generation 1" in log
     history = served.get("/history?c=prompt&task=reco&run=1")[2]
     assert "1 of 2 jobs failed beyond 0 retries" in history and XSS not in history
+
+
+def test_history_of_the_last_hours_names_actor_and_reason(served: Served) -> None:
+    assert "0 transitions" in served.get("/history?c=prompt&hours=6")[2]  # the setup ran 7 h ago
+    done = subprocess.run([ECALSTATE, "--db", served.db, "--actor", "alice", "set", "-c", "prompt", "--task", "reco",
+                           "--runs", "4", "skipped", "--reason", "ECAL off in run 4"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    shift = served.get("/history?c=prompt&hours=6")[2]
+    assert "<td>alice</td>" in shift and "ECAL off in run 4</td>" in shift and "held: memory" not in shift
+    assert "held: memory" in served.get("/history?c=prompt&hours=8")[2]
 
 
 def test_bad_requests_get_one_clear_answer(served: Served) -> None:

@@ -13,10 +13,12 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Optional
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader
+from markupsafe import Markup, escape
 from sqlalchemy import event
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -29,9 +31,9 @@ from starlette.staticfiles import StaticFiles
 from ..errors import EcalStateError, Invalid, NotFound, StorageError
 from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
-from ..monitoring import STUCK_AFTER, cutoff
+from ..monitoring import cutoff
 from ..report import COLOURS, cell_marks, health_sections
-from ..results import JobInfo
+from ..results import Health, JobInfo, Overview
 from ..statemachine import TaskStatus
 from ..store import Store
 
@@ -113,6 +115,36 @@ def last_change(store: Store, campaign: Optional[str]) -> int:
     return rows[-1].id if rows else 0
 
 
+def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]]) -> list[Markup]:
+    """The grid's rows (``runs``' order) as HTML, escaped here: 4,000 cells a page, 5x faster than a template loop.
+
+    A cell: status as class (colour), ``data-status`` and text, ``*`` blocked, ``!`` stuck; it links to the instance.
+    """
+    marks = cell_marks(view)
+    statuses = {row.run_number: row.statuses for row in view.rows}
+    columns = [(task, escape(task), escape(url("/instance", c=campaign, task=task) + "&run="))
+               for task in view.tasks]
+    out = []
+    for run in runs:
+        number = run["run_number"]
+        cells = [f'<tr><th><a href="{escape(url("/history", c=campaign, run=number))}">{number}</a></th>'
+                 f'<td>{"" if run["fill"] is None else run["fill"]}</td><td>{escape(", ".join(run["rtypes"]))}</td>']
+        found = statuses.get(number, {})
+        for task, label, link in columns:
+            status = found.get(task)
+            if status is None:  # the task is not active for this run
+                cells.append('<td class="s-missing"></td>')
+                continue
+            mark = marks.get((task, number), "")
+            extra = " blocked" if mark == "*" else " stuck" if mark == "!" else ""
+            status = escape(status)
+            text = LABELS.get(status, status)
+            cells.append(f'<td class="s-{status}{extra}" data-task="{label}" data-run="{number}"'
+                         f' data-status="{status}"><a href="{link}{number}">{text}{mark}</a></td>')
+        out.append(Markup("".join(cells) + "</tr>"))
+    return out
+
+
 def instance_jobs(store: Store, campaign: str, task: str, run: int) -> dict[str, Any]:
     """An instance with its jobs per generation (newest first), each job's last failure reason, its history,
     and the stderr tail of the current generation's failed jobs."""
@@ -149,31 +181,33 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     env.globals.update(url=url, colours=COLOURS, labels=LABELS, statuses=[s.value for s in TaskStatus],
                        refresh_ms=int(refresh * 1000), streams=STREAMS)
 
-    def page(template: str, request: Request, campaign: Optional[str], status_code: int = 200,
+    def page(template: str, request: Request, campaign: Optional[str], last: int, report: Optional[Health] = None,
              **context: Any) -> HTMLResponse:
-        last = last_change(store, campaign)  # read first: a change during the render moves it again
-        report = store.health(campaign)
+        """The page; ``last`` is :func:`last_change` read before anything it shows (a change made while the page
+        was read moves it again, and the open page fetches it once more)."""
+        report = report or store.health(campaign)
         html = env.get_template(template).render(
             request=request, campaign=campaign, last=last, healthy=report.ok, health=health_sections(report),
             **context)
-        return HTMLResponse(html, status_code=status_code, headers=HEADERS)
+        return HTMLResponse(html, headers=HEADERS)
 
     def home(request: Request) -> Response:
         if campaign is not None:
             return RedirectResponse(url("/grid", c=campaign), status_code=307)
-        return page("campaigns.html", request, None, campaigns=store.list_campaigns())
+        return page("campaigns.html", request, None, last_change(store, None), campaigns=store.list_campaigns())
 
     def grid(request: Request) -> Response:
         q = Query(request)
         name = q.required("c")
         tasks, wanted = q.texts("task"), q.texts("status")
         first, last, number = q.integer("first"), q.integer("last"), q.integer("page") or 1
+        changed, report = last_change(store, name), store.health(name)
         total, runs = store.run_page(name, tasks, wanted, first, last, PAGE, (number - 1) * PAGE)
-        view = store.overview(name, tasks, runs=[r["run_number"] for r in runs], stuck_after=STUCK_AFTER)
-        by_number = {row.run_number: row for row in view.rows}
-        rows = [(r, by_number[r["run_number"]].statuses) for r in runs]
+        view = store.overview(name, tasks, runs=[r["run_number"] for r in runs])
+        view = replace(view, stuck=[(s.task, s.run_number) for s in report.stuck])  # health's: read once
         filters = {"c": name, "task": tasks, "status": wanted, "first": first, "last": last}
-        return page("grid.html", request, name, view=view, rows=rows, marks=cell_marks(view), total=total,
+        return page("grid.html", request, name, changed, report, view=view, rows=grid_rows(name, view, runs),
+                    total=total,
                     number=number, pages=max(1, -(-total // PAGE)), filters=filters,
                     all_tasks=[t.name for t in store.list_tasks(name)])
 
@@ -182,7 +216,9 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         name, task, run = q.required("c"), q.required("task"), q.integer("run")
         if run is None:
             raise Invalid("parameter 'run' is required")
-        return page("instance.html", request, name, task=task, run=run, **instance_jobs(store, name, task, run))
+        changed = last_change(store, name)
+        return page("instance.html", request, name, changed, task=task, run=run,
+                    **instance_jobs(store, name, task, run))
 
     def log(request: Request) -> Response:
         q = Query(request)
@@ -190,17 +226,19 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         stream = q.text("stream") or "stderr"
         if run is None or jid is None:
             raise Invalid("parameters 'run' and 'job' are required")
+        changed = last_change(store, name)
         found = read_log(store, name, task, run, jid, q.integer("attempt"), stream)
-        return page("log.html", request, name, task=task, run=run, jid=jid, stream=stream, log=found)
+        return page("log.html", request, name, changed, task=task, run=run, jid=jid, stream=stream, log=found)
 
     def history(request: Request) -> Response:
         q = Query(request)
         name, task, run, hours = q.required("c"), q.text("task"), q.integer("run"), q.integer("hours")
         limit = q.integer("limit") or 500
         since = None if hours is None else cutoff(hours * 3600)
+        changed = last_change(store, name)
         rows = store.history(name, task, run, limit=limit, since=since)
-        return page("history.html", request, name, rows=list(reversed(rows)), task=task, run=run, hours=hours,
-                    limit=limit)
+        return page("history.html", request, name, changed, rows=list(reversed(rows)), task=task, run=run,
+                    hours=hours, limit=limit)
 
     def api_last(request: Request) -> Response:
         return JSONResponse({"last": last_change(store, Query(request).text("c"))}, headers=HEADERS)
