@@ -132,7 +132,8 @@ def _health_badge(report: Health) -> str:
     if report.ok:
         return '<span class="badge ok">healthy</span>'
     return (f'<span class="badge bad">unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, '
-            f"{len(report.failing)} failing, {len(report.blocked)} blocked</span>")
+            f"{len(report.failing)} failing, {len(report.blocked)} blocked"
+            + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else "") + "</span>")
 
 
 def _legend() -> str:

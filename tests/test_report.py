@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_support import build_chain, invoke, ok, process
 
-from ecalstate import Store
+from ecalstate import RunSpec, Store
 from ecalstate.report import COLOURS, render_html
 
 HOSTILE = '"><script>alert(1)</script><td title="x\' onmouseover=\'alert(2)'
@@ -110,6 +110,24 @@ def test_cells_say_their_status_in_text_and_tooltip(page_store: Store) -> None:
                                     f"{reco3.updated_at}; reason: 1 of 1 jobs failed beyond 1 retries")
     assert titles["calib run 3"].startswith("calib run 3: new; not claimed yet; last change ")
     assert titles["calib run 3"].endswith("; blocked: an upstream task failed")
+
+
+def test_jobs_left_unsubmitted_are_in_badge_and_health(tmp_path: Path) -> None:
+    """A build killed after its claim: an hour later its jobs, never submitted, make the page unhealthy."""
+    with Store.open(str(tmp_path / "s.db"), actor="jenkins", create=True) as store:
+        store.clock = lambda: "2000-01-01T00:00:00.000000Z"  # type: ignore[method-assign]
+        store.create_campaign("prompt")
+        store.add_task("prompt", "reco")
+        store.update_rtype("prompt", "all", add=["reco"])
+        store.inject_runs("prompt", [RunSpec(7, 1)])
+        store.claim("prompt", "reco", 1, None, jobs=lambda claim: [(0, {}), (1, {})])
+        store.clock = type(store).clock.__get__(store)  # type: ignore[method-assign]
+        page = render_html(store, "prompt", stuck_after=40 * 365 * 86400, silent_after=40 * 365 * 86400)
+    assert "unhealthy: 0 stuck, 0 silent, 0 failing, 0 blocked, 1 unsubmitted" in page
+    health = Parsed(section(page, "Health")).tables[0]
+    assert health[0] == ["campaign", "task", "run", "since", "jobs"] and len(health) == 2
+    assert health[1][:3] == ["prompt", "reco", "7"] and health[1][3].startswith("2000-01-01T00:00:00.")
+    assert health[1][4] == "2"
 
 
 def test_legend_shows_every_status_with_its_colour(page_store: Store) -> None:
