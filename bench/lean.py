@@ -18,20 +18,35 @@ them one by one to a copy of a database, VACUUMs, and records the file size and 
    current generation's jobs hold) left empty: derived when read instead (measured to show what it would bring).
 6. ``creation detail``: the fields a job is created with are written twice, in ``job.fields`` and in the detail
    of its creation audit row; kept once (measured to show what it would bring).
+7. ``retry index``: ``ix_audit_instance`` (every audit row) is read only to count a job's retries (its
+   failed -> idle rows: the exporter's attempts, the notifier's); a partial index of those rows alone, named by
+   the vocabulary's fixed ids (statuses and entities take ids 1..n), would serve them if they read ``audit_log``.
 
 Steps 1-3 keep every query and the export output as they are (tests/test_lean_store.py compares them on a store
-driven through the API); 4-6 would change readers of ``job``, ``task_instance`` and the exporter, and are
+driven through the API); 4-7 would change readers of ``job``, ``task_instance`` and the exporter, and are
 measured only.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sqlite3
+import statistics
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ecalstate import Store
+from ecalstate.base import AUDIT_SQL
+from ecalstate.export import ROWS_SQL
+from ecalstate.statemachine import JobStatus, TaskStatus
+
+from .common import row
 
 #: the store's text time of an integer microsecond count (SQLite)
 TS_TEXT = "strftime('%Y-%m-%dT%H:%M:%S', {c} / 1000000, 'unixepoch') || printf('.%06dZ', {c} % 1000000)"
@@ -40,6 +55,9 @@ TS_MICROS = "(CAST(strftime('%s', substr({c}, 1, 19)) AS INTEGER) * 1000000 + CA
 
 #: the audit's text columns that move to ``string`` (nullable ones: from_status)
 INTERNED = ("entity", "task", "from_status", "to_status", "actor", "identity", "reason")
+#: the vocabulary, at fixed ids 1..n (a partial index can name them): entities, then every status
+VOCABULARY = ("task", "job", "handler", *(s.value for s in TaskStatus),
+              *(s.value for s in JobStatus if s.value not in {t.value for t in TaskStatus}), "ok", "error")
 COLUMNS = ("id", "ts", "campaign_id", "entity", "instance_id", "job_pk", "task", "run_number", "jid", "generation",
            "from_status", "to_status", "actor", "identity", "reason", "request_id", "detail")
 
@@ -114,7 +132,8 @@ def strings_step(integer_ts: bool) -> list[str]:
         "ALTER TABLE audit RENAME TO old_audit",
         "DROP INDEX IF EXISTS ix_audit_instance",
         "CREATE TABLE string (id INTEGER PRIMARY KEY, text VARCHAR NOT NULL UNIQUE)",
-        f"INSERT INTO string (text) SELECT * FROM ({union}) ORDER BY 1",
+        "INSERT INTO string (id, text) VALUES " + ", ".join(f"({i}, '{w}')" for i, w in enumerate(VOCABULARY, 1)),
+        f"INSERT OR IGNORE INTO string (text) SELECT * FROM ({union}) ORDER BY 1",
         AUDIT_LOG.format(ts_type="INTEGER" if integer_ts else "VARCHAR"),
         f"INSERT INTO audit_log ({', '.join(COLUMNS)}) SELECT {copied} FROM old_audit o ORDER BY o.id",
         "DROP TABLE old_audit",
@@ -149,6 +168,11 @@ JOB_TIMES_STEP = [
     for c in ("created_at", "updated_at", "started_at", "finished_at")
 ]
 OUTPUTS_STEP = ["UPDATE task_instance SET outputs = '{}'"]
+RETRY_INDEX_STEP = [
+    "DROP INDEX ix_audit_instance",
+    f"CREATE INDEX ix_audit_retry ON audit_log (instance_id, job_pk) WHERE from_status = {VOCABULARY.index('failed') + 1}"
+    f" AND to_status = {VOCABULARY.index('idle') + 1}",
+]
 CREATION_DETAIL_STEP = ["UPDATE audit_log SET detail = NULL WHERE from_status IS NULL AND entity = " + _id("'job'")]
 
 
@@ -168,6 +192,8 @@ STEPS = (
     Step("task_instance.outputs derived when read (readers would change)", OUTPUTS_STEP, same_queries=False),
     Step("job creation fields kept once, in job.fields (readers would change)", CREATION_DETAIL_STEP,
          same_queries=False),
+    Step("ix_audit_instance limited to retry rows (failed -> idle; readers would change)", RETRY_INDEX_STEP,
+         same_queries=False),
 )
 
 
@@ -182,10 +208,9 @@ class Size:
 
 
 def sizes(path: str, step: str, seconds: float = 0.0) -> Size:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         objects = {name: int(size) for name, size in conn.execute(
             "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")}
-    conn.close()
     return Size(step, os.path.getsize(path), objects, seconds)
 
 
@@ -201,42 +226,109 @@ def apply(conn: sqlite3.Connection, statements: Sequence[str]) -> None:
     conn.execute("COMMIT")
 
 
-def measure(source: str, work: str, steps: Sequence[Step] = STEPS) -> list[Size]:
-    """Copy ``source`` to ``work``, then apply ``steps`` cumulatively: the sizes before and after each."""
+def measure(source: str, work: str, steps: Sequence[Step] = STEPS,
+            after: Optional[Callable[[int], None]] = None) -> list[Size]:
+    """Copy ``source`` to ``work``, then apply ``steps`` cumulatively: the sizes before and after each.
+    ``after(i)`` runs once step ``i`` is in (the connection closed meanwhile)."""
     shutil.copyfile(source, work)
-    conn = sqlite3.connect(work, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=DELETE")
-    conn.execute("VACUUM")
+    with closing(sqlite3.connect(work, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("VACUUM")
     out = [sizes(work, "current schema")]
-    try:
-        for step in steps:
-            t0 = time.perf_counter()
+    for i, step in enumerate(steps):
+        t0 = time.perf_counter()
+        with closing(sqlite3.connect(work, isolation_level=None)) as conn:
             apply(conn, step.sql)
             conn.execute("VACUUM")
-            out.append(sizes(work, step.name, time.perf_counter() - t0))
-    finally:
-        conn.close()
+        out.append(sizes(work, step.name, time.perf_counter() - t0))
+        if after is not None:
+            after(i)
     return out
 
 
-def main() -> None:
-    import argparse
-    import tempfile
+def _median_ms(call: Callable[[], Any], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
+
+def _insert_audit(path: str, count: int) -> Callable[[], None]:
+    """``count`` audit rows through the store's AUDIT_SQL in one transaction, rolled back (sizes unchanged)."""
+    rows = [("2025-12-31T23:59:59.000001Z", 1, "job", 1, 1, "t00", 380001, j, 1, "running", "done",
+             "jenkins-ecal-prompt-t00", "", "", None, None) for j in range(count)]
+
+    def call() -> None:
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(AUDIT_SQL, rows)
+            conn.execute("ROLLBACK")
+    return call
+
+
+def read_costs(wide: str, lean: str) -> list[dict[str, Any]]:
+    """What the view costs the readers and the writers: the same calls on the current schema and the lean copy."""
+    out = []
+    with closing(sqlite3.connect(wide)) as conn:
+        top = int(conn.execute("SELECT MAX(id) FROM audit").fetchone()[0])
+    page = (top // 2, top // 2 + 5000, 5000)
+    calls: list[tuple[str, Callable[[str], Callable[[], Any]]]] = [
+        ("exporter page of 5,000 audit rows (ROWS_SQL)",
+         lambda p: lambda: _read(p, ROWS_SQL, page)),
+        ("history(), newest 100 rows of a campaign", lambda p: lambda: _history(p)),
+        ("newest audit time, 1,000 reads (every write transaction makes one)", lambda p: lambda: _newest(p, 1000)),
+        ("10,000 audit rows inserted through AUDIT_SQL (one transaction)", lambda p: _insert_audit(p, 10_000)),
+    ]
+    for name, make in calls:
+        anchor = row(f"{name}: current schema", _median_ms(make(wide)), "ms")
+        out += [anchor, row(f"{name}: lean (view audit)", _median_ms(make(lean)), "ms", anchor)]
+    return out
+
+
+def _read(path: str, sql: str, params: Sequence[Any]) -> list[Any]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _newest(path: str, count: int) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        for _ in range(count):
+            conn.execute("SELECT ts FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+
+
+def _history(path: str) -> list[Any]:
+    with Store.open(path) as store:
+        return store.history("prompt", limit=100)
+
+
+def run(runs: int = 2000) -> list[dict[str, Any]]:
+    """Each step's size on a simulated year (``runs`` x 20 tasks x 50 jobs), and the view's read and write costs."""
     from .simulate import simulate
 
+    with tempfile.TemporaryDirectory(prefix="ecalstate-lean-", dir=os.environ.get("ECALSTATE_BENCH_DIR")) as tmp:
+        source, work = os.path.join(tmp, "year.db"), os.path.join(tmp, "lean.db")
+        simulate(source, runs, 20, 50)
+        costs: list[dict[str, Any]] = []
+        same = sum(s.same_queries for s in STEPS)
+        found = measure(source, work, after=lambda i: costs.extend(read_costs(source, work)) if i == same - 1 else None)
+    label = f"simulated year ({runs:,} runs x 20 tasks x 50 jobs)"
+    base = row(f"{label}, current schema", found[0].file_bytes / 2**20, "MiB")
+    out = [base]
+    for size, step in zip(found[1:], STEPS):
+        kind = "same queries" if step.same_queries else "measured only"
+        out.append(row(f"{label}, + {step.name} [{kind}]", size.file_bytes / 2**20, "MiB", base))
+    out.append(row(f"{label}: target (800 MiB for 2,000 runs, in proportion)", 800 * runs / 2000, "MiB", base))
+    return out + costs
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description="bytes of each lean-store step on a simulated year")
     parser.add_argument("--runs", type=int, default=200, help="runs of the simulated year (a full year: 2000)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ecalstate-lean-") as tmp:
-        source = os.path.join(tmp, "year.db")
-        simulate(source, args.runs, 20, 50)
-        previous = None
-        for size in measure(source, os.path.join(tmp, "lean.db")):
-            delta = "" if previous is None else f" ({(size.file_bytes - previous) / 2**20:+,.1f})"
-            print(f"{size.file_bytes / 2**20:9,.1f} MiB{delta}  {size.step}  [{size.seconds:.1f} s]")
-            print("    " + ", ".join(f"{k} {v / 2**20:,.1f}" for k, v in list(size.objects.items())[:6]))
-            previous = size.file_bytes
+    for r in run(parser.parse_args().runs):
+        ratio = "" if r["ratio"] is None else f"  x{r['ratio']:g}"
+        print(f"{r['value']:10,.1f} {r['unit']:<4} {r['name']}{ratio}")
 
 
 if __name__ == "__main__":
