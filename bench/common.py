@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -70,6 +71,16 @@ def cpu_burners(count: int) -> Iterator[None]:
 def _burn(stop: Any) -> None:
     while not stop.is_set():
         sum(range(10_000))
+
+
+def median_ms(call: Callable[[], Any], repeat: int = 3) -> float:
+    """The median time of ``repeat`` calls, in milliseconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 def servers() -> ModuleType:

@@ -33,7 +33,6 @@ import argparse
 import os
 import shutil
 import sqlite3
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from ecalstate.base import AUDIT_SQL
 from ecalstate.export import ROWS_SQL
 from ecalstate.statemachine import JobStatus, TaskStatus
 
-from .common import row
+from .common import median_ms, row
 
 #: the store's text time of an integer microsecond count (SQLite)
 TS_TEXT = "strftime('%Y-%m-%dT%H:%M:%S', {c} / 1000000, 'unixepoch') || printf('.%06dZ', {c} % 1000000)"
@@ -170,8 +169,8 @@ JOB_TIMES_STEP = [
 OUTPUTS_STEP = ["UPDATE task_instance SET outputs = '{}'"]
 RETRY_INDEX_STEP = [
     "DROP INDEX ix_audit_instance",
-    f"CREATE INDEX ix_audit_retry ON audit_log (instance_id, job_pk) WHERE from_status = {VOCABULARY.index('failed') + 1}"
-    f" AND to_status = {VOCABULARY.index('idle') + 1}",
+    (f"CREATE INDEX ix_audit_retry ON audit_log (instance_id, job_pk) WHERE from_status = {VOCABULARY.index('failed') + 1}"
+     f" AND to_status = {VOCABULARY.index('idle') + 1}"),
 ]
 CREATION_DETAIL_STEP = ["UPDATE audit_log SET detail = NULL WHERE from_status IS NULL AND entity = " + _id("'job'")]
 
@@ -246,15 +245,6 @@ def measure(source: str, work: str, steps: Sequence[Step] = STEPS,
     return out
 
 
-def _median_ms(call: Callable[[], Any], repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
 def _insert_audit(path: str, count: int) -> Callable[[], None]:
     """``count`` audit rows through the store's AUDIT_SQL in one transaction, rolled back (sizes unchanged)."""
     rows = [("2025-12-31T23:59:59.000001Z", 1, "job", 1, 1, "t00", 380001, j, 1, "running", "done",
@@ -282,8 +272,8 @@ def read_costs(wide: str, lean: str) -> list[dict[str, Any]]:
         ("10,000 audit rows inserted through AUDIT_SQL (one transaction)", lambda p: _insert_audit(p, 10_000)),
     ]
     for name, make in calls:
-        anchor = row(f"{name}: current schema", _median_ms(make(wide)), "ms")
-        out += [anchor, row(f"{name}: lean (view audit)", _median_ms(make(lean)), "ms", anchor)]
+        anchor = row(f"{name}: current schema", median_ms(make(wide), 5), "ms")
+        out += [anchor, row(f"{name}: lean (view audit)", median_ms(make(lean), 5), "ms", anchor)]
     return out
 
 

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from ecalstate.base import AUDIT_SQL
 from ecalstate.db import utcnow
 from ecalstate.retention import prune, stats, vacuum
 
-from .common import best, job_campaign, job_keys, parallel, row, servers, split, timed, transition_worker
+from .common import best, job_campaign, job_keys, median_ms, parallel, row, servers, split, timed, transition_worker
 from .lean_tx import pg_transition
 from .simulate import simulate
 
@@ -99,15 +98,6 @@ def claims(engines: dict[str, Callable[[], str]]) -> list[dict[str, Any]]:
     return out
 
 
-def _timed(call: Callable[[], Any], repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
 def big_status(tmp: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     small, big = os.path.join(tmp, "small.db"), os.path.join(tmp, "million.db")
@@ -116,8 +106,8 @@ def big_status(tmp: str) -> list[dict[str, Any]]:
     with Store.open(small) as s_store, Store.open(big) as b_store:
         jobs = stats(b_store.db).rows["job"]
         for what, call in (("status", lambda s: s.overview("prompt")), ("health", lambda s: s.health("prompt"))):
-            anchor = row(f"{what}, 1,000 runs x 20 tasks, 1 job each (SQLite)", _timed(lambda: call(s_store)), "ms")
-            out += [anchor, row(f"{what}, 1,000 runs x 20 tasks, {jobs:,} jobs (SQLite)", _timed(lambda: call(b_store)),
+            anchor = row(f"{what}, 1,000 runs x 20 tasks, 1 job each (SQLite)", median_ms(lambda: call(s_store)), "ms")
+            out += [anchor, row(f"{what}, 1,000 runs x 20 tasks, {jobs:,} jobs (SQLite)", median_ms(lambda: call(b_store)),
                                 "ms", anchor)]
     return out
 
