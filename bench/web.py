@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,6 +81,16 @@ return cell.dataset.status;
 """
 
 
+def wait(probe: Callable[[], Any], what: str, seconds: float = 30) -> Any:
+    """The first value of ``probe()`` that is not None, polled every 20 ms."""
+    deadline = time.monotonic() + seconds
+    while (value := probe()) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} within {seconds:g} s")
+        time.sleep(0.02)
+    return value
+
+
 def browser_figures(url: str, db: str, repeat: int) -> tuple[float, float]:
     """(median first contentful paint, median update latency) in seconds, in headless Chromium."""
     from ecalstate import Store
@@ -89,8 +99,9 @@ def browser_figures(url: str, db: str, repeat: int) -> tuple[float, float]:
     try:
         paints = []
         for _ in range(repeat):
+            driver.get("about:blank")
             driver.get(url + "/grid?c=bench")
-            paints.append(driver.execute_script(PAINT) / 1000)
+            paints.append(wait(lambda: driver.execute_script(PAINT), "first contentful paint") / 1000)
         latencies = []
         run, target = 300_000 + RUNS - 1, "reprocess"
         selector = f'td[data-task="task00"][data-run="{run}"]'
@@ -99,12 +110,8 @@ def browser_figures(url: str, db: str, repeat: int) -> tuple[float, float]:
                 driver.execute_script(WATCH, selector, target)
                 store.set_status("bench", "task00", [run], target, reason="bench web")
                 committed = time.time() * 1000
-                deadline = time.monotonic() + 30
-                while driver.execute_script("return window.changedAt;") is None:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the open page did not show the transition within 30 s")
-                    time.sleep(0.02)
-                latencies.append((driver.execute_script("return window.changedAt;") - committed) / 1000)
+                shown = wait(lambda: driver.execute_script("return window.changedAt;"), "the transition in the page")
+                latencies.append((shown - committed) / 1000)
                 target = "skipped" if target == "reprocess" else "reprocess"
         return statistics.median(paints), statistics.median(latencies)
     finally:
@@ -121,9 +128,10 @@ def run(repeat: int = 5) -> list[dict[str, Any]]:
         with served(db) as url:
             first, grid = response_time(url + "/grid?c=bench", repeat)
             _, poll = response_time(url + "/api/last?c=bench", repeat * 4)
+            poll *= 1000
             rows = [row(f"serve: grid page (200 runs) response, {size}, first request", first, "s", one_second),
                     row(f"serve: grid page (200 runs) response, {size}", grid, "s", one_second),
-                    row("serve: poll of an open page (/api/last)", poll, "s",
+                    row("serve: poll of an open page (/api/last)", poll, "ms",
                         note=f"every {REFRESH:g} s per open page in this run (--refresh; default 2 s)")]
             if shutil.which(CHROMEDRIVER) and shutil.which(CHROMIUM):
                 paint, latency = browser_figures(url, db, repeat)

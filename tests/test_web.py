@@ -132,7 +132,7 @@ def test_grid_pages_newest_runs_first_and_filters(tmp_path: Path) -> None:
         assert "<strong>unhealthy</strong>:\n1 stuck, 1 blocked" in html
         ranged = view.get("/grid?c=prompt&first=2&last=4&task=reco")[2]
         assert cells(ranged) == [("reco", "4", "new"), ("reco", "3", "new"), ("reco", "2", "processing")]
-        assert "<td>11</td><td>all</td>" in ranged  # fill and run type of run 4
+        assert '<td class="info">11</td><td class="info">all</td>' in ranged  # fill and run type of run 4
         assert '<td class="s-processing stuck" data-task="reco" data-run="2"' in ranged  # no job progress for 7 h
         assert "proc!</a>" in ranged
         assert headers["content-security-policy"].startswith("default-src 'self'")

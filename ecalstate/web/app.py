@@ -128,7 +128,8 @@ def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]]) -> 
     for run in runs:
         number = run["run_number"]
         cells = [f'<tr><th><a href="{escape(url("/history", c=campaign, run=number))}">{number}</a></th>'
-                 f'<td>{"" if run["fill"] is None else run["fill"]}</td><td>{escape(", ".join(run["rtypes"]))}</td>']
+                 f'<td class="info">{"" if run["fill"] is None else run["fill"]}</td>'
+                 f'<td class="info">{escape(", ".join(run["rtypes"]))}</td>']
         found = statuses.get(number, {})
         for task, label, link in columns:
             status = found.get(task)
