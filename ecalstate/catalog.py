@@ -13,6 +13,7 @@ from .errors import Invalid, NotFound
 from .filters import parse_filter
 from .limits import INT64_MAX, check_int64, int64_range
 from .results import BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
+from .sources import ONGOING
 from .statemachine import TaskStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
@@ -213,7 +214,9 @@ class Catalog(StoreBase):
             if backfill:
                 run_filter = parse_filter(tx.scalar("SELECT filter FROM rtype WHERE id = ?", (rid,)))
                 runs = tx.all("SELECT id, run_number, fill, meta, rtypes FROM run WHERE campaign_id = ?", (cid,))
-                matching = [r for r in runs if run_filter.matches(_record(r[1], r[2], loads(r[3])))]
+                # a run still being taken has no task yet: its run types are matched when it ends
+                matching = [r for r in runs if loads(r[3]).get(ONGOING) is not True
+                            and run_filter.matches(_record(r[1], r[2], loads(r[3])))]
                 # the runs it now matches carry its name too, as if injected after the change; their exported
                 # rtype tag keeps the run types they had (a new tag would start a second series)
                 tx.many("UPDATE run SET tag_rtypes = COALESCE(tag_rtypes, rtypes), rtypes = ? WHERE id = ?", [

@@ -92,3 +92,21 @@ def test_two_syncs_at_once_inject_each_run_once(sqlite_url: str, tmp_path: Path)
         assert len(store.list_runs("rereco", None, None)) == len(specs)
         assert len(store.history("rereco", "reco", None, limit=None)) == len(specs)
         assert sorted({f.fill for f in store.ended_fills("rereco")}) == list(range(9000, 9006))
+
+
+def test_a_backfill_leaves_a_run_still_being_taken_alone(sqlite_url: str, tmp_path: Path) -> None:
+    setup(sqlite_url)
+    ok(sqlite_url, "task", "add", "-c", "rereco", "plots")
+    runs = [{"run_number": 390001, "fill": 9000, "ecal": True, "end_time": "2026-06-01T12:00:00Z"},
+            {"run_number": 390002, "fill": 9000, "ecal": True, "ongoing": True}]
+    path = write(tmp_path / "runs.json", runs)
+    ok(sqlite_url, "run", "sync", "-c", "rereco", "--source", "file", "--path", path)
+    ok(sqlite_url, "rtype", "update", "-c", "rereco", "ecal", "--add", "plots", "--backfill")
+    statuses = {r["run_number"]: r["status"] for r in as_json(sqlite_url, "run", "list", "-c", "rereco",
+                                                              "--task", "plots")}
+    assert statuses == {390001: "new"}  # no plots (nor reco) for the run still being taken
+    runs[1]["ongoing"] = False
+    write(tmp_path / "runs.json", runs)
+    ended = json.loads(ok(sqlite_url, "--json", "run", "sync", "-c", "rereco", "--source", "file", "--path",
+                          path).stdout)
+    assert (ended["ended"], ended["instances"]) == ([390002], 2)  # reco and plots, once each
