@@ -15,16 +15,20 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from drive import audit_problems
 from handler_support import Probe, cli_process, make_campaign, marker, write_payload
 
 from ecalstate import Conflict, Store
+from ecalstate.backends import Backend
 from ecalstate.backends.local import LocalBackend, _alive
 
 RUNS = list(range(1, 9))
 SECONDS = 20.0
+SECONDS_HTCONDOR = 12.0
 MAX_STAGES = 3
 
 
@@ -48,20 +52,51 @@ def wait_until(predicate: object, timeout: float) -> bool:
 
 
 def test_random_interleavings_keep_the_protocol(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    interleave(tmp_path, work, LocalBackend(work, slots=4), ["--backend", "local", "--slots", "4"], SECONDS,
+               lambda: live_generations(work))
+
+
+def test_random_interleavings_keep_the_protocol_on_htcondor(condor_pool: Any, tmp_path: Path) -> None:
+    """The same, shorter, on the real pool: the batch system's view comes from the schedd's queue."""
+    from ecalstate.backends.htcondor import CondorBackend
+
+    work = Path(condor_pool.make_jobdir("interleave-"))
+    try:
+        import htcondor2
+
+        def in_queue() -> dict[int, set[int]]:
+            out: dict[int, set[int]] = {}
+            for ad in htcondor2.Schedd().query(
+                    constraint='EcalTask == "probe" && (JobStatus == 1 || JobStatus == 2)',
+                    projection=["EcalRun", "EcalGeneration", "Iwd"]):
+                if str(ad.get("Iwd", "")).startswith(str(work) + "/"):
+                    out.setdefault(int(ad["EcalRun"]), set()).add(int(ad["EcalGeneration"]))
+            return out
+
+        interleave(tmp_path, work, CondorBackend(work), ["--backend", "htcondor"], SECONDS_HTCONDOR, in_queue)
+    finally:
+        assert work.parent == Path(condor_pool.jobdir) and "trixie" not in work.parts
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=True)
+
+
+def interleave(tmp_path: Path, work: Path, backend: Backend, backend_args: list[str], seconds: float,
+               live: Callable[[], dict[int, set[int]]]) -> None:
+    """Run random stage processes and operator actions for ``seconds``, one clean round, then check."""
     seed = int(os.environ.get("ECALSTATE_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
-    db, work = str(tmp_path / "state.db"), tmp_path / "work"
+    db = str(tmp_path / "state.db")
     payload = write_payload(tmp_path / "payload")
     store = Store.open(db, actor="operator", create=True)
     make_campaign(store, RUNS, retries=1, meta={"jobs": 2, "sleep": 0.3})
-    work.mkdir()
     broken = {marker(work, run, rng.randrange(2)) for run in rng.sample(RUNS, 3)}
     for path in broken:
         path.touch()
-    args = ["-c", "prompt", "--db", db, "--workdir", str(work), "--backend", "local", "--slots", "4"]
+    args = ["-c", "prompt", "--db", db, "--workdir", str(work), *backend_args]
     stages: list[subprocess.Popen[str]] = []
     log: list[str] = []
-    stop = time.monotonic() + SECONDS
+    stop = time.monotonic() + seconds
     while time.monotonic() < stop:
         stages = [p for p in stages if p.poll() is None]
         roll = rng.random()
@@ -94,18 +129,18 @@ def test_random_interleavings_keep_the_protocol(tmp_path: Path) -> None:
     for path in broken:
         path.unlink()
 
-    handler = Probe(Store.open(db, actor="clean-round"), LocalBackend(work, slots=4))
+    handler = Probe(Store.open(db, actor="clean-round"), backend)
     handler.payload = payload
     handler.check("prompt")
     handler.resubmit("prompt")
     where = f"seed {seed}, actions {log}"
 
     # superseded jobs were told to stop: give their processes a moment to end
-    assert wait_until(lambda: all(len(g) == 1 for g in live_generations(work).values()), 10), (
-        f"two generations of one run in the batch system: {live_generations(work)}; {where}")
+    assert wait_until(lambda: all(len(g) == 1 for g in live().values()), 10), (
+        f"two generations of one run in the batch system: {live()}; {where}")
     current = {r["run_number"]: store.instance("prompt", "probe", r["run_number"])
                for r in store.list_runs("prompt", "probe")}
-    for run, generations in live_generations(work).items():
+    for run, generations in live().items():
         info = current[run]
         assert generations == {info.generation} and info.status == "processing", (run, generations, info, where)
     jobs = store.list_jobs("prompt", "probe", all_generations=True)

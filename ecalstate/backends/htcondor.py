@@ -28,7 +28,7 @@ from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation
 KEY_ATTRS = {"EcalCampaign": "campaign", "EcalTask": "task", "EcalRun": "run", "EcalJobId": "jid",
              "EcalGeneration": "generation", "EcalAttempt": "attempt"}
 PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
-              "LastHoldReason", "RemoveReason", *KEY_ATTRS]
+              "LastHoldReason", "RemoveReason", "Iwd", *KEY_ATTRS]
 DEFAULTS = {
     "universe": "vanilla",
     "executable": "$(exe)",
@@ -140,7 +140,9 @@ class CondorBackend(Backend):
     def observe(self, campaign: str, task: str, keys: Sequence[JobKey]) -> dict[JobKey, Observation]:
         if not keys:
             return {}
-        wanted = set(keys)
+        # a key names a job within one work folder: the job's folder (its Iwd) tells it from another
+        # installation's job with the same key in the same pool
+        wanted = {key: str(self.job_dir(campaign, task, key)) for key in keys}
         schedd = self._schedd()
         base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
         runs = sorted({k.run for k in keys})
@@ -167,7 +169,9 @@ class CondorBackend(Backend):
         ordered = sorted(set(keys))
         for start in range(0, len(ordered), 200):
             match = " || ".join(f"(EcalRun == {k.run} && EcalJobId == {k.jid} && EcalGeneration == {k.generation}"
-                                f" && EcalAttempt == {k.attempt})" for k in ordered[start:start + 200])
+                                f" && EcalAttempt == {k.attempt}"
+                                f" && Iwd == {classad_string(str(self.job_dir(campaign, task, k)))})"
+                                for k in ordered[start:start + 200])
             self._call("remove jobs", schedd.act, htcondor2.JobAction.Remove, f"{base} && ({match})",
                        reason=f"ecalstate: {reason}")
 
@@ -179,9 +183,10 @@ class CondorBackend(Backend):
                    reason="ecalstate: held job recorded as failed")
 
 
-def _collect(found: dict[JobKey, tuple[int, Observation]], wanted: set[JobKey], ads: Any,
+def _collect(found: dict[JobKey, tuple[int, Observation]], wanted: Mapping[JobKey, str], ads: Any,
              in_queue: bool = True) -> None:
-    """Keep, per wanted key not seen yet, the newest cluster's ad (the queue is read before the history)."""
+    """Keep, per wanted key (and folder) not seen yet, the newest cluster's ad (the queue is read before the
+    history)."""
     fresh: dict[JobKey, tuple[int, Observation]] = {}
     for ad in ads:
         try:
@@ -189,7 +194,8 @@ def _collect(found: dict[JobKey, tuple[int, Observation]], wanted: set[JobKey], 
             cluster = int(ad["ClusterId"])
         except (KeyError, TypeError, ValueError):
             continue
-        if key in wanted and key not in found and cluster >= fresh.get(key, (-1, None))[0]:
+        if key in wanted and ad.get("Iwd") == wanted[key] and key not in found \
+                and cluster >= fresh.get(key, (-1, None))[0]:
             fresh[key] = (cluster, observation(dict(ad.items()), in_queue))
     found.update(fresh)
 

@@ -63,9 +63,9 @@ class LocalBackend(Backend):
                             *(str(job.folder) for job in jobs)],
                            check=True, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as err:
-            detail = (getattr(err, "stderr", "") or str(err)).strip().splitlines() or ["no detail"]
-            started = any((job.folder / "pid").exists() for job in jobs)
-            raise (BackendError if started else NotAccepted)(f"local backend: cannot start jobs: {detail[-1]}") \
+            lines = (getattr(err, "stderr", "") or str(err)).strip().splitlines() or ["no detail"]
+            started = any((job.folder / "pid").exists() for job in jobs)  # else certainly not accepted
+            raise (BackendError if started else NotAccepted)(f"local backend: cannot start jobs: {lines[-1]}") \
                 from None
         return {job.key: f"local:{_read(job.folder / 'pid').split()[0]}" for job in jobs
                 if (job.folder / "pid").exists()}
