@@ -51,8 +51,7 @@ ACTIONS_SQL = """
 SELECT a.ts, a.actor, a.identity, a.task, a.from_status, a.to_status, a.reason, a.run_number
 FROM audit a JOIN campaign c ON c.id = a.campaign_id
 WHERE c.name = ? AND a.entity = 'task' AND a.generation IS NULL
-  AND a.to_status IN ('done', 'failed', 'reprocess', 'skipped') AND a.ts >= ? AND a.ts < ?
-ORDER BY a.id
+  AND a.to_status IN ('done', 'failed', 'reprocess', 'skipped')
 """
 
 FAILURES_SQL = """
@@ -101,7 +100,9 @@ def render_html(
         failed = tx.all(FAILURES_SQL, (campaign, failures))
         cells = {(task, run): (gen, changed, reason) for task, run, gen, changed, reason in tx.all(CELLS_SQL,
                                                                                                    (campaign,))}
-        actions = tx.all(ACTIONS_SQL, (campaign, since or "", until or "~"))  # "~" sorts after every time
+        bounds = [(clause, value) for clause, value in (("a.ts >= ?", since), ("a.ts < ?", until)) if value]
+        actions = tx.all(ACTIONS_SQL + "".join(f" AND {c}" for c, _ in bounds) + " ORDER BY a.id",
+                         (campaign, *(v for _, v in bounds)))
     style = "".join(f"td.s-{s} {{ background: {c};{' color: #fff;' if s in DARK else ''} }}\n"
                     for s, c in COLOURS.items())
     period = " ".join(p for p in (since and f"from {since}", until and f"until {until}") if p) or "(whole history)"

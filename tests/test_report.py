@@ -154,8 +154,9 @@ def operator_day(db: str) -> dict[str, str]:
     return times
 
 
-def test_operator_actions_of_the_period(tmp_path: Path) -> None:
-    db = str(tmp_path / "state.db")
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_operator_actions_of_the_period(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    db = str(tmp_path / "state.db") if engine == "sqlite" else request.getfixturevalue("pg_url")
     times = operator_day(db)
     with Store.open(db) as store:
         identity = store.history("prompt", limit=1)[0].identity
