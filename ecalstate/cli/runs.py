@@ -94,8 +94,8 @@ def run_inject(
               help="file: runs.json or runs.csv (ongoing=true, or a null end_time, marks a run still being taken).")
 @click.option("--url", metavar="URL", help="oms: API base URL (default: env ECALSTATE_OMS_URL, else CERN's OMS). "
               "Credentials: env ECALSTATE_OMS_CLIENT_ID and ECALSTATE_OMS_CLIENT_SECRET_FILE.")
-@click.option("--from-run", type=INT64_FROM_1, metavar="N", help="oms: the first run to read when the campaign "
-              "has no cursor yet.")
+@click.option("--from-run", type=INT64_FROM_1, metavar="N", help="oms: read no run below N; required while the "
+              "campaign has no cursor yet.")
 @click.option("--mapping", type=click.Path(dir_okay=False), metavar="FILE",
               help="oms: JSON mapping of OMS attributes to run metadata (see docs/migration.md).")
 @click.option("--max-runs", type=INT64_FROM_1, default=1000, show_default=True, metavar="N",
