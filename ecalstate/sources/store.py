@@ -120,6 +120,7 @@ class RunSourceStore(StoreBase):
 
         def body(ctx: Ctx) -> bool:
             cid = self._campaign_id(ctx.tx, campaign)
+            ctx.tx.serialize("runs", cid)  # with syncs recording the same fill: one inserts, the other sees it
             if ctx.tx.scalar("SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, number)):
                 return False
             ctx.tx.execute("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
