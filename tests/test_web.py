@@ -189,6 +189,7 @@ def test_serving_leaves_the_database_unchanged(tmp_path: Path) -> None:
         for path in ("/grid?c=prompt", "/instance?c=prompt&task=reco&run=1", "/history?c=prompt&hours=8",
                      "/api/last?c=prompt", "/"):
             assert view.get(path)[0] == 200
+    assert view.proc.returncode == 0  # SIGTERM: a clean stop that closes the store
     assert digest(folder) == before
 
 

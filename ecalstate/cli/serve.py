@@ -14,7 +14,8 @@ from .parse import DURATION
 @click.command()
 @optional_campaign_option
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
-              help="Address to listen on; anything but loopback shows the state to whoever reaches it (no login).")
+              help="Address to listen on; requests must name it (0.0.0.0: any name). Anything but loopback shows "
+                   "the state to whoever reaches it (no login).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, metavar="PORT",
               help="Port to listen on (0: any free port, printed).")
 @click.option("--refresh", type=DURATION, default="2s", show_default=True, metavar="DURATION",

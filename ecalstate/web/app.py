@@ -45,6 +45,8 @@ LABELS = {"new": "new", "processing": "proc", "done": "done", "failed": "FAIL", 
 #: inline log tails on the instance page: the last lines of stderr of its failed jobs
 TAIL_LINES = 40
 TAIL_JOBS = 5
+#: the newest transitions an instance page shows (and reads its jobs' failure reasons from)
+HISTORY_ROWS = 2000
 #: hosts a browser may name in a request to a server bound to loopback (a guard against DNS rebinding)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: scripts and styles only from this server; no frames, no plugins, no inline script
@@ -151,7 +153,7 @@ def instance_jobs(store: Store, campaign: str, task: str, run: int) -> dict[str,
     and the stderr tail of the current generation's failed jobs."""
     info = store.instance(campaign, task, run)
     jobs = store.list_jobs(campaign, task, run, all_generations=True)
-    history = store.history(campaign, task, run, limit=None)
+    history = store.history(campaign, task, run, limit=HISTORY_ROWS)
     reasons = {(a.generation, a.jid): a.reason for a in history if a.entity == "job" and a.to_status == "failed"}
     generations: dict[int, list[JobInfo]] = {}
     for job in sorted(jobs, key=lambda j: (-j.generation, j.jid)):
