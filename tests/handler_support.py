@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -135,3 +136,15 @@ def snapshot(store: Store) -> tuple[object, ...]:
     jobs = store.list_jobs("prompt", "probe", all_generations=True)
     audit = [a for a in store.history("prompt", limit=None) if a.entity != "handler"]
     return [r.statuses for r in overview.rows], jobs, audit
+
+
+@contextmanager
+def condor_workdir(pool: Any, prefix: str) -> Iterator[Path]:
+    """A work folder in the pool's jobs folder (the jobs see it at the same path), removed afterwards from the
+    host side, never through the chroot, without leaving this file system."""
+    folder = Path(pool.make_jobdir(prefix))
+    try:
+        yield folder
+    finally:
+        assert folder.parent == Path(pool.jobdir) and "trixie" not in folder.parts
+        subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=True)

@@ -8,14 +8,23 @@ Teardown removes only that folder, from the host side, never through the chroot.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handler_support import Probe, cli_process, make_campaign, marker, settle, snapshot, transitions, write_payload
+from handler_support import (
+    Probe,
+    cli_process,
+    condor_workdir,
+    make_campaign,
+    marker,
+    settle,
+    snapshot,
+    transitions,
+    write_payload,
+)
 
 from ecalstate import Store
 from ecalstate.backends import JobKey
@@ -35,11 +44,8 @@ SEC_CLAIMTOBE_USER = htcjob
 
 @pytest.fixture
 def workdir(condor_pool: Any) -> Iterator[Path]:
-    folder = Path(condor_pool.make_jobdir("handler-"))
-    yield folder
-    # the host path of the jobs folder (never the chroot's view of it); stay on this file system
-    assert folder.parent == Path(condor_pool.jobdir) and "trixie" not in folder.parts
-    subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=True)
+    with condor_workdir(condor_pool, "handler-") as folder:
+        yield folder
 
 
 def bad_config(tmp_path: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from drive import audit_problems
-from handler_support import Probe, cli_process, make_campaign, marker, write_payload
+from handler_support import Probe, cli_process, condor_workdir, make_campaign, marker, write_payload
 
 from ecalstate import Conflict, Store
 from ecalstate.backends import Backend
@@ -62,8 +62,7 @@ def test_random_interleavings_keep_the_protocol_on_htcondor(condor_pool: Any, tm
     """The same, shorter, on the real pool: the batch system's view comes from the schedd's queue."""
     from ecalstate.backends.htcondor import CondorBackend
 
-    work = Path(condor_pool.make_jobdir("interleave-"))
-    try:
+    with condor_workdir(condor_pool, "interleave-") as work:
         import htcondor2
 
         def in_queue() -> dict[int, set[int]]:
@@ -76,9 +75,6 @@ def test_random_interleavings_keep_the_protocol_on_htcondor(condor_pool: Any, tm
             return out
 
         interleave(tmp_path, work, CondorBackend(work), ["--backend", "htcondor"], SECONDS_HTCONDOR, in_queue)
-    finally:
-        assert work.parent == Path(condor_pool.jobdir) and "trixie" not in work.parts
-        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=True)
 
 
 def interleave(tmp_path: Path, work: Path, backend: Backend, backend_args: list[str], seconds: float,

@@ -3,14 +3,13 @@ in the schedd are adopted, never submitted twice; jobs of an aborted generation 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handler_support import Probe, make_campaign, marker, settle, write_payload
+from handler_support import Probe, condor_workdir, make_campaign, marker, settle, write_payload
 from test_protocol import LockedOnce
 
 from ecalstate import Store
@@ -23,10 +22,8 @@ C = "prompt"
 
 @pytest.fixture
 def workdir(condor_pool: Any) -> Iterator[Path]:
-    folder = Path(condor_pool.make_jobdir("protocol-"))
-    yield folder
-    assert folder.parent == Path(condor_pool.jobdir) and "trixie" not in folder.parts
-    subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=True)
+    with condor_workdir(condor_pool, "protocol-") as folder:
+        yield folder
 
 
 def queue(workdir: Path) -> list[tuple[int, int, int]]:
