@@ -23,7 +23,7 @@ from .db import Database
 from .errors import Invalid
 
 #: tables a role may read and write, per role (each role also has what the one before it has)
-STATE = ("run", "task_instance", "job", "audit", "request", "heartbeat")
+STATE = ("run", "task_instance", "job", "audit", "request", "heartbeat", "run_source", "fill_end")
 SETUP = ("campaign", "task", "task_dep", "rtype", "rtype_task")
 TABLES = ("meta", *SETUP, *STATE, "export_cursor")
 
@@ -85,7 +85,7 @@ def roles_sql(prefix: str = "ecalstate") -> str:
         f"GRANT EXECUTE ON FUNCTION ecalstate_audit_high_water() TO {n.reader};",
         "",
         "-- writer: state rows and their audit (append-only), heartbeats, notification bookkeeping",
-        f"GRANT INSERT, UPDATE ON run, task_instance, job, request, heartbeat TO {n.writer};",
+        f"GRANT INSERT, UPDATE ON run, task_instance, job, request, heartbeat, run_source, fill_end TO {n.writer};",
         f"GRANT INSERT ON audit TO {n.writer};",
         f"GRANT INSERT, UPDATE, DELETE ON meta, heartbeat TO {n.writer};",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {n.writer};",
