@@ -36,11 +36,11 @@ def row(name: str, value: float, unit: str, anchor: Optional[dict[str, Any]] = N
     return out
 
 
-def best(rounds: list[Callable[[], float]]) -> list[float]:
-    """Alternate the measurements ``REPEATS`` times, so that other load on the machine hits each alike; the best
+def best(rounds: list[Callable[[], float]], repeats: int = REPEATS) -> list[float]:
+    """Alternate the measurements ``repeats`` times, so that other load on the machine hits each alike; the best
     rate of each."""
     rates: list[list[float]] = [[] for _ in rounds]
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         for i, measure in enumerate(rounds):
             rates[i].append(measure())
     return [max(r) for r in rates]
