@@ -7,7 +7,9 @@ naming its position. ``=`` and ``!=`` compare as numbers when both sides are
 numbers, else as text. ``>`` ``>=`` ``<`` ``<=`` with a number compare numbers
 only: a run whose value is not a number fails the clause (``nevents>=1000`` never
 matches ``nevents=unknown``); with a text value they compare text (``era>=Run2024C``).
-A run lacking the key fails the clause. The empty filter matches every run.
+A flag stored as true/false (from OMS: ``ecal``, ``global``) equals ``1``,
+``true`` or ``yes``, and ``0``, ``false`` or ``no``. A run lacking the key fails
+the clause. The empty filter matches every run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     "<": operator.lt,
 }
+#: how a filter may spell a flag's value
+_FLAG_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _CLAUSE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 
 
@@ -41,6 +45,9 @@ class Clause:
     def matches(self, record: Mapping[str, Any]) -> bool:
         if self.key not in record or record[self.key] is None:
             return False
+        flag = _FLAG_WORDS.get(self.value.strip().lower())
+        if isinstance(record[self.key], bool) and flag is not None and self.op in ("=", "!="):
+            return _OPS[self.op](record[self.key], flag)
         left, right = _coerce(record[self.key]), _coerce(self.value)
         if isinstance(left, float) != isinstance(right, float):
             if isinstance(right, float) and self.op not in ("=", "!="):

@@ -113,3 +113,13 @@ def test_a_read_only_postgresql_store_refuses_writes(pg_url: str) -> None:
             reader.create_campaign("other")
     with Store.open(pg_url) as store:
         assert [c.name for c in store.list_campaigns()] == ["prompt"]
+
+
+@pytest.mark.parametrize(("text", "ecal_in", "ecal_out"), [
+    ("ecal=1", True, False), ("ecal=true", True, False), ("ecal=yes", True, False),
+    ("ecal=0", False, True), ("ecal!=1", False, True), ("ecal=false", False, True),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_flags_from_oms_match_the_usual_spellings(text: str, ecal_in: bool, ecal_out: bool) -> None:
+    """OMS flags are stored as JSON booleans; shifters write ecal=1 as often as ecal=true."""
+    rule = parse_filter(text)
+    assert (rule.matches({"ecal": True}), rule.matches({"ecal": False})) == (ecal_in, ecal_out)
