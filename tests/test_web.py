@@ -235,6 +235,22 @@ def test_grid_on_postgresql(pg_url: str, tmp_path: Path) -> None:
         html = view.get("/grid?c=prompt")[2]
         assert ("reco", "1", "failed") in cells(html) and ("reco", "2", "processing") in cells(html)
         assert "job 1 failed" in view.get("/instance?c=prompt&task=reco&run=1")[2]
+    with Store.open(pg_url, read_only=True) as store:
+        forbid_writes(store)
+        with pytest.raises(DatabaseError, match="read-only transaction"):
+            with store.db.tx(write=False) as tx:
+                tx.execute("UPDATE campaign SET description = 'written'")
+
+
+def test_without_a_campaign_the_home_page_lists_them(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs")
+    proc, line = start(db)
+    try:
+        html = Served(line.split()[1], db, proc).get("/")[2]
+        assert '<a href="/grid?c=prompt">prompt</a>' in html and "1 stuck, 1 blocked" in html
+    finally:
+        stop(proc)
 
 
 # -------------------------------------------------------------------------------------------- browser
@@ -307,3 +323,22 @@ def test_browser_shows_another_process_transition_without_reload(browser: Any, s
     assert browser.find_element(By.CSS_SELECTOR, status).text == "skip"
     assert browser.execute_script("return window.notReloaded === true;")
     assert browser.find_element(By.ID, "live-status").text == "live"
+
+
+def test_browser_instance_page_follows_its_jobs_live(browser: Any, served: Served) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(served.url.rstrip("/") + "/instance?c=prompt&task=reco&run=2")
+    browser.execute_script("window.notReloaded = true;")
+    assert browser.find_element(By.ID, "instance-status").text == "processing"
+    done = subprocess.run([ECALSTATE, "--db", served.db, "--actor", "condor-check", "job", "set", "-c", "prompt",
+                           "--task", "reco", "--run", "2", "--job", "0", "failed", "--reason", "held: disk quota"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job = 'tr[data-job="0"][data-generation="1"]'
+    assert wait_for(lambda: "held: disk quota" in browser.find_element(By.CSS_SELECTOR, job).text)
+    assert "failed" in browser.find_element(By.CSS_SELECTOR, job).text
+    assert browser.find_element(By.ID, "instance-status").text == "processing"  # job 1 still runs
+    tail = browser.find_element(By.CSS_SELECTOR, 'section.tail[data-job="0"]')
+    assert "Traceback: <script>alert(1)</script> & boom in run 2" in tail.text and no_alert(browser)
+    assert browser.execute_script("return window.notReloaded === true;")
