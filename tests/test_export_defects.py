@@ -27,6 +27,7 @@ from ecalstate.export import (
     FileTarget,
     RetryPolicy,
     V1Target,
+    V2Target,
     cursor,
     export,
     watch,
@@ -364,3 +365,15 @@ def test_13_a_wrong_target_fails_even_with_nothing_to_send(influx: Any, tmp_path
     cli = invoke(path, "export", "--protocol", "v1", "--url", f"http://127.0.0.1:{closed_port()}", "--database", db,
                  "--retries", "0")
     assert cli.exit_code == 1 and "connection refused" in cli.stderr and cli.stdout == ""
+
+
+def test_13_the_v2_target_is_checked_too(victoria: Any, tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "empty.db"), actor="t", create=True) as empty:
+        right = V2Target(victoria.url, bucket="ecal", org="cms")
+        assert export(empty.db, right, retry=FAST).points == 0
+        right.close()
+        wrong = V2Target(f"http://127.0.0.1:{closed_port()}", bucket="ecal", org="cms", timeout=2)
+        with pytest.raises(ExportError) as down:
+            export(empty.db, wrong, retry=FAST)
+        wrong.close()
+    assert "connection refused" in str(down.value) and not down.value.permanent
