@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from .base import Ctx, StoreBase
-from .db import Tx
+from .db import TS_FORMAT, Tx
 from .errors import Invalid
 from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .results import Health, SilentHandler, StuckInstance
@@ -25,12 +25,13 @@ SILENT_AFTER = 2 * 3600
 UNSUBMITTED_AFTER = 15 * 60
 
 
-def cutoff(seconds: float) -> str:
-    """The timestamp ``seconds`` ago, in the store's text format (comparable as text)."""
+def cutoff(seconds: float, now: Optional[str] = None) -> str:
+    """The timestamp ``seconds`` before ``now`` (default: this host's clock), in the store's text format
+    (comparable as text)."""
     if not 0 <= seconds <= MAX_DURATION:
         raise Invalid(f"invalid duration {seconds}: must be >= 0 and {MAX_DURATION_TEXT}")
-    moment = datetime.now(timezone.utc) - timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    start = datetime.now(timezone.utc) if now is None else datetime.strptime(now, TS_FORMAT)
+    return (start - timedelta(seconds=seconds)).strftime(TS_FORMAT)
 
 
 STUCK_SQL = """
@@ -54,14 +55,14 @@ ORDER BY t.name, r.run_number
 """
 
 
-def stuck_instances(tx: Tx, cid: Optional[int], after: float) -> list[StuckInstance]:
+def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
     """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
-    return _late(tx, STUCK_SQL, cid, after, "")
+    return _late(tx, STUCK_SQL, cid, cutoff(after, now), "")
 
 
-def _late(tx: Tx, sql: str, cid: Optional[int], after: float, group: str) -> list[StuckInstance]:
-    """The instances ``sql`` selects with its cutoff ``after`` seconds ago, in one campaign or all."""
-    params: list[Any] = [cutoff(after)]
+def _late(tx: Tx, sql: str, cid: Optional[int], since: str, group: str) -> list[StuckInstance]:
+    """The instances ``sql`` selects with its cutoff ``since``, in one campaign or all."""
+    params: list[Any] = [since]
     if cid is not None:
         sql += " AND ti.campaign_id = ?"
         params.append(cid)
@@ -76,9 +77,9 @@ WHERE j.status = 'idle' AND j.batch_id IS NULL AND ti.status = 'processing' AND 
 """
 
 
-def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float) -> list[StuckInstance]:
+def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
     """``processing`` instances with jobs "to submit" (no batch id) for ``after`` seconds: a killed submit."""
-    return _late(tx, UNSUBMITTED_SQL, cid, after, " GROUP BY c.name, t.name, r.run_number")
+    return _late(tx, UNSUBMITTED_SQL, cid, cutoff(after, now), " GROUP BY c.name, t.name, r.run_number")
 
 
 def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
@@ -121,10 +122,11 @@ class Monitoring(StoreBase):
     ) -> Health:
         """Stuck instances, silent or failing handler stages, blocked instances, jobs left unsubmitted; ``ok``
         when none."""
+        now = self.clock()  # the store's one clock: tests move it
         with self.db.tx(write=False) as tx:
             cid = None if campaign is None else self._campaign_id(tx, campaign)
-            stuck = stuck_instances(tx, cid, stuck_after)
-            unsubmitted = unsubmitted_instances(tx, cid, unsubmitted_after)
+            stuck = stuck_instances(tx, cid, stuck_after, now)
+            unsubmitted = unsubmitted_instances(tx, cid, unsubmitted_after, now)
             sql = ("SELECT c.name, h.task, h.stage, h.last_at, h.ok, h.message FROM heartbeat h"
                    " JOIN campaign c ON c.id = h.campaign_id")
             params: list[object] = []
@@ -133,7 +135,7 @@ class Monitoring(StoreBase):
                 params.append(cid)
             beats = [SilentHandler(r[0], r[1], r[2], r[3], bool(r[4]), r[5])
                      for r in tx.all(sql + " ORDER BY c.name, h.task, h.stage", params)]
-            limit = cutoff(silent_after)
+            limit = cutoff(silent_after, now)
             silent = [b for b in beats if b.last_at < limit]
             failing = [b for b in beats if not b.ok and b.last_at >= limit]
             campaigns = [cid] if cid is not None else [r[0] for r in tx.all("SELECT id FROM campaign")]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +23,7 @@ from ecalstate import Store
 from ecalstate.backends import MAX_REPORT_BYTES, BatchJob, JobKey, NotAccepted
 from ecalstate.backends.local import LocalBackend, _alive
 from ecalstate.cli.runs import render_health
-from ecalstate.db import DatabaseError
+from ecalstate.db import TS_FORMAT, DatabaseError
 from ecalstate.errors import Conflict
 from ecalstate.handler import StageFailed
 
@@ -223,6 +224,10 @@ def test_defect4_a_killed_submit_leaves_jobs_to_submit_that_the_next_stage_submi
     health = store.health("prompt", unsubmitted_after=0)
     assert [(u.run_number, u.jobs) for u in health.unsubmitted] == [(2, 3)] and not health.ok
     assert "unsubmitted: processing with jobs never submitted" in render_health(health, 3600, 3600)
+    later = Store.open(store.db.url)
+    later.clock = lambda: (datetime.now(timezone.utc) + timedelta(minutes=16)).strftime(TS_FORMAT)  # type: ignore
+    assert [u.run_number for u in later.health("prompt").unsubmitted] == [2]  # the default thresholds see it
+    later.close()
 
     report = probe.submit("prompt")
     assert report.counts == {"jobs submitted": 9, "claimed": 2, "merged": 0}
