@@ -26,6 +26,7 @@ from ecalstate.cli.runs import render_health
 from ecalstate.db import TS_FORMAT, DatabaseError
 from ecalstate.errors import Conflict
 from ecalstate.handler import StageFailed
+from ecalstate.results import BatchRecord, JobUpdate
 
 TESTS = Path(__file__).resolve().parent
 
@@ -324,3 +325,30 @@ def test_defect11_an_oversized_job_report_is_not_stored(probe: Probe) -> None:
     last = store.history("prompt", task="probe", run=1, limit=None)
     assert any(a.jid == 0 and "job report too large" in a.reason for a in last)
     assert os.path.getsize(folder / "report.json") > MAX_REPORT_BYTES
+
+
+def test_batch_ids_are_an_annotation_refused_for_another_generation(probe: Probe) -> None:
+    store = probe.store
+    make_campaign(store, [1])
+    store.claim("prompt", "probe")
+    store.create_jobs("prompt", "probe", 1, [0, 1], generation=1)
+    store.update_jobs("prompt", "probe", [JobUpdate(1, 0, "failed", generation=1)])
+    audit = len(store.history("prompt", limit=None))
+    records = [BatchRecord(0, 1, "7.0", {"logs": "/a"}), BatchRecord(1, 1, "7.1"), BatchRecord(1, 2, "8.0")]
+    assert store.record_batch_ids("prompt", "probe", 1, 1, records) == 2  # attempt 2 of job 1 does not exist
+    jobs = store.list_jobs("prompt", "probe", run=1)
+    assert [(j.status, j.attempts, j.batch_id) for j in jobs] == [("failed", 1, "7.0"), ("idle", 1, "7.1")]
+    assert jobs[0].fields == {"logs": "/a"} and len(store.history("prompt", limit=None)) == audit  # no transition
+
+    # a check's observation of attempt 1 arrives after job 0 was resubmitted (attempt 2): refused
+    store.update_jobs("prompt", "probe", [JobUpdate(1, 0, "idle", generation=1)])
+    assert store.list_jobs("prompt", "probe", run=1)[0].batch_id is None  # a new attempt is "to submit"
+    late = store.update_jobs("prompt", "probe", [JobUpdate(1, 0, "failed", generation=1, attempt=1)])
+    assert [(c.outcome, c.reason) for c in late.changes] == [
+        ("refused", "about attempt 1, the job is at attempt 2")]
+
+    store.reprocess("prompt", "probe", runs=[1], reason="operator")
+    store.claim("prompt", "probe")
+    with pytest.raises(Conflict, match="batch ids of generation 1 are not recorded"):
+        store.record_batch_ids("prompt", "probe", 1, 1, [BatchRecord(0, 2, "9.0")])
+    assert [j.batch_id for j in store.list_jobs("prompt", "probe", run=1, all_generations=True)] == [None, "7.1"]
