@@ -175,6 +175,16 @@ def test_bad_requests_get_one_clear_answer(served: Served) -> None:
     assert refused.value.code == 405
 
 
+def test_a_damaged_database_is_a_clear_503(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs")
+    for view in serve(db):
+        assert view.get("/grid?c=prompt")[0] == 200
+        Path(db).write_bytes(b"not a database, overwritten by mistake " * 200)
+        status, _, html = view.get("/grid?c=prompt")
+        assert status == 503 and "is damaged or not a database" in html and "Traceback" not in html
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 

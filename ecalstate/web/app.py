@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import EcalStateError, Invalid, NotFound, StorageError
+from ..errors import EcalStateError, Invalid, NotFound
 from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
@@ -210,8 +210,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         view = replace(view, stuck=[(s.task, s.run_number) for s in report.stuck])  # health's: read once
         filters = {"c": name, "task": tasks, "status": wanted, "first": first, "last": last}
         return page("grid.html", request, name, changed, report, view=view, rows=grid_rows(name, view, runs),
-                    total=total,
-                    number=number, pages=max(1, -(-total // PAGE)), filters=filters,
+                    total=total, number=number, pages=max(1, -(-total // PAGE)), filters=filters,
                     all_tasks=[t.name for t in store.list_tasks(name)])
 
     def instance(request: Request) -> Response:
@@ -247,7 +246,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         return JSONResponse({"last": last_change(store, Query(request).text("c"))}, headers=HEADERS)
 
     async def refused(request: Request, exc: Exception) -> Response:
-        code = 404 if isinstance(exc, NotFound) else 503 if isinstance(exc, StorageError) else 400
+        code = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, Invalid) else 503  # the database
         html = env.get_template("error.html").render(request=request, campaign=None, message=str(exc), code=code)
         return HTMLResponse(html, status_code=code, headers=HEADERS)
 
