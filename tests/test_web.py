@@ -292,6 +292,15 @@ def no_alert(driver: Any) -> bool:
     return False
 
 
+def shown(driver: Any, selector: str, attribute: str = "innerText") -> Any:
+    """An element's text (or attribute) read in one step in the page: the live region may be swapped between
+    two WebDriver calls (a found element then goes stale); None when no element matches."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        " return e ? (arguments[1] === 'innerText' ? e.innerText : e.getAttribute(arguments[1])) : null;",
+        selector, attribute)
+
+
 def wait_for(condition: Any, seconds: float = 20.0) -> Any:
     deadline = time.monotonic() + seconds
     while True:
@@ -329,8 +338,8 @@ def test_browser_shows_another_process_transition_without_reload(browser: Any, s
                            "reco", "--runs", "5", "skipped", "--reason", "detector off"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert wait_for(lambda: browser.find_element(By.CSS_SELECTOR, status).get_attribute("data-status") == "skipped")
-    assert browser.find_element(By.CSS_SELECTOR, status).text == "skip"
+    assert wait_for(lambda: shown(browser, status, "data-status") == "skipped")
+    assert shown(browser, status) == "skip"
     assert browser.execute_script("return window.notReloaded === true;")
     assert browser.find_element(By.ID, "live-status").text == "live"
 
@@ -346,9 +355,9 @@ def test_browser_instance_page_follows_its_jobs_live(browser: Any, served: Serve
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     job = 'tr[data-job="0"][data-generation="1"]'
-    assert wait_for(lambda: "held: disk quota" in browser.find_element(By.CSS_SELECTOR, job).text)
-    assert "failed" in browser.find_element(By.CSS_SELECTOR, job).text
-    assert browser.find_element(By.ID, "instance-status").text == "processing"  # job 1 still runs
-    tail = browser.find_element(By.CSS_SELECTOR, 'section.tail[data-job="0"]')
-    assert "Traceback: <script>alert(1)</script> & boom in run 2" in tail.text and no_alert(browser)
+    assert wait_for(lambda: "held: disk quota" in (shown(browser, job) or ""))
+    assert "failed" in shown(browser, job)
+    assert shown(browser, "#instance-status") == "processing"  # job 1 still runs
+    tail = shown(browser, 'section.tail[data-job="0"]')
+    assert "Traceback: <script>alert(1)</script> & boom in run 2" in tail and no_alert(browser)
     assert browser.execute_script("return window.notReloaded === true;")
