@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
+from urllib.parse import urlencode
 
 from .errors import EcalStateError, Invalid
 from .notify_store import NOTIFIER, NotifyConfig, NotifyEvent, Webhook
@@ -102,8 +104,25 @@ def post(url: str, payload: dict[str, Any], timeout: float = 5.0, retries: int =
     raise NotifyError(f"webhook {problem} after {attempt + 1} attempt(s)")
 
 
-def describe(event: NotifyEvent) -> str:
-    """One line per event, in the shifters' words."""
+#: a task instance's page in the web view: ``(task, run) -> " URL"``, or nothing when no view is configured
+Link = Callable[[str, Optional[int]], str]
+
+
+def view_link(base: Optional[str], campaign: str) -> Link:
+    """Links to the instance pages of ``ecalstate serve`` at ``base`` (its /instance route)."""
+    if not base:
+        return lambda task, run: ""
+    root = base.rstrip("/")
+    return lambda task, run: "" if run is None else (
+        f" {root}/instance?{urlencode({'c': campaign, 'task': task, 'run': run})}")
+
+
+def describe(event: NotifyEvent, link: Link = lambda task, run: "") -> str:
+    """One line per event, in the shifters' words (and the link to its instance)."""
+    return _describe(event) + link(event.task, event.run_number)
+
+
+def _describe(event: NotifyEvent) -> str:
     where = f"task {event.task} run {event.run_number}"
     if event.kind == "failed":
         return f"{where} failed" + (f": {event.reason}" if event.reason else "")
@@ -113,12 +132,13 @@ def describe(event: NotifyEvent) -> str:
     return f"{job} failed (attempt {event.attempts})" + (f": {event.reason}" if event.reason else "")
 
 
-def health_problems(health: Health) -> dict[str, str]:
+def health_problems(health: Health, link: Link = lambda task, run: "") -> dict[str, str]:
     """Stuck and blocked instances, silent or failing handler stages, keyed so that each is told once."""
     problems = {f"stuck:{s.task}:{s.run_number}": f"task {s.task} run {s.run_number} stuck in processing since "
-                f"{s.since} ({s.jobs} jobs)" for s in health.stuck}
+                f"{s.since} ({s.jobs} jobs)" + link(s.task, s.run_number) for s in health.stuck}
     for _, task, run in health.blocked:
-        problems[f"blocked:{task}:{run}"] = f"task {task} run {run} blocked: an upstream task failed for the run"
+        problems[f"blocked:{task}:{run}"] = (f"task {task} run {run} blocked: an upstream task failed for the run"
+                                             + link(task, run))
     for beat in health.silent:
         if beat.task != NOTIFIER:
             problems[f"silent:{beat.task}:{beat.stage}"] = (f"handler {beat.task} {beat.stage} silent since "
@@ -149,7 +169,7 @@ def deliver(
     config = store.notify_config(campaign)
     if config is None:
         return []
-    problems = health_problems(store.health(campaign, stuck_after, silent_after))
+    problems = health_problems(store.health(campaign, stuck_after, silent_after), view_link(config.view_url, campaign))
     out = [_deliver_channel(store, campaign, config, name, hook, problems, timeout, retries, backoff)
            for name, hook in config.channels()]
     failed = [d for d in out if not d.ok]
@@ -164,7 +184,8 @@ def _deliver_channel(
     timeout: float, retries: int, backoff: float,
 ) -> Delivery:
     events, upto = store.notify_events(campaign, name)
-    lines = [describe(e) for e in events if e.kind in hook.events]
+    link = view_link(config.view_url, campaign)
+    lines = [describe(e, link) for e in events if e.kind in hook.events]
     current = problems if "health" in hook.events else {}
     seen = store.notify_seen(campaign, name)
     fresh = [text for key, text in sorted(current.items()) if key not in seen]

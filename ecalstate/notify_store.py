@@ -96,21 +96,26 @@ class NotifyConfig:
     main: Optional[Webhook] = None
     dev: Optional[Webhook] = None
     username: str = "ecalstate"
+    #: base URL of the shifters' web view (``ecalstate serve``): each message links the instance it names
+    view_url: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.main is None and self.dev is None:
             raise Invalid("configure at least one webhook (main or dev)")
+        if self.view_url is not None and not re.match(r"^https?://[^\s?#]+$", self.view_url):
+            raise Invalid(f"the view URL must be an http:// or https:// address without query, got {self.view_url!r}")
 
     def channels(self) -> list[tuple[str, Webhook]]:
         return [(name, hook) for name, hook in (("main", self.main), ("dev", self.dev)) if hook is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"username": self.username, **{name: hook.to_dict() for name, hook in self.channels()}}
+        view = {"view_url": self.view_url} if self.view_url else {}
+        return {"username": self.username, **view, **{name: hook.to_dict() for name, hook in self.channels()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NotifyConfig:
         hooks = {name: Webhook.from_dict(data[name]) for name in CHANNELS if data.get(name)}
-        return cls(hooks.get("main"), hooks.get("dev"), data.get("username", "ecalstate"))
+        return cls(hooks.get("main"), hooks.get("dev"), data.get("username", "ecalstate"), data.get("view_url"))
 
 
 @dataclass(frozen=True)

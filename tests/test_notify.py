@@ -4,6 +4,7 @@ channel; a webhook that is down blocks nothing, loses nothing and shows in healt
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import socket
@@ -350,3 +351,22 @@ def test_another_local_user_cannot_read_the_database(tmp_path: Path, other_user:
     assert [f.name for f in files] == ["state.db", "state.db-shm", "state.db-wal"]
     assert all(t.returncode != 0 and "Permission denied" in t.stderr for t in tried), tried
     assert sql.returncode != 0 and "prompt" not in sql.stdout
+
+
+def test_messages_link_the_instance_page_of_the_view(store: Store, hooks: list[Hook]) -> None:
+    """Issue 13, item 2: one click from the shifters' channel to the instance in ``ecalstate serve``."""
+    from test_web import serve
+
+    main = start(hooks)
+    for view in serve(store.db.url.removeprefix("sqlite:///")):
+        base = view.url.rstrip("/")
+        store.set_notify_config("prompt", NotifyConfig(Webhook(url_file(main.url), events=("failed", "retries")),
+                                                       view_url=base + "/"))
+        fail_twice(store, 1)
+        deliver(store, "prompt", backoff=0)
+        links = re.findall(r"https?://\S+", main.texts()[0])
+        assert links and all(link == base + "/instance?c=prompt&task=reco&run=1" for link in links)
+        status, _, html = view.get(links[0].removeprefix(base))
+        assert status == 200 and "failed" in html
+    with pytest.raises(Exception, match="view URL must be an http"):
+        NotifyConfig(Webhook(url_file(main.url), events=("failed",)), view_url="ecal-shift.cern.ch")

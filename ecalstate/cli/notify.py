@@ -43,21 +43,26 @@ def notify() -> None:
 @multi_option("--dev-on", help=_EVENTS_HELP + f" to the development channel [default: {','.join(DEFAULT_EVENTS['dev'])}].",
               metavar="EVENT")
 @click.option("--username", default="ecalstate", show_default=True, help="Name the messages are posted under.")
+@click.option("--view-url", metavar="URL",
+              help="Base URL of the shifters' view (ecalstate serve, behind the site's proxy): messages link each "
+                   "instance's page.")
 @pass_app
 def notify_set(app: App, campaign: str, webhook_url_file: Optional[str], webhook_url_env: Optional[str],
                channel: Optional[str], on: list[str], dev_webhook_url_file: Optional[str],
-               dev_webhook_url_env: Optional[str], dev_channel: Optional[str], dev_on: list[str], username: str) -> None:
+               dev_webhook_url_env: Optional[str], dev_channel: Optional[str], dev_on: list[str], username: str,
+               view_url: Optional[str]) -> None:
     """Set up (replace) the notifications of a campaign; events from now on are sent.
 
     \b
     Example:
         ecalstate notify set -c prompt --webhook-url-file /run/secrets/mm-hook --on failed,retries,health \\
-            --dev-webhook-url-file /run/secrets/mm-dev-hook --dev-on job-failed,health
+            --dev-webhook-url-file /run/secrets/mm-dev-hook --dev-on job-failed,health \\
+            --view-url https://ecal-shift.cern.ch
     """
     config = NotifyConfig(
         webhook(webhook_url_file, webhook_url_env, channel, on, DEFAULT_EVENTS["main"]),
         webhook(dev_webhook_url_file, dev_webhook_url_env, dev_channel, dev_on, DEFAULT_EVENTS["dev"]),
-        username,
+        username, view_url,
     )
     app.store().set_notify_config(campaign, config)
     _show(app, campaign)
