@@ -188,17 +188,21 @@ class TaskHandler:
 
     def _sweep(self, campaign: str, report: StageReport) -> None:
         """Jobs still active in a generation that no longer runs: removed from the batch system, then failed."""
-        by_run: dict[int, list[JobInfo]] = defaultdict(list)
-        for job in self.store.stale_jobs(campaign, self.task):
-            by_run[job.run_number].append(job)
-        reason = "superseded: its task instance was aborted or claimed again"
-        for run, jobs in sorted(by_run.items()):
+        for run in sorted({j.run_number for j in self.store.stale_jobs(campaign, self.task)}):
             with self.backend.lock(campaign, self.task, run):
-                self.backend.remove(campaign, self.task, [_key(j) for j in jobs], reason)
-                result = self.store.update_jobs(campaign, self.task, [
-                    JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation,
-                              attempt=j.attempts) for j in jobs])
-            _count(report, "superseded jobs removed", sum(c.outcome == "changed" for c in result.changes))
+                self._drop_stale(campaign, run, report)
+
+    def _drop_stale(self, campaign: str, run: int, report: StageReport) -> None:
+        """Remove the run's stale jobs from the batch system and fail them (the caller holds the run's lock)."""
+        jobs = self.store.stale_jobs(campaign, self.task, run)
+        if not jobs:
+            return
+        reason = "superseded: its task instance was aborted or claimed again"
+        self.backend.remove(campaign, self.task, [_key(j) for j in jobs], reason)
+        result = self.store.update_jobs(campaign, self.task, [
+            JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation, attempt=j.attempts)
+            for j in jobs])
+        _count(report, "superseded jobs removed", sum(c.outcome == "changed" for c in result.changes))
 
     def _submit_run(self, campaign: str, run: int, generation: int, report: StageReport,
                     specs: Optional[Sequence[JobSpec]] = None, label: str = "jobs submitted") -> bool:
@@ -210,6 +214,7 @@ class TaskHandler:
         later or unknown failure keeps them, and the next stage looks them up before submitting again.
         """
         with self.backend.lock(campaign, self.task, run):
+            self._drop_stale(campaign, run, report)  # an aborted generation leaves before the next one comes
             pending = {_key(j): j for j in self.store.pending_jobs(campaign, self.task, run)
                        if j.generation == generation}
             if not pending:
@@ -236,6 +241,10 @@ class TaskHandler:
                                    {"logs": str(self.backend.job_dir(campaign, self.task, k))}) for k in sorted(ids)]
             try:
                 self.store.record_batch_ids(campaign, self.task, run, generation, records)
+            except Conflict as err:  # aborted or claimed again meanwhile: what was just submitted is stale
+                report.errors.append(f"run {run}: {err}")
+                self._drop_stale(campaign, run, report)
+                return False
             except Exception as err:  # accepted by the batch system: never rolled back
                 report.errors.append(f"run {run}: jobs in the batch system, batch ids not recorded: {_message(err)};"
                                      " the next stage finds them by key")

@@ -134,17 +134,10 @@ class Jobs(StoreBase):
         """Jobs of a task (current generation unless ``all_generations``), by run and job id."""
         if status is not None:
             JOB.parse(status)
-        where = ""
-        params: list[Any] = []
-        if not all_generations:
-            where += " AND j.generation = ti.generation"
-        if run is not None:
-            where += " AND r.run_number = ?"
-            params.append(run)
+        where = "" if all_generations else " AND j.generation = ti.generation"
         if status is not None:
             where += " AND j.status = ?"
-            params.append(status)
-        return self._select_jobs(campaign, task, where, params)
+        return self._select_jobs(campaign, task, where, run, [status] if status is not None else [])
 
     def pending_jobs(self, campaign: str, task: str, run: Optional[int] = None) -> list[JobInfo]:
         """Jobs "to submit": idle without a batch id, in the current generation of a ``processing`` instance.
@@ -153,19 +146,17 @@ class Jobs(StoreBase):
         between the store's transaction and the batch id's record; the next stage finds them by key or
         submits them.
         """
-        where = " AND j.generation = ti.generation AND ti.status = 'processing' AND j.status = 'idle'" \
-                " AND j.batch_id IS NULL"
-        if run is None:
-            return self._select_jobs(campaign, task, where, [])
-        return self._select_jobs(campaign, task, where + " AND r.run_number = ?", [run])
+        return self._select_jobs(campaign, task, " AND j.generation = ti.generation AND ti.status = 'processing'"
+                                 " AND j.status = 'idle' AND j.batch_id IS NULL", run)
 
-    def stale_jobs(self, campaign: str, task: str) -> list[JobInfo]:
+    def stale_jobs(self, campaign: str, task: str, run: Optional[int] = None) -> list[JobInfo]:
         """Jobs still idle or running of a generation that no longer runs (aborted by an operator, or claimed
         again): the batch system must drop them so that no run runs twice."""
         return self._select_jobs(campaign, task, " AND j.status IN ('idle', 'running')"
-                                 " AND (j.generation <> ti.generation OR ti.status <> 'processing')", [])
+                                 " AND (j.generation <> ti.generation OR ti.status <> 'processing')", run)
 
-    def _select_jobs(self, campaign: str, task: str, where: str, params: list[Any]) -> list[JobInfo]:
+    def _select_jobs(self, campaign: str, task: str, where: str, run: Optional[int] = None,
+                     params: Sequence[Any] = ()) -> list[JobInfo]:
         with self.db.tx(write=False) as tx:
             cid = self._campaign_id(tx, campaign)
             tid, _ = self._task(tx, cid, campaign, task)
@@ -173,11 +164,12 @@ class Jobs(StoreBase):
                 "SELECT r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.batch_id, j.fields,"
                 " j.created_at, j.updated_at, j.started_at, j.finished_at"
                 " FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id"
-                " WHERE ti.task_id = ?" + where + " ORDER BY r.run_number, j.generation, j.jid"
+                " WHERE ti.task_id = ?" + where + ("" if run is None else " AND r.run_number = ?")
+                + " ORDER BY r.run_number, j.generation, j.jid"
             )
             return [
                 JobInfo(task, r[0], r[1], r[2], r[3], r[4], r[5], r[6], loads(r[7]), r[8], r[9], r[10], r[11])
-                for r in tx.all(sql, [tid, *params])
+                for r in tx.all(sql, [tid, *params, *([] if run is None else [run])])
             ]
 
     def record_batch_ids(

@@ -352,3 +352,36 @@ def test_batch_ids_are_an_annotation_refused_for_another_generation(probe: Probe
     with pytest.raises(Conflict, match="batch ids of generation 1 are not recorded"):
         store.record_batch_ids("prompt", "probe", 1, 1, [BatchRecord(0, 2, "9.0")])
     assert [j.batch_id for j in store.list_jobs("prompt", "probe", run=1, all_generations=True)] == [None, "7.1"]
+
+
+def test_jobs_submitted_for_a_generation_aborted_meanwhile_are_removed_at_once(probe: Probe) -> None:
+    """The batch system took generation 1 while an operator aborted it and build 2 claimed generation 2: the
+    record is refused, and generation 1 leaves the batch system before the stage ends."""
+    store, work = probe.store, probe.backend.workdir
+    make_campaign(store, [1], meta={"jobs": 2})
+    work.mkdir(parents=True)
+    for jid in range(2):
+        marker(work, 1, jid, "hang").touch()
+    other = other_build(probe)
+
+    def abort_and_reclaim(jobs: Sequence[BatchJob]) -> None:
+        other.store.reprocess("prompt", "probe", runs=[1], reason="operator: wrong conditions")
+        other.store.claim("prompt", "probe")
+        other.store.create_jobs("prompt", "probe", 1, [0, 1], generation=2)
+
+    probe.backend.after = abort_and_reclaim  # type: ignore[attr-defined]
+    with pytest.raises(StageFailed, match="batch ids of generation 1 are not recorded"):
+        probe.submit("prompt")
+    root = work / "jobs/prompt/probe/1"
+    assert sorted(pids(probe, 1)) == ["g1/j0.a1", "g1/j1.a1"]
+    assert all((root / f"g1/j{jid}.a1/removed").exists() for jid in range(2))
+    wait_for(lambda: not any(_alive(text) for text in pids(probe, 1).values()))
+    assert [(j.generation, j.status) for j in store.list_jobs("prompt", "probe", run=1, all_generations=True)] == [
+        (1, "failed"), (1, "failed"), (2, "idle"), (2, "idle")]
+
+    for jid in range(2):
+        marker(work, 1, jid, "hang").unlink()
+    assert other.submit("prompt").counts == {"jobs submitted": 2}
+    settle(probe)
+    assert store.instance("prompt", "probe", 1).status == "done"
+    other.store.close()
