@@ -42,6 +42,8 @@ from ecalstate import (
     TaskStatus,
     TransitionNotAllowed,
 )
+from ecalstate.errors import Conflict
+from ecalstate.results import BatchRecord
 from ecalstate.transitions import OPERATOR_TARGETS
 
 C = "prop"
@@ -403,6 +405,23 @@ class StoreMachine(RuleBasedStateMachine):
         decided = {run} if any(deciding) else set()
         completed = self.model.complete(task, decided)
         assert [(c.key, c.current, c.requested) for c in result.changes if c.entity == "task"] == completed
+
+    @precondition(lambda self: bool(self.model.jobs))
+    @rule(data=st.data())
+    def record_batch_id(self, data: st.DataObject) -> None:
+        """Recording a batch id is an annotation: never a status, version or audit change; refused (nothing
+        written) once the job's generation is not its instance's current one, or the instance was aborted."""
+        key = data.draw(st.sampled_from(sorted(self.model.jobs)))
+        task, run, gen, jid = key
+        inst = self.model.inst[(task, run)]
+        record = [BatchRecord(jid, self.model.jobs[key].attempts, f"{run}.{jid}")]
+        if inst.generation == gen and inst.status in ("processing", "done", "failed"):
+            assert self.store.record_batch_ids(C, task, run, gen, record) == 1
+            return
+        before = snapshot(self.store)
+        with pytest.raises(Conflict):
+            self.store.record_batch_ids(C, task, run, gen, record)
+        assert snapshot(self.store) == before
 
     @precondition(lambda self: self.replay is not None)
     @rule()
