@@ -253,7 +253,8 @@ class Catalog(StoreBase):
             ctx.tx.serialize("runs", cid)  # overlapping builds injecting the same runs: one inserts, the rest see them
             return insert_runs(ctx, cid, specs)
 
-        return self._write("run.inject", request_id, body, encode=_asdict, decode=InjectResult.from_dict)
+        return self._write("run.inject", request_id, body, encode=_asdict, decode=InjectResult.from_dict,
+                           args=(campaign, specs))
 
 
 def check_specs(runs: Iterable[RunSpec]) -> dict[int, RunSpec]:

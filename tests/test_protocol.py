@@ -19,7 +19,7 @@ from typing import Any, Optional
 import pytest
 from handler_support import Probe, make_campaign, marker, settle, write_payload
 
-from ecalstate import Store
+from ecalstate import RunSpec, Store
 from ecalstate.backends import MAX_REPORT_BYTES, BatchJob, JobKey, NotAccepted
 from ecalstate.backends.local import LocalBackend, _alive
 from ecalstate.cli.runs import render_health
@@ -251,6 +251,10 @@ def test_defect5_a_request_id_reused_with_other_arguments_is_refused(probe: Prob
     with pytest.raises(Conflict, match="other arguments"):
         store.reprocess("prompt", "probe", runs=[2], reason="r", request_id="op-1")
     assert store.instance("prompt", "probe", 2).status == "processing"
+    store.inject_runs("prompt", [RunSpec(3, 1)], request_id="sync-1")
+    with pytest.raises(Conflict, match="other arguments"):
+        store.inject_runs("prompt", [RunSpec(4, 1)], request_id="sync-1")
+    assert [r["run_number"] for r in store.list_runs("prompt")] == [1, 2, 3]
 
 
 def test_defect5_on_the_command_line_one_line_exit_1(probe: Probe) -> None:
