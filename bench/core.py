@@ -42,7 +42,9 @@ from .lean_tx import sqlite_transition
 
 C = "bench"  # the campaign bench.common.job_campaign creates
 CYCLE = ("running", "failed", "idle")
-SINGLE = 6000  # a multiple of the cycle: each round starts from idle
+#: transitions per round (a multiple of the cycle: each round starts from idle), and rounds: short ones, many,
+#: alternating, the best of each kept (on a loaded machine long rounds measure the other load)
+SINGLE, SINGLE_ROUNDS = 600, 15
 BULK_RUNS, BULK_JOBS = 100, 100
 CLAIMERS, CLAIM_RUNS = 8, 2000
 #: CPU-bound processes beside the claimers for the "busy machine" figures (the machine has 2 cores)
@@ -112,7 +114,7 @@ def single(folder: str) -> dict[str, float]:
 
     try:
         rates = best([api, lambda: timed(SINGLE, floor_loop), lean, lambda: timed(SINGLE, setup_loop),
-                      lambda: timed(SINGLE, raw_setup_loop)])
+                      lambda: timed(SINGLE, raw_setup_loop)], SINGLE_ROUNDS)
     finally:
         store.close()
         conn.close()
