@@ -169,8 +169,8 @@ JOB_TIMES_STEP = [
 OUTPUTS_STEP = ["UPDATE task_instance SET outputs = '{}'"]
 RETRY_INDEX_STEP = [
     "DROP INDEX ix_audit_instance",
-    (f"CREATE INDEX ix_audit_retry ON audit_log (instance_id, job_pk) WHERE from_status = {VOCABULARY.index('failed') + 1}"
-     f" AND to_status = {VOCABULARY.index('idle') + 1}"),
+    (f"CREATE INDEX ix_audit_retry ON audit_log (instance_id, job_pk)"
+     f" WHERE from_status = {VOCABULARY.index('failed') + 1} AND to_status = {VOCABULARY.index('idle') + 1}"),
 ]
 CREATION_DETAIL_STEP = ["UPDATE audit_log SET detail = NULL WHERE from_status IS NULL AND entity = " + _id("'job'")]
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -108,8 +108,8 @@ def big_status(tmp: str) -> list[dict[str, Any]]:
         jobs = stats(b_store.db).rows["job"]
         for what, call in (("status", lambda s: s.overview("prompt")), ("health", lambda s: s.health("prompt"))):
             anchor = row(f"{what}, 1,000 runs x 20 tasks, 1 job each (SQLite)", median_ms(lambda: call(s_store)), "ms")
-            out += [anchor, row(f"{what}, 1,000 runs x 20 tasks, {jobs:,} jobs (SQLite)", median_ms(lambda: call(b_store)),
-                                "ms", anchor)]
+            out += [anchor, row(f"{what}, 1,000 runs x 20 tasks, {jobs:,} jobs (SQLite)",
+                                median_ms(lambda: call(b_store)), "ms", anchor)]
     return out
 
 
@@ -156,9 +156,8 @@ def pg_single(url: str) -> list[dict[str, Any]]:
     raw_url = url.replace("postgresql+psycopg://", "postgresql://")
     floor_conn = psycopg.connect(raw_url)
     lean_conn = psycopg.connect(raw_url, autocommit=True)
-    pk, iid, gen = floor_conn.execute(
-        "SELECT j.id, j.instance_id, j.generation FROM job j JOIN task_instance ti ON ti.id = j.instance_id"
-        " JOIN run r ON r.id = ti.run_id WHERE r.run_number = 2").fetchone()
+    pk, iid, gen = one(floor_conn, "SELECT j.id, j.instance_id, j.generation FROM job j JOIN task_instance ti"
+                       " ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id WHERE r.run_number = 2")
     floor_conn.commit()
 
     def api() -> None:
@@ -167,8 +166,7 @@ def pg_single(url: str) -> list[dict[str, Any]]:
 
     def floor() -> None:
         for i in range(PG_SINGLE):
-            status, version = floor_conn.execute("SELECT status, version FROM job WHERE id = %s FOR UPDATE",
-                                                 (pk,)).fetchone()
+            status, version = one(floor_conn, "SELECT status, version FROM job WHERE id = %s FOR UPDATE", (pk,))
             now = utcnow()
             floor_conn.execute(PG_UPDATE, (CYCLE[i % 3], now, pk, version))
             floor_conn.execute(PG_AUDIT, (now, 1, "job", iid, pk, "reco", 2, 0, gen, status, CYCLE[i % 3], "bench",
@@ -193,6 +191,14 @@ def pg_single(url: str) -> list[dict[str, Any]]:
             row(f"{label} one-statement prototype (bench/lean_tx.py)", rate_lean, "transitions/s", anchor),
             trips_anchor, row(f"{label} round trips each, Store.set_job_status", trips[0], "round trips", trips_anchor),
             row(f"{label} round trips each, one-statement prototype", trips[2], "round trips", trips_anchor)]
+
+
+def one(conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The row a query must find."""
+    found = conn.execute(sql, params).fetchone()
+    if found is None:
+        raise RuntimeError(f"benchmark set-up: nothing found by {sql}")
+    return found
 
 
 def round_trips(call: Callable[[], Any]) -> int:
