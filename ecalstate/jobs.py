@@ -8,7 +8,7 @@ beyond its retries and none left idle or running -> ``failed``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
@@ -16,6 +16,7 @@ from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
+from .secrets import known_secrets, leaked
 from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
 
 J = JobStatus
@@ -185,23 +186,27 @@ class Jobs(StoreBase):
 
         def body(ctx: Ctx) -> int:
             tx = ctx.tx
-            _, tid, _ = self._campaign_task(tx, campaign, task)
+            cid, tid, _ = self._campaign_task(tx, campaign, task)
             iid, status, gen = _instance(tx, tid, campaign, task, run)
             if gen != generation or status not in RECORDABLE:
                 raise Conflict(f"task {task} run {run} is {status} in generation {gen}: batch ids of generation"
                                f" {generation} are not recorded")
             jobs = {r[1]: r for r in tx.all(
-                "SELECT j.id, j.jid, j.attempts, j.fields FROM job j WHERE j.instance_id = ? AND j.generation = ?"
-                + tx.lock("j"), (iid, gen))}
-            rows = []
+                "SELECT j.id, j.jid, j.attempts, j.fields, j.status FROM job j"
+                " WHERE j.instance_id = ? AND j.generation = ?" + tx.lock("j"), (iid, gen))}
+            rows, annotations = [], []
             for rec in records:
                 job = jobs.get(rec.jid)
                 if job is None or job[2] != rec.attempt:
                     continue
                 fields = json.dumps({**loads(job[3]), **rec.fields}, sort_keys=True) if rec.fields else job[3]
                 rows.append((rec.batch_id, fields, job[0]))
+                if rec.fields:  # e.g. the attempt's logs folder: exported as a field, never as a status change
+                    annotations.append(_annotation(ctx, cid, task, job[4], rec.fields, iid=iid, pk=job[0], run=run,
+                                                   jid=rec.jid, generation=gen))
             if rows:
                 tx.many("UPDATE job SET batch_id = ?, fields = ? WHERE id = ?", rows)
+                tx.many(AUDIT_SQL, annotations)
             return len(rows)
 
         return self._write("job.record", None, body)
@@ -322,6 +327,8 @@ def _plan(
     changes: list[Change] = []
     accepted: list[tuple[JobUpdate, _Row, JobStatus]] = []
     seen: set[tuple[int, int, int]] = set()
+    # what a job reports is refused if it carries a secret this process holds (a job never gets them: issue 11)
+    secrets = known_secrets() if any(u.fields for u in updates) else frozenset()
     for update, target in parsed:
         gen = update.generation if update.generation is not None else current_gen.get(update.run, -1)
         key = f"{task} run {update.run} job {update.jid}" + (f" gen {gen}" if update.generation is not None else "")
@@ -335,6 +342,12 @@ def _plan(
             raise Invalid(f"{key} appears twice in one update")
         seen.add((update.run, update.jid, gen))
         current = _STATUS[row.status]
+        if update.fields and leaked(_texts(update.fields), secrets):
+            message = "its fields carry a secret of the store's environment (a password or token): nothing stored"
+            if strict:
+                raise Invalid(f"{key}: {message}")
+            changes.append(Change("job", key, current.value, target.value, "refused", message))
+            continue
         if update.attempt is not None and update.attempt != row.attempts:
             changes.append(Change("job", key, current.value, target.value, "refused",
                                   f"about attempt {update.attempt}, the job is at attempt {row.attempts}"))
@@ -357,6 +370,19 @@ def _plan(
         changes.append(Change("job", key, current.value, target.value, "changed", update.reason))
         accepted.append((update, row, target))
     return changes, accepted, cid, retries
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every text in a field set, keys and nested values included."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, str):
+        yield value
 
 
 def _apply(
@@ -387,6 +413,9 @@ def _apply(
         if not transition:
             tx.execute("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
                        (fields, update.batch_id, row.pk))
+            if update.fields:  # an annotation (from == to): the exporter sends its fields, no status point
+                audit_rows.append(_annotation(ctx, cid, task, row.status, update.fields, update.reason, iid=row.iid,
+                                              pk=row.pk, run=row.run, jid=row.jid, generation=row.generation))
             continue
         # a retry is a new attempt: "to submit" (no batch id) until the stage that submits it records one
         job_rows.append((target.value, attempts, update.batch_id, retry, fields, now, started, finished, row.pk,
@@ -412,10 +441,20 @@ def _apply(
         # on PostgreSQL this row lock also serialises two transactions finishing different jobs of one
         # instance, so the second one's completion check sees the first one's job
         tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?", [(now, iid) for iid in sorted(touched)])
-        tx.many(AUDIT_SQL, audit_rows)
+    tx.many(AUDIT_SQL, audit_rows)
     if complete:
         changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))
     return BulkResult(changes)
+
+
+def _annotation(
+    ctx: Ctx, cid: int, task: str, status: str, fields: Mapping[str, Any], reason: str = "", *, iid: int, pk: int,
+    run: int, jid: int, generation: int,
+) -> tuple[Any, ...]:
+    """The audit row of a field-only update: status to the same status, the fields as detail. Not a transition
+    (count transitions as rows whose statuses differ); it is how field-only changes reach InfluxDB."""
+    return ctx.audit_row(cid, "job", task, status, from_status=status, instance_id=iid, job_pk=pk, run_number=run,
+                         jid=jid, generation=generation, reason=reason, detail=dict(fields))
 
 
 def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequence[int]) -> list[Change]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from typing import Optional
+from urllib.parse import urlsplit
 
 #: environment variables that hold secrets, or name a file that does (``*_FILE``)
 SECRET_VARIABLES = (
@@ -27,10 +28,14 @@ MIN_SECRET_LENGTH = 6
 
 
 def known_secrets(env: Optional[Mapping[str, str]] = None) -> frozenset[str]:
-    """The secret values this process holds: from the variables above, and the first line of the files they name
-    (a ``.pgpass`` file gives the password of each of its lines)."""
+    """The secret values this process holds: from the variables above, the password of the ``ECALSTATE_DB`` URL,
+    and the first line of the files they name (a ``.pgpass`` file gives the password of each of its lines)."""
     env = os.environ if env is None else env
     found = {env[name] for name in SECRET_VARIABLES if env.get(name)}
+    try:  # a password written into the database URL itself
+        found.add(urlsplit(env.get("ECALSTATE_DB", "")).password or "")
+    except ValueError:
+        pass
     for name in SECRET_FILE_VARIABLES:
         path = env.get(name)
         if not path:

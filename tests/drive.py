@@ -90,6 +90,10 @@ def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
     return out
 
 
+#: audit rows that are transitions; annotations (a field-only update: status to the same status) are not
+TRANSITIONS = "entity IN ('task', 'job') AND (from_status IS NULL OR from_status <> to_status)"
+
+
 def audit_problems(store: Store) -> list[str]:
     """Half-applied or lost transitions: each task instance and job must have one unbroken chain of audit
     rows (first from nothing, each from the previous to), ending at its current status, one row per version."""
@@ -98,7 +102,7 @@ def audit_problems(store: Store) -> list[str]:
         chains: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
         for entity, key, src, dst in tx.all(
             "SELECT entity, CASE WHEN entity = 'job' THEN job_pk ELSE instance_id END, from_status, to_status"
-            " FROM audit WHERE entity IN ('task', 'job') ORDER BY id"
+            f" FROM audit WHERE {TRANSITIONS} ORDER BY id"
         ):
             chains.setdefault((entity, key), []).append((src, dst))
         rows = [("task", *r) for r in tx.all("SELECT id, status, version FROM task_instance")]

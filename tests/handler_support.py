@@ -121,11 +121,12 @@ def settle(handler: TaskHandler, campaign: str = "prompt", deadline: float = 60.
 def transitions(store: Store, task: str, run: int, campaign: str = "prompt") -> dict[Any, list[str]]:
     """The statuses one instance (key None) and each of its jobs (key: job id) went through, in order.
 
-    ``running`` is left out: whether a check sees a short job running is a matter of timing.
+    ``running`` is left out: whether a check sees a short job running is a matter of timing; so are annotations
+    (field-only rows, from == to), which are not transitions.
     """
     out: dict[Any, list[str]] = {}
     for a in store.history(campaign, task=task, run=run, limit=None):
-        if a.entity in ("task", "job") and a.to_status != "running":
+        if a.entity in ("task", "job") and a.to_status != "running" and a.from_status != a.to_status:
             out.setdefault(a.jid, []).append(a.to_status)
     return out
 

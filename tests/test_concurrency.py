@@ -13,7 +13,7 @@ import traceback
 from collections import Counter
 from typing import Any
 
-from drive import audit_problems
+from drive import TRANSITIONS, audit_problems
 
 from ecalstate import Conflict, Invalid, JobUpdate, RunSpec, Store
 
@@ -122,7 +122,7 @@ def test_eight_processes_lose_nothing_and_claim_nothing_twice(db_url: str) -> No
             " JOIN run r ON r.id = ti.run_id")}
         claims = tx.all("SELECT instance_id, generation, COUNT(*) FROM audit WHERE entity = 'task'"
                         " AND to_status = 'processing' GROUP BY instance_id, generation HAVING COUNT(*) > 1")
-        audited = tx.scalar("SELECT COUNT(*) FROM audit WHERE entity IN ('task', 'job')")
+        audited = tx.scalar(f"SELECT COUNT(*) FROM audit WHERE {TRANSITIONS}")
         # a completion decided by two concurrent job changes must not be lost either
         undecided = tx.all(
             "SELECT ti.id FROM task_instance ti JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"

@@ -180,9 +180,6 @@ def test_9_a_slow_clock_on_another_host_does_not_reorder_the_series(lite: Store,
 # ----------------------------------------------------------------------------------- 10: field-only updates
 
 
-@pytest.mark.xfail(strict=True, reason="the store side is not in this change: jobs._apply (not the exporter's "
-                   "file) must write, for an accepted field-only update, the audit row status -> same status "
-                   "with the fields as detail; the exporter side is test_10_an_annotation_row_...")
 def test_10_field_only_updates_reach_influxdb(lite: Store, influx: Any) -> None:
     db = fresh_db(influx)
     lite.update_jobs("prompt", "reco", [JobUpdate(1, 0, "running")])

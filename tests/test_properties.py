@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pytest
-from drive import snapshot
+from drive import TRANSITIONS, snapshot
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -446,7 +446,7 @@ class StoreMachine(RuleBasedStateMachine):
                 " JOIN task_instance ti ON ti.id = j.instance_id JOIN task t ON t.id = ti.task_id"
                 " JOIN run r ON r.id = ti.run_id")
             audit = tx.all("SELECT entity, instance_id, job_pk, from_status, to_status FROM audit"
-                           " WHERE entity IN ('task', 'job') ORDER BY id")
+                           f" WHERE {TRANSITIONS} ORDER BY id")
         assert {(r[1], r[2]): Inst(r[3], r[4], r[5], r[6]) for r in instances} == self.model.inst
         assert {(r[1], r[2], r[3], r[4]): JobM(r[5], r[6], r[7]) for r in jobs} == self.model.jobs
         assert {r[3] for r in instances} <= {s.value for s in TaskStatus}
