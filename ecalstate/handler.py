@@ -90,6 +90,9 @@ class TaskHandler:
     group_by: ClassVar[Union[None, str, Grouper]] = None
     #: the workflow's HTCondor submit template (memory, +JobFlavour, requirements...)
     condor: ClassVar[Mapping[str, str]] = {}
+    #: the handler's environment variables its jobs need besides the base ones (e.g. ``X509_USER_PROXY``);
+    #: the database and the secrets are never passed, even when named here
+    job_env: ClassVar[Sequence[str]] = ()
 
     def __init__(self, store: Store, backend: Backend) -> None:
         self.store = store
@@ -435,6 +438,7 @@ class _Context:
     def handler(self) -> TaskHandler:
         options: dict[str, Any] = {"slots": self.slots} if self.backend_name == "local" else {
             "template": self.handler_cls.condor}
+        options["job_env"] = self.handler_cls.job_env
         backend = make_backend(self.backend_name, self.workdir, **options)
         return self.handler_cls(Store.open(self.db, actor=self.actor), backend)
 

@@ -541,6 +541,8 @@ class CondorPool:
     cache = Path(os.environ.get("ECALSTATE_HTC_CACHE", "/var/cache/ecalstate-htcondor"))
     base = Path("/tmp/ecalstate-htc")
     DEFAULT_PORT = 19618
+    #: the group of the job user htcjob (uid 2001) inside the chroot
+    JOBGID = 2001
 
     def __init__(self, port: int | None = None, timeout: float = 90.0) -> None:
         self.client_config = self.base / "condor" / "client_config"
@@ -617,10 +619,12 @@ class CondorPool:
         self.close()
 
     def make_jobdir(self, prefix: str = "job-") -> Path:
-        """A fresh folder under :attr:`jobdir` that jobs (uid 2001) can write to."""
+        """A fresh folder under :attr:`jobdir` that jobs (group 2001) can write to, and no other user: the
+        work folder of an ecalstate backend (group-writable for its jobs' group, never world-writable)."""
         self.jobdir.mkdir(parents=True, exist_ok=True)
         d = Path(tempfile.mkdtemp(prefix=prefix, dir=self.jobdir))
-        d.chmod(0o1777)
+        os.chown(d, -1, self.JOBGID)
+        d.chmod(0o2775)
         return d
 
     def env(self) -> dict[str, str]:

@@ -130,7 +130,13 @@ def test_staging_is_content_addressed(tmp_path: Path) -> None:
     (tmp_path / "p" / "helper.py").write_text("X = 2\n")
     second = Path(make_backend("local", tmp_path / "w").stage(script))
     assert second.parent != first.parent and (first.parent / "helper.py").read_text() == "X = 1\n"
-    assert backend.stage("/bin/true") == "/bin/true"
+    assert backend.stage("true") == "true"  # a command name: found on the job's PATH, not staged
+    shell = tmp_path / "sh" / "job.sh"  # any executable given by a path is a payload, staged alone (issue 13.4)
+    shell.parent.mkdir()
+    shell.write_text("#!/bin/sh\necho from-shell\n")
+    staged = Path(backend.stage(str(shell)))
+    assert staged.parent.parent == backend.workdir / "bin" and os.listdir(staged.parent) == ["job.sh"]
+    assert os.access(staged, os.X_OK) and not staged.stat().st_mode & 0o022
 
 
 def test_unknown_backend_and_bad_slots_are_refused(tmp_path: Path) -> None:

@@ -37,3 +37,9 @@ def test_a_field_carrying_a_secret_is_detected() -> None:
     assert leaked(["/eos/out.root", 42, "token=influx-token-5678&x"], secrets)
     assert not leaked(["/eos/out.root", 42, None], secrets)
     assert not leaked(["anything"], frozenset())
+
+
+def test_the_password_of_the_database_url_is_a_secret() -> None:
+    env = {"ECALSTATE_DB": "postgresql+psycopg://ecal:url-pass-3141@dbod:6600/ecal"}
+    assert known_secrets(env) == {"url-pass-3141"}
+    assert known_secrets({"ECALSTATE_DB": "/var/lib/ecal/state.db"}) == frozenset()

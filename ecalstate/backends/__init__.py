@@ -9,6 +9,14 @@ check can reconcile jobs even when recording their batch ids failed.
 Every job attempt gets its own folder (``<workdir>/jobs/<campaign>/<task>/<run>/
 g<generation>/j<jid>.a<attempt>``) holding its stdout, stderr and the JSON report
 the job writes for check to read (path in the job's ``ECALSTATE_REPORT``).
+
+Jobs never run with the handler's environment: they get an allow-list (the base
+variables and what the workflow declares, see :mod:`ecalstate.secrets`) plus their
+``ECALSTATE_*`` job variables. The folders the backend creates belong to the
+handler's user and only it writes them (0755); when the work folder itself is
+group-writable (``chgrp GROUP DIR; chmod 2775 DIR``: jobs that run under another
+account of that group), job attempt folders and workflow data folders are made
+writable for that group. A work folder tree that another user could write is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import importlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from ..errors import EcalStateError, Invalid
+from ..secrets import job_environment
 
 #: backend name -> "module:class", imported on use (the HTCondor bindings are heavy and optional)
 BACKENDS = {"local": ".local:LocalBackend", "htcondor": ".htcondor:CondorBackend"}
@@ -51,8 +61,8 @@ class NotAccepted(BackendError):
 class JobSpec:
     """One job a handler wants run: a program, its arguments, and the fields it starts with.
 
-    A ``.py`` executable is a payload: it runs under the backend's Python, and the
-    ``.py`` files next to it are staged with it (so payloads may share a helper module).
+    An executable given by a path is a payload, staged before it runs (:meth:`Backend.stage`); a ``.py`` one
+    runs under the backend's Python, with the ``.py`` files next to it staged beside it.
     """
 
     jid: int
@@ -110,11 +120,11 @@ class Backend(ABC):
     """Submit and observe the jobs of task instances; one folder tree under ``workdir``."""
 
     name: ClassVar[str]
-    #: mode of every folder the backend creates (jobs may run as another user)
-    dir_mode: ClassVar[int] = 0o755
 
-    def __init__(self, workdir: str | os.PathLike[str]) -> None:
+    def __init__(self, workdir: str | os.PathLike[str], job_env: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir).absolute()
+        #: the handler's variables the workflow declares for its jobs (besides the base ones)
+        self.job_env = tuple(job_env)
         self._staged: dict[Path, Path] = {}
 
     # --- layout ------------------------------------------------------------------------
@@ -126,30 +136,62 @@ class Backend(ABC):
         return self.instance_dir(campaign, task, key.run, key.generation) / f"j{key.jid}.a{key.attempt}"
 
     def spec_path(self, campaign: str, task: str, run: int, generation: int, jid: int) -> Path:
-        """Where the spec of a job is kept, so that resubmit runs the same job again."""
-        return self.instance_dir(campaign, task, run, generation) / f"j{jid}.json"
+        """Where the spec of a job is kept, so that resubmit runs the same job again (in a folder only the
+        handler's user writes: a job cannot change what is resubmitted)."""
+        folder = self.makedirs(self.instance_dir(campaign, task, run, generation), job_writable=False)
+        return folder / f"j{jid}.json"
 
-    def makedirs(self, path: Path) -> Path:
-        """Create ``path`` and its missing parents with :attr:`dir_mode` (the umask does not apply)."""
+    def job_group(self) -> Optional[int]:
+        """The group whose jobs write job folders: the work folder's group when it is group-writable, else None."""
+        try:
+            info = self.workdir.stat()
+        except OSError:
+            return None
+        return info.st_gid if info.st_mode & stat.S_IWGRP else None
+
+    def makedirs(self, path: Path, job_writable: bool = True) -> Path:
+        """Create ``path`` and its missing parents, mode 0755 (the umask does not apply); with ``job_writable``,
+        ``path`` itself is also writable by :meth:`job_group` (a folder for a job's output).
+
+        Refuses (:class:`BackendError`) a folder from the work folder down that belongs to another user or that
+        every user may write: someone else could plant files the handler then trusts.
+        """
         missing = []
         current = path
-        while not current.exists():
+        while not os.path.lexists(current):
             missing.append(current)
             current = current.parent
+        group = self.job_group() if job_writable else None
         for folder in reversed(missing):
             try:
-                folder.mkdir()
+                folder.mkdir(0o700)
             except FileExistsError:
                 continue
             except OSError as err:
                 raise BackendError(f"cannot create {folder}: {err.strerror}") from None
-            folder.chmod(self.dir_mode)
+            shared = group is not None and folder == path
+            if shared:
+                os.chown(folder, -1, group)  # type: ignore[arg-type]
+            folder.chmod(0o2775 if shared else 0o755)
+        self._check_private(path)
         return path
 
+    def _check_private(self, path: Path) -> None:
+        """Every folder from the work folder down to ``path``: a real folder of this user, not world-writable."""
+        chain = [path, *path.parents]
+        for folder in chain[:chain.index(self.workdir) + 1] if self.workdir in chain else [path]:
+            info = folder.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & stat.S_IWOTH:
+                raise BackendError(f"work folder {folder} is not a folder of this user that only it (and its job"
+                                   " group) may write: another user could plant what the jobs run; use a fresh"
+                                   " --workdir or fix its owner and mode (chmod o-w)")
+
     def batch_job(self, campaign: str, task: str, key: JobKey, spec: JobSpec) -> BatchJob:
-        """A job attempt with a fresh folder and the environment every payload gets."""
+        """A job attempt with a fresh folder and its environment: the allow-listed variables of the handler (never
+        the database or a secret) and the job's own ``ECALSTATE_*`` variables."""
         folder = self.makedirs(self.job_dir(campaign, task, key))
         env = {
+            **job_environment(self.job_env),
             "ECALSTATE_CAMPAIGN": campaign, "ECALSTATE_TASK": task, "ECALSTATE_RUN": str(key.run),
             "ECALSTATE_JOB_ID": str(key.jid), "ECALSTATE_GENERATION": str(key.generation),
             "ECALSTATE_ATTEMPT": str(key.attempt), "ECALSTATE_REPORT": str(folder / REPORT_NAME),
@@ -157,35 +199,41 @@ class Backend(ABC):
         return BatchJob(key, spec, folder, env)
 
     def stage(self, executable: str) -> str:
-        """Copy a Python payload and its sibling ``.py`` files under ``workdir/bin`` (content-addressed).
+        """Copy a payload under ``workdir/bin/<folder>-<hash of content>`` and return the copy's path.
 
-        Jobs then run the copy: a payload edited while jobs run does not change them,
-        and the copy is visible where the jobs run (the workdir is shared with the pool).
-        Other executables are used as they are.
+        Any executable given by a path is a payload (a ``.py`` one travels with the ``.py`` files beside
+        it, so payloads may share a helper module); a bare command name (``sh``) is run as it is. Jobs run
+        the copy: a payload edited while jobs run does not change them, and the copy is visible where the
+        jobs run. The copy is written into a private temporary folder and renamed into place; an existing
+        copy is used only if it is this user's, writable by no one else, and holds the same bytes.
         """
-        source = Path(executable).absolute()
-        if source.suffix != ".py":
+        if os.sep not in executable:
             return executable
+        source = Path(executable).absolute()
         if source in self._staged:
             return str(self._staged[source])
         if not source.is_file():
             raise Invalid(f"job payload {source} does not exist")
-        files = sorted(p for p in source.parent.glob("*.py") if p.is_file())
+        files = sorted(p for p in source.parent.glob("*.py") if p.is_file()) if source.suffix == ".py" else [source]
+        contents = {path.name: path.read_bytes() for path in files}
         digest = hashlib.sha256()
-        for path in files:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-        target = self.workdir / "bin" / f"{source.parent.name}-{digest.hexdigest()[:12]}"
-        if not target.exists():
-            self.makedirs(target.parent)
-            tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=target.parent))
-            for path in files:
-                shutil.copy2(path, tmp / path.name)
-                (tmp / path.name).chmod(0o755)
-            tmp.chmod(self.dir_mode)
+        for name, data in contents.items():
+            digest.update(name.encode() + b"\0" + data + b"\0")
+        bin_dir = self.makedirs(self.workdir / "bin", job_writable=False)
+        target = bin_dir / f"{source.parent.name}-{digest.hexdigest()[:12]}"
+        if not os.path.lexists(target):
+            tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=bin_dir))  # 0700: no one else writes into it
+            for name, data in contents.items():
+                fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.chmod(tmp / name, 0o755)
+            tmp.chmod(0o755)
             try:
                 tmp.rename(target)
             except OSError:  # another submitter staged the same content first
                 shutil.rmtree(tmp)
+        _check_staged(target, contents)
         self._staged[source] = target / source.name
         return str(target / source.name)
 
@@ -202,8 +250,8 @@ class Backend(ABC):
         A lock file in the shared work folder, so it ends with the process holding it (a killed build
         never leaves it taken).
         """
-        folder = self.makedirs(self.workdir / "jobs" / campaign / task / str(run))
-        fd = os.open(folder / ".submit.lock", os.O_CREAT | os.O_RDONLY, 0o666)  # flock needs no write access
+        folder = self.makedirs(self.workdir / "jobs" / campaign / task / str(run), job_writable=False)
+        fd = os.open(folder / ".submit.lock", os.O_CREAT | os.O_RDONLY, 0o600)  # no one else may hold it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -231,6 +279,22 @@ class Backend(ABC):
 
     def release(self, batch_ids: Sequence[str]) -> None:
         """Free what the batch system still holds for jobs recorded as failed (held jobs)."""
+
+
+def _check_staged(target: Path, contents: Mapping[str, bytes]) -> None:
+    """Refuse a staged copy that is not exactly what this user staged (planted, or changed since)."""
+    for path in [target, *(target / name for name in contents)]:
+        try:
+            info = path.lstat()
+            kind = stat.S_ISDIR if path == target else stat.S_ISREG
+            same = kind(info.st_mode) and info.st_uid == os.geteuid() \
+                and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) \
+                and (path == target or path.read_bytes() == contents[path.name])
+        except OSError:
+            same = False
+        if not same:
+            raise BackendError(f"staged payload {path} is not the copy this user staged (another owner, writable by"
+                               " others, or changed): refusing to run it; remove that folder and submit again")
 
 
 def read_report(folder: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Usage: python _runner.py SLOTS_DIR SLOTS JOB_DIR...
 
-Each JOB_DIR holds ``run.json`` ({"cmd": [...], "env": {...}}). For each one a
+Each JOB_DIR holds ``run.json`` ({"cmd": [...], "env": {...}}); the command gets exactly that environment,
+nothing of the runner's own (the handler's secrets stay in the handler). For each one a
 daemon is forked into its own session; the runner writes ``pid`` ("PID STARTTIME",
 so a recycled pid is not mistaken for the job) and exits. The daemon waits for one
 of SLOTS slot locks (bounded parallelism across every submitter sharing the
@@ -43,7 +44,7 @@ def acquire_slot(folder: str, slots: int) -> int:
     os.makedirs(folder, exist_ok=True)
     while True:
         for index in range(slots):
-            fd = os.open(os.path.join(folder, f"slot{index}"), os.O_CREAT | os.O_RDWR, 0o666)
+            fd = os.open(os.path.join(folder, f"slot{index}"), os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return fd
@@ -63,7 +64,7 @@ def daemon(slots_dir: str, slots: int, job_dir: str) -> None:
     write_atomic(os.path.join(job_dir, "started"), str(os.getpid()))
     with open(os.path.join(job_dir, "stdout"), "wb") as out, open(os.path.join(job_dir, "stderr"), "wb") as err:
         try:
-            child = subprocess.Popen(spec["cmd"], cwd=job_dir, env={**os.environ, **spec["env"]},
+            child = subprocess.Popen(spec["cmd"], cwd=job_dir, env=spec["env"],
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         except OSError as exc:
             err.write(f"cannot start {spec['cmd'][0]}: {exc.strerror}\n".encode())
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> None:
     slots_dir, slots, job_dirs = argv[0], int(argv[1]), argv[2:]
     for job_dir in job_dirs:
         # under the folder's lock: a job already started (pid) or removed is never started again
-        lock = os.open(os.path.join(job_dir, ".lock"), os.O_CREAT | os.O_RDONLY, 0o666)
+        lock = os.open(os.path.join(job_dir, ".lock"), os.O_CREAT | os.O_RDONLY, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if any(os.path.exists(os.path.join(job_dir, name)) for name in ("pid", "removed")):

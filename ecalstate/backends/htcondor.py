@@ -12,7 +12,8 @@ HoldReason, and removed once recorded. Any error talking to the schedd is a
 The submit description starts from defaults, then the workflow's template
 (any submit commands: memory, ``+JobFlavour``, requirements...; it may use the
 per-job macros ``$(exe)``, ``$(args)``, ``$(dir)``, ``$(jid)``, ``$(attempt)``).
-Folders are created world-writable (sticky): jobs may run as another user.
+Jobs get only their allow-listed environment (``getenv`` stays off, a template may not set it); folders are the
+handler's user's, writable by the work folder's group when it is group-writable (jobs may run as another user).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ DEFAULTS = {
     "request_cpus": "1",
     "request_memory": "256MB",
 }
-RESERVED = {"environment", "queue", *(f"+{a}".lower() for a in KEY_ATTRS), *(f"my.{a}".lower() for a in KEY_ATTRS)}
+#: what a template may not set: the job's identity, and its environment (only the allow-list, never getenv)
+RESERVED = {"environment", "getenv", "queue", *(f"+{a}".lower() for a in KEY_ATTRS),
+            *(f"my.{a}".lower() for a in KEY_ATTRS)}
 RUNNING = {2, 6, 7}
 
 
@@ -67,18 +70,19 @@ def quote_args(args: Sequence[str]) -> str:
 
 
 def _environment(env: Mapping[str, str]) -> str:
-    return '"' + " ".join(f"{k}='{v}'" for k, v in env.items()).replace("$", "$(DOLLAR)") + '"'
+    """The ``environment`` command's new syntax: each value single-quoted, quotes doubled, ``$`` kept literal."""
+    quoted = (f"{k}='" + v.replace("'", "''").replace('"', '""') + "'" for k, v in env.items())
+    return ('"' + " ".join(quoted) + '"').replace("$", "$(DOLLAR)")
 
 
 class CondorBackend(Backend):
     """Submit to and reconcile with the schedd that ``CONDOR_CONFIG`` points at."""
 
     name = "htcondor"
-    dir_mode = 0o1777
 
     def __init__(self, workdir: str | os.PathLike[str], template: Optional[Mapping[str, str]] = None,
-                 python: str = "/usr/bin/python3") -> None:
-        super().__init__(workdir)
+                 python: str = "/usr/bin/python3", job_env: Sequence[str] = ()) -> None:
+        super().__init__(workdir, job_env)
         self.template = dict(template or {})
         bad = sorted(k for k in self.template if k.lower() in RESERVED)
         if bad:
@@ -94,7 +98,7 @@ class CondorBackend(Backend):
 
     def check(self) -> None:
         self._call("query the schedd", self._schedd().query, constraint="False", projection=["ClusterId"])
-        self.makedirs(self.workdir)
+        self.makedirs(self.workdir, job_writable=False)
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -34,15 +34,15 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, workdir: str | os.PathLike[str], slots: Optional[int] = None,
-                 python: Optional[str] = None) -> None:
-        super().__init__(workdir)
+                 python: Optional[str] = None, job_env: Sequence[str] = ()) -> None:
+        super().__init__(workdir, job_env)
         if slots is not None and slots < 1:
             raise BackendError(f"invalid number of local slots {slots}: expected >= 1")
         self.slots = slots or os.cpu_count() or 1
         self.python = python or sys.executable
 
     def check(self) -> None:
-        self.makedirs(self.workdir)
+        self.makedirs(self.workdir, job_writable=False)
         if not os.access(self.workdir, os.W_OK):
             raise BackendError(f"local backend: work folder {self.workdir} is not writable")
 
@@ -54,7 +54,7 @@ class LocalBackend(Backend):
                 cmd = [self.python, executable] if job.spec.python else [executable]
                 (job.folder / "run.json").write_text(json.dumps({"cmd": cmd + list(job.spec.args),
                                                                  "env": dict(job.env)}))
-            slots_dir = self.makedirs(self.workdir / "slots")
+            slots_dir = self.makedirs(self.workdir / "slots", job_writable=False)
         except (OSError, EcalStateError) as err:
             detail = str(err) if isinstance(err, EcalStateError) else f"local backend: cannot prepare jobs: {err}"
             raise NotAccepted(detail) from None
@@ -76,7 +76,7 @@ class LocalBackend(Backend):
             folder = self.job_dir(campaign, task, key)
             if not folder.is_dir():
                 continue
-            fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDONLY, 0o666)
+            fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDONLY, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 (folder / REMOVED_NAME).write_text(reason + "\n")
