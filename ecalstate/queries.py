@@ -143,12 +143,14 @@ class Queries(StoreBase):
         until: Optional[str] = None,
         actor: Optional[str] = None,
         status: Optional[str] = None,
+        transitions_only: bool = False,
     ) -> list[AuditRow]:
         """Audit rows, newest last; ``limit`` keeps the most recent ones.
 
         The shift's questions: ``since``/``until`` (the store's UTC text times, e.g. ``2026-12-01T06:00:00Z``),
         ``runs`` (a run set), ``actor`` (the label, or the OS account of the identity: ``alice`` matches
-        ``alice@host``), ``status`` (the status a transition went to).
+        ``alice@host``), ``status`` (the status a transition went to). ``transitions_only`` leaves out the
+        annotations (a job's fields changing without its status: from == to), which shifters rarely want.
         """
         with self.db.tx(write=False) as tx:
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
@@ -166,6 +168,8 @@ class Queries(StoreBase):
                 if value is not None:
                     sql += f" AND {clause}"
                     params.append(value)
+            if transitions_only:
+                sql += " AND (a.from_status IS NULL OR a.from_status <> a.to_status)"
             if actor is not None:
                 sql += " AND (a.actor = ? OR a.identity LIKE ? ESCAPE '!')"
                 params += [actor, re.sub(r"([!%_])", r"!\1", actor) + "@%"]

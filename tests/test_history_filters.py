@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from cli_support import as_json, build_chain, invoke, process
+from cli_support import as_json, build_chain, invoke, ok, process
 from ecalstate import Store
 from ecalstate.cli.when import parse_moment
 from ecalstate.queries import run_spans
@@ -103,3 +103,12 @@ def test_status_watch_redraws_what_another_process_changed(tmp_path) -> None:
         proc.wait(10)
     assert proc.returncode == 0, proc.stderr.read()
     assert invoke(db, "--json", "status", "-c", "prompt", "--watch", "1").exit_code == 2
+
+
+def test_field_only_changes_show_on_request(shift: str) -> None:
+    ok(shift, "job", "set", "-c", "prompt", "--task", "reco", "--run", "1", "--job", "0", "done",
+       "--field", "plot=/eos/www/1.png")
+    plain = as_json(shift, "history", "-c", "prompt", "--runs", "1", "--entity", "job")
+    full = as_json(shift, "history", "-c", "prompt", "--runs", "1", "--entity", "job", "--fields")
+    assert all(r["from_status"] != r["to_status"] for r in plain)
+    assert [(r["from_status"], r["to_status"]) for r in full if r not in plain] == [("done", "done")]

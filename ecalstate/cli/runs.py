@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import click
 
+from ..claims import GROUPINGS
 from ..report import cell_marks, health_sections, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
@@ -277,25 +278,35 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
 @campaign_option
 @task_option()
 @click.option("--limit", type=INT64_FROM_1, metavar="N", help="Claim at most N groups (default: all).")
-@click.option("--group-by", type=click.Choice(["run", "fill"]), default="run", show_default=True,
-              help="fill: one group per fill, the newest run leads, the others become merged.")
+@click.option("--group-by", type=click.Choice(GROUPINGS), default="run", show_default=True,
+              help="fill: one group per ended fill; lumi: consecutive runs of a fill up to --lumi-target; era: one "
+                   "group per ended era. The newest run leads, the others become merged.")
+@click.option("--lumi-target", type=click.FloatRange(min=0, min_open=True), metavar="X",
+              help="With --group-by lumi: the integrated luminosity (run metadata 'lumi') a group collects.")
 @request_id_option
 @pass_app
 def claim(
-    app: App, campaign: str, task: str, limit: Optional[int], group_by: str, request_id: Optional[str]
+    app: App, campaign: str, task: str, limit: Optional[int], group_by: str, lumi_target: Optional[float],
+    request_id: Optional[str],
 ) -> None:
     """Claim eligible runs of a task for a submit stage.
 
     Eligible: new or reprocess, every upstream task done. One transaction: two builds claiming at once never get the same run. Each
     claim's leader run becomes processing (and owns the jobs of a new
-    generation); runs grouped into it become merged.
+    generation); runs grouped into it become merged. A group is claimed only
+    complete: a fill once it ended (a later fill started, the source saw the
+    dump, or run close-fill) and every run of it is done or skipped upstream
+    (skipped runs are left out); a lumi group once its runs reach the target,
+    or below it when its fill or era ended; an era once a run of a later era
+    exists. Groups that wait are listed by a handler's submit --dry-run.
 
     \b
     Example:
         ecalstate --json claim -c prompt --task reco --limit 10
         ecalstate claim -c prompt --task calib --group-by fill
+        ecalstate claim -c prompt --task zee-calib --group-by lumi --lumi-target 500
     """
-    claims = app.store().claim(campaign, task, limit, group_by, request_id)
+    claims = app.store().claim(campaign, task, limit, group_by, request_id, lumi_target=lumi_target)
     app.emit(
         [{"task": c.task, "leader": c.run_number, "fill": c.fill, "generation": c.generation, "merged": c.merged,
           "runs": c.runs, "meta": c.meta} for c in claims],
@@ -317,12 +328,14 @@ def claim(
               help="Only what NAME did: the actor label, or the account of the identity (alice: alice@any-host).")
 @click.option("--status", type=click.Choice(TASK_STATUSES + [s.value for s in JobStatus if s.value not in TASK_STATUSES]),
               help="Only transitions to this status.")
+@click.option("--fields", is_flag=True,
+              help="Also show field-only changes of jobs (status to the same status, e.g. a logs folder recorded).")
 @click.option("--limit", type=INT64_FROM_1, default=50, show_default=True, metavar="N",
               help="Show the N most recent rows.")
 @pass_app
 def history(
     app: App, campaign: str, task: Optional[str], runs: Optional[list[int]], entity: Optional[str],
-    since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str], limit: int,
+    since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str], fields: bool, limit: int,
 ) -> None:
     """The audit trail: who, when, from, to, why.
 
@@ -338,7 +351,7 @@ def history(
         ecalstate history -c prompt --since 2026-12-01T06:00 --until 2026-12-01T14:00 --actor alice
     """
     rows = app.reader().history(campaign, task, None, limit, entity, runs=runs, since=since, until=until, actor=by,
-                                status=status)
+                                status=status, transitions_only=not fields)
     app.emit(rows, lambda: echo_table(
         ["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
         [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,

@@ -153,7 +153,7 @@ def instance_jobs(store: Store, campaign: str, task: str, run: int) -> dict[str,
     and the stderr tail of the current generation's failed jobs."""
     info = store.instance(campaign, task, run)
     jobs = store.list_jobs(campaign, task, run, all_generations=True)
-    history = store.history(campaign, task, run, limit=HISTORY_ROWS)
+    history = store.history(campaign, task, run, limit=HISTORY_ROWS, transitions_only=True)
     reasons = {(a.generation, a.jid): a.reason for a in history if a.entity == "job" and a.to_status == "failed"}
     generations: dict[int, list[JobInfo]] = {}
     for job in sorted(jobs, key=lambda j: (-j.generation, j.jid)):
@@ -238,7 +238,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         limit = q.integer("limit") or 500
         since = None if hours is None else cutoff(hours * 3600)
         changed = last_change(store, name)
-        rows = store.history(name, task, run, limit=limit, since=since)
+        rows = store.history(name, task, run, limit=limit, since=since, transitions_only=True)
         return page("history.html", request, name, changed, rows=list(reversed(rows)), task=task, run=run,
                     hours=hours, limit=limit)
 
