@@ -27,7 +27,7 @@ from handler_support import (
 )
 
 from ecalstate import Store
-from ecalstate.backends import JobKey
+from ecalstate.backends import JobKey, JobSpec
 from ecalstate.backends.htcondor import CondorBackend, observation, quote_args
 from ecalstate.errors import EcalStateError
 
@@ -146,7 +146,8 @@ def test_submit_with_the_schedd_unreachable_claims_nothing(tmp_path: Path, sqlit
     ({"JobStatus": 4, "ExitBySignal": True, "ExitSignal": 9}, ("failed", "killed by signal 9")),
     ({"JobStatus": 5, "HoldReason": "disk full"}, ("failed", "held: disk full")),
     ({"JobStatus": 3}, ("failed", "removed")),
-    ({"JobStatus": 3, "RemoveReason": "by operator", "LastHoldReason": "x"}, ("failed", "removed: by operator (held: x)")),
+    ({"JobStatus": 3, "RemoveReason": "by operator", "LastHoldReason": "x"},
+     ("failed", "removed: by operator (held: x)")),
 ])
 def test_status_mapping(ad: dict[str, Any], expected: tuple[str, str]) -> None:
     seen = observation({"ClusterId": 7, "ProcId": 1, **ad})
@@ -191,3 +192,27 @@ def test_the_phisym_workflows_run_on_the_pool(condor_pool: Any, workdir: Path, s
     png = Path(store.instance(C, "phisym-plots", 22).outputs["plots"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_uid == 2001  # written by the job user
     store.close()
+
+
+def test_a_shell_payload_runs_and_its_failure_quotes_stderr(workdir: Path, tmp_path: Path) -> None:
+    """Issue 13, items 4 and 2: a shell script is staged like a .py payload (it was held with "No such file"), and
+    a failed job's reason carries the last line of its stderr, as on the local backend."""
+    backend = CondorBackend(workdir, template={"request_memory": "64MB"})
+    script = tmp_path / "scripts" / "calib.sh"
+    script.parent.mkdir()
+    script.write_text('#!/bin/sh\necho "working on $1"\necho "fit diverged for $1" >&2\necho >&2\nexit "$2"\n')
+    script.chmod(0o755)
+    keys = [JobKey(21, 0, 1, 1), JobKey(21, 1, 1, 1)]
+    jobs = [backend.batch_job(C, "shell", k, JobSpec(k.jid, str(script), ("EB+01", str(k.jid * 4))))
+            for k in keys]
+    backend.submit(C, "shell", jobs)
+    stop = time.monotonic() + 120
+    while True:
+        seen = backend.observe(C, "shell", keys)
+        if len(seen) == 2 and all(o.status in ("done", "failed") for o in seen.values()):
+            break
+        assert time.monotonic() < stop, seen
+        time.sleep(0.5)
+    assert [(seen[k].status, seen[k].reason) for k in keys] == [
+        ("done", ""), ("failed", "exit code 4: fit diverged for EB+01")]
+    assert (jobs[0].folder / "stdout").read_text() == "working on EB+01\n"

@@ -297,6 +297,19 @@ def _check_staged(target: Path, contents: Mapping[str, bytes]) -> None:
                                " others, or changed): refusing to run it; remove that folder and submit again")
 
 
+def stderr_tail(path: Path, limit: int = 200) -> str:
+    """The last non-empty line of a job's stderr (at most ``limit`` characters; only the file's end is read),
+    or "": what a failed job's reason quotes."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 8192))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
+
+
 def read_report(folder: Path) -> dict[str, Any]:
     """The JSON report a job left in its folder, or {} (a missing or broken report is not an error).
 

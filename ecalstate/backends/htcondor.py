@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import EcalStateError, Invalid
-from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation
+from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, stderr_tail
 
 #: attributes that identify a job; a template may not set them
 KEY_ATTRS = {"EcalCampaign": "campaign", "EcalTask": "task", "EcalRun": "run", "EcalJobId": "jid",
              "EcalGeneration": "generation", "EcalAttempt": "attempt"}
 PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
-              "LastHoldReason", "RemoveReason", "Iwd", *KEY_ATTRS]
+              "LastHoldReason", "RemoveReason", "Iwd", "Err", *KEY_ATTRS]
 DEFAULTS = {
     "universe": "vanilla",
     "executable": "$(exe)",
@@ -214,11 +215,13 @@ def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
         return Observation("running", batch_id=batch_id)
     if status == 4:
         if ad.get("ExitBySignal"):
-            return Observation("failed", f"killed by signal {ad.get('ExitSignal')}", batch_id)
-        code = ad.get("ExitCode")
-        if code == 0:
+            reason = f"killed by signal {ad.get('ExitSignal')}"
+        elif ad.get("ExitCode") == 0:
             return Observation("done", batch_id=batch_id)
-        return Observation("failed", f"exit code {code}", batch_id)
+        else:
+            reason = f"exit code {ad.get('ExitCode')}"
+        last = _stderr(ad)
+        return Observation("failed", reason + (f": {last}" if last else ""), batch_id)
     if status == 5:
         return Observation("failed", f"held: {ad.get('HoldReason', 'no reason given')}", batch_id, release=in_queue)
     if status == 3:
@@ -226,6 +229,14 @@ def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
         reason = "removed" + (f": {removed}" if removed else "") + (f" (held: {held})" if held else "")
         return Observation("failed", reason, batch_id)
     return Observation("failed", f"unknown HTCondor JobStatus {status}", batch_id)
+
+
+def _stderr(ad: Mapping[str, Any]) -> str:
+    """The last line of the job's stderr file (``Err``, relative to its ``Iwd``), as the local backend quotes it."""
+    err = ad.get("Err")
+    if not isinstance(err, str) or not err or err == "/dev/null":
+        return ""
+    return stderr_tail(Path(str(ad.get("Iwd", ""))) / err)
 
 
 def _one_line(err: BaseException) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import EcalStateError
-from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation
+from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, stderr_tail
 
 RUNNER = Path(__file__).with_name("_runner.py")
 #: per job folder: the lock the runner holds while it starts the job, and the mark of a removed job
@@ -120,8 +120,8 @@ def _exit_status(code: int, folder: Path) -> tuple[str, str]:
     if code == 0:
         return "done", ""
     reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    last = [line for line in _read(folder / "stderr").splitlines() if line.strip()][-1:]
-    return "failed", reason + (f": {last[0][:200]}" if last else "")
+    last = stderr_tail(folder / "stderr")
+    return "failed", reason + (f": {last}" if last else "")
 
 
 def _alive(pid_text: str) -> bool:
