@@ -8,9 +8,9 @@ LOCKED``) so a concurrent claimer takes the next ones instead of waiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from itertools import groupby
+from collections.abc import Callable, Collection, Mapping, Sequence
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .base import Ctx, StoreBase, loads
@@ -18,6 +18,7 @@ from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .jobs import check_jobs, insert_jobs
 from .results import Claim
+from .sources import ONGOING
 from .statemachine import TASK, TaskStatus
 
 T = TaskStatus
@@ -51,25 +52,110 @@ class Eligible:
     meta: dict[str, Any]
 
 
-#: a grouping rule: eligible runs in, groups out (each group's last run is its leader)
+@dataclass(frozen=True)
+class Waiting:
+    """A group not claimed yet because it is not complete, and why (``submit --dry-run`` lists them)."""
+
+    group: str
+    runs: list[int]
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.group} waits: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a claim would take now (each group's last run leads) and the groups that wait."""
+
+    groups: list[list[Eligible]]
+    waiting: list[Waiting] = field(default_factory=list)
+
+
+#: a grouping rule: eligible runs in, groups out (each group's last run is its leader); no completeness check
 Grouper = Callable[[list[Eligible]], list[list[Eligible]]]
 #: a claim's jobs, made inside the claim's transaction: (job id, fields) pairs
 JobMaker = Callable[[Claim], Sequence[tuple[int, Mapping[str, Any]]]]
 
+#: the built-in groupings (``claim --group-by``, a handler's ``group_by``)
+GROUPINGS = ("run", "fill", "lumi", "era")
+#: the run metadata key holding a run's integrated luminosity (the OMS mapping's ``recorded_lumi``)
+LUMI_KEY = "lumi"
+#: the run metadata key naming a run's era
+ERA_KEY = "era"
 
-def group_by_fill(runs: list[Eligible]) -> list[list[Eligible]]:
-    """One group per fill, newest run last (the leader); runs without a fill stay alone."""
-    with_fill = sorted((r for r in runs if r.fill is not None), key=lambda r: (r.fill, r.run_number))
-    groups = [list(g) for _, g in groupby(with_fill, key=lambda r: r.fill)]
-    groups += [[r] for r in runs if r.fill is None]
-    return sorted(groups, key=lambda g: g[-1].run_number)
+# every run of a scope with this task's instance (if any) and, for a pending one, the first upstream task that
+# is neither done (nor merged into a done leader) nor skipped: "reco processing", "reco missing"
+STATE_SQL = """
+SELECT r.run_number, r.fill, r.meta, ti.status, (
+  SELECT t.name || ' ' || CASE
+    WHEN u.status = 'merged' THEN 'merged into a ' || COALESCE(ul.status, 'missing') || ' run'
+    ELSE COALESCE(u.status, 'missing') END
+  FROM task_dep d JOIN task t ON t.id = d.depends_on_id
+  LEFT JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = r.id
+  LEFT JOIN task_instance ul ON ul.id = u.leader_id
+  WHERE d.task_id = ? AND NOT (COALESCE(u.status, '') IN ('done', 'skipped')
+                               OR (COALESCE(u.status, '') = 'merged' AND COALESCE(ul.status, '') = 'done'))
+  ORDER BY t.name LIMIT 1)
+FROM run r LEFT JOIN task_instance ti ON ti.run_id = r.id AND ti.task_id = ?
+WHERE r.campaign_id = ? AND ({where})
+ORDER BY r.run_number
+"""
+_ONGOING_LIKE = f'%"{ONGOING}": true%'
+
+
+@dataclass(frozen=True)
+class _Row:
+    run_number: int
+    fill: Optional[int]
+    meta: dict[str, Any]
+    status: Optional[str]  # this task's instance; None: the task does not apply (or the run is still being taken)
+    upstream: Optional[str]  # the first upstream task not done nor skipped, with its status
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """A built-in grouping: ``run``, ``fill``, ``lumi`` (with a target) or ``era``, each claimed only complete.
+
+    - fill: one group per fill, once the fill ended (recorded by a run source or ``run close-fill``, or a run of a
+      later fill exists) and every run of the fill is done or skipped upstream; skipped runs are left out.
+    - lumi: consecutive runs of a fill (and era) whose ``lumi_key`` values add up to ``lumi_target``; the
+      remainder closes, below target, when its fill or era ended.
+    - era: one group per ``era``, once a later era started (the newest run with an era is of another era)
+      and every run of the era is done or skipped upstream.
+    """
+
+    by: str = "run"
+    lumi_target: Optional[float] = None
+    lumi_key: str = LUMI_KEY
+
+    def plan(self, tx: Tx, cid: int, task_id: int, task: str, eligible: list[Eligible]) -> Plan:
+        if self.by == "run":
+            return Plan(one_per_run(eligible))
+        if self.by == "fill":
+            return _fill_plan(tx, cid, task_id, task, eligible)
+        if self.by == "era":
+            return _era_plan(tx, cid, task_id, task, eligible)
+        return _lumi_plan(tx, cid, task_id, eligible, float(self.lumi_target or 0), self.lumi_key)
+
+
+def grouping(group_by: Union[None, str, Grouper, Grouping] = None, lumi_target: Optional[float] = None,
+             lumi_key: str = LUMI_KEY) -> Union[Grouping, Grouper]:
+    """The grouping ``group_by`` names (None: one group per run); a callable is a handler's own rule."""
+    if isinstance(group_by, Grouping) or callable(group_by):
+        return group_by
+    by = group_by or "run"
+    if by not in GROUPINGS:
+        raise Invalid(f"unknown grouping {by!r} (valid: {', '.join(GROUPINGS)})")
+    if by == "lumi" and (lumi_target is None or not lumi_target > 0):
+        raise Invalid(f"grouping by lumi needs a luminosity target > 0 (got {lumi_target})")
+    if by != "lumi" and lumi_target is not None:
+        raise Invalid("a luminosity target goes with grouping by lumi only")
+    return Grouping(by, lumi_target, lumi_key)
 
 
 def one_per_run(runs: list[Eligible]) -> list[list[Eligible]]:
     return [[r] for r in runs]
-
-
-GROUPERS: dict[str, Grouper] = {"run": one_per_run, "fill": group_by_fill}
 
 
 class Claims(StoreBase):
@@ -81,32 +167,50 @@ class Claims(StoreBase):
             cid, tid, _ = self._campaign_task(tx, campaign, task)
             return _eligible(tx, cid, tid, lock=False)
 
+    def plan(
+        self, campaign: str, task: str, group_by: Union[None, str, Grouper, Grouping] = None,
+        lumi_target: Optional[float] = None, lumi_key: str = LUMI_KEY,
+    ) -> Plan:
+        """The groups a claim would take now and the groups that wait, with why (for ``submit --dry-run``)."""
+        rule = grouping(group_by, lumi_target, lumi_key)
+        with self.db.tx(write=False) as tx:
+            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            return _plan(tx, cid, tid, task, rule, _eligible(tx, cid, tid, lock=False))
+
     def claim(
         self,
         campaign: str,
         task: str,
         limit: Optional[int] = None,
-        group_by: Union[None, str, Grouper] = None,
+        group_by: Union[None, str, Grouper, Grouping] = None,
         request_id: Optional[str] = None,
         jobs: Optional[JobMaker] = None,
+        lumi_target: Optional[float] = None,
+        lumi_key: str = LUMI_KEY,
+        exclude: Collection[int] = (),
     ) -> list[Claim]:
-        """Mark up to ``limit`` groups of eligible runs as claimed: leader ``processing``, the rest ``merged``.
+        """Mark up to ``limit`` complete groups of eligible runs as claimed: leader ``processing``, the rest
+        ``merged``. A group that is not complete (see :class:`Grouping`) waits; :meth:`plan` says why.
 
         ``jobs`` (the claim in, (job id, fields) pairs out) creates each claim's jobs in the same transaction:
         a build killed after the claim leaves jobs "to submit", never a claim without jobs. It runs while the
         write lock is held: it must only compute, not wait on I/O. Whatever it raises undoes the claim.
+        ``exclude``: groups holding one of these runs are left alone (a submit stage's failed groups).
         """
         if limit is not None and limit < 1:
             raise Invalid(f"invalid limit {limit}: expected an integer >= 1")
-        grouper = _grouper(group_by)
+        rule = grouping(group_by, lumi_target, lumi_key)
+        skip = set(exclude)
 
         def body(ctx: Ctx) -> list[Claim]:
             tx = ctx.tx
             cid, tid, _ = self._campaign_task(tx, campaign, task)
             # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
             # claimers get the next runs instead of finding everything locked
-            rows = limit if grouper is one_per_run else None
-            groups = [g for g in grouper(_eligible(tx, cid, tid, lock=True, limit=rows)) if g]
+            rows = limit if isinstance(rule, Grouping) and rule.by == "run" and not skip else None
+            # completeness is decided here, inside the claim's transaction: two builds agree on it
+            plan = _plan(tx, cid, tid, task, rule, _eligible(tx, cid, tid, lock=True, limit=rows))
+            groups = [g for g in plan.groups if g and not any(e.run_number in skip for e in g)]
             if limit is not None:
                 groups = groups[:limit]
             claims = [_claim_group(ctx, cid, task, group) for group in groups]
@@ -117,8 +221,12 @@ class Claims(StoreBase):
                     insert_jobs(ctx, cid, task, claim.run_number, claim.instance_id, claim.generation, jids, fields)
             return claims
 
+        name = rule.by if isinstance(rule, Grouping) else getattr(rule, "__name__", "custom")
+        args: tuple[Any, ...] = (campaign, task, limit, None if name == "run" and group_by is None else name)
+        if isinstance(rule, Grouping) and rule.by == "lumi":
+            args += (rule.lumi_target, rule.lumi_key)
         return self._write(
-            "claim", request_id, body, args=(campaign, task, limit, getattr(group_by, "__name__", group_by)),
+            "claim", request_id, body, args=args,
             encode=lambda claims: [c.__dict__ for c in claims],
             decode=lambda data: [Claim(**d) for d in data],
         )
@@ -136,17 +244,6 @@ class Claims(StoreBase):
                 "SELECT r.run_number FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                 " WHERE ti.leader_id = ? AND ti.status = 'merged' ORDER BY r.run_number", (row[0],))]
         return Claim(task, run, row[1], row[0], row[2], merged, loads(row[3]))
-
-
-def _grouper(group_by: Union[None, str, Grouper]) -> Grouper:
-    if group_by is None:
-        return one_per_run
-    if callable(group_by):
-        return group_by
-    try:
-        return GROUPERS[group_by]
-    except KeyError:
-        raise Invalid(f"unknown grouping {group_by!r} (valid: {', '.join(GROUPERS)})") from None
 
 
 def _eligible(tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
@@ -189,3 +286,143 @@ def _move(
         raise Conflict(f"task {task} run {inst.run_number} changed concurrently; retry the claim")
     ctx.audit(cid, "task", task, to.value, from_status=inst.status, instance_id=inst.instance_id,
               run_number=inst.run_number, generation=gen, reason=reason)
+
+
+def _plan(tx: Tx, cid: int, task_id: int, task: str, rule: Union[Grouping, Grouper],
+          eligible: list[Eligible]) -> Plan:
+    if isinstance(rule, Grouping):
+        return rule.plan(tx, cid, task_id, task, eligible)
+    return Plan(rule(eligible))
+
+
+def _state(tx: Tx, cid: int, task_id: int, where: str, params: Sequence[Any]) -> list[_Row]:
+    """The runs of a scope as completeness sees them (one query, set-based)."""
+    return [_Row(r[0], r[1], loads(r[2]), r[3], r[4])
+            for r in tx.all(STATE_SQL.format(where=where), (task_id, task_id, cid, *params))]
+
+
+def _why(row: _Row, eligible: Collection[int], task: str, unit: str) -> Optional[str]:
+    """Why ``row`` keeps its group waiting, or None (ready, skipped, or not a run of this task)."""
+    if row.status is None:
+        return f"run {row.run_number} still being taken" if row.meta.get(ONGOING) is True else None
+    if row.status == "skipped":
+        return None
+    if row.status in ("new", "reprocess"):
+        if row.upstream:
+            return f"run {row.run_number} {row.upstream}"
+        if row.run_number not in eligible:  # PostgreSQL: locked by a concurrent claim
+            return f"run {row.run_number} being claimed by another build"
+        return None
+    return f"run {row.run_number} already {row.status} for {task} (reprocess the whole {unit} to regroup it)"
+
+
+def _ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
+    """The fills of ``fills`` that ended: recorded (a source, ``run close-fill``), or a later fill has a run."""
+    newest = tx.scalar("SELECT MAX(fill) FROM run WHERE campaign_id = ?", (cid,))
+    marks = ",".join("?" * len(fills))
+    recorded = {r[0] for r in tx.all(f"SELECT fill FROM fill_end WHERE campaign_id = ? AND fill IN ({marks})",
+                                     (cid, *fills))}
+    return recorded | {f for f in fills if newest is not None and f < newest}
+
+
+def _newest_era(tx: Tx, cid: int) -> Optional[str]:
+    """The era of the newest run that names one: every other era has ended (eras follow each other)."""
+    for (meta,) in tx.all("SELECT meta FROM run WHERE campaign_id = ? ORDER BY run_number DESC LIMIT 100", (cid,)):
+        era = loads(meta).get(ERA_KEY)
+        if era not in (None, ""):
+            return str(era)
+    return None
+
+
+def _complete(rows: list[_Row], eligible: dict[int, Eligible], task: str, unit: str, label: str,
+              ended: bool, not_ended: str, plan: Plan) -> None:
+    """Add the unit's eligible runs to ``plan``: one group when it ended and every run is ready, else waiting."""
+    reasons = ([] if ended else [not_ended]) + [w for w in (_why(r, eligible, task, unit) for r in rows) if w]
+    members = [eligible[r.run_number] for r in rows if r.run_number in eligible]
+    if reasons:
+        plan.waiting.append(Waiting(label, [m.run_number for m in members], "; ".join(reasons)))
+    elif members:
+        plan.groups.append(members)
+
+
+def _fill_plan(tx: Tx, cid: int, task_id: int, task: str, eligible: list[Eligible]) -> Plan:
+    plan = Plan([[e] for e in eligible if e.fill is None])
+    fills = sorted({e.fill for e in eligible if e.fill is not None})
+    if fills:
+        ended = _ended_fills(tx, cid, fills)
+        by_run = {e.run_number: e for e in eligible}
+        rows = _state(tx, cid, task_id, f"r.fill IN ({','.join('?' * len(fills))})", fills)
+        for fill in fills:
+            _complete([r for r in rows if r.fill == fill], by_run, task, "fill", f"fill {fill}", fill in ended,
+                      "fill not ended", plan)
+    plan.groups.sort(key=lambda g: g[-1].run_number)
+    return plan
+
+
+def _pending(tx: Tx, cid: int, task_id: int) -> list[_Row]:
+    """The task's runs not claimed yet (new, reprocess, skipped) and the runs still being taken."""
+    return _state(tx, cid, task_id, "ti.status IN ('new', 'reprocess', 'skipped')"
+                  " OR (ti.id IS NULL AND r.meta LIKE ?)", (_ONGOING_LIKE,))
+
+
+def _era_plan(tx: Tx, cid: int, task_id: int, task: str, eligible: list[Eligible]) -> Plan:
+    plan = Plan([[e] for e in eligible if e.meta.get(ERA_KEY) in (None, "")])
+    eras = sorted({str(e.meta[ERA_KEY]) for e in eligible if e.meta.get(ERA_KEY) not in (None, "")})
+    if eras:
+        newest = _newest_era(tx, cid)
+        by_run = {e.run_number: e for e in eligible}
+        rows = _pending(tx, cid, task_id)
+        for era in eras:
+            _complete([r for r in rows if str(r.meta.get(ERA_KEY)) == era], by_run, task, "era", f"era {era}",
+                      newest is not None and newest != era, "era not ended (no run of a later era yet)", plan)
+    plan.groups.sort(key=lambda g: g[-1].run_number)
+    return plan
+
+
+def _lumi(meta: Mapping[str, Any], key: str) -> float:
+    try:
+        return max(0.0, float(meta.get(key) or 0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _lumi_plan(tx: Tx, cid: int, task_id: int, eligible: list[Eligible], target: float, key: str) -> Plan:
+    """Consecutive runs of one fill and era up to ``target``; the remainder closes when the fill or era ended."""
+    plan = Plan([])
+    if not eligible:
+        return plan
+    by_run = {e.run_number: e for e in eligible}
+    rows = _pending(tx, cid, task_id)
+    fills = sorted({r.fill for r in rows if r.fill is not None})
+    ended = _ended_fills(tx, cid, fills) if fills else set()
+    newest = _newest_era(tx, cid)
+    segments: dict[tuple[Optional[int], Optional[str]], list[_Row]] = defaultdict(list)
+    for row in rows:
+        era = row.meta.get(ERA_KEY)
+        segments[(row.fill, None if era in (None, "") else str(era))].append(row)
+    for (fill, era), seg in segments.items():
+        group: list[Eligible] = []
+        total, blocked = 0.0, None
+        for row in seg:
+            blocked = _why(row, by_run, "", "")  # pending runs only: never "already claimed"
+            if blocked:
+                break
+            if row.status == "skipped" or row.run_number not in by_run:
+                continue
+            group.append(by_run[row.run_number])
+            total += _lumi(row.meta, key)
+            if total >= target:
+                plan.groups.append(group)
+                group, total = [], 0.0
+        grouped = {e.run_number for g in plan.groups for e in g}
+        left = [r.run_number for r in seg if r.run_number in by_run and r.run_number not in grouped]
+        closed = (fill is not None and fill in ended) or (era is not None and newest is not None and newest != era)
+        if group and closed and not blocked:
+            plan.groups.append(group)
+        elif left:
+            where = f"fill {fill}" if fill is not None else f"era {era}"
+            reason = blocked or ("fill not ended" if fill is not None else "era not ended")
+            plan.waiting.append(Waiting(f"lumi group of {where} from run {left[0]}", left,
+                                        f"{reason} ({total:g} of {target:g} {key})"))
+    plan.groups.sort(key=lambda g: g[-1].run_number)
+    return plan

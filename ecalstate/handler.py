@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Optional, Union
 import click
 
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
-from .claims import Grouper, _grouper
+from .claims import LUMI_KEY, Grouper, Grouping, grouping
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
 from .results import BatchRecord, Claim, JobInfo, JobUpdate
@@ -68,6 +68,8 @@ class StageReport:
     counts: dict[str, int] = field(default_factory=dict)
     runs: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: groups not complete yet, and why ("fill 9002 waits: fill not ended"); filled by ``submit --dry-run``
+    waiting: list[str] = field(default_factory=list)
 
     def add(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -75,7 +77,8 @@ class StageReport:
     def summary(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts.items()) or "nothing to do"
         runs = f" (runs {', '.join(map(str, self.runs))})" if self.runs else ""
-        return f"{self.stage}: {counts}{runs}" + (" [dry run]" if self.dry_run else "")
+        waits = "".join(f"; {w}" for w in self.waiting)
+        return f"{self.stage}: {counts}{runs}" + (" [dry run]" if self.dry_run else "") + waits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,8 +89,13 @@ class TaskHandler:
 
     #: the task this handler runs (declared in each campaign with ``ecalstate task add``)
     task: ClassVar[str]
-    #: how eligible runs are grouped into one instance: None (one per run), "fill", or a callable
+    #: how eligible runs are grouped into one instance: None (one per run), "fill", "lumi", "era" (each claimed
+    #: only once complete, see :class:`~ecalstate.claims.Grouping`), or a callable (no completeness check)
     group_by: ClassVar[Union[None, str, Grouper]] = None
+    #: with ``group_by = "lumi"``: the integrated luminosity a group collects, in the unit of ``lumi_key``
+    lumi_target: ClassVar[Optional[float]] = None
+    #: the run metadata key summed by ``group_by = "lumi"`` (the OMS mapping puts ``recorded_lumi`` there)
+    lumi_key: ClassVar[str] = LUMI_KEY
     #: the workflow's HTCondor submit template (memory, +JobFlavour, requirements...)
     condor: ClassVar[Mapping[str, str]] = {}
     #: the handler's environment variables its jobs need besides the base ones (e.g. ``X509_USER_PROXY``);
@@ -129,11 +137,13 @@ class TaskHandler:
         """Finish what earlier stages left, then claim eligible groups one at a time and submit each at once."""
         if dry_run:
             report = StageReport(campaign, self.task, "submit", dry_run=True)
-            groups = _grouper(self._grouping())(self.store.eligible(campaign, self.task))[:limit]
-            for group in groups:
+            plan = self.store.plan(campaign, self.task, self._grouping())
+            for group in plan.groups[:limit]:
                 report.add("would claim")
                 report.add("would merge", len(group) - 1)
                 report.runs.append(group[-1].run_number)
+            report.waiting.extend(map(str, plan.waiting))
+            _count(report, "waiting", len(plan.waiting))
             return report
         with self._stage(campaign, "submit") as report:
             self.backend.check()  # an unreachable batch system: fail before claiming anything
@@ -143,9 +153,8 @@ class TaskHandler:
             while limit is None or claimed < limit:
                 made: dict[int, list[JobSpec]] = {}
                 tried: list[Claim] = []
-                rule = self._grouping() if not skip else _skipping(_grouper(self._grouping()), skip)
                 try:  # one group per claim, just before its submission: a killed build leaks nothing else
-                    claims = self.store.claim(campaign, self.task, 1, rule,
+                    claims = self.store.claim(campaign, self.task, 1, self._grouping(), exclude=skip,
                                               jobs=lambda c: self._make_jobs(campaign, c, made, tried))
                 except Exception as err:  # the claim was undone with everything it wrote: the run stays eligible
                     if not tried:
@@ -165,9 +174,10 @@ class TaskHandler:
                     skip.update(claim.runs)
             return report
 
-    def _grouping(self) -> Union[None, str, Grouper]:
+    def _grouping(self) -> Union[Grouping, Grouper]:
         # read from the class: a function stored as a class attribute would bind as a method
-        return type(self).group_by
+        cls = type(self)
+        return grouping(cls.group_by, cls.lumi_target, cls.lumi_key)
 
     def _make_jobs(self, campaign: str, claim: Claim, made: dict[int, list[JobSpec]],
                    tried: list[Claim]) -> list[tuple[int, Any]]:
@@ -406,11 +416,6 @@ class TaskHandler:
 
 def _key(job: JobInfo) -> JobKey:
     return JobKey(job.run_number, job.jid, job.generation, job.attempts)
-
-
-def _skipping(grouper: Grouper, skip: set[int]) -> Grouper:
-    """``grouper`` without the groups that hold a run of ``skip``."""
-    return lambda eligible: [g for g in grouper(eligible) if not any(e.run_number in skip for e in g)]
 
 
 def _count(report: StageReport, what: str, n: int) -> None:

@@ -2,7 +2,8 @@
 
 A refused transition anywhere in the request refuses the whole request and
 writes nothing; ``dry_run`` returns the same per-outcome plan without writing.
-Reprocessing a group leader reprocesses the runs merged into it; with
+Reprocessing any run of a group (its leader or a merged run) reprocesses the
+whole group, so the next claim makes one group again, never a partial one; with
 ``downstream`` every task depending on the reprocessed one follows, for the
 same runs. History is never deleted: the next claim opens a new job generation.
 """
@@ -162,8 +163,11 @@ def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstre
     queue = list(targets)
     while queue:
         item = queue.pop(0)
+        # a group is reprocessed whole: a merged run brings its leader, a leader the runs merged into it
         extra = [_target(row, False) for row in tx.all(
-            f"{_COLUMNS} WHERE ti.leader_id = ? AND ti.status = 'merged'{tx.lock('ti')}", (item.iid,))]
+            f"{_COLUMNS} WHERE (ti.leader_id = ? OR ti.id = (SELECT leader_id FROM task_instance WHERE id = ?))"
+            f" AND ti.status IN ('merged', 'processing', 'done', 'failed'){tx.lock('ti')}",
+            (item.iid, item.iid))]
         if downstream:
             for child in store._downstream(tx, item.task_id):
                 extra += [_target(row, False) for row in tx.all(

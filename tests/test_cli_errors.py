@@ -140,8 +140,10 @@ CASES = [
     # claims, jobs, request ids, durations
     case("claim-limit-zero", ["claim", "-c", "prompt", "--task", "reco", "--limit", "0"], 2,
          "0 is out of range: expected an integer from 1"),
-    case("claim-unknown-grouping", ["claim", "-c", "prompt", "--task", "reco", "--group-by", "lumi"], 2,
-         "'lumi' is not one of"),
+    case("claim-unknown-grouping", ["claim", "-c", "prompt", "--task", "reco", "--group-by", "week"], 2,
+         "'week' is not one of"),
+    case("claim-lumi-without-target", ["claim", "-c", "prompt", "--task", "reco", "--group-by", "lumi"], 1,
+         "grouping by lumi needs a luminosity target > 0"),
     case("job-field-without-equals", [*JOB_SET, "--job", "0", "done", "--field", "output"], 2, "expected KEY=VALUE"),
     case("request-id-reused", [*SET, "--runs", "2", "done", "--reason", "x", "--request-id", "rq-claim"], 1,
          "request id 'rq-claim' was already used for a claim call"),

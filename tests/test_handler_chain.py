@@ -67,8 +67,9 @@ def test_dependencies_gate_failed_upstream_blocks_and_reprocess_downstream_rerun
     run_to_rest(plots)
     assert statuses(store) == {
         1: ("done", "merged", "merged"), 2: ("done", "done", "done"),
-        3: ("failed", "new", "new"), 4: ("done", "done", "done")}
-    # run 3's failed reco blocks its calib (and nothing claimed it into fill 11's group)
+        3: ("failed", "new", "new"), 4: ("done", "new", "new")}
+    # run 3's failed reco blocks its calib, and fill 11 is never calibrated from run 4 alone: it waits, and says why
+    assert calib.submit(C, dry_run=True).waiting == ["fill 11 waits: fill not ended; run 3 phisym-reco failed"]
     assert ("phisym-calib", 3) in store.overview(C).blocked
     assert not store.health(C).ok and (C, "phisym-calib", 3) in store.health(C).blocked
 
@@ -83,13 +84,16 @@ def test_dependencies_gate_failed_upstream_blocks_and_reprocess_downstream_rerun
     head = png.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (72 * 6, 20 * 6)
 
-    # reprocess fill 10's calibration leader with --downstream: its merged run and the plots follow
-    result = store.reprocess(C, "phisym-calib", runs=[2], downstream=True, reason="new tag")
-    assert result.changed == 4
-    assert statuses(store)[1] == ("done", "reprocess", "reprocess")
+    # reprocess the reco of run 1 (merged into fill 10's calibration) with --downstream: the whole group follows
+    result = store.reprocess(C, "phisym-reco", runs=[1], downstream=True, reason="new tag")
+    assert result.changed == 5
+    assert statuses(store)[1] == ("reprocess", "reprocess", "reprocess")
     assert statuses(store)[2] == ("done", "reprocess", "reprocess")
     assert plots.submit(C).counts == {}  # gated again until the calibration is redone
+    assert calib.submit(C).counts == {}  # fill 10 waits for run 1's reconstruction: never run 2 alone
+    run_to_rest(reco)
     run_to_rest(calib)
+    assert store.list_jobs(C, "phisym-calib", run=2)[-1].fields["runs"] == "1,2"
     run_to_rest(plots)
     assert statuses(store)[2] == ("done", "done", "done") and statuses(store)[1] == ("done", "merged", "merged")
     assert store.instance(C, "phisym-plots", 2).generation == 2
@@ -100,7 +104,9 @@ def test_dependencies_gate_failed_upstream_blocks_and_reprocess_downstream_rerun
     store.update_task(C, "phisym-reco", max_retries=2)
     store.reprocess(C, "phisym-reco", runs=[3], downstream=True, reason="more retries for a flaky input")
     assert statuses(store)[3] == ("reprocess", "new", "new")
+    store.close_fill(C, 11, "beam dumped")
     for handler in chain:
         run_to_rest(handler)
-    assert statuses(store)[3] == ("done", "done", "done") and store.health(C).ok
+    assert statuses(store)[3] == ("done", "merged", "merged") and statuses(store)[4] == ("done", "done", "done")
+    assert store.health(C).ok
     assert [(j.generation, j.attempts) for j in store.list_jobs(C, "phisym-reco", run=3)] == [(2, 3)]

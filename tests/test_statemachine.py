@@ -139,9 +139,9 @@ def test_allowed_task_pair(chain: Store, current: TaskStatus, requested: TaskSta
         # the partner leads; when the pair starts from reprocess, the partner is still new
         claims = chain.claim("prompt", "reco", group_by=only(RUN, PARTNER))
         assert [(c.run_number, c.merged) for c in claims] == [(PARTNER, [RUN])]
-    elif requested == T.REPROCESS:
+    elif requested == T.REPROCESS:  # a merged run's group is reprocessed whole: its leader too
         assert chain.reprocess("prompt", "reco", runs=[RUN], reason="pair test").counts() == {
-            "changed": 1, "unchanged": 0, "refused": 0}
+            "changed": 2 if current == T.MERGED else 1, "unchanged": 0, "refused": 0}
     elif requested == T.SKIPPED:  # nothing to do downstream either: calib and plots skip the run too
         assert chain.set_status("prompt", "reco", [RUN], requested.value, reason="pair test").counts() == {
             "changed": 3, "unchanged": 0, "refused": 0}
@@ -158,9 +158,12 @@ def test_allowed_task_pair(chain: Store, current: TaskStatus, requested: TaskSta
         "task", "reco", status, requested.value, "tester")
     assert row.reason == ("pair test" if requested in (T.DONE, T.FAILED, T.REPROCESS, T.SKIPPED) else row.reason)
     assert row.reason
-    # the only other row a transition may write is the group leader's own claim
+    # the only other row a transition may write is the group leader's: its claim, or its group reprocessed whole
     others = [(r.run_number, r.from_status, r.to_status) for r in rows if r.run_number != RUN]
-    assert others == ([(PARTNER, "new", "processing")] if requested == T.MERGED else [])
+    leader = {T.MERGED: [(PARTNER, "new", "processing")]}.get(requested, [])
+    if requested == T.REPROCESS and current == T.MERGED:
+        leader = [(PARTNER, "processing", "reprocess")]
+    assert others == leader
 
 
 @pytest.mark.parametrize(("current", "requested"), pair_params(TASK, allowed=False))

@@ -222,11 +222,12 @@ def test_claims_take_eligible_runs_in_order_up_to_the_limit(chain: Store) -> Non
     assert [c.run_number for c in chain.claim("prompt", "reco")] == [3, 4]
     assert chain.claim("prompt", "reco") == []
     refused_and_unchanged(chain, lambda: chain.claim("prompt", "reco", limit=0), Invalid, "invalid limit 0")
-    refused_and_unchanged(chain, lambda: chain.claim("prompt", "reco", group_by="era"), Invalid, "unknown grouping")
+    refused_and_unchanged(chain, lambda: chain.claim("prompt", "reco", group_by="week"), Invalid, "unknown grouping")
 
 
 def test_grouping_by_fill_newest_run_leads(chain: Store) -> None:
     chain.inject_runs("prompt", [RunSpec(5), RunSpec(6, 11)])
+    chain.close_fill("prompt", 11, "beam dumped")  # fill 10 ended when fill 11 started
     claims = chain.claim("prompt", "reco", group_by="fill")
     assert [(c.run_number, c.merged, c.runs) for c in claims] == [
         (2, [1], [1, 2]), (5, [], [5]), (6, [3, 4], [3, 4, 6])]
@@ -401,6 +402,7 @@ def test_reprocess_by_runs_and_failed_opens_a_new_generation(chain: Store) -> No
 
 
 def test_reprocess_downstream_cascades_and_leaders_take_their_merged_runs(chain: Store) -> None:
+    chain.close_fill("prompt", 11, "beam dumped")
     chain.claim("prompt", "reco", group_by="fill")  # 2 leads 1, 4 leads 3
     for run in (2, 4):
         chain.create_jobs("prompt", "reco", run, [0])
@@ -443,6 +445,7 @@ def test_a_refused_reprocess_writes_nothing(chain: Store) -> None:
 # --- request ids --------------------------------------------------------------------------------------------
 
 def test_request_id_replay_returns_the_first_outcome_and_writes_nothing(chain: Store) -> None:
+    chain.close_fill("prompt", 11, "beam dumped")
     first = chain.claim("prompt", "reco", limit=2, group_by="fill", request_id="build-17")
     assert [c.runs for c in first] == [[1, 2], [3, 4]]
     chain.inject_runs("prompt", [RunSpec(5, 12)])

@@ -384,7 +384,8 @@ def health(app: App, campaign: Optional[str], stuck_after: float, silent_after: 
     if not report.ok:
         click.echo(f"unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, {len(report.failing)} failing,"
                    f" {len(report.blocked)} blocked"
-                   + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else ""), err=True)
+                   + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else "")
+                   + (f", {len(report.failed)} failed" if report.failed else ""), err=True)
         raise click.exceptions.Exit(1)
 
 
@@ -395,15 +396,21 @@ def _health_dict(report: Health) -> dict[str, Any]:
         "failing": [asdict(s) for s in report.failing],
         "blocked": [{"campaign": c, "task": t, "run_number": r} for c, t, r in report.blocked],
         "unsubmitted": [asdict(s) for s in report.unsubmitted],
+        "failed": [asdict(s) for s in report.failed],
+        "retrying": [asdict(s) for s in report.retrying],
     }
 
 
 def render_health(report: Health, stuck_after: float, silent_after: float) -> str:
-    """One section per kind of problem, or one line when all is well."""
+    """One section per kind of problem, or one line when all is well; failed jobs waiting for a retry are
+    counted apart (the next resubmit deals with them)."""
+    jobs = sum(r.jobs for r in report.retrying)
+    waiting = (f"{jobs} failed job(s) of {len(report.retrying)} instance(s) wait for a retry (resubmit)"
+               if report.retrying else "")
     if report.ok:
-        return "healthy: nothing stuck, silent, failing or blocked"
+        return "healthy: nothing stuck, silent, failing, blocked or failed" + (f"; {waiting}" if waiting else "")
     out = [(f"stuck after {format_duration(stuck_after)} without job progress;"
             f" silent after {format_duration(silent_after)} without a heartbeat"), ""]
     for title, headers, rows in health_sections(report):
         out += [f"{title}: {len(rows)}", table(headers, rows), ""]
-    return "\n".join(out).rstrip()
+    return "\n".join(out + ([waiting] if waiting else [])).rstrip()
