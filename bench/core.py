@@ -30,7 +30,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy import event
 
 from ecalstate import JobUpdate, Store
 from ecalstate.base import AUDIT_SQL
@@ -212,6 +215,39 @@ def claims(folder: str, raw: bool, load: str) -> tuple[float, float, float, int]
     return len(claimed) / elapsed, statistics.median(latencies) * 1000, p99 * 1000, len(claimed) - CLAIM_RUNS + doubled
 
 
+def lock_holder(holds: list[float]) -> Callable[[str], None]:
+    """A SQLite trace callback recording how long each write transaction holds the lock (BEGIN IMMEDIATE to its
+    COMMIT or ROLLBACK)."""
+    began: list[float] = []
+
+    def trace(sql: str) -> None:
+        verb = sql.lstrip()[:15].upper()
+        if verb.startswith("BEGIN IMMEDIATE"):
+            began[:] = [time.perf_counter()]
+        elif verb.startswith(("COMMIT", "ROLLBACK")) and began:
+            holds.append(time.perf_counter() - began.pop())
+    return trace
+
+
+def lock_held(folder: str) -> tuple[float, float]:
+    """Median microseconds one claim holds the write lock, one process claiming every run: (raw, API). What the
+    other claimers wait for, and what sends them deeper into the busy handler's back-off."""
+    raw_holds: list[float] = []
+    api_holds: list[float] = []
+    conn = raw_connection(prepared(folder, "hold-raw.db", CLAIM_RUNS // 4, 0, retries=3))
+    conn.set_trace_callback(lock_holder(raw_holds))
+    while raw_claim(conn):
+        pass
+    conn.close()
+    with Store.open(prepared(folder, "hold-api.db", CLAIM_RUNS // 4, 0, retries=3), actor="bench") as store:
+        event.listen(store.db.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(
+            lock_holder(api_holds)))
+        store.db.engine.dispose()  # new connections, traced
+        while store.claim(C, "reco", limit=1):
+            pass
+    return statistics.median(raw_holds) * 1e6, statistics.median(api_holds) * 1e6
+
+
 def claim_rows(folder: str, load: str) -> list[dict[str, Any]]:
     """Raw and API claimers side by side, under ``load`` (the label of the machine's state)."""
     raw_rate, raw_p50, raw_p99, raw_doubles = claims(folder, True, load)
@@ -247,6 +283,9 @@ def run() -> list[dict[str, Any]]:
                  row("bulk job update: Store.update_jobs, 10,000 jobs idle <-> running", flip, "jobs/s", bulk_floor),
                  row("bulk job update: Store.update_jobs, 10,000 jobs -> done, 100 instances completed", done,
                      "jobs/s", bulk_floor)]
+        raw_hold, api_hold = lock_held(folder)
+        hold = row("claim, 1 process: write lock held per claim (median), raw sqlite3", raw_hold, "us")
+        rows += [hold, row("claim, 1 process: write lock held per claim (median), Store.claim", api_hold, "us", hold)]
         for load, burners in (("machine as found", 0), (f"{BURNERS} CPU burners beside", BURNERS)):
             with cpu_burners(burners):
                 rows += claim_rows(folder, load)
