@@ -5,6 +5,9 @@ is copied; the copy gets the lean audit (strings as ids behind the view ``audit`
 timestamps, the partial job index). Both then answer the same: the audit rows, ``history()``, the exported line
 protocol; and both go on accepting the same writes through the unchanged API (the view's trigger interns new
 texts), including a prune that deletes through the view.
+
+The one-round-trip transition prototypes (bench/lean_tx.py) are held to what the API writes, on SQLite and on
+a real PostgreSQL: the same outcomes and refusals, job rows and audit rows.
 """
 
 from __future__ import annotations
