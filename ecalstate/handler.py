@@ -45,6 +45,7 @@ import click
 
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
+from .cli.app import no_password_in_argument
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
 from .results import BatchRecord, Claim, JobInfo, JobUpdate
@@ -449,6 +450,8 @@ class _Context:
 
     def each(self, stage: Callable[[TaskHandler, str], StageReport]) -> None:
         """Run ``stage`` for every campaign; print each report; exit 1 (one line per error) if any failed."""
+        if not self.campaigns:
+            raise click.UsageError("Missing option '-c' / '--campaign': give at least one.")
         errors = []
         try:
             handler = self.handler()
@@ -472,10 +475,8 @@ class _Context:
 
 
 def _campaigns(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
-    names = split_multi(value)
-    if not names:
-        raise click.BadParameter("give at least one campaign")
-    return names
+    """The campaigns, checked only when a stage runs (so that ``STAGE --help`` needs none)."""
+    return split_multi(value)
 
 
 def _make_cli(handler: type[TaskHandler]) -> click.Group:
@@ -488,11 +489,12 @@ def _make_cli(handler: type[TaskHandler]) -> click.Group:
     @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                  help=example(f"The stages of task {handler.task}: submit, check, resubmit (run by Jenkins).",
                               "-c prompt --backend htcondor submit --limit 10"))
-    @click.option("-c", "--campaign", "campaigns", multiple=True, envvar="ECALSTATE_CAMPAIGN", required=True,
+    @click.option("-c", "--campaign", "campaigns", multiple=True, envvar="ECALSTATE_CAMPAIGN",
                   callback=_campaigns, metavar="NAME",
-                  help="Campaign (env ECALSTATE_CAMPAIGN). Repeatable; comma lists accepted.")
+                  help="Campaign, required (env ECALSTATE_CAMPAIGN). Repeatable; comma lists accepted.")
     @click.option("--db", envvar="ECALSTATE_DB", default="./ecalstate.db", show_default=True, metavar="URL|PATH",
-                  help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB).")
+                  callback=no_password_in_argument,
+                  help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB; a password never on the command line).")
     @click.option("--actor", metavar="NAME", help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG).")
     @click.option("--backend", type=click.Choice(["local", "htcondor"]), envvar="ECALSTATE_BACKEND",
                   default="local", show_default=True, help="Where jobs run (env ECALSTATE_BACKEND).")
