@@ -82,6 +82,23 @@ def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float, now: Optiona
     return _late(tx, UNSUBMITTED_SQL, cid, cutoff(after, now), " GROUP BY c.name, t.name, r.run_number")
 
 
+# instances given up (failed: no job may be retried any more) and failed jobs a resubmit will retry; the cutoff is
+# "now": both are listed whatever their age
+FAILED_SQL = """
+SELECT c.name, t.name, r.run_number, ti.updated_at,
+  (SELECT COUNT(*) FROM job j WHERE j.instance_id = ti.id AND j.generation = ti.generation AND j.status = 'failed')
+FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
+JOIN campaign c ON c.id = ti.campaign_id
+WHERE ti.status = 'failed' AND ti.updated_at <= ?
+"""
+RETRYING_SQL = """
+SELECT c.name, t.name, r.run_number, MIN(j.updated_at), COUNT(*)
+FROM job j JOIN task_instance ti ON ti.id = j.instance_id AND j.generation = ti.generation
+JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id JOIN campaign c ON c.id = ti.campaign_id
+WHERE j.status = 'failed' AND j.attempts <= t.max_retries AND ti.status = 'processing' AND j.updated_at <= ?
+"""
+
+
 def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
     """Instances waiting on an upstream task that failed for their run (derived, never stored)."""
     return [(r[0], r[1], r[2]) for r in tx.all(BLOCKED_SQL, (cid,))]
@@ -120,8 +137,9 @@ class Monitoring(StoreBase):
         silent_after: float = SILENT_AFTER,
         unsubmitted_after: float = UNSUBMITTED_AFTER,
     ) -> Health:
-        """Stuck instances, silent or failing handler stages, blocked instances, jobs left unsubmitted; ``ok``
-        when none."""
+        """Stuck, blocked and failed instances, silent or failing handler stages, jobs left unsubmitted; ``ok``
+        when none. Failed jobs that a resubmit will retry are listed apart (``retrying``): they are not a problem
+        yet."""
         now = self.clock()  # the store's one clock: tests move it
         with self.db.tx(write=False) as tx:
             cid = None if campaign is None else self._campaign_id(tx, campaign)
@@ -141,4 +159,6 @@ class Monitoring(StoreBase):
             campaigns = [cid] if cid is not None else [r[0] for r in tx.all("SELECT id FROM campaign")]
             names = {r[0]: r[1] for r in tx.all("SELECT id, name FROM campaign")}
             blocked = [(names[c], t, r) for c in campaigns for _, t, r in blocked_instances(tx, c)]
-        return Health(stuck, silent, blocked, failing, unsubmitted)
+            failed = _late(tx, FAILED_SQL, cid, now, "")
+            retrying = _late(tx, RETRYING_SQL, cid, now, " GROUP BY c.name, t.name, r.run_number")
+        return Health(stuck, silent, blocked, failing, unsubmitted, failed, retrying)

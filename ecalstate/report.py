@@ -233,6 +233,9 @@ def health_sections(report: Health) -> list[tuple[str, list[str], list[tuple[Any
         ("unsubmitted: processing with jobs never submitted (a killed submit; the next submit stage sends them)",
          ["campaign", "task", "run", "since", "jobs"],
          [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.unsubmitted]),
+        ("failed: will not be retried (reprocess, or skip with a reason)", ["campaign", "task", "run", "since",
+                                                                            "failed jobs"],
+         [(s.campaign, s.task, s.run_number, s.since, s.jobs) for s in report.failed]),
     ]
     return [section for section in sections if section[2]]
 

@@ -240,7 +240,11 @@ class Health:
     failing: list[SilentHandler]
     #: ``processing`` instances whose jobs were created but not submitted for too long (a killed submit)
     unsubmitted: list[StuckInstance] = field(default_factory=list)
+    #: instances given up: failed beyond their retries; an operator reprocesses or skips them (``jobs``: failed jobs)
+    failed: list[StuckInstance] = field(default_factory=list)
+    #: ``processing`` instances with failed jobs that the next resubmit retries (``jobs``: how many): not a problem
+    retrying: list[StuckInstance] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.stuck or self.silent or self.blocked or self.failing or self.unsubmitted)
+        return not (self.stuck or self.silent or self.blocked or self.failing or self.unsubmitted or self.failed)

@@ -260,7 +260,7 @@ def test_history_filters(chain: str) -> None:
 
 def test_health_exit_codes_and_json(chain: str) -> None:
     healthy = ok(chain, "health", "-c", "prompt")
-    assert healthy.stdout.strip() == "healthy: nothing stuck, silent, failing or blocked"
+    assert healthy.stdout.strip() == "healthy: nothing stuck, silent, failing, blocked or failed"
     process(chain, "reco", failed=[3])
     with Store.open(chain, actor="jenkins") as store:
         store.heartbeat("prompt", "reco", "submit")
@@ -274,11 +274,26 @@ def test_health_exit_codes_and_json(chain: str) -> None:
     assert report["blocked"] == [{"campaign": "prompt", "task": "calib", "run_number": 3}]
     assert [(f["stage"], f["message"]) for f in report["failing"]] == [("check", "schedd unreachable")]
     assert report["silent"] == []
-    assert result.stderr.strip() == "unhealthy: 3 stuck, 0 silent, 1 failing, 1 blocked"
+    assert [(f["task"], f["run_number"], f["jobs"]) for f in report["failed"]] == [("reco", 3, 1)]
+    assert result.stderr.strip() == "unhealthy: 3 stuck, 0 silent, 1 failing, 1 blocked, 1 failed"
     silent = invoke(chain, "health", "--silent-after", "0s")  # every campaign
     assert silent.exit_code == 1
     assert "silent handler stages: no recent heartbeat: 2" in silent.stdout and "silent after 0s" in silent.stdout
     assert re.search(r"^prompt\s+reco\s+submit\s+\S+Z$", silent.stdout, re.MULTILINE)
+
+
+def test_health_counts_retries_apart_from_problems(chain: str) -> None:
+    """Issue 13, item 3: failed jobs a resubmit will retry are counted, and do not make health red."""
+    with Store.open(chain, actor="jenkins") as store:
+        store.claim("prompt", "reco", limit=1)
+        store.create_jobs("prompt", "reco", 1, [0, 1, 2])
+        store.set_job_status("prompt", "reco", 1, 0, "failed")
+        store.set_job_status("prompt", "reco", 1, 1, "failed")
+    result = ok(chain, "health", "-c", "prompt")
+    assert result.stdout.strip() == ("healthy: nothing stuck, silent, failing, blocked or failed; 2 failed job(s) of "
+                                     "1 instance(s) wait for a retry (resubmit)")
+    report = as_json(chain, "health", "-c", "prompt")
+    assert report["ok"] and [(r["run_number"], r["jobs"]) for r in report["retrying"]] == [(1, 2)]
 
 
 def test_report_html_command(chain: str, tmp_path: Path) -> None:
