@@ -4,14 +4,20 @@
     python handlers/demo.py [--out DIR] [--fills N]
 
 In a fresh SQLite file it creates campaign ``prompt`` with the PhiSym chain
-(phisym-reco per run -> phisym-calib per fill -> phisym-plots per fill), injects a
-day of runs across several LHC fills (plus a cosmics run that the collisions run
-type leaves alone), then plays Jenkins: every "tick" runs check, resubmit and
-submit of each workflow with the local backend, until every task instance is
-done. One reconstruction job fails on its first attempt; resubmit recovers it.
-Finally it prints the status overview and health, and writes the HTML report and
-the InfluxDB line protocol. Every step is the command an operator or a Jenkins
-stage would type, run in-process.
+(phisym-reco per run -> phisym-calib per fill -> phisym-plots per fill), then
+plays a day of data taking and Jenkins together. The day's runs and fills are
+written in CMS OMS's JSON:API shape (``oms.json``); every tick the clock moves on
+and the OMS run source (``run sync --source oms``: its cursor, runs still being
+taken, fills that ended, the OMS attribute mapping) reads what OMS would answer
+by then, through an OMS API answered in-process instead of over HTTP. Then check,
+resubmit and submit of each workflow run with the local backend, until every
+task instance is done. One reconstruction job fails on its first attempt
+(resubmit recovers it, and its fill's calibration waits for it); the operator
+skips one run (ECAL was partly off), which its fill's calibration leaves out.
+Each fill is calibrated once, from all its runs, when it has ended. Finally it
+prints the status overview and health, and writes the HTML report and the
+InfluxDB line protocol. Every other step is the command an operator or a
+Jenkins stage would type, run in-process.
 """
 
 from __future__ import annotations
@@ -20,16 +26,22 @@ import argparse
 import contextlib
 import io
 import json
+import operator
+import re
 import shutil
 import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ecalstate import Store
 from ecalstate.cli import main as ecalstate
+from ecalstate.sources.oms import OMSAPI, OmsRunSource, Response, RunMapping
+from ecalstate.sources.sync import sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phisym_calib import PhiSymCalib  # noqa: E402
@@ -40,6 +52,16 @@ CAMPAIGN = "prompt"
 WORKFLOWS = (PhiSymReco, PhiSymCalib, PhiSymPlots)
 MARKER = ".ecalstate-demo"
 FIRST_RUN, FIRST_FILL = 380001, 9001
+DAY_START = datetime(2026, 6, 14, tzinfo=timezone.utc)
+#: how far the simulated clock moves on each Jenkins tick
+TICK = timedelta(minutes=30)
+#: the run the operator skips (the first run of the second fill: ECAL partly off)
+SKIPPED_RUN = FIRST_RUN + 4
+#: the OMS attributes the demo maps beyond the default mapping: the era, and two simulated ones (events per run,
+#: and the demo's transient failure), as a --mapping file would
+MAPPING = RunMapping(meta={**RunMapping().meta, "era": "era", "nevents": "nevents", "inject_failure": "inject_failure"})
+KEYS = {"runs": "run_number", "fills": "fill_number"}
+FILTERS = {"eq": operator.eq, "gt": operator.gt, "ge": operator.ge}
 
 
 def run(command: click.Command, name: str, args: Sequence[str], echo: bool = True, check: bool = True) -> int:
@@ -61,26 +83,67 @@ def run(command: click.Command, name: str, args: Sequence[str], echo: bool = Tru
     return 0
 
 
-def day_of_runs(fills: int) -> list[dict[str, object]]:
-    """A day of data taking: fills of 2-4 collision runs, a cosmics run between two fills."""
-    start = datetime(2026, 6, 14, tzinfo=timezone.utc)
-    runs: list[dict[str, object]] = []
+def day_of_runs(fills: int) -> dict[str, Any]:
+    """A day of data taking as OMS answers it (JSON:API documents of runs and fills): fills of 2-4 collision
+    runs, each fill dumped before a cosmics run (no fill) that the collisions run type leaves alone."""
+    start = DAY_START
+    runs: list[dict[str, Any]] = []
+    ends: list[dict[str, Any]] = []
     number = FIRST_RUN
     for fill in range(FIRST_FILL, FIRST_FILL + fills):
+        fill_start = start
         for i in range(2 + (fill % 3)):
             end = start + timedelta(minutes=25 + 10 * i)
             lumi = round(0.004 * (end - start).total_seconds() / 60, 3)
-            runs.append({"run_number": number, "fill": fill, "class": "Collisions", "era": "Run2026C",
-                         "global": True, "nevents": 40_000 + 30_000 * i, "lumi_pb": lumi,
-                         "start_time": start.isoformat(), "end_time": end.isoformat()})
+            runs.append(oms_run(number, fill, "collisions2026", start, end, lumi, 40_000 + 30_000 * i))
             number += 1
             start = end + timedelta(minutes=3)
-        runs.append({"run_number": number, "fill": None, "class": "Cosmics", "era": "Run2026C", "global": True,
-                     "nevents": 5_000, "start_time": start.isoformat()})
+        ends.append({"fill_number": fill, "start_time": iso(fill_start), "end_time": iso(start)})  # beam dumped
+        runs.append(oms_run(number, None, "cosmics2026", start, start + timedelta(minutes=40), 0.0, 5_000))
         number += 1
         start += timedelta(hours=1)
     runs[1]["inject_failure"] = 1  # a transient failure of its first reconstruction job
-    return runs
+    return {resource: {"data": [{"id": str(row[KEYS[resource]]), "type": resource, "attributes": row}
+                                for row in rows]} for resource, rows in (("runs", runs), ("fills", ends))}
+
+
+def oms_run(number: int, fill: Any, mode: str, start: datetime, end: datetime, lumi: float,
+            events: int) -> dict[str, Any]:
+    """One run's OMS attributes (the names of OMS's runs endpoint, mapped by :class:`RunMapping`)."""
+    return {"run_number": number, "fill_number": fill, "start_time": iso(start), "end_time": iso(end),
+            "recorded_lumi": lumi, "delivered_lumi": round(lumi * 1.05, 3), "l1_hlt_mode": mode,
+            "sequence": "GLOBAL-RUN", "components": ["ECAL", "HCAL", "TRACKER"], "era": "Run2026C",
+            "nevents": events}
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SimulatedOms(OMSAPI):
+    """OMS's runs and fills endpoints answered in-process from ``oms.json``, as OMS would see them at ``now``
+    (a run not ended yet has no end time; a fill not dumped yet has none), with OMS's filters and pages."""
+
+    def __init__(self, path: Path, now: datetime) -> None:
+        super().__init__("in-process://oms")
+        self.day = json.loads(path.read_text())
+        self.now = iso(now)
+
+    def get(self, resource: str, params: Sequence[tuple[str, str]]) -> Response:
+        rows = [self._seen(item["attributes"]) for item in self.day[resource]["data"]
+                if item["attributes"]["start_time"] <= self.now]
+        for key, value in params:
+            match = re.fullmatch(r"filter\[(\w+)\]\[(\w+)\]", key)
+            if match:
+                rows = [r for r in rows if r[match[1]] is not None and FILTERS[match[2]](r[match[1]], int(value))]
+        page = dict(params)
+        offset, limit = int(page["page[offset]"]), int(page["page[limit]"])
+        data = [{"id": str(r[KEYS[resource]]), "type": resource, "attributes": r} for r in rows[offset:offset + limit]]
+        return Response(200, json.dumps({"data": data}), f"{self.base}/{resource}")
+
+    def _seen(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        ended = attributes["end_time"] <= self.now
+        return {**attributes, "end_time": attributes["end_time"] if ended else None}
 
 
 def prepare(out: Path) -> None:
@@ -114,21 +177,41 @@ def main() -> None:
     run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-plots", "--depends-on",
                                  "phisym-calib", "--max-retries", "1"])
     run(ecalstate, "ecalstate", [*base, "rtype", "create", "-c", CAMPAIGN, "collisions", "--filter",
-                                 "class=Collisions,nevents>=10000"])
+                                 "class=Collisions,global=true,ecal=true,nevents>=10000"])
     run(ecalstate, "ecalstate", [*base, "rtype", "update", "-c", CAMPAIGN, "collisions",
                                  "--add", "phisym-reco,phisym-calib,phisym-plots"])
 
-    click.secho("\n== a day of runs", bold=True)
-    runs_file = out / "runs.json"
-    runs_file.write_text(json.dumps(day_of_runs(args.fills), indent=1))
-    run(ecalstate, "ecalstate", [*base, "run", "inject", "-c", CAMPAIGN, "--file", str(runs_file)])
+    click.secho("\n== a day of data taking, as OMS answers it (JSON:API)", bold=True)
+    oms = out / "oms.json"
+    oms.write_text(json.dumps(day_of_runs(args.fills), indent=1))
+    last_end = max(item["attributes"]["end_time"] for item in json.loads(oms.read_text())["runs"]["data"])
+    click.echo(f"   {oms}: {args.fills} fills; each tick the clock moves on {TICK} and the OMS source reads it")
 
-    click.secho("\n== Jenkins ticks: check, resubmit, submit of each workflow (local backend)", bold=True)
+    click.secho("\n== Jenkins ticks: sync the runs, then check, resubmit, submit of each workflow (local backend)",
+                bold=True)
     stages = [(w, stage) for w in WORKFLOWS for stage in ("check", "resubmit", "submit")]
     handler_args = ["-c", CAMPAIGN, "--db", db, "--actor", "demo", "--workdir", work]
+    click.secho(f"$ ecalstate run sync -c {CAMPAIGN} --source oms --from-run {FIRST_RUN}   (OMS answered in-process)",
+                fg="cyan")
     click.secho(f"$ python handlers/<workflow>.py {' '.join(handler_args)} check|resubmit|submit", fg="cyan")
+    now, waiting = DAY_START, ""
     for tick in range(1, args.ticks + 1):
-        click.secho(f"-- tick {tick}", fg="cyan")
+        now += TICK
+        click.secho(f"-- tick {tick} ({iso(now)})", fg="cyan")
+        with Store.open(db, actor="demo") as store:
+            synced = sync(store, CAMPAIGN, OmsRunSource(SimulatedOms(oms, now), MAPPING, from_run=FIRST_RUN))
+        if synced.new or synced.ended or synced.fills_ended:
+            click.echo(f"   oms: runs {_runs(synced.new + synced.ended)} ended, {_runs(synced.ongoing)} being taken;"
+                       f" fills ended: {_runs(synced.fills_ended)}")
+        if SKIPPED_RUN in synced.new + synced.ended:
+            run(ecalstate, "ecalstate", [*base, "set", "-c", CAMPAIGN, "--task", "phisym-reco", "--runs",
+                                         str(SKIPPED_RUN), "skipped", "--reason", "ECAL partly off (simulated)"])
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):  # which fills wait, and why
+            run(PhiSymCalib.cli(), f"{PhiSymCalib.task}.py", [*handler_args, "submit", "--dry-run"], echo=False)
+        if output.getvalue() != waiting and "waits:" in output.getvalue():
+            click.echo(f"   $ python handlers/phisym_calib.py ... submit --dry-run\n   {output.getvalue().strip()}")
+        waiting = output.getvalue()
         for workflow, stage in stages:
             output = io.StringIO()
             with contextlib.redirect_stdout(output):
@@ -136,7 +219,7 @@ def main() -> None:
             for line in output.getvalue().splitlines():
                 if not line.endswith("nothing to do"):
                     click.echo(f"   {line}")
-        if finished(db):
+        if iso(now) >= last_end and finished(db):
             break
         time.sleep(0.5)
 
@@ -156,13 +239,15 @@ def main() -> None:
 
 
 def finished(db: str) -> bool:
-    """Every task instance is done or merged (the cosmics run activated nothing)."""
-    from ecalstate import Store
-
+    """Every task instance is done, merged or skipped (the cosmics runs activated nothing)."""
     with Store.open(db) as store:
         totals = store.overview(CAMPAIGN).totals
     return all(count == 0 for task in totals.values() for status, count in task.items()
-               if status not in ("done", "merged"))
+               if status not in ("done", "merged", "skipped"))
+
+
+def _runs(numbers: Sequence[int]) -> str:
+    return ",".join(map(str, sorted(numbers))) or "none"
 
 
 if __name__ == "__main__":

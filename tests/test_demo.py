@@ -20,20 +20,34 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = demo("--out", str(out), "--fills", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "healthy: nothing stuck, silent, failing or blocked" in result.stdout
-    assert "run inject -c prompt --file" in result.stdout and "export --out" in result.stdout
+    assert "healthy: nothing stuck" in result.stdout
+    assert "run sync -c prompt --source oms" in result.stdout and "export --out" in result.stdout
+    assert "fill 9001 waits: run 380002 phisym-reco processing" in result.stdout  # its retried reconstruction
     with Store.open(str(out / "ecalstate.db")) as store:
         overview = store.overview("prompt")
         statuses = {r.run_number: r.statuses for r in overview.rows}
         # fill 9001 has 3 collision runs, fill 9002 has 4; each fill ends with a cosmics run (no task)
         assert [n for n, s in statuses.items() if not s] == [380004, 380009]
-        assert all(s["phisym-reco"] == "done" for s in statuses.values() if s)
-        assert {s["phisym-calib"] for s in statuses.values() if s} == {"done", "merged"}
+        # the runs came from the OMS source, through its mapping: recorded_lumi, l1_hlt_mode, sequence, components
+        meta = {r["run_number"]: r["meta"] for r in store.list_runs("prompt")}[380001]
+        assert (meta["class"], meta["global"], meta["ecal"], meta["era"]) == ("Collisions", True, True, "Run2026C")
+        assert meta["lumi"] > 0 and "ongoing" not in meta
+        assert store.source_state("prompt", "oms").last_run == 380009
+        assert [(f.fill, f.reason[:4]) for f in store.ended_fills("prompt")] == [(9001, "OMS:"), (9002, "OMS:")]
+        # the operator skipped one run: nothing to do for it, downstream too
+        assert statuses[380005] == {"phisym-reco": "skipped", "phisym-calib": "skipped", "phisym-plots": "skipped"}
+        assert all(s["phisym-reco"] == "done" for n, s in statuses.items() if s and n != 380005)
+        # every fill calibrated exactly once, from all its runs (the skipped one left out)
+        claims = [a for a in store.history("prompt", task="phisym-calib", limit=None)
+                  if a.entity == "task" and a.to_status == "processing"]
+        assert sorted(a.run_number for a in claims) == [380003, 380008]
+        calib = {j.run_number: j.fields["runs"] for j in store.list_jobs("prompt", "phisym-calib")}
+        assert calib == {380003: "380001,380002,380003", 380008: "380006,380007,380008"}
         # the injected transient failure was recovered by resubmit
         job = store.list_jobs("prompt", "phisym-reco", run=380002)[0]
         assert (job.status, job.attempts) == ("done", 2)
         steps = [a.to_status for a in store.history("prompt", task="phisym-reco", run=380002, limit=None)
-                 if a.entity == "job" and a.jid == 0 and a.to_status != "running"]
+                 if a.entity == "job" and a.jid == 0 and a.to_status not in ("running", a.from_status)]
         assert steps == ["idle", "failed", "idle", "done"]
         leaders = [n for n, s in statuses.items() if s.get("phisym-plots") == "done"]
         plots = [store.instance("prompt", "phisym-plots", n).outputs["plots"] for n in leaders]
