@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Optional
 
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
@@ -16,7 +17,7 @@ from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
-from .secrets import known_secrets, leaked
+from .secrets import known_secrets, leaked, masked
 from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
 
 J = JobStatus
@@ -328,8 +329,10 @@ def _plan(
     accepted: list[tuple[JobUpdate, _Row, JobStatus]] = []
     seen: set[tuple[int, int, int]] = set()
     # what a job reports is refused if it carries a secret this process holds (a job never gets them: issue 11)
-    secrets = known_secrets() if any(u.fields for u in updates) else frozenset()
+    secrets = known_secrets() if any(u.fields or u.reason for u in updates) else frozenset()
     for update, target in parsed:
+        if leaked([update.reason], secrets):  # a reason quoting a job's stderr: the secret is masked, the rest kept
+            update = replace(update, reason=masked(update.reason, secrets))
         gen = update.generation if update.generation is not None else current_gen.get(update.run, -1)
         key = f"{task} run {update.run} job {update.jid}" + (f" gen {gen}" if update.generation is not None else "")
         row = rows.get((update.run, update.jid, gen))

@@ -63,3 +63,10 @@ def job_environment(declared: Iterable[str] = (), env: Optional[Mapping[str, str
 def leaked(values: Iterable[object], secrets: frozenset[str]) -> bool:
     """Whether any text among ``values`` contains a secret."""
     return bool(secrets) and any(isinstance(v, str) and any(s in v for s in secrets) for v in values)
+
+
+def masked(text: str, secrets: frozenset[str]) -> str:
+    """``text`` with every secret replaced by ``[secret]`` (longest first: one secret may contain another)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "[secret]")
+    return text

@@ -226,3 +226,26 @@ def test_condor_jobs_get_no_secret_and_others_cannot_plant_payloads(
     assert (job.folder / "stdout").read_text() == "genuine\n"
     seen = dict(line.split("=", 1) for line in (job.folder / "seen_env").read_text().splitlines() if "=" in line)
     assert not {"ECALSTATE_DB", *SECRETS} & set(seen) and seen["ECAL_DECLARED"] == "proxy"
+
+
+def test_a_secret_in_a_failed_jobs_stderr_is_masked_in_its_reason(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason of a failed job quotes its stderr; a secret the job printed there is masked before it is stored."""
+    secret_file = tmp_path / "db.secret"
+    secret_file.write_text(SECRETS["ECALSTATE_DB_PASSWORD"] + "\n")
+    monkeypatch.setenv("ECALSTATE_DB_PASSWORD_FILE", str(secret_file))
+    db = str(tmp_path / "state.db")
+    store = Store.open(db, actor="tester", create=True)
+    make_campaign(store, [1], meta={"jobs": 1}, retries=0)
+    handler = Thief(store, LocalBackend(tmp_path / "work"))
+    handler.payload = payload(tmp_path / "printer", f'''\
+import sys
+print("cannot connect with password " + open({str(secret_file)!r}).read().strip(), file=sys.stderr)
+sys.exit(1)
+''')
+    handler.submit("prompt")
+    settle(handler)
+    reasons = [a.reason for a in store.history("prompt", task="probe", run=1, limit=None) if a.to_status == "failed"]
+    assert reasons[0] == "exit code 1: cannot connect with password [secret]"
+    store.close()
+    assert not [line for line in dump(db) if SECRETS["ECALSTATE_DB_PASSWORD"] in line]

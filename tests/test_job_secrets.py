@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecalstate.secrets import job_environment, known_secrets, leaked
+from ecalstate.secrets import job_environment, known_secrets, leaked, masked
 
 HANDLER_ENV = {
     "PATH": "/usr/bin:/bin", "HOME": "/home/jenkins", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
@@ -43,3 +43,9 @@ def test_the_password_of_the_database_url_is_a_secret() -> None:
     env = {"ECALSTATE_DB": "postgresql+psycopg://ecal:url-pass-3141@dbod:6600/ecal"}
     assert known_secrets(env) == {"url-pass-3141"}
     assert known_secrets({"ECALSTATE_DB": "/var/lib/ecal/state.db"}) == frozenset()
+
+
+def test_a_secret_in_text_is_masked_longest_first() -> None:
+    secrets = frozenset({"db-pass-1234", "db-pass-1234-extended"})
+    assert masked("login db-pass-1234-extended then db-pass-1234.", secrets) == "login [secret] then [secret]."
+    assert masked("nothing here", secrets) == "nothing here"
