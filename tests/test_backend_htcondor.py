@@ -179,6 +179,7 @@ def test_the_phisym_workflows_run_on_the_pool(condor_pool: Any, workdir: Path, s
     store.add_task(C, "phisym-plots", depends_on=["phisym-calib"])
     store.update_rtype(C, "all", add=["phisym-reco", "phisym-calib", "phisym-plots"])
     store.inject_runs(C, [RunSpec(21, 3, {"nevents": 60000, "inject_failure": 1}), RunSpec(22, 3, {"nevents": 20000})])
+    assert store.close_fill(C, 3, "beam dumped")  # a per-fill group is claimed only once its fill ended
     for workflow in (PhiSymReco, PhiSymCalib, PhiSymPlots):
         handler = workflow(store, CondorBackend(workdir, template=workflow.condor))
         handler.submit(C)
