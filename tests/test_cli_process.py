@@ -39,6 +39,7 @@ def test_every_command_group_in_a_real_process(tmp_path: Path) -> None:
     sh(db, "rtype", "update", "all", "--add", "reco,calib")
     (tmp_path / "runs.csv").write_text("run_number,fill,class\n101,7,Collisions\n102,7,Collisions\n103,8,Cosmics\n")
     assert json.loads(sh(db, "--json", "run", "inject", "--file", str(tmp_path / "runs.csv")))["instances"] == 6
+    sh(db, "run", "close-fill", "--fill", "8", "--reason", "beam dumped")  # fill 7 ended when fill 8 started
     claims = json.loads(sh(db, "--json", "claim", "--task", "reco", "--group-by", "fill"))
     assert [(c["leader"], c["merged"]) for c in claims] == [(102, [101]), (103, [])]
     sh(db, "job", "create", "--task", "reco", "--run", "102", "--count", "1")

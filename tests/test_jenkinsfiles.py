@@ -99,6 +99,7 @@ def prepare(db: Path) -> dict[str, int]:
         store.update_rtype("prompt", "all", add=["phisym-reco", "phisym-calib", "phisym-plots"])
         store.inject_runs("prompt", [RunSpec(1, 5, {"nevents": 10000}), RunSpec(2, 5, {"nevents": 10000}),
                                      RunSpec(3, 7, {"nevents": 10000}), RunSpec(4, 6, {"nevents": 10000})])
+        store.close_fill("prompt", 7, "beam dumped")  # fills 5 and 6 ended when fill 7 started
         for task, group_by, limit, output in (("phisym-reco", None, 3, sums), ("phisym-calib", "fill", 1, constants)):
             for claim in store.claim("prompt", task, limit=limit, group_by=group_by):
                 store.create_jobs("prompt", task, claim.run_number, [0])

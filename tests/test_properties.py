@@ -110,7 +110,11 @@ class Model:
             for run in runs:
                 if self.runs[run] is not None:
                     fills.setdefault(self.runs[run], []).append(run)  # type: ignore[arg-type]
-            groups = list(fills.values()) + [[r] for r in runs if self.runs[r] is None]
+            # a fill is claimed complete: ended (a later fill has a run) and every other run of it skipped
+            newest = max((f for f in self.runs.values() if f is not None), default=None)
+            groups = [g for f, g in fills.items() if newest is not None and f < newest and all(
+                i.status == "skipped" or r in g for (t, r), i in self.inst.items() if t == task and self.runs[r] == f)]
+            groups += [[r] for r in runs if self.runs[r] is None]
             groups.sort(key=lambda g: g[-1])
         else:
             groups = [[r] for r in runs]
@@ -175,6 +179,9 @@ class Model:
                 t, r = queue.pop(0)
                 extra = [(t, m) for (tt, m), i in sorted(self.inst.items())
                          if tt == t and i.status == "merged" and i.leader == r]
+                mine = self.inst[(t, r)]
+                if mine.status == "merged" and mine.leader is not None:  # a group is reprocessed whole
+                    extra.append((t, mine.leader))
                 if downstream:
                     extra += [(child, r) for child in self.downstream(t) if (child, r) in self.inst]
                 for k in extra:
