@@ -180,6 +180,13 @@ def test_the_phisym_workflows_run_on_the_pool(condor_pool: Any, workdir: Path, s
     store.update_rtype(C, "all", add=["phisym-reco", "phisym-calib", "phisym-plots"])
     store.inject_runs(C, [RunSpec(21, 3, {"nevents": 60000, "inject_failure": 1}), RunSpec(22, 3, {"nevents": 20000})])
     assert store.close_fill(C, 3, "beam dumped")  # a per-fill group is claimed only once its fill ended
+    reco = PhiSymReco(store, CondorBackend(workdir, template=PhiSymReco.condor))
+    calib = PhiSymCalib(store, CondorBackend(workdir, template=PhiSymCalib.condor))
+    reco.submit(C)
+    settle(reco, C, deadline=120)  # run 22 done; run 21's first job failed: its reco waits for resubmit
+    # the fill waits for every run's reconstruction: never calibrated from run 22 alone
+    assert calib.submit(C, dry_run=True).waiting == ["fill 3 waits: run 21 phisym-reco processing"]
+    assert calib.submit(C).counts == {}
     for workflow in (PhiSymReco, PhiSymCalib, PhiSymPlots):
         handler = workflow(store, CondorBackend(workdir, template=workflow.condor))
         handler.submit(C)
