@@ -110,3 +110,29 @@ def test_dependencies_gate_failed_upstream_blocks_and_reprocess_downstream_rerun
     assert statuses(store)[3] == ("done", "merged", "merged") and statuses(store)[4] == ("done", "done", "done")
     assert store.health(C).ok
     assert [(j.generation, j.attempts) for j in store.list_jobs(C, "phisym-reco", run=3)] == [(2, 3)]
+
+
+def test_a_handler_groups_runs_by_luminosity_on_the_local_backend(tmp_path: Path, sqlite_url: str) -> None:
+    class LumiCalib(PhiSymCalib):
+        group_by = "lumi"
+        lumi_target = 1.0
+
+    store = Store.open(sqlite_url, actor="tester", create=True)
+    store.create_campaign(C)
+    store.add_task(C, "phisym-reco")
+    store.add_task(C, "phisym-calib", depends_on=["phisym-reco"])
+    store.update_rtype(C, "all", add=["phisym-reco", "phisym-calib"])
+    lumi = {1: (10, 0.6), 2: (10, 0.6), 3: (10, 0.3), 4: (11, 0.2)}
+    store.inject_runs(C, [RunSpec(r, f, {"nevents": 20000, "lumi": v}) for r, (f, v) in lumi.items()])
+    backend = LocalBackend(tmp_path / "work", slots=2)
+    reco, calib = PhiSymReco(store, backend), LumiCalib(store, backend)
+    run_to_rest(reco)
+    plan = calib.submit(C, dry_run=True)
+    # 0.6 + 0.6 reach the target; run 3 closes below it with fill 10; fill 11 has not ended
+    assert (plan.counts, plan.runs) == ({"would claim": 2, "would merge": 1, "waiting": 1}, [2, 3])
+    assert plan.waiting == ["lumi group of fill 11 from run 4 waits: fill not ended (0.2 of 1 lumi)"]
+    run_to_rest(calib)
+    assert {r["run_number"]: r["status"] for r in store.list_runs(C, task="phisym-calib")} == {
+        1: "merged", 2: "done", 3: "done", 4: "new"}
+    assert [j.fields["runs"] for j in store.list_jobs(C, "phisym-calib")] == ["1,2", "3"]
+    store.close()
