@@ -163,16 +163,17 @@ class Backend(ABC):
             current = current.parent
         group = self.job_group() if job_writable else None
         for folder in reversed(missing):
+            shared = group is not None and folder == path
             try:
                 folder.mkdir(0o700)
+                if shared:
+                    os.chown(folder, -1, group)  # type: ignore[arg-type]
+                folder.chmod(0o2775 if shared else 0o755)
             except FileExistsError:
                 continue
             except OSError as err:
-                raise BackendError(f"cannot create {folder}: {err.strerror}") from None
-            shared = group is not None and folder == path
-            if shared:
-                os.chown(folder, -1, group)  # type: ignore[arg-type]
-            folder.chmod(0o2775 if shared else 0o755)
+                raise BackendError(f"cannot create {folder}" + (f" for group {group}" if shared else "")
+                                   + f": {err.strerror}") from None
         self._check_private(path)
         return path
 
