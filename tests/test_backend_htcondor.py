@@ -159,6 +159,8 @@ def test_arguments_and_templates() -> None:
     assert quote_args(["a b", "it's", 'say "x"', "$HOME"]) == '"\'a b\' \'it\'\'s\' \'say ""x""\' \'$(DOLLAR)HOME\'"'
     with pytest.raises(EcalStateError, match=r"may not set \+EcalRun"):
         CondorBackend("/tmp/x", template={"+EcalRun": "1"})
+    with pytest.raises(EcalStateError, match="may not set getenv"):  # the handler's environment never reaches jobs
+        CondorBackend("/tmp/x", template={"getenv": "True"})
 
 
 def test_the_phisym_workflows_run_on_the_pool(condor_pool: Any, workdir: Path, sqlite_url: str) -> None:
