@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Optional, Union
 
 from .base import Ctx, StoreBase, loads
@@ -104,13 +105,17 @@ ORDER BY r.run_number
 _ONGOING_LIKE = f'%"{ONGOING}": true%'
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Row:
     run_number: int
     fill: Optional[int]
-    meta: dict[str, Any]
+    raw: Optional[str]  # the metadata as stored: parsed only when asked (most rows never are)
     status: Optional[str]  # this task's instance; None: the task does not apply (or the run is still being taken)
     upstream: Optional[str]  # the first upstream task not done nor skipped, with its status
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        return loads(self.raw)
 
 
 @dataclass(frozen=True)
@@ -297,7 +302,7 @@ def _plan(tx: Tx, cid: int, task_id: int, task: str, rule: Union[Grouping, Group
 
 def _state(tx: Tx, cid: int, task_id: int, where: str, params: Sequence[Any]) -> list[_Row]:
     """The runs of a scope as completeness sees them (one query, set-based)."""
-    return [_Row(r[0], r[1], loads(r[2]), r[3], r[4])
+    return [_Row(r[0], r[1], r[2], r[3], r[4])
             for r in tx.all(STATE_SQL.format(where=where), (task_id, task_id, cid, *params))]
 
 
@@ -351,12 +356,19 @@ def _fill_plan(tx: Tx, cid: int, task_id: int, task: str, eligible: list[Eligibl
     if fills:
         ended = _ended_fills(tx, cid, fills)
         by_run = {e.run_number: e for e in eligible}
-        rows = _state(tx, cid, task_id, f"r.fill IN ({','.join('?' * len(fills))})", fills)
+        rows = _by(_state(tx, cid, task_id, f"r.fill IN ({','.join('?' * len(fills))})", fills), lambda r: r.fill)
         for fill in fills:
-            _complete([r for r in rows if r.fill == fill], by_run, task, "fill", f"fill {fill}", fill in ended,
-                      "fill not ended", plan)
+            _complete(rows[fill], by_run, task, "fill", f"fill {fill}", fill in ended, "fill not ended", plan)
     plan.groups.sort(key=lambda g: g[-1].run_number)
     return plan
+
+
+def _by(rows: list[_Row], key: Callable[[_Row], Any]) -> dict[Any, list[_Row]]:
+    """``rows`` by ``key``, each list in run order."""
+    out: dict[Any, list[_Row]] = defaultdict(list)
+    for row in rows:
+        out[key(row)].append(row)
+    return out
 
 
 def _pending(tx: Tx, cid: int, task_id: int) -> list[_Row]:
@@ -371,10 +383,10 @@ def _era_plan(tx: Tx, cid: int, task_id: int, task: str, eligible: list[Eligible
     if eras:
         newest = _newest_era(tx, cid)
         by_run = {e.run_number: e for e in eligible}
-        rows = _pending(tx, cid, task_id)
+        rows = _by(_pending(tx, cid, task_id), lambda r: str(r.meta.get(ERA_KEY)))
         for era in eras:
-            _complete([r for r in rows if str(r.meta.get(ERA_KEY)) == era], by_run, task, "era", f"era {era}",
-                      newest is not None and newest != era, "era not ended (no run of a later era yet)", plan)
+            _complete(rows[era], by_run, task, "era", f"era {era}", newest is not None and newest != era,
+                      "era not ended (no run of a later era yet)", plan)
     plan.groups.sort(key=lambda g: g[-1].run_number)
     return plan
 
