@@ -12,6 +12,7 @@ import pytest
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.errors import Invalid
 from ecalstate.sources import SourceBatch, SourceRun
+from cli_support import as_json, invoke
 from drive import only
 
 C = "prompt"
@@ -161,3 +162,14 @@ def test_grouping_arguments_are_checked(fills: Store) -> None:
         with pytest.raises(Invalid, match=match):
             fills.claim(C, "reco", **how)
     assert set(statuses(fills, "reco").values()) == {"new"}
+
+
+def test_claim_group_by_lumi_and_era_on_the_command_line(sqlite_url: str) -> None:
+    with Store.open(sqlite_url, actor="tester", create=True) as store:
+        reco_and(store, "zee", [RunSpec(r, 40, {"lumi": 0.5, "era": "Run2026C"}) for r in (1, 2, 3)])
+        finish(store, "reco", 1, 2, 3)
+    claims = as_json(sqlite_url, "claim", "-c", C, "--task", "zee", "--group-by", "lumi", "--lumi-target", "1")
+    assert [(c["leader"], c["merged"]) for c in claims] == [(2, [1])]  # run 3 waits: fill 40 has not ended
+    assert as_json(sqlite_url, "claim", "-c", C, "--task", "zee", "--group-by", "era") == []
+    bad = invoke(sqlite_url, "claim", "-c", C, "--task", "zee", "--group-by", "lumi", "--lumi-target", "0")
+    assert bad.exit_code == 2 and "--lumi-target" in bad.stderr
