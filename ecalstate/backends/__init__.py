@@ -178,9 +178,10 @@ class Backend(ABC):
         return path
 
     def _check_private(self, path: Path) -> None:
-        """Every folder from the work folder down to ``path``: a real folder of this user, not world-writable."""
+        """Every folder from the work folder down to ``path``: a real folder of this user, not world-writable
+        (a folder outside the work folder, such as a workflow's output area, is not the backend's to judge)."""
         chain = [path, *path.parents]
-        for folder in chain[:chain.index(self.workdir) + 1] if self.workdir in chain else [path]:
+        for folder in chain[:chain.index(self.workdir) + 1] if self.workdir in chain else []:
             info = folder.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & stat.S_IWOTH:
                 raise BackendError(f"work folder {folder} is not a folder of this user that only it (and its job"
