@@ -124,7 +124,8 @@ class Grouping:
 
     - fill: one group per fill, once the fill ended (recorded by a run source or ``run close-fill``, or a run of a
       later fill exists) and every run of the fill is done or skipped upstream; skipped runs are left out.
-    - lumi: consecutive runs of a fill (and era) whose ``lumi_key`` values add up to ``lumi_target``; the
+    - lumi: consecutive runs of a fill (and era) whose ``lumi_key`` values add up to ``lumi_target`` (a run
+      without one counts 0); a run not ready upstream (or still being taken) stops the group there, and the
       remainder closes, below target, when its fill or era ended.
     - era: one group per ``era``, once a later era started (the newest run with an era is of another era)
       and every run of the era is done or skipped upstream.
