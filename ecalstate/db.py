@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -306,9 +308,39 @@ def make_engine(url: str, password: Optional[str] = None, read_only: bool = Fals
     if secret is not None:
         target = target.set(password=secret)
     if read_only and target.get_backend_name() == "postgresql":
-        return create_engine(target, pool_pre_ping=True,
-                             connect_args={"options": "-c default_transaction_read_only=on"})
-    return create_engine(target, pool_pre_ping=True)
+        engine = create_engine(target, connect_args={"options": "-c default_transaction_read_only=on"})
+    else:
+        engine = create_engine(target)
+    event.listen(engine, "checkout", partial(_ping_if_doubtful, engine.dialect))
+    event.listen(engine, "checkin", _checked_in)
+    return engine
+
+
+#: seconds a pooled server connection may rest before it is pinged at its next use (a network cut leaves no
+#: trace on the socket); one in steady use is pinged only when its socket has something to read (a server that
+#: closed it, restarted or terminated its backend, has sent the end of the stream): a ping is a round trip per
+#: transaction, 1 of about 9 of a job transition on PostgreSQL
+PING_IDLE_AFTER = 10.0
+
+
+def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+    record.info["ecal_idle_since"] = time.monotonic()
+
+
+def _ping_if_doubtful(dialect: Any, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """SQLAlchemy's pre-ping, for connections that rested or whose server spoke unasked: a dead one is replaced
+    (the pool retries the checkout with a new connection)."""
+    since = record.info.get("ecal_idle_since")
+    if since is None:  # new: just connected
+        return
+    fileno = getattr(dbapi_conn, "fileno", None)
+    rested = time.monotonic() - since >= PING_IDLE_AFTER
+    if not rested and fileno is not None and not select.select([fileno()], [], [], 0)[0]:
+        return
+    try:
+        dialect.do_ping(dbapi_conn)
+    except dialect.loaded_dbapi.Error as err:
+        raise exc.DisconnectionError(first_line(err)) from err
 
 
 #: where a database password comes from (never the command line): a file, else a variable, else the driver's own

@@ -7,7 +7,8 @@ protocol; and both go on accepting the same writes through the unchanged API (th
 texts), including a prune that deletes through the view.
 
 The one-round-trip transition prototypes (bench/lean_tx.py) are held to what the API writes, on SQLite and on
-a real PostgreSQL: the same outcomes and refusals, job rows and audit rows.
+a real PostgreSQL: the same outcomes and refusals, job rows and audit rows. And PostgreSQL connections in
+steady use go to work without a ping round trip, while a dropped or rested one is still found and replaced.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ from __future__ import annotations
 import itertools
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from test_export import NASTY, file_export, make_campaign
 
 from bench import lean, lean_tx
 from ecalstate import JobUpdate, RunSpec, Store
+from ecalstate import db as db_module
 from ecalstate.db import TS_FORMAT
 from ecalstate.retention import prune
 from ecalstate.statemachine import TransitionNotAllowed
@@ -127,9 +131,9 @@ def test_lean_transition_writes_what_the_api_writes(db_url: str) -> None:
         api, lean_side = [], []
         with raw_connection(db_url) as (conn, transition):
             for target in STEPS_TRIED:
-                api.append(outcome(lambda: store.set_job_status("c", "reco", 1, 0, target).outcome, 1))
-                lean_side.append(outcome(lambda: "changed" if transition(conn, "c", "reco", 2, 0, target,
-                                                                           "bench")[1] else "unchanged", 2))
+                api.append(outcome(lambda to=target: store.set_job_status("c", "reco", 1, 0, to).outcome, 1))
+                lean_side.append(outcome(lambda to=target: "changed" if transition(conn, "c", "reco", 2, 0, to,
+                                                                                     "bench")[1] else "unchanged", 2))
             assert transition(conn, "c", "reco", 2, 1, "running", "bench")[2] is False
             decided = transition(conn, "c", "reco", 2, 1, "done", "bench")[2]
         store.set_job_status("c", "reco", 1, 1, "running")
@@ -172,3 +176,38 @@ def raw_connection(url: str) -> Iterator[tuple[Any, Any]]:
 
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as pg:
         yield pg, lean_tx.pg_transition
+
+
+# ------------------------------------------------------------ PostgreSQL: no ping round trip per transaction
+
+
+def test_postgres_connection_in_use_is_not_pinged_a_doubtful_one_is(pg_url: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection back in use goes straight to work (a ping is a round trip per transaction: 1 of about
+    9 of a job transition); one whose server dropped it, or one that rested longer than ``PING_IDLE_AFTER``, is
+    pinged first, so that a dead connection is replaced, not failed."""
+    with Store.open(pg_url, actor="t", create=True) as store:
+        store.create_campaign("c")
+        pings: list[int] = []
+        dialect = store.db.engine.dialect
+        real_ping = dialect.do_ping
+        monkeypatch.setattr(dialect, "do_ping", lambda conn: pings.append(1) or real_ping(conn))
+        for n in range(20):
+            store.add_task("c", f"t{n}")
+        assert pings == []
+        with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as admin:
+            backend = backend_pid(store)
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone():
+                time.sleep(0.01)
+        store.add_task("c", "after_drop")  # found dead by its ping, replaced by a new connection
+        assert pings == [1]
+        monkeypatch.setattr(db_module, "PING_IDLE_AFTER", 0.0)  # every connection now counts as rested
+        store.add_task("c", "after_rest")
+        assert pings == [1, 1]
+        assert {"after_drop", "after_rest"} <= {t.name for t in store.list_tasks("c")}
+
+
+def backend_pid(store: Store) -> int:
+    with store.db.tx(write=False) as tx:
+        return int(tx.scalar("SELECT pg_backend_pid()"))
