@@ -135,7 +135,8 @@ def _health_badge(report: Health) -> str:
         return '<span class="badge ok">healthy</span>'
     return (f'<span class="badge bad">unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, '
             f"{len(report.failing)} failing, {len(report.blocked)} blocked"
-            + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else "") + "</span>")
+            + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else "")
+            + (f", {len(report.failed)} failed" if report.failed else "") + "</span>")
 
 
 def _legend() -> str:
@@ -240,13 +241,23 @@ def health_sections(report: Health) -> list[tuple[str, list[str], list[tuple[Any
     return [section for section in sections if section[2]]
 
 
+def retry_note(report: Health) -> str:
+    """Failed jobs the next resubmit retries: counted apart from the problems (not red), or ""."""
+    if not report.retrying:
+        return ""
+    jobs = sum(r.jobs for r in report.retrying)
+    return f"{jobs} failed job(s) of {len(report.retrying)} instance(s) wait for a retry (resubmit)"
+
+
 def _health(report: Health, stuck_after: float, silent_after: float) -> str:
+    note = retry_note(report)
+    note_html = f"<p>{escape(note)}</p>" if note else ""
     if report.ok:
-        return "<p>Nothing stuck, silent, failing or blocked.</p>"
+        return "<p>Nothing stuck, silent, failing, blocked or failed.</p>" + note_html
     limits = (f"<p>Stuck after {stuck_after / 3600:g} h without job progress; silent after {silent_after / 3600:g} h"
               " without a heartbeat.</p>")
     return limits + "".join(f"<h3>{escape(title)} ({len(rows)})</h3>" + _table(headers, rows, "")
-                            for title, headers, rows in health_sections(report))
+                            for title, headers, rows in health_sections(report)) + note_html
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> str:

@@ -86,7 +86,7 @@ def test_page_content(page_store: Store) -> None:
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; bad &amp; late" in page
     failures = page.split("<h2>Recent failures")[1].split("<h2>")[0]
     assert failures.count("<tr>") == 1 + 4  # header, calib run 1, reco run 3 (the task, its job's two failures)
-    assert "unhealthy: 0 stuck, 0 silent, 0 failing, 2 blocked" in page
+    assert "unhealthy: 0 stuck, 0 silent, 0 failing, 2 blocked, 2 failed</span>" in page  # calib 1, reco 3
     assert not re.search(r"(src|href)=|<script|<link|@import|url\(|https?://", page)  # self-contained
 
 
@@ -128,6 +128,18 @@ def test_jobs_left_unsubmitted_are_in_badge_and_health(tmp_path: Path) -> None:
     assert health[0] == ["campaign", "task", "run", "since", "jobs"] and len(health) == 2
     assert health[1][:3] == ["prompt", "reco", "7"] and health[1][3].startswith("2000-01-01T00:00:00.")
     assert health[1][4] == "2"
+
+
+def test_failed_jobs_waiting_for_a_retry_are_counted_apart(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    build_chain(db)
+    with Store.open(db, actor="jenkins") as store:
+        store.claim("prompt", "reco", limit=1)
+        store.create_jobs("prompt", "reco", 1, [0, 1])
+        store.set_job_status("prompt", "reco", 1, 0, "failed")  # attempt 1 of 2: the next resubmit retries it
+        page = render_html(store, "prompt")
+    assert '<span class="badge ok">healthy</span>' in page
+    assert "1 failed job(s) of 1 instance(s) wait for a retry (resubmit)" in section(page, "Health")
 
 
 def test_legend_shows_every_status_with_its_colour(page_store: Store) -> None:
