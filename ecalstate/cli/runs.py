@@ -12,7 +12,7 @@ from typing import Any, Optional
 import click
 
 from ..claims import GROUPINGS
-from ..report import cell_marks, health_sections, totals_rows
+from ..report import cell_marks, health_sections, retry_note, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
 from .app import App, pass_app
@@ -404,9 +404,7 @@ def _health_dict(report: Health) -> dict[str, Any]:
 def render_health(report: Health, stuck_after: float, silent_after: float) -> str:
     """One section per kind of problem, or one line when all is well; failed jobs waiting for a retry are
     counted apart (the next resubmit deals with them)."""
-    jobs = sum(r.jobs for r in report.retrying)
-    waiting = (f"{jobs} failed job(s) of {len(report.retrying)} instance(s) wait for a retry (resubmit)"
-               if report.retrying else "")
+    waiting = retry_note(report)
     if report.ok:
         return "healthy: nothing stuck, silent, failing, blocked or failed" + (f"; {waiting}" if waiting else "")
     out = [(f"stuck after {format_duration(stuck_after)} without job progress;"
