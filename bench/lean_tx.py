@@ -6,11 +6,11 @@ the store's time (the clock, never before the newest audit row), and for done/fa
 instance is decided. Through the store that is about nine statements, each a round trip on PostgreSQL, plus
 SQLAlchemy's pool checkout (with a ping), begin and commit.
 
-* :data:`PG_SQL`: all of it in ONE statement (data-modifying CTEs, autocommit: the statement is the
-  transaction). The table is passed as data (the statuses the target may be reached from); the statement
-  answers (current status, attempts, max retries, changed, decided) so that a refusal still gets its typed
-  error naming the current status. Only a decided instance (its last job done, or failed beyond retries)
-  needs a second statement, its completion, which moves the instance.
+* :data:`PG_SQL`: all of it but the completion check in ONE statement (data-modifying CTEs). The table is
+  passed as data (the statuses the target may be reached from); the statement answers (current status,
+  attempts, max retries, changed) so that a refusal still gets its typed error naming the current status.
+  A transition to done or failed asks :data:`PG_TALLY` after it, in the same transaction (a statement of its
+  own: see there why). So BEGIN, the statement, COMMIT: 3 round trips, 4 for done and failed.
 * :func:`sqlite_transition`: SQLite has no data-modifying CTEs; on one raw ``sqlite3`` connection kept open
   (no pool checkout, no begin/commit events), ``BEGIN IMMEDIATE``, one SELECT that reads the job, its
   instance, the retry limit and the newest audit time, then the update, the progress mark and the audit insert.
@@ -62,35 +62,41 @@ WITH cur AS (
   SELECT clock.now, cur.cid, 'job', cur.iid, cur.id, %(task)s, cur.run_number, %(jid)s, cur.generation, cur.status,
          %(to)s, %(actor)s, %(identity)s, %(reason)s, NULL, NULL
   FROM cur, clock, upd
-), tally AS (
-  SELECT COUNT(*) AS total,
-         COUNT(*) FILTER (WHERE s = 'done') AS done,
-         COUNT(*) FILTER (WHERE s IN ('idle', 'running')) AS active,
-         COUNT(*) FILTER (WHERE s = 'failed' AND a > cur.max_retries) AS exhausted
-  FROM cur, upd, LATERAL (SELECT CASE WHEN k.id = upd.id THEN %(to)s ELSE k.status END AS s,
-                                 CASE WHEN k.id = upd.id THEN upd.attempts ELSE k.attempts END AS a
-                          FROM job k WHERE k.instance_id = cur.iid AND k.generation = cur.generation) x
-  WHERE %(to)s IN ('done', 'failed')
 )
-SELECT cur.status, cur.attempts, cur.max_retries, (SELECT COUNT(*) FROM upd),
-       (SELECT total > 0 AND (done = total OR (active = 0 AND exhausted > 0)) FROM tally)
+SELECT cur.status, cur.attempts, cur.max_retries, (SELECT COUNT(*) FROM upd), cur.iid, cur.generation
 FROM cur
 """
+#: whether the instance is decided, asked in a statement of its own: a statement's snapshot is taken when it
+#: starts, so a tally inside the CTE would not see the job another transaction finished while this one waited
+#: for the instance's row lock (two last jobs finishing together would both find the instance undecided)
+PG_TALLY = (
+    "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'done'), COUNT(*) FILTER (WHERE status IN ('idle', 'running')),"
+    " COUNT(*) FILTER (WHERE status = 'failed' AND attempts > %s) FROM job WHERE instance_id = %s AND generation = %s"
+)
 
 
 def pg_transition(conn: Any, campaign: str, task: str, run: int, jid: int, target: str, actor: str,
                   identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
-    """One statement on an autocommit psycopg connection: (status before, changed, instance decided)."""
-    found = conn.execute(PG_SQL, {
-        "campaign": campaign, "task": task, "run": run, "jid": jid, "to": target, "sources": SOURCES[target],
-        "now": utcnow(), "actor": actor, "identity": identity, "reason": reason,
-    }).fetchone()
-    if found is None:
-        raise LookupError(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
-    status, attempts, retries, changed, decided = found
-    if not changed and status != target:
-        _refuse(task, run, jid, status, target, attempts, retries)
-    return status, bool(changed), bool(decided)
+    """One transaction on a psycopg connection (not autocommit): (status before, changed, instance decided)."""
+    try:
+        found = conn.execute(PG_SQL, {
+            "campaign": campaign, "task": task, "run": run, "jid": jid, "to": target, "sources": SOURCES[target],
+            "now": utcnow(), "actor": actor, "identity": identity, "reason": reason,
+        }).fetchone()
+        if found is None:
+            raise LookupError(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
+        status, attempts, retries, changed, iid, gen = found
+        if not changed and status != target:
+            _refuse(task, run, jid, status, target, attempts, retries)
+        decided = False
+        if changed and target in ("done", "failed"):
+            total, done, active, exhausted = conn.execute(PG_TALLY, (retries, iid, gen)).fetchone()
+            decided = done == total or (active == 0 and exhausted > 0)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return status, bool(changed), decided
 
 
 def _refuse(task: str, run: int, jid: int, status: str, target: str, attempts: int, retries: int) -> None:

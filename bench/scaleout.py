@@ -155,7 +155,7 @@ def pg_single(url: str) -> list[dict[str, Any]]:
     store.update_task("bench", "reco", max_retries=10**9)
     raw_url = url.replace("postgresql+psycopg://", "postgresql://")
     floor_conn = psycopg.connect(raw_url)
-    lean_conn = psycopg.connect(raw_url, autocommit=True)
+    lean_conn = psycopg.connect(raw_url)
     pk, iid, gen = one(floor_conn, "SELECT j.id, j.instance_id, j.generation FROM job j JOIN task_instance ti"
                        " ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id WHERE r.run_number = 2")
     floor_conn.commit()

@@ -174,7 +174,7 @@ def raw_connection(url: str) -> Iterator[tuple[Any, Any]]:
         return
     import psycopg
 
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as pg:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg:
         yield pg, lean_tx.pg_transition
 
 
