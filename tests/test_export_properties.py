@@ -10,7 +10,8 @@ or between requests), with ``--full`` replays in between. Then one clean export,
 - ``job_number`` / ``job_text``: for each user field the job holds, the newer of its two ``last()`` values
   is the stored value.
 
-Field-only updates are left out: the store writes no audit row for them yet (see test_export_defects.py).
+Field-only updates (a job's fields changing without its status) are in the histories too: the store audits
+them as annotation rows, which the exporter sends as fields only.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ class History:
             jobs = self.jobs(store)
             if jobs:
                 task, run, jid, status = jobs[op[1] % len(jobs)]
-                fields = op[3] if status != op[2] else {}  # no field-only update (see the module doc)
-                store.update_jobs(C, task, [JobUpdate(run, jid, op[2], fields=fields)])
+                # the same status with fields is a field-only update (an annotation row in the audit)
+                store.update_jobs(C, task, [JobUpdate(run, jid, op[2], fields=op[3])])
         elif kind == "reprocess":
             runs = [r.run_number for r in store.overview(C).rows if r.statuses.get(op[1]) in ("done", "failed")]
             if runs:
