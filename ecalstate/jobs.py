@@ -349,8 +349,13 @@ def _plan(
             message = "its fields carry a secret of the store's environment (a password or token): nothing stored"
             if strict:
                 raise Invalid(f"{key}: {message}")
-            changes.append(Change("job", key, current.value, target.value, "refused", message))
-            continue
+            if target != J.DONE:
+                changes.append(Change("job", key, current.value, target.value, "refused", message))
+                continue
+            # a finished job whose report leaks a secret fails without its fields: it does not stay active for
+            # ever, its result is not used, and the retry limit bounds a payload that leaks every time
+            update = replace(update, status=J.FAILED.value, fields={}, reason=f"job report refused: {message}")
+            target = J.FAILED
         if update.attempt is not None and update.attempt != row.attempts:
             changes.append(Change("job", key, current.value, target.value, "refused",
                                   f"about attempt {update.attempt}, the job is at attempt {row.attempts}"))

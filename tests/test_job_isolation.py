@@ -113,7 +113,8 @@ def test_a_local_job_gets_no_database_and_no_secret(tmp_path: Path, monkeypatch:
 
 
 def test_a_job_report_carrying_a_secret_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even when a payload finds a password elsewhere (a readable file), check refuses to store it."""
+    """Even when a payload finds a password elsewhere (a readable file), check refuses to store it: the job fails
+    without its fields (its result is not used; the retry limit bounds a payload that leaks every time)."""
     secret_file = tmp_path / "db.secret"
     secret_file.write_text(SECRETS["ECALSTATE_DB_PASSWORD"] + "\n")
     monkeypatch.setenv("ECALSTATE_DB_PASSWORD_FILE", str(secret_file))
@@ -128,10 +129,12 @@ json.dump({{"fields": {{"output": "/eos/out.root", "note": {{"nested": "pw=" + f
           open(os.environ["ECALSTATE_REPORT"], "w"))
 ''')
     handler.submit("prompt")
-    report = wait_for(handler, "refused")
-    assert report.counts.get("refused") == 1
+    report = wait_for(handler, "failed")
+    assert report.counts.get("failed") == 1
     job = store.list_jobs("prompt", "probe", run=1)[0]
-    assert job.status in ("idle", "running") and "note" not in job.fields
+    assert job.status == "failed" and "note" not in job.fields and "output" not in job.fields
+    reason = [a.reason for a in store.history("prompt", run=1, entity="job")][-1]
+    assert reason.startswith("job report refused: its fields carry a secret")
     store.close()
     assert not [line for line in dump(db) if SECRETS["ECALSTATE_DB_PASSWORD"] in line]
 
