@@ -322,7 +322,7 @@ def _why(row: _Row, eligible: Collection[int], task: str, unit: str) -> Optional
     return f"run {row.run_number} already {row.status} for {task} (reprocess the whole {unit} to regroup it)"
 
 
-def _ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
+def ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
     """The fills of ``fills`` that ended: recorded (a source, ``run close-fill``), or a later fill has a run."""
     newest = tx.scalar("SELECT MAX(fill) FROM run WHERE campaign_id = ?", (cid,))
     marks = ",".join("?" * len(fills))
@@ -355,7 +355,7 @@ def _fill_plan(tx: Tx, cid: int, task_id: int, task: str, eligible: list[Eligibl
     plan = Plan([[e] for e in eligible if e.fill is None])
     fills = sorted({e.fill for e in eligible if e.fill is not None})
     if fills:
-        ended = _ended_fills(tx, cid, fills)
+        ended = ended_fills(tx, cid, fills)
         by_run = {e.run_number: e for e in eligible}
         rows = _by(_state(tx, cid, task_id, f"r.fill IN ({','.join('?' * len(fills))})", fills), lambda r: r.fill)
         for fill in fills:
@@ -407,7 +407,7 @@ def _lumi_plan(tx: Tx, cid: int, task_id: int, eligible: list[Eligible], target:
     by_run = {e.run_number: e for e in eligible}
     rows = _pending(tx, cid, task_id)
     fills = sorted({r.fill for r in rows if r.fill is not None})
-    ended = _ended_fills(tx, cid, fills) if fills else set()
+    ended = ended_fills(tx, cid, fills) if fills else set()
     newest = _newest_era(tx, cid)
     segments: dict[tuple[Optional[int], Optional[str]], list[_Row]] = defaultdict(list)
     for row in rows:

@@ -110,3 +110,15 @@ def test_a_backfill_leaves_a_run_still_being_taken_alone(sqlite_url: str, tmp_pa
     ended = json.loads(ok(sqlite_url, "--json", "run", "sync", "-c", "rereco", "--source", "file", "--path",
                           path).stdout)
     assert (ended["ended"], ended["instances"]) == ([390002], 2)  # reco and plots, once each
+
+
+def test_fill_ended_follows_the_claims_rule(tmp_path) -> None:
+    """One rule for 'this fill ended': recorded by a source or an operator, or a run of a later fill exists."""
+    from ecalstate import RunSpec, Store
+
+    with Store.open(str(tmp_path / "state.db"), create=True) as store:
+        store.create_campaign("prompt")
+        store.inject_runs("prompt", [RunSpec(1, 10), RunSpec(2, 11)])
+        assert (store.fill_ended("prompt", 10), store.fill_ended("prompt", 11)) == (True, False)
+        store.close_fill("prompt", 11, reason="beam dumped")
+        assert store.fill_ended("prompt", 11)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..base import Ctx, StoreBase, loads
+from ..claims import ended_fills
 from ..catalog import _chunks, activate_runs, check_run, check_specs, insert_runs
 from ..errors import Invalid
 from ..limits import check_int64
@@ -130,11 +131,10 @@ class RunSourceStore(StoreBase):
         return self._write("fill.close", None, body)
 
     def fill_ended(self, campaign: str, fill: int) -> bool:
-        """Whether ``fill`` is known to have ended (so grouping by fill may treat its runs as complete)."""
+        """Whether ``fill`` ended, by the rule grouping by fill uses: recorded (a source, ``run close-fill``), or a
+        run of a later fill exists."""
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            return bool(tx.scalar("SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?",
-                                  (cid, _check_fill(fill))))
+            return _check_fill(fill) in ended_fills(tx, self._campaign_id(tx, campaign), [fill])
 
     def ended_fills(self, campaign: str) -> list[FillEnd]:
         """Every fill known to have ended, with when, why and who recorded it, by fill."""
