@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -211,3 +212,35 @@ def test_postgres_connection_in_use_is_not_pinged_a_doubtful_one_is(pg_url: str,
 def backend_pid(store: Store) -> int:
     with store.db.tx(write=False) as tx:
         return int(tx.scalar("SELECT pg_backend_pid()"))
+
+
+def test_lean_transition_two_last_jobs_finishing_together_decide_once(pg_url: str) -> None:
+    """The two last jobs of an instance finish at the same moment, both transitions held up behind the
+    instance's row lock: exactly one of them finds the instance decided (the tally must be a statement of its
+    own, whose snapshot is taken after the wait)."""
+    with Store.open(pg_url, actor="t", create=True) as store:
+        store.create_campaign("c")
+        store.add_task("c", "reco")
+        store.update_rtype("c", "all", add=["reco"])
+        store.inject_runs("c", [RunSpec(1, 1)])
+        store.claim("c", "reco")
+        store.create_jobs("c", "reco", 1, [0, 1])
+        store.update_jobs("c", "reco", [JobUpdate(1, 0, "running"), JobUpdate(1, 1, "running")])
+    raw = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(raw) as holder, psycopg.connect(raw, autocommit=True) as watcher:
+        holder.execute("SELECT id FROM task_instance FOR UPDATE")  # the instance's row lock, held
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(finish, raw, jid) for jid in (0, 1)]
+            deadline = time.monotonic() + 30
+            while watcher.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                  " AND datname = current_database()").fetchone()[0] < 2:
+                assert time.monotonic() < deadline, "the two transitions never waited for the instance's lock"
+                time.sleep(0.01)
+            holder.rollback()  # both transitions are waiting, their CTE's snapshot taken: let them go
+            decided = [f.result(timeout=30) for f in futures]
+    assert sorted(decided) == [False, True]
+
+
+def finish(url: str, jid: int) -> bool:
+    with psycopg.connect(url) as conn:
+        return lean_tx.pg_transition(conn, "c", "reco", 1, jid, "done", "t")[2]
