@@ -111,7 +111,8 @@ def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str
             # step 5: run sources start without a cursor and no fill is known to have ended
             assert tx.all("SELECT * FROM run_source") == tx.all("SELECT * FROM fill_end") == []
         store.close_fill("prompt", 8000, "operator: beam dumped")
-        assert store.fill_ended("prompt", 8000) and not store.fill_ended("prompt", 8001)
+        assert store.fill_ended("prompt", 8000) and not store.fill_ended("prompt", 8002)
+        assert store.fill_ended("prompt", 8001)  # a run of a later fill (8002) exists
         # an idempotency record written by the first release still replays its outcome
         replay = store.claim("prompt", "reco", group_by="fill", request_id="claim-1")
         assert [(c.run_number, c.merged) for c in replay] == [(356002, [356001]), (356004, [356003])]
