@@ -248,8 +248,7 @@ class LegacyApi(StoreBase):
         run then job order, each job's ``output`` field split at commas (a job may list several)."""
         wanted = None if runs is None else set(runs)
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            _, tid, _ = self._campaign_task(tx, campaign, task)
             rows = tx.all(
                 "SELECT r.run_number, r.meta, j.fields FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                 " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"

@@ -118,8 +118,7 @@ class Queries(StoreBase):
 
     def instance(self, campaign: str, task: str, run: int) -> InstanceInfo:
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            _, tid, _ = self._campaign_task(tx, campaign, task)
             row = tx.one(
                 "SELECT r.run_number, r.fill, ti.status, ti.version, ti.generation, lr.run_number, ti.outputs,"
                 " ti.updated_at FROM task_instance ti JOIN run r ON r.id = ti.run_id"
