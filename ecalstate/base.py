@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
@@ -25,26 +24,26 @@ AUDIT_SQL = (
 
 
 def resolve_actor(explicit: Optional[str] = None) -> str:
-    """``--actor``, else ``ECALSTATE_ACTOR``, else Jenkins' ``BUILD_TAG``, else user@host."""
+    """``--actor``, else ``ECALSTATE_ACTOR``, else Jenkins' ``BUILD_TAG``, else account@host."""
     for value in (explicit, os.environ.get("ECALSTATE_ACTOR"), os.environ.get("BUILD_TAG")):
         if value:
             return value
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    return account_at_host()
 
 
-def os_identity() -> str:
-    """Who this process really is: its effective uid's account (not ``$USER``, which anyone sets) at this host,
-    and Jenkins' build tag when it runs in a build."""
+def account_at_host() -> str:
+    """The effective uid's account (not ``$USER``, which anyone sets) at this host."""
     uid = os.geteuid()
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:  # a uid without an account (containers)
         user = f"uid {uid}"
-    identity = f"{user}@{socket.gethostname()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def os_identity() -> str:
+    """Who this process really is: :func:`account_at_host`, and Jenkins' build tag when it runs in a build."""
+    identity = account_at_host()
     build = os.environ.get("BUILD_TAG")
     return f"{identity} ({build})" if build else identity
 

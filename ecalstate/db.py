@@ -358,14 +358,6 @@ def split_password(url: str) -> tuple[str, Optional[str]]:
     return bare.render_as_string(hide_password=False), str(parsed.password)
 
 
-def has_password(url: str) -> bool:
-    """Whether a database URL carries a password (refused on command lines, where ``ps`` shows it)."""
-    try:
-        return "://" in url and make_url(url).password is not None
-    except exc.ArgumentError:
-        return False
-
-
 def configured_password() -> Optional[str]:
     """The password from ``ECALSTATE_DB_PASSWORD_FILE`` (first line) or ``ECALSTATE_DB_PASSWORD``; None: the driver's."""
     path = os.environ.get(PASSWORD_FILE_ENV, "").strip()
