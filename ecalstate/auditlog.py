@@ -42,6 +42,13 @@ _TS_MICROS = {
 }
 
 
+#: the detail of a job's creation row whose fields are still the job's own (``job.fields``): stored once; a
+#: writer that changes a job's fields first copies them into the row (:data:`KEEP_CREATION_FIELDS`)
+SAME_AS_JOB = "="
+#: run before a job's fields change (params: its fields until now, its id), and before a job row is deleted
+KEEP_CREATION_FIELDS = (f"UPDATE audit_log SET detail = NULLIF(?, '{{}}') WHERE job_pk = ? AND detail = '{SAME_AS_JOB}'")
+
+
 def vocab_id(text: str) -> int:
     """The fixed id of a vocabulary text (a status, an entity)."""
     return VOCABULARY.index(text) + 1
@@ -81,6 +88,9 @@ def view_sql(tx: Tx) -> str:
             columns.append(f"{_text_of(tx, col)} AS {col}")
         elif col == "ts":
             columns.append(_TS_TEXT[_engine(tx)].format(c="a.ts") + " AS ts")
+        elif col == "detail":
+            columns.append(f"CASE WHEN a.detail = '{SAME_AS_JOB}' THEN (SELECT NULLIF(j.fields, '{{}}') FROM job j"
+                           " WHERE j.id = a.job_pk) ELSE a.detail END AS detail")
         else:
             columns.append(f"a.{col} AS {col}")
     create = "CREATE VIEW IF NOT EXISTS" if tx.is_sqlite else "CREATE OR REPLACE VIEW"
@@ -91,6 +101,7 @@ def install(tx: Tx) -> None:
     """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view."""
     key = "text" if tx.is_sqlite else "md5(text)"
     tx.run(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_string_text ON string ({key})")
+    tx.run(f"CREATE INDEX IF NOT EXISTS ix_audit_job_fields ON audit_log (job_pk) WHERE detail = '{SAME_AS_JOB}'")
     present = {r[0] for r in tx.all("SELECT id FROM string WHERE id <= ?", (len(VOCABULARY),))}
     missing = [(i, text) for i, text in enumerate(VOCABULARY, 1) if i not in present]
     if missing:
@@ -172,3 +183,17 @@ def migrate(tx: Tx) -> None:
     if last is not None or top is not None:
         _set_sequence(tx, "audit_log", max(last or 0, int(top or 0)))
     tx.run("DROP TABLE audit_v5")
+    # a job's creation fields, kept in its creation row and in the job, are kept once while the job has them
+    tx.run(f"UPDATE audit_log SET detail = '{SAME_AS_JOB}' WHERE from_status IS NULL AND entity = {vocab_id('job')}"
+           " AND detail IS NOT NULL AND detail = (SELECT j.fields FROM job j WHERE j.id = audit_log.job_pk)")
+    tx.run("DROP INDEX IF EXISTS ix_job_status")  # read by nothing: health and stages start from the instances
+    _derive_outputs(tx)
+
+
+def _derive_outputs(tx: Tx) -> None:
+    """Done instances whose outputs are what their jobs give read them from the jobs from now on ('')."""
+    from .jobs import gathered_outputs
+
+    done = tx.all("SELECT id, generation, outputs FROM task_instance WHERE status = 'done' AND outputs <> ''")
+    same = [(iid,) for iid, gen, text in done if text == gathered_outputs(tx, iid, gen)]
+    tx.many("UPDATE task_instance SET outputs = '' WHERE id = ?", same)

@@ -103,14 +103,15 @@ class Ctx:
         jid: Optional[int] = None,
         generation: Optional[int] = None,
         reason: str = "",
-        detail: Optional[dict[str, Any]] = None,
+        detail: Optional[dict[str, Any] | str] = None,
     ) -> tuple[Any, ...]:
+        """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``)."""
         text = self.text
         return (
             to_micros(self.now), campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
             generation, None if from_status is None else text(from_status), text(to_status), text(self.actor),
             text(self.identity), text(reason), self.request_id,
-            None if detail is None else json.dumps(detail, sort_keys=True),
+            detail if detail is None or isinstance(detail, str) else json.dumps(detail, sort_keys=True),
         )
 
 

@@ -119,6 +119,8 @@ class TaskInstance(SQLModel, table=True):
     version: int = 1
     generation: int = 0
     leader_id: Optional[int] = Field(default=None, foreign_key="task_instance.id")
+    #: the jobs' output fields gathered when the instance is done; ``''``: those of its current generation's jobs,
+    #: read when asked (``jobs.instance_outputs``) instead of a copy of every path (schema 6)
     outputs: str = "{}"
     created_at: str
     updated_at: str
@@ -129,7 +131,6 @@ class Job(SQLModel, table=True):
     __tablename__ = "job"
     __table_args__ = (
         UniqueConstraint("instance_id", "generation", "jid"),
-        Index("ix_job_status", "status"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     instance_id: int = Field(foreign_key="task_instance.id")

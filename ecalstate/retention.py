@@ -32,6 +32,7 @@ from typing import Any, Optional
 from sqlmodel import SQLModel
 
 from .appendfile import append_whole
+from .auditlog import KEEP_CREATION_FIELDS
 from .db import Database, Tx, sqlite_path
 from .errors import Invalid, StorageError
 from .limits import MAX_DURATION
@@ -206,6 +207,7 @@ def _delete_generations(
                 start += 1
                 if any(r["status"] not in ("done", "failed") or r["updated_at"] >= cutoff for r in rows):
                     continue
+                tx.many(KEEP_CREATION_FIELDS, [(r["fields"], r["id"]) for r in rows])  # their creation rows stay
                 _remove(tx, "job", "id", rows, out)
                 taken += len(rows)
         total += taken
