@@ -9,6 +9,7 @@ lands on. Any SQLAlchemy URL works; PostgreSQL is the multi-host engine.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
 import select
@@ -40,6 +41,24 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 def utcnow() -> str:
     """UTC time with microseconds, in the one text format every table uses."""
     return datetime.now(timezone.utc).strftime(TS_FORMAT)
+
+
+@lru_cache(maxsize=256)
+def to_micros(ts: str) -> int:
+    """Integer microseconds since 1970 of a time in the store's format (``2026-12-01T05:00:00.000001Z``): how the
+    big tables (``audit_log``, ``job``) keep their times, 8 bytes instead of 27."""
+    moment = datetime.strptime(ts, TS_FORMAT)
+    return calendar.timegm(moment.timetuple()) * 1_000_000 + moment.microsecond
+
+
+def from_micros(micros: int) -> str:
+    """The store's time text of integer microseconds since 1970."""
+    seconds, rest = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
+
+
+def optional_text(micros: Optional[int]) -> Optional[str]:
+    return None if micros is None else from_micros(micros)
 
 
 class Meta(SQLModel, table=True):
@@ -127,6 +146,10 @@ class TaskInstance(SQLModel, table=True):
     progress_at: Optional[str] = None
 
 
+def _micros_column(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(BigInteger, nullable=nullable))
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "job"
     __table_args__ = (
@@ -141,10 +164,11 @@ class Job(SQLModel, table=True):
     attempts: int = 1
     batch_id: Optional[str] = None
     fields: str = "{}"
-    created_at: str
-    updated_at: str
-    started_at: Optional[str] = None
-    finished_at: Optional[str] = None
+    #: times as integer microseconds since 1970 (schema 6: two million jobs a year); readers convert them
+    created_at: int = _micros_column()
+    updated_at: int = _micros_column()
+    started_at: Optional[int] = _micros_column(nullable=True)
+    finished_at: Optional[int] = _micros_column(nullable=True)
 
 
 class AuditLog(SQLModel, table=True):
@@ -157,12 +181,10 @@ class AuditLog(SQLModel, table=True):
     """
 
     __tablename__ = "audit_log"
-    __table_args__ = (
-        Index("ix_audit_instance", "instance_id"),
-        {"sqlite_autoincrement": True},
-    )
+    #: its indexes are partial ones, of the rows their readers look for (``auditlog.install``)
+    __table_args__ = ({"sqlite_autoincrement": True},)
     id: Optional[int] = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
-    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ts: int = _micros_column()
     campaign_id: int = Field(foreign_key="campaign.id")
     entity: int
     instance_id: Optional[int] = None
