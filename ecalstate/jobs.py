@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
-from .db import Tx, from_micros, optional_text, to_micros
+from .db import Tx, from_micros, optional_text
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
@@ -241,8 +241,7 @@ def insert_jobs(
     tx.many(
         "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at,"
         " updated_at) VALUES (?,?,?,'idle',1,1,?,?,?)",
-        [(iid, gen, j, json.dumps(f, sort_keys=True), to_micros(ctx.now), to_micros(ctx.now))
-         for j, f in zip(jids, fields)],
+        [(iid, gen, j, json.dumps(f, sort_keys=True), ctx.now_us, ctx.now_us) for j, f in zip(jids, fields)],
     )
     pks = {r[1]: r[0] for r in tx.all(
         "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
@@ -404,7 +403,7 @@ def _apply(
 ) -> BulkResult:
     tx = ctx.tx
     changes, accepted, cid, retries = _plan(tx, store, campaign, task, updates, strict)
-    now = to_micros(ctx.now)
+    now = ctx.now_us
     job_rows = []
     audit_rows = []
     # the fields of jobs whose fields change go into their creation rows first (kept once until now)
