@@ -59,9 +59,9 @@ TASK_ROWS = f"entity = {vocab_id('task')}"
 #: the audit's indexes: partial, of the rows their readers look for (an index of every row was a tenth of a year's
 #: file, read only for these); "detail = '='" rows are found when a job's fields change
 INDEXES = (
-    f"CREATE INDEX IF NOT EXISTS ix_audit_retry ON audit_log (instance_id, job_pk) WHERE {RETRY_ROWS}",
-    f"CREATE INDEX IF NOT EXISTS ix_audit_task ON audit_log (instance_id) WHERE {TASK_ROWS}",
-    f"CREATE INDEX IF NOT EXISTS ix_audit_job_fields ON audit_log (job_pk) WHERE detail = '{SAME_AS_JOB}'",
+    ("ix_audit_retry", f"CREATE INDEX ix_audit_retry ON audit_log (instance_id, job_pk) WHERE {RETRY_ROWS}"),
+    ("ix_audit_task", f"CREATE INDEX ix_audit_task ON audit_log (instance_id) WHERE {TASK_ROWS}"),
+    ("ix_audit_job_fields", f"CREATE INDEX ix_audit_job_fields ON audit_log (job_pk) WHERE detail = '{SAME_AS_JOB}'"),
 )
 
 
@@ -91,23 +91,34 @@ def view_sql(tx: Tx) -> str:
                            " WHERE j.id = a.job_pk) ELSE a.detail END AS detail")
         else:
             columns.append(f"a.{col} AS {col}")
-    create = "CREATE VIEW IF NOT EXISTS" if tx.is_sqlite else "CREATE OR REPLACE VIEW"
-    return f"{create} audit AS SELECT {', '.join(columns)} FROM audit_log a"
+    return f"CREATE VIEW audit AS SELECT {', '.join(columns)} FROM audit_log a"
+
+
+def exists(tx: Tx, name: str) -> bool:
+    """Whether the index, view or function ``name`` exists: what is there is never made again, so that a role
+    that owns nothing (a writer running ``ecalstate init``) finds nothing to do instead of a refusal."""
+    if tx.is_sqlite:
+        return tx.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", (name,)) > 0
+    return bool(tx.scalar("SELECT to_regclass(?) IS NOT NULL OR to_regproc(?) IS NOT NULL", (name, name)))
 
 
 def install(tx: Tx) -> None:
-    """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view."""
+    """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view, the
+    audit's partial indexes, and on PostgreSQL the one-statement job transition (``ecalstate.pgjobs``)."""
     key = "text" if tx.is_sqlite else "md5(text)"
-    tx.run(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_string_text ON string ({key})")
-    for sql in INDEXES:
-        tx.run(sql)
+    for name, sql in (("ux_string_text", f"CREATE UNIQUE INDEX ux_string_text ON string ({key})"), *INDEXES,
+                      ("audit", view_sql(tx))):
+        if not exists(tx, name):
+            tx.run(sql)
     present = {r[0] for r in tx.all("SELECT id FROM string WHERE id <= ?", (len(VOCABULARY),))}
     missing = [(i, text) for i, text in enumerate(VOCABULARY, 1) if i not in present]
     if missing:
         tx.many("INSERT INTO string (id, text) VALUES (?, ?)", missing)
         if not tx.is_sqlite:  # explicit ids do not move the serial column's sequence
             tx.run("SELECT setval(pg_get_serial_sequence('string', 'id'), (SELECT MAX(id) FROM string))")
-    tx.run(view_sql(tx))
+    from .pgjobs import install as install_functions
+
+    install_functions(tx)
 
 
 def text_id(tx: Tx, text: str, known: dict[str, int], learned: dict[str, int]) -> int:

@@ -558,6 +558,18 @@ class Database:
         except OverflowError as err:  # a library caller passed an integer beyond 64 bits
             raise DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}") from err
 
+    @contextmanager
+    def statement(self) -> Iterator[Tx]:
+        """A connection in autocommit: each statement is its own transaction, one round trip (PostgreSQL's
+        one-statement job transition, ``ecalstate.pgjobs``)."""
+        try:
+            with self.engine.connect() as conn:
+                yield Tx(conn.execution_options(isolation_level="AUTOCOMMIT"), True)
+        except exc.DBAPIError as err:
+            raise self._error(err.orig or err) from err
+        except self.engine.dialect.loaded_dbapi.Error as err:
+            raise self._error(err) from err
+
     def _error(self, err: BaseException) -> DatabaseError:
         """A driver error as one line; a damaged file or one that is not a database is named so."""
         name = getattr(err, "sqlite_errorname", "")

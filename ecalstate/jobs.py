@@ -13,10 +13,11 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
-from .base import AUDIT_SQL, Ctx, StoreBase, loads
-from .db import Tx, from_micros, optional_text
+from .base import AUDIT_SQL, Ctx, StoreBase, loads, os_identity
+from .db import Tx, from_micros, optional_text, to_micros
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
+from .pgjobs import set_job
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
 from .secrets import known_secrets, leaked, masked
 from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
@@ -105,6 +106,8 @@ class Jobs(StoreBase):
         ``complete=False`` leaves the instance ``processing`` even when this change decides it, for callers
         whose own check stage completes instances (the ecalautoctrl compat layer).
         """
+        if not self.db.is_sqlite and not fields and batch_id is None and request_id is None:
+            return self._set_job_in_one_statement(campaign, task, run, jid, status, reason, generation, complete)
         update = JobUpdate(run, jid, status, fields, batch_id, reason, generation)
 
         def body(ctx: Ctx) -> BulkResult:
@@ -113,6 +116,17 @@ class Jobs(StoreBase):
         result = self._write("job.set", request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
                              args=(campaign, task, update, complete))
         return result.changes[0]
+
+    def _set_job_in_one_statement(self, campaign: str, task: str, run: int, jid: int, status: str, reason: str,
+                                  generation: Optional[int], complete: bool) -> Change:
+        """:meth:`set_job_status` of a job without fields on PostgreSQL: one round trip (``ecalstate.pgjobs``)."""
+        target = JobStatus(JOB.parse(status))
+        secrets = known_secrets() if reason else frozenset()
+        if leaked([reason], secrets):
+            reason = masked(reason, secrets)
+        with self.db.statement() as tx:
+            return set_job(tx, campaign, task, check_int64(run, "run number"), _check_jid(jid), target, reason,
+                           generation, self.actor, os_identity(), to_micros(self.clock()), complete)[0]
 
     def complete_instances(self, campaign: str, task: str) -> BulkResult:
         """Sweep ``processing`` instances of a task and complete those whose jobs decide it."""

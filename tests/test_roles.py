@@ -65,6 +65,8 @@ def test_reader_reads_and_exports_but_writes_no_state(deployment: dict[str, Any]
 
 def test_writer_runs_handlers_but_cannot_reprocess_finished_work(deployment: dict[str, Any]) -> None:
     db = deployment["writer"]
+    init = invoke(db, "init")  # a Jenkins stage's idempotent init: the schema is there, nothing to make
+    assert init.exit_code == 0, init.stderr
     assert invoke(db, "claim", "-c", "prompt", "--task", "reco", "--limit", "1").exit_code == 0
     assert invoke(db, "job", "create", "-c", "prompt", "--task", "reco", "--run", "1", "--count", "1").exit_code == 0
     assert invoke(db, "job", "set", "-c", "prompt", "--task", "reco", "--run", "1", "--job", "0", "done").exit_code == 0

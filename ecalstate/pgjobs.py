@@ -1,0 +1,153 @@
+"""One job transition in one round trip on PostgreSQL (issue 14).
+
+Through the generic path a job transition is about eight requests to the server (begin, the store's time, names,
+the job locked, three writes, the completion check, commit), and on PostgreSQL each is a network round trip: the
+API ran at a quarter of a raw client's speed. Here the same transition is one statement in its own transaction:
+``SELECT * FROM ecalstate_set_job(...)``, a PL/pgSQL function doing what ``jobs._apply`` does for one job
+without fields, in the same order and under the same locks. The decisions stay Python's: the transition table
+arrives as data (the statuses a target may be reached from), the refusal messages are made here; the function
+only says what it found. Each statement of a function takes a new snapshot, so the completion tally, run after
+the instance's row lock, sees a job another transaction finished meanwhile (two last jobs finishing together
+decide their instance once). tests/test_pgjobs.py holds it to the generic path: same outcomes, refusals, rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .auditlog import exists, vocab_id
+from .db import Tx
+from .errors import NotFound
+from .results import Change
+from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed
+
+#: the statuses each job status may be reached from, as the table says (the function gets them as data)
+SOURCES = {t.value: [s.value for s in JobStatus if JOB.is_allowed(s, t)] for t in JobStatus}
+
+_TEXT = ("to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+
+FUNCTIONS = f"""
+CREATE OR REPLACE FUNCTION ecalstate_text_id(t text) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE found integer;
+BEGIN
+  SELECT s.id INTO found FROM string s WHERE md5(s.text) = md5(t) AND s.text = t;
+  IF found IS NULL THEN
+    INSERT INTO string (text) VALUES (t) ON CONFLICT DO NOTHING RETURNING id INTO found;
+    IF found IS NULL THEN  -- another transaction committed the same text meanwhile
+      SELECT s.id INTO found FROM string s WHERE md5(s.text) = md5(t) AND s.text = t;
+    END IF;
+  END IF;
+  RETURN found;
+END $$;
+
+CREATE OR REPLACE FUNCTION ecalstate_set_job(
+  p_campaign text, p_task text, p_run bigint, p_jid bigint, p_generation integer, p_to text, p_sources text[],
+  p_reason text, p_actor text, p_identity text, p_clock bigint, p_complete boolean)
+RETURNS TABLE (outcome text, status text, attempts integer, max_retries integer, decided text, decided_reason text)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_cid integer; v_tid integer; v_retries integer; v_job record; v_now bigint; v_text text; v_retry boolean;
+  v_total bigint; v_done bigint; v_active bigint; v_exhausted bigint; v_version integer; v_gen integer;
+BEGIN
+  SELECT c.id, t.id, t.max_retries INTO v_cid, v_tid, v_retries
+    FROM campaign c LEFT JOIN task t ON t.campaign_id = c.id AND t.name = p_task WHERE c.name = p_campaign;
+  IF v_cid IS NULL THEN RETURN QUERY SELECT 'no campaign', NULL::text, NULL::integer, NULL::integer,
+    NULL::text, NULL::text; RETURN; END IF;
+  IF v_tid IS NULL THEN RETURN QUERY SELECT 'no task', NULL::text, NULL::integer, NULL::integer, NULL::text,
+    NULL::text; RETURN; END IF;
+  SELECT j.id, j.status, j.version, j.attempts, j.generation, ti.id AS iid, ti.generation AS current
+    INTO v_job
+    FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id
+    WHERE ti.task_id = v_tid AND r.run_number = p_run AND j.jid = p_jid
+      AND j.generation = COALESCE(p_generation, ti.generation)
+    FOR UPDATE OF j;
+  IF NOT FOUND THEN RETURN QUERY SELECT 'no job', NULL::text, NULL::integer, v_retries, NULL::text,
+    NULL::text; RETURN; END IF;
+  v_retry := v_job.status = 'failed' AND p_to = 'idle';
+  IF v_job.status = p_to THEN
+    RETURN QUERY SELECT 'unchanged', v_job.status::text, v_job.attempts, v_retries, NULL::text, NULL::text; RETURN;
+  END IF;
+  IF NOT (v_job.status = ANY(p_sources)) OR (v_retry AND v_job.attempts > v_retries) THEN
+    RETURN QUERY SELECT 'refused', v_job.status::text, v_job.attempts, v_retries, NULL::text, NULL::text; RETURN;
+  END IF;
+  v_now := GREATEST(p_clock, COALESCE((SELECT a.ts + 1 FROM audit_log a ORDER BY a.id DESC LIMIT 1), p_clock));
+  v_text := {_TEXT.format(c="v_now")};
+  UPDATE job SET status = p_to, version = job.version + 1,
+      attempts = job.attempts + CASE WHEN v_retry THEN 1 ELSE 0 END,
+      batch_id = CASE WHEN v_retry THEN NULL ELSE job.batch_id END, updated_at = v_now,
+      started_at = CASE WHEN p_to = 'idle' THEN NULL WHEN p_to = 'running' THEN COALESCE(job.started_at, v_now)
+                        ELSE job.started_at END,
+      finished_at = CASE WHEN p_to IN ('done', 'failed') THEN v_now ELSE job.finished_at END
+    WHERE job.id = v_job.id;
+  -- this row lock also serialises two transactions finishing jobs of one instance: the later one's tally below
+  -- sees the earlier one's job
+  UPDATE task_instance SET progress_at = v_text WHERE id = v_job.iid;
+  INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
+                         from_status, to_status, actor, identity, reason, request_id, detail)
+    VALUES (v_now, v_cid, {vocab_id("job")}, v_job.iid, v_job.id, ecalstate_text_id(p_task), p_run, p_jid,
+            v_job.generation, ecalstate_text_id(v_job.status), ecalstate_text_id(p_to), ecalstate_text_id(p_actor),
+            ecalstate_text_id(p_identity || ' db:' || session_user), ecalstate_text_id(p_reason), NULL, NULL);
+  IF p_complete AND v_job.generation = v_job.current AND p_to IN ('done', 'failed') THEN
+    SELECT ti.version, ti.generation, COUNT(*), COUNT(*) FILTER (WHERE j.status = 'done'),
+           COUNT(*) FILTER (WHERE j.status IN ('idle', 'running')),
+           COUNT(*) FILTER (WHERE j.status = 'failed' AND j.attempts > v_retries)
+      INTO v_version, v_gen, v_total, v_done, v_active, v_exhausted
+      FROM task_instance ti JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation
+      WHERE ti.id = v_job.iid AND ti.status = 'processing' GROUP BY ti.version, ti.generation;
+    IF v_total IS NOT NULL AND (v_done = v_total OR (v_active = 0 AND v_exhausted > 0)) THEN
+      decided := CASE WHEN v_done = v_total THEN 'done' ELSE 'failed' END;
+      decided_reason := CASE WHEN v_done = v_total THEN 'all ' || v_total || ' jobs done'
+        ELSE v_exhausted || ' of ' || v_total || ' jobs failed beyond ' || v_retries || ' retries' END;
+      UPDATE task_instance SET status = decided, version = task_instance.version + 1, updated_at = v_text,
+          outputs = CASE WHEN decided = 'done' THEN '' ELSE '{{}}' END
+        WHERE id = v_job.iid AND version = v_version;
+      INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
+                             from_status, to_status, actor, identity, reason, request_id, detail)
+        VALUES (v_now, v_cid, {vocab_id("task")}, v_job.iid, NULL, ecalstate_text_id(p_task), p_run, NULL, v_gen,
+                {vocab_id("processing")}, ecalstate_text_id(decided), ecalstate_text_id(p_actor),
+                ecalstate_text_id(p_identity || ' db:' || session_user), ecalstate_text_id(decided_reason),
+                NULL, NULL);
+    END IF;
+  END IF;
+  outcome := 'changed'; status := v_job.status; attempts := v_job.attempts; max_retries := v_retries;
+  RETURN NEXT;
+END $$;
+"""
+
+
+def install(tx: Tx) -> None:
+    """Create the functions (PostgreSQL only) unless they are there."""
+    if not tx.is_sqlite and not exists(tx, "ecalstate_set_job"):
+        tx.script(FUNCTIONS)
+
+
+def set_job(
+    tx: Tx, campaign: str, task: str, run: int, jid: int, status: JobStatus, reason: str, generation: Optional[int],
+    actor: str, identity: str, clock_us: int, complete: bool,
+) -> list[Change]:
+    """One job transition in one statement (``tx`` in autocommit: the statement is its transaction); the job's
+    change, then its instance's when it decided it. Refusals raise as the generic path's do."""
+    row: Any = tx.one(
+        "SELECT * FROM ecalstate_set_job(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (campaign, task, run, jid, generation, status.value, SOURCES[status.value], reason, actor, identity,
+         clock_us, complete),
+    )
+    outcome, current, attempts, retries, decided, why = row
+    if outcome == "no campaign":
+        raise NotFound(f"unknown campaign {campaign!r}")
+    if outcome == "no task":
+        raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
+    if outcome == "no job":
+        raise NotFound(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
+    key = f"{task} run {run} job {jid}" + (f" gen {generation}" if generation is not None else "")
+    if outcome == "refused":
+        before = JobStatus(current)
+        message = "not in the job table" if not JOB.is_allowed(before, status) else \
+            f"retries exhausted: {attempts} attempts, max retries {retries}"
+        raise TransitionNotAllowed("job", key, before, status, JOB.allowed(before), message)
+    if outcome == "unchanged":
+        return [Change("job", key, current, status.value, "unchanged")]
+    changes = [Change("job", key, current, status.value, "changed", reason)]
+    if decided is not None:
+        changes.append(Change("task", f"{task} run {run}", TaskStatus.PROCESSING.value, decided, "changed", why))
+    return changes

@@ -1,0 +1,140 @@
+"""PostgreSQL's one-statement job transition (``ecalstate.pgjobs``) against the generic path, on a real server.
+
+Random sequences of ``set_job_status`` calls go to two identical runs: run 1 through the generic transaction
+(a request id sends a call there), run 2 through the one-statement function. Both must answer alike (changed,
+unchanged, the same refusals with the same messages) and leave the same rows: jobs, instances, outputs, and
+audit rows in the same order with the same texts. And the function is really one round trip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecalstate import JobUpdate, RunSpec, Store
+from ecalstate.errors import EcalStateError
+from ecalstate.statemachine import JobStatus
+
+STATUSES = [s.value for s in JobStatus]
+CALLS = st.lists(st.tuples(st.integers(0, 1), st.sampled_from(STATUSES), st.sampled_from(["", "held: memory"])),
+                 min_size=1, max_size=25)
+_names = itertools.count()
+
+
+def campaign(store: Store) -> str:
+    name = f"c{next(_names)}"
+    store.create_campaign(name)
+    store.add_task(name, "reco", max_retries=1)
+    store.add_task(name, "calib", depends_on=["reco"])
+    store.update_rtype(name, "all", add=["reco", "calib"])
+    store.inject_runs(name, [RunSpec(1, 1), RunSpec(2, 1)])
+    store.claim(name, "reco")
+    for run in (1, 2):
+        store.create_jobs(name, "reco", run, [0, 1], fields=[{"output": f"/eos/{run}_0"}, {"output": f"/eos/{run}_1"}])
+    return name
+
+
+def answer(call: Any, run: int) -> str:
+    try:
+        change = call()
+    except EcalStateError as err:
+        return f"{type(err).__name__}: " + str(err).replace(f"run {run} ", "run N ")
+    return f"{change.current} -> {change.requested}: {change.outcome} ({change.reason})"
+
+
+def rows(store: Store, name: str, run: int, as_run: int = 0) -> str:
+    """Jobs, audit rows and instances of one run (``as_run``: its output paths written as that run's)."""
+    with store.db.tx(write=False) as tx:
+        jobs = tx.all("SELECT j.jid, j.generation, j.status, j.version, j.attempts, j.batch_id, j.started_at IS NULL,"
+                      " j.finished_at IS NULL, j.fields FROM job j JOIN task_instance ti ON ti.id = j.instance_id"
+                      " JOIN run r ON r.id = ti.run_id JOIN campaign c ON c.id = ti.campaign_id"
+                      " WHERE c.name = ? AND r.run_number = ? ORDER BY j.jid", (name, run))
+        audit = tx.all("SELECT a.entity, a.task, a.jid, a.generation, a.from_status, a.to_status, a.actor, a.identity,"
+                       " a.reason, a.detail FROM audit a JOIN campaign c ON c.id = a.campaign_id"
+                       " WHERE c.name = ? AND a.run_number = ? ORDER BY a.id", (name, run))
+    instances = [(i.status, i.version, i.generation, i.outputs) for i in
+                 (store.instance(name, task, run) for task in ("reco", "calib"))]
+    found = repr((jobs, [tuple(r) for r in audit], instances))
+    return found.replace(f"/eos/{run}_", f"/eos/{as_run}_") if as_run else found
+
+
+@pytest.fixture(scope="module")
+def pg_store(postgres: Any) -> Any:
+    url = postgres.create_database()
+    with Store.open(url, actor="check", create=True) as store:
+        yield store
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=CALLS)
+def test_one_statement_transition_does_what_the_generic_path_does(pg_store: Store, calls: list[Any]) -> None:
+    store = pg_store
+    name = campaign(store)
+    for jid, status, reason in calls:
+        generic = answer(lambda: store.set_job_status(name, "reco", 1, jid, status, reason=reason,
+                                                      request_id=str(uuid.uuid4())), 1)
+        fast = answer(lambda: store.set_job_status(name, "reco", 2, jid, status, reason=reason), 2)
+        assert fast == generic
+    assert rows(store, name, 2) == rows(store, name, 1, as_run=2)
+
+
+def test_unknown_names_and_jobs_are_refused_alike(pg_store: Store) -> None:
+    name = campaign(pg_store)
+    for campaign_name, task, jid in (("nope", "reco", 0), (name, "nope", 0), (name, "reco", 9)):
+        generic = answer(lambda: pg_store.set_job_status(campaign_name, task, 1, jid, "running",
+                                                         request_id=str(uuid.uuid4())), 1)
+        fast = answer(lambda: pg_store.set_job_status(campaign_name, task, 2, jid, "running"), 2)
+        assert fast == generic and fast.startswith("NotFound")
+
+
+def test_a_transition_is_one_round_trip(pg_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request psycopg sends for one transition: queries, and the commands it sends by itself (BEGIN,
+    COMMIT, ROLLBACK, SET): one query, nothing else (the statement is its own transaction)."""
+    name = campaign(pg_store)
+    pg_store.set_job_status(name, "reco", 2, 0, "running")  # the connection is pooled and warm
+    sent: list[str] = []
+    real = psycopg.Cursor.execute
+
+    def counted(self: Any, query: Any, *args: Any, **kw: Any) -> Any:
+        sent.append(str(query))
+        return real(self, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    real_command = psycopg.Connection._exec_command
+    monkeypatch.setattr(psycopg.Connection, "_exec_command",
+                        lambda self, command, *a, **kw: sent.append(str(command)) or real_command(self, command, *a, **kw))
+    change = pg_store.set_job_status(name, "reco", 2, 0, "done")
+    assert change.outcome == "changed"
+    assert len(sent) == 1 and "ecalstate_set_job" in sent[0], sent
+
+
+def test_two_last_jobs_finishing_together_decide_their_instance_once(pg_store: Store, postgres: Any) -> None:
+    """Both transitions wait behind the instance's row lock, their statements already started: each statement
+    of the function takes its own snapshot, so the later tally sees the earlier job done and exactly one of them
+    completes the instance (a tally inside one statement would have seen neither)."""
+    name = campaign(pg_store)
+    pg_store.update_jobs(name, "reco", [JobUpdate(1, j, "running") for j in (0, 1)])
+    raw = pg_store.db.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(raw) as holder, psycopg.connect(raw, autocommit=True) as watcher:
+        holder.execute("SELECT ti.id FROM task_instance ti JOIN campaign c ON c.id = ti.campaign_id"
+                       " WHERE c.name = %s FOR UPDATE OF ti", (name,))
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(pg_store.set_job_status, name, "reco", 1, jid, "done") for jid in (0, 1)]
+            deadline = time.monotonic() + 30
+            while watcher.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                  " AND datname = current_database()").fetchone()[0] < 2:
+                assert time.monotonic() < deadline, "the two transitions never waited for the instance's lock"
+                time.sleep(0.01)
+            holder.rollback()
+            assert [f.result(timeout=30).outcome for f in futures] == ["changed", "changed"]
+    assert pg_store.instance(name, "reco", 1).status == "done"
+    completions = [h for h in pg_store.history(name, run=1, limit=None) if h.entity == "task" and h.to_status == "done"]
+    assert len(completions) == 1
