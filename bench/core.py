@@ -242,7 +242,7 @@ def lock_held(folder: str) -> tuple[float, float]:
     with Store.open(prepared(folder, "hold-api.db", CLAIM_RUNS // 4, 0, retries=3), actor="bench") as store:
         event.listen(store.db.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(
             lock_holder(api_holds)))
-        store.db.engine.dispose()  # new connections, traced
+        store.db.close()  # new connections, traced
         while store.claim(C, "reco", limit=1):
             pass
     return statistics.median(raw_holds) * 1e6, statistics.median(api_holds) * 1e6
