@@ -83,7 +83,7 @@ def audit_values(job: tuple[Any, ...], src: str, dst: str) -> tuple[Any, ...]:
 
 def single(folder: str) -> dict[str, float]:
     """Transitions/s: ``api``, ``floor``, ``lean`` (bench/lean_tx.py on a raw connection); and transactions/s
-    of an empty write transaction through ``Database.tx`` (``setup``: SQLAlchemy's pool checkout, begin, commit)
+    of an empty write transaction through ``Database.tx`` (``setup``: the thread's connection, begin, commit)
     and by hand (``raw_setup``). Run 1 has jobs 0 and 1, job 1 stays idle so nothing completes."""
     store = Store.open(prepared(folder, "single.db", runs=1, jobs=2, retries=10**9), actor="bench")
     conn = raw_connection(prepared(folder, "single-raw.db", runs=1, jobs=2, retries=10**9))
@@ -273,7 +273,7 @@ def run() -> list[dict[str, Any]]:
                 row("single transition: lean prototype (bench/lean_tx.py: raw connection, one read)", rates["lean"],
                     "transitions/s", floor),
                 cost,
-                row("of which an empty write transaction through Database.tx (pool checkout, begin, commit)",
+                row("of which an empty write transaction through Database.tx (thread's connection, begin, commit)",
                     1e6 / rates["setup"], "us", cost),
                 row("of which an empty write transaction by hand (BEGIN IMMEDIATE, COMMIT)", 1e6 / rates["raw_setup"],
                     "us", cost)]

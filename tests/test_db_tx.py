@@ -65,12 +65,14 @@ def fd_targets() -> list[str]:
 
 @pytest.mark.parametrize("error", [ValueError("boom"), KeyboardInterrupt()], ids=["exception", "keyboard-interrupt"])
 def test_a_transaction_that_raises_writes_nothing_and_the_error_goes_on(db: Database, error: BaseException) -> None:
+    mark(db)
     with pytest.raises(type(error)):
         with db.tx() as tx:
             tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
             raise error
     assert meta(db, "k") is None
-    with db.tx() as tx:  # the thread's connection is usable: no transaction was left open on it
+    assert marked(db) == 1  # rolled back, the thread's connection is kept
+    with db.tx() as tx:  # and usable: no transaction was left open on it
         tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'w')")
     assert meta(db, "k") == "w"
 
