@@ -1,10 +1,11 @@
-"""``python -m bench [MODULE...] [--no-write]``: every benchmark, one table, docs/performance.md.
+"""``python -m bench [MODULE...] [--runs N] [--no-write]``: every benchmark, one table, docs/performance.md.
 
 Runs each module's ``run()`` (all of :data:`MODULES` by default), prints one table of every
 figure beside the anchor it was measured against in the same run, and rewrites the generated
 part of docs/performance.md (the machine and the table) below :data:`MARKER`; the hand-written
 interpretation above the marker is kept. A module that fails is reported and the others run on;
-the exit status is then 1. Running a subset prints only (``--write`` writes it anyway).
+the exit status is then 1. Running a subset prints only (``--write`` writes it anyway). ``--runs`` goes to
+the modules whose ``run()`` takes it (lean: the runs of its simulated year).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import os
 import platform
 import shutil
@@ -37,8 +39,9 @@ HEADER = """# Performance
 """
 
 
-def collect(names: list[str]) -> tuple[list[dict[str, Any]], list[str], dict[str, float]]:
-    """(rows, failures, seconds per module)."""
+def collect(names: list[str], options: Optional[dict[str, Any]] = None,
+            ) -> tuple[list[dict[str, Any]], list[str], dict[str, float]]:
+    """(rows, failures, seconds per module); each module's ``run()`` gets the ``options`` it takes."""
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     seconds: dict[str, float] = {}
@@ -49,7 +52,9 @@ def collect(names: list[str]) -> tuple[list[dict[str, Any]], list[str], dict[str
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            got = importlib.import_module(f"bench.{name}").run()
+            run = importlib.import_module(f"bench.{name}").run
+            taken = {k: v for k, v in (options or {}).items() if k in inspect.signature(run).parameters}
+            got = run(**taken)
         except Exception as err:  # one broken module must not hide the others' figures
             traceback.print_exc()
             failures.append(f"{name}: {type(err).__name__}: {err}")
@@ -111,7 +116,8 @@ def machine() -> list[tuple[str, str]]:
     rotational = "?"
     dev = disk.split()[-1].rsplit("/", 1)[-1] if disk != "not found" else ""
     if dev and Path(f"/sys/block/{dev}/queue/rotational").exists():
-        rotational = "rotational" if Path(f"/sys/block/{dev}/queue/rotational").read_text().strip() == "1" else "SSD/virtual"
+        spinning = Path(f"/sys/block/{dev}/queue/rotational").read_text().strip() == "1"
+        rotational = "rotational" if spinning else "SSD/virtual"
     pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
     commit = _command(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     return [
@@ -154,13 +160,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help=f"benchmarks to run (default: all of {', '.join(MODULES)})")
     parser.add_argument("--write", action="store_true", help="write docs/performance.md after a subset too")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--runs", type=int, help="runs of a simulated year (lean: default 200, a full year 2000)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)} (known: {', '.join(MODULES)})")
     names = list(args.modules) or list(MODULES)
     t0 = time.perf_counter()
-    rows, failures, seconds = collect(names)
+    rows, failures, seconds = collect(names, {} if args.runs is None else {"runs": args.runs})
     cells = table(rows)
     widths = [max([len(c[i]) for c in cells] + [len(h)]) for i, h in enumerate(["module", "figure", "value", "unit"])]
     for c in cells:

@@ -11,13 +11,14 @@ import importlib.util
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
 from ecalstate import RunSpec, Store
+from ecalstate.auditlog import text_id, vocabulary_ids
 
 REPO = Path(__file__).resolve().parent.parent
 SPAWN = multiprocessing.get_context("spawn")
@@ -119,6 +120,19 @@ def transition_worker(url: str, jobs: Sequence[tuple[int, int]], targets: Sequen
                 if store.set_job_status("bench", "reco", run, jid, target).outcome == "changed":
                     applied += 1
     return applied, time.time()
+
+
+def text_ids(url: str, texts: Iterable[str]) -> dict[str, int]:
+    """The ``string`` ids of audit texts (inserted when new), resolved once through the store before anything is
+    timed, as the store's writers resolve them once and cache them for the database's life."""
+    with Store.open(url, actor="bench-setup") as store, store.db.tx(write=True) as tx:
+        learned: dict[str, int] = {}
+        return {text: text_id(tx, text, vocabulary_ids(), learned) for text in texts}
+
+
+def now_micros() -> int:
+    """This host's time as integer microseconds since 1970 (how ``audit_log`` and ``job`` keep their times)."""
+    return time.time_ns() // 1000
 
 
 def job_keys(runs: Sequence[int], per_run: int) -> list[tuple[int, int]]:

@@ -72,7 +72,8 @@ def run() -> list[dict[str, Any]]:
                                         [(influx.url, db, job_keys(s, JOBS_PER_RUN), targets) for s in parts])
             original = row(f"original design: InfluxDB 1.6.7 read last point + write point, {workers} proc",
                            sum(applied) / seconds, "transitions/s")
-            applied, seconds = parallel(workers, transition_worker, [(url, job_keys(s, JOBS_PER_RUN), targets) for s in parts])
+            applied, seconds = parallel(workers, transition_worker,
+                                        [(url, job_keys(s, JOBS_PER_RUN), targets) for s in parts])
             out += [original, row(f"ecalstate set_job_status (validated, audited), SQLite, {workers} proc",
                                   sum(applied) / seconds, "transitions/s", original)]
 

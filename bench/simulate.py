@@ -7,16 +7,23 @@ transition) with ``INSERT ... SELECT`` over generated series: ``runs`` runs spre
 output path field, every instance new -> processing -> done with its outputs gathered, and one
 instance in ``reprocessed_every`` reprocessed once (a second generation of jobs; the first one
 stays, finished). tests of the real API's rows are in tests/; this is for sizes and query times.
+
+The rows are written in the layout of schema 5 (the wide ``audit`` table, tests/data/schema_v5.sqlite.sql) and
+the file is then upgraded by the real migration (``ecalstate.migrations``): a year's database as a store that
+has run for a year on schema 5 would hold it, and the migration's own time on it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from pathlib import Path
 
-from ecalstate import Store
+from ecalstate.migrations import upgrade_database
 
 YEAR_DAYS = 365.0
 BASE = "2460676.5"  # julian day of 2025-01-01T00:00:00 UTC; ``_ts(day)`` adds days to it
+SCHEMA_V5 = Path(__file__).resolve().parent.parent / "tests" / "data" / "schema_v5.sqlite.sql"
 OUTPUT = "/eos/cms/store/group/dpg_ecal/alca_ecalcalib/automation/prompt/{task}/{run}/out_{jid}.root"
 
 
@@ -25,14 +32,22 @@ def _ts(day: str) -> str:
     return f"strftime('%Y-%m-%dT%H:%M:%f', {BASE} + ({day})) || '000Z'"
 
 
+def _output(jid: str) -> str:
+    """SQL for the output path of job ``jid`` (an SQL expression) of task ``t`` on run ``r``."""
+    return "'" + OUTPUT.format(task="' || t.name || '", run="' || r.run_number || '", jid=f"' || ({jid}) || '") + "'"
+
+
 def _seq(name: str, count: str) -> str:
     return f"{name}(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM {name} WHERE i < {count})"
 
 
-def simulate(path: str, runs: int, tasks: int, jobs: int, reprocessed_every: int = 20) -> None:
-    """Create ``path`` (a new SQLite file) holding the simulated campaign ``prompt``."""
-    Store.open(path, create=True).close()
+def simulate(path: str, runs: int, tasks: int, jobs: int, reprocessed_every: int = 20, upgrade: bool = True) -> float:
+    """Create ``path`` (a new SQLite file) holding the simulated campaign ``prompt`` in schema 5, then upgrade it
+    to the current schema (unless not ``upgrade``); returns the seconds the upgrade took (0 without it)."""
     conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V5.read_text(encoding="utf-8"))
+    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '5')")
+    conn.commit()
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
     params = {"runs": runs, "tasks": tasks, "jobs": jobs, "every": reprocessed_every, "days": YEAR_DAYS}
@@ -49,14 +64,16 @@ def simulate(path: str, runs: int, tasks: int, jobs: int, reprocessed_every: int
             " injected_at) SELECT i, 1, 380000 + i, 9000 + i / 8, '{\"class\": \"Collisions\", \"era\": \"2025C\","
             " \"lumi\": 152.25, \"nevents\": ' || (100000 + i) || '}', 'all',"
             f" {_ts('(i - 1) * :days / :runs')} FROM n", params)
+        # outputs: the jobs' output fields gathered in job order, as schema 5 stored them in a done instance
         conn.execute(
-            "INSERT INTO task_instance (id, campaign_id, task_id, run_id, status, version, generation, leader_id,"
+            f"WITH RECURSIVE {_seq('j', ':jobs')}"
+            " INSERT INTO task_instance (id, campaign_id, task_id, run_id, status, version, generation, leader_id,"
             " outputs, created_at, updated_at, progress_at)"
             " SELECT (r.id - 1) * :tasks + t.id, 1, t.id, r.id, 'done',"
             " CASE WHEN ((r.id - 1) * :tasks + t.id) % :every = 0 THEN 6 ELSE 3 END,"
             " CASE WHEN ((r.id - 1) * :tasks + t.id) % :every = 0 THEN 2 ELSE 1 END, NULL,"
-            " '{\"output\": \"' || rtrim(replace(hex(zeroblob(:jobs)), '00', '" + OUTPUT.format(
-                task="' || t.name || '", run="' || r.run_number || '", jid="' || 'x' || '") + ",'), ',') || '\"}',"
+            f" '{{\"output\": \"' || (SELECT group_concat({_output('k')}, ',')"
+            " FROM (SELECT i - 1 AS k FROM j ORDER BY i)) || '\"}',"
             " r.injected_at, r.injected_at, r.injected_at FROM run r, task t ORDER BY r.id, t.id", params)
         # jobs: the current generation of every instance, and the finished first one of reprocessed instances
         conn.execute(
@@ -64,8 +81,7 @@ def simulate(path: str, runs: int, tasks: int, jobs: int, reprocessed_every: int
             " INSERT INTO job (instance_id, generation, jid, status, version, attempts, batch_id, fields, created_at,"
             " updated_at, started_at, finished_at)"
             " SELECT ti.id, gen.g, j.i - 1, 'done', 3, 1, (ti.id * 10 + gen.g) || '.' || (j.i - 1),"
-            " '{\"output\": \"" + OUTPUT.format(task="' || t.name || '", run="' || r.run_number || '",
-                                               jid="' || (j.i - 1) || '") + "\"}',"
+            f" '{{\"output\": \"' || {_output('j.i - 1')} || '\"}}',"
             " r.injected_at, r.injected_at, r.injected_at, r.injected_at"
             " FROM task_instance ti JOIN run r ON r.id = ti.run_id JOIN task t ON t.id = ti.task_id, j, gen"
             " WHERE gen.g <= ti.generation ORDER BY ti.id, gen.g, j.i", params)
@@ -97,3 +113,8 @@ def simulate(path: str, runs: int, tasks: int, jobs: int, reprocessed_every: int
             " ORDER BY o1, o2, o3, o4", params)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    if not upgrade:
+        return 0.0
+    t0 = time.perf_counter()
+    upgrade_database(path)
+    return time.perf_counter() - t0

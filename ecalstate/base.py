@@ -8,17 +8,18 @@ import os
 import pwd
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from .db import TS_FORMAT, Database, Tx, utcnow
+from .auditlog import from_micros, text_id, to_micros, vocabulary_ids
+from .db import Database, Tx, utcnow
 from .errors import Conflict, Invalid, NotFound
 
 R = TypeVar("R")
 
+#: an audit row, as :meth:`Ctx.audit_row` makes it: texts as ``string`` ids, the time in integer microseconds
 AUDIT_SQL = (
-    "INSERT INTO audit (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,"
+    "INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,"
     " from_status, to_status, actor, identity, reason, request_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
@@ -58,6 +59,14 @@ class Ctx:
     now: str
     #: the authenticated identity (see :meth:`StoreBase.identity`), recorded beside the free-text ``actor``
     identity: str = ""
+    #: the database's cache of committed text ids, and the ids this transaction found or made (see
+    #: :func:`ecalstate.auditlog.text_id`; ``StoreBase._write`` adds them to the cache once it committed)
+    texts: dict[str, int] = field(default_factory=vocabulary_ids)
+    learned: dict[str, int] = field(default_factory=dict)
+
+    def text(self, value: str) -> int:
+        """The ``string`` id of an audit text."""
+        return text_id(self.tx, value, self.texts, self.learned)
 
     def audit(
         self,
@@ -94,12 +103,15 @@ class Ctx:
         jid: Optional[int] = None,
         generation: Optional[int] = None,
         reason: str = "",
-        detail: Optional[dict[str, Any]] = None,
+        detail: Optional[dict[str, Any] | str] = None,
     ) -> tuple[Any, ...]:
+        """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``)."""
+        text = self.text
         return (
-            self.now, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
-            from_status, to_status, self.actor, self.identity, reason, self.request_id,
-            None if detail is None else json.dumps(detail, sort_keys=True),
+            to_micros(self.now), campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
+            generation, None if from_status is None else text(from_status), text(to_status), text(self.actor),
+            text(self.identity), text(reason), self.request_id,
+            detail if detail is None or isinstance(detail, str) else json.dumps(detail, sort_keys=True),
         )
 
 
@@ -110,6 +122,8 @@ class StoreBase:
         self.db = db
         self.actor = resolve_actor(actor)
         self._identity: Optional[str] = None
+        if not db.audit_texts:
+            db.audit_texts.update(vocabulary_ids())
 
     def identity(self, tx: Tx) -> str:
         """The authenticated identity of this store's writes: :func:`os_identity`, and on PostgreSQL the role the
@@ -149,14 +163,15 @@ class StoreBase:
                         raise Conflict(f"request id {request_id!r} was already used for a {kind} call with other"
                                        " arguments; give this call a new request id")
                     return decode(json.loads(row[1]))
-            ctx = Ctx(tx, self.actor, request_id, self._now(tx), self.identity(tx))
+            ctx = Ctx(tx, self.actor, request_id, self._now(tx), self.identity(tx), self.db.audit_texts)
             result = body(ctx)
             if request_id:
                 tx.execute(
                     "INSERT INTO request (request_id, kind, outcome, created_at) VALUES (?,?,?,?)",
                     (request_id, signed, json.dumps(encode(result)), ctx.now),
                 )
-            return result
+        self.db.audit_texts.update(ctx.learned)  # committed: these ids are for good
+        return result
 
     def clock(self) -> str:
         """This host's UTC time in the store's format; the one clock writes read (tests replace it)."""
@@ -168,9 +183,9 @@ class StoreBase:
         Hosts' clocks differ; audit times, and so exported point times, follow the store's order instead
         (read inside the write transaction, after the audit row with the highest id, which is the newest)."""
         now = self.clock()
-        latest = tx.scalar("SELECT ts FROM audit ORDER BY id DESC LIMIT 1")
-        if latest is not None and latest >= now:
-            now = (datetime.strptime(latest, TS_FORMAT) + timedelta(microseconds=1)).strftime(TS_FORMAT)
+        latest = tx.scalar("SELECT ts FROM audit_log ORDER BY id DESC LIMIT 1")
+        if latest is not None and latest >= to_micros(now):
+            now = from_micros(latest + 1)
         return now
 
     # --- name resolution, always inside the caller's transaction -------------------------

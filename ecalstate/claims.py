@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 from .base import Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
-from .jobs import check_jobs, insert_jobs
+from .jobs import check_jobs, insert_jobs, keep_outputs
 from .results import Claim
 from .sources import ONGOING
 from .statemachine import TASK, TaskStatus
@@ -283,6 +283,8 @@ def _move(
 ) -> None:
     TASK.check(TaskStatus(inst.status), to, f"{task} run {inst.run_number}")
     gen = inst.generation if generation is None else generation
+    if gen != inst.generation:
+        keep_outputs(ctx.tx, inst.instance_id, inst.generation)
     count = ctx.tx.execute(
         "UPDATE task_instance SET status = ?, version = version + 1, generation = ?, leader_id = ?,"
         " updated_at = ?, progress_at = NULL WHERE id = ? AND version = ?",

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from functools import lru_cache, partial
 from typing import Any, Optional, Protocol
 
-from sqlalchemy import Column, Index, Integer, Table, UniqueConstraint, event, exc
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint, event, exc
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, SQLModel, create_engine
@@ -33,7 +33,7 @@ from .limits import int64_range
 from .paths import Mount, network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 #: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
@@ -122,6 +122,8 @@ class TaskInstance(SQLModel, table=True):
     version: int = 1
     generation: int = 0
     leader_id: Optional[int] = Field(default=None, foreign_key="task_instance.id")
+    #: the jobs' output fields gathered when the instance is done; ``''``: those of its current generation's jobs,
+    #: read when asked (``jobs.instance_outputs``) instead of a copy of every path (schema 6)
     outputs: str = "{}"
     created_at: str
     updated_at: str
@@ -132,7 +134,6 @@ class Job(SQLModel, table=True):
     __tablename__ = "job"
     __table_args__ = (
         UniqueConstraint("instance_id", "generation", "jid"),
-        Index("ix_job_status", "status"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     instance_id: int = Field(foreign_key="task_instance.id")
@@ -149,32 +150,50 @@ class Job(SQLModel, table=True):
     finished_at: Optional[str] = None
 
 
-class Audit(SQLModel, table=True):
-    """One row per accepted transition (and per handler heartbeat); its id is the export cursor."""
+class AuditLog(SQLModel, table=True):
+    """One row per accepted transition (and per handler heartbeat); its id is the export cursor.
 
-    __tablename__ = "audit"
+    Lean (schema 6): the repeated texts are ids of :class:`String` rows and the time is integer microseconds
+    since 1970 (UTC). Readers use the view ``audit`` (``ecalstate.auditlog``), which gives the texts and the
+    store's time format back; writers insert here through ``base.AUDIT_SQL``, with ids they resolved (no foreign
+    keys to ``string``: seven lookups per row would cost more than the row, and ``string`` rows are never deleted).
+    """
+
+    __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_instance", "instance_id"),
         {"sqlite_autoincrement": True},
     )
     id: Optional[int] = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
-    ts: str
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
     campaign_id: int = Field(foreign_key="campaign.id")
-    entity: str
+    entity: int
     instance_id: Optional[int] = None
     job_pk: Optional[int] = None
-    task: str
+    task: int
     run_number: Optional[int] = None
     jid: Optional[int] = None
     generation: Optional[int] = None
-    from_status: Optional[str] = None
-    to_status: str
-    actor: str
+    from_status: Optional[int] = None
+    to_status: int
+    actor: int
     #: who really acted, as authenticated (OS user@host, Jenkins' build tag, PostgreSQL role); ``actor`` is a label
-    identity: str = Field(default="", sa_column_kwargs={"server_default": ""})
-    reason: str = ""
+    identity: int
+    reason: int
     request_id: Optional[str] = None
     detail: Optional[str] = None
+
+
+class String(SQLModel, table=True):
+    """The audit's texts, each once: entities, statuses, task names, actors, identities, reasons.
+
+    Never deleted (an id, once committed, means its text for ever), so ids can be cached by writers. The unique
+    index is the engine's own (``ecalstate.auditlog``): PostgreSQL indexes a digest, a reason may be long.
+    """
+
+    __tablename__ = "string"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    text: str
 
 
 class Request(SQLModel, table=True):
@@ -436,9 +455,10 @@ class Tx:
         return self._cursor
 
     def has_table(self, name: str) -> bool:
-        """Whether table ``name`` exists (in the main schema on SQLite, the current one elsewhere)."""
+        """Whether a table or view ``name`` exists (in the main schema on SQLite, the current one elsewhere)."""
         if self.is_sqlite:
-            return self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) > 0
+            return self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
+                               (name,)) > 0
         return bool(self.dialect.has_table(self.conn, name))
 
     def create_table(self, table: Table) -> None:
@@ -507,6 +527,8 @@ class Database:
         if read_only and create:
             raise ValueError("a read-only database cannot be created")
         self.read_only = read_only
+        #: ids of the audit's texts seen committed (``ecalstate.auditlog``; a text's id never changes)
+        self.audit_texts: dict[str, int] = {}
         try:
             # the password lives in the engine only: ``url`` is what messages, stats and reopening use
             self.url, password = split_password(self.url)
@@ -634,7 +656,10 @@ class Database:
             SQLModel.metadata.create_all(self.engine)
         except exc.DBAPIError as err:
             raise DatabaseError(f"cannot create the schema in {redact(self.url)}: {first_line(err.orig)}") from err
+        from .auditlog import install
+
         with self.tx() as tx:
+            install(tx)
             found = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
             if found is None:
                 tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

@@ -580,7 +580,7 @@ def _high_water(db: Database) -> int:
             # a read-only exporter may not lock the table itself: `ecalstate db roles` gives it a function that does
             if tx.scalar("SELECT to_regprocedure('ecalstate_audit_high_water()') IS NOT NULL"):
                 return int(tx.scalar("SELECT ecalstate_audit_high_water()"))
-            tx.run("LOCK TABLE audit IN SHARE MODE")
+            tx.run("LOCK TABLE audit_log IN SHARE MODE")
         return int(tx.scalar("SELECT MAX(id) FROM audit") or 0)
 
 

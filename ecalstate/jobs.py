@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Optional
 
+from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
@@ -195,7 +196,7 @@ class Jobs(StoreBase):
             jobs = {r[1]: r for r in tx.all(
                 "SELECT j.id, j.jid, j.attempts, j.fields, j.status FROM job j"
                 " WHERE j.instance_id = ? AND j.generation = ?" + tx.lock("j"), (iid, gen))}
-            rows, annotations = [], []
+            rows, annotations, kept = [], [], []
             for rec in records:
                 job = jobs.get(rec.jid)
                 if job is None or job[2] != rec.attempt:
@@ -203,9 +204,11 @@ class Jobs(StoreBase):
                 fields = json.dumps({**loads(job[3]), **rec.fields}, sort_keys=True) if rec.fields else job[3]
                 rows.append((rec.batch_id, fields, job[0]))
                 if rec.fields:  # e.g. the attempt's logs folder: exported as a field, never as a status change
+                    kept.append((job[3], job[0]))
                     annotations.append(_annotation(ctx, cid, task, job[4], rec.fields, iid=iid, pk=job[0], run=run,
                                                    jid=rec.jid, generation=gen))
             if rows:
+                tx.many(KEEP_CREATION_FIELDS, kept)
                 tx.many("UPDATE job SET batch_id = ?, fields = ? WHERE id = ?", rows)
                 tx.many(AUDIT_SQL, annotations)
             return len(rows)
@@ -243,7 +246,7 @@ def insert_jobs(
         "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
     tx.many(AUDIT_SQL, [
         ctx.audit_row(cid, "job", task, J.IDLE.value, instance_id=iid, job_pk=pks[j], run_number=run,
-                      jid=j, generation=gen, reason="created by submit", detail=f or None)
+                      jid=j, generation=gen, reason="created by submit", detail=SAME_AS_JOB if f else None)
         for j, f in zip(jids, fields)
     ])
     tx.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
@@ -402,6 +405,8 @@ def _apply(
     now = ctx.now
     job_rows = []
     audit_rows = []
+    # the fields of jobs whose fields change go into their creation rows first (kept once until now)
+    tx.many(KEEP_CREATION_FIELDS, [(row.fields, row.pk) for update, row, _ in accepted if update.fields])
     touched: set[int] = set()
     deciding: set[int] = set()
     for update, row, target in accepted:
@@ -490,11 +495,10 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
             else:
                 continue
             TASK.check(TaskStatus.PROCESSING, target, f"{task} run {run}")
-            outputs = _outputs(tx, iid, gen) if target == TaskStatus.DONE else {}
             count = tx.execute(
                 "UPDATE task_instance SET status = ?, version = version + 1, updated_at = ?, outputs = ?"
                 " WHERE id = ? AND version = ?",
-                (target.value, ctx.now, json.dumps(outputs, sort_keys=True), iid, version),
+                (target.value, ctx.now, DERIVED if target == TaskStatus.DONE else "{}", iid, version),
             )
             if count != 1:
                 raise Conflict(f"task {task} run {run} changed concurrently; retry")
@@ -502,6 +506,27 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
                       generation=gen, reason=reason)
             out.append(Change("task", f"{task} run {run}", "processing", target.value, "changed", reason))
     return out
+
+
+#: ``task_instance.outputs`` of a done instance: its current generation's jobs' outputs, read when asked
+DERIVED = ""
+
+
+def instance_outputs(tx: Tx, iid: int, generation: int, stored: str) -> dict[str, Any]:
+    """An instance's outputs: as stored, or (:data:`DERIVED`) gathered from its current generation's jobs."""
+    return _outputs(tx, iid, generation) if stored == DERIVED else loads(stored)
+
+
+def gathered_outputs(tx: Tx, iid: int, generation: int) -> str:
+    """The outputs of a generation's jobs as stored text (what schema 5 kept in every done instance)."""
+    return json.dumps(_outputs(tx, iid, generation), sort_keys=True)
+
+
+def keep_outputs(tx: Tx, iid: int, generation: int) -> None:
+    """Store the outputs of a done instance's generation before it opens a new one (reprocessing): they stay
+    what they were until the new generation is done."""
+    if tx.scalar("SELECT outputs FROM task_instance WHERE id = ?", (iid,)) == DERIVED:
+        tx.execute("UPDATE task_instance SET outputs = ? WHERE id = ?", (gathered_outputs(tx, iid, generation), iid))
 
 
 def _outputs(tx: Tx, iid: int, gen: int) -> dict[str, str]:

@@ -29,7 +29,7 @@ from .claims import Eligible, _move
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .filters import parse_filter
-from .jobs import _outputs, check_jobs, insert_jobs
+from .jobs import DERIVED, _outputs, check_jobs, insert_jobs, keep_outputs
 from .results import BulkResult, Change
 from .statemachine import CLAIMABLE, TASK, TaskStatus, TransitionNotAllowed
 
@@ -179,6 +179,7 @@ class LegacyApi(StoreBase):
                     if not recreate:
                         raise Invalid(f"task {what} already has jobs in generation {generation}; "
                                       "recreate=True opens a new generation")
+                    keep_outputs(tx, inst.instance_id, generation)
                     generation += 1
                     _cas(tx, inst, "generation = ?, progress_at = NULL, updated_at = ?", (generation, ctx.now), what)
             else:
@@ -429,7 +430,7 @@ def _finish(ctx: Ctx, cid: int, task: str, inst: Eligible, target: TaskStatus, r
     """processing -> done (no job of the generation still idle or running; outputs gathered) or -> failed."""
     tx = ctx.tx
     what = f"{task} run {inst.run_number}"
-    outputs: dict[str, str] = {}
+    outputs = "{}"
     if target == T.DONE:
         active = tx.scalar(
             "SELECT COUNT(*) FROM job WHERE instance_id = ? AND generation = ? AND status IN ('idle', 'running')",
@@ -437,9 +438,8 @@ def _finish(ctx: Ctx, cid: int, task: str, inst: Eligible, target: TaskStatus, r
         if active:
             raise TransitionNotAllowed(TASK.entity, what, T.PROCESSING, target, TASK.allowed(T.PROCESSING),
                                        f"{active} job(s) of generation {inst.generation} still idle or running")
-        outputs = _outputs(tx, inst.instance_id, inst.generation)
-    _cas(tx, inst, "status = ?, outputs = ?, updated_at = ?", (target.value, json.dumps(outputs, sort_keys=True),
-                                                               ctx.now), what)
+        outputs = DERIVED
+    _cas(tx, inst, "status = ?, outputs = ?, updated_at = ?", (target.value, outputs, ctx.now), what)
     ctx.audit(cid, "task", task, target.value, from_status=inst.status, instance_id=inst.instance_id,
               run_number=inst.run_number, generation=inst.generation, reason=reason)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlmodel import SQLModel
 
+from . import auditlog
 from . import db as dbmod
 from .db import Database, Tx, redact
 from .errors import SchemaError
@@ -70,6 +71,8 @@ STEPS: tuple[Step, ...] = (
          _run_tag_rtypes),
     Step(5, "run_source and fill_end: run sources' cursors per campaign, and fills known to have ended",
          _run_sources),
+    Step(6, "audit_log + string behind the view audit: the audit's texts once, its times as integer microseconds",
+         auditlog.migrate),
 )
 
 

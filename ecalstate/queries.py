@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .base import StoreBase, loads
+from .jobs import instance_outputs
 from .errors import Invalid, NotFound
 from .monitoring import blocked_instances, stuck_instances
 from .results import AuditRow, InstanceInfo, Overview, OverviewRow
@@ -121,12 +122,13 @@ class Queries(StoreBase):
             _, tid, _ = self._campaign_task(tx, campaign, task)
             row = tx.one(
                 "SELECT r.run_number, r.fill, ti.status, ti.version, ti.generation, lr.run_number, ti.outputs,"
-                " ti.updated_at FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                " ti.updated_at, ti.id FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                 " LEFT JOIN task_instance l ON l.id = ti.leader_id LEFT JOIN run lr ON lr.id = l.run_id"
                 " WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
             if row is None:
                 raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
-            return InstanceInfo(campaign, task, row[0], row[1], row[2], row[3], row[4], row[5], loads(row[6]), row[7])
+            return InstanceInfo(campaign, task, row[0], row[1], row[2], row[3], row[4], row[5],
+                                instance_outputs(tx, row[8], row[4], row[6]), row[7])
 
     def history(
         self,

@@ -32,6 +32,7 @@ from typing import Any, Optional
 from sqlmodel import SQLModel
 
 from .appendfile import append_whole
+from .auditlog import KEEP_CREATION_FIELDS
 from .db import Database, Tx, sqlite_path
 from .errors import Invalid, StorageError
 from .limits import MAX_DURATION
@@ -114,7 +115,7 @@ def prune(
             jobs = sum(g[2] for g in generations)
     if not dry_run:
         out = _archive_file(archive)
-        audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out)
+        audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out, "audit_log")
         jobs = _delete_generations(db, generations, cutoff, chunk, out)
         requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out)
     return PruneResult(cutoff, dry_run, audit, jobs, requests, kept, floor, archive)
@@ -153,10 +154,12 @@ def _take(tx: Tx, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(columns, r)) for r in cursor.fetchall()]
 
 
-def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[_Archive]) -> None:
-    """Archive ``rows`` (on disk before the delete commits) and delete them, inside the caller's transaction."""
+def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[_Archive],
+            archived_as: Optional[str] = None) -> None:
+    """Archive ``rows`` (on disk before the delete commits; under the name ``archived_as``, the table's by default)
+    and delete them, inside the caller's transaction."""
     if out is not None and rows:
-        out.write(table, rows)
+        out.write(archived_as or table, rows)
     keys = [r[key] for r in rows]
     for start in range(0, len(keys), 500):
         part = keys[start:start + 500]
@@ -164,10 +167,12 @@ def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: O
 
 
 def _delete_where(
-    db: Database, source: str, key: str, where: str, params: Sequence[Any], chunk: int, out: Optional[_Archive]
+    db: Database, source: str, key: str, where: str, params: Sequence[Any], chunk: int, out: Optional[_Archive],
+    table: Optional[str] = None,
 ) -> int:
-    """Delete the rows of ``source`` ("table alias") matching ``where`` in key order, ``chunk`` per transaction."""
-    table, alias = source.split()
+    """Delete the rows of ``source`` ("table alias") matching ``where`` in key order, ``chunk`` per transaction;
+    ``table``: where they are deleted when ``source`` is a view of it (the archive keeps the view's columns)."""
+    name, alias = source.split()
     total = 0
     last: Any = "" if key == "request_id" else -1
     while True:
@@ -175,7 +180,7 @@ def _delete_where(
             columns = f"{alias}.*" if out is not None else f"{alias}.{key}"  # whole rows only to archive them
             rows = _take(tx, f"SELECT {columns} FROM {source} WHERE {where} AND {alias}.{key} > ?"
                              f" ORDER BY {alias}.{key} LIMIT ?", (*params, last, chunk))
-            _remove(tx, table, key, rows, out)
+            _remove(tx, table or name, key, rows, out, name)
         total += len(rows)
         if len(rows) < chunk:
             return total
@@ -202,6 +207,7 @@ def _delete_generations(
                 start += 1
                 if any(r["status"] not in ("done", "failed") or r["updated_at"] >= cutoff for r in rows):
                     continue
+                tx.many(KEEP_CREATION_FIELDS, [(r["fields"], r["id"]) for r in rows])  # their creation rows stay
                 _remove(tx, "job", "id", rows, out)
                 taken += len(rows)
         total += taken
@@ -225,18 +231,23 @@ class DbStats:
     schema_version: Optional[int] = None
 
 
+#: tables shown by the name users know them by: the audit's rows are those of the view ``audit``
+SHOWN = {"audit_log": "audit"}
+
+
 def stats(db: Database) -> DbStats:
     """Count the rows of every table and measure the database's size."""
     names = sorted(t.name for t in SQLModel.metadata.sorted_tables)
     with db.tx(write=False) as tx:
-        rows = {name: int(tx.scalar(f"SELECT COUNT(*) FROM {name}")) for name in names}
+        rows = {SHOWN.get(name, name): int(tx.scalar(f"SELECT COUNT(*) FROM {name}")) for name in names}
         if tx.is_sqlite:
             page = int(tx.scalar("PRAGMA page_size"))
             free = int(tx.scalar("PRAGMA freelist_count")) * page
             table_bytes: dict[str, int] = {}
         else:
             size = int(tx.scalar("SELECT pg_database_size(current_database())"))
-            table_bytes = {n: int(tx.scalar("SELECT pg_total_relation_size(?::regclass)", (n,))) for n in names}
+            table_bytes = {SHOWN.get(n, n): int(tx.scalar("SELECT pg_total_relation_size(?::regclass)", (n,)))
+                           for n in names}
     version = db.schema_version()
     path = sqlite_path(db.url)
     if path is None:

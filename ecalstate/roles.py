@@ -19,17 +19,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .auditlog import vocab_id
 from .db import Database
 from .errors import Invalid
 
 #: tables a role may read and write, per role (each role also has what the one before it has)
-STATE = ("run", "task_instance", "job", "audit", "request", "heartbeat", "run_source", "fill_end")
+STATE = ("run", "task_instance", "job", "audit_log", "string", "request", "heartbeat", "run_source", "fill_end")
 SETUP = ("campaign", "task", "task_dep", "rtype", "rtype_task")
 TABLES = ("meta", *SETUP, *STATE, "export_cursor")
+#: the views (owned by the admin, read by everyone): the audit's texts and times
+VIEWS = ("audit",)
 
-#: transitions that only an operator makes (the writer's audit inserts are checked against this)
-OPERATOR_ONLY = ("entity = 'task' AND (to_status = 'skipped' OR (to_status = 'reprocess'"
-                 " AND from_status IN ('done', 'failed', 'merged', 'skipped')))")
+
+def _ids(*texts: str) -> str:
+    return ", ".join(str(vocab_id(t)) for t in texts)
+
+
+#: transitions that only an operator makes (the writer's audit inserts are checked against this; the statuses
+#: by their fixed ``string`` ids)
+OPERATOR_ONLY = (f"entity = {vocab_id('task')} AND (to_status = {vocab_id('skipped')} OR (to_status ="
+                 f" {vocab_id('reprocess')} AND from_status IN ({_ids('done', 'failed', 'merged', 'skipped')})))")
 
 
 #: the four roles, from the least to the most privileged (each has the rights of the one before)
@@ -68,25 +77,26 @@ def roles_sql(prefix: str = "ecalstate") -> str:
         "",
         "-- admin: owns the tables (upgrades, prune)",
         *(f"ALTER TABLE {t} OWNER TO {n.admin};" for t in TABLES),
+        *(f"ALTER VIEW {v} OWNER TO {n.admin};" for v in VIEWS),
         f"GRANT USAGE ON SCHEMA public TO {n.reader};",
         "",
         "-- reader: everything readable; only the exporter's bookmark writable",
         f"REVOKE ALL ON {tables} FROM {n.reader}, {n.writer}, {n.operator};",
-        f"GRANT SELECT ON {tables} TO {n.reader};",
+        f"GRANT SELECT ON {tables}, {', '.join(VIEWS)} TO {n.reader};",
         f"GRANT INSERT, UPDATE, DELETE ON export_cursor TO {n.reader};",
         # PostgreSQL hands out audit ids before commit: the exporter waits for the inserts in flight (a share lock)
         # before it reads the newest id; the lock needs rights on audit that a reader must not have, so a function
         # that runs as its owner takes it
         "CREATE OR REPLACE FUNCTION ecalstate_audit_high_water() RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER"
         " SET search_path = public AS"
-        " $$ BEGIN LOCK TABLE audit IN SHARE MODE; RETURN COALESCE((SELECT MAX(id) FROM audit), 0); END $$;",
+        " $$ BEGIN LOCK TABLE audit_log IN SHARE MODE; RETURN COALESCE((SELECT MAX(id) FROM audit_log), 0); END $$;",
         f"ALTER FUNCTION ecalstate_audit_high_water() OWNER TO {n.admin};",
         "REVOKE ALL ON FUNCTION ecalstate_audit_high_water() FROM PUBLIC;",
         f"GRANT EXECUTE ON FUNCTION ecalstate_audit_high_water() TO {n.reader};",
         "",
         "-- writer: state rows and their audit (append-only), heartbeats, notification bookkeeping",
         f"GRANT INSERT, UPDATE ON run, task_instance, job, request, heartbeat, run_source, fill_end TO {n.writer};",
-        f"GRANT INSERT ON audit TO {n.writer};",
+        f"GRANT INSERT ON audit_log, string TO {n.writer};",
         f"GRANT INSERT, UPDATE, DELETE ON meta, heartbeat TO {n.writer};",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {n.writer};",
         "",
@@ -95,16 +105,17 @@ def roles_sql(prefix: str = "ecalstate") -> str:
         "",
         "-- row-level rules: the audit accepts a writer's row only for a transition a handler makes;",
         "-- meta's schema version is the admin's",
-        "ALTER TABLE audit ENABLE ROW LEVEL SECURITY;",
+        "ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;",
         "ALTER TABLE meta ENABLE ROW LEVEL SECURITY;",
-        "DROP POLICY IF EXISTS ecalstate_read ON audit;",
-        "DROP POLICY IF EXISTS ecalstate_writer_rows ON audit;",
-        "DROP POLICY IF EXISTS ecalstate_operator_rows ON audit;",
+        "DROP POLICY IF EXISTS ecalstate_read ON audit_log;",
+        "DROP POLICY IF EXISTS ecalstate_writer_rows ON audit_log;",
+        "DROP POLICY IF EXISTS ecalstate_operator_rows ON audit_log;",
         "DROP POLICY IF EXISTS ecalstate_read ON meta;",
         "DROP POLICY IF EXISTS ecalstate_writer_keys ON meta;",
-        "CREATE POLICY ecalstate_read ON audit FOR SELECT USING (true);",
-        f"CREATE POLICY ecalstate_writer_rows ON audit FOR INSERT TO {n.writer} WITH CHECK (NOT ({OPERATOR_ONLY}));",
-        f"CREATE POLICY ecalstate_operator_rows ON audit FOR INSERT TO {n.operator} WITH CHECK (true);",
+        "CREATE POLICY ecalstate_read ON audit_log FOR SELECT USING (true);",
+        f"CREATE POLICY ecalstate_writer_rows ON audit_log FOR INSERT TO {n.writer} WITH CHECK"
+        f" (NOT ({OPERATOR_ONLY}));",
+        f"CREATE POLICY ecalstate_operator_rows ON audit_log FOR INSERT TO {n.operator} WITH CHECK (true);",
         "CREATE POLICY ecalstate_read ON meta FOR SELECT USING (true);",
         f"CREATE POLICY ecalstate_writer_keys ON meta FOR ALL TO {n.writer}"
         " USING (key <> 'schema_version') WITH CHECK (key <> 'schema_version');",

@@ -23,6 +23,7 @@ import pytest
 from cli_support import ECALSTATE, invoke
 
 from ecalstate import JobUpdate, RunSpec, Store
+from ecalstate.auditlog import vocab_id
 from ecalstate.db import Database
 from ecalstate.export import (
     HISTORY_SQL,
@@ -379,8 +380,10 @@ def test_postgres_export_waits_for_audit_rows_still_being_written(pg_url: str, t
         slow = store.db.engine.connect()
         slow_tx = slow.begin()
         slow.exec_driver_sql(  # a transaction that took an audit id and has not committed yet
-            "INSERT INTO audit (ts, campaign_id, entity, task, run_number, to_status, actor, reason)"
-            " SELECT '2030-01-01T00:00:00.000000Z', id, 'task', 'reco', 1, 'processing', 'slow', '' FROM campaign")
+            "INSERT INTO audit_log (ts, campaign_id, entity, task, run_number, to_status, actor, identity, reason)"
+            f" SELECT 1893456000000000, id, {vocab_id('task')}, (SELECT id FROM string WHERE text = 'reco'), 1,"
+            f" {vocab_id('processing')}, (SELECT id FROM string WHERE text = 't'), {vocab_id('')}, {vocab_id('')}"
+            " FROM campaign")
         store.heartbeat("prompt", "reco", "submit")  # a later id, committed first
         out = tmp_path / "pg.lp"
         results: list[Any] = []
@@ -388,7 +391,7 @@ def test_postgres_export_waits_for_audit_rows_still_being_written(pg_url: str, t
         worker.start()
         with store.db.tx(write=False) as tx:
             wait_for(lambda: tx.scalar("SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation ="
-                                       " 'audit'::regclass") == 1 or not worker.is_alive())
+                                       " 'audit_log'::regclass") == 1 or not worker.is_alive())
         slow_tx.commit()
         slow.close()
         worker.join(30)

@@ -7,6 +7,8 @@ upgraded database must keep working: old request ids still replay, old jobs stil
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import sqlite3
 import threading
@@ -20,6 +22,7 @@ from sqlalchemy.engine import make_url
 from ecalstate import JobUpdate, RunSpec, SchemaError, Store, migrations
 from ecalstate import db as dbmod
 from ecalstate.db import Database, DatabaseError, Tx
+from ecalstate.export import read_batch
 from ecalstate.migrations import Step, upgrade_database
 
 DATA = Path(__file__).parent / "data"
@@ -45,16 +48,17 @@ def v1_row_counts() -> dict[str, int]:
     return counts
 
 
-def load_v1(url: str) -> None:
-    """Create the first release's schema in the empty database ``url`` and load its rows."""
-    data = (DATA / "data_v1.sql").read_text(encoding="utf-8")
+def load_v1(url: str, version: int = 1) -> None:
+    """Create a frozen release's schema (the first one's unless ``version``) in the empty database ``url`` and load
+    its rows."""
+    data = (DATA / f"data_v{version}.sql").read_text(encoding="utf-8")
     if "://" not in url:
         with sqlite3.connect(url) as conn:
-            conn.executescript((DATA / "schema_v1.sqlite.sql").read_text() + data)
+            conn.executescript((DATA / f"schema_v{version}.sqlite.sql").read_text() + data)
         return
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn) as conn:
-        conn.execute((DATA / "schema_v1.postgresql.sql").read_text())
+        conn.execute((DATA / f"schema_v{version}.postgresql.sql").read_text())
         conn.execute(data)
         for table in ("campaign", "task", "rtype", "run", "task_instance", "job", "audit"):
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))")
@@ -198,3 +202,23 @@ def test_two_upgraders_at_once_apply_each_step_once(v1_url: str) -> None:
     # each step applied by exactly one of them (they may take turns, step by step)
     applied = sorted(step for r in results for step in r.applied)
     assert [a.split(":")[0] for a in applied] == [str(v) for v in range(2, dbmod.SCHEMA_VERSION + 1)]
+
+
+def test_schema_5_upgraded_gives_every_reader_the_same_audit(db_url: str) -> None:
+    """Schema 6 moves the audit's texts to ``string`` and its times to integers: the frozen schema-5 database
+    (made by commit d673d2e, pruned, with long, non-ASCII and escaped texts) must give back exactly the history
+    and the exporter's lines that release gave (tests/data/expected_v5.json), and go on numbering after them."""
+    load_v1(db_url, version=5)
+    expected = json.loads((DATA / "expected_v5.json").read_text(encoding="utf-8"))
+    result = upgrade_database(db_url)
+    assert (result.from_version, result.to_version) == (5, dbmod.SCHEMA_VERSION)
+    with Store.open(db_url, actor="after-upgrade") as store:
+        assert [dataclasses.asdict(h) for h in store.history(limit=None)] == expected["history"]
+        assert [list(line) for line in read_batch(store.db, 0, 10**9, 10**6)[0]] == expected["lines"]
+        with store.db.tx(write=False) as tx:
+            assert tx.scalar("SELECT COUNT(*) FROM string") == len(set(tx.all("SELECT text FROM string")))
+        top = max(h["id"] for h in expected["history"])
+        store.reprocess("rereco-2023", "reco", runs=[360001], reason="after the upgrade")
+        newest = store.history(limit=1)[0]
+        assert newest.id > top and newest.ts > expected["history"][-1]["ts"]
+        assert (newest.actor, newest.reason, newest.to_status) == ("after-upgrade", "after the upgrade", "reprocess")

@@ -75,9 +75,13 @@ def test_writer_runs_handlers_but_cannot_reprocess_finished_work(deployment: dic
     with Store.open(deployment["admin"]) as store:
         assert store.instance("prompt", "reco", 1).status == "done"
         assert [t.name for t in store.list_tasks("prompt")] == ["reco", "calib", "plots"]
-    with psycopg.connect(make_url(db).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("UPDATE audit SET reason = 'rewritten'")  # the audit is append-only
+    # the audit is append-only: its rows, and the texts they point to (one text rewritten would rewrite every row
+    # naming it)
+    for sql in ("UPDATE audit_log SET reason = 1", "DELETE FROM audit_log", "UPDATE string SET text = 'rewritten'",
+                "DELETE FROM string"):
+        with psycopg.connect(make_url(db).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
 
 
 def test_operator_reprocesses_and_sets_up_but_does_not_prune(deployment: dict[str, Any]) -> None:

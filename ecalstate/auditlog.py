@@ -1,0 +1,199 @@
+"""The audit's storage (schema 6): each text once, times as integers, and the view ``audit`` that hides both.
+
+A year of audit rows repeats a few hundred texts millions of times (entity, task, statuses, actor, identity,
+reason). ``audit_log`` keeps them as ids of ``string`` rows and its time as integer microseconds since 1970
+(8 bytes instead of 27). The view ``audit`` gives readers the old columns, texts and time format, so every query
+and the export output stay what they were. Writers insert into ``audit_log`` (``base.AUDIT_SQL``) with ids they
+resolve once: a ``string`` row is never deleted, so an id seen committed can be cached for the database's life.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Optional
+
+from sqlmodel import SQLModel
+
+from .db import TS_FORMAT, Tx
+from .statemachine import JobStatus, TaskStatus
+
+#: texts at fixed ids 1..n, in every database: SQL (a partial index, a row-level policy) can name them
+VOCABULARY: tuple[str, ...] = (
+    "", "task", "job", "handler", *(s.value for s in TaskStatus),
+    *(s.value for s in JobStatus if s.value not in {t.value for t in TaskStatus}), "ok", "error",
+)
+#: the audit's text columns, stored as ``string`` ids
+INTERNED = ("entity", "task", "from_status", "to_status", "actor", "identity", "reason")
+#: every column, in the order of the old table (and of the view)
+COLUMNS = ("id", "ts", "campaign_id", "entity", "instance_id", "job_pk", "task", "run_number", "jid", "generation",
+           "from_status", "to_status", "actor", "identity", "reason", "request_id", "detail")
+
+#: the store's time text of an integer microsecond count ``{c}``, per engine
+_TS_TEXT = {
+    "sqlite": "strftime('%Y-%m-%dT%H:%M:%S', {c} / 1000000, 'unixepoch') || printf('.%06dZ', {c} % 1000000)",
+    "postgresql": "to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+}
+#: the integer microseconds of one of the store's time texts ``{c}`` (the migration's conversion), per engine
+_TS_MICROS = {
+    "sqlite": "(CAST(strftime('%s', substr({c}, 1, 19)) AS INTEGER) * 1000000 + CAST(substr({c}, 21, 6) AS INTEGER))",
+    "postgresql": "CAST(extract(epoch FROM CAST(substr({c}, 1, 26) AS timestamp)) * 1000000 AS bigint)",
+}
+
+
+#: the detail of a job's creation row whose fields are still the job's own (``job.fields``): stored once; a
+#: writer that changes a job's fields first copies them into the row (:data:`KEEP_CREATION_FIELDS`)
+SAME_AS_JOB = "="
+#: run before a job's fields change (params: its fields until now, its id), and before a job row is deleted
+KEEP_CREATION_FIELDS = (f"UPDATE audit_log SET detail = NULLIF(?, '{{}}') WHERE job_pk = ? AND detail = '{SAME_AS_JOB}'")
+
+
+def vocab_id(text: str) -> int:
+    """The fixed id of a vocabulary text (a status, an entity)."""
+    return VOCABULARY.index(text) + 1
+
+
+@lru_cache(maxsize=256)
+def to_micros(ts: str) -> int:
+    """Integer microseconds since 1970 of a time in the store's format (``2026-12-01T05:00:00.000001Z``)."""
+    moment = datetime.strptime(ts, TS_FORMAT)
+    return calendar.timegm(moment.timetuple()) * 1_000_000 + moment.microsecond
+
+
+def from_micros(micros: int) -> str:
+    """The store's time text of integer microseconds since 1970."""
+    seconds, rest = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
+
+
+def _engine(tx: Tx) -> str:
+    return "sqlite" if tx.is_sqlite else "postgresql"
+
+
+def _text_of(tx: Tx, column: str) -> str:
+    return f"(SELECT s.text FROM string s WHERE s.id = a.{column})"
+
+
+def _match(tx: Tx, value: str) -> str:
+    """The condition finding ``value`` in ``string`` through its unique index (PostgreSQL's indexes a digest)."""
+    return f"s.text = {value}" if tx.is_sqlite else f"md5(s.text) = md5({value}) AND s.text = {value}"
+
+
+def view_sql(tx: Tx) -> str:
+    """The view ``audit``: the old table's columns, in its order, with texts and text times."""
+    columns = []
+    for col in COLUMNS:
+        if col in INTERNED:
+            columns.append(f"{_text_of(tx, col)} AS {col}")
+        elif col == "ts":
+            columns.append(_TS_TEXT[_engine(tx)].format(c="a.ts") + " AS ts")
+        elif col == "detail":
+            columns.append(f"CASE WHEN a.detail = '{SAME_AS_JOB}' THEN (SELECT NULLIF(j.fields, '{{}}') FROM job j"
+                           " WHERE j.id = a.job_pk) ELSE a.detail END AS detail")
+        else:
+            columns.append(f"a.{col} AS {col}")
+    create = "CREATE VIEW IF NOT EXISTS" if tx.is_sqlite else "CREATE OR REPLACE VIEW"
+    return f"{create} audit AS SELECT {', '.join(columns)} FROM audit_log a"
+
+
+def install(tx: Tx) -> None:
+    """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view."""
+    key = "text" if tx.is_sqlite else "md5(text)"
+    tx.run(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_string_text ON string ({key})")
+    tx.run(f"CREATE INDEX IF NOT EXISTS ix_audit_job_fields ON audit_log (job_pk) WHERE detail = '{SAME_AS_JOB}'")
+    present = {r[0] for r in tx.all("SELECT id FROM string WHERE id <= ?", (len(VOCABULARY),))}
+    missing = [(i, text) for i, text in enumerate(VOCABULARY, 1) if i not in present]
+    if missing:
+        tx.many("INSERT INTO string (id, text) VALUES (?, ?)", missing)
+        if not tx.is_sqlite:  # explicit ids do not move the serial column's sequence
+            tx.run("SELECT setval(pg_get_serial_sequence('string', 'id'), (SELECT MAX(id) FROM string))")
+    tx.run(view_sql(tx))
+
+
+def text_id(tx: Tx, text: str, known: dict[str, int], learned: dict[str, int]) -> int:
+    """The id of ``text`` in ``string``, inserted when new.
+
+    ``known``: ids seen committed (the database's cache); ``learned``: ids this transaction found or made, which
+    join ``known`` only once it commits (an id made by a transaction that rolls back may go to another text).
+    """
+    found = known.get(text) or learned.get(text)
+    if found is not None:
+        return found
+    row = tx.one(f"SELECT s.id FROM string s WHERE {_match(tx, '?')}", (text,) if tx.is_sqlite else (text, text))
+    if row is None:
+        conflict = "" if tx.is_sqlite else " ON CONFLICT DO NOTHING"  # SQLite: the write lock is ours alone
+        row = tx.one(f"INSERT INTO string (text) VALUES (?){conflict} RETURNING id", (text,))
+        if row is None:  # PostgreSQL: another transaction committed the same text meanwhile
+            row = tx.one(f"SELECT s.id FROM string s WHERE {_match(tx, '?')}", (text, text))
+    learned[text] = int(row[0])
+    return learned[text]
+
+
+def vocabulary_ids() -> dict[str, int]:
+    """The cache a database starts with: the fixed vocabulary."""
+    return {text: i for i, text in enumerate(VOCABULARY, 1)}
+
+
+# --------------------------------------------------------------------------------------------- migration
+
+
+def _sequence_of(tx: Tx, table: str) -> Optional[int]:
+    """The last id handed out for ``table`` (AUTOINCREMENT's or the serial sequence's), None when none was."""
+    if tx.is_sqlite:
+        value = tx.scalar("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+        return None if value is None else int(value)
+    name = tx.scalar("SELECT pg_get_serial_sequence(?, 'id')", (table,))
+    row = tx.one(f"SELECT last_value, is_called FROM {name}")
+    return int(row[0]) if row[1] else None
+
+
+def _set_sequence(tx: Tx, table: str, value: int) -> None:
+    if tx.is_sqlite:
+        if tx.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (value, table)) == 0:
+            tx.run("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, value))
+    else:
+        tx.run("SELECT setval(pg_get_serial_sequence(?, 'id'), ?)", (table, value))
+
+
+def migrate(tx: Tx) -> None:
+    """Schema 5 -> 6: the wide ``audit`` table becomes ``audit_log`` + ``string`` behind the view ``audit``.
+
+    Ids are kept, and so is the id sequence (AUTOINCREMENT never hands out an id again, even of pruned rows):
+    export and notification cursors stay valid. One transaction: a failure leaves version 5 untouched.
+    """
+    tx.run("ALTER TABLE audit RENAME TO audit_v5")
+    tx.run("DROP INDEX IF EXISTS ix_audit_instance")  # index names are global: the new table's takes it
+    for table in ("string", "audit_log"):
+        tx.create_table(SQLModel.metadata.tables[table])
+    install(tx)
+    union = " UNION ".join(f"SELECT {c} AS t FROM audit_v5 WHERE {c} IS NOT NULL" for c in INTERNED)
+    tx.run(f"INSERT INTO string (text) SELECT t FROM ({union}) u WHERE t NOT IN (SELECT text FROM string) ORDER BY t")
+    copied = []
+    for col in COLUMNS:
+        if col in INTERNED:
+            copied.append(f"(SELECT s.id FROM string s WHERE {_match(tx, 'o.' + col)})")
+        elif col == "ts":
+            copied.append(_TS_MICROS[_engine(tx)].format(c="o.ts"))
+        else:
+            copied.append(f"o.{col}")
+    tx.run(f"INSERT INTO audit_log ({', '.join(COLUMNS)}) SELECT {', '.join(copied)} FROM audit_v5 o ORDER BY o.id")
+    last = _sequence_of(tx, "audit_v5")
+    top = tx.scalar("SELECT MAX(id) FROM audit_log")
+    if last is not None or top is not None:
+        _set_sequence(tx, "audit_log", max(last or 0, int(top or 0)))
+    tx.run("DROP TABLE audit_v5")
+    # a job's creation fields, kept in its creation row and in the job, are kept once while the job has them
+    tx.run(f"UPDATE audit_log SET detail = '{SAME_AS_JOB}' WHERE from_status IS NULL AND entity = {vocab_id('job')}"
+           " AND detail IS NOT NULL AND detail = (SELECT j.fields FROM job j WHERE j.id = audit_log.job_pk)")
+    tx.run("DROP INDEX IF EXISTS ix_job_status")  # read by nothing: health and stages start from the instances
+    _derive_outputs(tx)
+
+
+def _derive_outputs(tx: Tx) -> None:
+    """Done instances whose outputs are what their jobs give read them from the jobs from now on ('')."""
+    from .jobs import gathered_outputs
+
+    done = tx.all("SELECT id, generation, outputs FROM task_instance WHERE status = 'done' AND outputs <> ''")
+    same = [(iid,) for iid, gen, text in done if text == gathered_outputs(tx, iid, gen)]
+    tx.many("UPDATE task_instance SET outputs = '' WHERE id = ?", same)
