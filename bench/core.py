@@ -8,7 +8,8 @@ its best round, so that other load on the machine hits both alike.
 1. single transitions/s: ``set_job_status`` cycling idle -> running -> failed -> idle (max retries high),
    one transaction each: resolve campaign and task, read the job, check the table and the retry guard,
    compare-and-set, audit row, the instance's progress mark and (on failed) its completion check.
-   Floor: BEGIN IMMEDIATE, SELECT status and version, UPDATE ... WHERE version, INSERT audit, COMMIT.
+   Floor: BEGIN IMMEDIATE, SELECT status and version, UPDATE ... WHERE version, INSERT audit, COMMIT (the audit
+   row in the store's layout: ``audit_log`` with ``string`` ids resolved before timing, integer times).
    Beside them: the lean prototype of bench/lean_tx.py (the same work as the API on a raw connection), and
    what an empty write transaction costs through ``Database.tx`` and by hand (the API's set-up overhead).
 2. bulk jobs/s: ``update_jobs`` on 10,000 jobs (100 runs x 100 jobs) idle <-> running, one transaction;
@@ -36,11 +37,11 @@ from typing import Any
 from sqlalchemy import event
 
 from ecalstate import JobUpdate, Store
+from ecalstate.auditlog import from_micros, vocab_id
 from ecalstate.base import AUDIT_SQL
 from ecalstate.claims import ELIGIBLE_SQL
-from ecalstate.db import utcnow
 
-from .common import best, cpu_burners, job_campaign, parallel, row, timed
+from .common import best, cpu_burners, job_campaign, now_micros, parallel, row, text_ids, timed
 from .lean_tx import sqlite_transition
 
 C = "bench"  # the campaign bench.common.job_campaign creates
@@ -52,6 +53,8 @@ BULK_RUNS, BULK_JOBS = 100, 100
 CLAIMERS, CLAIM_RUNS = 8, 2000
 #: CPU-bound processes beside the claimers for the "busy machine" figures (the machine has 2 cores)
 BURNERS = 2
+#: the audit texts the floors write (``string`` ids resolved once, before timing)
+TEXTS = ("reco", "bench", "", "claimed by submit")
 #: the floor's compare-and-set
 UPDATE_SQL = "UPDATE job SET status = ?, version = version + 1, updated_at = ? WHERE id = ? AND version = ?"
 
@@ -73,10 +76,11 @@ def prepared(folder: str, name: str, runs: int, jobs: int, retries: int) -> str:
     return path
 
 
-def audit_values(job: tuple[Any, ...], src: str, dst: str) -> tuple[Any, ...]:
-    """An audit row for job (pk, instance id, run, jid, generation), as the store writes it."""
+def audit_values(ids: dict[str, int], now: int, job: tuple[Any, ...], src: str, dst: str) -> tuple[Any, ...]:
+    """An audit row for job (pk, instance id, run, jid, generation), as the store writes it (``ids``: of TEXTS)."""
     pk, iid, run, jid, gen = job
-    return (utcnow(), 1, "job", iid, pk, "reco", run, jid, gen, src, dst, "bench", "", "", None, None)
+    return (now, 1, vocab_id("job"), iid, pk, ids["reco"], run, jid, gen, vocab_id(src), vocab_id(dst), ids["bench"],
+            ids[""], ids[""], None, None)
 
 
 # --- 1. single transitions -----------------------------------------------------------------------------
@@ -86,23 +90,27 @@ def single(folder: str) -> dict[str, float]:
     of an empty write transaction through ``Database.tx`` (``setup``: the thread's connection, begin, commit)
     and by hand (``raw_setup``). Run 1 has jobs 0 and 1, job 1 stays idle so nothing completes."""
     store = Store.open(prepared(folder, "single.db", runs=1, jobs=2, retries=10**9), actor="bench")
-    conn = raw_connection(prepared(folder, "single-raw.db", runs=1, jobs=2, retries=10**9))
-    lean_conn = raw_connection(prepared(folder, "single-lean.db", runs=1, jobs=2, retries=10**9))
+    raw_path, lean_path = (prepared(folder, name, runs=1, jobs=2, retries=10**9)
+                           for name in ("single-raw.db", "single-lean.db"))
+    ids, lean_ids = text_ids(raw_path, TEXTS), text_ids(lean_path, TEXTS)
+    conn, lean_conn = raw_connection(raw_path), raw_connection(lean_path)
     job = conn.execute("SELECT id, instance_id, 1, jid, generation FROM job WHERE jid = 0").fetchone()
 
     def api() -> float:
         return timed(SINGLE, lambda: [store.set_job_status(C, "reco", 1, 0, CYCLE[i % 3]) for i in range(SINGLE)])
 
     def lean() -> float:
-        return timed(SINGLE, lambda: [sqlite_transition(lean_conn, C, "reco", 1, 0, CYCLE[i % 3], "bench")
+        return timed(SINGLE, lambda: [sqlite_transition(lean_conn, lean_ids, C, "reco", 1, 0, CYCLE[i % 3],
+                                                        "bench")
                                       for i in range(SINGLE)])
 
     def floor_loop() -> None:
         for i in range(SINGLE):
             conn.execute("BEGIN IMMEDIATE")
             status, version = conn.execute("SELECT status, version FROM job WHERE id = ?", (job[0],)).fetchone()
-            conn.execute(UPDATE_SQL, (CYCLE[i % 3], utcnow(), job[0], version))
-            conn.execute(AUDIT_SQL, audit_values(job, status, CYCLE[i % 3]))
+            now = now_micros()
+            conn.execute(UPDATE_SQL, (CYCLE[i % 3], now, job[0], version))
+            conn.execute(AUDIT_SQL, audit_values(ids, now, job, status, CYCLE[i % 3]))
             conn.execute("COMMIT")
 
     def setup_loop() -> None:
@@ -131,7 +139,9 @@ def bulk(folder: str) -> tuple[float, float, float]:
     """(API idle <-> running, API running -> done with completion, floor) jobs/s."""
     count = BULK_RUNS * BULK_JOBS
     store = Store.open(prepared(folder, "bulk.db", BULK_RUNS, BULK_JOBS, retries=3), actor="bench")
-    conn = raw_connection(prepared(folder, "bulk-raw.db", BULK_RUNS, BULK_JOBS, retries=3))
+    raw_path = prepared(folder, "bulk-raw.db", BULK_RUNS, BULK_JOBS, retries=3)
+    ids = text_ids(raw_path, TEXTS)
+    conn = raw_connection(raw_path)
     flips = {"api": "idle", "floor": "idle"}
 
     def flip(side: str) -> str:
@@ -149,9 +159,9 @@ def bulk(folder: str) -> tuple[float, float, float]:
         rows = conn.execute("SELECT j.id, j.instance_id, r.run_number, j.jid, j.generation, j.status, j.version"
                             " FROM job j JOIN task_instance ti ON ti.id = j.instance_id"
                             " JOIN run r ON r.id = ti.run_id").fetchall()
-        now = utcnow()
+        now = now_micros()
         conn.executemany(UPDATE_SQL, [(target, now, r[0], r[6]) for r in rows])
-        conn.executemany(AUDIT_SQL, [audit_values(r[:5], r[5], target) for r in rows])
+        conn.executemany(AUDIT_SQL, [audit_values(ids, now, r[:5], r[5], target) for r in rows])
         conn.execute("COMMIT")
 
     try:
@@ -173,12 +183,13 @@ def claimer(path: str, raw: bool, start: Any) -> tuple[tuple[list[tuple[int, int
     """Claim one run at a time until none is left: ((runs and generations claimed, latencies), finished at)."""
     claimed: list[tuple[int, int]] = []
     latencies: list[float] = []
+    ids = text_ids(path, TEXTS) if raw else {}
     conn = raw_connection(path) if raw else None
     store = None if raw else Store.open(path, actor=f"claimer-{os.getpid()}")
     start.wait()
     while True:
         t0 = time.perf_counter()
-        got = raw_claim(conn) if conn is not None else [
+        got = raw_claim(conn, ids) if conn is not None else [
             (c.run_number, c.generation) for c in store.claim(C, "reco", limit=1)]  # type: ignore[union-attr]
         if not got:
             break
@@ -187,16 +198,18 @@ def claimer(path: str, raw: bool, start: Any) -> tuple[tuple[list[tuple[int, int
     return (claimed, latencies), time.time()
 
 
-def raw_claim(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+def raw_claim(conn: sqlite3.Connection, ids: dict[str, int]) -> list[tuple[int, int]]:
+    """The claim's SQL without the API (``ids``: of TEXTS)."""
     conn.execute("BEGIN IMMEDIATE")
     found = conn.execute(ELIGIBLE_SQL + " LIMIT 1", (1, 1)).fetchone()
     if found is not None:
         iid, run, _, status, version, gen, _ = found
-        now = utcnow()
+        now = now_micros()
         conn.execute("UPDATE task_instance SET status = 'processing', version = version + 1, generation = ?,"
-                     " updated_at = ? WHERE id = ? AND version = ?", (gen + 1, now, iid, version))
-        conn.execute(AUDIT_SQL, (now, 1, "task", iid, None, "reco", run, None, gen + 1, status, "processing",
-                                 "bench", "", "claimed by submit", None, None))
+                     " updated_at = ? WHERE id = ? AND version = ?", (gen + 1, from_micros(now), iid, version))
+        conn.execute(AUDIT_SQL, (now, 1, vocab_id("task"), iid, None, ids["reco"], run, None, gen + 1,
+                                 vocab_id(status), vocab_id("processing"), ids["bench"], ids[""],
+                                 ids["claimed by submit"], None, None))
     conn.execute("COMMIT")
     return [] if found is None else [(run, gen + 1)]
 
@@ -234,9 +247,11 @@ def lock_held(folder: str) -> tuple[float, float]:
     other claimers wait for, and what sends them deeper into the busy handler's back-off."""
     raw_holds: list[float] = []
     api_holds: list[float] = []
-    conn = raw_connection(prepared(folder, "hold-raw.db", CLAIM_RUNS // 4, 0, retries=3))
+    raw_path = prepared(folder, "hold-raw.db", CLAIM_RUNS // 4, 0, retries=3)
+    ids = text_ids(raw_path, TEXTS)
+    conn = raw_connection(raw_path)
     conn.set_trace_callback(lock_holder(raw_holds))
-    while raw_claim(conn):
+    while raw_claim(conn, ids):
         pass
     conn.close()
     with Store.open(prepared(folder, "hold-api.db", CLAIM_RUNS // 4, 0, retries=3), actor="bench") as store:

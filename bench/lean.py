@@ -114,7 +114,8 @@ def read_costs(wide: str, lean: str, count: int = 10_000) -> list[dict[str, Any]
 
 
 def biggest(label: str, before: Size, after: Size) -> list[dict[str, Any]]:
-    """The biggest tables and indexes after the migration, each beside what it was (``audit`` for audit_log)."""
+    """The biggest tables and indexes after the migration, each beside what it was (``audit`` for audit_log); then
+    those the migration dropped."""
     out = []
     for name, size in list(after.objects.items())[:BIGGEST]:
         old = "audit" if name == "audit_log" else name
@@ -123,7 +124,8 @@ def biggest(label: str, before: Size, after: Size) -> list[dict[str, Any]]:
             anchor = row(f"{label}, schema 5: {old}", before.objects[old] / 2**20, "MiB")
             out.append(anchor)
         out.append(row(f"{label}, schema 6: {name}", size / 2**20, "MiB", anchor))
-    return out
+    dropped = [name for name in before.objects if name != "audit" and name not in after.objects]
+    return out + [row(f"{label}, schema 5: {name} (dropped)", before.objects[name] / 2**20, "MiB") for name in dropped]
 
 
 def run(runs: int = 200) -> list[dict[str, Any]]:

@@ -14,17 +14,23 @@ SQLAlchemy's pool checkout (with a ping), begin and commit.
 * :func:`sqlite_transition`: SQLite has no data-modifying CTEs; on one raw ``sqlite3`` connection kept open
   (no pool checkout, no begin/commit events), ``BEGIN IMMEDIATE``, one SELECT that reads the job, its
   instance, the retry limit and the newest audit time, then the update, the progress mark and the audit insert.
+
+Both write the schema-6 layout as the store does: the audit row into ``audit_log`` with ``string`` ids (the
+caller resolves its texts once per connection: :func:`bench.common.text_ids`; statuses and the entity are the
+vocabulary's fixed ids), its time and the job's as integer microseconds, never before the newest audit row
+plus 1 us (read from ``audit_log``: an integer, no text to parse).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta
 from typing import Any, Optional
 
+from ecalstate.auditlog import _TS_TEXT, VOCABULARY, from_micros, vocab_id
 from ecalstate.base import AUDIT_SQL
-from ecalstate.db import TS_FORMAT, utcnow
 from ecalstate.statemachine import JOB, JobStatus, TransitionNotAllowed
+
+from .common import now_micros
 
 #: the statuses each target may be reached from, as the transition table says
 SOURCES = {t.value: [s.value for s in JobStatus if JOB.is_allowed(s, t)] for t in JobStatus}
@@ -40,9 +46,7 @@ WITH cur AS (
   WHERE c.name = %(campaign)s
   FOR UPDATE OF j
 ), clock AS (
-  SELECT GREATEST(%(now)s, (SELECT to_char((a.ts::timestamptz + interval '1 microsecond') AT TIME ZONE 'UTC',
-                                            'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                            FROM audit a ORDER BY a.id DESC LIMIT 1)) AS now
+  SELECT GREATEST(%(now)s::bigint, (SELECT a.ts + 1 FROM audit_log a ORDER BY a.id DESC LIMIT 1)) AS now
 ), upd AS (
   UPDATE job SET status = %(to)s, version = job.version + 1, updated_at = clock.now,
     attempts = CASE WHEN cur.status = 'failed' AND %(to)s = 'idle' THEN job.attempts + 1 ELSE job.attempts END,
@@ -55,17 +59,18 @@ WITH cur AS (
     AND NOT (cur.status = 'failed' AND %(to)s = 'idle' AND cur.attempts > cur.max_retries)
   RETURNING job.id, job.attempts
 ), mark AS (
-  UPDATE task_instance SET progress_at = clock.now FROM cur, clock, upd WHERE task_instance.id = cur.iid
+  UPDATE task_instance SET progress_at = PROGRESS_TEXT FROM cur, clock, upd WHERE task_instance.id = cur.iid
 ), audit_row AS (
-  INSERT INTO audit (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation, from_status,
-                     to_status, actor, identity, reason, request_id, detail)
-  SELECT clock.now, cur.cid, 'job', cur.iid, cur.id, %(task)s, cur.run_number, %(jid)s, cur.generation, cur.status,
-         %(to)s, %(actor)s, %(identity)s, %(reason)s, NULL, NULL
+  INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation, from_status,
+                         to_status, actor, identity, reason, request_id, detail)
+  SELECT clock.now, cur.cid, %(entity)s, cur.iid, cur.id, %(task_id)s, cur.run_number, %(jid)s, cur.generation,
+         array_position(%(vocabulary)s::text[], cur.status::text), %(to_id)s, %(actor)s, %(identity)s, %(reason)s,
+         NULL, NULL
   FROM cur, clock, upd
 )
 SELECT cur.status, cur.attempts, cur.max_retries, (SELECT COUNT(*) FROM upd), cur.iid, cur.generation
 FROM cur
-"""
+""".replace("PROGRESS_TEXT", _TS_TEXT["postgresql"].format(c="clock.now"))  # task_instance keeps text times
 #: whether the instance is decided, asked in a statement of its own: a statement's snapshot is taken when it
 #: starts, so a tally inside the CTE would not see the job another transaction finished while this one waited
 #: for the instance's row lock (two last jobs finishing together would both find the instance undecided)
@@ -75,13 +80,15 @@ PG_TALLY = (
 )
 
 
-def pg_transition(conn: Any, campaign: str, task: str, run: int, jid: int, target: str, actor: str,
-                  identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
-    """One transaction on a psycopg connection (not autocommit): (status before, changed, instance decided)."""
+def pg_transition(conn: Any, ids: dict[str, int], campaign: str, task: str, run: int, jid: int, target: str,
+                  actor: str, identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
+    """One transaction on a psycopg connection (not autocommit): (status before, changed, instance decided).
+    ``ids``: the ``string`` ids of the task, actor, identity and reason, resolved once per connection."""
     try:
         found = conn.execute(PG_SQL, {
             "campaign": campaign, "task": task, "run": run, "jid": jid, "to": target, "sources": SOURCES[target],
-            "now": utcnow(), "actor": actor, "identity": identity, "reason": reason,
+            "now": now_micros(), "entity": vocab_id("job"), "task_id": ids[task], "to_id": vocab_id(target),
+            "vocabulary": list(VOCABULARY), "actor": ids[actor], "identity": ids[identity], "reason": ids[reason],
         }).fetchone()
         if found is None:
             raise LookupError(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
@@ -109,7 +116,7 @@ def _refuse(task: str, run: int, jid: int, status: str, target: str, attempts: i
 
 SQLITE_READ = (
     "SELECT j.id, j.status, j.version, j.attempts, ti.id, ti.generation, t.max_retries, c.id,"
-    " (SELECT a.ts FROM audit a ORDER BY a.id DESC LIMIT 1)"
+    " (SELECT a.ts FROM audit_log a ORDER BY a.id DESC LIMIT 1)"
     " FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = ?"
     " JOIN task_instance ti ON ti.task_id = t.id JOIN run r ON r.id = ti.run_id AND r.run_number = ?"
     " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation AND j.jid = ?"
@@ -127,15 +134,15 @@ SQLITE_TALLY = (
 )
 
 
-def _after(latest: Optional[str], now: str) -> str:
-    if latest is not None and latest >= now:
-        return (datetime.strptime(latest, TS_FORMAT) + timedelta(microseconds=1)).strftime(TS_FORMAT)
-    return now
+def _after(latest: Optional[int], now: int) -> int:
+    """The transaction's time: the clock, never before the newest audit row (plus 1 us)."""
+    return now if latest is None else max(now, latest + 1)
 
 
-def sqlite_transition(conn: sqlite3.Connection, campaign: str, task: str, run: int, jid: int, target: str,
-                      actor: str, identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
-    """The same transition on a raw autocommit ``sqlite3`` connection: (status before, changed, decided)."""
+def sqlite_transition(conn: sqlite3.Connection, ids: dict[str, int], campaign: str, task: str, run: int, jid: int,
+                      target: str, actor: str, identity: str = "", reason: str = "") -> tuple[str, bool, bool]:
+    """The same transition on a raw autocommit ``sqlite3`` connection: (status before, changed, decided).
+    ``ids`` as for :func:`pg_transition`."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         found = conn.execute(SQLITE_READ, (task, run, jid, campaign)).fetchone()
@@ -149,11 +156,11 @@ def sqlite_transition(conn: sqlite3.Connection, campaign: str, task: str, run: i
         if not JOB.is_allowed(JobStatus(status), JobStatus(target)) or (retry and attempts > retries):
             _refuse(task, run, jid, status, target, attempts, retries)
         attempts += retry
-        now = _after(latest, utcnow())
+        now = _after(latest, now_micros())
         conn.execute(SQLITE_UPDATE, (target, attempts, now, retry, target, target, now, target, now, pk, version))
-        conn.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (now, iid))
-        conn.execute(AUDIT_SQL, (now, cid, "job", iid, pk, task, run, jid, gen, status, target, actor, identity,
-                                 reason, None, None))
+        conn.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (from_micros(now), iid))
+        conn.execute(AUDIT_SQL, (now, cid, vocab_id("job"), iid, pk, ids[task], run, jid, gen, vocab_id(status),
+                                 vocab_id(target), ids[actor], ids[identity], ids[reason], None, None))
         decided = False
         if target in ("done", "failed"):
             total, done, active, exhausted = conn.execute(SQLITE_TALLY, (retries, iid, gen)).fetchone()

@@ -2,7 +2,8 @@
 
 0. One validated job transition at a time on PostgreSQL: ``Store.set_job_status``, the one-statement
    prototype of bench/lean_tx.py, and the raw psycopg floor (SELECT ... FOR UPDATE, UPDATE ... WHERE version,
-   INSERT audit, COMMIT: four round trips and no validation), alternating, best of three each.
+   INSERT audit_log with ``string`` ids resolved before timing, COMMIT: four round trips and no validation),
+   alternating, best of three each.
 1. Validated, audited job transitions (``Store.set_job_status``, one transaction each) with 1 and
    8 processes on SQLite and on a real PostgreSQL 15 (started from scripts/servers.py), checked
    afterwards: every job done, one audit row per transition (no lost or doubled update).
@@ -10,8 +11,9 @@
    double claims counted (must be 0).
 3. ``status`` (the run x task overview) and ``health`` on a database of 1,000,000 jobs, against the
    same 1,000 runs x 20 tasks with one job each.
-4. The size of a simulated year (2,000 runs x 20 tasks x 50 jobs, bench/simulate.py), and after
-   ``prune`` of its first half (everything exported) and VACUUM.
+4. The size of a simulated year (2,000 runs x 20 tasks x 50 jobs, bench/simulate.py: written in schema 5, then
+   upgraded by the real migration, whose time is a figure), and after ``prune`` of its first half (everything
+   exported) and VACUUM.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from functools import partial
 from typing import Any
 
 from ecalstate import Store
+from ecalstate.auditlog import vocab_id
 from ecalstate.base import AUDIT_SQL
-from ecalstate.db import utcnow
 from ecalstate.retention import prune, stats, vacuum
 
-from .common import best, job_campaign, job_keys, median_ms, parallel, row, servers, split, timed, transition_worker
+from .common import (best, job_campaign, job_keys, median_ms, now_micros, parallel, row, servers, split, text_ids,
+                     timed, transition_worker)
 from .lean_tx import pg_transition
 from .simulate import simulate
 
@@ -116,7 +119,7 @@ def big_status(tmp: str) -> list[dict[str, Any]]:
 def year(tmp: str) -> list[dict[str, Any]]:
     path = os.path.join(tmp, "year.db")
     t0 = time.perf_counter()
-    simulate(path, 2000, 20, 50)
+    migration = simulate(path, 2000, 20, 50)
     built = time.perf_counter() - t0
     with Store.open(path) as store:
         before = stats(store.db)
@@ -130,7 +133,7 @@ def year(tmp: str) -> list[dict[str, Any]]:
         after = stats(store.db)
     size = row(f"database size, simulated year: 2,000 runs x 20 tasks x 50 jobs ({before.rows['job']:,} jobs, "
                f"{before.rows['audit']:,} audit rows; built in {built:.0f} s)", before.size_bytes / 2**20, "MiB")
-    return [size,
+    return [size, row("migration of the simulated year from schema 5 (ecalstate db upgrade)", migration, "s"),
             row(f"database size after prune --before 2025-07-01 and VACUUM ({pruned.audit:,} audit rows, "
                 f"{pruned.jobs:,} jobs removed)", after.size_bytes / 2**20, "MiB", size),
             row("prune of half a simulated year (chunks of 20,000 rows, one transaction each)", pruning, "s")]
@@ -151,6 +154,7 @@ def pg_single(url: str) -> list[dict[str, Any]]:
     import psycopg
 
     job_campaign(url, 3, 1)  # run 1 for the API, 2 for the floor, 3 for the prototype; one job each
+    ids = text_ids(url, ("reco", "bench", ""))
     store = Store.open(url, actor="bench")
     store.update_task("bench", "reco", max_retries=10**9)
     raw_url = url.replace("postgresql+psycopg://", "postgresql://")
@@ -167,15 +171,15 @@ def pg_single(url: str) -> list[dict[str, Any]]:
     def floor() -> None:
         for i in range(PG_SINGLE):
             status, version = one(floor_conn, "SELECT status, version FROM job WHERE id = %s FOR UPDATE", (pk,))
-            now = utcnow()
+            now = now_micros()
             floor_conn.execute(PG_UPDATE, (CYCLE[i % 3], now, pk, version))
-            floor_conn.execute(PG_AUDIT, (now, 1, "job", iid, pk, "reco", 2, 0, gen, status, CYCLE[i % 3], "bench",
-                                          "", "", None, None))
+            floor_conn.execute(PG_AUDIT, (now, 1, vocab_id("job"), iid, pk, ids["reco"], 2, 0, gen, vocab_id(status),
+                                          vocab_id(CYCLE[i % 3]), ids["bench"], ids[""], ids[""], None, None))
             floor_conn.commit()
 
     def lean() -> None:
         for i in range(PG_SINGLE):
-            pg_transition(lean_conn, "bench", "reco", 3, 0, CYCLE[i % 3], "bench")
+            pg_transition(lean_conn, ids, "bench", "reco", 3, 0, CYCLE[i % 3], "bench")
 
     try:
         rate_api, rate_floor, rate_lean = best([partial(timed, PG_SINGLE, f) for f in (api, floor, lean)], PG_ROUNDS)

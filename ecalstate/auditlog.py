@@ -9,14 +9,11 @@ resolve once: a ``string`` row is never deleted, so an id seen committed can be 
 
 from __future__ import annotations
 
-import calendar
-from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Optional
 
 from sqlmodel import SQLModel
 
-from .db import TS_FORMAT, Tx
+from .db import Tx, from_micros, to_micros  # noqa: F401 (the audit's time conversions, where readers look)
 from .statemachine import JobStatus, TaskStatus
 
 #: texts at fixed ids 1..n, in every database: SQL (a partial index, a row-level policy) can name them
@@ -54,17 +51,18 @@ def vocab_id(text: str) -> int:
     return VOCABULARY.index(text) + 1
 
 
-@lru_cache(maxsize=256)
-def to_micros(ts: str) -> int:
-    """Integer microseconds since 1970 of a time in the store's format (``2026-12-01T05:00:00.000001Z``)."""
-    moment = datetime.strptime(ts, TS_FORMAT)
-    return calendar.timegm(moment.timetuple()) * 1_000_000 + moment.microsecond
-
-
-def from_micros(micros: int) -> str:
-    """The store's time text of integer microseconds since 1970."""
-    seconds, rest = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
+#: the rows of a job's retries (failed -> idle): its attempts are counted from them. A reader must repeat this
+#: condition word for word to use the partial index of these rows (``ix_audit_retry``)
+RETRY_ROWS = f"from_status = {vocab_id('failed')} AND to_status = {vocab_id('idle')}"
+#: the rows of task instances (``ix_audit_task``: the last reason of an instance)
+TASK_ROWS = f"entity = {vocab_id('task')}"
+#: the audit's indexes: partial, of the rows their readers look for (an index of every row was a tenth of a year's
+#: file, read only for these); "detail = '='" rows are found when a job's fields change
+INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS ix_audit_retry ON audit_log (instance_id, job_pk) WHERE {RETRY_ROWS}",
+    f"CREATE INDEX IF NOT EXISTS ix_audit_task ON audit_log (instance_id) WHERE {TASK_ROWS}",
+    f"CREATE INDEX IF NOT EXISTS ix_audit_job_fields ON audit_log (job_pk) WHERE detail = '{SAME_AS_JOB}'",
+)
 
 
 def _engine(tx: Tx) -> str:
@@ -101,7 +99,8 @@ def install(tx: Tx) -> None:
     """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view."""
     key = "text" if tx.is_sqlite else "md5(text)"
     tx.run(f"CREATE UNIQUE INDEX IF NOT EXISTS ux_string_text ON string ({key})")
-    tx.run(f"CREATE INDEX IF NOT EXISTS ix_audit_job_fields ON audit_log (job_pk) WHERE detail = '{SAME_AS_JOB}'")
+    for sql in INDEXES:
+        tx.run(sql)
     present = {r[0] for r in tx.all("SELECT id FROM string WHERE id <= ?", (len(VOCABULARY),))}
     missing = [(i, text) for i, text in enumerate(VOCABULARY, 1) if i not in present]
     if missing:
@@ -162,6 +161,7 @@ def migrate(tx: Tx) -> None:
     Ids are kept, and so is the id sequence (AUTOINCREMENT never hands out an id again, even of pruned rows):
     export and notification cursors stay valid. One transaction: a failure leaves version 5 untouched.
     """
+    _job_times(tx)
     tx.run("ALTER TABLE audit RENAME TO audit_v5")
     tx.run("DROP INDEX IF EXISTS ix_audit_instance")  # index names are global: the new table's takes it
     for table in ("string", "audit_log"):
@@ -188,6 +188,26 @@ def migrate(tx: Tx) -> None:
            " AND detail IS NOT NULL AND detail = (SELECT j.fields FROM job j WHERE j.id = audit_log.job_pk)")
     tx.run("DROP INDEX IF EXISTS ix_job_status")  # read by nothing: health and stages start from the instances
     _derive_outputs(tx)
+
+
+#: the job columns that become integer microseconds
+_JOB_TIMES = ("created_at", "updated_at", "started_at", "finished_at")
+
+
+def _job_times(tx: Tx) -> None:
+    """``job``'s four times from text to integer microseconds (PostgreSQL in place; SQLite, whose column types
+    decide what a value becomes, by a new table: ids kept)."""
+    micros = _TS_MICROS[_engine(tx)]
+    if not tx.is_sqlite:
+        for col in _JOB_TIMES:
+            tx.run(f"ALTER TABLE job ALTER COLUMN {col} TYPE bigint USING {micros.format(c=col)}")
+        return
+    columns = [c[1] for c in tx.all("PRAGMA table_info(job)")]
+    tx.run("ALTER TABLE job RENAME TO job_v5")
+    SQLModel.metadata.tables["job"].create(tx.conn)
+    values = [micros.format(c=c) if c in _JOB_TIMES else c for c in columns]
+    tx.run(f"INSERT INTO job ({', '.join(columns)}) SELECT {', '.join(values)} FROM job_v5 ORDER BY id")
+    tx.run("DROP TABLE job_v5")
 
 
 def _derive_outputs(tx: Tx) -> None:

@@ -9,6 +9,7 @@ import pwd
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Optional, TypeVar
 
 from .auditlog import from_micros, text_id, to_micros, vocabulary_ids
@@ -64,6 +65,11 @@ class Ctx:
     texts: dict[str, int] = field(default_factory=vocabulary_ids)
     learned: dict[str, int] = field(default_factory=dict)
 
+    @cached_property
+    def now_us(self) -> int:
+        """``now`` as integer microseconds (how ``audit_log`` and ``job`` store times)."""
+        return to_micros(self.now)
+
     def text(self, value: str) -> int:
         """The ``string`` id of an audit text."""
         return text_id(self.tx, value, self.texts, self.learned)
@@ -108,7 +114,7 @@ class Ctx:
         """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``)."""
         text = self.text
         return (
-            to_micros(self.now), campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
+            self.now_us, campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
             generation, None if from_status is None else text(from_status), text(to_status), text(self.actor),
             text(self.identity), text(reason), self.request_id,
             detail if detail is None or isinstance(detail, str) else json.dumps(detail, sort_keys=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import sqlite3
 import threading
@@ -19,7 +20,7 @@ import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
 from typing import Any, Optional, Protocol
 
@@ -38,11 +39,36 @@ SCHEMA_VERSION = 6
 
 #: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_STORE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 
 
 def utcnow() -> str:
-    """UTC time with microseconds, in the one text format every table uses."""
-    return datetime.now(timezone.utc).strftime(TS_FORMAT)
+    """UTC time with microseconds, in the one text format every table uses (``isoformat``: a tenth of
+    ``strftime``'s cost, read by every write transaction)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(ts: str) -> int:
+    """Integer microseconds since 1970 of a time in the store's format (``2026-12-01T05:00:00.000001Z``): how the
+    big tables (``audit_log``, ``job``) keep their times, 8 bytes instead of 27. (``fromisoformat``: 30 times
+    ``strptime``'s speed, and every write transaction converts its time.)"""
+    if not _STORE_TIME.match(ts):
+        raise ValueError(f"not a time in the store's format: {ts!r}")
+    return (datetime.fromisoformat(ts[:-1]) - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> str:
+    """The store's time text of integer microseconds since 1970."""
+    seconds, rest = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
+
+
+def optional_text(micros: Optional[int]) -> Optional[str]:
+    return None if micros is None else from_micros(micros)
 
 
 class Meta(SQLModel, table=True):
@@ -130,6 +156,10 @@ class TaskInstance(SQLModel, table=True):
     progress_at: Optional[str] = None
 
 
+def _micros_column(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(BigInteger, nullable=nullable))
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "job"
     __table_args__ = (
@@ -144,10 +174,11 @@ class Job(SQLModel, table=True):
     attempts: int = 1
     batch_id: Optional[str] = None
     fields: str = "{}"
-    created_at: str
-    updated_at: str
-    started_at: Optional[str] = None
-    finished_at: Optional[str] = None
+    #: times as integer microseconds since 1970 (schema 6: two million jobs a year); readers convert them
+    created_at: int = _micros_column()
+    updated_at: int = _micros_column()
+    started_at: Optional[int] = _micros_column(nullable=True)
+    finished_at: Optional[int] = _micros_column(nullable=True)
 
 
 class AuditLog(SQLModel, table=True):
@@ -160,12 +191,10 @@ class AuditLog(SQLModel, table=True):
     """
 
     __tablename__ = "audit_log"
-    __table_args__ = (
-        Index("ix_audit_instance", "instance_id"),
-        {"sqlite_autoincrement": True},
-    )
+    #: its indexes are partial ones, of the rows their readers look for (``auditlog.install``)
+    __table_args__ = ({"sqlite_autoincrement": True},)
     id: Optional[int] = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
-    ts: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ts: int = _micros_column()
     campaign_id: int = Field(foreign_key="campaign.id")
     entity: int
     instance_id: Optional[int] = None

@@ -65,6 +65,7 @@ from urllib.parse import quote as urlquote
 from urllib.parse import urlencode, urlsplit
 
 from .appendfile import append_whole
+from .auditlog import RETRY_ROWS
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
 from .lineprotocol import FieldValue, line, safe_key, timestamp_ns
@@ -457,11 +458,8 @@ ROWS_SQL = (
     " LEFT JOIN run r ON r.campaign_id = a.campaign_id AND r.run_number = a.run_number"
     " WHERE a.id > ? AND a.id <= ? ORDER BY a.id LIMIT ?"
 )
-# the job rows that add an attempt, before a batch (through ix_audit_instance)
-HISTORY_SQL = (
-    "SELECT job_pk FROM audit WHERE instance_id IN ({marks}) AND entity = 'job' AND id < ?"
-    " AND from_status = 'failed' AND to_status = 'idle'"
-)
+# the job rows that add an attempt, before a batch (through the partial index ix_audit_retry)
+HISTORY_SQL = f"SELECT job_pk FROM audit_log WHERE instance_id IN ({{marks}}) AND {RETRY_ROWS} AND id < ?"
 
 #: (audit id, line): lines keep their row's id, so that a refused point can be named and the cursor placed
 Line = tuple[int, str]

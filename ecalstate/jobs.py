@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
-from .db import Tx
+from .db import Tx, from_micros, optional_text
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
@@ -171,7 +171,8 @@ class Jobs(StoreBase):
                 + " ORDER BY r.run_number, j.generation, j.jid"
             )
             return [
-                JobInfo(task, r[0], r[1], r[2], r[3], r[4], r[5], r[6], loads(r[7]), r[8], r[9], r[10], r[11])
+                JobInfo(task, r[0], r[1], r[2], r[3], r[4], r[5], r[6], loads(r[7]), from_micros(r[8]),
+                        from_micros(r[9]), optional_text(r[10]), optional_text(r[11]))
                 for r in tx.all(sql, [tid, *params, *([] if run is None else [run])])
             ]
 
@@ -240,7 +241,7 @@ def insert_jobs(
     tx.many(
         "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at,"
         " updated_at) VALUES (?,?,?,'idle',1,1,?,?,?)",
-        [(iid, gen, j, json.dumps(f, sort_keys=True), ctx.now, ctx.now) for j, f in zip(jids, fields)],
+        [(iid, gen, j, json.dumps(f, sort_keys=True), ctx.now_us, ctx.now_us) for j, f in zip(jids, fields)],
     )
     pks = {r[1]: r[0] for r in tx.all(
         "SELECT id, jid FROM job WHERE instance_id = ? AND generation = ?", (iid, gen))}
@@ -402,7 +403,7 @@ def _apply(
 ) -> BulkResult:
     tx = ctx.tx
     changes, accepted, cid, retries = _plan(tx, store, campaign, task, updates, strict)
-    now = ctx.now
+    now = ctx.now_us
     job_rows = []
     audit_rows = []
     # the fields of jobs whose fields change go into their creation rows first (kept once until now)
@@ -453,7 +454,8 @@ def _apply(
             raise Conflict("a job changed concurrently; nothing was written, retry")
         # on PostgreSQL this row lock also serialises two transactions finishing different jobs of one
         # instance, so the second one's completion check sees the first one's job
-        tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?", [(now, iid) for iid in sorted(touched)])
+        tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?",
+                [(ctx.now, iid) for iid in sorted(touched)])
     tx.many(AUDIT_SQL, audit_rows)
     if complete:
         changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .catalog import _record, check_run
 from .claims import Eligible, _move
-from .db import Tx
+from .db import Tx, to_micros
 from .errors import Conflict, Invalid, NotFound
 from .filters import parse_filter
 from .jobs import DERIVED, _outputs, check_jobs, insert_jobs, keep_outputs
@@ -370,8 +370,9 @@ def _insert_instance(ctx: Ctx, cid: int, tid: int, run_id: int, inst: ImportInst
         pk = tx.scalar(
             "INSERT INTO job (instance_id, generation, jid, status, version, attempts, fields, created_at, updated_at,"
             " started_at, finished_at) VALUES (?,?,?,?,1,?,?,?,?,?,?) RETURNING id",
-            (iid, gen, job.jid, job.status, job.attempts, json.dumps(job.fields, sort_keys=True), job.history[0][0],
-             job.history[-1][0], job.started_at, job.finished_at))
+            (iid, gen, job.jid, job.status, job.attempts, json.dumps(job.fields, sort_keys=True),
+             to_micros(job.history[0][0]), to_micros(job.history[-1][0]),
+             *(None if t is None else to_micros(t) for t in (job.started_at, job.finished_at))))
         rows += [replace(ctx, now=ts, actor=IMPORT_ACTOR).audit_row(
             cid, "job", inst.task, to, from_status=frm, instance_id=iid, job_pk=pk, run_number=inst.run, jid=job.jid,
             generation=gen, reason=IMPORT_REASON, detail=changed or None) for ts, frm, to, changed in job.history]

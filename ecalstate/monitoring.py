@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from .base import Ctx, StoreBase
-from .db import TS_FORMAT, Tx
+from .db import TS_FORMAT, Tx, from_micros, to_micros
 from .errors import Invalid
 from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .results import Health, SilentHandler, StuckInstance
@@ -60,13 +60,18 @@ def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str]
     return _late(tx, STUCK_SQL, cid, cutoff(after, now), "")
 
 
-def _late(tx: Tx, sql: str, cid: Optional[int], since: str, group: str) -> list[StuckInstance]:
-    """The instances ``sql`` selects with its cutoff ``since``, in one campaign or all."""
-    params: list[Any] = [since]
+def _late(tx: Tx, sql: str, cid: Optional[int], since: str, group: str, job_times: bool = False
+          ) -> list[StuckInstance]:
+    """The instances ``sql`` selects with its cutoff ``since``, in one campaign or all; ``job_times``: the cutoff
+    and the time selected are jobs' (integer microseconds)."""
+    params: list[Any] = [to_micros(since) if job_times else since]
     if cid is not None:
         sql += " AND ti.campaign_id = ?"
         params.append(cid)
-    return [StuckInstance(*r) for r in tx.all(sql + group + " ORDER BY c.name, t.name, r.run_number", params)]
+    rows = tx.all(sql + group + " ORDER BY c.name, t.name, r.run_number", params)
+    if job_times:
+        return [StuckInstance(r[0], r[1], r[2], from_micros(r[3]), r[4]) for r in rows]
+    return [StuckInstance(*r) for r in rows]
 
 
 UNSUBMITTED_SQL = """
@@ -79,7 +84,7 @@ WHERE j.status = 'idle' AND j.batch_id IS NULL AND ti.status = 'processing' AND 
 
 def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
     """``processing`` instances with jobs "to submit" (no batch id) for ``after`` seconds: a killed submit."""
-    return _late(tx, UNSUBMITTED_SQL, cid, cutoff(after, now), " GROUP BY c.name, t.name, r.run_number")
+    return _late(tx, UNSUBMITTED_SQL, cid, cutoff(after, now), " GROUP BY c.name, t.name, r.run_number", True)
 
 
 # instances given up (failed: no job may be retried any more) and failed jobs a resubmit will retry; the cutoff is
@@ -160,5 +165,5 @@ class Monitoring(StoreBase):
             names = {r[0]: r[1] for r in tx.all("SELECT id, name FROM campaign")}
             blocked = [(names[c], t, r) for c in campaigns for _, t, r in blocked_instances(tx, c)]
             failed = _late(tx, FAILED_SQL, cid, now, "")
-            retrying = _late(tx, RETRYING_SQL, cid, now, " GROUP BY c.name, t.name, r.run_number")
+            retrying = _late(tx, RETRYING_SQL, cid, now, " GROUP BY c.name, t.name, r.run_number", True)
         return Health(stuck, silent, blocked, failing, unsubmitted, failed, retrying)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .auditlog import RETRY_ROWS
 from .base import Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Invalid
@@ -34,11 +35,11 @@ NOTIFIER = "@notify"
 NOTIFIER_STAGE = "send"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_EVENTS_SQL = """
+_EVENTS_SQL = f"""
 SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.reason, t.max_retries,
   CASE WHEN a.entity = 'job' THEN 1 + (
-    SELECT COUNT(*) FROM audit b WHERE b.instance_id = a.instance_id AND b.job_pk = a.job_pk
-      AND b.from_status = 'failed' AND b.to_status = 'idle' AND b.id < a.id) END
+    SELECT COUNT(*) FROM audit_log b WHERE b.instance_id = a.instance_id AND b.job_pk = a.job_pk
+      AND {RETRY_ROWS} AND b.id < a.id) END
 FROM audit a LEFT JOIN task t ON t.campaign_id = a.campaign_id AND t.name = a.task
 WHERE a.campaign_id = ? AND a.id > ? AND a.to_status = 'failed' AND a.entity IN ('task', 'job') AND a.actor <> ?
 ORDER BY a.id LIMIT ?

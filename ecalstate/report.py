@@ -15,6 +15,7 @@ from functools import lru_cache
 from html import escape
 from typing import Any, Optional
 
+from .auditlog import TASK_ROWS
 from .db import utcnow
 from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .queries import run_spans
@@ -37,9 +38,10 @@ COLOURS: dict[str, str] = {
 DARK = ("processing", "done", "failed", "merged")
 
 #: per task instance, what its tooltip says besides the status: generation, last change, the last transition's reason
-CELLS_SQL = """
+CELLS_SQL = f"""
 SELECT t.name, r.run_number, ti.generation, ti.updated_at,
-       (SELECT a.reason FROM audit a WHERE a.instance_id = ti.id AND a.entity = 'task' ORDER BY a.id DESC LIMIT 1)
+       (SELECT s.text FROM string s WHERE s.id = (SELECT a.reason FROM audit_log a
+        WHERE a.instance_id = ti.id AND a.{TASK_ROWS} ORDER BY a.id DESC LIMIT 1))
 FROM task_instance ti JOIN run r ON r.id = ti.run_id JOIN task t ON t.id = ti.task_id
 JOIN campaign c ON c.id = r.campaign_id
 WHERE c.name = ?

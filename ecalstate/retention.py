@@ -33,7 +33,7 @@ from sqlmodel import SQLModel
 
 from .appendfile import append_whole
 from .auditlog import KEEP_CREATION_FIELDS
-from .db import Database, Tx, sqlite_path
+from .db import Database, Tx, sqlite_path, to_micros
 from .errors import Invalid, StorageError
 from .limits import MAX_DURATION
 
@@ -108,7 +108,7 @@ def prune(
         floor = export_floor(tx)
         limit = int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit")) if floor is None else floor
         kept = int(tx.scalar("SELECT COUNT(*) FROM audit WHERE ts < ? AND id > ?", (cutoff, limit)))
-        generations = [(r[0], r[1], int(r[2])) for r in tx.all(FINISHED_GENERATIONS, (cutoff,))]
+        generations = [(r[0], r[1], int(r[2])) for r in tx.all(FINISHED_GENERATIONS, (to_micros(cutoff),))]
         if dry_run:
             audit = int(tx.scalar(f"SELECT COUNT(*) FROM audit a WHERE {AUDIT_WHERE}", (cutoff, limit)))
             requests = int(tx.scalar("SELECT COUNT(*) FROM request WHERE created_at < ?", (cutoff,)))
@@ -205,7 +205,7 @@ def _delete_generations(
                 rows = _take(tx, "SELECT * FROM job WHERE instance_id = ? AND generation = ? ORDER BY id"
                              + tx.lock("job"), (iid, gen))
                 start += 1
-                if any(r["status"] not in ("done", "failed") or r["updated_at"] >= cutoff for r in rows):
+                if any(r["status"] not in ("done", "failed") or r["updated_at"] >= to_micros(cutoff) for r in rows):
                     continue
                 tx.many(KEEP_CREATION_FIELDS, [(r["fields"], r["id"]) for r in rows])  # their creation rows stay
                 _remove(tx, "job", "id", rows, out)

@@ -26,6 +26,9 @@ from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate import db as db_module
 from ecalstate.auditlog import SAME_AS_JOB
 from ecalstate.base import Ctx
+from ecalstate.export import HISTORY_SQL
+from ecalstate.notify_store import _EVENTS_SQL
+from ecalstate.report import CELLS_SQL
 from ecalstate.monitoring import STAGES
 from ecalstate.results import BatchRecord
 from ecalstate.retention import prune
@@ -147,6 +150,22 @@ def test_done_outputs_are_read_from_the_jobs_and_kept_through_a_reprocess(db_url
         assert store.instance("c", "reco", 1).outputs == {"output": "/eos/a0,/eos/a1", "plots": "p"}
         store.update_jobs("c", "reco", [JobUpdate(1, 0, "done")])
         assert store.instance("c", "reco", 1).outputs == {"output": "/eos/b0"}
+
+
+@pytest.mark.parametrize("reader", ["export attempts", "notify retries", "report last reason"])
+def test_every_reader_of_an_audit_index_uses_its_partial_index(tmp_path: Any, reader: str) -> None:
+    """The audit's indexes hold only the rows their readers want (a full index was a tenth of a year's file): a
+    reader that stopped repeating the index's condition word for word would scan millions of rows."""
+    sql, params, index = {
+        "export attempts": (HISTORY_SQL.format(marks="?,?"), (1, 2, 10), "ix_audit_retry"),
+        "notify retries": (_EVENTS_SQL, (1, 0, "x", 10), "ix_audit_retry"),
+        "report last reason": (CELLS_SQL, ("c",), "ix_audit_task"),
+    }[reader]
+    with Store.open(str(tmp_path / "s.db"), create=True) as store:
+        with store.db.tx(write=False) as tx:
+            plan = " | ".join(str(r[-1]) for r in tx.all("EXPLAIN QUERY PLAN " + sql, params))
+    assert f"INDEX {index}" in plan, plan
+    assert "SCAN" not in plan, plan
 
 
 # ------------------------------------------------------------ PostgreSQL: no ping round trip per transaction

@@ -76,8 +76,11 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
-    """The same rows, with only the schema version moved on."""
-    return {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))]}
+    """The same rows, with the schema version moved on and (schema 6) the jobs' times as integer microseconds."""
+    times = [i for i, c in enumerate(v1_columns()["job"]) if c.endswith("_at")]
+    jobs = [tuple(dbmod.to_micros(v) if i in times and v is not None else v for i, v in enumerate(r))
+            for r in rows["job"]]
+    return {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))], "job": sorted(jobs)}
 
 
 @pytest.fixture
