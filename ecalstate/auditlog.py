@@ -204,7 +204,7 @@ def _job_times(tx: Tx) -> None:
         return
     columns = [c[1] for c in tx.all("PRAGMA table_info(job)")]
     tx.run("ALTER TABLE job RENAME TO job_v5")
-    SQLModel.metadata.tables["job"].create(tx.conn)
+    tx.create_table(SQLModel.metadata.tables["job"])
     values = [micros.format(c=c) if c in _JOB_TIMES else c for c in columns]
     tx.run(f"INSERT INTO job ({', '.join(columns)}) SELECT {', '.join(values)} FROM job_v5 ORDER BY id")
     tx.run("DROP TABLE job_v5")
