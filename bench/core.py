@@ -87,7 +87,7 @@ def audit_values(ids: dict[str, int], now: int, job: tuple[Any, ...], src: str, 
 
 def single(folder: str) -> dict[str, float]:
     """Transitions/s: ``api``, ``floor``, ``lean`` (bench/lean_tx.py on a raw connection); and transactions/s
-    of an empty write transaction through ``Database.tx`` (``setup``: SQLAlchemy's pool checkout, begin, commit)
+    of an empty write transaction through ``Database.tx`` (``setup``: the thread's connection, begin, commit)
     and by hand (``raw_setup``). Run 1 has jobs 0 and 1, job 1 stays idle so nothing completes."""
     store = Store.open(prepared(folder, "single.db", runs=1, jobs=2, retries=10**9), actor="bench")
     raw_path, lean_path = (prepared(folder, name, runs=1, jobs=2, retries=10**9)
@@ -257,7 +257,7 @@ def lock_held(folder: str) -> tuple[float, float]:
     with Store.open(prepared(folder, "hold-api.db", CLAIM_RUNS // 4, 0, retries=3), actor="bench") as store:
         event.listen(store.db.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(
             lock_holder(api_holds)))
-        store.db.engine.dispose()  # new connections, traced
+        store.db.close()  # new connections, traced
         while store.claim(C, "reco", limit=1):
             pass
     return statistics.median(raw_holds) * 1e6, statistics.median(api_holds) * 1e6
@@ -288,7 +288,7 @@ def run() -> list[dict[str, Any]]:
                 row("single transition: lean prototype (bench/lean_tx.py: raw connection, one read)", rates["lean"],
                     "transitions/s", floor),
                 cost,
-                row("of which an empty write transaction through Database.tx (pool checkout, begin, commit)",
+                row("of which an empty write transaction through Database.tx (thread's connection, begin, commit)",
                     1e6 / rates["setup"], "us", cost),
                 row("of which an empty write transaction by hand (BEGIN IMMEDIATE, COMMIT)", 1e6 / rates["raw_setup"],
                     "us", cost)]

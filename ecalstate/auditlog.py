@@ -176,7 +176,7 @@ def migrate(tx: Tx) -> None:
     tx.run("ALTER TABLE audit RENAME TO audit_v5")
     tx.run("DROP INDEX IF EXISTS ix_audit_instance")  # index names are global: the new table's takes it
     for table in ("string", "audit_log"):
-        SQLModel.metadata.tables[table].create(tx.conn, checkfirst=True)
+        tx.create_table(SQLModel.metadata.tables[table])
     install(tx)
     union = " UNION ".join(f"SELECT {c} AS t FROM audit_v5 WHERE {c} IS NOT NULL" for c in INTERNED)
     tx.run(f"INSERT INTO string (text) SELECT t FROM ({union}) u WHERE t NOT IN (SELECT text FROM string) ORDER BY t")
@@ -215,7 +215,7 @@ def _job_times(tx: Tx) -> None:
         return
     columns = [c[1] for c in tx.all("PRAGMA table_info(job)")]
     tx.run("ALTER TABLE job RENAME TO job_v5")
-    SQLModel.metadata.tables["job"].create(tx.conn)
+    tx.create_table(SQLModel.metadata.tables["job"])
     values = [micros.format(c=c) if c in _JOB_TIMES else c for c in columns]
     tx.run(f"INSERT INTO job ({', '.join(columns)}) SELECT {', '.join(values)} FROM job_v5 ORDER BY id")
     tx.run("DROP TABLE job_v5")

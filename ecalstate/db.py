@@ -14,16 +14,19 @@ import os
 import re
 import select
 import sqlite3
+import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint, event, exc
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint, event, exc
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, SQLModel, create_engine
 
 from .errors import EcalStateError, NotFound, SchemaError
@@ -424,21 +427,37 @@ def _to_format_style(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+class Cursor(Protocol):
+    """What :meth:`Tx.run` gives on every engine: the driver's DB-API cursor."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def description(self) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
 class Tx:
     """One transaction on one connection: plain SQL with ``?`` placeholders on every engine.
 
-    ``all``/``one``/``scalar``/``many``/``execute`` go straight to the driver's cursor (rows are plain tuples):
-    the hot paths run several statements per transition, and SQLAlchemy's per-statement result machinery
-    cost more than the statements themselves. ``run`` returns SQLAlchemy's result, for callers that want its API.
+    Every statement goes straight to the driver's cursor (rows are plain tuples): the hot paths run several
+    statements per transition, and SQLAlchemy's per-statement result machinery cost more than the statements
+    themselves. ``conn`` is the connection under the transaction: the driver's own on SQLite, SQLAlchemy's on
+    other engines; code that works on both uses the methods here.
     """
 
-    def __init__(self, conn: Connection, write: bool) -> None:
+    def __init__(self, conn: Any, dbapi_conn: Any, dialect: Dialect, write: bool) -> None:
         self.conn = conn
         self.write = write
-        style = conn.dialect.paramstyle
-        self.is_sqlite = conn.dialect.name == "sqlite"
-        self._fmt = (lambda s: s) if style == "qmark" else _to_format_style
-        self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self.dialect = dialect
+        self.is_sqlite = dialect.name == "sqlite"
+        self._fmt = (lambda s: s) if dialect.paramstyle == "qmark" else _to_format_style
+        self._dbapi_conn = dbapi_conn
+        self._cursor = dbapi_conn.cursor()
 
     def lock(self, alias: str) -> str:
         """Row-lock clause for reads that decide a write: none on SQLite (the transaction holds the lock)."""
@@ -454,12 +473,30 @@ class Tx:
         if not self.is_sqlite:
             self.run("SELECT pg_advisory_xact_lock(hashtext(?), hashtext(?))", (scope, str(key)))
 
-    def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.conn.exec_driver_sql(self._fmt(sql), tuple(params))
+    def run(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run a statement on a cursor of its own, and give it: its rows stay readable while others run."""
+        cursor = self._dbapi_conn.cursor()
+        cursor.execute(self._fmt(sql), tuple(params))
+        return cursor
 
     def _cursor_for(self, sql: str, params: Sequence[Any]) -> Any:
         self._cursor.execute(self._fmt(sql), tuple(params))
         return self._cursor
+
+    def has_table(self, name: str) -> bool:
+        """Whether a table or view ``name`` exists (in the main schema on SQLite, the current one elsewhere)."""
+        if self.is_sqlite:
+            return self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
+                               (name,)) > 0
+        return bool(self.dialect.has_table(self.conn, name))
+
+    def create_table(self, table: Table) -> None:
+        """Create ``table`` and its indexes, in this transaction, unless it exists (a migration step's DDL)."""
+        if self.has_table(table.name):
+            return
+        self._cursor.execute(str(CreateTable(table).compile(dialect=self.dialect)))
+        for index in table.indexes:
+            self._cursor.execute(str(CreateIndex(index).compile(dialect=self.dialect)))
 
     def script(self, sql: str) -> None:
         """Several statements without parameters, in this transaction (DDL and grants)."""
@@ -491,8 +528,24 @@ class Tx:
         return None if row is None else row[0]
 
 
+class _Idle:
+    """A thread's idle SQLite connections of one :class:`Database`, and the (process, count of
+    :meth:`Database.close` calls) they belong to."""
+
+    __slots__ = ("conns", "owner", "__weakref__")
+
+    def __init__(self, owner: tuple[int, int]) -> None:
+        self.conns: list[sqlite3.Connection] = []
+        self.owner = owner
+
+
 class Database:
-    """An engine plus the transaction discipline; opens, creates and version-checks the schema."""
+    """An engine plus the transaction discipline; opens, creates and version-checks the schema.
+
+    SQLite transactions run on driver connections kept per thread (opened through the engine, with its
+    set-up; never shared by threads, never used by a forked child nor after :meth:`close`), with BEGIN and
+    COMMIT issued by hand: SQLAlchemy's pool checkout, begin and commit cost more than a transition's SQL.
+    """
 
     def __init__(
         self, url: str, create: bool = False, check_version: bool = True, allow_network_fs: bool = False,
@@ -515,6 +568,11 @@ class Database:
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None
+        #: per thread, its idle connections (SQLite files; other engines go through SQLAlchemy's pool)
+        self._local: Optional[threading.local] = None if path in (None, ":memory:") else threading.local()
+        self._idle_lists: weakref.WeakSet[_Idle] = weakref.WeakSet()  # a thread's goes when the thread ends
+        self._idle_lists_lock = threading.Lock()
+        self._closes = 0
         if create:
             self.create_schema()
         elif check_version:
@@ -525,28 +583,76 @@ class Database:
     def _use_wal(self) -> None:
         """Switch the file to WAL (it stays so), only once it is known to be ours: another program's file,
         an empty or a damaged one is refused above unchanged."""
+        raw = self._checkout()  # the connection this thread's transactions use: it knows the mode at once
         try:
-            with self.engine.connect() as conn:
-                raw: Any = conn.connection.dbapi_connection  # autocommit: the mode changes outside a transaction
-                if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    raw.execute("PRAGMA journal_mode=WAL")
+            if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # outside a transaction, as it must
+                raw.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as err:
             if getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
                 return  # another process holds the file: the next open switches it, writes work meanwhile
             raise self._error(err) from err
+        finally:
+            self._checkin(raw)
 
     def close(self) -> None:
+        """Close every connection (every thread's SQLite ones too): the file may then be removed or replaced.
+        The database stays usable: a later transaction opens a new connection."""
+        self._closes += 1
+        with self._idle_lists_lock:
+            idles = list(self._idle_lists)
+        for idle in idles:
+            while idle.conns:
+                idle.conns.pop().close()
         self.engine.dispose()
+
+    def _checkout(self) -> sqlite3.Connection:
+        """An idle connection of this thread, else a new one (set up by the engine, then out of its pool)."""
+        local: Any = self._local
+        owner = (os.getpid(), self._closes)
+        idle = getattr(local, "idle", None)
+        if idle is None or idle.owner != owner:  # new thread, forked child or closed since: none to reuse
+            idle = local.idle = _Idle(owner)
+            with self._idle_lists_lock:
+                self._idle_lists.add(idle)
+        if idle.conns:
+            return idle.conns.pop()
+        pooled = self.engine.raw_connection()
+        conn: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
+        pooled.detach()
+        return conn
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        local: Any = self._local
+        idle = local.idle
+        if conn.in_transaction or idle.owner != (os.getpid(), self._closes):  # a failed rollback, or closed
+            conn.close()
+        else:
+            idle.conns.append(conn)
 
     @contextmanager
     def tx(self, write: bool = True) -> Iterator[Tx]:
-        """A transaction: ``BEGIN IMMEDIATE`` when writing on SQLite; database errors become clean ones."""
+        """A transaction: ``BEGIN IMMEDIATE`` when writing on SQLite; database errors become clean ones.
+
+        A transaction opened inside another on the same thread runs on a connection of its own (as with a pool).
+        """
         try:
-            with self.engine.connect() as conn:
-                if write:
-                    conn.execution_options(ecal_write=True)
-                with conn.begin():
-                    yield Tx(conn, write)
+            if self._local is None:
+                with self.engine.connect() as conn:
+                    if write:
+                        conn.execution_options(ecal_write=True)
+                    with conn.begin():
+                        yield Tx(conn, conn.connection.dbapi_connection, self.engine.dialect, write)
+            else:
+                raw = self._checkout()
+                try:
+                    raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    yield Tx(raw, raw, self.engine.dialect, write)
+                    raw.commit()
+                except BaseException:  # KeyboardInterrupt too: nothing of it is written
+                    raw.rollback()
+                    raise
+                finally:
+                    self._checkin(raw)
         except exc.DBAPIError as err:
             raise self._error(err.orig or err) from err
         except self.engine.dialect.loaded_dbapi.Error as err:  # raised through Tx's driver cursor
@@ -603,7 +709,7 @@ class Database:
     def schema_version(self) -> Optional[int]:
         """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
         with self.tx(write=False) as tx:
-            if not self.engine.dialect.has_table(tx.conn, "meta"):
+            if not tx.has_table("meta"):
                 return None
             value = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
         if value is None:

@@ -59,8 +59,8 @@ def _run_tag_rtypes(tx: Tx) -> None:
 
 
 def _run_sources(tx: Tx) -> None:
-    for table in ("run_source", "fill_end"):  # create(checkfirst) skips a table that is already there
-        SQLModel.metadata.tables[table].create(tx.conn, checkfirst=True)
+    for table in ("run_source", "fill_end"):  # create_table skips a table that is already there
+        tx.create_table(SQLModel.metadata.tables[table])
 
 
 #: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)

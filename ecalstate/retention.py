@@ -149,9 +149,9 @@ def _archive_file(path: Optional[str]) -> Optional[_Archive]:
 
 
 def _take(tx: Tx, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    result = tx.run(sql, params)
-    columns = list(result.keys())
-    return [dict(zip(columns, r)) for r in result.fetchall()]
+    cursor = tx.run(sql, params)
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, r)) for r in cursor.fetchall()]
 
 
 def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[_Archive],

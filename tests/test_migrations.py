@@ -179,7 +179,7 @@ def test_a_failing_step_leaves_the_database_as_it_was(v1_url: str, monkeypatch: 
     try:
         assert db.schema_version() == 1
         with db.tx(write=False) as tx:
-            assert "settings" not in tx.run("SELECT * FROM campaign").keys()
+            assert "settings" not in [d[0] for d in tx.run("SELECT * FROM campaign").description]
     finally:
         db.close()
     assert snapshot(v1_url) == before

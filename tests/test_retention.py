@@ -26,9 +26,9 @@ def rows(store: Store, table: str) -> dict[Any, dict[str, Any]]:
     """Every row of ``table`` by key."""
     key = "request_id" if table == "request" else "id"
     with store.db.tx(write=False) as tx:
-        result = tx.run(f"SELECT * FROM {table}")
-        cols = list(result.keys())
-        return {r[cols.index(key)]: dict(zip(cols, r)) for r in result.fetchall()}
+        cursor = tx.run(f"SELECT * FROM {table}")
+        cols = [d[0] for d in cursor.description]
+        return {r[cols.index(key)]: dict(zip(cols, r)) for r in cursor.fetchall()}
 
 
 def set_cursor(store: Store, target: str, audit_id: int) -> None:

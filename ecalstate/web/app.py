@@ -77,7 +77,7 @@ def forbid_writes(store: Store) -> None:
         raise Invalid("the web view reads a store opened read-only (Store.open(db, read_only=True))")
     if store.db.is_sqlite:
         event.listen(store.db.engine, "connect", _reads_only)
-        store.db.engine.dispose()  # connections opened before the guard are not reused
+        store.db.close()  # connections opened before the guard are not reused
 
 
 class Query:
