@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
-from .base import AUDIT_SQL, Ctx, StoreBase, loads, os_identity
+from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .db import Tx, from_micros, optional_text, to_micros
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
@@ -126,7 +126,8 @@ class Jobs(StoreBase):
             reason = masked(reason, secrets)
         with self.db.statement() as tx:
             return set_job(tx, campaign, task, check_int64(run, "run number"), _check_jid(jid), target, reason,
-                           generation, self.actor, os_identity(), to_micros(self.clock()), complete)[0]
+                           generation, self.actor, self.identity(tx), self.db.audit_texts, to_micros(self.clock()),
+                           complete)[0]
 
     def complete_instances(self, campaign: str, task: str) -> BulkResult:
         """Sweep ``processing`` instances of a task and complete those whose jobs decide it."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .auditlog import exists, vocab_id
+from .auditlog import VOCABULARY, exists, vocab_id
 from .db import Tx
 from .errors import NotFound
 from .results import Change
@@ -25,6 +25,9 @@ from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed
 SOURCES = {t.value: [s.value for s in JobStatus if JOB.is_allowed(s, t)] for t in JobStatus}
 
 _TEXT = ("to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+
+#: the vocabulary as a PostgreSQL array: a status's id is its position (``auditlog.VOCABULARY``)
+_VOCABULARY = "ARRAY[" + ", ".join(f"'{t}'" for t in VOCABULARY) + "]::text[]"
 
 FUNCTIONS = f"""
 CREATE OR REPLACE FUNCTION ecalstate_text_id(t text) RETURNS integer LANGUAGE plpgsql AS $$
@@ -40,36 +43,46 @@ BEGIN
   RETURN found;
 END $$;
 
+-- p_ids: the string ids of the task name, actor, identity and reason the client knows (NULL: look it up)
 CREATE OR REPLACE FUNCTION ecalstate_set_job(
   p_campaign text, p_task text, p_run bigint, p_jid bigint, p_generation integer, p_to text, p_sources text[],
-  p_reason text, p_actor text, p_identity text, p_clock bigint, p_complete boolean)
-RETURNS TABLE (outcome text, status text, attempts integer, max_retries integer, decided text, decided_reason text)
+  p_texts text[], p_ids integer[], p_clock bigint, p_complete boolean)
+RETURNS TABLE (outcome text, status text, attempts integer, max_retries integer, decided text, decided_reason text,
+               ids integer[])
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_cid integer; v_tid integer; v_retries integer; v_job record; v_now bigint; v_text text; v_retry boolean;
+  v_job record; v_now bigint; v_text text; v_retry boolean; v_ids integer[] := p_ids;
   v_total bigint; v_done bigint; v_active bigint; v_exhausted bigint; v_version integer; v_gen integer;
 BEGIN
-  SELECT c.id, t.id, t.max_retries INTO v_cid, v_tid, v_retries
-    FROM campaign c LEFT JOIN task t ON t.campaign_id = c.id AND t.name = p_task WHERE c.name = p_campaign;
-  IF v_cid IS NULL THEN RETURN QUERY SELECT 'no campaign', NULL::text, NULL::integer, NULL::integer,
-    NULL::text, NULL::text; RETURN; END IF;
-  IF v_tid IS NULL THEN RETURN QUERY SELECT 'no task', NULL::text, NULL::integer, NULL::integer, NULL::text,
-    NULL::text; RETURN; END IF;
-  SELECT j.id, j.status, j.version, j.attempts, j.generation, ti.id AS iid, ti.generation AS current
+  SELECT j.id, j.status, j.version, j.attempts, j.generation, ti.id AS iid, ti.generation AS current, c.id AS cid,
+         t.max_retries
     INTO v_job
-    FROM job j JOIN task_instance ti ON ti.id = j.instance_id JOIN run r ON r.id = ti.run_id
-    WHERE ti.task_id = v_tid AND r.run_number = p_run AND j.jid = p_jid
-      AND j.generation = COALESCE(p_generation, ti.generation)
+    FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = p_task
+    JOIN task_instance ti ON ti.task_id = t.id JOIN run r ON r.id = ti.run_id
+    JOIN job j ON j.instance_id = ti.id AND j.generation = COALESCE(p_generation, ti.generation) AND j.jid = p_jid
+    WHERE c.name = p_campaign AND r.run_number = p_run
     FOR UPDATE OF j;
-  IF NOT FOUND THEN RETURN QUERY SELECT 'no job', NULL::text, NULL::integer, v_retries, NULL::text,
-    NULL::text; RETURN; END IF;
-  v_retry := v_job.status = 'failed' AND p_to = 'idle';
+  IF NOT FOUND THEN  -- which name is unknown: the client says so
+    RETURN QUERY SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM campaign WHERE name = p_campaign) THEN 'no campaign'
+      WHEN NOT EXISTS (SELECT 1 FROM campaign c JOIN task t ON t.campaign_id = c.id
+                       WHERE c.name = p_campaign AND t.name = p_task) THEN 'no task' ELSE 'no job' END,
+      NULL::text, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer[];
+    RETURN;
+  END IF;
   IF v_job.status = p_to THEN
-    RETURN QUERY SELECT 'unchanged', v_job.status::text, v_job.attempts, v_retries, NULL::text, NULL::text; RETURN;
+    RETURN QUERY SELECT 'unchanged', v_job.status::text, v_job.attempts, v_job.max_retries, NULL::text, NULL::text,
+      NULL::integer[];
+    RETURN;
   END IF;
-  IF NOT (v_job.status = ANY(p_sources)) OR (v_retry AND v_job.attempts > v_retries) THEN
-    RETURN QUERY SELECT 'refused', v_job.status::text, v_job.attempts, v_retries, NULL::text, NULL::text; RETURN;
+  v_retry := v_job.status = 'failed' AND p_to = 'idle';
+  IF NOT (v_job.status = ANY(p_sources)) OR (v_retry AND v_job.attempts > v_job.max_retries) THEN
+    RETURN QUERY SELECT 'refused', v_job.status::text, v_job.attempts, v_job.max_retries, NULL::text, NULL::text,
+      NULL::integer[];
+    RETURN;
   END IF;
+  FOR i IN 1..4 LOOP
+    IF v_ids[i] IS NULL THEN v_ids[i] := ecalstate_text_id(p_texts[i]); END IF;
+  END LOOP;
   v_now := GREATEST(p_clock, COALESCE((SELECT a.ts + 1 FROM audit_log a ORDER BY a.id DESC LIMIT 1), p_clock));
   v_text := {_TEXT.format(c="v_now")};
   UPDATE job SET status = p_to, version = job.version + 1,
@@ -84,32 +97,32 @@ BEGIN
   UPDATE task_instance SET progress_at = v_text WHERE id = v_job.iid;
   INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
                          from_status, to_status, actor, identity, reason, request_id, detail)
-    VALUES (v_now, v_cid, {vocab_id("job")}, v_job.iid, v_job.id, ecalstate_text_id(p_task), p_run, p_jid,
-            v_job.generation, ecalstate_text_id(v_job.status), ecalstate_text_id(p_to), ecalstate_text_id(p_actor),
-            ecalstate_text_id(p_identity || ' db:' || session_user), ecalstate_text_id(p_reason), NULL, NULL);
+    VALUES (v_now, v_job.cid, {vocab_id("job")}, v_job.iid, v_job.id, v_ids[1], p_run, p_jid, v_job.generation,
+            array_position({_VOCABULARY}, v_job.status::text), array_position({_VOCABULARY}, p_to), v_ids[2],
+            v_ids[3], v_ids[4], NULL, NULL);
   IF p_complete AND v_job.generation = v_job.current AND p_to IN ('done', 'failed') THEN
     SELECT ti.version, ti.generation, COUNT(*), COUNT(*) FILTER (WHERE j.status = 'done'),
            COUNT(*) FILTER (WHERE j.status IN ('idle', 'running')),
-           COUNT(*) FILTER (WHERE j.status = 'failed' AND j.attempts > v_retries)
+           COUNT(*) FILTER (WHERE j.status = 'failed' AND j.attempts > v_job.max_retries)
       INTO v_version, v_gen, v_total, v_done, v_active, v_exhausted
       FROM task_instance ti JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation
       WHERE ti.id = v_job.iid AND ti.status = 'processing' GROUP BY ti.version, ti.generation;
     IF v_total IS NOT NULL AND (v_done = v_total OR (v_active = 0 AND v_exhausted > 0)) THEN
       decided := CASE WHEN v_done = v_total THEN 'done' ELSE 'failed' END;
       decided_reason := CASE WHEN v_done = v_total THEN 'all ' || v_total || ' jobs done'
-        ELSE v_exhausted || ' of ' || v_total || ' jobs failed beyond ' || v_retries || ' retries' END;
+        ELSE v_exhausted || ' of ' || v_total || ' jobs failed beyond ' || v_job.max_retries || ' retries' END;
       UPDATE task_instance SET status = decided, version = task_instance.version + 1, updated_at = v_text,
           outputs = CASE WHEN decided = 'done' THEN '' ELSE '{{}}' END
         WHERE id = v_job.iid AND version = v_version;
       INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
                              from_status, to_status, actor, identity, reason, request_id, detail)
-        VALUES (v_now, v_cid, {vocab_id("task")}, v_job.iid, NULL, ecalstate_text_id(p_task), p_run, NULL, v_gen,
-                {vocab_id("processing")}, ecalstate_text_id(decided), ecalstate_text_id(p_actor),
-                ecalstate_text_id(p_identity || ' db:' || session_user), ecalstate_text_id(decided_reason),
-                NULL, NULL);
+        VALUES (v_now, v_job.cid, {vocab_id("task")}, v_job.iid, NULL, v_ids[1], p_run, NULL, v_gen,
+                {vocab_id("processing")}, array_position({_VOCABULARY}, decided), v_ids[2], v_ids[3],
+                ecalstate_text_id(decided_reason), NULL, NULL);
     END IF;
   END IF;
-  outcome := 'changed'; status := v_job.status; attempts := v_job.attempts; max_retries := v_retries;
+  outcome := 'changed'; status := v_job.status; attempts := v_job.attempts; max_retries := v_job.max_retries;
+  ids := v_ids;
   RETURN NEXT;
 END $$;
 """
@@ -123,16 +136,21 @@ def install(tx: Tx) -> None:
 
 def set_job(
     tx: Tx, campaign: str, task: str, run: int, jid: int, status: JobStatus, reason: str, generation: Optional[int],
-    actor: str, identity: str, clock_us: int, complete: bool,
+    actor: str, identity: str, known: dict[str, int], clock_us: int, complete: bool,
 ) -> list[Change]:
     """One job transition in one statement (``tx`` in autocommit: the statement is its transaction); the job's
-    change, then its instance's when it decided it. Refusals raise as the generic path's do."""
+    change, then its instance's when it decided it. The ids of the task name, actor, identity (as audited) and
+    reason come from ``known`` (committed ids, which this call adds to) or are looked up by the function.
+    Refusals raise as the generic path's do."""
+    words = [task, actor, identity, reason]
     row: Any = tx.one(
-        "SELECT * FROM ecalstate_set_job(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (campaign, task, run, jid, generation, status.value, SOURCES[status.value], reason, actor, identity,
-         clock_us, complete),
+        "SELECT * FROM ecalstate_set_job(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (campaign, task, run, jid, generation, status.value, SOURCES[status.value], words,
+         [known.get(w) for w in words], clock_us, complete),
     )
-    outcome, current, attempts, retries, decided, why = row
+    outcome, current, attempts, retries, decided, why, ids = row
+    if ids is not None:  # committed with the statement
+        known.update(zip(words, ids))
     if outcome == "no campaign":
         raise NotFound(f"unknown campaign {campaign!r}")
     if outcome == "no task":

@@ -138,3 +138,18 @@ def test_two_last_jobs_finishing_together_decide_their_instance_once(pg_store: S
     assert pg_store.instance(name, "reco", 1).status == "done"
     completions = [h for h in pg_store.history(name, run=1, limit=None) if h.entity == "task" and h.to_status == "done"]
     assert len(completions) == 1
+
+
+def test_a_connection_the_server_dropped_is_replaced_not_failed(pg_store: Store) -> None:
+    """The one-statement path takes its connection from the same pool: one whose backend was terminated (a
+    server restart, an idle timeout) is found by the pool's ping and replaced; the transition goes through."""
+    name = campaign(pg_store)
+    pg_store.set_job_status(name, "reco", 2, 0, "running")
+    raw = pg_store.db.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(raw, autocommit=True) as admin:  # every pooled connection's backend goes
+        others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        assert admin.execute(f"SELECT COUNT(pg_terminate_backend(pid)) {others}").fetchone()[0] >= 1
+        while admin.execute(f"SELECT COUNT(*) {others}").fetchone()[0]:
+            time.sleep(0.01)
+    assert pg_store.set_job_status(name, "reco", 2, 0, "done").outcome == "changed"
+    assert pg_store.instance(name, "reco", 2).status == "processing"  # job 1 still idle
