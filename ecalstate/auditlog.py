@@ -46,6 +46,11 @@ SAME_AS_JOB = "="
 KEEP_CREATION_FIELDS = (f"UPDATE audit_log SET detail = NULLIF(?, '{{}}') WHERE job_pk = ? AND detail = '{SAME_AS_JOB}'")
 
 
+#: an audit row's detail as readers see it (``a``: the ``audit_log`` row): a creation row's fields from its job
+DETAIL = (f"CASE WHEN a.detail = '{SAME_AS_JOB}' THEN (SELECT NULLIF(j.fields, '{{}}') FROM job j"
+          " WHERE j.id = a.job_pk) ELSE a.detail END")
+
+
 def vocab_id(text: str) -> int:
     """The fixed id of a vocabulary text (a status, an entity)."""
     return VOCABULARY.index(text) + 1
@@ -87,8 +92,7 @@ def view_sql(tx: Tx) -> str:
         elif col == "ts":
             columns.append(_TS_TEXT[_engine(tx)].format(c="a.ts") + " AS ts")
         elif col == "detail":
-            columns.append(f"CASE WHEN a.detail = '{SAME_AS_JOB}' THEN (SELECT NULLIF(j.fields, '{{}}') FROM job j"
-                           " WHERE j.id = a.job_pk) ELSE a.detail END AS detail")
+            columns.append(f"{DETAIL} AS detail")
         else:
             columns.append(f"a.{col} AS {col}")
     return f"CREATE VIEW audit AS SELECT {', '.join(columns)} FROM audit_log a"
@@ -138,6 +142,15 @@ def text_id(tx: Tx, text: str, known: dict[str, int], learned: dict[str, int]) -
             row = tx.one(f"SELECT s.id FROM string s WHERE {_match(tx, '?')}", (text, text))
     learned[text] = int(row[0])
     return learned[text]
+
+
+def texts_of(tx: Tx, ids: set[int], known: dict[int, str]) -> dict[int, str]:
+    """``known`` (a cache of id -> text, kept by the caller: an id's text never changes) with ``ids`` added."""
+    missing = sorted(i for i in ids if i not in known)
+    for start in range(0, len(missing), 500):
+        chunk = missing[start:start + 500]
+        known.update(tx.all(f"SELECT id, text FROM string WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+    return known
 
 
 def vocabulary_ids() -> dict[str, int]:

@@ -558,6 +558,8 @@ class Database:
         self.read_only = read_only
         #: ids of the audit's texts seen committed (``ecalstate.auditlog``; a text's id never changes)
         self.audit_texts: dict[str, int] = {}
+        #: and the other way round, for readers of ``audit_log`` (the exporter)
+        self.audit_strings: dict[int, str] = {}
         try:
             # the password lives in the engine only: ``url`` is what messages, stats and reopening use
             self.url, password = split_password(self.url)

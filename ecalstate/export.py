@@ -65,10 +65,10 @@ from urllib.parse import quote as urlquote
 from urllib.parse import urlencode, urlsplit
 
 from .appendfile import append_whole
-from .auditlog import RETRY_ROWS
+from .auditlog import DETAIL, RETRY_ROWS, texts_of
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
-from .lineprotocol import FieldValue, line, safe_key, timestamp_ns
+from .lineprotocol import FieldValue, line, safe_key
 
 #: the most lines one request carries
 BATCH_LIMIT = 5000
@@ -451,10 +451,12 @@ def read_secret(env_name: str, path: Optional[str], env: Mapping[str, str], opti
 
 # --------------------------------------------------------------------------------- points
 
+#: the rows of ``audit_log`` itself, texts as ids and times as integers (:func:`read_batch` resolves them from a
+#: cache: through the view ``audit`` a page cost twice as much)
 ROWS_SQL = (
     "SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status, a.to_status,"
-    " a.actor, a.reason, a.detail, a.instance_id, a.job_pk, c.name, r.fill, COALESCE(r.tag_rtypes, r.rtypes)"
-    " FROM audit a LEFT JOIN campaign c ON c.id = a.campaign_id"
+    f" a.actor, a.reason, {DETAIL}, a.instance_id, a.job_pk, c.name, r.fill, COALESCE(r.tag_rtypes, r.rtypes)"
+    " FROM audit_log a LEFT JOIN campaign c ON c.id = a.campaign_id"
     " LEFT JOIN run r ON r.campaign_id = a.campaign_id AND r.run_number = a.run_number"
     " WHERE a.id > ? AND a.id <= ? ORDER BY a.id LIMIT ?"
 )
@@ -489,7 +491,7 @@ def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
     """The lines of one audit row (none for an entity the exporter does not know)."""
     (_id, ts, entity, task, run, jid, gen, from_status, to_status, actor, reason, detail, _iid, job_pk,
      campaign, fill, rtypes) = row
-    when = timestamp_ns(ts)
+    when = ts * 1000  # integer microseconds
     if entity == "task":
         tags = [("campaign", campaign), ("fill", "" if fill is None else str(fill)), ("rtype", rtypes or ""),
                 ("run_number", str(run))]
@@ -518,6 +520,19 @@ def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
     return []
 
 
+#: the positions of ROWS_SQL's text ids (entity, task, from_status, to_status, actor, reason)
+_TEXT_COLUMNS = (2, 3, 7, 8, 9, 10)
+
+
+def _with_texts(tx: Tx, rows: list[Any], known: dict[int, str]) -> list[tuple[Any, ...]]:
+    """ROWS_SQL's rows with their texts in place of the ids."""
+    ids = {r[i] for r in rows for i in _TEXT_COLUMNS}
+    ids.discard(None)  # a creation row's from_status
+    t = texts_of(tx, ids, known).get  # get(None): None
+    return [(r[0], r[1], t(r[2]), t(r[3]), r[4], r[5], r[6], t(r[7]), t(r[8]), t(r[9]), t(r[10]), *r[11:])
+            for r in rows]
+
+
 def _attempts(tx: Tx, rows: Sequence[Sequence[Any]]) -> dict[int, int]:
     """The attempts of each job of the batch as of just before the batch: one more per failed -> idle row."""
     instances = sorted({r[12] for r in rows if r[2] == "job" and r[12] is not None})
@@ -533,7 +548,7 @@ def _attempts(tx: Tx, rows: Sequence[Sequence[Any]]) -> dict[int, int]:
 def read_batch(db: Database, after: int, upto: int, limit: int) -> tuple[list[Line], int, int]:
     """Lines for the audit rows in (after, upto], at most ``limit`` rows: (lines, last id read, rows skipped)."""
     with db.tx(write=False) as tx:
-        rows = tx.all(ROWS_SQL, (after, upto, limit))
+        rows = _with_texts(tx, tx.all(ROWS_SQL, (after, upto, limit)), db.audit_strings)
         attempts = _attempts(tx, rows)
     lines: list[Line] = []
     skipped = 0
