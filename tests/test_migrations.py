@@ -10,7 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 import threading
 from pathlib import Path
 from typing import Any
@@ -225,3 +229,52 @@ def test_schema_5_upgraded_gives_every_reader_the_same_audit(db_url: str) -> Non
         newest = store.history(limit=1)[0]
         assert newest.id > top and newest.ts > expected["history"][-1]["ts"]
         assert (newest.actor, newest.reason, newest.to_status) == ("after-upgrade", "after the upgrade", "reprocess")
+
+
+def test_an_upgrade_killed_midway_leaves_schema_5_whole_and_the_next_one_finishes(db_url: str) -> None:
+    """``ecalstate db upgrade`` of a big schema-5 database SIGKILLed while it copies the audit (a Jenkins build
+    aborted, a node rebooted): the database is still version 5, every row as it was, readable by 5's readers;
+    the next upgrade goes through."""
+    load_v1(db_url, version=5)
+    db = Database(db_url, check_version=False)
+    try:
+        with db.tx() as tx:  # about 150,000 audit rows: the copy takes seconds, long enough to be cut
+            for _ in range(12):
+                tx.run("INSERT INTO audit (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid,"
+                       " generation, from_status, to_status, actor, identity, reason, request_id, detail)"
+                       " SELECT ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,"
+                       " from_status, to_status, actor, identity, reason, request_id, detail FROM audit")
+            rows = tx.scalar("SELECT COUNT(*) FROM audit")
+    finally:
+        db.close()
+    assert rows > 100_000
+    before = snapshot_v5(db_url)
+    script = "import sys; from ecalstate.migrations import upgrade_database; upgrade_database(sys.argv[1])"
+    upgrader = subprocess.Popen([sys.executable, "-c", script, db_url])
+    time.sleep(1.5)
+    assert upgrader.poll() is None, "the upgrade ended before it could be killed: make the database bigger"
+    upgrader.send_signal(signal.SIGKILL)
+    upgrader.wait()
+    db = Database(db_url, check_version=False)
+    try:
+        assert db.schema_version() == 5
+    finally:
+        db.close()
+    assert snapshot_v5(db_url) == before
+    assert upgrade_database(db_url).to_version == dbmod.SCHEMA_VERSION
+    with Store.open(db_url) as store:
+        assert len(store.history(limit=None)) == rows
+
+
+def snapshot_v5(url: str) -> dict[str, Any]:
+    """Counts and a digest of every row of the schema-5 tables, read as 5's readers read them."""
+    db = Database(url, check_version=False)
+    try:
+        with db.tx(write=False) as tx:
+            tables = [r[0] for r in tx.all(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'" if tx.is_sqlite
+                else "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")]
+            return {t: (tx.scalar(f"SELECT COUNT(*) FROM {t}"), hash(tuple(sorted(map(tuple, tx.all(
+                f"SELECT * FROM {t}")), key=repr)))) for t in sorted(tables)}
+    finally:
+        db.close()
