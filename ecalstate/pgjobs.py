@@ -22,7 +22,7 @@ from .results import Change
 from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed
 
 #: the statuses each job status may be reached from, as the table says (the function gets them as data)
-SOURCES = {t.value: [s.value for s in JobStatus if JOB.is_allowed(s, t)] for t in JobStatus}
+SOURCES = {t.value: ",".join(s.value for s in JobStatus if JOB.is_allowed(s, t)) for t in JobStatus}
 
 _TEXT = ("to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 
@@ -43,15 +43,20 @@ BEGIN
   RETURN found;
 END $$;
 
--- p_ids: the string ids of the task name, actor, identity and reason the client knows (NULL: look it up)
+-- p_sources: the statuses p_to may be reached from, comma-separated; p_*_id: the string ids of the task name,
+-- actor, identity and reason the client knows (NULL: looked up here). Scalars only: a client encodes an array
+-- parameter at a cost comparable to the whole statement's
 CREATE OR REPLACE FUNCTION ecalstate_set_job(
-  p_campaign text, p_task text, p_run bigint, p_jid bigint, p_generation integer, p_to text, p_sources text[],
-  p_texts text[], p_ids integer[], p_clock bigint, p_complete boolean)
+  p_campaign text, p_task text, p_run bigint, p_jid bigint, p_generation integer, p_to text, p_sources text,
+  p_actor text, p_identity text, p_reason text, p_task_id integer, p_actor_id integer, p_identity_id integer,
+  p_reason_id integer, p_clock bigint, p_complete boolean)
 RETURNS TABLE (outcome text, status text, attempts integer, max_retries integer, decided text, decided_reason text,
                ids integer[])
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_job record; v_now bigint; v_text text; v_retry boolean; v_ids integer[] := p_ids;
+  v_job record; v_now bigint; v_text text; v_retry boolean;
+  v_ids integer[] := ARRAY[p_task_id, p_actor_id, p_identity_id, p_reason_id];
+  v_texts text[] := ARRAY[p_task, p_actor, p_identity, p_reason];
   v_total bigint; v_done bigint; v_active bigint; v_exhausted bigint; v_version integer; v_gen integer;
 BEGIN
   SELECT j.id, j.status, j.version, j.attempts, j.generation, ti.id AS iid, ti.generation AS current, c.id AS cid,
@@ -75,13 +80,13 @@ BEGIN
     RETURN;
   END IF;
   v_retry := v_job.status = 'failed' AND p_to = 'idle';
-  IF NOT (v_job.status = ANY(p_sources)) OR (v_retry AND v_job.attempts > v_job.max_retries) THEN
+  IF NOT (v_job.status = ANY(string_to_array(p_sources, ','))) OR (v_retry AND v_job.attempts > v_job.max_retries) THEN
     RETURN QUERY SELECT 'refused', v_job.status::text, v_job.attempts, v_job.max_retries, NULL::text, NULL::text,
       NULL::integer[];
     RETURN;
   END IF;
   FOR i IN 1..4 LOOP
-    IF v_ids[i] IS NULL THEN v_ids[i] := ecalstate_text_id(p_texts[i]); END IF;
+    IF v_ids[i] IS NULL THEN v_ids[i] := ecalstate_text_id(v_texts[i]); END IF;
   END LOOP;
   v_now := GREATEST(p_clock, COALESCE((SELECT a.ts + 1 FROM audit_log a ORDER BY a.id DESC LIMIT 1), p_clock));
   v_text := {_TEXT.format(c="v_now")};
@@ -142,11 +147,11 @@ def set_job(
     change, then its instance's when it decided it. The ids of the task name, actor, identity (as audited) and
     reason come from ``known`` (committed ids, which this call adds to) or are looked up by the function.
     Refusals raise as the generic path's do."""
-    words = [task, actor, identity, reason]
+    words = (task, actor, identity, reason)
     row: Any = tx.one(
-        "SELECT * FROM ecalstate_set_job(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (campaign, task, run, jid, generation, status.value, SOURCES[status.value], words,
-         [known.get(w) for w in words], clock_us, complete),
+        "SELECT * FROM ecalstate_set_job(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (campaign, task, run, jid, generation, status.value, SOURCES[status.value], actor, identity, reason,
+         *(known.get(w) for w in words), clock_us, complete),
     )
     outcome, current, attempts, retries, decided, why, ids = row
     if ids is not None:  # committed with the statement
