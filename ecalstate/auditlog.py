@@ -30,7 +30,8 @@ COLUMNS = ("id", "ts", "campaign_id", "entity", "instance_id", "job_pk", "task",
 #: the store's time text of an integer microsecond count ``{c}``, per engine
 _TS_TEXT = {
     "sqlite": "strftime('%Y-%m-%dT%H:%M:%S', {c} / 1000000, 'unixepoch') || printf('.%06dZ', {c} % 1000000)",
-    "postgresql": "to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    "postgresql": ("to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond',"
+                   " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"),
 }
 #: the integer microseconds of one of the store's time texts ``{c}`` (the migration's conversion), per engine
 _TS_MICROS = {
@@ -43,7 +44,8 @@ _TS_MICROS = {
 #: writer that changes a job's fields first copies them into the row (:data:`KEEP_CREATION_FIELDS`)
 SAME_AS_JOB = "="
 #: run before a job's fields change (params: its fields until now, its id), and before a job row is deleted
-KEEP_CREATION_FIELDS = (f"UPDATE audit_log SET detail = NULLIF(?, '{{}}') WHERE job_pk = ? AND detail = '{SAME_AS_JOB}'")
+KEEP_CREATION_FIELDS = ("UPDATE audit_log SET detail = NULLIF(?, '{}') WHERE job_pk = ?"
+                        f" AND detail = '{SAME_AS_JOB}'")
 
 
 #: an audit row's detail as readers see it (``a``: the ``audit_log`` row): a creation row's fields from its job

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -250,9 +251,12 @@ def test_an_upgrade_killed_midway_leaves_schema_5_whole_and_the_next_one_finishe
     assert rows > 100_000
     before = snapshot_v5(db_url)
     script = "import sys; from ecalstate.migrations import upgrade_database; upgrade_database(sys.argv[1])"
+    assert not copying(db_url)
     upgrader = subprocess.Popen([sys.executable, "-c", script, db_url])
-    time.sleep(1.5)
-    assert upgrader.poll() is None, "the upgrade ended before it could be killed: make the database bigger"
+    deadline = time.monotonic() + 60
+    while not copying(db_url):  # killed in the middle of the step: while it copies the audit's rows
+        assert upgrader.poll() is None and time.monotonic() < deadline, "the copy was never seen under way"
+        time.sleep(0.005)
     upgrader.send_signal(signal.SIGKILL)
     upgrader.wait()
     db = Database(db_url, check_version=False)
@@ -264,6 +268,17 @@ def test_an_upgrade_killed_midway_leaves_schema_5_whole_and_the_next_one_finishe
     assert upgrade_database(db_url).to_version == dbmod.SCHEMA_VERSION
     with Store.open(db_url) as store:
         assert len(store.history(limit=None)) == rows
+
+
+def copying(url: str) -> bool:
+    """Whether an upgrade is copying the audit into ``audit_log`` right now (SQLite: its write-ahead log holds a
+    few MB of it; PostgreSQL: the statement runs)."""
+    if "://" not in url:
+        return os.path.exists(url + "-wal") and os.path.getsize(url + "-wal") > 4_000_000
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return bool(conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                 " AND state = 'active' AND query LIKE 'INSERT INTO audit_log%'").fetchone()[0])
 
 
 def snapshot_v5(url: str) -> dict[str, Any]:

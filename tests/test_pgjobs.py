@@ -109,8 +109,11 @@ def test_a_transition_is_one_round_trip(pg_store: Store, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(psycopg.Cursor, "execute", counted)
     real_command = psycopg.Connection._exec_command
-    monkeypatch.setattr(psycopg.Connection, "_exec_command",
-                        lambda self, command, *a, **kw: sent.append(str(command)) or real_command(self, command, *a, **kw))
+    def command(self: Any, sql: Any, *args: Any, **kw: Any) -> Any:
+        sent.append(str(sql))
+        return real_command(self, sql, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, "_exec_command", command)
     change = pg_store.set_job_status(name, "reco", 2, 0, "done")
     assert change.outcome == "changed"
     assert len(sent) == 1 and "ecalstate_set_job" in sent[0], sent
