@@ -637,7 +637,7 @@ class Database:
 
         A transaction opened inside another on the same thread runs on a connection of its own (as with a pool).
         """
-        try:
+        with self._clean_errors():
             if self._local is None:
                 with self.engine.connect() as conn:
                     if write:
@@ -655,23 +655,13 @@ class Database:
                     raise
                 finally:
                     self._checkin(raw)
-        except exc.DBAPIError as err:
-            raise self._error(err.orig or err) from err
-        except self.engine.dialect.loaded_dbapi.Error as err:  # raised through Tx's driver cursor
-            raise self._error(err) from err
-        except UnicodeDecodeError as err:  # SQLite's own message quotes garbled schema text
-            if not self.is_sqlite:
-                raise
-            raise self._error(err) from err
-        except OverflowError as err:  # a library caller passed an integer beyond 64 bits
-            raise DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}") from err
 
     @contextmanager
     def statement(self) -> Iterator[Tx]:
-        """A pooled connection in autocommit: each statement is its own transaction, one round trip (PostgreSQL's
+        """A pooled PostgreSQL connection in autocommit: each statement is its own transaction, one round trip (the
         one-statement job transition, ``ecalstate.pgjobs``). The driver's connection, without SQLAlchemy's
         Connection around it: a third of the call's time on a quiet machine went to it."""
-        try:
+        with self._clean_errors():
             raw = self.engine.raw_connection()  # the pool's checkout: a doubtful connection is pinged first
             try:
                 driver: Any = raw.driver_connection
@@ -687,8 +677,22 @@ class Database:
                 raise
             finally:
                 raw.close()  # back to the pool
-        except self.engine.dialect.loaded_dbapi.Error as err:
+
+    @contextmanager
+    def _clean_errors(self) -> Iterator[None]:
+        """Database errors raised inside, by SQLAlchemy or the driver, as one clean :class:`DatabaseError`."""
+        try:
+            yield
+        except exc.DBAPIError as err:
+            raise self._error(err.orig or err) from err
+        except self.engine.dialect.loaded_dbapi.Error as err:  # raised through Tx's driver cursor
             raise self._error(err) from err
+        except UnicodeDecodeError as err:  # SQLite's own message quotes garbled schema text
+            if not self.is_sqlite:
+                raise
+            raise self._error(err) from err
+        except OverflowError as err:  # a library caller passed an integer beyond 64 bits
+            raise DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}") from err
 
     def _error(self, err: BaseException) -> DatabaseError:
         """A driver error as one line; a damaged file or one that is not a database is named so."""

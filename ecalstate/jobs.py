@@ -121,13 +121,10 @@ class Jobs(StoreBase):
                                   generation: Optional[int], complete: bool) -> Change:
         """:meth:`set_job_status` of a job without fields on PostgreSQL: one round trip (``ecalstate.pgjobs``)."""
         target = JobStatus(JOB.parse(status))
-        secrets = known_secrets() if reason else frozenset()
-        if leaked([reason], secrets):
-            reason = masked(reason, secrets)
+        reason = masked(reason, known_secrets()) if reason else reason  # as _plan does: a quoted secret is masked
         with self.db.statement() as tx:
-            return set_job(tx, campaign, task, check_int64(run, "run number"), _check_jid(jid), target, reason,
-                           generation, self.actor, self.identity(tx), self.db.audit_texts, to_micros(self.clock()),
-                           complete)[0]
+            return set_job(tx, campaign, task, run, jid, target, reason, generation, self.actor, self.identity(tx),
+                           self.db.audit_texts, to_micros(self.clock()), complete)[0]
 
     def complete_instances(self, campaign: str, task: str) -> BulkResult:
         """Sweep ``processing`` instances of a task and complete those whose jobs decide it."""

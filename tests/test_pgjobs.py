@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecalstate import JobUpdate, RunSpec, Store
+from ecalstate.db import DatabaseError
 from ecalstate.errors import EcalStateError
 from ecalstate.statemachine import JobStatus
 
@@ -88,7 +89,7 @@ def test_one_statement_transition_does_what_the_generic_path_does(pg_store: Stor
 
 def test_unknown_names_and_jobs_are_refused_alike(pg_store: Store) -> None:
     name = campaign(pg_store)
-    for campaign_name, task, jid in (("nope", "reco", 0), (name, "nope", 0), (name, "reco", 9)):
+    for campaign_name, task, jid in (("nope", "reco", 0), (name, "nope", 0), (name, "reco", 9), (name, "reco", -1)):
         generic = answer(lambda: pg_store.set_job_status(campaign_name, task, 1, jid, "running",
                                                          request_id=str(uuid.uuid4())), 1)
         fast = answer(lambda: pg_store.set_job_status(campaign_name, task, 2, jid, "running"), 2)
@@ -156,3 +157,35 @@ def test_a_connection_the_server_dropped_is_replaced_not_failed(pg_store: Store)
             time.sleep(0.01)
     assert pg_store.set_job_status(name, "reco", 2, 0, "done").outcome == "changed"
     assert pg_store.instance(name, "reco", 2).status == "processing"  # job 1 still idle
+
+
+def test_a_server_that_takes_no_connection_is_one_clean_error(postgres: Any) -> None:
+    """The one-statement path's own checkout fails like every other call: a DatabaseError of one line, never the
+    driver's or SQLAlchemy's exception (a CLI would print a traceback)."""
+    url = postgres.create_database()
+    with Store.open(url, actor="t", create=True) as store:
+        name = campaign(store)
+        name_db = url.rsplit("/", 1)[1]
+        admin = url.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name_db}" ALLOW_CONNECTIONS false')
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name_db,))
+            while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s", (name_db,)).fetchone()[0]:
+                time.sleep(0.01)
+        try:
+            with pytest.raises(DatabaseError) as refused:
+                store.set_job_status(name, "reco", 2, 0, "running")
+            assert "\n" not in str(refused.value) and "not currently accepting connections" in str(refused.value)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{name_db}" ALLOW_CONNECTIONS true')
+
+
+def test_a_reason_quoting_a_secret_is_masked_on_both_paths(pg_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECALSTATE_INFLUX_TOKEN", "tok-9f8e7d6c5b4a")
+    name = campaign(pg_store)
+    why = "held: curl -H 'Authorization: Token tok-9f8e7d6c5b4a' failed"
+    for run, request in ((1, str(uuid.uuid4())), (2, None)):
+        pg_store.set_job_status(name, "reco", run, 0, "failed", reason=why, request_id=request)
+    reasons = [h.reason for h in pg_store.history(name, limit=None) if h.entity == "job" and h.to_status == "failed"]
+    assert reasons == ["held: curl -H 'Authorization: Token [secret]' failed"] * 2
