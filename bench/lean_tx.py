@@ -26,8 +26,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Optional
 
-from ecalstate.auditlog import _TS_TEXT, VOCABULARY, from_micros, vocab_id
+from ecalstate.auditlog import TS_TEXT, VOCABULARY, vocab_id
 from ecalstate.base import AUDIT_SQL
+from ecalstate.db import from_micros
 from ecalstate.statemachine import JOB, JobStatus, TransitionNotAllowed
 
 from .common import now_micros
@@ -70,7 +71,7 @@ WITH cur AS (
 )
 SELECT cur.status, cur.attempts, cur.max_retries, (SELECT COUNT(*) FROM upd), cur.iid, cur.generation
 FROM cur
-""".replace("PROGRESS_TEXT", _TS_TEXT["postgresql"].format(c="clock.now"))  # task_instance keeps text times
+""".replace("PROGRESS_TEXT", TS_TEXT["postgresql"].format(c="clock.now"))  # task_instance keeps text times
 #: whether the instance is decided, asked in a statement of its own: a statement's snapshot is taken when it
 #: starts, so a tally inside the CTE would not see the job another transaction finished while this one waited
 #: for the instance's row lock (two last jobs finishing together would both find the instance undecided)

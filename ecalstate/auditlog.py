@@ -13,7 +13,7 @@ from typing import Optional
 
 from sqlmodel import SQLModel
 
-from .db import Tx, from_micros, to_micros  # noqa: F401 (the audit's time conversions, where readers look)
+from .db import Tx
 from .statemachine import JobStatus, TaskStatus
 
 #: texts at fixed ids 1..n, in every database: SQL (a partial index, a row-level policy) can name them
@@ -28,7 +28,7 @@ COLUMNS = ("id", "ts", "campaign_id", "entity", "instance_id", "job_pk", "task",
            "from_status", "to_status", "actor", "identity", "reason", "request_id", "detail")
 
 #: the store's time text of an integer microsecond count ``{c}``, per engine
-_TS_TEXT = {
+TS_TEXT = {
     "sqlite": "strftime('%Y-%m-%dT%H:%M:%S', {c} / 1000000, 'unixepoch') || printf('.%06dZ', {c} % 1000000)",
     "postgresql": ("to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond',"
                    " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"),
@@ -76,7 +76,7 @@ def _engine(tx: Tx) -> str:
     return "sqlite" if tx.is_sqlite else "postgresql"
 
 
-def _text_of(tx: Tx, column: str) -> str:
+def _text_of(column: str) -> str:
     return f"(SELECT s.text FROM string s WHERE s.id = a.{column})"
 
 
@@ -90,9 +90,9 @@ def view_sql(tx: Tx) -> str:
     columns = []
     for col in COLUMNS:
         if col in INTERNED:
-            columns.append(f"{_text_of(tx, col)} AS {col}")
+            columns.append(f"{_text_of(col)} AS {col}")
         elif col == "ts":
-            columns.append(_TS_TEXT[_engine(tx)].format(c="a.ts") + " AS ts")
+            columns.append(TS_TEXT[_engine(tx)].format(c="a.ts") + " AS ts")
         elif col == "detail":
             columns.append(f"{DETAIL} AS detail")
         else:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional, TypeVar
 
-from .auditlog import from_micros, text_id, to_micros, vocabulary_ids
-from .db import Database, Tx, utcnow
+from .auditlog import text_id, vocabulary_ids
+from .db import Database, Tx, from_micros, to_micros, utcnow
 from .errors import Conflict, Invalid, NotFound
 
 R = TypeVar("R")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .auditlog import VOCABULARY, exists, vocab_id
+from .auditlog import TS_TEXT, VOCABULARY, exists, vocab_id
 from .db import Tx
 from .errors import NotFound
 from .results import Change
@@ -24,7 +24,6 @@ from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed
 #: the statuses each job status may be reached from, as the table says (the function gets them as data)
 SOURCES = {t.value: ",".join(s.value for s in JobStatus if JOB.is_allowed(s, t)) for t in JobStatus}
 
-_TEXT = ("to_char(timestamp '1970-01-01' + {c} * interval '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 
 #: the vocabulary as a PostgreSQL array: a status's id is its position (``auditlog.VOCABULARY``)
 _VOCABULARY = "ARRAY[" + ", ".join(f"'{t}'" for t in VOCABULARY) + "]::text[]"
@@ -89,7 +88,7 @@ BEGIN
     IF v_ids[i] IS NULL THEN v_ids[i] := ecalstate_text_id(v_texts[i]); END IF;
   END LOOP;
   v_now := GREATEST(p_clock, COALESCE((SELECT a.ts + 1 FROM audit_log a ORDER BY a.id DESC LIMIT 1), p_clock));
-  v_text := {_TEXT.format(c="v_now")};
+  v_text := {TS_TEXT["postgresql"].format(c="v_now")};
   UPDATE job SET status = p_to, version = job.version + 1,
       attempts = job.attempts + CASE WHEN v_retry THEN 1 ELSE 0 END,
       batch_id = CASE WHEN v_retry THEN NULL ELSE job.batch_id END, updated_at = v_now,

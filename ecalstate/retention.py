@@ -197,6 +197,7 @@ def _delete_generations(
     """
     total = 0
     start = 0
+    newest = to_micros(cutoff)  # job times are integer microseconds
     while start < len(generations):
         with db.tx(write=True) as tx:
             taken = 0
@@ -205,7 +206,7 @@ def _delete_generations(
                 rows = _take(tx, "SELECT * FROM job WHERE instance_id = ? AND generation = ? ORDER BY id"
                              + tx.lock("job"), (iid, gen))
                 start += 1
-                if any(r["status"] not in ("done", "failed") or r["updated_at"] >= to_micros(cutoff) for r in rows):
+                if any(r["status"] not in ("done", "failed") or r["updated_at"] >= newest for r in rows):
                     continue
                 tx.many(KEEP_CREATION_FIELDS, [(r["fields"], r["id"]) for r in rows])  # their creation rows stay
                 _remove(tx, "job", "id", rows, out)
