@@ -598,8 +598,11 @@ class Database:
 
     def close(self) -> None:
         """Close every connection (every thread's SQLite ones too): the file may then be removed or replaced.
-        The database stays usable: a later transaction opens a new connection."""
+        The database stays usable: a later transaction opens a new connection; the text ids it cached were the
+        old file's, so they go too."""
         self._closes += 1
+        self.audit_texts.clear()
+        self.audit_strings.clear()
         with self._idle_lists_lock:
             idles = list(self._idle_lists)
         for idle in idles:

@@ -14,6 +14,8 @@ still found and replaced.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from typing import Any
@@ -201,3 +203,21 @@ def test_postgres_connection_in_use_is_not_pinged_a_doubtful_one_is(pg_url: str,
 def backend_pid(store: Store) -> int:
     with store.db.tx(write=False) as tx:
         return int(tx.scalar("SELECT pg_backend_pid()"))
+
+
+def test_a_database_file_replaced_after_close_gets_no_stale_text_ids(tmp_path: Any) -> None:
+    """``Database.close()`` lets the file be replaced (a restore from backup): the cached text ids were the old
+    file's, and another file gives those ids to other texts."""
+    other = tmp_path / "other.db"
+    with Store.open(str(other), actor="bob", create=True) as store:
+        campaign(store)  # "bob" takes the first id after the vocabulary; "reco" the next
+    path = tmp_path / "s.db"
+    with Store.open(str(path), actor="alice", create=True) as store:
+        campaign(store)  # here "alice" takes that id
+        store.db.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(str(path) + suffix):
+                os.remove(str(path) + suffix)
+        shutil.copyfile(other, path)  # the restored file: its id of "alice"'s is "bob"'s
+        store.heartbeat("c", "reco", "submit", message="after the restore")
+        assert store.history("c", limit=1)[0].actor == "alice"
