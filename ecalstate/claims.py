@@ -287,7 +287,7 @@ def _move(
         keep_outputs(ctx.tx, inst.instance_id, inst.generation)
     count = ctx.tx.execute(
         "UPDATE task_instance SET status = ?, version = version + 1, generation = ?, leader_id = ?,"
-        " updated_at = ?, progress_at = NULL WHERE id = ? AND version = ?",
+        " updated_at = ? WHERE id = ? AND version = ?",
         (to.value, gen, leader_id, ctx.now, inst.instance_id, inst.version),
     )
     if count != 1:

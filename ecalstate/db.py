@@ -34,7 +34,7 @@ from .limits import int64_range
 from .paths import Mount, network_mount
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 #: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
@@ -153,7 +153,6 @@ class TaskInstance(SQLModel, table=True):
     outputs: str = "{}"
     created_at: str
     updated_at: str
-    progress_at: Optional[str] = None
 
 
 def _micros_column(nullable: bool = False) -> Any:

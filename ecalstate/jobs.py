@@ -262,7 +262,6 @@ def insert_jobs(
                       jid=j, generation=gen, reason="created by submit", detail=SAME_AS_JOB if f else None)
         for j, f in zip(jids, fields)
     ])
-    tx.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (ctx.now, iid))
     return len(jids)
 
 
@@ -420,7 +419,6 @@ def _apply(
     audit_rows = []
     # the fields of jobs whose fields change go into their creation rows first (kept once until now)
     tx.many(KEEP_CREATION_FIELDS, [(row.fields, row.pk) for update, row, _ in accepted if update.fields])
-    touched: set[int] = set()
     deciding: set[int] = set()
     for update, row, target in accepted:
         # most updates carry no fields: keep the stored JSON text instead of parsing and re-encoding it
@@ -451,7 +449,6 @@ def _apply(
             run_number=row.run, jid=row.jid, generation=row.generation, reason=update.reason,
             detail=update.fields or None,
         ))
-        touched.add(row.iid)
         if row.generation == row.current_gen and target in (J.DONE, J.FAILED):
             deciding.add(row.iid)
     if job_rows:
@@ -464,10 +461,6 @@ def _apply(
         )
         if changed >= 0 and changed != len(job_rows):
             raise Conflict("a job changed concurrently; nothing was written, retry")
-        # on PostgreSQL this row lock also serialises two transactions finishing different jobs of one
-        # instance, so the second one's completion check sees the first one's job
-        tx.many("UPDATE task_instance SET progress_at = ? WHERE id = ?",
-                [(ctx.now, iid) for iid in sorted(touched)])
     tx.many(AUDIT_SQL, audit_rows)
     if complete:
         changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))
@@ -490,6 +483,10 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
     out: list[Change] = []
     for chunk in _chunks(list(instance_ids)):
         marks = ",".join("?" * len(chunk))
+        if not tx.is_sqlite:  # (a SQLite write transaction holds the file's lock already)
+            # two transactions finishing the last two jobs of one instance: the later one waits here for the
+            # earlier one's commit, and its tally, a statement of its own (a new snapshot), sees that job
+            tx.all(f"SELECT id FROM task_instance WHERE id IN ({marks}) ORDER BY id FOR UPDATE", chunk)
         rows = tx.all(
             "SELECT ti.id, ti.version, ti.generation, r.run_number, COUNT(*),"
             " SUM(CASE WHEN j.status = 'done' THEN 1 ELSE 0 END),"

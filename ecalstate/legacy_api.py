@@ -181,7 +181,7 @@ class LegacyApi(StoreBase):
                                       "recreate=True opens a new generation")
                     keep_outputs(tx, inst.instance_id, generation)
                     generation += 1
-                    _cas(tx, inst, "generation = ?, progress_at = NULL, updated_at = ?", (generation, ctx.now), what)
+                    _cas(tx, inst, "generation = ?, updated_at = ?", (generation, ctx.now), what)
             else:
                 raise TransitionNotAllowed(TASK.entity, what, status, T.PROCESSING, TASK.allowed(status),
                                            "reprocess it first to run it again")
@@ -358,11 +358,10 @@ def _insert_instance(ctx: Ctx, cid: int, tid: int, run_id: int, inst: ImportInst
     tx = ctx.tx
     gen = inst.generation
     first, last = inst.history[0][0], inst.history[-1][0]
-    progress = max((j.history[-1][0] for j in inst.jobs), default=None)
     iid = int(tx.scalar(
         "INSERT INTO task_instance (campaign_id, task_id, run_id, status, version, generation, leader_id, outputs,"
-        " created_at, updated_at, progress_at) VALUES (?,?,?,?,1,?,?,'{}',?,?,?) RETURNING id",
-        (cid, tid, run_id, inst.status, gen, leader_id, first, last, progress)))
+        " created_at, updated_at) VALUES (?,?,?,?,1,?,?,'{}',?,?) RETURNING id",
+        (cid, tid, run_id, inst.status, gen, leader_id, first, last)))
     rows = [replace(ctx, now=last, actor=IMPORT_ACTOR).audit_row(
         cid, "task", inst.task, inst.status, instance_id=iid, run_number=inst.run, generation=gen,
         reason=IMPORT_REASON, detail={"legacy_history": inst.history[-50:]})]

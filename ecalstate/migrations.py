@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sqlmodel import SQLModel
 
-from . import auditlog
+from . import auditlog, pgjobs
 from . import db as dbmod
 from .db import Database, Tx, redact
 from .errors import SchemaError
@@ -63,6 +63,14 @@ def _run_sources(tx: Tx) -> None:
         tx.create_table(SQLModel.metadata.tables[table])
 
 
+def _progress_from_jobs(tx: Tx) -> None:
+    if not tx.is_sqlite:  # the one-statement transition wrote the column: today's is made without it
+        tx.run("DROP FUNCTION IF EXISTS ecalstate_set_job")
+    if "progress_at" in _columns(tx, "task_instance"):
+        tx.run("ALTER TABLE task_instance DROP COLUMN progress_at")
+    pgjobs.install(tx)
+
+
 #: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)
 STEPS: tuple[Step, ...] = (
     Step(2, "campaign.settings: per-campaign configuration as JSON text (default '{}')", _campaign_settings),
@@ -73,6 +81,8 @@ STEPS: tuple[Step, ...] = (
          _run_sources),
     Step(6, "audit_log + string behind the view audit: the audit's texts once, its times as integer microseconds",
          auditlog.migrate),
+    Step(7, "task_instance.progress_at dropped: an instance's progress is its jobs' newest change (a job transition"
+         " writes no instance row)", _progress_from_jobs),
 )
 
 

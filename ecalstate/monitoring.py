@@ -34,12 +34,17 @@ def cutoff(seconds: float, now: Optional[str] = None) -> str:
     return (start - timedelta(seconds=seconds)).strftime(TS_FORMAT)
 
 
+#: an instance's progress is its current generation's newest job change (integer microseconds), or its claim
+#: (``updated_at``, text) while it has no job
 STUCK_SQL = """
-SELECT c.name, t.name, r.run_number, COALESCE(ti.progress_at, ti.updated_at),
-  (SELECT COUNT(*) FROM job j WHERE j.instance_id = ti.id AND j.generation = ti.generation)
+SELECT c.name, t.name, r.run_number, ti.updated_at, MAX(j.updated_at), COUNT(j.id)
 FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
 JOIN campaign c ON c.id = ti.campaign_id
-WHERE ti.status = 'processing' AND COALESCE(ti.progress_at, ti.updated_at) < ?
+LEFT JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation
+WHERE ti.status = 'processing'{campaign}
+GROUP BY ti.id, c.name, t.name, r.run_number, ti.updated_at
+HAVING MAX(j.updated_at) < ? OR (MAX(j.updated_at) IS NULL AND ti.updated_at < ?)
+ORDER BY c.name, t.name, r.run_number
 """
 
 # driven from the (few) failed upstream instances, not the (many) waiting ones: 6x faster on 200,000 instances
@@ -57,7 +62,11 @@ ORDER BY t.name, r.run_number
 
 def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
     """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
-    return _late(tx, STUCK_SQL, cid, cutoff(after, now), "")
+    since = cutoff(after, now)
+    sql = STUCK_SQL.format(campaign="" if cid is None else " AND ti.campaign_id = ?")
+    rows = tx.all(sql, [*([] if cid is None else [cid]), to_micros(since), since])
+    return [StuckInstance(name, task, run, claimed if last is None else from_micros(last), jobs)
+            for name, task, run, claimed, last, jobs in rows]
 
 
 def _late(tx: Tx, sql: str, cid: Optional[int], since: str, group: str, job_times: bool = False

@@ -96,15 +96,15 @@ BEGIN
                         ELSE job.started_at END,
       finished_at = CASE WHEN p_to IN ('done', 'failed') THEN v_now ELSE job.finished_at END
     WHERE job.id = v_job.id;
-  -- this row lock also serialises two transactions finishing jobs of one instance: the later one's tally below
-  -- sees the earlier one's job
-  UPDATE task_instance SET progress_at = v_text WHERE id = v_job.iid;
   INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation,
                          from_status, to_status, actor, identity, reason, request_id, detail)
     VALUES (v_now, v_job.cid, {vocab_id("job")}, v_job.iid, v_job.id, v_ids[1], p_run, p_jid, v_job.generation,
             array_position({_VOCABULARY}, v_job.status::text), array_position({_VOCABULARY}, p_to), v_ids[2],
             v_ids[3], v_ids[4], NULL, NULL);
   IF p_complete AND v_job.generation = v_job.current AND p_to IN ('done', 'failed') THEN
+    -- two transactions finishing the last two jobs of one instance: the later one waits here, and its tally (a
+    -- statement of its own, a new snapshot) sees the earlier one's job
+    PERFORM 1 FROM task_instance WHERE id = v_job.iid FOR UPDATE;
     SELECT ti.version, ti.generation, COUNT(*), COUNT(*) FILTER (WHERE j.status = 'done'),
            COUNT(*) FILTER (WHERE j.status IN ('idle', 'running')),
            COUNT(*) FILTER (WHERE j.status = 'failed' AND j.attempts > v_job.max_retries)

@@ -69,23 +69,34 @@ def load_v1(url: str, version: int = 1) -> None:
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))")
 
 
-def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every first-release column, sorted, per table."""
+#: first-release columns a later schema dropped (7: an instance's progress is its jobs' newest change)
+DROPPED = {"task_instance": "progress_at"}
+
+
+def snapshot(url: str, after_upgrade: bool = False) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every first-release column (those the upgrade kept, ``after_upgrade``), sorted, per table."""
     db = Database(url, check_version=False)
     try:
         with db.tx(write=False) as tx:
-            return {t: sorted(tuple(r) for r in tx.all(f"SELECT {', '.join(cols)} FROM {t}"))
+            return {t: sorted(tuple(r) for r in tx.all(
+                        f"SELECT {', '.join(c for c in cols if not after_upgrade or DROPPED.get(t) != c)} FROM {t}"))
                     for t, cols in v1_columns().items()}
     finally:
         db.close()
 
 
 def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
-    """The same rows, with the schema version moved on and (schema 6) the jobs' times as integer microseconds."""
-    times = [i for i, c in enumerate(v1_columns()["job"]) if c.endswith("_at")]
+    """The same rows, with the schema version moved on, (schema 6) the jobs' times as integer microseconds and
+    (schema 7) the dropped columns gone."""
+    columns = v1_columns()
+    times = [i for i, c in enumerate(columns["job"]) if c.endswith("_at")]
     jobs = [tuple(dbmod.to_micros(v) if i in times and v is not None else v for i, v in enumerate(r))
             for r in rows["job"]]
-    return {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))], "job": sorted(jobs)}
+    out = {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))], "job": sorted(jobs)}
+    for table, column in DROPPED.items():
+        gone = columns[table].index(column)
+        out[table] = sorted(r[:gone] + r[gone + 1:] for r in rows[table])
+    return out
 
 
 @pytest.fixture
@@ -108,14 +119,25 @@ def test_the_frozen_release_is_version_1_and_is_refused_until_upgraded(v1_url: s
 def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str) -> None:
     before = snapshot(v1_url)
     assert {t: len(rows) for t, rows in before.items()} == v1_row_counts()
+    # what the stored progress mark said of processing instances: their jobs' newest change says the same
+    db = Database(v1_url, check_version=False)
+    with db.tx(write=False) as tx:
+        progress = tx.all("SELECT c.name, t.name, r.run_number, COALESCE(ti.progress_at, ti.updated_at)"
+                          " FROM task_instance ti JOIN campaign c ON c.id = ti.campaign_id JOIN task t"
+                          " ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id WHERE ti.status = 'processing'"
+                          " AND ti.progress_at IS NOT NULL ORDER BY 1, 2, 3")
+    db.close()
+    assert progress
 
     result = upgrade_database(v1_url)
     assert (result.from_version, result.to_version) == (1, dbmod.SCHEMA_VERSION)
     assert [a.split(":")[0] for a in result.applied] == [str(v) for v in range(2, dbmod.SCHEMA_VERSION + 1)]
-    assert snapshot(v1_url) == upgraded(before)
+    assert snapshot(v1_url, after_upgrade=True) == upgraded(before)
     assert upgrade_database(v1_url).applied == []
 
     with Store.open(v1_url, actor="after-upgrade") as store:
+        stuck = [(s.campaign, s.task, s.run_number, s.since) for s in store.health(stuck_after=0).stuck]
+        assert [s for s in stuck if s[:3] in {p[:3] for p in progress}] == progress
         with store.db.tx(write=False) as tx:
             assert tx.all("SELECT name, settings FROM campaign ORDER BY name") == [
                 ("prompt", "{}"), ("rereco-2023", "{}")]
@@ -151,7 +173,7 @@ def test_init_on_a_first_release_database_upgrades_it(v1_url: str) -> None:
     before = snapshot(v1_url)
     with Store.open(v1_url, create=True) as store:
         assert store.db.schema_version() == dbmod.SCHEMA_VERSION
-    assert snapshot(v1_url) == upgraded(before)
+    assert snapshot(v1_url, after_upgrade=True) == upgraded(before)
 
 
 def test_a_newer_schema_is_refused_clearly(store: Store) -> None:
