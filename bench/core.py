@@ -7,7 +7,7 @@ its best round, so that other load on the machine hits both alike.
 
 1. single transitions/s: ``set_job_status`` cycling idle -> running -> failed -> idle (max retries high),
    one transaction each: resolve campaign and task, read the job, check the table and the retry guard,
-   compare-and-set, audit row, the instance's progress mark and (on failed) its completion check.
+   compare-and-set, audit row and (on failed) its instance's completion check.
    Floor: BEGIN IMMEDIATE, SELECT status and version, UPDATE ... WHERE version, INSERT audit, COMMIT (the audit
    row in the store's layout: ``audit_log`` with ``string`` ids resolved before timing, integer times).
    Beside them: the lean prototype of bench/lean_tx.py (the same work as the API on a raw connection), and

@@ -1,19 +1,21 @@
 """One validated job transition in the fewest round trips: prototypes of the lean hot path (issue 14).
 
 ``set_job_status`` does, in one transaction: resolve campaign and task, read the job (locked), check the
-transition table and the retry guard, compare-and-set, mark the instance's progress, write the audit row at
-the store's time (the clock, never before the newest audit row), and for done/failed see whether the
-instance is decided. Through the store that is about nine statements, each a round trip on PostgreSQL, plus
-SQLAlchemy's pool checkout (with a ping), begin and commit.
+transition table and the retry guard, compare-and-set, write the audit row at the store's time (the clock, never before the newest audit row), and for done/failed see whether the
+instance is decided (schema 7: no instance row is written unless it is). Through the store's generic path
+that is about eight statements, each a round trip on PostgreSQL; the store's fast paths (``ecalstate.pgjobs``,
+``Jobs._set_one_sqlite``) grew out of these prototypes, which stay as the yardstick of the same work done
+with nothing around it.
 
 * :data:`PG_SQL`: all of it but the completion check in ONE statement (data-modifying CTEs). The table is
   passed as data (the statuses the target may be reached from); the statement answers (current status,
   attempts, max retries, changed) so that a refusal still gets its typed error naming the current status.
   A transition to done or failed asks :data:`PG_TALLY` after it, in the same transaction (a statement of its
-  own: see there why). So BEGIN, the statement, COMMIT: 3 round trips, 4 for done and failed.
+  own, after the instance's row lock: see there why). So BEGIN, the statement, COMMIT: 3 round trips, 5 for done
+  and failed.
 * :func:`sqlite_transition`: SQLite has no data-modifying CTEs; on one raw ``sqlite3`` connection kept open
   (no pool checkout, no begin/commit events), ``BEGIN IMMEDIATE``, one SELECT that reads the job, its
-  instance, the retry limit and the newest audit time, then the update, the progress mark and the audit insert.
+  instance, the retry limit and the newest audit time, then the update and the audit insert.
 
 Both write the schema-6 layout as the store does: the audit row into ``audit_log`` with ``string`` ids (the
 caller resolves its texts once per connection: :func:`bench.common.text_ids`; statuses and the entity are the
@@ -26,9 +28,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Optional
 
-from ecalstate.auditlog import TS_TEXT, VOCABULARY, vocab_id
+from ecalstate.auditlog import VOCABULARY, vocab_id
 from ecalstate.base import AUDIT_SQL
-from ecalstate.db import from_micros
 from ecalstate.statemachine import JOB, JobStatus, TransitionNotAllowed
 
 from .common import now_micros
@@ -59,8 +60,6 @@ WITH cur AS (
   WHERE job.id = cur.id AND job.version = cur.version AND cur.status = ANY(%(sources)s)
     AND NOT (cur.status = 'failed' AND %(to)s = 'idle' AND cur.attempts > cur.max_retries)
   RETURNING job.id, job.attempts
-), mark AS (
-  UPDATE task_instance SET progress_at = PROGRESS_TEXT FROM cur, clock, upd WHERE task_instance.id = cur.iid
 ), audit_row AS (
   INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, jid, generation, from_status,
                          to_status, actor, identity, reason, request_id, detail)
@@ -71,7 +70,7 @@ WITH cur AS (
 )
 SELECT cur.status, cur.attempts, cur.max_retries, (SELECT COUNT(*) FROM upd), cur.iid, cur.generation
 FROM cur
-""".replace("PROGRESS_TEXT", TS_TEXT["postgresql"].format(c="clock.now"))  # task_instance keeps text times
+"""
 #: whether the instance is decided, asked in a statement of its own: a statement's snapshot is taken when it
 #: starts, so a tally inside the CTE would not see the job another transaction finished while this one waited
 #: for the instance's row lock (two last jobs finishing together would both find the instance undecided)
@@ -98,6 +97,7 @@ def pg_transition(conn: Any, ids: dict[str, int], campaign: str, task: str, run:
             _refuse(task, run, jid, status, target, attempts, retries)
         decided = False
         if changed and target in ("done", "failed"):
+            conn.execute("SELECT 1 FROM task_instance WHERE id = %s FOR UPDATE", (iid,))  # see PG_TALLY
             total, done, active, exhausted = conn.execute(PG_TALLY, (retries, iid, gen)).fetchone()
             decided = done == total or (active == 0 and exhausted > 0)
     except BaseException:
@@ -159,7 +159,6 @@ def sqlite_transition(conn: sqlite3.Connection, ids: dict[str, int], campaign: s
         attempts += retry
         now = _after(latest, now_micros())
         conn.execute(SQLITE_UPDATE, (target, attempts, now, retry, target, target, now, target, now, pk, version))
-        conn.execute("UPDATE task_instance SET progress_at = ? WHERE id = ?", (from_micros(now), iid))
         conn.execute(AUDIT_SQL, (now, cid, vocab_id("job"), iid, pk, ids[task], run, jid, gen, vocab_id(status),
                                  vocab_id(target), ids[actor], ids[identity], ids[reason], None, None))
         decided = False

@@ -112,7 +112,11 @@ class Ctx:
         detail: Optional[dict[str, Any] | str] = None,
     ) -> tuple[Any, ...]:
         """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``)."""
-        text = self.text
+        known = self.texts
+
+        def text(value: str) -> int:  # most texts are known: a dict lookup (a row names seven)
+            return known.get(value) or self.text(value)
+
         return (
             self.now_us, campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
             generation, None if from_status is None else text(from_status), text(to_status), text(self.actor),
@@ -184,15 +188,8 @@ class StoreBase:
         return utcnow()
 
     def _now(self, tx: Tx) -> str:
-        """The transaction's timestamp: the clock, but never before the newest audit row (plus 1 µs).
-
-        Hosts' clocks differ; audit times, and so exported point times, follow the store's order instead
-        (read inside the write transaction, after the audit row with the highest id, which is the newest)."""
-        now = self.clock()
-        latest = tx.scalar("SELECT ts FROM audit_log ORDER BY id DESC LIMIT 1")
-        if latest is not None and latest >= to_micros(now):
-            now = from_micros(latest + 1)
-        return now
+        """The transaction's timestamp (:func:`store_time`)."""
+        return store_time(self.clock(), tx.scalar(NEWEST_AUDIT_TIME))
 
     # --- name resolution, always inside the caller's transaction -------------------------
 
@@ -241,6 +238,19 @@ class StoreBase:
                     out.append(child)
                     frontier.append(child)
         return out
+
+
+#: the time of the newest audit row (the highest id), read inside a write transaction
+NEWEST_AUDIT_TIME = "SELECT ts FROM audit_log ORDER BY id DESC LIMIT 1"
+
+
+def store_time(clock: str, latest: Optional[int]) -> str:
+    """A write transaction's timestamp: ``clock``, but never before the newest audit row's time ``latest`` (plus 1 µs).
+
+    Hosts' clocks differ; audit times, and so exported point times, follow the store's order instead."""
+    if latest is not None and latest >= to_micros(clock):
+        return from_micros(latest + 1)
+    return clock
 
 
 def fingerprint(args: Any) -> str:

@@ -19,10 +19,10 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
-from typing import Any, Optional, Protocol
+from typing import Any, NoReturn, Optional, Protocol
 
 from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint, event, exc
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
@@ -42,10 +42,26 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _STORE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 
 
+#: the last time :func:`to_micros` converted, and its value: a write converts its one time more than once
+_last_converted = ("", 0)
+#: the second :func:`utcnow` last formatted, and its text
+_clock_second = (-1, "")
+
+
 def utcnow() -> str:
-    """UTC time with microseconds, in the one text format every table uses (``isoformat``: a tenth of
-    ``strftime``'s cost, read by every write transaction)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    """UTC time with microseconds, in the one text format every table uses. Every write transaction reads it:
+    a second's text is made once and the microseconds appended (a fifth of ``isoformat``'s cost), and
+    :func:`to_micros` is told the value, which the transaction asks next."""
+    global _clock_second, _last_converted
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    made, prefix = _clock_second  # tuples read and replaced whole: safe between threads
+    if second != made:
+        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _clock_second = (second, prefix)
+    text = f"{prefix}.{fraction:06d}Z"
+    _last_converted = (text, micros)
+    return text
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -56,9 +72,15 @@ def to_micros(ts: str) -> int:
     """Integer microseconds since 1970 of a time in the store's format (``2026-12-01T05:00:00.000001Z``): how the
     big tables (``audit_log``, ``job``) keep their times, 8 bytes instead of 27. (``fromisoformat``: 30 times
     ``strptime``'s speed, and every write transaction converts its time.)"""
+    global _last_converted
+    last, value = _last_converted  # one tuple, read and replaced whole: safe between threads
+    if ts == last:
+        return value
     if not _STORE_TIME.match(ts):
         raise ValueError(f"not a time in the store's format: {ts!r}")
-    return (datetime.fromisoformat(ts[:-1]) - _EPOCH) // _MICROSECOND
+    value = (datetime.fromisoformat(ts[:-1]) - _EPOCH) // _MICROSECOND
+    _last_converted = (ts, value)
+    return value
 
 
 def from_micros(micros: int) -> str:
@@ -527,6 +549,51 @@ class Tx:
         return None if row is None else row[0]
 
 
+class _FileTx:
+    """:meth:`Database.tx` on a SQLite file: the thread's driver connection, BEGIN and COMMIT issued by hand. A
+    class rather than a generator: a job transition is tens of microseconds, and two generator-based context
+    managers cost several of them."""
+
+    __slots__ = ("db", "write", "raw")
+
+    def __init__(self, db: Database, write: bool) -> None:
+        self.db = db
+        self.write = write
+
+    def __enter__(self) -> Tx:
+        db = self.db
+        try:
+            raw = self.raw = db._checkout()
+            try:
+                raw.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+            except BaseException:
+                db._checkin(raw)
+                raise
+        except Exception as err:
+            db._raise_clean(err)
+        return Tx(raw, raw, db.engine.dialect, self.write)
+
+    def __exit__(self, kind: Optional[type[BaseException]], err: Optional[BaseException], trace: Any) -> None:
+        db, raw = self.db, self.raw
+        try:
+            if err is None:
+                try:
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+            else:  # KeyboardInterrupt too: nothing of it is written
+                raw.rollback()
+        except Exception as failed:  # the commit's or the rollback's own error
+            db._raise_clean(failed)
+        finally:
+            db._checkin(raw)  # a connection still in a transaction (its rollback failed) is closed, not reused
+        if err is not None:  # the body's: a database error leaves as a clean one, anything else as it is
+            clean = db._clean(err)
+            if clean is not None:
+                raise clean from err
+
+
 class _Idle:
     """A thread's idle SQLite connections of one :class:`Database`, and the (process, count of
     :meth:`Database.close` calls) they belong to."""
@@ -633,30 +700,22 @@ class Database:
         else:
             idle.conns.append(conn)
 
-    @contextmanager
-    def tx(self, write: bool = True) -> Iterator[Tx]:
+    def tx(self, write: bool = True) -> AbstractContextManager[Tx]:
         """A transaction: ``BEGIN IMMEDIATE`` when writing on SQLite; database errors become clean ones.
 
         A transaction opened inside another on the same thread runs on a connection of its own (as with a pool).
         """
+        return _FileTx(self, write) if self._local is not None else self._pooled_tx(write)
+
+    @contextmanager
+    def _pooled_tx(self, write: bool) -> Iterator[Tx]:
+        """:meth:`tx` through SQLAlchemy's pool (PostgreSQL, and SQLite's ``:memory:``)."""
         with self._clean_errors():
-            if self._local is None:
-                with self.engine.connect() as conn:
-                    if write:
-                        conn.execution_options(ecal_write=True)
-                    with conn.begin():
-                        yield Tx(conn, conn.connection.dbapi_connection, self.engine.dialect, write)
-            else:
-                raw = self._checkout()
-                try:
-                    raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    yield Tx(raw, raw, self.engine.dialect, write)
-                    raw.commit()
-                except BaseException:  # KeyboardInterrupt too: nothing of it is written
-                    raw.rollback()
-                    raise
-                finally:
-                    self._checkin(raw)
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(ecal_write=True)
+                with conn.begin():
+                    yield Tx(conn, conn.connection.dbapi_connection, self.engine.dialect, write)
 
     @contextmanager
     def statement(self) -> Iterator[Tx]:
@@ -685,16 +744,27 @@ class Database:
         """Database errors raised inside, by SQLAlchemy or the driver, as one clean :class:`DatabaseError`."""
         try:
             yield
-        except exc.DBAPIError as err:
-            raise self._error(err.orig or err) from err
-        except self.engine.dialect.loaded_dbapi.Error as err:  # raised through Tx's driver cursor
-            raise self._error(err) from err
-        except UnicodeDecodeError as err:  # SQLite's own message quotes garbled schema text
-            if not self.is_sqlite:
-                raise
-            raise self._error(err) from err
-        except OverflowError as err:  # a library caller passed an integer beyond 64 bits
-            raise DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}") from err
+        except Exception as err:
+            self._raise_clean(err)
+
+    def _raise_clean(self, err: Exception) -> NoReturn:
+        """Raise the clean error of a database error (:meth:`_clean`), anything else as it is."""
+        clean = self._clean(err)
+        if clean is None:
+            raise err
+        raise clean from err
+
+    def _clean(self, err: BaseException) -> Optional[DatabaseError]:
+        """The clean error of a database error (None: not one, raise it as it is)."""
+        if isinstance(err, exc.DBAPIError):
+            return self._error(err.orig or err)
+        if isinstance(err, self.engine.dialect.loaded_dbapi.Error):  # raised through Tx's driver cursor
+            return self._error(err)
+        if isinstance(err, UnicodeDecodeError) and self.is_sqlite:  # SQLite's own message quotes garbled schema text
+            return self._error(err)
+        if isinstance(err, OverflowError):  # a library caller passed an integer beyond 64 bits
+            return DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}")
+        return None
 
     def _error(self, err: BaseException) -> DatabaseError:
         """A driver error as one line; a damaged file or one that is not a database is named so."""

@@ -13,17 +13,19 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
-from .base import AUDIT_SQL, Ctx, StoreBase, loads
+from .base import AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, loads, store_time
 from .db import Tx, from_micros, optional_text, to_micros
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
 from .pgjobs import set_job
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
 from .secrets import known_secrets, leaked, masked
-from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed
+from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed, job_refusal
 
 J = JobStatus
 _STATUS = {s.value: s for s in JobStatus}
+#: the job statuses that may decide an instance
+_DECIDING = (J.DONE.value, J.FAILED.value)
 #: job fields gathered into the instance's outputs when it completes (the original's getOutput)
 OUTPUT_KEYS = ("output", "plots")
 #: instance statuses whose current generation's jobs may still get their batch ids recorded
@@ -106,8 +108,8 @@ class Jobs(StoreBase):
         ``complete=False`` leaves the instance ``processing`` even when this change decides it, for callers
         whose own check stage completes instances (the ecalautoctrl compat layer).
         """
-        if not self.db.is_sqlite and not fields and batch_id is None and request_id is None:
-            return self._set_job_in_one_statement(campaign, task, run, jid, status, reason, generation, complete)
+        if not fields and batch_id is None and request_id is None:
+            return self._set_one_job(campaign, task, run, jid, status, reason, generation, complete)
         update = JobUpdate(run, jid, status, fields, batch_id, reason, generation)
 
         def body(ctx: Ctx) -> BulkResult:
@@ -117,14 +119,50 @@ class Jobs(StoreBase):
                              args=(campaign, task, update, complete))
         return result.changes[0]
 
-    def _set_job_in_one_statement(self, campaign: str, task: str, run: int, jid: int, status: str, reason: str,
-                                  generation: Optional[int], complete: bool) -> Change:
-        """:meth:`set_job_status` of a job without fields on PostgreSQL: one round trip (``ecalstate.pgjobs``)."""
-        target = JobStatus(JOB.parse(status))
+    def _set_one_job(self, campaign: str, task: str, run: int, jid: int, status: str, reason: str,
+                     generation: Optional[int], complete: bool) -> Change:
+        """:meth:`set_job_status` of a job without fields in the fewest round trips: one statement on PostgreSQL
+        (``ecalstate.pgjobs``), one read and two writes on SQLite (:meth:`_set_one_sqlite`). The generic path reads
+        the clock's floor, the names and the job apart and goes through the bulk machinery for one row;
+        tests/test_one_job.py holds both fast paths to it."""
+        target = _STATUS.get(status) or JobStatus(JOB.parse(status))
         reason = masked(reason, known_secrets()) if reason else reason  # as _plan does: a quoted secret is masked
-        with self.db.statement() as tx:
-            return set_job(tx, campaign, task, run, jid, target, reason, generation, self.actor, self.identity(tx),
-                           self.db.audit_texts, to_micros(self.clock()), complete)[0]
+        if not self.db.is_sqlite:
+            with self.db.statement() as tx:
+                return set_job(tx, campaign, task, run, jid, target, reason, generation, self.actor,
+                               self.identity(tx), self.db.audit_texts, to_micros(self.clock()), complete)[0]
+        learned: dict[str, int] = {}
+        with self.db.tx(write=True) as tx:
+            change = self._set_one_sqlite(tx, campaign, task, run, jid, target, reason, generation, complete, learned)
+        self.db.audit_texts.update(learned)  # committed: these ids are for good
+        return change
+
+    def _set_one_sqlite(self, tx: Tx, campaign: str, task: str, run: int, jid: int, target: JobStatus, reason: str,
+                        generation: Optional[int], complete: bool, learned: dict[str, int]) -> Change:
+        """The SQLite fast path, in the caller's write transaction (which holds the file's lock: the job read is
+        the job written); ``learned``: the text ids it made."""
+        found = tx.one(ONE_JOB_SQL, (task, run, generation, jid, campaign))
+        key = f"{task} run {run} job {jid}" + (f" gen {generation}" if generation is not None else "")
+        if found is None:
+            self._campaign_task(tx, campaign, task)  # an unknown campaign or task is named as such
+            raise NotFound(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
+        pk, status, version, attempts, started, gen, iid, current_gen, cid, retries, latest = found
+        to = target.value
+        if status == to:
+            return Change("job", key, status, to, "unchanged")
+        current = _STATUS[status]
+        refusal = job_refusal(current, target, attempts, retries)
+        if refusal:
+            raise TransitionNotAllowed("job", key, current, target, JOB.allowed(current), refusal)
+        ctx = Ctx(tx, self.actor, None, store_time(self.clock(), latest), self.identity(tx), self.db.audit_texts,
+                  learned)
+        if tx.execute(MOVE_JOB_SQL, _moved(status, target, attempts, started, ctx.now_us, None, None, pk, version)) != 1:
+            raise Conflict("a job changed concurrently; nothing was written, retry")  # (the lock says it cannot)
+        tx.execute(AUDIT_SQL, ctx.audit_row(cid, "job", task, to, from_status=status, instance_id=iid,
+                                            job_pk=pk, run_number=run, jid=jid, generation=gen, reason=reason))
+        if complete and gen == current_gen and to in _DECIDING:
+            _complete(ctx, cid, task, retries, [iid])
+        return Change("job", key, status, to, "changed", reason)
 
     def complete_instances(self, campaign: str, task: str) -> BulkResult:
         """Sweep ``processing`` instances of a task and complete those whose jobs decide it."""
@@ -380,11 +418,7 @@ def _plan(
             if update.fields or update.batch_id:
                 accepted.append((update, row, target))
             continue
-        reason = ""
-        if not JOB.is_allowed(current, target):
-            reason = "not in the job table"
-        elif current == J.FAILED and target == J.IDLE and row.attempts > retries:
-            reason = f"retries exhausted: {row.attempts} attempts, max retries {retries}"
+        reason = job_refusal(current, target, row.attempts, retries)
         if reason:
             if strict:
                 raise TransitionNotAllowed("job", key, current, target, JOB.allowed(current), reason)
@@ -421,29 +455,17 @@ def _apply(
     tx.many(KEEP_CREATION_FIELDS, [(row.fields, row.pk) for update, row, _ in accepted if update.fields])
     deciding: set[int] = set()
     for update, row, target in accepted:
-        # most updates carry no fields: keep the stored JSON text instead of parsing and re-encoding it
-        fields = json.dumps({**loads(row.fields), **update.fields}, sort_keys=True) if update.fields else row.fields
-        transition = target.value != row.status
-        retry = row.status == J.FAILED.value and target == J.IDLE
-        attempts = row.attempts + 1 if retry else row.attempts
-        started = row.started_at
-        finished = None
-        if target == J.RUNNING and started is None:
-            started = now
-        if target == J.IDLE:
-            started = None
-        if target in (J.DONE, J.FAILED):
-            finished = now
-        if not transition:
-            tx.execute("UPDATE job SET fields = ?, batch_id = COALESCE(?, batch_id) WHERE id = ?",
+        # most updates carry no fields: the stored JSON text stays (None), never parsed and re-encoded
+        fields = json.dumps({**loads(row.fields), **update.fields}, sort_keys=True) if update.fields else None
+        if target.value == row.status:
+            tx.execute("UPDATE job SET fields = COALESCE(?, fields), batch_id = COALESCE(?, batch_id) WHERE id = ?",
                        (fields, update.batch_id, row.pk))
             if update.fields:  # an annotation (from == to): the exporter sends its fields, no status point
                 audit_rows.append(_annotation(ctx, cid, task, row.status, update.fields, update.reason, iid=row.iid,
                                               pk=row.pk, run=row.run, jid=row.jid, generation=row.generation))
             continue
-        # a retry is a new attempt: "to submit" (no batch id) until the stage that submits it records one
-        job_rows.append((target.value, attempts, update.batch_id, retry, fields, now, started, finished, row.pk,
-                         row.version))
+        job_rows.append(_moved(row.status, target, row.attempts, row.started_at, now, update.batch_id, fields,
+                               row.pk, row.version))
         audit_rows.append(ctx.audit_row(
             cid, "job", task, target.value, from_status=row.status, instance_id=row.iid, job_pk=row.pk,
             run_number=row.run, jid=row.jid, generation=row.generation, reason=update.reason,
@@ -452,19 +474,45 @@ def _apply(
         if row.generation == row.current_gen and target in (J.DONE, J.FAILED):
             deciding.add(row.iid)
     if job_rows:
-        changed = tx.many(
-            "UPDATE job SET status = ?, version = version + 1, attempts = ?,"
-            " batch_id = COALESCE(?, CASE WHEN ? THEN NULL ELSE batch_id END), fields = ?, updated_at = ?,"
-            " started_at = ?,"
-            " finished_at = COALESCE(?, finished_at) WHERE id = ? AND version = ?",
-            job_rows,
-        )
+        changed = tx.many(MOVE_JOB_SQL, job_rows)
         if changed >= 0 and changed != len(job_rows):
             raise Conflict("a job changed concurrently; nothing was written, retry")
     tx.many(AUDIT_SQL, audit_rows)
     if complete:
         changes.extend(_complete(ctx, cid, task, retries, sorted(deciding)))
     return BulkResult(changes)
+
+
+#: a job by its names, with what its transition needs: its instance, the task's retry limit and the newest audit
+#: time (the floor of the transaction's time), in one statement
+ONE_JOB_SQL = (
+    "SELECT j.id, j.status, j.version, j.attempts, j.started_at, j.generation, ti.id, ti.generation, c.id,"
+    " t.max_retries, (" + NEWEST_AUDIT_TIME + ")"
+    " FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = ?"
+    " JOIN run r ON r.campaign_id = c.id AND r.run_number = ? JOIN task_instance ti ON ti.task_id = t.id"
+    " AND ti.run_id = r.id JOIN job j ON j.instance_id = ti.id AND j.generation = COALESCE(?, ti.generation)"
+    " AND j.jid = ? WHERE c.name = ?"
+)
+#: a job's transition, with the values :func:`_moved` gives (compare-and-set on its version)
+MOVE_JOB_SQL = (
+    "UPDATE job SET status = ?, version = version + 1, attempts = ?,"
+    " batch_id = COALESCE(?, CASE WHEN ? THEN NULL ELSE batch_id END), fields = COALESCE(?, fields), updated_at = ?,"
+    " started_at = ?, finished_at = COALESCE(?, finished_at) WHERE id = ? AND version = ?"
+)
+
+
+def _moved(status: str, target: JobStatus, attempts: int, started: Optional[int], now: int, batch_id: Optional[str],
+           fields: Optional[str], pk: int, version: int) -> tuple[Any, ...]:
+    """The values of :data:`MOVE_JOB_SQL` for a job moving from ``status`` to ``target`` at ``now`` (``fields``:
+    its new JSON text, None to keep it). A retry (failed -> idle) is a new attempt, "to submit" (no batch id)
+    until the stage that submits it records one; idle clears the start, done and failed set the finish."""
+    retry = status == "failed" and target == J.IDLE
+    if target == J.IDLE:
+        started = None
+    elif target == J.RUNNING and started is None:
+        started = now
+    finished = now if target in (J.DONE, J.FAILED) else None
+    return target.value, attempts + retry, batch_id, retry, fields, now, started, finished, pk, version
 
 
 def _annotation(

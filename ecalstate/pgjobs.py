@@ -8,7 +8,7 @@ without fields, in the same order and under the same locks. The decisions stay P
 arrives as data (the statuses a target may be reached from), the refusal messages are made here; the function
 only says what it found. Each statement of a function takes a new snapshot, so the completion tally, run after
 the instance's row lock, sees a job another transaction finished meanwhile (two last jobs finishing together
-decide their instance once). tests/test_pgjobs.py holds it to the generic path: same outcomes, refusals, rows.
+decide their instance once). tests/test_one_job.py holds it to the generic path: same outcomes, refusals, rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .auditlog import TS_TEXT, VOCABULARY, exists, vocab_id
 from .db import Tx
 from .errors import NotFound
 from .results import Change
-from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed
+from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed, job_refusal
 
 #: the statuses each job status may be reached from, as the table says (the function gets them as data)
 SOURCES = {t.value: ",".join(s.value for s in JobStatus if JOB.is_allowed(s, t)) for t in JobStatus}
@@ -164,9 +164,8 @@ def set_job(
     key = f"{task} run {run} job {jid}" + (f" gen {generation}" if generation is not None else "")
     if outcome == "refused":
         before = JobStatus(current)
-        message = "not in the job table" if not JOB.is_allowed(before, status) else \
-            f"retries exhausted: {attempts} attempts, max retries {retries}"
-        raise TransitionNotAllowed("job", key, before, status, JOB.allowed(before), message)
+        raise TransitionNotAllowed("job", key, before, status, JOB.allowed(before),
+                                   job_refusal(before, status, attempts, retries))
     if outcome == "unchanged":
         return [Change("job", key, current, status.value, "unchanged")]
     changes = [Change("job", key, current, status.value, "changed", reason)]

@@ -228,6 +228,17 @@ JOB = Machine(
     entry="created by submit",
 )
 
+
+def job_refusal(current: JobStatus, requested: JobStatus, attempts: int, max_retries: int) -> str:
+    """Why a job may not move from ``current`` to ``requested`` ('' when it may): not in the table, or a retry
+    (failed -> idle) of a job whose attempts are beyond its task's retries. Every write path asks this."""
+    if not JOB.is_allowed(current, requested):
+        return "not in the job table"
+    if current == J.FAILED and requested == J.IDLE and attempts > max_retries:
+        return f"retries exhausted: {attempts} attempts, max retries {max_retries}"
+    return ""
+
+
 #: statuses from which a task instance may be claimed by a submit stage
 CLAIMABLE = (T.NEW, T.REPROCESS)
 

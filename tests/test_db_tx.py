@@ -77,6 +77,24 @@ def test_a_transaction_that_raises_writes_nothing_and_the_error_goes_on(db: Data
     assert meta(db, "k") == "w"
 
 
+def test_a_commit_the_database_refuses_is_one_clean_error_and_writes_nothing(db: Database) -> None:
+    """The body went through but COMMIT fails (a deferred foreign key): rolled back, one line, the connection kept
+    clean; a database error in the body is one line too."""
+    mark(db)
+    with pytest.raises(DatabaseError, match="FOREIGN KEY constraint failed$"):
+        with db.tx() as tx:
+            tx.script("PRAGMA defer_foreign_keys=ON")
+            tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+            tx.execute("INSERT INTO task (campaign_id, name, max_retries, created_at) VALUES (999, 't', 1, 'x')")
+    with pytest.raises(DatabaseError, match="UNIQUE constraint failed: meta.key$"):
+        with db.tx() as tx:
+            tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '0')")
+    assert meta(db, "k") is None and marked(db) == 1
+    with db.tx() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'w')")
+    assert meta(db, "k") == "w"
+
+
 def test_every_connection_gets_the_store_discipline(db: Database) -> None:
     def pragmas() -> tuple[Any, ...]:
         with db.tx(write=False) as tx:

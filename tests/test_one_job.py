@@ -1,9 +1,10 @@
-"""PostgreSQL's one-statement job transition (``ecalstate.pgjobs``) against the generic path, on a real server.
+"""The one-job fast paths of ``set_job_status`` against the generic path, on both engines.
 
-Random sequences of ``set_job_status`` calls go to two identical runs: run 1 through the generic transaction
-(a request id sends a call there), run 2 through the one-statement function. Both must answer alike (changed,
-unchanged, the same refusals with the same messages) and leave the same rows: jobs, instances, outputs, and
-audit rows in the same order with the same texts. And the function is really one round trip.
+PostgreSQL runs a job transition without fields as one statement (``ecalstate.pgjobs``); SQLite as one read and
+two writes (``Jobs._set_one_sqlite``). Random sequences of calls go to two identical runs: run 1 through the
+generic transaction (a request id sends a call there), run 2 through the fast path. Both must answer alike
+(changed, unchanged, the same refusals with the same messages) and leave the same rows: jobs, instances, outputs,
+and audit rows in the same order with the same texts. And each is really as short as it says.
 """
 
 from __future__ import annotations
@@ -74,10 +75,19 @@ def pg_store(postgres: Any) -> Any:
         yield store
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if request.param == "postgresql":
+        yield request.getfixturevalue("pg_store")
+        return
+    with Store.open(str(tmp_path_factory.mktemp("one-job") / "state.db"), actor="check", create=True) as store:
+        yield store
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(calls=CALLS)
-def test_one_statement_transition_does_what_the_generic_path_does(pg_store: Store, calls: list[Any]) -> None:
-    store = pg_store
+def test_the_fast_path_does_what_the_generic_path_does(any_store: Store, calls: list[Any]) -> None:
+    store = any_store
     name = campaign(store)
     for jid, status, reason in calls:
         generic = answer(lambda: store.set_job_status(name, "reco", 1, jid, status, reason=reason,
@@ -87,13 +97,47 @@ def test_one_statement_transition_does_what_the_generic_path_does(pg_store: Stor
     assert rows(store, name, 2) == rows(store, name, 1, as_run=2)
 
 
-def test_unknown_names_and_jobs_are_refused_alike(pg_store: Store) -> None:
-    name = campaign(pg_store)
+def test_unknown_names_and_jobs_are_refused_alike(any_store: Store) -> None:
+    name = campaign(any_store)
     for campaign_name, task, jid in (("nope", "reco", 0), (name, "nope", 0), (name, "reco", 9), (name, "reco", -1)):
-        generic = answer(lambda: pg_store.set_job_status(campaign_name, task, 1, jid, "running",
-                                                         request_id=str(uuid.uuid4())), 1)
-        fast = answer(lambda: pg_store.set_job_status(campaign_name, task, 2, jid, "running"), 2)
+        generic = answer(lambda: any_store.set_job_status(campaign_name, task, 1, jid, "running",
+                                                          request_id=str(uuid.uuid4())), 1)
+        fast = answer(lambda: any_store.set_job_status(campaign_name, task, 2, jid, "running"), 2)
         assert fast == generic and fast.startswith("NotFound")
+
+
+def test_a_generation_named_is_the_one_moved_on_both_paths(any_store: Store) -> None:
+    """A report about an older generation's job moves that job (not the current one's), and never completes the
+    instance: the generic and the fast path alike."""
+    name = campaign(any_store)
+    any_store.reprocess(name, "reco", runs=[1, 2], reason="again")
+    any_store.claim(name, "reco")
+    for run in (1, 2):
+        any_store.create_jobs(name, "reco", run, [0])
+    for run in (1, 2):  # run 1 by the generic path (a request id sends it there)
+        for jid in (0, 1):
+            request = str(uuid.uuid4()) if run == 1 else None
+            change = any_store.set_job_status(name, "reco", run, jid, "done", generation=1, request_id=request)
+            assert (change.key, change.outcome) == (f"reco run {run} job {jid} gen 1", "changed")
+    assert rows(any_store, name, 2) == rows(any_store, name, 1, as_run=2)
+    assert any_store.instance(name, "reco", 2).status == "processing"
+
+
+def test_a_sqlite_transition_is_one_read_and_two_writes(tmp_path: Any) -> None:
+    """Every statement the SQLite connection runs for idle -> running: BEGIN, the job read (names, instance,
+    retry limit and the newest audit time at once), the job's compare-and-set, its audit row, COMMIT."""
+    with Store.open(str(tmp_path / "state.db"), actor="check", create=True) as store:
+        name = campaign(store)
+        store.set_job_status(name, "reco", 2, 1, "running")  # the thread's connection is open and the texts known
+        sent: list[str] = []
+        with store.db.tx(write=False) as tx:
+            tx.conn.set_trace_callback(sent.append)  # the thread's one idle connection: the next call's
+        sent.clear()  # this read's own COMMIT
+        change = store.set_job_status(name, "reco", 2, 0, "running")
+        assert change.outcome == "changed"
+        kinds = [" ".join(s.split()[:3]) for s in sent]
+        assert kinds == ["BEGIN IMMEDIATE", "SELECT j.id, j.status,", "UPDATE job SET", "INSERT INTO audit_log",
+                         "COMMIT"], sent
 
 
 def test_a_transition_is_one_round_trip(pg_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,11 +225,11 @@ def test_a_server_that_takes_no_connection_is_one_clean_error(postgres: Any) -> 
                 conn.execute(f'ALTER DATABASE "{name_db}" ALLOW_CONNECTIONS true')
 
 
-def test_a_reason_quoting_a_secret_is_masked_on_both_paths(pg_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_reason_quoting_a_secret_is_masked_on_both_paths(any_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ECALSTATE_INFLUX_TOKEN", "tok-9f8e7d6c5b4a")
-    name = campaign(pg_store)
+    name = campaign(any_store)
     why = "held: curl -H 'Authorization: Token tok-9f8e7d6c5b4a' failed"
     for run, request in ((1, str(uuid.uuid4())), (2, None)):
-        pg_store.set_job_status(name, "reco", run, 0, "failed", reason=why, request_id=request)
-    reasons = [h.reason for h in pg_store.history(name, limit=None) if h.entity == "job" and h.to_status == "failed"]
+        any_store.set_job_status(name, "reco", run, 0, "failed", reason=why, request_id=request)
+    reasons = [h.reason for h in any_store.history(name, limit=None) if h.entity == "job" and h.to_status == "failed"]
     assert reasons == ["held: curl -H 'Authorization: Token [secret]' failed"] * 2
