@@ -1,4 +1,4 @@
-"""The lean store (schema 6, issue 14) on a simulated year: its bytes before and after the real migration.
+"""The lean store (schema 6 and on, issue 14) on a simulated year: its bytes before and after the real migration.
 
 bench/simulate.py writes a year of prompt processing in the layout of schema 5 (the wide ``audit`` table, text
 times everywhere, each done instance's outputs stored). This VACUUMs it and records the file size and every
@@ -31,6 +31,7 @@ from typing import Any
 from ecalstate import Store
 from ecalstate.auditlog import vocab_id
 from ecalstate.base import AUDIT_SQL
+from ecalstate.db import SCHEMA_VERSION
 from ecalstate.export import ROWS_SQL, _with_texts
 from ecalstate.migrations import upgrade_database
 
@@ -97,7 +98,7 @@ WIDE_ROWS_SQL = (
 
 
 def _lean_page(path: str, page: Sequence[Any]) -> Callable[[], None]:
-    """What the exporter reads for a page of schema 6: audit_log's rows, their text ids resolved (cache cold)."""
+    """What the exporter reads for a page of the lean schema: audit_log's rows, their text ids resolved (cache cold)."""
     def call() -> None:
         with Store.open(path) as store, store.db.tx(write=False) as tx:
             _with_texts(tx, tx.all(ROWS_SQL, page), {})
@@ -105,7 +106,7 @@ def _lean_page(path: str, page: Sequence[Any]) -> Callable[[], None]:
 
 
 def read_costs(wide: str, lean: str, count: int = 10_000) -> list[dict[str, Any]]:
-    """The same reads and writes on the year in schema 5 (``wide``) and in schema 6 (``lean``)."""
+    """The same reads and writes on the year in schema 5 (``wide``) and in the current schema (``lean``, migrated)."""
     with closing(sqlite3.connect(lean)) as conn:
         top = int(conn.execute("SELECT MAX(id) FROM audit_log").fetchone()[0])
     page = (top // 2, top // 2 + 5000, 5000)
@@ -128,7 +129,7 @@ def read_costs(wide: str, lean: str, count: int = 10_000) -> list[dict[str, Any]
     out = []
     for name, before, after in calls:
         anchor = row(f"{name}: schema 5", median_ms(before, 5), "ms")
-        out += [anchor, row(f"{name}: schema 6", median_ms(after, 5), "ms", anchor)]
+        out += [anchor, row(f"{name}: schema {SCHEMA_VERSION}", median_ms(after, 5), "ms", anchor)]
     return out
 
 
@@ -142,7 +143,7 @@ def biggest(label: str, before: Size, after: Size) -> list[dict[str, Any]]:
         if old in before.objects:
             anchor = row(f"{label}, schema 5: {old}", before.objects[old] / 2**20, "MiB")
             out.append(anchor)
-        out.append(row(f"{label}, schema 6: {name}", size / 2**20, "MiB", anchor))
+        out.append(row(f"{label}, schema {SCHEMA_VERSION}: {name}", size / 2**20, "MiB", anchor))
     dropped = [name for name in before.objects if name != "audit" and name not in after.objects]
     return out + [row(f"{label}, schema 5: {name} (dropped)", before.objects[name] / 2**20, "MiB") for name in dropped]
 
@@ -162,7 +163,7 @@ def run(runs: int = 200) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         upgraded = upgrade_database(lean)
         seconds = time.perf_counter() - t0
-        if (upgraded.from_version, upgraded.to_version) != (5, 6):
+        if (upgraded.from_version, upgraded.to_version) != (5, SCHEMA_VERSION):
             raise RuntimeError(f"the simulated year went from schema {upgraded.from_version} to {upgraded.to_version}")
         vacuum(lean)
         after = sizes(lean)
@@ -173,10 +174,10 @@ def run(runs: int = 200) -> list[dict[str, Any]]:
     target = row(f"{label}: target ({TARGET_MIB} MiB for {TARGET_RUNS:,} runs, in proportion)",
                  TARGET_MIB * runs / TARGET_RUNS, "MiB")
     return [base,
-            row(f"{label}, schema 6 (migrated), VACUUMed", after.file_bytes / 2**20, "MiB", base),
+            row(f"{label}, schema {SCHEMA_VERSION} (migrated), VACUUMed", after.file_bytes / 2**20, "MiB", base),
             target,
-            row(f"{label}, schema 6 against the target", after.file_bytes / 2**20, "MiB", target),
-            row(f"{label}: migration 5 -> 6 (upgrade_database, one transaction)", seconds, "s"),
+            row(f"{label}, schema {SCHEMA_VERSION} against the target", after.file_bytes / 2**20, "MiB", target),
+            row(f"{label}: migration 5 -> {SCHEMA_VERSION} (upgrade_database, one transaction)", seconds, "s"),
             *biggest(f"year of {runs:,} runs", before, after), *costs]
 
 

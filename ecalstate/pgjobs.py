@@ -88,7 +88,6 @@ BEGIN
     IF v_ids[i] IS NULL THEN v_ids[i] := ecalstate_text_id(v_texts[i]); END IF;
   END LOOP;
   v_now := GREATEST(p_clock, COALESCE((SELECT a.ts + 1 FROM audit_log a ORDER BY a.id DESC LIMIT 1), p_clock));
-  v_text := {TS_TEXT["postgresql"].format(c="v_now")};
   UPDATE job SET status = p_to, version = job.version + 1,
       attempts = job.attempts + CASE WHEN v_retry THEN 1 ELSE 0 END,
       batch_id = CASE WHEN v_retry THEN NULL ELSE job.batch_id END, updated_at = v_now,
@@ -112,6 +111,7 @@ BEGIN
       FROM task_instance ti JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation
       WHERE ti.id = v_job.iid AND ti.status = 'processing' GROUP BY ti.version, ti.generation;
     IF v_total IS NOT NULL AND (v_done = v_total OR (v_active = 0 AND v_exhausted > 0)) THEN
+      v_text := {TS_TEXT["postgresql"].format(c="v_now")};  -- task_instance keeps text times
       decided := CASE WHEN v_done = v_total THEN 'done' ELSE 'failed' END;
       decided_reason := CASE WHEN v_done = v_total THEN 'all ' || v_total || ' jobs done'
         ELSE v_exhausted || ' of ' || v_total || ' jobs failed beyond ' || v_job.max_retries || ' retries' END;
