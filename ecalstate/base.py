@@ -9,7 +9,6 @@ import pwd
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Optional, TypeVar
 
 from .auditlog import text_id, vocabulary_ids
@@ -65,10 +64,12 @@ class Ctx:
     texts: dict[str, int] = field(default_factory=vocabulary_ids)
     learned: dict[str, int] = field(default_factory=dict)
 
-    @cached_property
-    def now_us(self) -> int:
-        """``now`` as integer microseconds (how ``audit_log`` and ``job`` store times)."""
-        return to_micros(self.now)
+    #: ``now`` as integer microseconds (how ``audit_log`` and ``job`` store times); made from ``now`` (a copy
+    #: with another ``now``, ``dataclasses.replace``, makes its own)
+    now_us: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.now_us = to_micros(self.now)
 
     def text(self, value: str) -> int:
         """The ``string`` id of an audit text."""

@@ -444,6 +444,10 @@ def configured_password() -> Optional[str]:
 
 
 @lru_cache(maxsize=4096)
+def _as_written(sql: str) -> str:
+    return sql
+
+
 def _to_format_style(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
@@ -476,7 +480,7 @@ class Tx:
         self.write = write
         self.dialect = dialect
         self.is_sqlite = dialect.name == "sqlite"
-        self._fmt = (lambda s: s) if dialect.paramstyle == "qmark" else _to_format_style
+        self._fmt = _as_written if dialect.paramstyle == "qmark" else _to_format_style
         self._dbapi_conn = dbapi_conn
         self._cursor = dbapi_conn.cursor()
 
