@@ -35,15 +35,15 @@ def cutoff(seconds: float, now: Optional[str] = None) -> str:
 
 
 #: an instance's progress is its current generation's newest job change (integer microseconds), or its claim
-#: (``updated_at``, text) while it has no job
-STUCK_SQL = """
-SELECT c.name, t.name, r.run_number, ti.updated_at, MAX(j.updated_at), COUNT(j.id)
+#: (``updated_at``, text) while it has no job. Most processing instances are not stuck: the first job changed
+#: since the cutoff clears one; the newest change and the count are read for the stuck ones only.
+_JOBS = "FROM job j WHERE j.instance_id = ti.id AND j.generation = ti.generation"
+STUCK_SQL = f"""
+SELECT c.name, t.name, r.run_number, ti.updated_at, (SELECT MAX(j.updated_at) {_JOBS}), (SELECT COUNT(*) {_JOBS})
 FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
 JOIN campaign c ON c.id = ti.campaign_id
-LEFT JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation
-WHERE ti.status = 'processing'{campaign}
-GROUP BY ti.id, c.name, t.name, r.run_number, ti.updated_at
-HAVING MAX(j.updated_at) < ? OR (MAX(j.updated_at) IS NULL AND ti.updated_at < ?)
+WHERE ti.status = 'processing'{{campaign}} AND NOT EXISTS (SELECT 1 {_JOBS} AND j.updated_at >= ?)
+  AND (ti.updated_at < ? OR EXISTS (SELECT 1 {_JOBS}))
 ORDER BY c.name, t.name, r.run_number
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -516,6 +517,25 @@ def test_health_stuck_is_null_safe(chain: Store) -> None:
     assert [(s.task, s.run_number, s.jobs) for s in health.stuck] == [("reco", 1, 0), ("reco", 2, 2)]
     assert not health.ok
     assert chain.overview("prompt", stuck_after=0).stuck == [("reco", 1), ("reco", 2)]
+
+
+def test_an_instance_progresses_when_any_of_its_current_jobs_changes(chain: Store) -> None:
+    """Progress is the current generation's newest job change (schema 7 stores no mark): an old change of one job
+    does not make the instance stuck while another changed since; once none did, ``since`` is the newest."""
+    start_jobs(chain, "prompt", "reco", 2, [0, 1])
+    base = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1)  # after every audit row so far
+
+    def at(hours: int) -> str:
+        return (base + timedelta(hours=hours)).isoformat(timespec="microseconds") + "Z"
+
+    times = iter([at(0), at(2)])
+    chain.clock = lambda: next(times)  # type: ignore[method-assign]
+    chain.set_job_status("prompt", "reco", 2, 0, "running")
+    chain.set_job_status("prompt", "reco", 2, 1, "running")  # two hours later
+    chain.clock = lambda: at(3)  # type: ignore[method-assign]
+    assert chain.health("prompt", stuck_after=2 * 3600).stuck == []  # job 1 changed an hour ago
+    stuck = chain.health("prompt", stuck_after=1800).stuck
+    assert [(s.run_number, s.since, s.jobs) for s in stuck] == [(2, at(2), 2)]
 
 
 def test_health_silent_and_failing_handlers(chain: Store) -> None:
