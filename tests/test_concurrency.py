@@ -13,6 +13,7 @@ import traceback
 from collections import Counter
 from typing import Any
 
+import pytest
 from drive import TRANSITIONS, audit_problems
 
 from ecalstate import Conflict, Invalid, JobUpdate, RunSpec, Store
@@ -139,17 +140,23 @@ def test_eight_processes_lose_nothing_and_claim_nothing_twice(db_url: str) -> No
     assert audited == len(instances) + created + sum(task_changes.values()) + sum(job_changes.values())
 
 
-def finish_job(url: str, jid: int, runs: int, start: Any, out: Any) -> None:
-    """Set job ``jid`` of every run done, in step with the other process (one barrier per run)."""
+def finish_job(url: str, jid: int, runs: int, bulk: bool, start: Any, out: Any) -> None:
+    """Set job ``jid`` of every run done, in step with the other process (one barrier per run); ``bulk``: through
+    ``update_jobs`` (the generic path) instead of ``set_job_status`` (the one-job fast path)."""
     with Store.open(url, actor=f"finisher-{jid}") as store:
         for run in range(1, runs + 1):
             start.wait()
-            store.set_job_status(C, "reco", run, jid, "done")
+            if bulk:
+                store.update_jobs(C, "reco", [JobUpdate(run, jid, "done")])
+            else:
+                store.set_job_status(C, "reco", run, jid, "done")
     out.put(jid)
 
 
-def test_the_last_two_jobs_finishing_at_once_complete_the_instance(db_url: str) -> None:
-    """Each transaction sees only its own job done until the other commits: one of them must still decide."""
+@pytest.mark.parametrize("bulk", [False, True], ids=["one-job path", "bulk path"])
+def test_the_last_two_jobs_finishing_at_once_complete_the_instance(db_url: str, bulk: bool) -> None:
+    """Each transaction sees only its own job done until the other commits: one of them must still decide (on
+    PostgreSQL both paths lock the instance before they count its jobs, in a statement of its own)."""
     runs = 100
     with Store.open(db_url, actor="setup", create=True) as store:
         store.create_campaign(C)
@@ -160,7 +167,7 @@ def test_the_last_two_jobs_finishing_at_once_complete_the_instance(db_url: str) 
             store.create_jobs(C, "reco", claim.run_number, [0, 1])
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=finish_job, args=(db_url, jid, runs, start, out)) for jid in (0, 1)]
+    procs = [ctx.Process(target=finish_job, args=(db_url, jid, runs, bulk, start, out)) for jid in (0, 1)]
     for p in procs:
         p.start()
     assert sorted(out.get(timeout=120) for _ in procs) == [0, 1]
@@ -169,3 +176,5 @@ def test_the_last_two_jobs_finishing_at_once_complete_the_instance(db_url: str) 
     with Store.open(db_url) as store:
         assert {r["status"] for r in store.list_runs(C, task="reco")} == {"done"}
         assert audit_problems(store) == []
+        completions = [h for h in store.history(C, limit=None) if h.entity == "task" and h.to_status == "done"]
+        assert len(completions) == runs  # each instance completed once
