@@ -443,11 +443,11 @@ def configured_password() -> Optional[str]:
     return os.environ.get(PASSWORD_ENV) or None
 
 
-@lru_cache(maxsize=4096)
 def _as_written(sql: str) -> str:
     return sql
 
 
+@lru_cache(maxsize=4096)
 def _to_format_style(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
