@@ -100,21 +100,13 @@ def view_sql(tx: Tx) -> str:
     return f"CREATE VIEW audit AS SELECT {', '.join(columns)} FROM audit_log a"
 
 
-def exists(tx: Tx, name: str) -> bool:
-    """Whether the index, view or function ``name`` exists: what is there is never made again, so that a role
-    that owns nothing (a writer running ``ecalstate init``) finds nothing to do instead of a refusal."""
-    if tx.is_sqlite:
-        return tx.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", (name,)) > 0
-    return bool(tx.scalar("SELECT to_regclass(?) IS NOT NULL OR to_regproc(?) IS NOT NULL", (name, name)))
-
-
 def install(tx: Tx) -> None:
     """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view, the
     audit's partial indexes, and on PostgreSQL the one-statement job transition (``ecalstate.pgjobs``)."""
     key = "text" if tx.is_sqlite else "md5(text)"
     for name, sql in (("ux_string_text", f"CREATE UNIQUE INDEX ux_string_text ON string ({key})"), *INDEXES,
                       ("audit", view_sql(tx))):
-        if not exists(tx, name):
+        if not tx.exists(name):
             tx.run(sql)
     present = {r[0] for r in tx.all("SELECT id FROM string WHERE id <= ?", (len(VOCABULARY),))}
     missing = [(i, text) for i, text in enumerate(VOCABULARY, 1) if i not in present]

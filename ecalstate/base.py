@@ -113,11 +113,7 @@ class Ctx:
         detail: Optional[dict[str, Any] | str] = None,
     ) -> tuple[Any, ...]:
         """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``)."""
-        known = self.texts
-
-        def text(value: str) -> int:  # most texts are known: a dict lookup (a row names seven)
-            return known.get(value) or self.text(value)
-
+        text = self.text
         return (
             self.now_us, campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
             generation, None if from_status is None else text(from_status), text(to_status), text(self.actor),

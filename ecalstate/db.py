@@ -508,16 +508,17 @@ class Tx:
         self._cursor.execute(self._fmt(sql), tuple(params))
         return self._cursor
 
-    def has_table(self, name: str) -> bool:
-        """Whether a table or view ``name`` exists (in the main schema on SQLite, the current one elsewhere)."""
+    def exists(self, name: str) -> bool:
+        """Whether a table, view, index or (PostgreSQL) function ``name`` exists, in the main schema on SQLite, the
+        search path elsewhere. What is there is never made again, so that a role that owns nothing (a writer
+        running ``ecalstate init``) finds nothing to do instead of a refusal."""
         if self.is_sqlite:
-            return self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
-                               (name,)) > 0
-        return bool(self.dialect.has_table(self.conn, name))
+            return self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", (name,)) > 0
+        return bool(self.scalar("SELECT to_regclass(?) IS NOT NULL OR to_regproc(?) IS NOT NULL", (name, name)))
 
     def create_table(self, table: Table) -> None:
         """Create ``table`` and its indexes, in this transaction, unless it exists (a migration step's DDL)."""
-        if self.has_table(table.name):
+        if self.exists(table.name):
             return
         self._cursor.execute(str(CreateTable(table).compile(dialect=self.dialect)))
         for index in table.indexes:
@@ -592,10 +593,8 @@ class _FileTx:
             db._raise_clean(failed)
         finally:
             db._checkin(raw)  # a connection still in a transaction (its rollback failed) is closed, not reused
-        if err is not None:  # the body's: a database error leaves as a clean one, anything else as it is
-            clean = db._clean(err)
-            if clean is not None:
-                raise clean from err
+        if isinstance(err, Exception):  # the body's: a database error leaves as a clean one, anything else as it is
+            db._raise_clean(err)
 
 
 class _Idle:
@@ -803,7 +802,7 @@ class Database:
     def schema_version(self) -> Optional[int]:
         """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
         with self.tx(write=False) as tx:
-            if not tx.has_table("meta"):
+            if not tx.exists("meta"):
                 return None
             value = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
         if value is None:

@@ -594,7 +594,7 @@ def _high_water(db: Database) -> int:
             if tx.scalar("SELECT to_regprocedure('ecalstate_audit_high_water()') IS NOT NULL"):
                 return int(tx.scalar("SELECT ecalstate_audit_high_water()"))
             tx.run("LOCK TABLE audit_log IN SHARE MODE")
-        return int(tx.scalar("SELECT MAX(id) FROM audit") or 0)
+        return int(tx.scalar("SELECT MAX(id) FROM audit_log") or 0)
 
 
 # --------------------------------------------------------------------------------- export

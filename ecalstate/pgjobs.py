@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .auditlog import TS_TEXT, VOCABULARY, exists, vocab_id
+from .auditlog import TS_TEXT, VOCABULARY, vocab_id
 from .db import Tx
 from .errors import NotFound
 from .results import Change
@@ -134,7 +134,7 @@ END $$;
 
 def install(tx: Tx) -> None:
     """Create the functions (PostgreSQL only) unless they are there."""
-    if not tx.is_sqlite and not exists(tx, "ecalstate_set_job"):
+    if not tx.is_sqlite and not tx.exists("ecalstate_set_job"):
         tx.script(FUNCTIONS)
 
 

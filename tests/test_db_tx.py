@@ -239,5 +239,5 @@ def test_run_gives_the_cursor_with_its_columns_and_row_count(db_url: str) -> Non
         assert [d[0] for d in cursor.description] == ["key", "value"]
         assert tx.scalar("SELECT COUNT(*) FROM meta") >= 2  # another statement meanwhile
         assert cursor.fetchall() == [("k", "v")]
-        assert tx.has_table("meta") and not tx.has_table("no_such_table")
+        assert tx.exists("meta") and not tx.exists("no_such_table")
     db.close()
