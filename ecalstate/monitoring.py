@@ -8,6 +8,7 @@ NULL-safe: an instance whose jobs never started is judged by when it was claimed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
@@ -42,9 +43,8 @@ STUCK_SQL = f"""
 SELECT c.name, t.name, r.run_number, ti.updated_at, (SELECT MAX(j.updated_at) {_JOBS}), (SELECT COUNT(*) {_JOBS})
 FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
 JOIN campaign c ON c.id = ti.campaign_id
-WHERE ti.status = 'processing'{{campaign}} AND NOT EXISTS (SELECT 1 {_JOBS} AND j.updated_at >= ?)
+WHERE ti.status = 'processing' AND NOT EXISTS (SELECT 1 {_JOBS} AND j.updated_at >= ?)
   AND (ti.updated_at < ? OR EXISTS (SELECT 1 {_JOBS}))
-ORDER BY c.name, t.name, r.run_number
 """
 
 # driven from the (few) failed upstream instances, not the (many) waiting ones: 6x faster on 200,000 instances
@@ -63,24 +63,24 @@ ORDER BY t.name, r.run_number
 def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
     """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
     since = cutoff(after, now)
-    sql = STUCK_SQL.format(campaign="" if cid is None else " AND ti.campaign_id = ?")
-    rows = tx.all(sql, [*([] if cid is None else [cid]), to_micros(since), since])
     return [StuckInstance(name, task, run, claimed if last is None else from_micros(last), jobs)
-            for name, task, run, claimed, last, jobs in rows]
+            for name, task, run, claimed, last, jobs in _late(tx, STUCK_SQL, cid, [to_micros(since), since])]
 
 
-def _late(tx: Tx, sql: str, cid: Optional[int], since: str, group: str, job_times: bool = False
-          ) -> list[StuckInstance]:
-    """The instances ``sql`` selects with its cutoff ``since``, in one campaign or all; ``job_times``: the cutoff
-    and the time selected are jobs' (integer microseconds)."""
-    params: list[Any] = [to_micros(since) if job_times else since]
-    if cid is not None:
-        sql += " AND ti.campaign_id = ?"
-        params.append(cid)
-    rows = tx.all(sql + group + " ORDER BY c.name, t.name, r.run_number", params)
-    if job_times:
-        return [StuckInstance(r[0], r[1], r[2], from_micros(r[3]), r[4]) for r in rows]
-    return [StuckInstance(*r) for r in rows]
+#: the instances of :data:`UNSUBMITTED_SQL` and :data:`RETRYING_SQL`, one row each
+_PER_INSTANCE = " GROUP BY c.name, t.name, r.run_number"
+
+
+def _late(tx: Tx, sql: str, cid: Optional[int], cutoffs: Sequence[Any], group: str = "") -> list[Any]:
+    """The rows ``sql`` selects with its ``cutoffs``, in one campaign or all, by campaign, task and run."""
+    params = [*cutoffs] if cid is None else [*cutoffs, cid]
+    where = "" if cid is None else " AND ti.campaign_id = ?"
+    return tx.all(sql + where + group + " ORDER BY c.name, t.name, r.run_number", params)
+
+
+def _at_job_times(rows: list[Any]) -> list[StuckInstance]:
+    """Rows whose time is a job's (integer microseconds)."""
+    return [StuckInstance(r[0], r[1], r[2], from_micros(r[3]), r[4]) for r in rows]
 
 
 UNSUBMITTED_SQL = """
@@ -93,7 +93,7 @@ WHERE j.status = 'idle' AND j.batch_id IS NULL AND ti.status = 'processing' AND 
 
 def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
     """``processing`` instances with jobs "to submit" (no batch id) for ``after`` seconds: a killed submit."""
-    return _late(tx, UNSUBMITTED_SQL, cid, cutoff(after, now), " GROUP BY c.name, t.name, r.run_number", True)
+    return _at_job_times(_late(tx, UNSUBMITTED_SQL, cid, [to_micros(cutoff(after, now))], _PER_INSTANCE))
 
 
 # instances given up (failed: no job may be retried any more) and failed jobs a resubmit will retry; the cutoff is
@@ -173,6 +173,6 @@ class Monitoring(StoreBase):
             campaigns = [cid] if cid is not None else [r[0] for r in tx.all("SELECT id FROM campaign")]
             names = {r[0]: r[1] for r in tx.all("SELECT id, name FROM campaign")}
             blocked = [(names[c], t, r) for c in campaigns for _, t, r in blocked_instances(tx, c)]
-            failed = _late(tx, FAILED_SQL, cid, now, "")
-            retrying = _late(tx, RETRYING_SQL, cid, now, " GROUP BY c.name, t.name, r.run_number", True)
+            failed = [StuckInstance(*r) for r in _late(tx, FAILED_SQL, cid, [now])]
+            retrying = _at_job_times(_late(tx, RETRYING_SQL, cid, [to_micros(now)], _PER_INSTANCE))
         return Health(stuck, silent, blocked, failing, unsubmitted, failed, retrying)
