@@ -78,6 +78,25 @@ def test_a_job_waiting_for_a_slot_is_idle(tmp_path: Path) -> None:
     assert wait(backend, keys)[keys[0]].status == "done"
 
 
+def test_a_job_removed_before_its_payload_started_says_so(tmp_path: Path) -> None:
+    """Removed while it waits for a slot (or between its start mark and its payload's start): its wrapper writes
+    the signal as its exit, never starts the payload, and the job reads "killed by signal 15", not a death
+    without an exit code."""
+    backend = LocalBackend(tmp_path / "w", slots=1)
+    slot = backend.makedirs(backend.workdir / "slots") / "slot0"
+    fd = os.open(slot, os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the only slot is taken
+    try:
+        keys = submit(backend, payload(tmp_path / "p", "open('ran', 'w').close()\n"), 1)
+        time.sleep(0.3)
+        backend.remove("c", "t", keys, "superseded")
+        seen = wait(backend, keys, deadline=10)
+    finally:
+        os.close(fd)
+    assert seen[keys[0]].status == "failed" and seen[keys[0]].reason.startswith("killed by signal 15"), seen
+    assert not (backend.job_dir("c", "t", keys[0]) / "ran").exists()
+
+
 def test_exit_codes_signals_and_stderr(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "w")
     script = payload(tmp_path / "p", "print('first', file=sys.stderr); print('bad input x', file=sys.stderr)\n"

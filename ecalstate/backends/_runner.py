@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -40,17 +41,20 @@ def start_time(pid: int) -> str:
         return "-"
 
 
-def acquire_slot(folder: str, slots: int) -> int:
+def acquire_slot(folder: str, slots: int, stopped: list[int]) -> int:
+    """Wait for one of the slot locks and keep it (its descriptor stays open until the process ends): 0; or the
+    negative signal that stopped the wait."""
     os.makedirs(folder, exist_ok=True)
-    while True:
+    while not stopped:
         for index in range(slots):
             fd = os.open(os.path.join(folder, f"slot{index}"), os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
+                return 0
             except BlockingIOError:
                 os.close(fd)
         time.sleep(0.1)
+    return -stopped[0]
 
 
 def daemon(slots_dir: str, slots: int, job_dir: str) -> None:
@@ -58,21 +62,40 @@ def daemon(slots_dir: str, slots: int, job_dir: str) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    # a removal (SIGTERM to the session) from the first instant on: before the payload runs it stops the wait and
+    # the payload never starts; once it runs, it goes on to the payload. Either way ``exit`` says the signal.
+    stopped: list[int] = []
+    child: list[subprocess.Popen[bytes]] = []
+
+    def on_term(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        for process in child:
+            process.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     with open(os.path.join(job_dir, "run.json")) as handle:
         spec = json.load(handle)
-    acquire_slot(slots_dir, slots)
-    write_atomic(os.path.join(job_dir, "started"), str(os.getpid()))
+    code = acquire_slot(slots_dir, slots, stopped)
+    if code == 0:
+        write_atomic(os.path.join(job_dir, "started"), str(os.getpid()))
+        code = run_payload(job_dir, spec, stopped, child)
+    write_atomic(os.path.join(job_dir, "exit"), str(code))
+
+
+def run_payload(job_dir: str, spec: dict[str, Any], stopped: list[int], child: list[subprocess.Popen[bytes]]) -> int:
+    """The payload's exit code (negative: the signal that ended it); it is not started once ``stopped``."""
     with open(os.path.join(job_dir, "stdout"), "wb") as out, open(os.path.join(job_dir, "stderr"), "wb") as err:
+        if stopped:
+            return -stopped[0]
         try:
-            child = subprocess.Popen(spec["cmd"], cwd=job_dir, env=spec["env"],
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            child.append(subprocess.Popen(spec["cmd"], cwd=job_dir, env=spec["env"],
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err))
         except OSError as exc:
             err.write(f"cannot start {spec['cmd'][0]}: {exc.strerror}\n".encode())
-            code = 127
-        else:
-            signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-            code = child.wait()
-    write_atomic(os.path.join(job_dir, "exit"), str(code))
+            return 127
+        if stopped:  # the signal came while it started: the session's signal may have missed it
+            child[0].send_signal(stopped[0])
+        return child[0].wait()
 
 
 def main(argv: list[str]) -> None:
