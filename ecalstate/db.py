@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
@@ -452,6 +452,11 @@ def _to_format_style(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _execute_converted(cursor: Any, sql: str, params: Sequence[Any]) -> Any:
+    cursor.execute(_to_format_style(sql), tuple(params))
+    return cursor
+
+
 class Cursor(Protocol):
     """What :meth:`Tx.run` gives on every engine: the driver's DB-API cursor."""
 
@@ -483,6 +488,17 @@ class Tx:
         self._fmt = _as_written if dialect.paramstyle == "qmark" else _to_format_style
         self._dbapi_conn = dbapi_conn
         self._cursor = dbapi_conn.cursor()
+        #: run a statement on the transaction's cursor, and give the cursor: the driver's own ``execute`` where the
+        #: SQL is written for it (SQLite), else through the placeholder conversion
+        self._cursor_for: Callable[[str, Sequence[Any]], Any] = (
+            self._cursor.execute if dialect.paramstyle == "qmark" else partial(_execute_converted, self._cursor))
+
+    def close(self) -> None:
+        """Close the cursor, then the connection (a SQLite file's, kept with its :class:`Tx` by its thread): a
+        statement the cursor still holds (a failed one an error's traceback keeps alive) would leave the file's
+        connection open, its -wal and -shm files behind, until the garbage collector finds it."""
+        self._cursor.close()
+        self._dbapi_conn.close()
 
     def lock(self, alias: str) -> str:
         """Row-lock clause for reads that decide a write: none on SQLite (the transaction holds the lock)."""
@@ -503,10 +519,6 @@ class Tx:
         cursor = self._dbapi_conn.cursor()
         cursor.execute(self._fmt(sql), tuple(params))
         return cursor
-
-    def _cursor_for(self, sql: str, params: Sequence[Any]) -> Any:
-        self._cursor.execute(self._fmt(sql), tuple(params))
-        return self._cursor
 
     def exists(self, name: str) -> bool:
         """Whether a table, view, index or (PostgreSQL) function ``name`` exists, in the main schema on SQLite, the
@@ -555,11 +567,11 @@ class Tx:
 
 
 class _FileTx:
-    """:meth:`Database.tx` on a SQLite file: the thread's driver connection, BEGIN and COMMIT issued by hand. A
-    class rather than a generator: a job transition is tens of microseconds, and two generator-based context
-    managers cost several of them."""
+    """:meth:`Database.tx` on a SQLite file: the thread's connection, BEGIN and COMMIT issued by hand. A class
+    rather than a generator: a job transition is tens of microseconds, and two generator-based context managers
+    cost several of them."""
 
-    __slots__ = ("db", "write", "raw")
+    __slots__ = ("db", "write", "tx")
 
     def __init__(self, db: Database, write: bool) -> None:
         self.db = db
@@ -568,18 +580,20 @@ class _FileTx:
     def __enter__(self) -> Tx:
         db = self.db
         try:
-            raw = self.raw = db._checkout()
+            tx = self.tx = db._checkout()
             try:
-                raw.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+                tx._cursor.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
             except BaseException:
-                db._checkin(raw)
+                db._checkin(tx)
                 raise
         except Exception as err:
             db._raise_clean(err)
-        return Tx(raw, raw, db.engine.dialect, self.write)
+        tx.write = self.write
+        return tx
 
     def __exit__(self, kind: Optional[type[BaseException]], err: Optional[BaseException], trace: Any) -> None:
-        db, raw = self.db, self.raw
+        db, tx = self.db, self.tx
+        raw = tx._dbapi_conn
         try:
             if err is None:
                 try:
@@ -592,19 +606,32 @@ class _FileTx:
         except Exception as failed:  # the commit's or the rollback's own error
             db._raise_clean(failed)
         finally:
-            db._checkin(raw)  # a connection still in a transaction (its rollback failed) is closed, not reused
+            db._checkin(tx)  # a connection still in a transaction (its rollback failed) is closed, not reused
         if isinstance(err, Exception):  # the body's: a database error leaves as a clean one, anything else as it is
             db._raise_clean(err)
 
 
+#: how many times this process is a fork's child: a connection opened before a fork is never used after it
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Idle:
-    """A thread's idle SQLite connections of one :class:`Database`, and the (process, count of
-    :meth:`Database.close` calls) they belong to."""
+    """A thread's idle SQLite connections of one :class:`Database` (each in the :class:`Tx` that runs its
+    transactions, made once with its cursor), and the (fork, count of :meth:`Database.close` calls) they
+    belong to."""
 
     __slots__ = ("conns", "owner", "__weakref__")
 
     def __init__(self, owner: tuple[int, int]) -> None:
-        self.conns: list[sqlite3.Connection] = []
+        self.conns: list[Tx] = []
         self.owner = owner
 
 
@@ -654,7 +681,8 @@ class Database:
     def _use_wal(self) -> None:
         """Switch the file to WAL (it stays so), only once it is known to be ours: another program's file,
         an empty or a damaged one is refused above unchanged."""
-        raw = self._checkout()  # the connection this thread's transactions use: it knows the mode at once
+        tx = self._checkout()  # the connection this thread's transactions use: it knows the mode at once
+        raw = tx.conn
         try:
             if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # outside a transaction, as it must
                 raw.execute("PRAGMA journal_mode=WAL")
@@ -663,7 +691,7 @@ class Database:
                 return  # another process holds the file: the next open switches it, writes work meanwhile
             raise self._error(err) from err
         finally:
-            self._checkin(raw)
+            self._checkin(tx)
 
     def close(self) -> None:
         """Close every connection (every thread's SQLite ones too): the file may then be removed or replaced.
@@ -679,10 +707,10 @@ class Database:
                 idle.conns.pop().close()
         self.engine.dispose()
 
-    def _checkout(self) -> sqlite3.Connection:
+    def _checkout(self) -> Tx:
         """An idle connection of this thread, else a new one (set up by the engine, then out of its pool)."""
         local: Any = self._local
-        owner = (os.getpid(), self._closes)
+        owner = (_forks, self._closes)
         idle = getattr(local, "idle", None)
         if idle is None or idle.owner != owner:  # new thread, forked child or closed since: none to reuse
             idle = local.idle = _Idle(owner)
@@ -693,15 +721,16 @@ class Database:
         pooled = self.engine.raw_connection()
         conn: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
         pooled.detach()
-        return conn
+        return Tx(conn, conn, self.engine.dialect, True)
 
-    def _checkin(self, conn: sqlite3.Connection) -> None:
+    def _checkin(self, tx: Tx) -> None:
         local: Any = self._local
         idle = local.idle
-        if conn.in_transaction or idle.owner != (os.getpid(), self._closes):  # a failed rollback, or closed
-            conn.close()
+        conn = tx._dbapi_conn
+        if conn.in_transaction or idle.owner != (_forks, self._closes):  # a failed rollback, or closed
+            tx.close()
         else:
-            idle.conns.append(conn)
+            idle.conns.append(tx)
 
     def tx(self, write: bool = True) -> AbstractContextManager[Tx]:
         """A transaction: ``BEGIN IMMEDIATE`` when writing on SQLite; database errors become clean ones.
