@@ -112,12 +112,14 @@ class Ctx:
         reason: str = "",
         detail: Optional[dict[str, Any] | str] = None,
     ) -> tuple[Any, ...]:
-        """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``)."""
-        text = self.text
+        """The row for :data:`AUDIT_SQL`; a ``detail`` text is stored as it is (``auditlog.SAME_AS_JOB``). Its texts
+        are nearly always known: looked up here first (a job transition's row costs a third less)."""
+        known, text = self.texts.get, self.text
         return (
-            self.now_us, campaign_id, text(entity), instance_id, job_pk, text(task), run_number, jid,
-            generation, None if from_status is None else text(from_status), text(to_status), text(self.actor),
-            text(self.identity), text(reason), self.request_id,
+            self.now_us, campaign_id, known(entity) or text(entity), instance_id, job_pk, known(task) or text(task),
+            run_number, jid, generation, None if from_status is None else known(from_status) or text(from_status),
+            known(to_status) or text(to_status), known(self.actor) or text(self.actor),
+            known(self.identity) or text(self.identity), known(reason) or text(reason), self.request_id,
             detail if detail is None or isinstance(detail, str) else json.dumps(detail, sort_keys=True),
         )
 

@@ -26,6 +26,17 @@ J = JobStatus
 _STATUS = {s.value: s for s in JobStatus}
 #: the job statuses that may decide an instance
 _DECIDING = (J.DONE.value, J.FAILED.value)
+#: job statuses of a job not yet ended
+_ACTIVE = (J.IDLE.value, J.RUNNING.value)
+#: the tally of an instance's jobs (aliased ``{j}``) that decides it: total, done, active (idle or running), failed
+#: beyond the task's retries (``{retries}``)
+_TALLY = (
+    "COUNT(*), SUM(CASE WHEN {j}.status = 'done' THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN {j}.status IN ('idle', 'running') THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN {j}.status = 'failed' AND {j}.attempts > {retries} THEN 1 ELSE 0 END)"
+)
+
+
 #: job fields gathered into the instance's outputs when it completes (the original's getOutput)
 OUTPUT_KEYS = ("output", "plots")
 #: instance statuses whose current generation's jobs may still get their batch ids recorded
@@ -140,14 +151,16 @@ class Jobs(StoreBase):
     def _set_one_sqlite(self, tx: Tx, campaign: str, task: str, run: int, jid: int, target: JobStatus, reason: str,
                         generation: Optional[int], complete: bool, learned: dict[str, int]) -> Change:
         """The SQLite fast path, in the caller's write transaction (which holds the file's lock: the job read is
-        the job written); ``learned``: the text ids it made."""
-        found = tx.one(ONE_JOB_SQL, (task, run, generation, jid, campaign))
+        the job written); ``learned``: the text ids it made. A move to done or failed reads its instance's tally
+        with the job (:data:`DECIDING_JOB_SQL`) and needs no statement of its own to see that it is undecided."""
+        to = target.value
+        deciding = complete and to in _DECIDING
+        found = tx.one(DECIDING_JOB_SQL if deciding else ONE_JOB_SQL, (task, run, generation, jid, campaign))
         key = f"{task} run {run} job {jid}" + (f" gen {generation}" if generation is not None else "")
         if found is None:
             self._campaign_task(tx, campaign, task)  # an unknown campaign or task is named as such
             raise NotFound(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
-        pk, status, version, attempts, started, gen, iid, current_gen, cid, retries, latest = found
-        to = target.value
+        pk, status, version, attempts, started, gen, iid, current_gen, cid, retries, latest = found[:11]
         if status == to:
             return Change("job", key, status, to, "unchanged")
         current = _STATUS[status]
@@ -156,12 +169,14 @@ class Jobs(StoreBase):
             raise TransitionNotAllowed("job", key, current, target, JOB.allowed(current), refusal)
         ctx = Ctx(tx, self.actor, None, store_time(self.clock(), latest), self.identity(tx), self.db.audit_texts,
                   learned)
-        if tx.execute(MOVE_JOB_SQL, _moved(status, target, attempts, started, ctx.now_us, None, None, pk, version)) != 1:
+        if tx.execute(MOVE_JOB_SQL, _moved(status, to, attempts, started, ctx.now_us, None, None, pk, version)) != 1:
             raise Conflict("a job changed concurrently; nothing was written, retry")  # (the lock says it cannot)
         tx.execute(AUDIT_SQL, ctx.audit_row(cid, "job", task, to, from_status=status, instance_id=iid,
                                             job_pk=pk, run_number=run, jid=jid, generation=gen, reason=reason))
-        if complete and gen == current_gen and to in _DECIDING:
-            _complete(ctx, cid, task, retries, [iid])
+        if deciding and gen == current_gen and found[11] == TaskStatus.PROCESSING.value:
+            decision = _decision(*_with_move(found[13:], status, to, attempts > retries), retries)
+            if decision:
+                _finish(ctx, cid, task, run, iid, found[12], gen, *decision)
         return Change("job", key, status, to, "changed", reason)
 
     def complete_instances(self, campaign: str, task: str) -> BulkResult:
@@ -464,7 +479,7 @@ def _apply(
                 audit_rows.append(_annotation(ctx, cid, task, row.status, update.fields, update.reason, iid=row.iid,
                                               pk=row.pk, run=row.run, jid=row.jid, generation=row.generation))
             continue
-        job_rows.append(_moved(row.status, target, row.attempts, row.started_at, now, update.batch_id, fields,
+        job_rows.append(_moved(row.status, target.value, row.attempts, row.started_at, now, update.batch_id, fields,
                                row.pk, row.version))
         audit_rows.append(ctx.audit_row(
             cid, "job", task, target.value, from_status=row.status, instance_id=row.iid, job_pk=row.pk,
@@ -483,16 +498,26 @@ def _apply(
     return BulkResult(changes)
 
 
-#: a job by its names, with what its transition needs: its instance, the task's retry limit and the newest audit
-#: time (the floor of the transaction's time), in one statement
-ONE_JOB_SQL = (
-    "SELECT j.id, j.status, j.version, j.attempts, j.started_at, j.generation, ti.id, ti.generation, c.id,"
-    " t.max_retries, (" + NEWEST_AUDIT_TIME + ")"
-    " FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = ?"
-    " JOIN run r ON r.campaign_id = c.id AND r.run_number = ? JOIN task_instance ti ON ti.task_id = t.id"
-    " AND ti.run_id = r.id JOIN job j ON j.instance_id = ti.id AND j.generation = COALESCE(?, ti.generation)"
-    " AND j.jid = ? WHERE c.name = ?"
-)
+def _job_by_names_sql(columns: str = "", join: str = "", group: str = "") -> str:
+    """A job by its names, with what its transition needs: its instance, the task's retry limit and the newest audit
+    time (the floor of the transaction's time), in one statement; and ``columns`` from a ``join``."""
+    return (
+        "SELECT j.id, j.status, j.version, j.attempts, j.started_at, j.generation, ti.id, ti.generation, c.id,"
+        " t.max_retries, (" + NEWEST_AUDIT_TIME + ")" + columns +
+        " FROM campaign c JOIN task t ON t.campaign_id = c.id AND t.name = ?"
+        " JOIN run r ON r.campaign_id = c.id AND r.run_number = ? JOIN task_instance ti ON ti.task_id = t.id"
+        " AND ti.run_id = r.id JOIN job j ON j.instance_id = ti.id AND j.generation = COALESCE(?, ti.generation)"
+        " AND j.jid = ?" + join + " WHERE c.name = ?" + group
+    )
+
+
+ONE_JOB_SQL = _job_by_names_sql()
+#: the same, and for a move that may decide the instance, its status, version and current generation's tally with
+#: the job as it was (the write lock is held: nothing else changes them; a job of an older generation, whose
+#: current one may have no jobs yet, is found all the same, its tally meaningless)
+DECIDING_JOB_SQL = _job_by_names_sql(
+    ", ti.status, ti.version, " + _TALLY.format(j="o", retries="t.max_retries"),
+    " LEFT JOIN job o ON o.instance_id = ti.id AND o.generation = ti.generation", " GROUP BY j.id")
 #: a job's transition, with the values :func:`_moved` gives (compare-and-set on its version)
 MOVE_JOB_SQL = (
     "UPDATE job SET status = ?, version = version + 1, attempts = ?,"
@@ -501,18 +526,17 @@ MOVE_JOB_SQL = (
 )
 
 
-def _moved(status: str, target: JobStatus, attempts: int, started: Optional[int], now: int, batch_id: Optional[str],
+def _moved(status: str, to: str, attempts: int, started: Optional[int], now: int, batch_id: Optional[str],
            fields: Optional[str], pk: int, version: int) -> tuple[Any, ...]:
-    """The values of :data:`MOVE_JOB_SQL` for a job moving from ``status`` to ``target`` at ``now`` (``fields``:
-    its new JSON text, None to keep it). A retry (failed -> idle) is a new attempt, "to submit" (no batch id)
-    until the stage that submits it records one; idle clears the start, done and failed set the finish."""
-    retry = status == "failed" and target == J.IDLE
-    if target == J.IDLE:
+    """The values of :data:`MOVE_JOB_SQL` for a job moving from ``status`` to ``to`` at ``now`` (``fields``: its new
+    JSON text, None to keep it). A retry (failed -> idle) is a new attempt, "to submit" (no batch id) until the
+    stage that submits it records one; idle clears the start, done and failed set the finish."""
+    retry = status == J.FAILED and to == J.IDLE
+    if to == J.IDLE:
         started = None
-    elif target == J.RUNNING and started is None:
+    elif to == J.RUNNING and started is None:
         started = now
-    finished = now if target in (J.DONE, J.FAILED) else None
-    return target.value, attempts + retry, batch_id, retry, fields, now, started, finished, pk, version
+    return to, attempts + retry, batch_id, retry, fields, now, started, now if to in _DECIDING else None, pk, version
 
 
 def _annotation(
@@ -536,10 +560,7 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
             # earlier one's commit, and its tally, a statement of its own (a new snapshot), sees that job
             tx.all(f"SELECT id FROM task_instance WHERE id IN ({marks}) ORDER BY id FOR UPDATE", chunk)
         rows = tx.all(
-            "SELECT ti.id, ti.version, ti.generation, r.run_number, COUNT(*),"
-            " SUM(CASE WHEN j.status = 'done' THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN j.status IN ('idle', 'running') THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN j.status = 'failed' AND j.attempts > ? THEN 1 ELSE 0 END)"
+            f"SELECT ti.id, ti.version, ti.generation, r.run_number, {_TALLY.format(j='j', retries='?')}"
             " FROM task_instance ti JOIN run r ON r.id = ti.run_id"
             " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"
             f" WHERE ti.id IN ({marks}) AND ti.status = 'processing'"
@@ -547,24 +568,44 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
             (retries, *chunk),
         )
         for iid, version, gen, run, total, done, active, exhausted in rows:
-            if done == total:
-                target, reason = TaskStatus.DONE, f"all {total} jobs done"
-            elif active == 0 and exhausted:
-                target, reason = TaskStatus.FAILED, f"{exhausted} of {total} jobs failed beyond {retries} retries"
-            else:
-                continue
-            TASK.check(TaskStatus.PROCESSING, target, f"{task} run {run}")
-            count = tx.execute(
-                "UPDATE task_instance SET status = ?, version = version + 1, updated_at = ?, outputs = ?"
-                " WHERE id = ? AND version = ?",
-                (target.value, ctx.now, DERIVED if target == TaskStatus.DONE else "{}", iid, version),
-            )
-            if count != 1:
-                raise Conflict(f"task {task} run {run} changed concurrently; retry")
-            ctx.audit(cid, "task", task, target.value, from_status="processing", instance_id=iid, run_number=run,
-                      generation=gen, reason=reason)
-            out.append(Change("task", f"{task} run {run}", "processing", target.value, "changed", reason))
+            decision = _decision(total, done, active, exhausted, retries)
+            if decision:
+                out.append(_finish(ctx, cid, task, run, iid, version, gen, *decision))
     return out
+
+
+def _with_move(tally: Sequence[int], status: str, to: str, beyond: bool) -> tuple[int, int, int, int]:
+    """An instance's tally (total, done, active, failed beyond the retries) read before one of its jobs moved from
+    ``status`` to ``to``, with that move counted (``beyond``: the job's attempts are beyond the retries; a move to
+    done or failed keeps them)."""
+    total, done, active, exhausted = tally
+    return (total, done + (to == J.DONE) - (status == J.DONE), active + (to in _ACTIVE) - (status in _ACTIVE),
+            exhausted + beyond * ((to == J.FAILED) - (status == J.FAILED)))
+
+
+def _decision(total: int, done: int, active: int, exhausted: int, retries: int) -> Optional[tuple[TaskStatus, str]]:
+    """What a processing instance's tally decides: (status, reason), or None while it waits for its jobs."""
+    if done == total:
+        return TaskStatus.DONE, f"all {total} jobs done"
+    if active == 0 and exhausted:
+        return TaskStatus.FAILED, f"{exhausted} of {total} jobs failed beyond {retries} retries"
+    return None
+
+
+def _finish(ctx: Ctx, cid: int, task: str, run: int, iid: int, version: int, gen: int, target: TaskStatus,
+            reason: str) -> Change:
+    """Move a processing instance its jobs decided to ``target`` (compare-and-set on ``version``), audited."""
+    TASK.check(TaskStatus.PROCESSING, target, f"{task} run {run}")
+    count = ctx.tx.execute(
+        "UPDATE task_instance SET status = ?, version = version + 1, updated_at = ?, outputs = ?"
+        " WHERE id = ? AND version = ?",
+        (target.value, ctx.now, DERIVED if target == TaskStatus.DONE else "{}", iid, version),
+    )
+    if count != 1:
+        raise Conflict(f"task {task} run {run} changed concurrently; retry")
+    ctx.audit(cid, "task", task, target.value, from_status="processing", instance_id=iid, run_number=run,
+              generation=gen, reason=reason)
+    return Change("task", f"{task} run {run}", "processing", target.value, "changed", reason)
 
 
 #: ``task_instance.outputs`` of a done instance: its current generation's jobs' outputs, read when asked

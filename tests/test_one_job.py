@@ -123,21 +123,72 @@ def test_a_generation_named_is_the_one_moved_on_both_paths(any_store: Store) -> 
     assert any_store.instance(name, "reco", 2).status == "processing"
 
 
+def test_an_older_generation_is_found_while_the_current_one_has_no_jobs(any_store: Store) -> None:
+    """Reclaimed, its new jobs not yet created: a late report of the old generation's job still finds it (the
+    read of a move to done or failed also tallies the current generation, which has no jobs yet)."""
+    name = campaign(any_store)
+    any_store.reprocess(name, "reco", runs=[1, 2], reason="again")
+    any_store.claim(name, "reco")
+    for run in (1, 2):  # run 1 by the generic path
+        for jid, status in ((0, "done"), (1, "failed")):
+            change = any_store.set_job_status(name, "reco", run, jid, status, generation=1,
+                                              request_id=str(uuid.uuid4()) if run == 1 else None)
+            assert change.outcome == "changed"
+    assert rows(any_store, name, 2) == rows(any_store, name, 1, as_run=2)
+    assert any_store.instance(name, "reco", 2).status == "processing"
+
+
+#: (moves before, the move, the instance after) of jobs 0 and 1 (max retries 1: one retry, then a failure is beyond
+#: them): the deciding move's read tallies the jobs as they were, the move itself must be counted in
+RETRIED = [(0, "failed"), (0, "idle")]
+DECIDING = {
+    "last job done": ([(1, "done")], (0, "done"), "done"),
+    "first job done": ([], (0, "done"), "processing"),
+    "failed within retries": ([(1, "done")], (0, "failed"), "processing"),
+    "failed beyond retries, the other done": ([(1, "done")] + RETRIED, (0, "failed"), "failed"),
+    "failed beyond retries, the other running": ([(1, "running")] + RETRIED, (0, "failed"), "processing"),
+    "the other failed beyond retries, this one done": ([(1, "failed"), (1, "idle"), (1, "failed")], (0, "done"),
+                                                       "failed"),
+    "done from running": ([(1, "done"), (0, "running")], (0, "done"), "done"),
+}
+
+
+@pytest.mark.parametrize("before, move, after", DECIDING.values(), ids=DECIDING.keys())
+def test_a_deciding_move_counts_itself_as_the_generic_path_does(any_store: Store, before: Any, move: Any,
+                                                                after: str) -> None:
+    name = campaign(any_store)
+    for run in (1, 2):
+        for jid, status in before:
+            assert any_store.set_job_status(name, "reco", run, jid, status).outcome == "changed"
+    generic = any_store.set_job_status(name, "reco", 1, *move, request_id=str(uuid.uuid4()))
+    fast = any_store.set_job_status(name, "reco", 2, *move)
+    assert (fast.current, fast.outcome) == (generic.current, generic.outcome)
+    assert fast.outcome == "changed"
+    assert [any_store.instance(name, "reco", run).status for run in (1, 2)] == [after, after]
+    assert rows(any_store, name, 2) == rows(any_store, name, 1, as_run=2)
+
+
 def test_a_sqlite_transition_is_one_read_and_two_writes(tmp_path: Any) -> None:
-    """Every statement the SQLite connection runs for idle -> running: BEGIN, the job read (names, instance,
-    retry limit and the newest audit time at once), the job's compare-and-set, its audit row, COMMIT."""
+    """Every statement the SQLite connection runs for a job transition: BEGIN, the job read (names, instance, retry
+    limit and the newest audit time at once; for done and failed the instance's tally too), the job's
+    compare-and-set, its audit row, COMMIT; and the instance's move and audit row only when this move decides it."""
     with Store.open(str(tmp_path / "state.db"), actor="check", create=True) as store:
         name = campaign(store)
-        store.set_job_status(name, "reco", 2, 1, "running")  # the thread's connection is open and the texts known
+        for jid in (0, 1):  # the thread's connection is open and the texts known (the completion's too)
+            store.set_job_status(name, "reco", 1, jid, "done")
+        store.set_job_status(name, "reco", 2, 1, "running")
         sent: list[str] = []
         with store.db.tx(write=False) as tx:
-            tx.conn.set_trace_callback(sent.append)  # the thread's one idle connection: the next call's
-        sent.clear()  # this read's own COMMIT
-        change = store.set_job_status(name, "reco", 2, 0, "running")
-        assert change.outcome == "changed"
-        kinds = [" ".join(s.split()[:3]) for s in sent]
-        assert kinds == ["BEGIN IMMEDIATE", "SELECT j.id, j.status,", "UPDATE job SET", "INSERT INTO audit_log",
-                         "COMMIT"], sent
+            tx.conn.set_trace_callback(sent.append)  # the thread's one idle connection: the next calls'
+        one = ["BEGIN IMMEDIATE", "SELECT j.id, j.status,", "UPDATE job SET", "INSERT INTO audit_log", "COMMIT"]
+        for jid, status, statements in ((0, "running", one), (0, "done", one),
+                                        (1, "done", one[:-1] + ["UPDATE task_instance SET", "INSERT INTO audit_log",
+                                                                "COMMIT"])):
+            sent.clear()  # the previous call's, or this read's own COMMIT
+            change = store.set_job_status(name, "reco", 2, jid, status)
+            assert change.outcome == "changed"
+            assert [" ".join(s.split()[:3]) for s in sent] == statements, sent
+        assert store.instance(name, "reco", 2).status == "done"
 
 
 def test_a_transition_is_one_round_trip(pg_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
