@@ -7,7 +7,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,17 +65,24 @@ def test_at_most_slots_jobs_run_at_once(tmp_path: Path) -> None:
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
 
 
-def test_a_job_waiting_for_a_slot_is_idle(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "w", slots=1)
+@contextmanager
+def only_slot_taken(backend: LocalBackend) -> Iterator[None]:
+    """The backend's one slot held by this process while the block runs."""
     slot = backend.makedirs(backend.workdir / "slots") / "slot0"
     fd = os.open(slot, os.O_CREAT | os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # the only slot is taken
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_a_job_waiting_for_a_slot_is_idle(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "w", slots=1)
+    with only_slot_taken(backend):
         keys = submit(backend, payload(tmp_path / "p", "pass\n"), 1)
         time.sleep(0.3)
         assert backend.observe("c", "t", keys)[keys[0]].status == "idle"
-    finally:
-        os.close(fd)
     assert wait(backend, keys)[keys[0]].status == "done"
 
 
@@ -83,16 +91,11 @@ def test_a_job_removed_before_its_payload_started_says_so(tmp_path: Path) -> Non
     the signal as its exit, never starts the payload, and the job reads "killed by signal 15", not a death
     without an exit code."""
     backend = LocalBackend(tmp_path / "w", slots=1)
-    slot = backend.makedirs(backend.workdir / "slots") / "slot0"
-    fd = os.open(slot, os.O_CREAT | os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # the only slot is taken
-    try:
+    with only_slot_taken(backend):
         keys = submit(backend, payload(tmp_path / "p", "open('ran', 'w').close()\n"), 1)
         time.sleep(0.3)
         backend.remove("c", "t", keys, "superseded")
         seen = wait(backend, keys, deadline=10)
-    finally:
-        os.close(fd)
     assert seen[keys[0]].status == "failed" and seen[keys[0]].reason.startswith("killed by signal 15"), seen
     assert not (backend.job_dir("c", "t", keys[0]) / "ran").exists()
 
