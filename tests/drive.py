@@ -94,6 +94,23 @@ def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
 TRANSITIONS = "entity IN ('task', 'job') AND (from_status IS NULL OR from_status <> to_status)"
 
 
+def undecided_problems(store: Store) -> list[str]:
+    """Instances left ``processing`` though their current generation's jobs decide them (all done, or none idle
+    or running and one failed beyond its task's retries): every job write completes its instance in the same
+    transaction, so none may be found after it (for stores whose writers all ask for completion)."""
+    with store.db.tx(write=False) as tx:
+        rows = tx.all(
+            "SELECT ti.id, r.run_number, t.name, COUNT(*), SUM(CASE WHEN j.status = 'done' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN j.status IN ('idle', 'running') THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN j.status = 'failed' AND j.attempts > t.max_retries THEN 1 ELSE 0 END)"
+            " FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id"
+            " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"
+            " WHERE ti.status = 'processing' GROUP BY ti.id, r.run_number, t.name")
+    return [f"{task} run {run}: processing, yet {done} of {total} jobs done, {active} active, {beyond} failed"
+            " beyond the retries" for _, run, task, total, done, active, beyond in rows
+            if done == total or (active == 0 and beyond)]
+
+
 def audit_problems(store: Store) -> list[str]:
     """Half-applied or lost transitions: each task instance and job must have one unbroken chain of audit
     rows (first from nothing, each from the previous to), ending at its current status, one row per version."""

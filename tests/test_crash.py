@@ -4,7 +4,8 @@ Each round forks writers that loop over write transactions (injections, grouped 
 updates, one-job transitions, downstream reprocessing) and kills them with SIGKILL after a random delay. Each
 writer flags when it is inside a store call, so the test knows (and requires) that kills landed mid-call.
 Afterwards: ``PRAGMA integrity_check`` is ok, every task instance and job has an unbroken audit chain
-ending at its status with one row per version (nothing half-applied), and the database takes writes.
+ending at its status with one row per version (nothing half-applied), no instance is left processing that its
+jobs decide, and the database takes writes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlite3
 import time
 from typing import Any
 
-from drive import audit_problems
+from drive import audit_problems, undecided_problems
 
 from ecalstate import Conflict, Invalid, JobUpdate, NotFound, RunSpec, Store, TransitionNotAllowed
 
@@ -45,11 +46,12 @@ def writer(path: str, seed: int, inside: Any) -> None:
         elif roll < 0.95:
             task = rng.choice(["reco", "calib"])
             runs = store.list_runs(C, task=task, status="processing")[:8]
-            if roll < 0.6:  # one job a call: the fast path (one read and two writes)
-                for run in runs[:2]:
-                    for jid in range(0, 100, 9):
+            if roll < 0.6:  # one job a call: the fast path (one read and two writes); half the time every job of
+                for run in runs[:2]:  # the run is finished, so that these calls decide instances too
+                    finish = rng.random() < 0.5
+                    for jid in range(100) if finish else range(0, 100, 9):
                         try:
-                            store.set_job_status(C, task, run["run_number"], jid,
+                            store.set_job_status(C, task, run["run_number"], jid, "done" if finish else
                                                  rng.choice(["running", "done", "failed", "idle"]))
                         except (NotFound, TransitionNotAllowed):
                             pass  # no jobs yet in this generation, or a move the table refuses
@@ -97,5 +99,6 @@ def test_sigkill_mid_transaction_leaves_no_half_applied_transition(tmp_path: Any
     assert jobs > 0 and changes > 0, "the writers did too little before being killed"
     with Store.open(path) as store:
         assert audit_problems(store) == []
+        assert undecided_problems(store) == []
         store.inject_runs(C, [RunSpec(99999, 1)])  # and it still takes writes
         assert store.instance(C, "reco", 99999).status == "new"
