@@ -487,11 +487,21 @@ class Tx:
         self.is_sqlite = dialect.name == "sqlite"
         self._fmt = _as_written if dialect.paramstyle == "qmark" else _to_format_style
         self._dbapi_conn = dbapi_conn
-        self._cursor = dbapi_conn.cursor()
+        self._new_cursor()
+
+    def _new_cursor(self) -> None:
+        self._cursor = self._dbapi_conn.cursor()
         #: run a statement on the transaction's cursor, and give the cursor: the driver's own ``execute`` where the
         #: SQL is written for it (SQLite), else through the placeholder conversion
         self._cursor_for: Callable[[str, Sequence[Any]], Any] = (
-            self._cursor.execute if dialect.paramstyle == "qmark" else partial(_execute_converted, self._cursor))
+            self._cursor.execute if self._fmt is _as_written else partial(_execute_converted, self._cursor))
+
+    def release(self) -> None:
+        """Let go of the last statement, whose unread rows would keep a SQLite read snapshot open on a connection
+        kept for the next transaction (no checkpoint could then finish: the -wal would grow as long as the
+        process lives)."""
+        self._cursor.close()
+        self._new_cursor()
 
     def close(self) -> None:
         """Close the cursor, then the connection (a SQLite file's, kept with its :class:`Tx` by its thread): a
@@ -597,11 +607,15 @@ class _FileTx:
         try:
             if err is None:
                 try:
-                    raw.commit()
+                    # on the transaction's cursor, which resets its last statement first: unread rows of it would
+                    # keep a read snapshot open on the kept connection (see Tx.release)
+                    tx._cursor.execute("COMMIT")
                 except BaseException:
+                    tx.release()
                     raw.rollback()
                     raise
             else:  # KeyboardInterrupt too: nothing of it is written
+                tx.release()
                 raw.rollback()
         except Exception as failed:  # the commit's or the rollback's own error
             db._raise_clean(failed)

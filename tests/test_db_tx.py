@@ -7,6 +7,7 @@ connection crosses a thread, a fork or a ``close()``. A TEMP table marks a conne
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -61,6 +62,30 @@ def fd_targets() -> list[str]:
         except OSError:  # the listing's own descriptor, closed meanwhile
             pass
     return targets
+
+
+@pytest.mark.parametrize("ending", ["commit", "error"])
+def test_a_kept_connection_holds_no_read_open(db: Database, tmp_path: Path, ending: str) -> None:
+    """A read that fetched one row of several, its transaction over (committed, or ended by an error): the
+    thread's connection, kept for the next transaction, must not keep that statement's snapshot, or no checkpoint
+    of the file could finish (its -wal would grow for as long as the process lives)."""
+    with db.tx() as tx:
+        tx.many("INSERT INTO meta (key, value) VALUES (?, 'v')", [(f"k{i}",) for i in range(5)])
+    with pytest.raises(ValueError) if ending == "error" else contextlib.nullcontext():
+        with db.tx(write=False) as tx:
+            assert tx.one("SELECT key FROM meta ORDER BY key") == ("k0",)
+            if ending == "error":
+                raise ValueError("the caller's own error")
+    del tx
+    other = sqlite3.connect(tmp_path / "state.db")
+    try:
+        other.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+        other.commit()
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        other.close()
+    assert busy == 0
+    assert os.path.getsize(tmp_path / "state.db-wal") == 0
 
 
 @pytest.mark.parametrize("error", [ValueError("boom"), KeyboardInterrupt()], ids=["exception", "keyboard-interrupt"])
