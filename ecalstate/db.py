@@ -607,9 +607,12 @@ class _FileTx:
         try:
             if err is None:
                 try:
-                    # on the transaction's cursor, which resets its last statement first: unread rows of it would
-                    # keep a read snapshot open on the kept connection (see Tx.release)
-                    tx._cursor.execute("COMMIT")
+                    if raw.in_transaction:
+                        # on the transaction's cursor, which resets its last statement first: unread rows of it
+                        # would keep a read snapshot open on the kept connection (see Tx.release)
+                        tx._cursor.execute("COMMIT")
+                    else:  # ended inside (the driver's rollback; SQLite's own after some errors): nothing to commit
+                        tx.release()
                 except BaseException:
                     tx.release()
                     raw.rollback()

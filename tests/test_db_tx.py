@@ -64,6 +64,17 @@ def fd_targets() -> list[str]:
     return targets
 
 
+def test_a_transaction_ended_inside_by_the_driver_leaves_cleanly(db: Database) -> None:
+    """Rolled back at the driver inside the block (or by SQLite itself after some errors): nothing to commit, no
+    error at the end, nothing written, and the connection serves the next transaction."""
+    mark(db)
+    with db.tx() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+        tx.conn.rollback()
+    assert meta(db, "k") is None
+    assert marked(db) == 1
+
+
 @pytest.mark.parametrize("ending", ["commit", "error"])
 def test_a_kept_connection_holds_no_read_open(db: Database, tmp_path: Path, ending: str) -> None:
     """A read that fetched one row of several, its transaction over (committed, or ended by an error): the
