@@ -197,8 +197,11 @@ class TaskHandler:
         pending: dict[int, int] = {}
         for job in self.store.pending_jobs(campaign, self.task):
             pending[job.run_number] = job.generation
+        # jobs "to submit" are another stage's claim, that stage killed or still on its way to submitting them: this
+        # stage submits the run and lists it (that stage then finds nothing left to submit and does not)
         for run, generation in sorted(pending.items()):
-            self._submit_run(campaign, run, generation, report)
+            if self._submit_run(campaign, run, generation, report):
+                report.runs.append(run)
 
     def _sweep(self, campaign: str, report: StageReport) -> None:
         """Jobs still active in a generation that no longer runs: removed from the batch system, then failed."""

@@ -191,6 +191,21 @@ def test_defect3_a_failure_after_the_batch_system_took_the_jobs_keeps_the_claim(
     store.close()
 
 
+def test_a_run_claimed_by_a_stage_that_has_not_submitted_it_is_listed_by_the_stage_that_does(probe: Probe) -> None:
+    """Two submit stages at once: one claimed run 1 and is not yet at its submission (or was killed there); the
+    other finds the run's jobs "to submit", submits them, and must list the run among those it submitted (it
+    listed only the runs it claimed itself, and the claiming stage, finding nothing left, listed none: run 1
+    was in nobody's report)."""
+    store = probe.store
+    make_campaign(store, [1, 2])
+    [claim] = store.claim("prompt", "probe", 1, jobs=lambda c: [(s.jid, s.fields) for s in probe.jobs("prompt", c)])
+    assert claim.run_number == 1
+    report = probe.submit("prompt")
+    assert report.runs == [1, 2] and report.counts["jobs submitted"] == 6
+    settle(probe)
+    assert [store.instance("prompt", "probe", r).status for r in (1, 2)] == ["done", "done"]
+
+
 KILLED_SUBMIT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
