@@ -1,8 +1,9 @@
 """One validated job transition in the fewest round trips: prototypes of the lean hot path (issue 14).
 
 ``set_job_status`` does, in one transaction: resolve campaign and task, read the job (locked), check the
-transition table and the retry guard, compare-and-set, write the audit row at the store's time (the clock, never before the newest audit row), and for done/failed see whether the
-instance is decided (schema 7: no instance row is written unless it is). Through the store's generic path
+transition table and the retry guard, compare-and-set, write the audit row at the store's time (the clock,
+never before the newest audit row), and for done/failed see whether the instance is decided (schema 7: no
+instance row is written unless it is). Through the store's generic path
 that is about eight statements, each a round trip on PostgreSQL; the store's fast paths (``ecalstate.pgjobs``,
 ``Jobs._set_one_sqlite``) grew out of these prototypes, which stay as the yardstick of the same work done
 with nothing around it.
@@ -30,7 +31,7 @@ from typing import Any, Optional
 
 from ecalstate.auditlog import VOCABULARY, vocab_id
 from ecalstate.base import AUDIT_SQL
-from ecalstate.statemachine import JOB, JobStatus, TransitionNotAllowed
+from ecalstate.statemachine import JOB, JobStatus, TransitionNotAllowed, job_refusal
 
 from .common import now_micros
 
@@ -108,11 +109,10 @@ def pg_transition(conn: Any, ids: dict[str, int], campaign: str, task: str, run:
 
 
 def _refuse(task: str, run: int, jid: int, status: str, target: str, attempts: int, retries: int) -> None:
-    """The API's typed refusal: not in the table, or the retry guard."""
+    """The API's typed refusal, with the store's reason (not in the table, or the retry guard)."""
     current, wanted = JobStatus(status), JobStatus(target)
-    reason = "not in the job table" if not JOB.is_allowed(current, wanted) else \
-        f"retries exhausted: {attempts} attempts, max retries {retries}"
-    raise TransitionNotAllowed("job", f"{task} run {run} job {jid}", current, wanted, JOB.allowed(current), reason)
+    raise TransitionNotAllowed("job", f"{task} run {run} job {jid}", current, wanted, JOB.allowed(current),
+                               job_refusal(current, wanted, attempts, retries))
 
 
 SQLITE_READ = (
@@ -153,9 +153,9 @@ def sqlite_transition(conn: sqlite3.Connection, ids: dict[str, int], campaign: s
         if status == target:
             conn.execute("COMMIT")
             return status, False, False
-        retry = status == "failed" and target == "idle"
-        if not JOB.is_allowed(JobStatus(status), JobStatus(target)) or (retry and attempts > retries):
+        if job_refusal(JobStatus(status), JobStatus(target), attempts, retries):
             _refuse(task, run, jid, status, target, attempts, retries)
+        retry = status == "failed" and target == "idle"
         attempts += retry
         now = _after(latest, now_micros())
         conn.execute(SQLITE_UPDATE, (target, attempts, now, retry, target, target, now, target, now, pk, version))

@@ -605,19 +605,18 @@ class _FileTx:
         db, tx = self.db, self.tx
         raw = tx._dbapi_conn
         try:
-            if err is None:
+            if err is None and raw.in_transaction:
                 try:
-                    if raw.in_transaction:
-                        # on the transaction's cursor, which resets its last statement first: unread rows of it
-                        # would keep a read snapshot open on the kept connection (see Tx.release)
-                        tx._cursor.execute("COMMIT")
-                    else:  # ended inside (the driver's rollback; SQLite's own after some errors): nothing to commit
-                        tx.release()
+                    # on the transaction's cursor, which resets its last statement first: unread rows of it would
+                    # keep a read snapshot open on the kept connection (see Tx.release)
+                    tx._cursor.execute("COMMIT")
                 except BaseException:
                     tx.release()
                     raw.rollback()
                     raise
-            else:  # KeyboardInterrupt too: nothing of it is written
+            else:
+                # an error (KeyboardInterrupt too: nothing of it is written), or a transaction already ended inside
+                # (the driver's rollback; SQLite's own after some errors): nothing to commit
                 tx.release()
                 raw.rollback()
         except Exception as failed:  # the commit's or the rollback's own error

@@ -486,7 +486,7 @@ def _apply(
             run_number=row.run, jid=row.jid, generation=row.generation, reason=update.reason,
             detail=update.fields or None,
         ))
-        if row.generation == row.current_gen and target in (J.DONE, J.FAILED):
+        if row.generation == row.current_gen and target.value in _DECIDING:
             deciding.add(row.iid)
     if job_rows:
         changed = tx.many(MOVE_JOB_SQL, job_rows)
