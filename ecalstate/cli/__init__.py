@@ -9,6 +9,7 @@ become one clean line and exit code 1 here, in one place.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any, Optional
 
 import click
