@@ -10,7 +10,8 @@ call needs ``Authorization: Bearer <token>`` from ``POST /token`` (``grant_type=
 
 It can be hostile, as a broken or compromised server would be: :meth:`OmsServer.fail_next` answers server errors,
 :meth:`~OmsServer.redirect_next` redirects (elsewhere), :meth:`~OmsServer.trickle_next` sends its answer a byte
-at a time, :attr:`~OmsServer.reorder` ignores the sort asked, and rows hold whatever a test puts in them (NaN and
+at a time, :attr:`~OmsServer.reorder` ignores the sort asked, :attr:`~OmsServer.unpaged` the page size, and rows
+hold whatever a test puts in them (NaN and
 Infinity are sent as the bare literals Python's encoder writes). Every API call's headers are kept in
 :attr:`~OmsServer.seen`, so a test sees what a client sent to which host.
 """
@@ -75,6 +76,8 @@ class OmsServer:
         self.trickles: list[tuple[float, float]] = []  # (seconds per byte, give up after) per coming API call
         #: answer rows in the reverse of the order asked (a server that ignores ``sort``)
         self.reorder = False
+        #: answer every row at once (a server that ignores ``page[limit]``)
+        self.unpaged = False
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
@@ -142,7 +145,7 @@ class OmsServer:
         total = len(rows)
         offset = int(query.get("page[offset]", ["0"])[0])
         limit = int(query.get("page[limit]", ["10"])[0])
-        page = rows[offset:offset + limit]
+        page = rows[offset:] if self.unpaged else rows[offset:offset + limit]
         wanted = (query.get("fields") or query.get(f"fields[{resource}]") or [""])[0]
         key = KEYS[resource]
         if wanted:

@@ -406,6 +406,16 @@ def test_an_answer_out_of_the_order_asked_is_refused_and_nothing_is_lost(prompt:
     assert sync(prompt, "prompt", source(oms)).new == list(range(390005, 390016))
 
 
+def test_a_page_longer_than_asked_is_refused(prompt: Store, oms: OmsServer) -> None:
+    """A server ignoring page[limit] would let one sync read past --max-runs, and page offsets mean nothing."""
+    for number in range(390001, 390016):
+        oms.run(number, 9000)
+    oms.unpaged = True
+    with pytest.raises(SourceError, match=r"OMS answered 15 runs to a page of 10"):
+        sync(prompt, "prompt", source(oms))
+    assert runs_of(prompt) == {}
+
+
 def test_a_run_listed_late_below_the_cursor_is_read_in_the_look_back(prompt: Store, oms: OmsServer) -> None:
     for number in (390001, 390002, 390003, 390005):
         oms.run(number, 9000)
