@@ -459,7 +459,7 @@ def test_run_sync_timeout_is_one_deadline_against_a_trickling_server(sqlite_url:
                           text=True, timeout=60)
     startup = time.monotonic() - started  # the command's own start-up, to measure the sync alone
     assert idle.returncode == 0
-    oms.trickle_next(0.2, give_up=8.0, count=10)
+    oms.trickle_next(0.2, give_up=20.0, count=10)  # the old client: 20 s, then IncompleteRead
     before = dump(db)
     started = time.monotonic()
     proc = subprocess.run([ECALSTATE, "--db", db, "run", "sync", "-c", "prompt", "--source", "oms", "--from-run",
@@ -468,5 +468,5 @@ def test_run_sync_timeout_is_one_deadline_against_a_trickling_server(sqlite_url:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert re.fullmatch(r"Error: OMS did not answer http://127\.0\.0\.1:\d+/agg/api/v1/runs within the 1 s "
                         r"deadline \(--timeout\)\n", proc.stderr), proc.stderr
-    assert took < 1.8, took
+    assert took < 3.0, took  # 1 s and the exit (about 0.8 s here, measured); margin for a loaded machine
     assert dump(db) == before
