@@ -135,7 +135,8 @@ class SimulatedOms(OMSAPI):
         for key, value in params:
             match = re.fullmatch(r"filter\[(\w+)\]\[(\w+)\]", key)
             if match:
-                rows = [r for r in rows if r[match[1]] is not None and FILTERS[match[2]](r[match[1]], int(value))]
+                test = FILTERS[match[2].lower()]
+                rows = [r for r in rows if r[match[1]] is not None and test(r[match[1]], int(value))]
         page = dict(params)
         offset, limit = int(page["page[offset]"]), int(page["page[limit]"])
         data = [{"id": str(r[KEYS[resource]]), "type": resource, "attributes": r} for r in rows[offset:offset + limit]]

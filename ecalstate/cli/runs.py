@@ -16,7 +16,7 @@ from ..report import cell_marks, health_sections, retry_note, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
 from .app import App, pass_app
-from .fmt import colours_shown, echo_table, styled, table
+from .fmt import colours_shown, echo_table, printable, styled, table
 from .options import _runs as optional_runs
 from .options import (
     campaign_option,
@@ -101,8 +101,9 @@ def run_inject(
               help="oms: JSON mapping of OMS attributes to run metadata (see docs/migration.md).")
 @click.option("--max-runs", type=INT64_FROM_1, default=1000, show_default=True, metavar="N",
               help="oms: read at most N new runs per sync (the next sync goes on from there).")
-@click.option("--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True,
-              help="oms: seconds to wait for each request.")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=120.0, show_default=True,
+              help="oms: seconds for the whole sync: every request (connect, redirects, the whole answer), retry "
+              "and wait.")
 @pass_app
 def run_sync(
     app: App, campaign: str, source: str, path: Optional[str], url: Optional[str], from_run: Optional[int],
@@ -114,7 +115,9 @@ def run_sync(
     activates no task until a later sync sees it ended (its metadata is then
     updated). Fills that ended (a later fill started, or OMS says the beam was
     dumped) are recorded for grouping by fill. A source that fails writes
-    nothing; the cursor stays.
+    nothing; the cursor stays. A bad OMS row is skipped and named (a warning
+    on stderr, "rejected" in --json); the cursor stays below a bad run, so it
+    is read again until OMS fixes it.
 
     \b
     Example:
@@ -133,10 +136,13 @@ def run_sync(
     runs = FileSource(read_runs(path)) if path is not None else oms_source(url, from_run, mapping, max_runs=max_runs,
                                                                            timeout=timeout)
     result = sync(app.store(), campaign, runs)
+    for bad in result.rejected:
+        click.echo(printable(f"warning: OMS {bad.resource} row {bad.number or '?'} skipped: {bad.reason}"), err=True)
+    skipped = f"; {len(result.rejected)} bad OMS rows skipped" if result.rejected else ""
     app.emit(result, f"{source}: {len(result.new)} new runs, {len(result.ended)} ended since the last sync,"
                      f" {len(result.ongoing)} still ongoing, {len(result.existing)} already present;"
                      f" {result.instances} task instances; fills ended: "
-                     f"{','.join(map(str, result.fills_ended)) or 'none'}; cursor at run {result.last_run}")
+                     f"{','.join(map(str, result.fills_ended)) or 'none'}; cursor at run {result.last_run}{skipped}")
 
 
 @run.command("close-fill")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Optional, Protocol
 
 from ..errors import EcalStateError
 from ..results import RunSpec
@@ -33,13 +33,27 @@ class SourceRun:
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """A row a source could not take (``resource``: ``runs``, ``fills``; its ``number`` when it has a usable one),
+    and why: skipped and reported, the rest of the answer goes on (see docs/security.md, "The OMS run source")."""
+
+    resource: str
+    number: Optional[int]
+    reason: str
+
+
+@dataclass(frozen=True)
 class SourceBatch:
     """One answer of a source: runs (new, or re-read because they were ongoing), fills that ended
-    (fill -> why we know), and the highest run number the source has now looked at (the next cursor)."""
+    (fill -> why we know), the run number the cursor may move to, the rows rejected, and ``known_below``:
+    runs up to this number were read again only to find runs listed late, so those already present are no news
+    (not reported as existing)."""
 
     runs: list[SourceRun]
     fills_ended: dict[int, str] = field(default_factory=dict)
     last_run: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    known_below: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ..catalog import _chunks, activate_runs, check_run, check_specs, insert_run
 from ..errors import Invalid
 from ..limits import check_int64
 from ..results import RunSpec
-from . import ONGOING, SourceBatch, SourceState
+from . import ONGOING, Rejected, SourceBatch, SourceState
 
 #: how many of the newest fills not known to have ended a source is asked about
 OPEN_FILLS = 50
@@ -26,7 +26,8 @@ _ONGOING_LIKE = f'%"{ONGOING}": true%'
 
 @dataclass(frozen=True)
 class SyncResult:
-    """What one sync changed: runs by outcome, task instances created, fills recorded as ended, the cursor."""
+    """What one sync changed: runs by outcome, task instances created, fills recorded as ended, the cursor, and
+    the rows the source rejected (skipped, written nowhere)."""
 
     source: str
     new: list[int] = field(default_factory=list)
@@ -36,6 +37,7 @@ class SyncResult:
     instances: int = 0
     fills_ended: list[int] = field(default_factory=list)
     last_run: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class RunSourceStore(StoreBase):
             existing: list[int] = []
             for number, (run_id, meta) in sorted(present.items()):
                 if meta.get(ONGOING) is not True:
-                    existing.append(number)  # injected by hand, or already ended: left as it is
+                    if number > batch.known_below:  # injected by hand, or already ended: left as it is
+                        existing.append(number)
                     continue
                 spec = _marked(specs[number], number in ongoing)
                 updates.append((spec.fill, json.dumps(spec.meta, sort_keys=True), run_id))
@@ -109,7 +112,7 @@ class RunSourceStore(StoreBase):
                            (cid, source, last, ctx.now))
             return SyncResult(source, sorted(n for n in fresh if n not in ongoing), sorted(
                 [n for n in fresh if n in ongoing] + [s.run_number for _, s in still]),
-                [s.run_number for _, s in ended], existing, instances, closed, last)
+                [s.run_number for _, s in ended], existing, instances, closed, last, list(batch.rejected))
 
         return self._write("run.sync", None, body)
 
