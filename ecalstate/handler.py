@@ -344,14 +344,15 @@ class TaskHandler:
 
     def _update(self, campaign: str, job: JobInfo, seen: Observation) -> JobUpdate:
         fields: Optional[dict[str, Any]] = None
-        reason = seen.reason
+        reason, status = seen.reason, seen.status
         if seen.status in ("done", "failed"):
-            data = read_report(self.backend.job_dir(campaign, self.task, _key(job)))
-            fields = data.get("fields") if isinstance(data.get("fields"), dict) else None
-            error = str(data.get("error") or "")
+            report = read_report(self.backend.job_dir(campaign, self.task, _key(job)))
+            fields, error = report.fields, report.error
             if error and error not in reason:  # the local backend already quotes the last stderr line
                 reason = f"{reason}: {error}" if reason else error
-        return JobUpdate(job.run_number, job.jid, seen.status, fields, seen.batch_id, reason, job.generation,
+            if report.refused:  # a link or a pipe where its report should be: what it did is unknown
+                status = "failed"
+        return JobUpdate(job.run_number, job.jid, status, fields, seen.batch_id, reason, job.generation,
                          job.attempts)
 
     def resubmit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:

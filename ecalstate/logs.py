@@ -2,17 +2,20 @@
 
 Each attempt runs in its own folder (``.../j<jid>.a<attempt>``, see :mod:`ecalstate.backends`), which the
 handler records as the job's ``logs`` field; earlier attempts are its siblings. Reading is bounded (the tail
-of a log, never a whole 10 GB file) and never fails on bytes that are not UTF-8.
+of a log, never a whole 10 GB file) and never fails on bytes that are not UTF-8. The job wrote that folder, so a
+log is read only as a regular file of the job's own attempt folder, reached without following a link
+(:mod:`ecalstate.backends.jobfiles`); anything else is a one-line note ("stderr is a named pipe") instead of text.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from .backends.jobfiles import NotRegular, attempt_dir, attempt_path
+from .backends.jobfiles import read_tail as read_end
 from .errors import Invalid, NotFound
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ _ATTEMPT = re.compile(r"\.a\d+$")
 
 @dataclass(frozen=True)
 class JobLog:
-    """The tail of one log of one job attempt (``text`` is empty when the file does not exist)."""
+    """The tail of one log of one job attempt (``text`` is empty when the file does not exist or was not read)."""
 
     run_number: int
     jid: int
@@ -39,6 +42,8 @@ class JobLog:
     text: str
     #: True when older content was left out (the file is longer than what was read, or than ``lines``)
     truncated: bool
+    #: why the log was not read ("stderr is a symbolic link"), shown instead of its text; "" when it was read
+    note: str = ""
 
 
 def attempt_folder(logs: str, attempt: int) -> Path:
@@ -49,14 +54,16 @@ def attempt_folder(logs: str, attempt: int) -> Path:
     return folder.with_name(_ATTEMPT.sub(f".a{attempt}", folder.name))
 
 
-def read_tail(path: Path, lines: Optional[int] = None, max_bytes: int = MAX_BYTES) -> tuple[str, bool]:
-    """The last ``lines`` lines (all that fit in ``max_bytes``), and whether anything older was left out."""
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        start = max(0, size - max_bytes)
-        handle.seek(start)
-        data = handle.read(max_bytes)
-    truncated = start > 0
+def read_tail(folder: Path, stream: str, lines: Optional[int] = None,
+              max_bytes: int = MAX_BYTES) -> tuple[str, bool]:
+    """The last ``lines`` lines (all that fit in ``max_bytes``) of the log ``stream`` of the attempt folder
+    ``folder``, and whether anything older was left out.
+
+    Raises :class:`~ecalstate.backends.jobfiles.NotRegular` (its text is the note) when the log or its folder is
+    not what the job folder layout promises, :class:`FileNotFoundError` when it does not exist.
+    """
+    with attempt_dir(folder) as fd:
+        data, truncated = read_end(fd, stream, max_bytes)
     if truncated:  # the first line read is partial
         data = data[data.find(b"\n") + 1:] if b"\n" in data else data
     text = data.decode("utf-8", errors="replace")
@@ -93,14 +100,23 @@ def job_logs(
         logs = job.fields.get("logs")
         if not logs:
             raise NotFound(f"job {job.jid} of run {run} recorded no log folder (not submitted yet?)")
-        path = attempt_folder(str(logs), wanted) / stream
-        try:
-            text, truncated = read_tail(path, lines)
-            exists = True
-        except FileNotFoundError:
-            text, truncated, exists = "", False, False
-        except OSError as err:
-            raise NotFound(f"cannot read {path}: {err.strerror}") from None
+        folder = attempt_folder(str(logs), wanted)
+        path = folder / stream
+        text, truncated, exists, note = "", False, True, ""
+        where = attempt_path(folder)
+        if where is None or (where.campaign, where.task, where.run, where.generation, where.jid) != (
+                campaign, task, job.run_number, job.generation, job.jid):
+            note = (f"{folder} is not this job's attempt folder"
+                    f" (.../jobs/{campaign}/{task}/{job.run_number}/g{job.generation}/j{job.jid}.a{wanted})")
+        else:
+            try:
+                text, truncated = read_tail(folder, stream, lines)
+            except FileNotFoundError:
+                exists = False
+            except NotRegular as err:
+                note = str(err)
+            except OSError as err:
+                raise NotFound(f"cannot read {path}: {err.strerror}") from None
         out.append(JobLog(job.run_number, job.jid, job.generation, wanted, stream, str(path), exists, text,
-                          truncated))
+                          truncated, note))
     return out

@@ -44,11 +44,12 @@ def test_job_logs_show_each_attempt_of_a_failed_job(probe: Probe) -> None:
 
 
 def test_tail_is_bounded_and_tolerates_any_bytes(tmp_path: Path) -> None:
-    log = tmp_path / "stderr"
-    log.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)) + b"bad \xff byte\n")
-    text, cut = read_tail(log, lines=3)
+    folder = tmp_path / "w" / "jobs" / "prompt" / "reco" / "1" / "g1" / "j3.a1"
+    folder.mkdir(parents=True)
+    (folder / "stderr").write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)) + b"bad \xff byte\n")
+    text, cut = read_tail(folder, "stderr", lines=3)
     assert cut and text == "line 99998\nline 99999\nbad \ufffd byte\n"
-    text, cut = read_tail(log, max_bytes=1024)
+    text, cut = read_tail(folder, "stderr", max_bytes=1024)
     assert cut and len(text) <= 1024 and text.endswith("bad \ufffd byte\n") and text.startswith("line ")
     assert attempt_folder("/w/jobs/prompt/reco/1/g1/j3.a2", 1) == Path("/w/jobs/prompt/reco/1/g1/j3.a1")
 
@@ -58,7 +59,7 @@ def test_escape_sequences_in_a_log_reach_the_terminal_escaped(probe: Probe, tmp_
     make_campaign(store, [9], meta={"jobs": 1})
     store.claim("prompt", "probe")
     store.create_jobs("prompt", "probe", 9, [0])
-    folder = tmp_path / "jobs" / "j0.a1"
+    folder = tmp_path / "work" / "jobs" / "prompt" / "probe" / "9" / "g1" / "j0.a1"
     folder.mkdir(parents=True)
     (folder / "stdout").write_text("ok\n\x1b]0;pwned\x07\x1b[2Jcleared\n")
     store.set_job_status("prompt", "probe", 9, 0, "running", {"logs": str(folder)})

@@ -43,7 +43,7 @@ def build(db: str, work: Path, runs: int = 7) -> None:
         for run in (1, 2):
             store.create_jobs("prompt", "reco", run, [0, 1])
             for jid in (0, 1):
-                folder = work / f"r{run}" / f"j{jid}.a1"
+                folder = work / "jobs" / "prompt" / "reco" / str(run) / "g1" / f"j{jid}.a1"  # the backends' layout
                 folder.mkdir(parents=True)
                 (folder / "stdout").write_text(f"run {run} job {jid} starting\n")
                 (folder / "stderr").write_text(f"Traceback: {XSS} & boom in run {run}\n")

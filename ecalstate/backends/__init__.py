@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Optional
 
 from ..errors import EcalStateError, Invalid
 from ..secrets import job_environment
+from .jobfiles import NotRegular, attempt_dir, read_head, read_tail
 
 #: backend name -> "module:class", imported on use (the HTCondor bindings are heavy and optional)
 BACKENDS = {"local": ".local:LocalBackend", "htcondor": ".htcondor:CondorBackend"}
@@ -299,37 +300,77 @@ def _check_staged(target: Path, contents: Mapping[str, bytes]) -> None:
                                " others, or changed): refusing to run it; remove that folder and submit again")
 
 
-def stderr_tail(path: Path, limit: int = 200) -> str:
-    """The last non-empty line of a job's stderr (at most ``limit`` characters; only the file's end is read),
-    or "": what a failed job's reason quotes."""
+def last_line(folder: int, name: str = "stderr", limit: int = 200) -> str:
+    """The last non-empty line of the job file ``name`` of the open attempt folder ``folder`` (at most ``limit``
+    characters; only the file's end is read), or "": what a failed job's reason quotes.
+
+    A file the job replaced by anything but a regular file of its folder is quoted as the note saying so
+    ("stderr is a symbolic link"), never read.
+    """
     try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 8192))
-            text = handle.read().decode("utf-8", "replace")
+        data, _ = read_tail(folder, name, 8192)
+    except NotRegular as err:
+        return str(err)[:limit]
     except OSError:
         return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
     return lines[-1][:limit] if lines else ""
 
 
-def read_report(folder: Path) -> dict[str, Any]:
-    """The JSON report a job left in its folder, or {} (a missing or broken report is not an error).
+def stderr_tail(folder: Path, name: str = "stderr", limit: int = 200) -> str:
+    """:func:`last_line` of the job's stderr (``name``) in its attempt folder ``folder``, opened without following
+    a link (a folder swapped for one is quoted as a note too)."""
+    try:
+        with attempt_dir(folder) as fd:
+            return last_line(fd, name, limit)
+    except NotRegular as err:
+        return str(err)[:limit]
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What check takes from the JSON report a job left in its folder."""
+
+    #: the report's ``fields`` (None: none reported)
+    fields: Optional[dict[str, Any]] = None
+    #: the job's ``error``, or why its report was not used
+    error: str = ""
+    #: the report is not a regular file of the job's folder (a link, a pipe...): its job fails, ``error`` says why
+    refused: bool = False
+
+
+def read_report(folder: Path) -> JobReport:
+    """The JSON report a job left in its attempt folder ``folder`` (a missing or broken report is not an error).
 
     A report larger than :data:`MAX_REPORT_BYTES` is not stored: its job gets an error saying so instead
-    (the store, the export and the dashboards carry job fields; a 30 MB one froze the export).
+    (the store, the export and the dashboards carry job fields; a 30 MB one froze the export). A report that is not
+    a regular file of the folder is refused (:attr:`JobReport.refused`), never read: a link would make check store
+    what it points to, a named pipe would stop check for good. The ``logs`` field is the handler's: a report cannot
+    set it (it would send log readers elsewhere).
     """
     try:
-        with open(folder / REPORT_NAME, "rb") as handle:
-            raw = handle.read(MAX_REPORT_BYTES + 1)
+        with attempt_dir(folder) as fd:
+            raw = read_head(fd, REPORT_NAME, MAX_REPORT_BYTES + 1)
+    except NotRegular as err:
+        return JobReport(error=str(err), refused=True)
     except OSError:
-        return {}
+        return JobReport()
     if len(raw) > MAX_REPORT_BYTES:
-        return {"error": f"job report too large: more than {MAX_REPORT_BYTES} bytes, its fields were not stored"}
+        return JobReport(error=f"job report too large: more than {MAX_REPORT_BYTES} bytes, its fields were not stored")
     try:
         data = json.loads(raw)
     except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        return JobReport()
+    if not isinstance(data, dict):
+        return JobReport()
+    fields = data.get("fields") if isinstance(data.get("fields"), dict) else None
+    error = str(data.get("error") or "")
+    if fields is not None and "logs" in fields:
+        fields = {k: v for k, v in fields.items() if k != "logs"}
+        error = "; ".join(filter(None, [error, "the report's field 'logs' was ignored (the handler records it)"]))
+    return JobReport(fields, error)
 
 
 def make_backend(name: str, workdir: str | os.PathLike[str], **options: Any) -> Backend:

@@ -26,8 +26,15 @@ from typing import Any
 
 
 def write_atomic(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all; the temporary file is made anew (the payload runs in the same folder:
+    never written through a link or a pipe it left under that name)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
 

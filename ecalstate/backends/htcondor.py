@@ -232,11 +232,16 @@ def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
 
 
 def _stderr(ad: Mapping[str, Any]) -> str:
-    """The last line of the job's stderr file (``Err``, relative to its ``Iwd``), as the local backend quotes it."""
-    err = ad.get("Err")
-    if not isinstance(err, str) or not err or err == "/dev/null":
+    """The last line of the job's stderr file (``Err``, relative to its ``Iwd``, the job's folder), as the local
+    backend quotes it; only a file inside that folder is read (a template may send stderr elsewhere: not quoted)."""
+    err, iwd = ad.get("Err"), ad.get("Iwd")
+    if not isinstance(err, str) or not err or err == "/dev/null" or not isinstance(iwd, str):
         return ""
-    return stderr_tail(Path(str(ad.get("Iwd", ""))) / err)
+    try:
+        name = (Path(iwd) / err).relative_to(iwd)
+    except ValueError:
+        return ""
+    return "" if ".." in name.parts else stderr_tail(Path(iwd), str(name))
 
 
 def _one_line(err: BaseException) -> str:

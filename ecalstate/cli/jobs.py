@@ -139,7 +139,7 @@ def job_logs(app: App, campaign: str, task: str, run_number: int, jid: Optional[
 
     def text() -> None:
         for log in found:
-            state = "" if log.exists else " (not written yet)"
+            state = f" ({printable(log.note)})" if log.note else "" if log.exists else " (not written yet)"
             cut = " (older lines left out)" if log.truncated else ""
             click.echo(f"==> run {log.run_number} job {log.jid} attempt {log.attempt} {log.stream}: "
                        f"{printable(log.path)}{state}{cut} <==")
