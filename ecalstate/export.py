@@ -69,6 +69,7 @@ from .auditlog import DETAIL, RETRY_ROWS, texts_of
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
 from .lineprotocol import FieldValue, line, safe_key
+from .secrets import read_secret_file, redact_url
 
 #: the most lines one request carries
 BATCH_LIMIT = 5000
@@ -365,17 +366,6 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def redact_url(url: str) -> str:
-    """The URL without user, password and query, for messages."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<url>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 @dataclass(frozen=True)
 class TargetSpec:
     """A target as the command line describes it; secrets are read by :meth:`open`, never passed in."""
@@ -436,14 +426,10 @@ class TargetSpec:
 
 
 def read_secret(env_name: str, path: Optional[str], env: Mapping[str, str], option: str) -> Optional[str]:
-    """A secret from a file (first line) or else from the environment; never echoed."""
+    """A secret from a file (first line; only its owner may read it) or else from the environment; never echoed."""
     if path is None:
         return env.get(env_name) or None
-    try:
-        with open(os.path.expanduser(path), encoding="utf-8") as handle:
-            secret = handle.readline().strip()
-    except OSError as err:
-        raise Invalid(f"cannot read {option} {path}: {err.strerror or err}") from None
+    secret = read_secret_file(path, option).strip()
     if not secret:
         raise Invalid(f"{option} {path} is empty")
     return secret
