@@ -824,8 +824,13 @@ class Database:
         return DatabaseError(f"database error on {redact(self.url)}: {text}")
 
     def create_schema(self) -> None:
-        """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent)."""
+        """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent).
+
+        A SQLite file without a schema version gets the tables only when it holds nothing that is not ours (a new
+        or empty file, or an ``init`` cut short): another program's database is refused, unchanged."""
         found = self.schema_version()
+        if found is None and self.is_sqlite:
+            self._refuse_foreign()
         if found is not None and found < SCHEMA_VERSION:
             from .migrations import upgrade
 
@@ -842,6 +847,18 @@ class Database:
             if found is None:
                 tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.check_schema()
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a SQLite file that holds tables or views of another program."""
+        ours = {*SQLModel.metadata.tables, "audit"}  # the view ``audit`` over ``audit_log`` (ecalstate.auditlog)
+        with self.tx(write=False) as tx:
+            names = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+                                          " AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name")]
+        foreign = [n for n in names if n not in ours]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise SchemaError(f"{sqlite_path(self.url)} is another program's database (it holds {shown}): ecalstate "
+                              "adds its tables only to a new file, an empty one or its own; give another --db")
 
     def schema_version(self) -> Optional[int]:
         """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
