@@ -68,6 +68,7 @@ from .appendfile import append_whole
 from .auditlog import DETAIL, RETRY_ROWS, texts_of
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
+from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
 from .lineprotocol import FieldValue, line, safe_key
 from .secrets import read_secret_file, redact_url
 
@@ -141,11 +142,13 @@ class RetryPolicy:
 
     retries: int = 5
     base: float = 1.0
-    cap: float = 30.0
+    cap: float = MAX_RETRY_BASE
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.base < 0 or self.cap < 0:
-            raise Invalid("retries, base and cap must be >= 0")
+        if not 0 <= self.retries <= MAX_EXPORT_RETRIES:
+            raise Invalid(f"invalid retries {self.retries}: 0 to {MAX_EXPORT_RETRIES}")
+        if not (0 <= self.base <= MAX_RETRY_BASE and 0 <= self.cap <= MAX_RETRY_BASE):
+            raise Invalid(f"invalid backoff: base and cap from 0 to {MAX_RETRY_BASE} s")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based): half fixed, half random."""
@@ -384,8 +387,8 @@ class TargetSpec:
     def open(self, env: Optional[Mapping[str, str]] = None) -> Target:
         """Validate the combination, read credentials from ``env`` (default: os.environ) or files, open."""
         env = os.environ if env is None else env
-        if self.timeout <= 0:
-            raise Invalid("timeout must be > 0")
+        if not 0 < self.timeout <= MAX_EXPORT_TIMEOUT:
+            raise Invalid(f"invalid timeout {self.timeout}: more than 0 and at most {MAX_EXPORT_TIMEOUT} s")
         if self.url is None:
             given = [n for n, v in (("--protocol", self.protocol), ("--bucket", self.bucket), ("--org", self.org),
                                     ("--database", self.database), ("--token-file", self.token_file),
@@ -747,8 +750,8 @@ def watch(
     An outage, and points the server refused (passed: the export goes on), are reported through
     ``on_result``; a permanent refusal (credentials, unknown database) raises, since waiting will not fix it.
     """
-    if interval <= 0:
-        raise Invalid(f"invalid watch interval {interval}: must be > 0 seconds")
+    if not 0 < interval <= MAX_WATCH_INTERVAL:
+        raise Invalid(f"invalid watch interval {interval}: more than 0 and at most {MAX_WATCH_INTERVAL} s")
     cycles = 0
     while not stop.is_set():
         try:
