@@ -58,13 +58,13 @@ import socket
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 from urllib.parse import quote as urlquote
 from urllib.parse import urlencode, urlsplit
 
-from .appendfile import append_whole
+from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, texts_of
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
@@ -174,24 +174,52 @@ class Target(Protocol):
 
 
 class FileTarget:
-    """Appends lines to a file (loadable with ``influx write`` or ``POST /write``); each batch is fsynced,
-    and written whole or not at all (see :mod:`ecalstate.appendfile`)."""
+    """Appends lines to a file (loadable with ``influx write`` or ``POST /write``); each batch is fsynced, and
+    written whole or not at all, in step with the cursor: lines a failed or killed export wrote but never
+    acknowledged in the database are cut off before the next export writes them again (see
+    :mod:`ecalstate.appendfile`). A server keeps one copy of a point sent twice; a file would keep both."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         self.name = "file:" + self.path
+        self._batch: Optional[Batch] = None
+        self._upto = 0
 
     def send(self, payload: bytes) -> None:
-        self._append(payload + b"\n")
-
-    def check(self) -> None:
-        self._append(b"")
-
-    def _append(self, data: bytes) -> None:
         try:
-            append_whole(self.path, data)
+            if self._batch is None:
+                append_whole(self.path, payload + b"\n")
+            else:
+                self._batch.write(payload + b"\n", {"cursor": self._upto})
         except OSError as err:
             raise _Refused(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    def check(self) -> None:
+        try:
+            append_whole(self.path, b"")
+        except OSError as err:
+            raise _Refused(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    @contextmanager
+    def acknowledging(self, upto: int) -> Iterator[None]:
+        """The lines sent in the block count only if it ends normally, its last statement having moved the
+        cursor to ``upto``; otherwise they are cut off again."""
+        try:
+            with batch(self.path) as current:
+                self._batch, self._upto = current, upto
+                yield
+        except OSError as err:  # the cut itself failed: the note left beside the file has the next export do it
+            raise _Refused(f"cannot cut {self.path} back: {err.strerror or err}") from None
+        finally:
+            self._batch = None
+
+    def settle(self, acknowledged: int) -> None:
+        """Before an export: cut off the lines of a batch an export killed before its cursor moved (the cursor
+        is at ``acknowledged``) left at the end of the file."""
+        try:
+            settle(self.path, lambda note: acknowledged >= int(note["cursor"]))
+        except OSError as err:
+            raise _Refused(f"cannot settle {self.path} with its cursor: {err.strerror or err}") from None
 
     def close(self) -> None:
         pass
@@ -612,6 +640,11 @@ def export(
         raise Invalid(f"invalid batch size {batch_bytes}: at least 1 byte")
     stop = stop or threading.Event()
     before = cursor(db, target.name)
+    if isinstance(target, FileTarget):
+        try:
+            target.settle(before)
+        except _Refused as err:  # another export at work on the file, or a disk error: it may pass
+            raise ExportError(f"export to {target.name} failed: {err}; the cursor stays at {before}", False) from None
     if full and before:
         _set_cursor(db, target.name, 0, forward_only=False)
     position = 0 if full else before
@@ -637,7 +670,9 @@ def export(
                 if stop.is_set():
                     return result(stopped=True)
                 try:
-                    sent, lost = _deliver(target, chunk, batch_bytes, retry, stop)
+                    with _acknowledging(target, upto):
+                        sent, lost = _deliver(target, chunk, batch_bytes, retry, stop)
+                        _set_cursor(db, target.name, upto)
                 except _Stopped:
                     return result(stopped=True)
                 except (_Unavailable, _Refused) as err:
@@ -645,7 +680,6 @@ def export(
                 refused += lost
                 points += sent
                 batches += bool(chunk)
-                _set_cursor(db, target.name, upto)
                 position = upto
                 if on_batch is not None:
                     on_batch(sent, position)
@@ -665,16 +699,33 @@ def export(
     return result()
 
 
+def _acknowledging(target: Target, upto: int) -> AbstractContextManager[None]:
+    """Around a request and its cursor's commit: a file's lines stand or fall with the commit (a server keeps one
+    copy of a point sent again, a file would keep two)."""
+    return target.acknowledging(upto) if isinstance(target, FileTarget) else nullcontext()
+
+
 def _requests(lines: Sequence[Line], last: int, size: int, limit: int) -> Iterator[tuple[list[Line], int]]:
     """Split a batch's lines into requests of at most ``size`` lines and ``limit`` bytes (a larger line goes
-    alone, to be refused); each with the cursor it allows: every row up to it is then wholly sent."""
+    alone, to be refused); each with the cursor it allows: every row up to it is then wholly sent.
+
+    A row's lines (at most three) go in one request, even past ``size``: the cursor counts whole rows, so the
+    first lines of a row cut in two would be sent again with the rest after a failure between the requests."""
     chunk: list[Line] = []
     used = 0
+    row = 0  # where the chunk's last row begins
     for audit_id, text in lines:
         cost = len(text.encode("utf-8")) + 1
-        if chunk and (len(chunk) >= size or used + cost > limit):
+        if chunk and chunk[-1][0] != audit_id:
+            row = len(chunk)
+        if chunk and row == len(chunk) and len(chunk) >= size:  # full: cut before this row
             yield chunk, audit_id - 1
-            chunk, used = [], 0
+            chunk, used, row = [], 0, 0
+        elif chunk and used + cost > limit:  # cut before this row, or in it when it fills a request alone
+            cut = row or len(chunk)
+            yield chunk[:cut], audit_id - 1
+            chunk, row = chunk[cut:], 0
+            used = sum(len(t.encode("utf-8")) + 1 for _, t in chunk)
         chunk.append((audit_id, text))
         used += cost
     yield chunk, last

@@ -11,13 +11,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import signal
 import sqlite3
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import invoke, ok
+from test_export import make_campaign
 
+from ecalstate import Store
+from ecalstate.appendfile import batch, settle
+from ecalstate.db import Database, utcnow
+from ecalstate.errors import EcalStateError
+from ecalstate.export import ExportError, FileTarget, RetryPolicy, export
 from ecalstate.limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
+from ecalstate.retention import prune
 
 # --------------------------------------------------------------------------------------------- init
 
@@ -90,3 +105,257 @@ def test_every_number_of_export_has_an_upper_bound(tmp_path: Path, option: str, 
     assert not out.exists()
     help_text = " ".join(ok(db, "export", "--help").stdout.split())
     assert f"{option.split('-', 2)[-1]}" in help_text and bound in help_text  # the bound is documented
+
+
+# ------------------------------------------------------------------- export file and prune archive
+
+
+def history(path: Path) -> None:
+    """A campaign through everything the exporter carries (rows of one to three lines), a request id, and an
+    export cursor at the newest row, so that prune may take every old row."""
+    with Store.open(str(path), actor="t", create=True) as store:
+        make_campaign(store)
+        store.claim("prompt", "reco", request_id="req-1")
+        with store.db.tx() as tx:
+            top = tx.scalar("SELECT MAX(id) FROM audit")
+            tx.run("INSERT INTO export_cursor (target, audit_id, updated_at) VALUES ('influx', ?, ?)", (top, utcnow()))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "state.db"
+    history(path)
+    return path
+
+
+def file_export(db: Path, out: Path, batch_size: int = 60) -> None:
+    database = Database(str(db))
+    try:
+        export(database, FileTarget(str(out)), batch_size=batch_size, retry=RetryPolicy(retries=0))
+    finally:
+        database.close()
+
+
+def archive_prune(db: Path, archive: Path) -> None:
+    database = Database(str(db))
+    try:
+        prune(database, "2999-01-01", archive=str(archive), chunk=100)
+    finally:
+        database.close()
+
+
+def table_rows(db: Path) -> dict[str, set[Any]]:
+    conn = sqlite3.connect(db)
+    try:
+        return {t: {r[0] for r in conn.execute(f"SELECT {k} FROM {t}")} for t, k in (("audit_log", "id"), ("job", "id"),
+                                                                                      ("request", "request_id"))}
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def expected(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What an export and a prune that nothing interrupts write: the file, the archive, the rows left."""
+    folder = tmp_path_factory.mktemp("expected")
+    shutil.copy(template, folder / "export.db")
+    file_export(folder / "export.db", folder / "state.lp")
+    shutil.copy(template, folder / "prune.db")
+    archive_prune(folder / "prune.db", folder / "archive.jsonl")
+    lines = (folder / "archive.jsonl").read_text().splitlines()
+    assert Counter(json.loads(line)["table"] for line in lines) == {"audit": 203, "job": 3, "request": 1}
+    return {"lp": (folder / "state.lp").read_bytes(), "archive": (folder / "archive.jsonl").read_bytes(),
+            "rows": table_rows(folder / "prune.db")}
+
+
+def killed_at(point: int, half: bool, action: Any) -> bool:
+    """Run ``action`` in a forked process that SIGKILLs itself at its ``point``-th file-system call (open, write,
+    fsync, ftruncate, close, unlink: before the call, or in the middle of a write with ``half``); False when the
+    action ended before that point."""
+    pid = os.fork()
+    if pid == 0:  # the child: count the calls, die at the chosen one
+        try:
+            calls = 0
+
+            def wrap(name: str) -> Any:
+                real = getattr(os, name)
+
+                def call(*args: Any, **kw: Any) -> Any:
+                    nonlocal calls
+                    calls += 1
+                    if calls == point:
+                        if half and name == "write":
+                            real(args[0], bytes(args[1])[:max(1, len(args[1]) // 2)])
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real(*args, **kw)
+                return call
+
+            for name in ("open", "write", "fsync", "ftruncate", "close", "unlink"):
+                setattr(os, name, wrap(name))
+            action()
+        except BaseException:
+            os._exit(3)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    assert os.WEXITSTATUS(status) == 0, "the action failed by itself"
+    return False
+
+
+def sweep(tmp_path: Path, template: Path, run: Any, check: Any) -> int:
+    """Kill ``run(db)`` at every file-system call (before it, and within each write), let it run again to the end,
+    and ``check(db)``; returns how many kills it took."""
+    kills = 0
+    for half in (False, True):
+        for point in range(1, 1000):
+            case = tmp_path / f"{point}-{half}"
+            case.mkdir()
+            db = case / "state.db"
+            shutil.copy(template, db)
+            died = killed_at(point, half, lambda: run(db))
+            run(db)
+            check(db)
+            if not died:
+                break
+            kills += 1
+            shutil.rmtree(case)
+    return kills
+
+
+@pytest.mark.slow
+def test_a_file_export_killed_anywhere_writes_each_line_once(template: Path, expected: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    def check(db: Path) -> None:
+        assert (db.parent / "state.lp").read_bytes() == expected["lp"]
+        assert not (db.parent / "state.lp.pending").exists()
+
+    kills = sweep(tmp_path, template, lambda db: file_export(db, db.parent / "state.lp"), check)
+    assert kills > 40  # five batches of about a dozen calls each, and their writes cut in the middle
+
+
+@pytest.mark.slow
+def test_prune_archive_killed_anywhere_archives_each_row_once(template: Path, expected: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    def check(db: Path) -> None:
+        assert (db.parent / "archive.jsonl").read_bytes() == expected["archive"]
+        assert table_rows(db) == expected["rows"]
+
+    kills = sweep(tmp_path, template, lambda db: archive_prune(db, db.parent / "archive.jsonl"), check)
+    assert kills > 40
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs: a real file system that runs full (needs root, as in CI)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        from servers_plugin import skip_or_fail
+        skip_or_fail(f"cannot mount a small tmpfs (root needed): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def full_disk_sweep(disk: Path, tmp_path: Path, template: Path, name: str, run: Any, check: Any) -> set[str]:
+    """Run ``run(db, file)`` with ``file`` on a disk with 0, 1, 2... pages free until it succeeds, so that the disk
+    runs full at every step of every batch (the note, the lines); each time free the disk, run again to the end
+    and ``check(db, file)``. Returns the errors seen."""
+    page = os.statvfs(disk).f_frsize
+    errors = set()
+    for free in range(0, 200):
+        for old in disk.iterdir():
+            old.unlink()
+        db = tmp_path / f"{free}.db"
+        shutil.copy(template, db)
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (os.statvfs(disk).f_bavail * page - free * page))
+        try:
+            run(db, disk / name)
+        except (EcalStateError, OSError) as err:
+            errors.add(f"{type(err).__name__}: {err}")
+            done = False
+        else:
+            done = True
+        filler.unlink()
+        run(db, disk / name)
+        check(db, disk / name)
+        if done:
+            return errors
+    raise AssertionError("never succeeded")
+
+
+def check_export(expected: dict[str, Any]) -> Any:
+    def check(db: Path, out: Path) -> None:
+        assert out.read_bytes() == expected["lp"]
+        assert not Path(str(out) + ".pending").exists()
+    return check
+
+
+def check_archive(expected: dict[str, Any]) -> Any:
+    def check(db: Path, archive: Path) -> None:
+        assert archive.read_bytes() == expected["archive"]
+        assert table_rows(db) == expected["rows"]
+        assert not Path(str(archive) + ".pending").exists()
+    return check
+
+
+def test_a_file_export_on_a_full_disk_writes_each_line_once(small_disk: Path, tmp_path: Path, template: Path,
+                                                             expected: dict[str, Any]) -> None:
+    def small_batches(db: Path, out: Path) -> None:  # about 1 kB each: the disk runs full at most of them
+        file_export(db, out, batch_size=7)
+
+    errors = full_disk_sweep(small_disk, tmp_path, template, "state.lp", small_batches, check_export(expected))
+    assert any("No space left on device" in e and "points were acknowledged" in e for e in errors), errors
+
+
+def test_prune_archive_on_a_full_disk_archives_each_row_once(small_disk: Path, tmp_path: Path, template: Path,
+                                                              expected: dict[str, Any]) -> None:
+    errors = full_disk_sweep(small_disk, tmp_path, template, "archive.jsonl", archive_prune, check_archive(expected))
+    assert any("No space left on device" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("action", ["export", "prune"])
+def test_a_commit_the_full_disk_refuses_takes_the_lines_back(small_disk: Path, tmp_path: Path, template: Path,
+                                                             expected: dict[str, Any], action: str) -> None:
+    """The file takes the lines, then the database's disk cannot take the commit: the lines go again."""
+    db = small_disk / "state.db"
+    shutil.copy(template, db)
+    holder = sqlite3.connect(db)  # keeps the -wal and -shm files there: the commit is what needs new pages
+    holder.execute("SELECT COUNT(*) FROM audit_log").fetchone()
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize))
+    run, name, check = ((file_export, "state.lp", check_export(expected)) if action == "export"
+                        else (archive_prune, "archive.jsonl", check_archive(expected)))
+    out = tmp_path / name
+    with pytest.raises(EcalStateError, match="database or disk is full"):
+        run(db, out)
+    assert out.read_bytes() == b"" and not Path(str(out) + ".pending").exists()
+    filler.unlink()
+    holder.close()
+    run(db, out)
+    check(db, out)
+
+
+def test_a_second_writer_neither_settles_nor_joins_a_live_batch(tmp_path: Path) -> None:
+    """Two exports of one file at once (a --watch and a manual one): the second is refused while the first's batch
+    waits for its commit, instead of cutting its lines or writing the same ones again."""
+    path = tmp_path / "state.lp"
+    db = tmp_path / "state.db"
+    history(db)
+    with batch(str(path)) as first:
+        first.write(b"a\n", {"cursor": 1})
+        with pytest.raises(BlockingIOError, match="another writer is at work"):
+            settle(str(path), lambda note: False)
+        with pytest.raises(ExportError, match="another writer is at work") as refused:
+            file_export(db, path)
+        assert not refused.value.permanent  # a --watch goes on, and tries again
+        with pytest.raises(OSError, match="another writer is at work"):
+            with batch(str(path)) as second:
+                second.write(b"b\n", {"cursor": 2})
+        assert path.read_bytes() == b"a\n"
+    assert path.read_bytes() == b"a\n" and sorted(p.name for p in tmp_path.iterdir()) == ["state.db", "state.lp"]
