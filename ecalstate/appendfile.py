@@ -122,13 +122,21 @@ def settle(path: str, committed: Callable[[Mapping[str, Any]], bool]) -> bool:
         except FileNotFoundError:
             info = None
         cut = (info is not None and (info.st_dev, info.st_ino) == identity and info.st_size > size
-               and not committed(note))
+               and not _judged(committed, note))
         if cut:
             _truncate(path, size)
         _remove_note(path)
         return cut
     finally:
         os.close(fd)
+
+
+def _judged(committed: Callable[[Mapping[str, Any]], bool], note: Any) -> bool:
+    """``committed(note)``; a note it cannot read (another version's) keeps the lines: never lose what may count."""
+    try:
+        return committed(note)
+    except (KeyError, ValueError, TypeError):
+        return True
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -153,11 +153,13 @@ class _Archive:
         """Cut off the rows a prune killed before its commit appended (their first is still in the database)."""
 
         def committed(note: Mapping[str, Any]) -> bool:
-            table = str(note["table"])
-            line = json.loads(note["line"])
+            table, line = note["table"], note["line"]
+            if table not in _KEYS:  # not a note of ours: its lines are kept
+                return True
+            key = _KEYS[table]
             with db.tx(write=False) as tx:
-                found = _take(tx, f"SELECT * FROM {table} WHERE {_KEYS[table]} = ?", (line["row"][_KEYS[table]],))
-            return not found or _line(table, found[0]) != note["line"]
+                found = _take(tx, f"SELECT * FROM {table} WHERE {key} = ?", (json.loads(line)["row"][key],))
+            return not found or _line(table, found[0]) != line
 
         with _storage_errors(self.path, contextlib.nullcontext()):
             settle(self.path, committed)

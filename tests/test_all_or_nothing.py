@@ -359,3 +359,21 @@ def test_a_second_writer_neither_settles_nor_joins_a_live_batch(tmp_path: Path) 
                 second.write(b"b\n", {"cursor": 2})
         assert path.read_bytes() == b"a\n"
     assert path.read_bytes() == b"a\n" and sorted(p.name for p in tmp_path.iterdir()) == ["state.db", "state.lp"]
+
+
+def test_a_note_that_is_not_ours_keeps_the_lines_and_runs_nothing(tmp_path: Path, template: Path,
+                                                                  expected: dict[str, Any]) -> None:
+    """A note another version wrote, or someone planted, never cuts lines nor reaches the SQL."""
+    db = tmp_path / "state.db"
+    shutil.copy(template, db)
+    archive = tmp_path / "archive.jsonl"
+    before = b'{"row": {}, "table": "elsewhere"}\n'
+    archive.write_bytes(before)
+    info = archive.stat()
+    for planted in ({"table": "audit_log; DROP TABLE audit_log --", "line": "{}"}, {"table": "job"}, {}):
+        Path(f"{archive}.pending").write_text(json.dumps({"size": 0, "dev": info.st_dev, "ino": info.st_ino,
+                                                          "note": planted}))
+        archive_prune(db, archive)
+        assert archive.read_bytes() == before + expected["archive"]
+        assert not Path(f"{archive}.pending").exists()
+    assert table_rows(db) == expected["rows"]
