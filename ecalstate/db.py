@@ -32,6 +32,7 @@ from sqlmodel import Field, SQLModel, create_engine
 from .errors import EcalStateError, NotFound, SchemaError
 from .limits import int64_range
 from .paths import Mount, network_mount
+from .secrets import check_private_path, read_secret_file, redact_url, url_secret_refusal
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
 SCHEMA_VERSION = 7
@@ -364,7 +365,8 @@ def make_engine(url: str, password: Optional[str] = None, read_only: bool = Fals
     ``read_only``: SQLite connections from :func:`_read_only_connection`; PostgreSQL sessions that refuse writes.
 
     The password (``password``, else :func:`configured_password`) joins the URL only inside the engine: it is
-    never part of a text that could be printed.
+    never part of a text that could be printed. Without one, libpq reads its own password file, which must then
+    be private (:func:`libpq_password_file`).
     """
     path = sqlite_path(url)
     if path is not None:
@@ -379,6 +381,8 @@ def make_engine(url: str, password: Optional[str] = None, read_only: bool = Fals
     secret = password if password is not None else configured_password()
     if secret is not None:
         target = target.set(password=secret)
+    elif target.get_backend_name() == "postgresql" and not os.environ.get("PGPASSWORD"):
+        check_private_path(libpq_password_file(target), "the PostgreSQL password file")
     if read_only and target.get_backend_name() == "postgresql":
         engine = create_engine(target, connect_args={"options": "-c default_transaction_read_only=on"})
     else:
@@ -421,26 +425,20 @@ PASSWORD_FILE_ENV = "ECALSTATE_DB_PASSWORD_FILE"
 PASSWORD_ENV = "ECALSTATE_DB_PASSWORD"
 
 
-def split_password(url: str) -> tuple[str, Optional[str]]:
-    """The URL without its password (safe to keep, print and pass on), and the password it held, if any."""
-    parsed = make_url(url)
-    if parsed.password is None:
-        return url, None
-    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query)
-    return bare.render_as_string(hide_password=False), str(parsed.password)
-
-
 def configured_password() -> Optional[str]:
-    """The password from ``ECALSTATE_DB_PASSWORD_FILE`` (first line) or ``ECALSTATE_DB_PASSWORD``; None: the driver's."""
+    """The password from ``ECALSTATE_DB_PASSWORD_FILE`` (first line; a file only its owner may read) or
+    ``ECALSTATE_DB_PASSWORD``; None: the driver's own sources."""
     path = os.environ.get(PASSWORD_FILE_ENV, "").strip()
     if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.readline().rstrip("\r\n")
-        except OSError as err:
-            raise DatabaseError(f"cannot read the database password file {path} ({PASSWORD_FILE_ENV}): "
-                                f"{err.strerror}") from None
+        return read_secret_file(path, f"the database password file ({PASSWORD_FILE_ENV})")
     return os.environ.get(PASSWORD_ENV) or None
+
+
+def libpq_password_file(url: URL) -> str:
+    """The password file libpq reads for ``url`` when it is given no password: ``passfile``, ``PGPASSFILE`` or
+    ``~/.pgpass``."""
+    given = url.query.get("passfile")
+    return str(given if isinstance(given, str) else os.environ.get("PGPASSFILE") or "~/.pgpass")
 
 
 def _as_written(sql: str) -> str:
@@ -672,13 +670,14 @@ class Database:
         self.audit_texts: dict[str, int] = {}
         #: and the other way round, for readers of ``audit_log`` (the exporter)
         self.audit_strings: dict[int, str] = {}
+        refusal = url_secret_refusal(self.url)  # the password lives in the engine only, never in ``url``
+        if refusal is not None:
+            raise DatabaseError(refusal)
         try:
-            # the password lives in the engine only: ``url`` is what messages, stats and reopening use
-            self.url, password = split_password(self.url)
             path = sqlite_path(self.url)
             if path is not None and path != ":memory:":
                 check_sqlite_path(path, create, allow_network_fs)
-            self.engine = make_engine(self.url, password, read_only)
+            self.engine = make_engine(self.url, None, read_only)
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None
@@ -825,8 +824,13 @@ class Database:
         return DatabaseError(f"database error on {redact(self.url)}: {text}")
 
     def create_schema(self) -> None:
-        """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent)."""
+        """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent).
+
+        A SQLite file without a schema version gets the tables only when it holds nothing that is not ours (a new
+        or empty file, or an ``init`` cut short): another program's database is refused, unchanged."""
         found = self.schema_version()
+        if found is None and self.is_sqlite:
+            self._refuse_foreign()
         if found is not None and found < SCHEMA_VERSION:
             from .migrations import upgrade
 
@@ -843,6 +847,18 @@ class Database:
             if found is None:
                 tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.check_schema()
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a SQLite file that holds tables or views of another program."""
+        ours = {*SQLModel.metadata.tables, "audit"}  # the view ``audit`` over ``audit_log`` (ecalstate.auditlog)
+        with self.tx(write=False) as tx:
+            names = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+                                          " AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name")]
+        foreign = [n for n in names if n not in ours]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise SchemaError(f"{sqlite_path(self.url)} is another program's database (it holds {shown}): ecalstate "
+                              "adds its tables only to a new file, an empty one or its own; give another --db")
 
     def schema_version(self) -> Optional[int]:
         """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
@@ -936,12 +952,8 @@ def create_private_file(path: str) -> None:
         os.close(fd)
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<database>"
+#: the URL for messages and logs (one redaction for every URL: :func:`ecalstate.secrets.redact_url`)
+redact = redact_url
 
 
 def first_line(err: object) -> str:

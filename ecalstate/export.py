@@ -58,17 +58,19 @@ import socket
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 from urllib.parse import quote as urlquote
 from urllib.parse import urlencode, urlsplit
 
-from .appendfile import append_whole
+from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, texts_of
 from .db import Database, Tx, utcnow
 from .errors import EcalStateError, Invalid
+from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
 from .lineprotocol import FieldValue, line, safe_key
+from .secrets import read_secret_file, redact_url
 
 #: the most lines one request carries
 BATCH_LIMIT = 5000
@@ -140,11 +142,13 @@ class RetryPolicy:
 
     retries: int = 5
     base: float = 1.0
-    cap: float = 30.0
+    cap: float = MAX_RETRY_BASE
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.base < 0 or self.cap < 0:
-            raise Invalid("retries, base and cap must be >= 0")
+        if not 0 <= self.retries <= MAX_EXPORT_RETRIES:
+            raise Invalid(f"invalid retries {self.retries}: 0 to {MAX_EXPORT_RETRIES}")
+        if not (0 <= self.base <= MAX_RETRY_BASE and 0 <= self.cap <= MAX_RETRY_BASE):
+            raise Invalid(f"invalid backoff: base and cap from 0 to {MAX_RETRY_BASE} s")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based): half fixed, half random."""
@@ -170,24 +174,52 @@ class Target(Protocol):
 
 
 class FileTarget:
-    """Appends lines to a file (loadable with ``influx write`` or ``POST /write``); each batch is fsynced,
-    and written whole or not at all (see :mod:`ecalstate.appendfile`)."""
+    """Appends lines to a file (loadable with ``influx write`` or ``POST /write``); each batch is fsynced, and
+    written whole or not at all, in step with the cursor: lines a failed or killed export wrote but never
+    acknowledged in the database are cut off before the next export writes them again (see
+    :mod:`ecalstate.appendfile`). A server keeps one copy of a point sent twice; a file would keep both."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         self.name = "file:" + self.path
+        self._batch: Optional[Batch] = None
+        self._upto = 0
 
     def send(self, payload: bytes) -> None:
-        self._append(payload + b"\n")
-
-    def check(self) -> None:
-        self._append(b"")
-
-    def _append(self, data: bytes) -> None:
         try:
-            append_whole(self.path, data)
+            if self._batch is None:
+                append_whole(self.path, payload + b"\n")
+            else:
+                self._batch.write(payload + b"\n", {"cursor": self._upto})
         except OSError as err:
             raise _Refused(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    def check(self) -> None:
+        try:
+            append_whole(self.path, b"")
+        except OSError as err:
+            raise _Refused(f"cannot write {self.path}: {err.strerror or err}") from None
+
+    @contextmanager
+    def acknowledging(self, upto: int) -> Iterator[None]:
+        """The lines sent in the block count only if it ends normally, its last statement having moved the
+        cursor to ``upto``; otherwise they are cut off again."""
+        try:
+            with batch(self.path) as current:
+                self._batch, self._upto = current, upto
+                yield
+        except OSError as err:  # the cut itself failed: the note left beside the file has the next export do it
+            raise _Refused(f"cannot cut {self.path} back: {err.strerror or err}") from None
+        finally:
+            self._batch = None
+
+    def settle(self, acknowledged: int) -> None:
+        """Before an export: cut off the lines of a batch an export killed before its cursor moved (the cursor
+        is at ``acknowledged``) left at the end of the file."""
+        try:
+            settle(self.path, lambda note: acknowledged >= int(note["cursor"]))
+        except OSError as err:
+            raise _Refused(f"cannot settle {self.path} with its cursor: {err.strerror or err}") from None
 
     def close(self) -> None:
         pass
@@ -365,17 +397,6 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def redact_url(url: str) -> str:
-    """The URL without user, password and query, for messages."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<url>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 @dataclass(frozen=True)
 class TargetSpec:
     """A target as the command line describes it; secrets are read by :meth:`open`, never passed in."""
@@ -394,8 +415,8 @@ class TargetSpec:
     def open(self, env: Optional[Mapping[str, str]] = None) -> Target:
         """Validate the combination, read credentials from ``env`` (default: os.environ) or files, open."""
         env = os.environ if env is None else env
-        if self.timeout <= 0:
-            raise Invalid("timeout must be > 0")
+        if not 0 < self.timeout <= MAX_EXPORT_TIMEOUT:
+            raise Invalid(f"invalid timeout {self.timeout}: more than 0 and at most {MAX_EXPORT_TIMEOUT} s")
         if self.url is None:
             given = [n for n, v in (("--protocol", self.protocol), ("--bucket", self.bucket), ("--org", self.org),
                                     ("--database", self.database), ("--token-file", self.token_file),
@@ -436,14 +457,10 @@ class TargetSpec:
 
 
 def read_secret(env_name: str, path: Optional[str], env: Mapping[str, str], option: str) -> Optional[str]:
-    """A secret from a file (first line) or else from the environment; never echoed."""
+    """A secret from a file (first line; only its owner may read it) or else from the environment; never echoed."""
     if path is None:
         return env.get(env_name) or None
-    try:
-        with open(os.path.expanduser(path), encoding="utf-8") as handle:
-            secret = handle.readline().strip()
-    except OSError as err:
-        raise Invalid(f"cannot read {option} {path}: {err.strerror or err}") from None
+    secret = read_secret_file(path, option).strip()
     if not secret:
         raise Invalid(f"{option} {path} is empty")
     return secret
@@ -623,6 +640,11 @@ def export(
         raise Invalid(f"invalid batch size {batch_bytes}: at least 1 byte")
     stop = stop or threading.Event()
     before = cursor(db, target.name)
+    if isinstance(target, FileTarget):
+        try:
+            target.settle(before)
+        except _Refused as err:  # another export at work on the file, or a disk error: it may pass
+            raise ExportError(f"export to {target.name} failed: {err}; the cursor stays at {before}", False) from None
     if full and before:
         _set_cursor(db, target.name, 0, forward_only=False)
     position = 0 if full else before
@@ -648,7 +670,9 @@ def export(
                 if stop.is_set():
                     return result(stopped=True)
                 try:
-                    sent, lost = _deliver(target, chunk, batch_bytes, retry, stop)
+                    with _acknowledging(target, upto):
+                        sent, lost = _deliver(target, chunk, batch_bytes, retry, stop)
+                        _set_cursor(db, target.name, upto)
                 except _Stopped:
                     return result(stopped=True)
                 except (_Unavailable, _Refused) as err:
@@ -656,7 +680,6 @@ def export(
                 refused += lost
                 points += sent
                 batches += bool(chunk)
-                _set_cursor(db, target.name, upto)
                 position = upto
                 if on_batch is not None:
                     on_batch(sent, position)
@@ -676,16 +699,33 @@ def export(
     return result()
 
 
+def _acknowledging(target: Target, upto: int) -> AbstractContextManager[None]:
+    """Around a request and its cursor's commit: a file's lines stand or fall with the commit (a server keeps one
+    copy of a point sent again, a file would keep two)."""
+    return target.acknowledging(upto) if isinstance(target, FileTarget) else nullcontext()
+
+
 def _requests(lines: Sequence[Line], last: int, size: int, limit: int) -> Iterator[tuple[list[Line], int]]:
     """Split a batch's lines into requests of at most ``size`` lines and ``limit`` bytes (a larger line goes
-    alone, to be refused); each with the cursor it allows: every row up to it is then wholly sent."""
+    alone, to be refused); each with the cursor it allows: every row up to it is then wholly sent.
+
+    A row's lines (at most three) go in one request, even past ``size``: the cursor counts whole rows, so the
+    first lines of a row cut in two would be sent again with the rest after a failure between the requests."""
     chunk: list[Line] = []
     used = 0
+    row = 0  # where the chunk's last row begins
     for audit_id, text in lines:
         cost = len(text.encode("utf-8")) + 1
-        if chunk and (len(chunk) >= size or used + cost > limit):
+        if chunk and chunk[-1][0] != audit_id:
+            row = len(chunk)
+        if chunk and row == len(chunk) and len(chunk) >= size:  # full: cut before this row
             yield chunk, audit_id - 1
-            chunk, used = [], 0
+            chunk, used, row = [], 0, 0
+        elif chunk and used + cost > limit:  # cut before this row, or in it when it fills a request alone
+            cut = row or len(chunk)
+            yield chunk[:cut], audit_id - 1
+            chunk, row = chunk[cut:], 0
+            used = sum(len(t.encode("utf-8")) + 1 for _, t in chunk)
         chunk.append((audit_id, text))
         used += cost
     yield chunk, last
@@ -761,8 +801,8 @@ def watch(
     An outage, and points the server refused (passed: the export goes on), are reported through
     ``on_result``; a permanent refusal (credentials, unknown database) raises, since waiting will not fix it.
     """
-    if interval <= 0:
-        raise Invalid(f"invalid watch interval {interval}: must be > 0 seconds")
+    if not 0 < interval <= MAX_WATCH_INTERVAL:
+        raise Invalid(f"invalid watch interval {interval}: more than 0 and at most {MAX_WATCH_INTERVAL} s")
     cycles = 0
     while not stop.is_set():
         try:

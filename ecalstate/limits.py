@@ -18,6 +18,15 @@ MAX_JOBS_PER_CALL = 100_000
 #: the longest duration or age accepted (``--stuck-after``, ``db prune --before 90d``): 100 years, in seconds
 MAX_DURATION = 100 * 36525 * 864  # 100 * 365.25 days * 86400 s, kept an integer
 MAX_DURATION_TEXT = f"at most 100 years ({MAX_DURATION} s)"
+#: retries of one export request while the server is unreachable: with waits capped at MAX_RETRY_BASE, 100 retries
+#: wait at most 50 minutes before the export reports the outage (and the next one resumes where it stopped)
+MAX_EXPORT_RETRIES = 100
+#: the first wait between two tries, seconds: the cap of every wait (a larger first wait would not be waited)
+MAX_RETRY_BASE = 30
+#: the timeout of one request to InfluxDB, seconds: an hour
+MAX_EXPORT_TIMEOUT = 3600
+#: the longest pause of ``export --watch``, seconds: a day (rarer exports are a cron job's work)
+MAX_WATCH_INTERVAL = 86400
 
 
 def int64_range(low: int = INT64_MIN) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from .base import StoreBase, loads
 from .jobs import instance_outputs
+from .limits import INT64_MAX
 from .errors import Invalid, NotFound
 from .monitoring import blocked_instances, stuck_instances
 from .results import AuditRow, InstanceInfo, Overview, OverviewRow
@@ -145,8 +146,9 @@ class Queries(StoreBase):
         actor: Optional[str] = None,
         status: Optional[str] = None,
         transitions_only: bool = False,
+        offset: int = 0,
     ) -> list[AuditRow]:
-        """Audit rows, newest last; ``limit`` keeps the most recent ones.
+        """Audit rows, newest last; ``limit`` keeps the most recent ones (after the ``offset`` newest: pages).
 
         The shift's questions: ``since``/``until`` (the store's UTC text times, e.g. ``2026-12-01T06:00:00Z``),
         ``runs`` (a run set), ``actor`` (the label, or the OS account of the identity: ``alice`` matches
@@ -154,36 +156,62 @@ class Queries(StoreBase):
         annotations (a job's fields changing without its status: from == to), which shifters rarely want.
         """
         with self.db.tx(write=False) as tx:
+            where, params = self._history_where(tx, campaign, task, run, entity, after_id, runs, since, until, actor,
+                                                status, transitions_only)
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
                    " a.to_status, a.actor, a.reason, a.request_id, a.identity"
-                   " FROM audit a JOIN campaign c ON c.id = a.campaign_id"
-                   " WHERE a.id > ?")
-            params: list[Any] = [after_id]
-            if campaign is not None:
-                sql += " AND a.campaign_id = ?"
-                params.append(self._campaign_id(tx, campaign))
-                if task is not None:
-                    self._task(tx, params[-1], campaign, task)
-            for clause, value in (("a.task = ?", task), ("a.run_number = ?", run), ("a.entity = ?", entity),
-                                  ("a.ts >= ?", since), ("a.ts < ?", until), ("a.to_status = ?", status)):
-                if value is not None:
-                    sql += f" AND {clause}"
-                    params.append(value)
-            if transitions_only:
-                sql += " AND (a.from_status IS NULL OR a.from_status <> a.to_status)"
-            if actor is not None:
-                sql += " AND (a.actor = ? OR a.identity LIKE ? ESCAPE '!')"
-                params += [actor, re.sub(r"([!%_])", r"!\1", actor) + "@%"]
-            if runs is not None:
-                spans = run_spans(runs)
-                sql += " AND (" + (" OR ".join("a.run_number BETWEEN ? AND ?" for _ in spans) or "1 = 0") + ")"
-                params += [bound for span in spans for bound in span]
-            sql += " ORDER BY a.id DESC"
-            if limit is not None:
-                sql += " LIMIT ?"
-                params.append(limit)
+                   " FROM audit a JOIN campaign c ON c.id = a.campaign_id" + where + " ORDER BY a.id DESC")
+            if limit is not None or offset:
+                sql += " LIMIT ? OFFSET ?"
+                params += [INT64_MAX if limit is None else limit, offset]
             rows = tx.all(sql, params)
         return [AuditRow(*r) for r in reversed(rows)]
+
+    def history_count(
+        self,
+        campaign: Optional[str] = None,
+        task: Optional[str] = None,
+        run: Optional[int] = None,
+        entity: Optional[str] = None,
+        *,
+        since: Optional[str] = None,
+        status: Optional[str] = None,
+        transitions_only: bool = False,
+    ) -> int:
+        """How many rows :meth:`history` would give without a limit (the web view's pages)."""
+        with self.db.tx(write=False) as tx:
+            where, params = self._history_where(tx, campaign, task, run, entity, 0, None, since, None, None, status,
+                                                transitions_only)
+            return int(tx.scalar("SELECT COUNT(*) FROM audit a" + where, params))
+
+    def _history_where(
+        self, tx: Any, campaign: Optional[str], task: Optional[str], run: Optional[int], entity: Optional[str],
+        after_id: int, runs: Optional[Sequence[int]], since: Optional[str], until: Optional[str],
+        actor: Optional[str], status: Optional[str], transitions_only: bool,
+    ) -> tuple[str, list[Any]]:
+        """The WHERE clause (and its parameters) of :meth:`history`'s filters, over ``audit a``."""
+        sql = " WHERE a.id > ?"
+        params: list[Any] = [after_id]
+        if campaign is not None:
+            sql += " AND a.campaign_id = ?"
+            params.append(self._campaign_id(tx, campaign))
+            if task is not None:
+                self._task(tx, params[-1], campaign, task)
+        for clause, value in (("a.task = ?", task), ("a.run_number = ?", run), ("a.entity = ?", entity),
+                              ("a.ts >= ?", since), ("a.ts < ?", until), ("a.to_status = ?", status)):
+            if value is not None:
+                sql += f" AND {clause}"
+                params.append(value)
+        if transitions_only:
+            sql += " AND (a.from_status IS NULL OR a.from_status <> a.to_status)"
+        if actor is not None:
+            sql += " AND (a.actor = ? OR a.identity LIKE ? ESCAPE '!')"
+            params += [actor, re.sub(r"([!%_])", r"!\1", actor) + "@%"]
+        if runs is not None:
+            spans = run_spans(runs)
+            sql += " AND (" + (" OR ".join("a.run_number BETWEEN ? AND ?" for _ in spans) or "1 = 0") + ")"
+            params += [bound for span in spans for bound in span]
+        return sql, params
 
 
 def run_spans(runs: Sequence[int]) -> list[tuple[int, int]]:

@@ -13,25 +13,30 @@
 
 Work goes in chunks, one short write transaction each, so Jenkins stages are never
 locked out for long. With ``archive`` the rows of each chunk are appended to a JSON-lines
-file and flushed to disk before the chunk's delete commits; a chunk the disk cannot take is
-cut from the file again and not deleted, so the archive never holds a torn line or a row
-that is still in the database. ``dry_run`` counts the same
-sets with the same predicates and writes nothing.
+file and flushed to disk before the chunk's delete commits, all or nothing with it
+(:mod:`ecalstate.appendfile`): a chunk the disk cannot take, or whose commit fails, is cut
+from the file again and not deleted; a prune killed between its archive write and its commit
+leaves a note that the next prune settles (the chunk's first row still in the database: its
+lines are cut off, to be archived again with the chunk). So the archive holds each removed
+row once, never a torn line nor a row that is still in the database. ``dry_run`` counts the
+same sets with the same predicates and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from sqlmodel import SQLModel
 
-from .appendfile import append_whole
+from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import KEEP_CREATION_FIELDS
 from .db import Database, Tx, sqlite_path, to_micros
 from .errors import Invalid, StorageError
@@ -114,33 +119,72 @@ def prune(
             requests = int(tx.scalar("SELECT COUNT(*) FROM request WHERE created_at < ?", (cutoff,)))
             jobs = sum(g[2] for g in generations)
     if not dry_run:
-        out = _archive_file(archive)
+        out = _archive_file(db, archive)
         audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out, "audit_log")
         jobs = _delete_generations(db, generations, cutoff, chunk, out)
         requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out)
     return PruneResult(cutoff, dry_run, audit, jobs, requests, kept, floor, archive)
 
 
+#: the key of each table rows are archived from (by the name they are archived under)
+_KEYS = {"audit": "id", "job": "id", "request": "request_id"}
+
+
 @dataclass(frozen=True)
 class _Archive:
-    """The JSON-lines file removed rows go to: each chunk is appended whole (and fsynced) or not at all."""
+    """The JSON-lines file removed rows go to: each chunk is appended (and fsynced) with its delete's commit, or
+    not at all."""
 
     path: str
 
-    def write(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        text = "".join(json.dumps({"table": table, "row": row}, sort_keys=True, default=str) + "\n" for row in rows)
-        try:
-            append_whole(self.path, text.encode("utf-8"))
+    def chunk(self) -> AbstractContextManager[Batch]:
+        """The appends of one chunk: the block's last statement is the commit of its delete."""
+        return _storage_errors(self.path, batch(self.path))
+
+    def write(self, out: Batch, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        lines = [_line(table, row) for row in rows]
+        try:  # the first row is what the next prune looks for, should this one die before its commit
+            out.write("".join(lines).encode("utf-8"), {"table": table, "line": lines[0]})
         except OSError as err:
             raise StorageError(f"cannot write the archive {self.path}: {err.strerror or err}; this chunk was not "
                                "deleted, and the archive holds exactly the rows deleted so far") from None
 
+    def settle(self, db: Database) -> None:
+        """Cut off the rows a prune killed before its commit appended (their first is still in the database)."""
 
-def _archive_file(path: Optional[str]) -> Optional[_Archive]:
-    """The archive, checked writable before anything is deleted."""
+        def committed(note: Mapping[str, Any]) -> bool:
+            table, line = note["table"], note["line"]
+            if table not in _KEYS:  # not a note of ours: its lines are kept
+                return True
+            key = _KEYS[table]
+            with db.tx(write=False) as tx:
+                found = _take(tx, f"SELECT * FROM {table} WHERE {key} = ?", (json.loads(line)["row"][key],))
+            return not found or _line(table, found[0]) != line
+
+        with _storage_errors(self.path, contextlib.nullcontext()):
+            settle(self.path, committed)
+
+
+def _line(table: str, row: dict[str, Any]) -> str:
+    return json.dumps({"table": table, "row": row}, sort_keys=True, default=str) + "\n"
+
+
+@contextlib.contextmanager
+def _storage_errors(path: str, inner: AbstractContextManager[Any]) -> Iterator[Any]:
+    """``inner``, with a file error as one clear :class:`StorageError`."""
+    try:
+        with inner as value:
+            yield value
+    except OSError as err:
+        raise StorageError(f"cannot write the archive {path}: {err.strerror or err}") from None
+
+
+def _archive_file(db: Database, path: Optional[str]) -> Optional[_Archive]:
+    """The archive, settled with the database and checked writable before anything is deleted."""
     if path is None:
         return None
     archive = _Archive(os.path.expanduser(path))
+    archive.settle(db)
     try:
         append_whole(archive.path, b"")
     except OSError as err:
@@ -154,12 +198,16 @@ def _take(tx: Tx, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(columns, r)) for r in cursor.fetchall()]
 
 
+def _chunk(out: Optional[_Archive]) -> AbstractContextManager[Optional[Batch]]:
+    return out.chunk() if out is not None else contextlib.nullcontext()
+
+
 def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: Optional[_Archive],
-            archived_as: Optional[str] = None) -> None:
+            appends: Optional[Batch], archived_as: Optional[str] = None) -> None:
     """Archive ``rows`` (on disk before the delete commits; under the name ``archived_as``, the table's by default)
-    and delete them, inside the caller's transaction."""
-    if out is not None and rows:
-        out.write(archived_as or table, rows)
+    and delete them, inside the caller's transaction (and ``appends``, the chunk's appends to the archive)."""
+    if out is not None and appends is not None and rows:
+        out.write(appends, archived_as or table, rows)
     keys = [r[key] for r in rows]
     for start in range(0, len(keys), 500):
         part = keys[start:start + 500]
@@ -176,11 +224,11 @@ def _delete_where(
     total = 0
     last: Any = "" if key == "request_id" else -1
     while True:
-        with db.tx(write=True) as tx:
+        with _chunk(out) as appends, db.tx(write=True) as tx:
             columns = f"{alias}.*" if out is not None else f"{alias}.{key}"  # whole rows only to archive them
             rows = _take(tx, f"SELECT {columns} FROM {source} WHERE {where} AND {alias}.{key} > ?"
                              f" ORDER BY {alias}.{key} LIMIT ?", (*params, last, chunk))
-            _remove(tx, table or name, key, rows, out, name)
+            _remove(tx, table or name, key, rows, out, appends, name)
         total += len(rows)
         if len(rows) < chunk:
             return total
@@ -199,7 +247,7 @@ def _delete_generations(
     start = 0
     newest = to_micros(cutoff)  # job times are integer microseconds
     while start < len(generations):
-        with db.tx(write=True) as tx:
+        with _chunk(out) as appends, db.tx(write=True) as tx:
             taken = 0
             while start < len(generations) and taken < chunk:
                 iid, gen, _ = generations[start]
@@ -209,7 +257,7 @@ def _delete_generations(
                 if any(r["status"] not in ("done", "failed") or r["updated_at"] >= newest for r in rows):
                     continue
                 tx.many(KEEP_CREATION_FIELDS, [(r["fields"], r["id"]) for r in rows])  # their creation rows stay
-                _remove(tx, "job", "id", rows, out)
+                _remove(tx, "job", "id", rows, out, appends)
                 taken += len(rows)
         total += taken
     return total

@@ -312,10 +312,11 @@ def test_actor_is_recorded(chain: str) -> None:
 
 
 def test_postgresql_url_and_its_password_never_printed(pg_url: str) -> None:
-    """The same commands on PostgreSQL; a password in ECALSTATE_DB (the test server trusts any) stays out of the
-    output (a password inside --db is refused: tests/test_db_secrets.py)."""
-    secret = pg_url.replace("postgres@", "postgres:s3cret@", 1)
-    init = CliRunner().invoke(main, ["--json", "init"], env={"ECALSTATE_DB": secret})
+    """The same commands on PostgreSQL; a password (the test server trusts any) stays out of the output, and in
+    ECALSTATE_DB it is refused, as inside --db (tests/test_db_secrets.py)."""
+    refused = CliRunner().invoke(main, ["init"], env={"ECALSTATE_DB": pg_url.replace("postgres@", "postgres:s3cret@")})
+    assert refused.exit_code == 2 and "s3cret" not in refused.output
+    init = CliRunner().invoke(main, ["--json", "init"], env={"ECALSTATE_DB": pg_url, "ECALSTATE_DB_PASSWORD": "s3cret"})
     assert init.exit_code == 0, init.output
     assert "s3cret" not in init.output and "postgres@" in init.output
     url = pg_url

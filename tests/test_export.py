@@ -256,6 +256,7 @@ def test_cli_outage_is_one_line_exit_1_without_secrets(tmp_path: Path) -> None:
     secret = "s3cr3t-" + uuid.uuid4().hex
     pw_file = tmp_path / "pw"
     pw_file.write_text(secret + "\n")
+    pw_file.chmod(0o600)
     url = f"http://127.0.0.1:{closed_port()}"
     env = {"ECALSTATE_INFLUX_TOKEN": secret, "ECALSTATE_INFLUX_USER": "ecal", "ECALSTATE_INFLUX_PASSWORD": secret}
     runs = [
@@ -269,7 +270,30 @@ def test_cli_outage_is_one_line_exit_1_without_secrets(tmp_path: Path) -> None:
         assert result.exit_code == 1, (result.stdout, result.stderr)
         assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
         assert secret not in result.stderr
-    assert "credentials do not belong in the URL (http://127.0.0.1:1)" in runs[2].stderr
+    assert "credentials do not belong in the URL (http://ecal:***@127.0.0.1:1)" in runs[2].stderr
+    with Store.open(db) as store:
+        with store.db.tx(write=False) as tx:
+            assert tx.all("SELECT * FROM export_cursor") == []
+
+
+def test_a_token_or_password_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    """A credentials file the group or others may read is refused before anything connects (as libpq refuses
+    such a ``.pgpass``), with one line naming the file and the fix."""
+    from cli_support import build_chain
+    db = str(tmp_path / "s.db")
+    build_chain(db)
+    secret = "s3cr3t-" + uuid.uuid4().hex
+    url = f"http://127.0.0.1:{closed_port()}"
+    shared = tmp_path / "shared"
+    shared.write_text(secret + "\n")
+    for mode in (0o644, 0o660):
+        shared.chmod(mode)
+        for args in (["--url", url, "--bucket", "b", "--org", "o", "--token-file", str(shared)],
+                     ["--protocol", "v1", "--url", url, "--database", "d", "--password-file", str(shared)]):
+            result = invoke(db, "export", *args, "--retries", "0", env={"ECALSTATE_INFLUX_USER": "ecal"})
+            assert result.exit_code == 1 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+            assert f"{shared} may be read by other users" in result.stderr, result.stderr
+            assert f"chmod 600 {shared}" in result.stderr and secret not in result.stderr
     with Store.open(db) as store:
         with store.db.tx(write=False) as tx:
             assert tx.all("SELECT * FROM export_cursor") == []
@@ -278,6 +302,7 @@ def test_cli_outage_is_one_line_exit_1_without_secrets(tmp_path: Path) -> None:
 def test_target_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("")
+    token.chmod(0o600)
     cases = [
         (TargetSpec(url="http://h:8086"), "needs --bucket and --org"),
         (TargetSpec(url="http://h:8086", protocol="v1"), "needs --database"),

@@ -175,6 +175,64 @@ def test_bad_requests_get_one_clear_answer(served: Served) -> None:
     assert refused.value.code == 405
 
 
+def audit_rows(html: str) -> list[tuple[str, ...]]:
+    """The cells of every row of a page's audit table, in page order."""
+    import re
+
+    return [tuple(re.findall(r"<td[^>]*>(.*?)</td>", row, re.S))
+            for row in re.findall(r'<tr><td class="ts">.*?</tr>', html, re.S)]
+
+
+def test_history_comes_in_capped_pages(tmp_path: Path) -> None:
+    """The whole audit in one request grew with the audit (18 MB, 3 s on 20,000 runs): a page holds at most
+    HISTORY_PAGE_MAX rows, and links page through the rest; a limit over it, or a page past the end, is a 400."""
+    from ecalstate.web.app import HISTORY_PAGE_MAX
+
+    db = str(tmp_path / "state.db")
+    build(db, tmp_path / "jobs", runs=450)
+    with Store.open(db, read_only=True) as store:
+        total = len(store.history("prompt", limit=None, transitions_only=True))
+    assert 900 < total < 1200
+    for view in serve(db):
+        status, _, html = view.get("/history?c=prompt&limit=1000000000")
+        assert status == 400 and len(audit_rows(html)) == 0
+        assert f"invalid parameter &#39;limit&#39; 1000000000: at most {HISTORY_PAGE_MAX} rows a page" in html
+        pages = [view.get(f"/history?c=prompt&limit=400&page={n}") for n in (1, 2, 3)]
+        assert [p[0] for p in pages] == [200, 200, 200]
+        rows = [audit_rows(p[2]) for p in pages]
+        assert [len(r) for r in rows] == [400, 400, total - 800]
+        assert f"showing 1 to 400 of {total} transitions, newest first; page 1 of 3" in pages[0][2]
+        assert f"showing 801 to {total} of {total} transitions, newest first; page 3 of 3" in pages[2][2]
+        assert 'rel="next" href="/history?page=2&amp;c=prompt&amp;limit=400"' in pages[0][2]
+        assert 'rel="prev" href="/history?page=2&amp;c=prompt&amp;limit=400"' in pages[2][2]
+        assert 'rel="next"' not in pages[2][2] and 'rel="prev"' not in pages[0][2]
+        whole = audit_rows(view.get(f"/history?c=prompt&limit={HISTORY_PAGE_MAX}")[2])
+        assert rows[0] + rows[1] + rows[2][:len(whole) - 800] == whole  # one history, no row twice or lost
+        assert len(audit_rows(view.get("/history?c=prompt")[2])) == 500  # the default page
+        status, _, html = view.get("/history?c=prompt&limit=400&page=4")
+        assert status == 400 and f"page 4 is past the end: {total} transitions make 3 pages of 400" in html
+        assert view.get("/history?c=prompt&hours=1&page=2")[0] == 400  # nothing in the last hour: one empty page
+        assert view.get("/history?c=prompt&hours=1")[0] == 200
+
+
+def test_a_bad_status_a_bad_number_or_a_page_past_the_end_is_a_400(served: Served) -> None:
+    for path, message in [
+        ("/grid?c=prompt&status=bogus", "unknown task instance status &#39;bogus&#39; (valid: new, processing"),
+        ("/history?c=prompt&status=bogus", "unknown status &#39;bogus&#39; (valid: new, processing, done, failed, "
+                                           "merged, reprocess, skipped, idle, running)"),
+        ("/history?c=prompt&page=0", "invalid parameter &#39;page&#39; 0: expected an integer from 1"),
+        ("/history?c=prompt&page=x", "invalid parameter &#39;page&#39; &#39;x&#39;"),
+        ("/history?c=prompt&limit=-5", "invalid parameter &#39;limit&#39; -5"),
+        ("/grid?c=prompt&page=2", "page 2 is past the end: 7 runs make 1 page of 200"),
+    ]:
+        status, _, html = served.get(path)
+        assert status == 400, (path, status)
+        assert message in html and html.count('<p class="error"') == 1 and "Traceback" not in html, (path, html)
+    failed = audit_rows(served.get("/history?c=prompt&status=failed")[2])
+    assert failed and {row[9] for row in failed} == {"failed"}  # the "to" column
+    assert 'value="failed" selected' in served.get("/history?c=prompt&status=failed")[2]
+
+
 def test_a_damaged_database_is_a_clear_503(tmp_path: Path) -> None:
     db = str(tmp_path / "state.db")
     build(db, tmp_path / "jobs")

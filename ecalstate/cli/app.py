@@ -74,20 +74,14 @@ def to_jsonable(data: Any) -> Any:
 
 
 def no_password_in_argument(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
-    """``--db`` callback: a URL carrying a password is refused on the command line, where ``ps``, shell history
-    and Jenkins' console show it (the environment variable ``ECALSTATE_DB`` is private to the process)."""
-    from urllib.parse import urlsplit
+    """``--db`` callback: a URL carrying a password anywhere is refused as a usage error, whether it comes from
+    the command line (``ps``, shell history, Jenkins' console) or ``ECALSTATE_DB`` (every child inherits it, and
+    error messages would quote it); the store refuses it too (one check: :func:`ecalstate.secrets.url_secret`)."""
+    from ..secrets import url_secret_refusal
 
-    source = ctx.get_parameter_source(param.name or "")
-    try:
-        password = urlsplit(value).password if value and "://" in value else None
-    except ValueError:  # not a URL the check can read; the database layer reports it
-        password = None
-    if password is not None and source == click.core.ParameterSource.COMMANDLINE:
-        raise click.BadParameter(
-            "the URL holds a password, which the command line shows to every user (ps, shell history, build logs): "
-            "give the URL without it, and the password in the file named by ECALSTATE_DB_PASSWORD_FILE, in "
-            "ECALSTATE_DB_PASSWORD, or in ~/.pgpass", ctx, param)
+    refusal = url_secret_refusal(value) if value else None
+    if refusal is not None:
+        raise click.BadParameter(refusal, ctx, param)
     return value
 
 

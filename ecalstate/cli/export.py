@@ -24,6 +24,7 @@ from ..export import (
 from ..export import (
     export as run_export,
 )
+from ..limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
 from .app import App, pass_app, to_jsonable
 
 
@@ -52,16 +53,19 @@ def _summary(result: ExportResult) -> str:
 @click.option("--password-file", type=click.Path(dir_okay=False), metavar="FILE",
               help=f"File holding the password of env {USER_ENV} (else env {PASSWORD_ENV}).")
 @click.option("--full", is_flag=True, help="Re-export everything from the start (identical points: idempotent).")
-@click.option("--watch", "interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Keep exporting every SECONDS until SIGTERM/SIGINT.")
+@click.option("--watch", "interval", type=click.FloatRange(min=0, min_open=True, max=MAX_WATCH_INTERVAL),
+              metavar="SECONDS",
+              help=f"Keep exporting every SECONDS (at most {MAX_WATCH_INTERVAL}) until SIGTERM/SIGINT.")
 @click.option("--batch-size", type=click.IntRange(1, BATCH_LIMIT), default=BATCH_LIMIT, show_default=True,
-              help="Lines per request.")
-@click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Retries of a batch while the server is unreachable (exponential backoff with jitter).")
-@click.option("--retry-base", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="SECONDS",
-              help="First backoff wait; each retry doubles it (at most 30 s).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              metavar="SECONDS", help="Timeout of one request.")
+              help=f"Lines per request (1 to {BATCH_LIMIT}).")
+@click.option("--retries", type=click.IntRange(0, MAX_EXPORT_RETRIES), default=5, show_default=True,
+              help=f"Retries of a batch while the server is unreachable (0 to {MAX_EXPORT_RETRIES}; exponential "
+                   "backoff with jitter).")
+@click.option("--retry-base", type=click.FloatRange(0, MAX_RETRY_BASE), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help=f"First backoff wait; each retry doubles it (every wait at most {MAX_RETRY_BASE} s).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=MAX_EXPORT_TIMEOUT), default=30.0,
+              show_default=True, metavar="SECONDS", help=f"Timeout of one request (at most {MAX_EXPORT_TIMEOUT}).")
 @pass_app
 def export(
     app: App, out: Optional[str], url: Optional[str], protocol: Optional[str], bucket: Optional[str],

@@ -34,7 +34,7 @@ from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
 from ..report import COLOURS, cell_marks, health_sections
 from ..results import Health, JobInfo, Overview
-from ..statemachine import TaskStatus
+from ..statemachine import JobStatus, TaskStatus, UnknownStatus
 from ..store import Store
 
 #: runs per page of the grid: 200 runs x 20 tasks is 4,000 cells, a DOM a browser paints at once
@@ -47,6 +47,12 @@ TAIL_LINES = 40
 TAIL_JOBS = 5
 #: the newest transitions an instance page shows (and reads its jobs' failure reasons from)
 HISTORY_ROWS = 2000
+#: transitions a history page shows by default, and at most (``limit=``): the rest is a link away; the whole audit
+#: in one page grew with it (18 MB and 3 s on 20,000 runs)
+HISTORY_PAGE = 500
+HISTORY_PAGE_MAX = 1000
+#: what ``status=`` of the history page may name: a task instance's statuses, then a job's
+HISTORY_STATUSES = [*(s.value for s in TaskStatus), *(s.value for s in JobStatus if s.value not in set(TaskStatus))]
 #: hosts a browser may name in a request to a server bound to loopback (a guard against DNS rebinding)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: scripts and styles only from this server; no frames, no plugins, no inline script
@@ -98,11 +104,30 @@ class Query:
     def texts(self, name: str) -> list[str]:
         return [v for v in self.params.getlist(name) if v]
 
-    def integer(self, name: str, minimum: int = 1) -> Optional[int]:
+    def integer(self, name: str, minimum: int = 1, maximum: Optional[int] = None,
+                unit: str = "") -> Optional[int]:
         value = self.text(name)
         if value is None:
             return None
-        return check_int64(value, f"parameter {name!r}", minimum)
+        number = check_int64(value, f"parameter {name!r}", minimum)
+        if maximum is not None and number > maximum:
+            raise Invalid(f"invalid parameter {name!r} {number}: at most {maximum}{unit}")
+        return number
+
+    def choice(self, name: str, valid: Sequence[str], what: str) -> Optional[str]:
+        value = self.text(name)
+        if value is not None and value not in valid:
+            raise Invalid(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
+        return value
+
+
+def page_of(number: int, total: int, size: int, what: str) -> int:
+    """The pages ``total`` rows make, ``size`` a page (at least one, empty); page ``number`` past them is refused."""
+    pages = max(1, -(-total // size))
+    if number > pages:
+        raise Invalid(f"page {number} is past the end: {total} {what} make {pages} page{'s' if pages > 1 else ''} "
+                      f"of {size}")
+    return pages
 
 
 def url(path: str, **params: Any) -> str:
@@ -182,7 +207,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     env = Environment(loader=PackageLoader("ecalstate.web", "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
     env.globals.update(url=url, colours=COLOURS, labels=LABELS, statuses=[s.value for s in TaskStatus],
-                       refresh_ms=int(refresh * 1000), streams=STREAMS)
+                       refresh_ms=int(refresh * 1000), streams=STREAMS, max_limit=HISTORY_PAGE_MAX)
 
     def page(template: str, request: Request, campaign: Optional[str], last: int, report: Optional[Health] = None,
              **context: Any) -> HTMLResponse:
@@ -206,11 +231,12 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         first, last, number = q.integer("first"), q.integer("last"), q.integer("page") or 1
         changed, report = last_change(store, name), store.health(name)
         total, runs = store.run_page(name, tasks, wanted, first, last, PAGE, (number - 1) * PAGE)
+        pages = page_of(number, total, PAGE, "runs")
         view = store.overview(name, tasks, runs=[r["run_number"] for r in runs])
         view = replace(view, stuck=[(s.task, s.run_number) for s in report.stuck])  # health's: read once
         filters = {"c": name, "task": tasks, "status": wanted, "first": first, "last": last}
         return page("grid.html", request, name, changed, report, view=view, rows=grid_rows(name, view, runs),
-                    total=total, number=number, pages=max(1, -(-total // PAGE)), filters=filters,
+                    total=total, number=number, pages=pages, filters=filters,
                     all_tasks=[t.name for t in store.list_tasks(name)])
 
     def instance(request: Request) -> Response:
@@ -233,20 +259,29 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         return page("log.html", request, name, changed, task=task, run=run, jid=jid, stream=stream, log=found)
 
     def history(request: Request) -> Response:
+        """A page of the transitions (newest first) of a campaign, a task, a run, the last hours, to a status."""
         q = Query(request)
         name, task, run, hours = q.required("c"), q.text("task"), q.integer("run"), q.integer("hours")
-        limit = q.integer("limit") or 500
+        status = q.choice("status", HISTORY_STATUSES, "status")
+        limit = q.integer("limit", maximum=HISTORY_PAGE_MAX, unit=" rows a page") or HISTORY_PAGE
+        number = q.integer("page") or 1
         since = None if hours is None else cutoff(hours * 3600)
         changed = last_change(store, name)
-        rows = store.history(name, task, run, limit=limit, since=since, transitions_only=True)
+        total = store.history_count(name, task, run, since=since, status=status, transitions_only=True)
+        pages = page_of(number, total, limit, "transitions")
+        rows = store.history(name, task, run, limit=limit, since=since, status=status, transitions_only=True,
+                             offset=(number - 1) * limit)
+        filters = {"c": name, "task": task, "run": run, "hours": hours, "status": status,
+                   "limit": None if limit == HISTORY_PAGE else limit}
         return page("history.html", request, name, changed, rows=list(reversed(rows)), task=task, run=run,
-                    hours=hours, limit=limit)
+                    hours=hours, status=status, limit=limit, total=total, number=number, pages=pages,
+                    first=(number - 1) * limit + 1, filters=filters, history_statuses=HISTORY_STATUSES)
 
     def api_last(request: Request) -> Response:
         return JSONResponse({"last": last_change(store, Query(request).text("c"))}, headers=HEADERS)
 
     async def refused(request: Request, exc: Exception) -> Response:
-        code = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, Invalid) else 503  # the database
+        code = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, (Invalid, UnknownStatus)) else 503
         html = env.get_template("error.html").render(request=request, campaign=None, message=str(exc), code=code)
         return HTMLResponse(html, status_code=code, headers=HEADERS)
 
