@@ -24,6 +24,7 @@ from .errors import EcalStateError, Invalid
 from .notify_store import NOTIFIER, NotifyConfig, NotifyEvent, Webhook
 from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .results import Health
+from .secrets import check_private
 from .store import Store
 
 log = logging.getLogger("ecalstate.notify")
@@ -51,13 +52,20 @@ class Delivery:
         return self.error is None
 
 
+#: the most a webhook URL file may hold (one URL)
+MAX_URL_FILE = 8192
+
+
 def read_url_file(path: str) -> str:
     """The webhook URL in a file (one line); errors name the file, never its content."""
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read().strip()
+            check_private(handle.fileno(), path, "the webhook URL file")  # the URL is the channel's password
+            text = handle.read(MAX_URL_FILE).strip()
     except OSError as err:
         raise Invalid(f"cannot read the webhook URL file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise Invalid(f"the webhook URL file {path} is not UTF-8 text") from None
     if "\n" in text or not text.startswith(("http://", "https://")):
         raise Invalid(f"{path} must hold one http:// or https:// URL")
     return text

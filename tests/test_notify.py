@@ -234,6 +234,7 @@ def test_cli_never_prints_the_url(store: Store, hooks: list[Hook], tmp_path: Pat
     down = f"http://127.0.0.1:{free_port()}/hooks/s3cr3t-token"
     secret = tmp_path / "hook"
     secret.write_text(down + "\n")
+    secret.chmod(0o600)
     runner = CliRunner()
     db = ["--db", store.db.url]
     out = runner.invoke(main, [*db, "notify", "set", "-c", "prompt", "--webhook-url-file", str(secret),
@@ -370,3 +371,21 @@ def test_messages_link_the_instance_page_of_the_view(store: Store, hooks: list[H
         assert status == 200 and "failed" in html
     with pytest.raises(Exception, match="view URL must be an http"):
         NotifyConfig(Webhook(url_file(main.url), events=("failed",)), view_url="ecal-shift.cern.ch")
+
+
+def test_a_webhook_url_file_others_can_read_is_refused(store: Store, hooks: list[Hook]) -> None:
+    """Issue 20, item 5: the webhook URL is a secret (anyone holding it posts to the channel); its file must be
+    private, as a database password file must, and the refusal never quotes it."""
+    hook = start(hooks)
+    path = url_file(hook.url)
+    os.chmod(path, 0o644)
+    store.set_notify_config("prompt", NotifyConfig(Webhook(url_file=path, events=("failed", "retries"))))
+    fail_twice(store, 1)
+    result = CliRunner().invoke(main, ["--db", store.db.url, "notify", "send", "-c", "prompt"])
+    assert result.exit_code == 1, result.output
+    assert f"chmod 600 {path}" in result.output and hook.url not in result.output
+    assert hook.texts() == []
+    os.chmod(path, 0o600)
+    assert CliRunner().invoke(main, ["--db", store.db.url, "notify", "send", "-c", "prompt"]).exit_code == 0
+    assert len(hook.texts()) == 1
+

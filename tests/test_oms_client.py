@@ -101,6 +101,7 @@ def test_the_real_clients_oidc_flow_against_the_stand_in(monkeypatch: pytest.Mon
         assert oms.token_requests == 1
         secret = tmp_path / "secret"
         secret.write_text(SECRET)
+        secret.chmod(0o600)
         for name, value in {"ECALSTATE_OMS_CLIENT_ID": "ecal-automation", "ECALSTATE_OMS_CLIENT_SECRET_FILE":
                             str(secret), "ECALSTATE_OMS_TOKEN_URL": oms.token_url}.items():
             monkeypatch.setenv(name, value)

@@ -177,6 +177,7 @@ def test_run_sync_cli_reads_credentials_from_the_environment_only(sqlite_url: st
     ok(db, "rtype", "update", "-c", "prompt", "all", "--add", "reco")
     secret_file = tmp_path / "oms-secret"
     secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
     env = {"ECALSTATE_OMS_URL": oms.api_url, "ECALSTATE_OMS_CLIENT_ID": "ecal-automation",
            "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret_file), "ECALSTATE_OMS_TOKEN_URL": oms.token_url}
     oms.run(390001, 9000)
@@ -199,6 +200,7 @@ def test_a_mapping_file_renames_the_metadata(sqlite_url: str, oms: OmsServer, tm
     ok(db, "campaign", "create", "prompt")
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
+    secret.chmod(0o600)
     env = {"ECALSTATE_OMS_URL": oms.api_url, "ECALSTATE_OMS_CLIENT_ID": "ecal-automation",
            "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret), "ECALSTATE_OMS_TOKEN_URL": oms.token_url}
     mapping = tmp_path / "mapping.json"
@@ -235,6 +237,7 @@ def strict_json(text: str) -> Any:
 def oms_env(oms: OmsServer, tmp_path: Any) -> dict[str, str]:
     secret = tmp_path / "oms-secret"
     secret.write_text(SECRET)
+    secret.chmod(0o600)
     return {"ECALSTATE_OMS_URL": oms.api_url, "ECALSTATE_OMS_CLIENT_ID": "ecal-automation",
             "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret), "ECALSTATE_OMS_TOKEN_URL": oms.token_url}
 
@@ -470,3 +473,24 @@ def test_run_sync_timeout_is_one_deadline_against_a_trickling_server(sqlite_url:
                         r"deadline \(--timeout\)\n", proc.stderr), proc.stderr
     assert took < 3.0, took  # 1 s and the exit (about 0.8 s here, measured); margin for a loaded machine
     assert dump(db) == before
+
+
+def test_an_oms_client_secret_file_others_can_read_is_refused(sqlite_url: str, oms: OmsServer, tmp_path) -> None:
+    """Issue 20, item 5: the OMS client secret's file must be private, like every secret's file; the refusal names
+    the file and the fix, never the secret, and nothing is synced."""
+    db = sqlite_url
+    ok(db, "init")
+    ok(db, "campaign", "create", "prompt")
+    secret = tmp_path / "oms-secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o640)
+    env = {"ECALSTATE_OMS_URL": oms.api_url, "ECALSTATE_OMS_CLIENT_ID": "ecal-automation",
+           "ECALSTATE_OMS_CLIENT_SECRET_FILE": str(secret), "ECALSTATE_OMS_TOKEN_URL": oms.token_url}
+    oms.run(390001, 9000)
+    bad = invoke(db, "run", "sync", "-c", "prompt", "--source", "oms", "--from-run", "390000", env=env)
+    assert bad.exit_code == 1 and bad.stderr.count("\n") == 1, bad.output
+    assert f"chmod 600 {secret}" in bad.stderr and SECRET not in bad.output
+    with Store.open(db) as store:
+        assert store.list_runs("prompt", None, None) == []
+    secret.chmod(0o600)
+    ok(db, "run", "sync", "-c", "prompt", "--source", "oms", "--from-run", "390000", env=env)

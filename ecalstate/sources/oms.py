@@ -38,7 +38,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
+from ..errors import Invalid
 from ..results import RunSpec
+from ..secrets import read_secret_file
 from . import Rejected, SourceBatch, SourceError, SourceRun, SourceState
 from . import omsrows as rows
 from .http import REDIRECTS, TimedOut, TooLarge, exchange, is_loopback, origin, site, where
@@ -102,10 +104,9 @@ class Credentials:
         path = env.get(ENV_SECRET_FILE, "")
         if path:
             try:
-                with open(path, encoding="utf-8") as handle:
-                    secret = handle.read().strip()
-            except OSError as err:
-                raise SourceError(f"cannot read the OMS client secret file {path}: {err.strerror}") from None
+                secret = read_secret_file(path, "the OMS client secret file").strip()
+            except Invalid as err:
+                raise SourceError(str(err)) from None
         if not secret:
             raise SourceError(f"{ENV_CLIENT_ID} is set but no secret: set {ENV_SECRET_FILE} (or {ENV_SECRET})")
         return cls(client_id, secret, env.get(ENV_TOKEN_URL) or TOKEN_URL, env.get(ENV_AUDIENCE) or AUDIENCE)
