@@ -11,6 +11,7 @@ a crystal is its ring's mean energy sum divided by its own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -71,10 +72,35 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
     os.replace(tmp, path)
 
 
-def read_csv(path: str) -> list[dict[str, str]]:
+def read_rows(path: str, columns: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV file with their line numbers (blank lines left out), so a bad value can be pointed at.
+
+    Raises ValueError when the file has no header, lacks one of ``columns``, or a row has too few or too many
+    fields (a truncated copy, a stray comma).
+    """
     with open(path) as handle:
-        lines = [line.rstrip("\n").split(",") for line in handle if line.strip()]
-    return [dict(zip(lines[0], line)) for line in lines[1:]]
+        lines = [(number, line.rstrip("\n").split(",")) for number, line in enumerate(handle, 1) if line.strip()]
+    if not lines:
+        raise ValueError("no header")
+    header = lines[0][1]
+    for name in columns:
+        if name not in header:
+            raise ValueError(f"no column {name}")
+    for number, fields in lines[1:]:
+        if len(fields) != len(header):
+            raise ValueError(f"line {number}: {len(fields)} fields, not {len(header)}")
+    return [(number, dict(zip(header, fields, strict=True))) for number, fields in lines[1:]]
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    return [row for _, row in read_rows(path)]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A payload's argument parser: a bad argument is the job's reported failure, said in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}", 2)
 
 
 def write_png(path: str, pixels: Sequence[Sequence[tuple[int, int, int]]]) -> None:
