@@ -28,7 +28,10 @@ class PhiSymPlots(TaskHandler):
         constants = self.outputs(campaign, UPSTREAM, claim.runs)
         name = f"ic_map_fill{claim.fill}" if claim.fill is not None else f"ic_map_run{claim.run_number}"
         out = self.data_dir(campaign, claim)
-        return [JobSpec(i, str(PAYLOAD), ["--constants", path, "--out", str(out / f"{name}_{i}.png")])
+        title = ["--runs", ",".join(map(str, claim.runs))]  # the plot's title names the fill and its runs
+        if claim.fill is not None:
+            title += ["--fill", str(claim.fill)]
+        return [JobSpec(i, str(PAYLOAD), ["--constants", path, "--out", str(out / f"{name}_{i}.png"), *title])
                 for i, path in enumerate(constants)]
 
 

@@ -1,4 +1,4 @@
-"""What the PhiSym job payloads share: a synthetic ECAL barrel, the job report, CSV files, a PNG writer.
+"""What the PhiSym job payloads share: a synthetic ECAL barrel, the job report, CSV files, a PNG canvas.
 
 Standard library only: payloads run wherever the batch system puts them (here,
 the HTCondor pool's Debian 13 python3, without numpy or matplotlib).
@@ -11,6 +11,7 @@ a crystal is its ring's mean energy sum divided by its own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -71,28 +72,136 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
     os.replace(tmp, path)
 
 
-def read_csv(path: str) -> list[dict[str, str]]:
+def read_rows(path: str, columns: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV file with their line numbers (blank lines left out), so a bad value can be pointed at.
+
+    Raises ValueError when the file has no header, lacks one of ``columns``, or a row has too few or too many
+    fields (a truncated copy, a stray comma).
+    """
     with open(path) as handle:
-        lines = [line.rstrip("\n").split(",") for line in handle if line.strip()]
-    return [dict(zip(lines[0], line)) for line in lines[1:]]
+        lines = [(number, line.rstrip("\n").split(",")) for number, line in enumerate(handle, 1) if line.strip()]
+    if not lines:
+        raise ValueError("no header")
+    header = lines[0][1]
+    for name in columns:
+        if name not in header:
+            raise ValueError(f"no column {name}")
+    for number, fields in lines[1:]:
+        if len(fields) != len(header):
+            raise ValueError(f"line {number}: {len(fields)} fields, not {len(header)}")
+    return [(number, dict(zip(header, fields, strict=True))) for number, fields in lines[1:]]
 
 
-def write_png(path: str, pixels: Sequence[Sequence[tuple[int, int, int]]]) -> None:
-    """An 8-bit RGB PNG from rows of (r, g, b) pixels."""
-    height, width = len(pixels), len(pixels[0])
-    raw = b"".join(b"\x00" + bytes(v for px in row for v in px) for row in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
-                     + chunk(b"IEND", b""))
+def read_csv(path: str) -> list[dict[str, str]]:
+    return [row for _, row in read_rows(path)]
 
 
-def colour(value: float, low: float, high: float) -> tuple[int, int, int]:
+class ArgumentParser(argparse.ArgumentParser):
+    """A payload's argument parser: a bad argument is the job's reported failure, said in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}", 2)
+
+
+RGB = tuple[int, int, int]
+WHITE: RGB = (255, 255, 255)
+
+#: A 5 x 9 bitmap font: rows 0-6 stand on the baseline, rows 7-8 are descenders; ``#`` is ink.
+#: Just the characters the plots print: digits, a few letters, punctuation, and iη / iφ for the axes.
+GLYPH_W, GLYPH_H = 5, 9
+FONT = {ch: rows.split() for ch, rows in {
+    " ": "", "0": ".###. #...# #..## #.#.# ##..# #...# .###.", "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "2": ".###. #...# ....# ...#. ..#.. .#... #####", "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
+    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.", "5": "##### #.... ####. ....# ....# #...# .###.",
+    "6": "..##. .#... #.... ####. #...# #...# .###.", "7": "##### ....# ...#. ..#.. .#... .#... .#...",
+    "8": ".###. #...# #...# .###. #...# #...# .###.", "9": ".###. #...# #...# .#### ....# ...#. .##..",
+    ".": "..... ..... ..... ..... ..... .##.. .##..", ",": "..... ..... ..... ..... ..... .##.. .##.. ..#.. .#...",
+    "-": "..... ..... ..... .###.", ":": "..... .##.. .##.. ..... .##.. .##..",
+    "C": ".###. #...# #.... #.... #.... #...# .###.", "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "P": "####. #...# #...# ####. #.... #.... #....", "S": ".#### #.... #.... .###. ....# ....# ####.",
+    "f": "..##. .#..# .#... ###.. .#... .#... .#...", "h": "#.... #.... #.##. ##..# #...# #...# #...#",
+    "i": "..#.. ..... .##.. ..#.. ..#.. ..#.. .###.", "l": ".##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
+    "m": "..... ..... ##.#. #.#.# #.#.# #...# #...#", "n": "..... ..... #.##. ##..# #...# #...# #...#",
+    "r": "..... ..... #.##. ##..# #.... #.... #....", "s": "..... ..... .#### #.... .###. ....# ####.",
+    "u": "..... ..... #...# #...# #...# #..## .##.#", "y": "..... ..... #...# #...# #...# #..## .##.# ....# .###.",
+    "η": "..... ..... ##.#. .##.# .#..# .#..# .#..# ....# ....#",
+    "φ": "..#.. ..#.. .###. #.#.# #.#.# #.#.# .###. ..#.. ..#..",
+}.items()}
+
+
+def text_mask(text: str) -> list[str]:
+    """``text`` in the bitmap font at one pixel per dot: GLYPH_H rows of ``#`` (ink) and ``.``, one dot between
+    characters. Raises ValueError for a character the font lacks (a label the plots never meant to print)."""
+    missing = sorted(set(text) - set(FONT))
+    if missing:
+        raise ValueError(f"no glyph for {''.join(missing)!r}")
+    blank = "." * GLYPH_W
+    return [".".join((FONT[ch][row] if row < len(FONT[ch]) else blank) for ch in text) for row in range(GLYPH_H)]
+
+
+def ink(text: str) -> tuple[int, int, int, int]:
+    """The first and last inked column and row of ``text`` at one pixel per dot (to centre or align a label)."""
+    mask = text_mask(text)
+    cols = [x for x in range(len(mask[0])) if any(row[x] == "#" for row in mask)] or [0]
+    rows = [y for y, row in enumerate(mask) if "#" in row] or [0]
+    return cols[0], cols[-1], rows[0], rows[-1]
+
+
+class Canvas:
+    """An RGB picture drawn with rectangles and the bitmap font, written as a PNG."""
+
+    def __init__(self, width: int, height: int, background: RGB = WHITE) -> None:
+        self.width, self.height = width, height
+        self.pixels = bytearray(bytes(background) * (width * height))
+
+    def rect(self, x: int, y: int, w: int, h: int, rgb: RGB) -> None:
+        """Fill a rectangle (clipped to the picture)."""
+        x0, x1 = max(0, x), min(self.width, x + w)
+        for row in range(max(0, y), min(self.height, y + h)):
+            if x1 > x0:
+                start = (row * self.width + x0) * 3
+                self.pixels[start:start + (x1 - x0) * 3] = bytes(rgb) * (x1 - x0)
+
+    def box(self, x: int, y: int, w: int, h: int, rgb: RGB) -> None:
+        """A one-pixel outline just around the w x h area at (x, y)."""
+        self.rect(x - 1, y - 1, w + 2, 1, rgb)
+        self.rect(x - 1, y + h, w + 2, 1, rgb)
+        self.rect(x - 1, y, 1, h, rgb)
+        self.rect(x + w, y, 1, h, rgb)
+
+    def text(self, x: int, y: int, text: str, rgb: RGB, scale: int = 1, vertical: bool = False) -> None:
+        """Print ``text`` with its box's top left corner at (x, y), each dot scale x scale pixels; ``vertical``
+        turns it a quarter to the left (reading upwards, as a y axis's name)."""
+        mask = text_mask(text)
+        if vertical:
+            mask = ["".join(row[len(mask[0]) - 1 - i] for row in mask) for i in range(len(mask[0]))]
+        for j, row in enumerate(mask):
+            for i, dot in enumerate(row):
+                if dot == "#":
+                    self.rect(x + i * scale, y + j * scale, scale, scale, rgb)
+
+    def png(self) -> bytes:
+        """The picture as an 8-bit RGB PNG (no filter: the rows repeat, which zlib finds by itself)."""
+        stride = self.width * 3
+        raw = b"".join(b"\x00" + self.pixels[y * stride:(y + 1) * stride] for y in range(self.height))
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
+                + chunk(b"IEND", b""))
+
+    def save(self, path: str) -> None:
+        """Write the PNG whole or not at all (a reader never sees half a picture)."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(self.png())
+        os.replace(tmp, path)
+
+
+def colour(value: float, low: float, high: float) -> RGB:
     """Blue (low) -> white (middle) -> red (high)."""
     x = min(1.0, max(0.0, (value - low) / (high - low)))
     if x < 0.5:
