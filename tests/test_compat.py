@@ -305,6 +305,7 @@ def test_queryoms_answers_from_the_oms_client(monkeypatch: pytest.MonkeyPatch, t
 
     secret = tmp_path / "secret"
     secret.write_text("pw-of-the-client")
+    secret.chmod(0o600)
     with oms_server("ecal", "pw-of-the-client") as oms:
         oms.run(390001, 9000)
         oms.fill(9000, end="2026-06-02T03:00:00Z")

@@ -160,6 +160,7 @@ def test_run_sync_pipeline_steps_run_twice_against_a_local_oms(tmp_path: Path) -
         store.create_campaign("prompt")
     secret = tmp_path / "oms-secret"
     secret.write_text("oms-secret-value")
+    secret.chmod(0o400)  # as Jenkins' credentials binding leaves a secret file: readable by its owner only
     with oms_server("ecal-automation", "oms-secret-value") as oms:
         for number in range(390001, 390004):
             oms.run(number, 9100)
