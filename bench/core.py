@@ -40,7 +40,7 @@ from ecalstate import JobUpdate, Store
 from ecalstate.auditlog import vocab_id
 from ecalstate.base import AUDIT_SQL
 from ecalstate.claims import ELIGIBLE_SQL
-from ecalstate.db import from_micros
+from ecalstate.clock import from_micros
 
 from .common import best, cpu_burners, job_campaign, now_micros, parallel, row, text_ids, timed
 from .lean_tx import sqlite_transition

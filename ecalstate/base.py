@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
 from .auditlog import text_id, vocabulary_ids
-from .db import Database, Tx, from_micros, to_micros, utcnow
+from .clock import from_micros, to_micros, utcnow
+from .db import Database, Tx
 from .errors import Conflict, Invalid, NotFound
 
 R = TypeVar("R")

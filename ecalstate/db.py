@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import select
 import sqlite3
 import threading
@@ -20,11 +19,19 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
 from typing import Any, NoReturn, Optional, Protocol
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint, event, exc
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    Table,
+    UniqueConstraint,
+    event,
+    exc,
+)
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, SQLModel, create_engine
@@ -32,66 +39,15 @@ from sqlmodel import Field, SQLModel, create_engine
 from .errors import EcalStateError, NotFound, SchemaError
 from .limits import int64_range
 from .paths import Mount, network_mount
-from .secrets import check_private_path, read_secret_file, redact_url, url_secret_refusal
+from .secrets import (
+    check_private_path,
+    read_secret_file,
+    redact_url,
+    url_secret_refusal,
+)
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
 SCHEMA_VERSION = 7
-
-
-#: the one text format of every timestamp column (UTC, microseconds): its text order is its time order
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_STORE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
-
-
-#: the last time :func:`to_micros` converted, and its value: a write converts its one time more than once
-_last_converted = ("", 0)
-#: the second :func:`utcnow` last formatted, and its text
-_clock_second = (-1, "")
-
-
-def utcnow() -> str:
-    """UTC time with microseconds, in the one text format every table uses. Every write transaction reads it:
-    a second's text is made once and the microseconds appended (a fifth of ``isoformat``'s cost), and
-    :func:`to_micros` is told the value, which the transaction asks next."""
-    global _clock_second, _last_converted
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
-    made, prefix = _clock_second  # tuples read and replaced whole: safe between threads
-    if second != made:
-        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _clock_second = (second, prefix)
-    text = f"{prefix}.{fraction:06d}Z"
-    _last_converted = (text, micros)
-    return text
-
-
-_EPOCH = datetime(1970, 1, 1)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def to_micros(ts: str) -> int:
-    """Integer microseconds since 1970 of a time in the store's format (``2026-12-01T05:00:00.000001Z``): how the
-    big tables (``audit_log``, ``job``) keep their times, 8 bytes instead of 27. (``fromisoformat``: 30 times
-    ``strptime``'s speed, and every write transaction converts its time.)"""
-    global _last_converted
-    last, value = _last_converted  # one tuple, read and replaced whole: safe between threads
-    if ts == last:
-        return value
-    if not _STORE_TIME.match(ts):
-        raise ValueError(f"not a time in the store's format: {ts!r}")
-    value = (datetime.fromisoformat(ts[:-1]) - _EPOCH) // _MICROSECOND
-    _last_converted = (ts, value)
-    return value
-
-
-def from_micros(micros: int) -> str:
-    """The store's time text of integer microseconds since 1970."""
-    seconds, rest = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
-
-
-def optional_text(micros: Optional[int]) -> Optional[str]:
-    return None if micros is None else from_micros(micros)
 
 
 class Meta(SQLModel, table=True):

@@ -66,7 +66,8 @@ from urllib.parse import urlencode, urlsplit
 
 from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, texts_of
-from .db import Database, Tx, utcnow
+from .clock import utcnow
+from .db import Database, Tx
 from .errors import EcalStateError, Invalid
 from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
 from .lineprotocol import FieldValue, line, safe_key

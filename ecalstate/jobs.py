@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
 from .base import AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, loads, store_time
-from .db import Tx, from_micros, optional_text, to_micros
+from .clock import from_micros, optional_text, to_micros
+from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
 from .pgjobs import set_job

@@ -26,7 +26,8 @@ from typing import Any, Optional
 from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .catalog import _record, check_run
 from .claims import Eligible, _move
-from .db import Tx, to_micros
+from .clock import to_micros
+from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .filters import parse_filter
 from .jobs import DERIVED, check_jobs, insert_jobs, keep_outputs

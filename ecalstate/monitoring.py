@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from .base import Ctx, StoreBase
-from .db import TS_FORMAT, Tx, from_micros, to_micros
+from .clock import TS_FORMAT, from_micros, to_micros
+from .db import Tx
 from .errors import Invalid
 from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .results import Health, SilentHandler, StuckInstance

@@ -16,7 +16,7 @@ from html import escape
 from typing import Any, Optional
 
 from .auditlog import TASK_ROWS
-from .db import utcnow
+from .clock import utcnow
 from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .queries import run_spans
 from .results import Health, Overview

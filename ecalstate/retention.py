@@ -38,7 +38,8 @@ from sqlmodel import SQLModel
 
 from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import KEEP_CREATION_FIELDS
-from .db import Database, Tx, sqlite_path, to_micros
+from .clock import to_micros
+from .db import Database, Tx, sqlite_path
 from .errors import Invalid, StorageError
 from .limits import MAX_DURATION
 

@@ -28,7 +28,8 @@ from test_export import make_campaign
 
 from ecalstate import Store
 from ecalstate.appendfile import batch, settle
-from ecalstate.db import Database, utcnow
+from ecalstate.clock import utcnow
+from ecalstate.db import Database
 from ecalstate.errors import EcalStateError
 from ecalstate.export import ExportError, FileTarget, RetryPolicy, export
 from ecalstate.limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL

@@ -11,7 +11,7 @@ from test_migrations import load_v1
 
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate import db as dbmod
-from ecalstate.db import utcnow
+from ecalstate.clock import utcnow
 
 
 def test_an_old_database_is_refused_until_db_upgrade(db_url: str) -> None:

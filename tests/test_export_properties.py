@@ -29,7 +29,7 @@ from test_export import check_latest_statuses, rows
 from test_export_defects import user_fields
 
 from ecalstate import EcalStateError, JobUpdate, RunSpec, Store
-from ecalstate.db import TS_FORMAT
+from ecalstate.clock import TS_FORMAT
 from ecalstate.export import ExportError, RetryPolicy, V1Target, export
 
 C = "prompt"

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from ecalstate import JobUpdate, RunSpec, SchemaError, Store, migrations
 from ecalstate import db as dbmod
+from ecalstate.clock import to_micros
 from ecalstate.db import Database, DatabaseError, Tx
 from ecalstate.export import read_batch
 from ecalstate.migrations import Step, upgrade_database
@@ -90,7 +91,7 @@ def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any
     (schema 7) the dropped columns gone."""
     columns = v1_columns()
     times = [i for i, c in enumerate(columns["job"]) if c.endswith("_at")]
-    jobs = [tuple(dbmod.to_micros(v) if i in times and v is not None else v for i, v in enumerate(r))
+    jobs = [tuple(to_micros(v) if i in times and v is not None else v for i, v in enumerate(r))
             for r in rows["job"]]
     out = {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))], "job": sorted(jobs)}
     for table, column in DROPPED.items():

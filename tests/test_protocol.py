@@ -23,7 +23,8 @@ from ecalstate import RunSpec, Store
 from ecalstate.backends import MAX_REPORT_BYTES, BatchJob, JobKey, NotAccepted
 from ecalstate.backends.local import LocalBackend, _alive
 from ecalstate.cli.runs import render_health
-from ecalstate.db import TS_FORMAT, DatabaseError
+from ecalstate.clock import TS_FORMAT
+from ecalstate.db import DatabaseError
 from ecalstate.errors import Conflict
 from ecalstate.handler import StageFailed
 from ecalstate.results import BatchRecord, JobUpdate
@@ -209,8 +210,8 @@ def test_a_run_claimed_by_a_stage_that_has_not_submitted_it_is_listed_by_the_sta
 KILLED_SUBMIT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from handler_support import Probe
 from ecalstate.backends.local import LocalBackend
+from handler_support import Probe
 
 class Killed(LocalBackend):
     calls = 0

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ecalstate import Invalid, JobUpdate, RunSpec, Store
-from ecalstate.db import SCHEMA_VERSION, utcnow
+from ecalstate.clock import utcnow
+from ecalstate.db import SCHEMA_VERSION
 from ecalstate.errors import StorageError
 from ecalstate.retention import parse_before, prune, stats
 
