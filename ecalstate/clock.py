@@ -65,5 +65,15 @@ def from_micros(micros: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
 
 
+def as_datetime(ts: str) -> datetime:
+    """A time in the store's format as an aware UTC datetime."""
+    return datetime.strptime(ts, TS_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def now() -> datetime:
+    """This host's clock (:func:`utcnow`) as an aware UTC datetime: "8h ago" on the command line counts from it."""
+    return as_datetime(utcnow())
+
+
 def optional_text(micros: Optional[int]) -> Optional[str]:
     return None if micros is None else from_micros(micros)

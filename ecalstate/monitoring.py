@@ -9,7 +9,7 @@ NULL-safe: an instance whose jobs never started is judged by when it was claimed
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from .base import Ctx, StoreBase
@@ -27,12 +27,12 @@ SILENT_AFTER = 2 * 3600
 UNSUBMITTED_AFTER = 15 * 60
 
 
-def cutoff(seconds: float, now: Optional[str] = None) -> str:
-    """The timestamp ``seconds`` before ``now`` (default: this host's clock), in the store's text format
-    (comparable as text)."""
+def cutoff(seconds: float, now: str) -> str:
+    """The timestamp ``seconds`` before ``now`` (the store's clock), in the store's text format (comparable as
+    text)."""
     if not 0 <= seconds <= MAX_DURATION:
         raise Invalid(f"invalid duration {seconds}: must be >= 0 and {MAX_DURATION_TEXT}")
-    start = datetime.now(timezone.utc) if now is None else datetime.strptime(now, TS_FORMAT)
+    start = datetime.strptime(now, TS_FORMAT)
     return (start - timedelta(seconds=seconds)).strftime(TS_FORMAT)
 
 
@@ -61,7 +61,7 @@ ORDER BY t.name, r.run_number
 """
 
 
-def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
+def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: str) -> list[StuckInstance]:
     """``processing`` instances with no job progress for ``after`` seconds (never-started ones included)."""
     since = cutoff(after, now)
     return [StuckInstance(name, task, run, claimed if last is None else from_micros(last), jobs)
@@ -92,7 +92,7 @@ WHERE j.status = 'idle' AND j.batch_id IS NULL AND ti.status = 'processing' AND 
 """
 
 
-def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float, now: Optional[str] = None) -> list[StuckInstance]:
+def unsubmitted_instances(tx: Tx, cid: Optional[int], after: float, now: str) -> list[StuckInstance]:
     """``processing`` instances with jobs "to submit" (no batch id) for ``after`` seconds: a killed submit."""
     return _at_job_times(_late(tx, UNSUBMITTED_SQL, cid, [to_micros(cutoff(after, now))], _PER_INSTANCE))
 

@@ -53,7 +53,7 @@ class Queries(StoreBase):
                 column[1][status] += 1
             blocked = [(t, r) for _, t, r in blocked_instances(tx, cid) if r in by_run and t in totals]
             stuck = [] if stuck_after is None else [
-                (s.task, s.run_number) for s in stuck_instances(tx, cid, stuck_after)
+                (s.task, s.run_number) for s in stuck_instances(tx, cid, stuck_after, self.clock())
                 if s.run_number in by_run and s.task in totals]
         return Overview(campaign, ordered, list(by_run.values()), totals, blocked, stuck)
 

@@ -16,7 +16,6 @@ from html import escape
 from typing import Any, Optional
 
 from .auditlog import TASK_ROWS
-from .clock import utcnow
 from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .queries import run_spans
 from .results import Health, Overview
@@ -115,7 +114,7 @@ def render_html(
         f"<title>ecalstate: {escape(campaign)}</title>",
         f"<style>{CSS}{style}</style></head><body>",
         f"<h1>Processing overview: {escape(campaign)}</h1>",
-        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {escape(utcnow())} by ecalstate. '
+        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {escape(store.clock())} by ecalstate. '
         + _health_badge(report) + "</p>",
         _matrix(view, cells),
         "<h2>Totals per task and status</h2>",

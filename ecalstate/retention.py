@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 from sqlmodel import SQLModel
 
+from . import clock
 from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import KEEP_CREATION_FIELDS
 from .clock import to_micros
@@ -71,7 +72,7 @@ def parse_before(text: str, now: Optional[datetime] = None) -> str:
         days = int(age.group(1)) * (7 if age.group(2) == "w" else 1)
         if days * 86400 > MAX_DURATION:
             raise Invalid(f"invalid age {text!r}: at most 100 years ({MAX_DURATION // 86400} days)")
-        moment = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+        moment = (now or clock.now()) - timedelta(days=days)
     else:
         try:
             moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)

@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 import click
@@ -226,7 +225,7 @@ def status(app: App, campaign: str, task: list[str], runs: Optional[list[int]], 
             view = app.reader().overview(campaign, task, runs, stuck_after)
             if colours_shown():
                 click.clear()
-            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            stamp = app.reader().clock()[:19].replace("T", " ") + " UTC"
             click.echo(f"--- {stamp}, every {format_duration(watch)}; Ctrl-C to stop ---")
             click.echo(render_overview(view, stuck_after, colours_shown()))
             time.sleep(watch)

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import click
 
+from .. import clock
 from .parse import parse_duration
 
 #: the store's time format (UTC, microseconds): text order is time order
@@ -24,7 +25,7 @@ def parse_moment(text: str, now: Optional[datetime] = None) -> str:
         except ValueError:
             raise ValueError(f"invalid time {text!r}: expected a duration ago (8h, 2d) or a date/time "
                              "(2026-12-01T06:00, UTC unless it names its zone)") from None
-        moment = (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+        moment = (now or clock.now()) - timedelta(seconds=seconds)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).strftime(STORE_FORMAT)

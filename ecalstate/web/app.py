@@ -265,7 +265,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         status = q.choice("status", HISTORY_STATUSES, "status")
         limit = q.integer("limit", maximum=HISTORY_PAGE_MAX, unit=" rows a page") or HISTORY_PAGE
         number = q.integer("page") or 1
-        since = None if hours is None else cutoff(hours * 3600)
+        since = None if hours is None else cutoff(hours * 3600, store.clock())
         changed = last_change(store, name)
         total = store.history_count(name, task, run, since=since, status=status, transitions_only=True)
         pages = page_of(number, total, limit, "transitions")
