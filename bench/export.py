@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ecalstate import JobUpdate, RunSpec, Store
-from ecalstate.export import V1Target, _set_cursor, cursor, export, read_batch
+from ecalstate.export import V1Target, export, read_batch
 
 from .common import row, servers
 
@@ -61,7 +61,7 @@ def full_export(influx: Any, workdir: Path) -> list[dict[str, Any]]:
         influx.create_database("full")
         target = V1Target(influx.url, "full")
         t0 = time.perf_counter()
-        result = export(store.db, target)
+        result = export(store, target)
         batched = time.perf_counter() - t0
         target.close()
         points = result.points
@@ -99,19 +99,19 @@ def incremental(influx: Any, workdir: Path, rounds: int = 5) -> list[dict[str, A
             influx.create_database(database)
             target = V1Target(influx.url, database)
             # the database was exported before: the cursor sits at its end (setting it is bench set-up)
-            _set_cursor(store.db, target.name, sizes[label])
+            store.set_cursor(target.name, sizes[label])
             samples, read_samples = [], []
             for _ in range(rounds + 1):
                 for task in TASKS:
                     store.claim("bench", task, limit=50)
                 t0 = time.perf_counter()
-                result = export(store.db, target)
+                result = export(store, target)
                 samples.append(time.perf_counter() - t0)
                 assert result.points == 1000, result
                 t0 = time.perf_counter()
                 read_batch(store.db, result.cursor_before, result.cursor_after, 5000)
                 read_samples.append(time.perf_counter() - t0)
-            assert cursor(store.db, target.name) == sizes[label] + (rounds + 1) * 1000
+            assert store.cursor(target.name) == sizes[label] + (rounds + 1) * 1000
             target.close()
             timings[label] = statistics.median(samples[1:]) * 1000
             reads[label] = statistics.median(read_samples[1:]) * 1000

@@ -66,12 +66,12 @@ from urllib.parse import urlencode, urlsplit
 
 from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, texts_of
-from .clock import utcnow
 from .db import Database, Tx
 from .errors import EcalStateError, Invalid
 from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
 from .lineprotocol import FieldValue, line, safe_key
 from .secrets import read_secret_file, redact_url
+from .store import Store
 
 #: the most lines one request carries
 BATCH_LIMIT = 5000
@@ -577,26 +577,7 @@ def read_batch(db: Database, after: int, upto: int, limit: int) -> tuple[list[Li
     return lines, (rows[-1][0] if rows else after), skipped
 
 
-# --------------------------------------------------------------------------------- cursor
-
-
-def cursor(db: Database, target: str) -> int:
-    """The last audit id acknowledged by ``target`` (0 when it never received anything)."""
-    with db.tx(write=False) as tx:
-        value = tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?", (target,))
-    return int(value or 0)
-
-
-def _set_cursor(db: Database, target: str, audit_id: int, forward_only: bool = True) -> None:
-    """Store the cursor in its own short write transaction; never moves it back unless told to."""
-    guard = " WHERE export_cursor.audit_id < excluded.audit_id" if forward_only else ""
-    with db.tx(write=True) as tx:
-        tx.run(
-            "INSERT INTO export_cursor (target, audit_id, updated_at) VALUES (?,?,?)"
-            " ON CONFLICT (target) DO UPDATE SET audit_id = excluded.audit_id, updated_at = excluded.updated_at"
-            + guard,
-            (target, audit_id, utcnow()),
-        )
+# --------------------------------------------------------------------------------- high water
 
 
 def _high_water(db: Database) -> int:
@@ -619,7 +600,7 @@ def _high_water(db: Database) -> int:
 
 
 def export(
-    db: Database,
+    store: Store,
     target: Target,
     full: bool = False,
     batch_size: int = BATCH_LIMIT,
@@ -640,14 +621,15 @@ def export(
     if batch_bytes < 1:
         raise Invalid(f"invalid batch size {batch_bytes}: at least 1 byte")
     stop = stop or threading.Event()
-    before = cursor(db, target.name)
+    db = store.db
+    before = store.cursor(target.name)
     if isinstance(target, FileTarget):
         try:
             target.settle(before)
         except _Refused as err:  # another export at work on the file, or a disk error: it may pass
             raise ExportError(f"export to {target.name} failed: {err}; the cursor stays at {before}", False) from None
     if full and before:
-        _set_cursor(db, target.name, 0, forward_only=False)
+        store.set_cursor(target.name, 0, forward_only=False)
     position = 0 if full else before
     high = _high_water(db)
     points = batches = skipped = 0
@@ -673,7 +655,7 @@ def export(
                 try:
                     with _acknowledging(target, upto):
                         sent, lost = _deliver(target, chunk, batch_bytes, retry, stop)
-                        _set_cursor(db, target.name, upto)
+                        store.set_cursor(target.name, upto)
                 except _Stopped:
                     return result(stopped=True)
                 except (_Unavailable, _Refused) as err:
@@ -787,7 +769,7 @@ def _retrying(call: Callable[[], None], retry: RetryPolicy, stop: threading.Even
 
 
 def watch(
-    db: Database,
+    store: Store,
     target: Target,
     interval: float,
     stop: threading.Event,
@@ -807,7 +789,7 @@ def watch(
     cycles = 0
     while not stop.is_set():
         try:
-            result = export(db, target, full=full and cycles == 0, batch_size=batch_size, retry=retry, stop=stop,
+            result = export(store, target, full=full and cycles == 0, batch_size=batch_size, retry=retry, stop=stop,
                             batch_bytes=batch_bytes)
         except ExportError as err:
             if err.permanent:

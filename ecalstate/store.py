@@ -10,6 +10,7 @@ from typing import Optional
 
 from .catalog import Catalog
 from .claims import Claims
+from .cursors import Cursors
 from .db import Database
 from .jobs import Jobs
 from .legacy_api import LegacyApi
@@ -20,7 +21,7 @@ from .sources.store import RunSourceStore
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, LegacyApi, NotifyStore, RunSourceStore):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, LegacyApi, NotifyStore, RunSourceStore):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

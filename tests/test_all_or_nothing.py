@@ -130,11 +130,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def file_export(db: Path, out: Path, batch_size: int = 60) -> None:
-    database = Database(str(db))
-    try:
-        export(database, FileTarget(str(out)), batch_size=batch_size, retry=RetryPolicy(retries=0))
-    finally:
-        database.close()
+    with Store.open(str(db)) as store:
+        export(store, FileTarget(str(out)), batch_size=batch_size, retry=RetryPolicy(retries=0))
 
 
 def archive_prune(db: Path, archive: Path) -> None:

@@ -148,7 +148,7 @@ def loaded(influx: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         database = "dash_" + uuid.uuid4().hex[:8]
         influx.create_database(database)
         target = V1Target(influx.url, database)
-        export(store.db, target)
+        export(store, target)
         target.close()
         with store.db.tx(write=False) as tx:
             first, last = tx.one("SELECT MIN(ts), MAX(ts) FROM audit")

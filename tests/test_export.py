@@ -34,7 +34,6 @@ from ecalstate.export import (
     TargetSpec,
     V1Target,
     V2Target,
-    cursor,
     export,
 )
 from ecalstate.lineprotocol import timestamp_ns
@@ -118,9 +117,9 @@ def expected_points(db: Database) -> int:
     return total
 
 
-def file_export(db: Database, path: Path, **kw: Any) -> Any:
+def file_export(store: Store, path: Path, **kw: Any) -> Any:
     target = FileTarget(str(path))
-    return export(db, target, **kw)
+    return export(store, target, **kw)
 
 
 # ------------------------------------------------------------------------ file target, any engine
@@ -129,34 +128,34 @@ def file_export(db: Database, path: Path, **kw: Any) -> Any:
 def test_incremental_export_sends_each_change_once(store: Store, tmp_path: Path) -> None:
     make_campaign(store)
     out = tmp_path / "state.lp"
-    first = file_export(store.db, out)
+    first = file_export(store, out)
     total = expected_points(store.db)
     assert (first.points, first.cursor_before, first.skipped, first.refused) == (total, 0, 0, 0)
     assert first.batches == 1 and len(split_lines(out.read_text())) == total > audit_count(store.db)
 
     content = out.read_bytes()
-    again = file_export(store.db, out)
+    again = file_export(store, out)
     assert (again.points, again.batches, again.cursor_after) == (0, 0, first.cursor_after)
     assert out.read_bytes() == content
 
     store.heartbeat("prompt", "calib", "check")
-    third = file_export(store.db, out)
+    third = file_export(store, out)
     assert (third.points, third.cursor_before) == (1, first.cursor_after)
     added = out.read_bytes()[len(content):].decode()
     assert added.startswith('handler,campaign=prompt,stage=check,task=calib ok=true,heartbeat=1i,message="",actor=')
-    assert cursor(store.db, FileTarget(str(out)).name) == third.cursor_after == first.cursor_after + 1
+    assert store.cursor(FileTarget(str(out)).name) == third.cursor_after == first.cursor_after + 1
 
 
 def test_replays_are_byte_identical_whatever_the_batches(store: Store, tmp_path: Path) -> None:
     make_campaign(store)
     whole = tmp_path / "whole.lp"
-    file_export(store.db, whole)
+    file_export(store, whole)
     small = tmp_path / "small.lp"
-    result = file_export(store.db, small, batch_size=7)
+    result = file_export(store, small, batch_size=7)
     assert result.batches > 10
     assert small.read_bytes() == whole.read_bytes()  # job attempts and fields rebuilt across batch boundaries
 
-    replay = file_export(store.db, whole, full=True)
+    replay = file_export(store, whole, full=True)
     assert replay.full and replay.points == expected_points(store.db)
     assert whole.read_bytes() == small.read_bytes() * 2
 
@@ -174,7 +173,7 @@ def split_lines(text: str) -> list[str]:
 def test_job_points_carry_attempts_and_fields_as_of_their_transition(store: Store, tmp_path: Path) -> None:
     numbers = make_campaign(store, text="plain")
     out = tmp_path / "out.lp"
-    file_export(store.db, out, batch_size=3)
+    file_export(store, out, batch_size=3)
     text = out.read_text()
     retried = job_lines(text, "reco", numbers[1], 1)
     assert [re.findall(r'status="(\w+)"', ln)[0] for ln in retried] == [
@@ -200,7 +199,7 @@ def test_job_points_carry_attempts_and_fields_as_of_their_transition(store: Stor
 def test_handler_points(store: Store, tmp_path: Path) -> None:
     make_campaign(store)
     out = tmp_path / "out.lp"
-    file_export(store.db, out)
+    file_export(store, out)
     handler = [ln for ln in split_lines(out.read_text()) if ln.startswith("handler,")]
     assert len(handler) == 3
     assert handler[0].startswith("handler,campaign=prompt,stage=submit,task=reco ok=true,heartbeat=1i,message=\"\"")
@@ -238,15 +237,15 @@ def test_unreachable_server_leaves_the_cursor(chain: Store, protocol: str, tmp_p
     target = spec.open(env={})
     try:
         with pytest.raises(ExportError) as info:
-            export(chain.db, target, retry=FAST)
+            export(chain, target, retry=FAST)
     finally:
         target.close()
     err = info.value
     assert not err.permanent and err.result is not None and err.result.points == 0
     assert "after 2 attempts" in str(err) and "connection refused" in str(err) and "\n" not in str(err)
-    assert cursor(chain.db, target.name) == 0
+    assert chain.cursor(target.name) == 0
     out = tmp_path / "later.lp"
-    assert file_export(chain.db, out).points == audit_count(chain.db)  # nothing was consumed
+    assert file_export(chain, out).points == audit_count(chain.db)  # nothing was consumed
 
 
 def test_cli_outage_is_one_line_exit_1_without_secrets(tmp_path: Path) -> None:
@@ -328,9 +327,9 @@ def test_target_options_are_checked_before_anything_runs(tmp_path: Path) -> None
 def test_file_target_failure_is_permanent_and_keeps_the_cursor(chain: Store, tmp_path: Path) -> None:
     target = FileTarget(str(tmp_path / "missing-dir" / "x.lp"))
     with pytest.raises(ExportError) as info:
-        export(chain.db, target, retry=FAST)
+        export(chain, target, retry=FAST)
     assert info.value.permanent and "cannot write" in str(info.value)
-    assert cursor(chain.db, target.name) == 0
+    assert chain.cursor(target.name) == 0
 
 
 def test_influxdb_client_is_imported_only_by_the_v2_target(tmp_path: Path) -> None:
@@ -388,9 +387,9 @@ def wait_for(condition: Any, timeout: float = 30.0) -> None:
 def test_stop_between_batches_keeps_what_was_acknowledged(chain: Store, tmp_path: Path) -> None:
     stop = threading.Event()
     out = tmp_path / "s.lp"
-    result = file_export(chain.db, out, batch_size=5, stop=stop, on_batch=lambda n, pos: stop.set())
+    result = file_export(chain, out, batch_size=5, stop=stop, on_batch=lambda n, pos: stop.set())
     assert result.stopped and (result.points, result.batches, result.cursor_after) == (5, 1, 5)
-    rest = file_export(chain.db, out, batch_size=5)
+    rest = file_export(chain, out, batch_size=5)
     assert rest.points == audit_count(chain.db) - 5 and rest.cursor_before == 5
 
 
@@ -412,7 +411,7 @@ def test_postgres_export_waits_for_audit_rows_still_being_written(pg_url: str, t
         store.heartbeat("prompt", "reco", "submit")  # a later id, committed first
         out = tmp_path / "pg.lp"
         results: list[Any] = []
-        worker = threading.Thread(target=lambda: results.append(file_export(store.db, out)))
+        worker = threading.Thread(target=lambda: results.append(file_export(store, out)))
         worker.start()
         with store.db.tx(write=False) as tx:
             wait_for(lambda: tx.scalar("SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation ="
@@ -467,7 +466,7 @@ def test_export_to_influxdb_v1_reads_back_the_database_state(store: Store, influ
     make_campaign(store)
     db = fresh_db(influx)
     target = V1Target(influx.url, db)
-    result = export(store.db, target, batch_size=50)
+    result = export(store, target, batch_size=50)
     target.close()
     assert result.points == expected_points(store.db) and result.batches >= -(-result.points // 50)
     check_latest_statuses(influx, db, store)
@@ -482,7 +481,7 @@ def test_export_to_influxdb_v1_reads_back_the_database_state(store: Store, influ
 
     # the file target holds the same points: loading it gives the same answers
     out = tmp_path / "state.lp"
-    file_export(store.db, out)
+    file_export(store, out)
     loaded = fresh_db(influx)
     influx.write(out.read_text(), loaded, precision="ns")
     check_latest_statuses(influx, loaded, store)
@@ -495,7 +494,7 @@ def test_free_text_round_trips_through_influxdb(store: Store, influx: Any) -> No
     numbers = make_campaign(store, campaign="c.1:x+y-z")
     db = fresh_db(influx)
     target = V1Target(influx.url, db)
-    export(store.db, target)
+    export(store, target)
     target.close()
     where = f"WHERE campaign = 'c.1:x+y-z' AND task = 'reco' AND run_number = '{numbers[0]}' AND id = '0'"
     texts = rows(influx, f"SELECT last(label) AS label, back_slash_key, status FROM job_text {where}", db)
@@ -533,26 +532,26 @@ def test_influxdb_killed_mid_export_loses_and_duplicates_nothing(store: Store, i
 
     try:
         with pytest.raises(ExportError) as info:
-            export(store.db, target, batch_size=40, retry=FAST, on_batch=crash_after_two)
+            export(store, target, batch_size=40, retry=FAST, on_batch=crash_after_two)
         sent = sum(p for p, _ in acknowledged)
         assert not info.value.permanent and f"after {sent} points were acknowledged" in str(info.value)
-        assert cursor(store.db, target.name) == acknowledged[-1][1] < total
+        assert store.cursor(target.name) == acknowledged[-1][1] < total
     finally:
         influx.start()  # same port, same data directory
-    resumed = export(store.db, target, batch_size=40)
+    resumed = export(store, target, batch_size=40)
     target.close()
     assert resumed.cursor_before == acknowledged[-1][1] and resumed.points + sent == expected_points(store.db)
     assert count_points(influx, db) == total
     check_latest_statuses(influx, db, store)
-    assert export(store.db, V1Target(influx.url, db)).points == 0
+    assert export(store, V1Target(influx.url, db)).points == 0
 
 
 def test_v1_errors_from_the_real_server(chain: Store, influx: Any) -> None:
     target = V1Target(influx.url, "no_such_db_" + uuid.uuid4().hex[:6])
     with pytest.raises(ExportError) as info:
-        export(chain.db, target, retry=FAST)
+        export(chain, target, retry=FAST)
     assert info.value.permanent and "HTTP 404" in str(info.value) and "database not found" in str(info.value)
-    assert cursor(chain.db, target.name) == 0
+    assert chain.cursor(target.name) == 0
 
 
 def test_partial_write_is_a_reported_failure_not_an_acknowledgement(chain: Store, influx: Any) -> None:
@@ -562,13 +561,13 @@ def test_partial_write_is_a_reported_failure_not_an_acknowledgement(chain: Store
     influx.write(f"run,campaign=prompt,fill=10,rtype=all,run_number=1 reco=1i {first - 1}", db)
     target = V1Target(influx.url, db)
     with pytest.raises(ExportError) as info:
-        export(chain.db, target)
+        export(chain, target)
     target.close()
     result = info.value.result
     assert result is not None and (result.points, result.refused) == (8, 4) and not info.value.permanent
     assert "refused 4 points that can never be written (audit rows 1, 4, 7, 10)" in str(info.value)
     assert "field type conflict" in str(info.value)
-    assert cursor(chain.db, target.name) == 12  # passed, not retried for ever: the calib and plots points are in
+    assert chain.cursor(target.name) == 12  # passed, not retried for ever: the calib and plots points are in
     assert len(rows(influx, "SELECT calib FROM run", db)) == 4
 
 
@@ -602,11 +601,11 @@ def test_export_through_influxdb_client_to_victoriametrics(store: Store, victori
     campaign = "vm" + uuid.uuid4().hex[:8]
     make_campaign(store, campaign=campaign, text="no newline here, \"quoted\" = ok")
     target = V2Target(victoria.url, bucket="ecal", org="cms")
-    result = export(store.db, target, batch_size=100)
+    result = export(store, target, batch_size=100)
     target.close()
     assert result.points == expected_points(store.db) and result.batches >= -(-result.points // 100)
     out = tmp_path / "same.lp"
-    file_export(store.db, out)
+    file_export(store, out)
     want = expected_samples(split_lines(out.read_text()))
     strings = {k[0] for k in want if k[3] is None}
     victoria.force_flush()
@@ -657,10 +656,10 @@ def test_watch_reports_outages_and_keeps_going(chain: Store, tmp_path: Path) -> 
         if len(seen) == 2:
             stop.set()
 
-    assert watch(chain.db, target, 0.01, stop, report, retry=FAST) == 2
+    assert watch(chain, target, 0.01, stop, report, retry=FAST) == 2
     assert all(isinstance(e, ExportError) and not e.permanent for e in seen)
-    assert cursor(chain.db, target.name) == 0
+    assert chain.cursor(target.name) == 0
 
     broken = FileTarget(str(tmp_path / "no-such-dir" / "x.lp"))
     with pytest.raises(ExportError):  # waiting does not fix a refusal: it ends the loop
-        watch(chain.db, broken, 0.01, threading.Event(), lambda r, e: None, retry=FAST)
+        watch(chain, broken, 0.01, threading.Event(), lambda r, e: None, retry=FAST)

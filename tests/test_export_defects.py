@@ -28,7 +28,6 @@ from ecalstate.export import (
     RetryPolicy,
     V1Target,
     V2Target,
-    cursor,
     export,
     watch,
 )
@@ -53,7 +52,7 @@ def lite(tmp_path: Path) -> Iterator[Store]:
 def v1_export(store: Store, url: str, db: str, **kw: Any) -> Any:
     target = V1Target(url, db, timeout=20)
     try:
-        return export(store.db, target, retry=FAST, **kw)
+        return export(store, target, retry=FAST, **kw)
     finally:
         target.close()
 
@@ -93,12 +92,12 @@ def test_7_a_partly_refused_batch_is_a_reported_failure_and_watch_goes_on(lite: 
     influx.write(f"run,campaign=prompt,fill=10,rtype=all,run_number=1 reco=1i {first - 1}", db)
     target = V1Target(influx.url, db)
     with pytest.raises(ExportError) as info:
-        export(lite.db, target, retry=FAST)
+        export(lite, target, retry=FAST)
     err = info.value
     assert not err.permanent and "refused" in str(err) and "field type conflict" in str(err) and "\n" not in str(err)
     assert err.result is not None and err.result.refused >= 1
     high = audit_high(lite)
-    assert cursor(lite.db, target.name) == high  # reported, not retried for ever: the rest went through
+    assert lite.cursor(target.name) == high  # reported, not retried for ever: the rest went through
     jobs = rows(influx, "SELECT count(status) FROM job", db)
     assert jobs and jobs[0]["count"] == 4
 
@@ -110,10 +109,10 @@ def test_7_a_partly_refused_batch_is_a_reported_failure_and_watch_goes_on(lite: 
         seen.append((result, error))
         stop.set()
 
-    watch(lite.db, target, 0.01, stop, report, full=True, retry=FAST)  # a re-export meets the same refusal
+    watch(lite, target, 0.01, stop, report, full=True, retry=FAST)  # a re-export meets the same refusal
     target.close()
     assert seen and isinstance(seen[0][1], ExportError)
-    assert cursor(lite.db, target.name) == audit_high(lite)
+    assert lite.cursor(target.name) == audit_high(lite)
 
 
 def audit_high(store: Store) -> int:
@@ -126,14 +125,14 @@ def audit_high(store: Store) -> int:
 
 def test_8_backfill_keeps_each_run_in_its_series(lite: Store, tmp_path: Path) -> None:
     out = tmp_path / "out.lp"
-    export(lite.db, FileTarget(str(out)))
+    export(lite, FileTarget(str(out)))
     lite.add_task("prompt", "plots", max_retries=0)
     lite.create_rtype("prompt", "collisions", filter="class=Collisions")
     lite.update_rtype("prompt", "collisions", add=["plots"], backfill=True)
     assert lite.list_runs("prompt")[0]["rtypes"] == ["all", "collisions"]  # the store moved on
     lite.update_jobs("prompt", "reco", [JobUpdate(1, 0, "running")])
-    export(lite.db, FileTarget(str(out)))
-    export(lite.db, FileTarget(str(out)), full=True)
+    export(lite, FileTarget(str(out)))
+    export(lite, FileTarget(str(out)), full=True)
     series: dict[str, set[str]] = {}
     for ln in split_lines(out.read_text()):
         if ln.startswith("run,"):
@@ -225,14 +224,14 @@ def test_11_an_oversized_point_is_reported_once_and_the_export_moves_on(lite: St
                                         JobUpdate(1, 1, "running")])
     target = V1Target(influx.url, db, timeout=30)
     with pytest.raises(ExportError) as info:
-        export(lite.db, target, retry=FAST)
+        export(lite, target, retry=FAST)
     text = str(info.value)
     assert "cannot reach" not in text and "Broken pipe" not in text
     assert "refused 1 point" in text and "too large" in text.lower() and "\n" not in text
-    assert cursor(lite.db, target.name) == audit_high(lite)
+    assert lite.cursor(target.name) == audit_high(lite)
     check_latest_statuses(influx, db, lite)  # the status of the job with the huge field arrived
     lite.update_jobs("prompt", "reco", [JobUpdate(1, 1, "done")])
-    later = export(lite.db, target, retry=FAST)  # later changes arrive
+    later = export(lite, target, retry=FAST)  # later changes arrive
     target.close()
     assert later.points >= 1 and later.refused == 0
     check_latest_statuses(influx, db, lite)
@@ -300,11 +299,11 @@ def test_12_a_full_disk_never_leaves_a_torn_line_in_the_export_file(lite: Store,
     filler = fill(small_disk, 4096)
     target = FileTarget(str(out))
     with pytest.raises(ExportError) as info:
-        export(lite.db, target, retry=FAST)
+        export(lite, target, retry=FAST)
     assert "No space left on device" in str(info.value)
-    assert whole_lines(out.read_bytes()) and cursor(lite.db, target.name) == 0
+    assert whole_lines(out.read_bytes()) and lite.cursor(target.name) == 0
     filler.unlink()
-    export(lite.db, target, retry=FAST)
+    export(lite, target, retry=FAST)
     db = fresh_db(influx)
     influx.write(out.read_text(), db, precision="ns")  # the server refuses a fused line
     check_latest_statuses(influx, db, lite)
@@ -312,12 +311,12 @@ def test_12_a_full_disk_never_leaves_a_torn_line_in_the_export_file(lite: Store,
 
 def test_12_a_torn_tail_from_a_killed_exporter_is_cut_before_appending(lite: Store, tmp_path: Path) -> None:
     out = tmp_path / "state.lp"
-    export(lite.db, FileTarget(str(out)))
+    export(lite, FileTarget(str(out)))
     whole = out.read_bytes()
     with open(out, "ab") as handle:
         handle.write(b"job,campaign=prompt,id=0 status=\"TORN")  # killed mid-write: never acknowledged
     lite.update_jobs("prompt", "reco", [JobUpdate(1, 0, "running")])
-    export(lite.db, FileTarget(str(out)))
+    export(lite, FileTarget(str(out)))
     data = out.read_bytes()
     assert data.startswith(whole) and b"TORN" not in data and whole_lines(data)
 
@@ -357,7 +356,7 @@ def test_13_a_wrong_target_fails_even_with_nothing_to_send(influx: Any, tmp_path
             v1_export(empty, f"http://127.0.0.1:{closed_port()}", db)
         assert "connection refused" in str(down.value)
         with pytest.raises(ExportError) as unwritable:
-            export(empty.db, FileTarget(str(tmp_path / "no-such-dir" / "x.lp")), retry=FAST)
+            export(empty, FileTarget(str(tmp_path / "no-such-dir" / "x.lp")), retry=FAST)
         assert "No such file or directory" in str(unwritable.value)
     cli = invoke(path, "export", "--protocol", "v1", "--url", f"http://127.0.0.1:{closed_port()}", "--database", db,
                  "--retries", "0")
@@ -367,10 +366,10 @@ def test_13_a_wrong_target_fails_even_with_nothing_to_send(influx: Any, tmp_path
 def test_13_the_v2_target_is_checked_too(victoria: Any, tmp_path: Path) -> None:
     with Store.open(str(tmp_path / "empty.db"), actor="t", create=True) as empty:
         right = V2Target(victoria.url, bucket="ecal", org="cms")
-        assert export(empty.db, right, retry=FAST).points == 0
+        assert export(empty, right, retry=FAST).points == 0
         right.close()
         wrong = V2Target(f"http://127.0.0.1:{closed_port()}", bucket="ecal", org="cms", timeout=2)
         with pytest.raises(ExportError) as down:
-            export(empty.db, wrong, retry=FAST)
+            export(empty, wrong, retry=FAST)
         wrong.close()
     assert "connection refused" in str(down.value) and not down.value.permanent

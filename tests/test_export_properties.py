@@ -144,7 +144,7 @@ class History:
                 raise Killed()
 
         try:
-            export(store.db, target, full=full, batch_size=batch, retry=FAST, on_batch=between)
+            export(store, target, full=full, batch_size=batch, retry=FAST, on_batch=between)
         except Killed:
             pass
         finally:
@@ -191,7 +191,7 @@ def test_influxdb_last_equals_the_store_after_any_history(influx: Any, steps: li
                 pass  # a refused operation is part of the history too
         store = history.hosts[1]
         target = V1Target(influx.url, db)
-        export(store.db, target)  # the clean export after all the deaths
+        export(store, target)  # the clean export after all the deaths
         target.close()
         check_latest_statuses(influx, db, store, C)
         check_user_fields(influx, db, store)

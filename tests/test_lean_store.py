@@ -105,7 +105,7 @@ def test_creation_fields_are_kept_once_and_survive_every_change_of_the_job(db_ur
                                                            {}])
         assert creation_detail(store, 0) == (SAME_AS_JOB, '{"output": "/eos/0.root"}')
         assert creation_detail(store, 2) == (None, None)
-        lines_before = file_export(store.db, tmp_path / "before.lp")
+        lines_before = file_export(store, tmp_path / "before.lp")
         store.update_jobs("c", "reco", [JobUpdate(1, 0, "running", fields={"output": "/eos/0-final.root"}),
                                         JobUpdate(1, 2, "running", fields={"events": 7})])
         store.record_batch_ids("c", "reco", 1, claim.generation, [BatchRecord(1, 1, "9.1", {"logs": "/l/9.1"})])
@@ -115,7 +115,7 @@ def test_creation_fields_are_kept_once_and_survive_every_change_of_the_job(db_ur
             0: {"output": "/eos/0-final.root"}, 1: {"output": "/eos/1.root", "logs": "/l/9.1"}, 2: {"events": 7}}
         assert lines_before.points > 0
         first = (tmp_path / "before.lp").read_text().splitlines()
-        file_export(store.db, tmp_path / "after.lp", full=True)
+        file_export(store, tmp_path / "after.lp", full=True)
         assert (tmp_path / "after.lp").read_text().splitlines()[:len(first)] == first
 
 

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.base import Ctx
-from ecalstate.db import Database
 from ecalstate.export import FileTarget, export
 
 pytestmark = pytest.mark.postgres
@@ -176,14 +175,14 @@ def test_the_exporter_never_skips_an_audit_row_that_commits_late(pg_url: str, tm
     try:
         assert audited.wait(30)
         store.heartbeat("prompt", "reco", "resubmit", message="fast writer")  # a larger id, committed first
-        exporter = threading.Thread(target=lambda: export(Database(pg_url), target))
+        exporter = threading.Thread(target=lambda: export(Store.open(pg_url), target))
         exporter.start()
         _wait_until_done_or_waiting(pg_url, exporter)  # an exporter may wait for the slow writer, or not
     finally:
         release.set()
         slow_writer.join(30)
     exporter.join(30)
-    export(Database(pg_url), target)
+    export(Store.open(pg_url), target)
     lines = (tmp_path / "points.lp").read_text().splitlines()
     with Store.open(pg_url) as check:
         assert len([line for line in lines if line]) == len(check.history(limit=None))
@@ -219,7 +218,7 @@ def _writer(worker: int, url: str, seconds: float) -> int:
 def test_an_exporter_running_beside_eight_writers_sends_every_row_once(pg_url: str, tmp_path: Path) -> None:
     campaign(pg_url, 3000).close()
     target = FileTarget(str(tmp_path / "points.lp"))
-    db = Database(pg_url)
+    db = Store.open(pg_url)
     with SPAWN.Pool(8) as pool:
         pending = pool.starmap_async(_writer, [(w, pg_url, 5.0) for w in range(8)])
         while not pending.ready():

@@ -93,11 +93,11 @@ def export(
     """
     spec = TargetSpec(out, url, protocol, bucket, org, database, retention_policy, token_file, password_file,
                       timeout)
-    db = app.store().db
+    store = app.store()
     retry = RetryPolicy(retries, retry_base)
     with closing(spec.open()) as target, stop_on_signals() as stop:
         if interval is None:
-            result = run_export(db, target, full=full, batch_size=batch_size, retry=retry, stop=stop)
+            result = run_export(store, target, full=full, batch_size=batch_size, retry=retry, stop=stop)
             app.emit(result, _summary(result))
             return
 
@@ -107,4 +107,4 @@ def export(
             elif result is not None and (result.points or app.as_json):
                 click.echo(json.dumps(to_jsonable(result), sort_keys=True) if app.as_json else _summary(result))
 
-        watch(db, target, interval, stop, report, full=full, batch_size=batch_size, retry=retry)
+        watch(store, target, interval, stop, report, full=full, batch_size=batch_size, retry=retry)
