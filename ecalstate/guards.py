@@ -48,6 +48,8 @@ HANDLER_MOVES = frozenset((a, b) for a, b in pairs(TASK)
                           if (a in CLAIMABLE and b in (T.PROCESSING, T.MERGED)) or a == T.PROCESSING)
 #: the rest of the task table is the operator's (finished work reprocessed, anything skipped)
 OPERATOR_MOVES = pairs(TASK) - HANDLER_MOVES
+#: a job's retry: in the table, but only while its attempts are within its task's retries (``job_refusal``)
+RETRY = (J.FAILED, J.IDLE)
 
 
 def _quoted(values: Iterable[str]) -> str:
@@ -93,7 +95,7 @@ def _functions() -> str:
     """The trigger functions (role names arrive as trigger arguments: one set of functions for any prefix)."""
     operator = "pg_has_role(current_user, TG_ARGV[0], 'MEMBER')"
     task_move = "OLD.status || '>' || NEW.status"
-    retry = f"OLD.status = '{J.FAILED.value}' AND NEW.status = '{J.IDLE.value}'"
+    retry = f"OLD.status = '{RETRY[0].value}' AND NEW.status = '{RETRY[1].value}'"
     label = "ecalstate_instance_label(NEW.task_id, NEW.run_id)"
     return f"""
 CREATE OR REPLACE FUNCTION ecalstate_instance_label(p_task bigint, p_run bigint) RETURNS text LANGUAGE sql STABLE AS
@@ -201,31 +203,24 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ecalstate_audited_instance() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE v_status text; v_last integer;
 BEGIN
-  SELECT status INTO v_status FROM task_instance WHERE id = NEW.id;
-  IF NOT FOUND THEN
-    RETURN NULL;
-  END IF;
-  SELECT to_status INTO v_last FROM audit_log WHERE instance_id = NEW.id AND {TASK_ROWS} ORDER BY id DESC LIMIT 1;
-  IF v_last IS DISTINCT FROM {_vocab_of(TASK, 'v_status')} THEN
+  PERFORM 1 FROM task_instance ti WHERE ti.id = NEW.id AND {_vocab_of(TASK, 'ti.status')} IS DISTINCT FROM
+    (SELECT a.to_status FROM audit_log a WHERE a.instance_id = ti.id AND a.{TASK_ROWS} ORDER BY a.id DESC LIMIT 1);
+  IF FOUND THEN
     RAISE EXCEPTION '{REFUSED}: task instance %: % without its audit row (every change is audited in its'
-      ' transaction)', {label}, v_status USING ERRCODE = 'check_violation';
+      ' transaction)', {label}, (SELECT status FROM task_instance WHERE id = NEW.id) USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION ecalstate_audited_job() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE v_status text; v_last integer;
 BEGIN
-  SELECT status INTO v_status FROM job WHERE id = NEW.id;
-  IF NOT FOUND THEN
-    RETURN NULL;
-  END IF;
-  SELECT to_status INTO v_last FROM audit_log WHERE job_pk = NEW.id ORDER BY id DESC LIMIT 1;
-  IF v_last IS DISTINCT FROM {_vocab_of(JOB, 'v_status')} THEN
+  PERFORM 1 FROM job j WHERE j.id = NEW.id AND {_vocab_of(JOB, 'j.status')} IS DISTINCT FROM
+    (SELECT a.to_status FROM audit_log a WHERE a.job_pk = j.id ORDER BY a.id DESC LIMIT 1);
+  IF FOUND THEN
     RAISE EXCEPTION '{REFUSED}: %: % without its audit row (every change is audited in its transaction)',
-      ecalstate_job_label(NEW.instance_id, NEW.jid, NEW.generation), v_status USING ERRCODE = 'check_violation';
+      ecalstate_job_label(NEW.instance_id, NEW.jid, NEW.generation), (SELECT status FROM job WHERE id = NEW.id)
+      USING ERRCODE = 'check_violation';
   END IF;
   RETURN NULL;
 END $$;
@@ -266,13 +261,16 @@ END $$;
 
 
 def _trigger(name: str, table: str, event: str, function: str, admin: str, *args: str, changed: tuple[str, ...] = (),
-             deferred: bool = False) -> str:
+             deferred: bool = False, unless: str = "") -> str:
     """One row trigger for sessions outside the admin role, on ``event`` (an UPDATE: of the ``changed`` columns,
-    when one of them changes); dropped first, so that running the roles again replaces it."""
+    when one of them changes), except the rows ``unless`` clears at once (a WHEN condition costs a fraction of a
+    function call); dropped first, so that running the roles again replaces it."""
     when = [f"NOT pg_has_role(current_user, '{admin}', 'MEMBER')"]
     if changed:
         event += " OF " + ", ".join(changed)
         when.insert(0, "(" + " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in changed) + ")")
+    if unless:
+        when.append(f"NOT ({unless})")
     kind, timing = ("CONSTRAINT TRIGGER", "AFTER") if deferred else ("TRIGGER", "BEFORE")
     defer = " DEFERRABLE INITIALLY DEFERRED" if deferred else ""
     arguments = ", ".join(f"'{a}'" for a in args)
@@ -293,8 +291,9 @@ def guards_sql(reader: str, writer: str, operator: str, admin: str) -> list[str]
             "ecalstate_audited_job")),
         f"ALTER FUNCTION ecalstate_instance_label(bigint, bigint) OWNER TO {admin};",
         f"ALTER FUNCTION ecalstate_job_label(bigint, bigint, bigint) OWNER TO {admin};",
-        # the check at commit finds a job's newest audit row through this (the instances': ix_audit_task)
-        "CREATE INDEX IF NOT EXISTS ix_audit_job ON audit_log (job_pk) WHERE job_pk IS NOT NULL;",
+        # the check at commit finds a job's newest audit row through this, whatever the job's count of rows (the
+        # instances': ix_audit_task, a few rows each)
+        "CREATE INDEX IF NOT EXISTS ix_audit_job ON audit_log (job_pk, id) WHERE job_pk IS NOT NULL;",
         _trigger("ecalstate_guard_new", "task_instance", "INSERT", "ecalstate_guard_instance", admin, operator),
         _trigger("ecalstate_guard_move", "task_instance", "UPDATE", "ecalstate_guard_instance", admin, operator,
                  changed=("status", "generation", "leader_id", "outputs")),
@@ -303,7 +302,10 @@ def guards_sql(reader: str, writer: str, operator: str, admin: str) -> list[str]
         _trigger("ecalstate_audited_move", "task_instance", "UPDATE", "ecalstate_audited_instance", admin,
                  changed=("status",), deferred=True),
         _trigger("ecalstate_guard_new", "job", "INSERT", "ecalstate_guard_job", admin),
-        _trigger("ecalstate_guard_move", "job", "UPDATE", "ecalstate_guard_job", admin, changed=("status", "attempts")),
+        # (a job's move in the table, its attempts kept: most of them, cleared without a call)
+        _trigger("ecalstate_guard_move", "job", "UPDATE", "ecalstate_guard_job", admin, changed=("status", "attempts"),
+                 unless=f"OLD.attempts = NEW.attempts AND OLD.status || '>' || NEW.status = ANY"
+                        f" ({_arrows(pairs(JOB) - {RETRY})})"),
         _trigger("ecalstate_audited_new", "job", "INSERT", "ecalstate_audited_job", admin, deferred=True),
         _trigger("ecalstate_audited_move", "job", "UPDATE", "ecalstate_audited_job", admin, changed=("status",),
                  deferred=True),
