@@ -80,15 +80,22 @@ def _audit_pairs(moves: Iterable[tuple[Enum, Enum]]) -> str:
     return ", ".join(f"({vocab_id(a.value)}, {vocab_id(b.value)})" for a, b in sorted(moves, key=str))
 
 
+#: an audit row's identity ends in the login the server authenticated, as the store writes it
+#: (``StoreBase.identity``: "account@host db:LOGIN"): a login cannot put its rows in another's name
+IDENTIFIED = ("EXISTS (SELECT 1 FROM string s WHERE s.id = identity"
+              " AND right(s.text, length(session_user) + 3) = 'db:' || session_user)")
+
+
 def audit_rows(task_moves: Iterable[tuple[Enum, Enum]]) -> str:
-    """The audit rows a role may insert, as a row-level policy's condition: handler heartbeats; a job's creation,
-    annotation (same status) or transition; an instance's creation or one of ``task_moves``."""
+    """The audit rows a role may insert, as a row-level policy's condition: in its login's name, handler
+    heartbeats; a job's creation, annotation (same status) or transition; an instance's creation or one of
+    ``task_moves``."""
     job, task = vocab_id("job"), vocab_id("task")
-    return (f"entity = {vocab_id('handler')}"
+    return (f"{IDENTIFIED} AND (entity = {vocab_id('handler')}"
             f" OR (entity = {job} AND ((from_status IS NULL AND to_status = {vocab_id(JOB.initial.value)})"
             f" OR from_status = to_status OR (from_status, to_status) IN ({_audit_pairs(pairs(JOB))})))"
             f" OR (entity = {task} AND ((from_status IS NULL AND to_status = {vocab_id(TASK.initial.value)})"
-            f" OR (from_status, to_status) IN ({_audit_pairs(task_moves)})))")
+            f" OR (from_status, to_status) IN ({_audit_pairs(task_moves)}))))")
 
 
 def _functions() -> str:

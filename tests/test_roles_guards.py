@@ -45,13 +45,20 @@ def site(pg_url: str) -> dict[str, str]:
     return {**deploy(pg_url), "setup": pg_url}
 
 
-def _audit_row(conn: Any, entity: str, iid: int, to: str, frm: str, job_pk: Any = None) -> None:
-    """The audit row a raw-SQL writer would add beside its change (texts by their fixed ids)."""
+#: the identity an audit row of this session records: the store's (``StoreBase.identity``), ending in the login
+SESSION_IDENTITY = "'raw sql db:' || session_user"
+
+
+def _audit_row(conn: Any, entity: str, iid: int, to: str, frm: str, job_pk: Any = None,
+               identity: str = SESSION_IDENTITY) -> None:
+    """The audit row a raw-SQL writer would add beside its change (texts by their ids, made first as the store
+    makes them)."""
+    [identity_id] = conn.execute(f"SELECT ecalstate_text_id({identity})").fetchone()
     conn.execute(
         "INSERT INTO audit_log (ts, campaign_id, entity, instance_id, job_pk, task, run_number, from_status,"
         " to_status, actor, identity, reason) SELECT 1, ti.campaign_id, %s, ti.id, %s, (SELECT id FROM string"
-        " WHERE text = 'reco'), r.run_number, %s, %s, 1, 1, 1 FROM task_instance ti JOIN run r ON r.id = ti.run_id"
-        " WHERE ti.id = %s", (vocab_id(entity), job_pk, vocab_id(frm), vocab_id(to), iid))
+        " WHERE text = 'reco'), r.run_number, %s, %s, 1, %s, 1 FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+        " WHERE ti.id = %s", (vocab_id(entity), job_pk, vocab_id(frm), vocab_id(to), identity_id, iid))
 
 
 def _one(url: str, sql: str) -> Any:
@@ -119,6 +126,10 @@ ATTACKS: list[tuple[str, str, Callable[[Any, str], None], str]] = [
         "UPDATE audit_log SET detail = '{\"out\": \"forged\"}' WHERE detail = '='"), "row-level security"),
     ("writer", "an operator's transition written into the audit", lambda c, u: _audit_row(
         c, "task", _instance(u, "done"), "reprocess", "done"), "row-level security"),
+    ("writer", "an audited change naming another login as who made it", lambda c, u: (
+        c.execute(f"UPDATE task_instance SET status = 'failed' WHERE id = {_instance(u, 'processing')}"),
+        _audit_row(c, "task", _instance(u, "processing"), "failed", "processing",
+                   identity="'alice@lxplus db:alice'")), "row-level security"),
     ("writer", "a table locked against every writer", lambda c, u: c.execute(
         "LOCK TABLE job IN ACCESS EXCLUSIVE MODE"), "permission denied"),
 ]

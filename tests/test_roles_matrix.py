@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from cli_support import build_chain
 from roles_support import connected, deploy
+from sqlalchemy.engine import make_url
 
 from ecalstate import Store
 from ecalstate.roles import KINDS, TABLES
@@ -83,8 +84,10 @@ CELLS: dict[str, dict[str, tuple[str, str]]] = {
         "DELETE": ("DELETE FROM job WHERE id = {done_job}", "denied denied denied ok"),
     },
     "audit_log": {
+        # (a row names its login as who acted, as the store's rows do)
         "INSERT": ("INSERT INTO audit_log (ts, campaign_id, entity, task, to_status, actor, identity, reason)"
-                   " VALUES (1, {cid}, {handler}, 1, 1, 1, 1, 1)", "denied ok ok ok"),
+                   " SELECT 1, {cid}, {handler}, 1, 1, 1, id, 1 FROM string WHERE text = 'psql db:' || session_user",
+                   "denied ok ok ok"),
         "UPDATE": ("UPDATE audit_log SET reason = 1", "denied denied denied ok"),
         "DELETE": ("DELETE FROM audit_log WHERE id = {last_audit}", "denied denied denied ok"),
     },
@@ -192,6 +195,9 @@ def world(postgres: Any) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
             "spare_string": one("SELECT id FROM string WHERE text = 'spare text'"),
         }
     logins = deploy(url)
+    with connected(url) as conn:
+        conn.execute("INSERT INTO string (text) SELECT 'psql db:' || login FROM unnest(%s::text[]) login",
+                     ([make_url(u).username for u in logins.values()],))
     yield logins, ids
     postgres.drop_database(url.rsplit("/", 1)[1])
 

@@ -134,11 +134,13 @@ def test_a_reader_holding_its_transaction_for_a_minute_stops_no_writer(site: dic
 
 
 def _slow_writer(url: str) -> psycopg.Connection[Any]:
-    """A writer's open transaction that took an audit id and has not committed yet (a heartbeat's row)."""
+    """A writer's open transaction that took an audit id and has not committed yet (a heartbeat's row, in its
+    login's name as the store writes it)."""
     conn = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
+    [identity] = conn.execute("SELECT ecalstate_text_id('slow db:' || session_user)").fetchone()  # type: ignore[misc]
     conn.execute("INSERT INTO audit_log (ts, campaign_id, entity, task, to_status, actor, identity, reason, detail)"
                  f" SELECT 1, 1, {vocab_id('handler')}, (SELECT id FROM string WHERE text = 'reco'), {vocab_id('ok')},"
-                 f" 1, 1, (SELECT id FROM string WHERE text = 'reco'), '{{\"stage\": \"slow\"}}'")
+                 f" 1, %s, (SELECT id FROM string WHERE text = 'reco'), '{{\"stage\": \"slow\"}}'", (identity,))
     return conn
 
 
