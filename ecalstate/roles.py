@@ -2,16 +2,16 @@
 
 Four group roles (NOLOGIN; a site grants them to its logins):
 
-* ``reader``: dashboards, shifters, the exporter. Reads everything; writes only the exporter's own
-  bookmark (``export_cursor``), never state. The exporter's high-water mark comes from a function that
-  runs with the admin's rights, so the reader needs no table lock of its own.
-* ``writer``: handlers (Jenkins), run sources. Claims, jobs, heartbeats, run injection; the audit is
-  append-only for it, and a row-level policy refuses the transitions only an operator makes
-  (``done``/``failed``/``merged``/``skipped`` -> ``reprocess``, anything -> ``skipped``).
-* ``operator``: the writer's rights, plus those transitions and the campaign set-up (tasks, run types,
-  notification settings).
+* ``reader``: dashboards, shifters, the exporter. Reads everything; writes only the exporter's own bookmarks
+  (``export_cursor``, not the notifier's), never state. Nothing it can do holds a writer up: it may take no lock
+  but the one every read takes, no advisory lock, and the exporter's high-water mark locks nothing.
+* ``writer``: handlers (Jenkins), run sources. Claims, jobs, heartbeats, run injection. It changes only the columns
+  a transition changes, never a row's identity; the audit is append-only for it (a job's creation fields aside).
+* ``operator``: the writer's rights, plus the transitions only an operator makes (``done``/``failed``/``merged``/
+  ``skipped`` -> ``reprocess``, anything -> ``skipped``), a run type's backfill and the campaign set-up.
 * ``admin``: owns the tables: schema upgrades, ``db prune``, and everything else.
 
+Below admin the server also holds the transition tables and the audit against raw SQL (``ecalstate.guards``).
 On SQLite the file's permissions are the boundary instead (docs/security.md).
 """
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .auditlog import vocab_id
+from .auditlog import COLUMNS
 from .db import Database
 from .errors import Invalid
+from .guards import HIGH_WATER, guards_sql
 
 #: tables a role may read and write, per role (each role also has what the one before it has)
 STATE = ("run", "task_instance", "job", "audit_log", "string", "request", "heartbeat", "run_source", "fill_end")
@@ -29,16 +30,21 @@ SETUP = ("campaign", "task", "task_dep", "rtype", "rtype_task")
 TABLES = ("meta", *SETUP, *STATE, "export_cursor")
 #: the views (owned by the admin, read by everyone): the audit's texts and times
 VIEWS = ("audit",)
-
-
-def _ids(*texts: str) -> str:
-    return ", ".join(str(vocab_id(t)) for t in texts)
-
-
-#: transitions that only an operator makes (the writer's audit inserts are checked against this; the statuses
-#: by their fixed ``string`` ids)
-OPERATOR_ONLY = (f"entity = {vocab_id('task')} AND (to_status = {vocab_id('skipped')} OR (to_status ="
-                 f" {vocab_id('reprocess')} AND from_status IN ({_ids('done', 'failed', 'merged', 'skipped')})))")
+#: the columns a writer's transitions change (a row's identity, its ids, campaign, run number and creation time,
+#: never changes below admin); column privileges also keep a writer from locking these tables against the others
+UPDATES = {
+    "run": ("fill", "meta", "rtypes", "tag_rtypes"),
+    "task_instance": ("status", "version", "generation", "leader_id", "outputs", "updated_at"),
+    "job": ("status", "version", "attempts", "batch_id", "fields", "updated_at", "started_at", "finished_at"),
+    "run_source": ("last_run", "updated_at"),
+    "audit_log": ("detail",),  # a job's creation fields, kept in its creation row before they change
+    "export_cursor": ("audit_id", "updated_at"),
+}
+#: the advisory locks a session can take: a reader holding the one that run injection waits for (the key is no
+#: secret) would stop every injection; only writers keep them (``Tx.serialize`` takes the two-integer one)
+ADVISORY = tuple(f"pg_{kind}advisory_{scope}lock{shared}({args})" for kind in ("", "try_") for scope in ("", "xact_")
+                 for shared in ("", "_shared") for args in ("bigint", "integer, integer"))
+SERIALIZE = "pg_advisory_xact_lock(integer, integer)"
 
 
 #: the four roles, from the least to the most privileged (each has the rights of the one before)
@@ -61,10 +67,17 @@ class RoleNames:
         return cls(*(f"{prefix}_{kind}" for kind in KINDS))
 
 
+def _columns(table: str) -> str:
+    """``(col, ...) ON table``: the columns of ``table`` a writer (or a reader, its bookmark) updates."""
+    return f"({', '.join(UPDATES[table])}) ON {table}"
+
+
 def roles_sql(prefix: str = "ecalstate") -> str:
-    """The idempotent SQL that creates the roles and grants their rights (run by the tables' owner)."""
+    """The idempotent SQL that creates the roles, grants their rights and installs the guards (run by the tables'
+    owner; closing the advisory locks needs a superuser, and is skipped with a warning otherwise)."""
     n = RoleNames.of(prefix)
     tables = ", ".join(TABLES)
+    below_admin = f"{n.reader}, {n.writer}, {n.operator}"
     lines = [f"-- ecalstate roles ({prefix}): run as the owner of the ecalstate tables; safe to run again", "BEGIN;"]
     for role in (n.reader, n.writer, n.operator, n.admin):
         lines.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN"
@@ -79,46 +92,43 @@ def roles_sql(prefix: str = "ecalstate") -> str:
         *(f"ALTER TABLE {t} OWNER TO {n.admin};" for t in TABLES),
         *(f"ALTER VIEW {v} OWNER TO {n.admin};" for v in VIEWS),
         f"GRANT USAGE ON SCHEMA public TO {n.reader};",
+        f"REVOKE ALL ON {tables} FROM {below_admin};",
+        f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {below_admin};",
         "",
-        "-- reader: everything readable; only the exporter's bookmark writable",
-        f"REVOKE ALL ON {tables} FROM {n.reader}, {n.writer}, {n.operator};",
+        "-- reader: everything readable; only the exporter's bookmarks writable (rows: guards), the audit's sequence",
+        "-- readable (the high-water mark)",
         f"GRANT SELECT ON {tables}, {', '.join(VIEWS)} TO {n.reader};",
-        f"GRANT INSERT, UPDATE, DELETE ON export_cursor TO {n.reader};",
-        # PostgreSQL hands out audit ids before commit: the exporter waits for the inserts in flight (a share lock)
-        # before it reads the newest id; the lock needs rights on audit that a reader must not have, so a function
-        # that runs as its owner takes it
-        "CREATE OR REPLACE FUNCTION ecalstate_audit_high_water() RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER"
-        " SET search_path = public AS"
-        " $$ BEGIN LOCK TABLE audit_log IN SHARE MODE; RETURN COALESCE((SELECT MAX(id) FROM audit_log), 0); END $$;",
+        f"GRANT INSERT ON export_cursor TO {n.reader};",
+        f"GRANT UPDATE {_columns('export_cursor')} TO {n.reader};",
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {n.reader};",
+        HIGH_WATER,
         f"ALTER FUNCTION ecalstate_audit_high_water() OWNER TO {n.admin};",
-        "REVOKE ALL ON FUNCTION ecalstate_audit_high_water() FROM PUBLIC;",
-        f"GRANT EXECUTE ON FUNCTION ecalstate_audit_high_water() TO {n.reader};",
         "",
-        "-- writer: state rows and their audit (append-only), heartbeats, notification bookkeeping",
-        f"GRANT INSERT, UPDATE ON run, task_instance, job, request, heartbeat, run_source, fill_end TO {n.writer};",
-        f"GRANT INSERT ON audit_log, string TO {n.writer};",
+        "-- writer: state rows (the columns a transition changes) and their audit (append-only), heartbeats,",
+        "-- notification bookkeeping",
+        f"GRANT INSERT ON run, task_instance, job, request, heartbeat, run_source, fill_end TO {n.writer};",
+        *(f"GRANT UPDATE {_columns(t)} TO {n.writer};" for t in ("run", "task_instance", "job", "run_source")),
+        f"GRANT INSERT ({', '.join(c for c in COLUMNS if c != 'id')}) ON audit_log TO {n.writer};",
+        f"GRANT UPDATE {_columns('audit_log')} TO {n.writer};",
+        f"GRANT INSERT (text) ON string TO {n.writer};",
         f"GRANT INSERT, UPDATE, DELETE ON meta, heartbeat TO {n.writer};",
+        f"GRANT DELETE ON export_cursor TO {n.writer};",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {n.writer};",
+        "DO $$ BEGIN IF current_setting('is_superuser') = 'on' THEN",
+        f"  REVOKE EXECUTE ON FUNCTION {', '.join(ADVISORY)} FROM PUBLIC;",
+        f"  GRANT EXECUTE ON FUNCTION {SERIALIZE} TO {n.writer};",
+        "ELSE RAISE WARNING 'ecalstate roles: advisory locks stay open to every login (a reader could hold the one"
+        " run injection waits for): run this as a superuser to close them'; END IF; END $$;",
         "",
-        "-- operator: campaign set-up, and the transitions only an operator makes",
+        "-- operator: campaign set-up (the transitions only an operator makes: guards)",
         f"GRANT INSERT, UPDATE, DELETE ON {', '.join(SETUP)} TO {n.operator};",
         "",
-        "-- row-level rules: the audit accepts a writer's row only for a transition a handler makes;",
-        "-- meta's schema version is the admin's",
-        "ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;",
-        "ALTER TABLE meta ENABLE ROW LEVEL SECURITY;",
-        "DROP POLICY IF EXISTS ecalstate_read ON audit_log;",
-        "DROP POLICY IF EXISTS ecalstate_writer_rows ON audit_log;",
-        "DROP POLICY IF EXISTS ecalstate_operator_rows ON audit_log;",
-        "DROP POLICY IF EXISTS ecalstate_read ON meta;",
-        "DROP POLICY IF EXISTS ecalstate_writer_keys ON meta;",
-        "CREATE POLICY ecalstate_read ON audit_log FOR SELECT USING (true);",
-        f"CREATE POLICY ecalstate_writer_rows ON audit_log FOR INSERT TO {n.writer} WITH CHECK"
-        f" (NOT ({OPERATOR_ONLY}));",
-        f"CREATE POLICY ecalstate_operator_rows ON audit_log FOR INSERT TO {n.operator} WITH CHECK (true);",
-        "CREATE POLICY ecalstate_read ON meta FOR SELECT USING (true);",
-        f"CREATE POLICY ecalstate_writer_keys ON meta FOR ALL TO {n.writer}"
-        " USING (key <> 'schema_version') WITH CHECK (key <> 'schema_version');",
+        *guards_sql(n.reader, n.writer, n.operator, n.admin),
+        "",
+        "-- functions: the writer's (the one-statement job transition, the guards' labels); the reader's high water",
+        f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC, {below_admin};",
+        f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {n.writer};",
+        f"GRANT EXECUTE ON FUNCTION ecalstate_audit_high_water() TO {n.reader};",
         "COMMIT;",
     ]
     return "\n".join(lines) + "\n"

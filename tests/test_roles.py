@@ -14,9 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from cli_support import build_chain, invoke
 from sqlalchemy.engine import make_url
 
-from cli_support import build_chain, invoke
 from ecalstate import Store
 
 
@@ -44,7 +44,8 @@ def deployment(pg_url: str) -> dict[str, Any]:
 
 def _refused(result: Any) -> None:
     assert result.exit_code == 1, result.output
-    assert "permission denied" in result.stderr or "row-level security" in result.stderr, result.stderr
+    refusals = ("permission denied", "row-level security", "ecalstate guard")
+    assert any(w in result.stderr for w in refusals), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
