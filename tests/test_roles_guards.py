@@ -215,7 +215,7 @@ def test_the_store_works_for_the_least_role_that_should_use_it(site: dict[str, s
         writer.close()
         operator.close()
     with Store.open(site["reader"]) as reader:
-        assert export(reader.db, FileTarget(str(tmp_path / "out.lp"))).points > 0
+        assert export(reader, FileTarget(str(tmp_path / "out.lp"))).points > 0
     assert unaudited(site["setup"]) == []
 
 

@@ -23,7 +23,7 @@ from roles_support import accepted, connected, deploy
 
 from ecalstate import RunSpec, Store
 from ecalstate.auditlog import vocab_id
-from ecalstate.export import FileTarget, cursor, export
+from ecalstate.export import FileTarget, export
 from ecalstate.roles import TABLES
 
 pytestmark = pytest.mark.postgres
@@ -105,7 +105,7 @@ def test_a_reader_holding_its_transaction_for_a_minute_stops_no_writer(site: dic
         "claim and jobs": claim_and_run,
         "heartbeat": lambda i: writer.heartbeat("prompt", "reco", "check", message=str(i)),
         "close fill": lambda i: writer.close_fill("prompt", 500 + i, "dumped"),
-        "export": lambda i: export(exporter.db, target),
+        "export": lambda i: export(exporter, target),
     }
     durations: dict[str, list[float]] = {}
     stop = threading.Event()
@@ -154,7 +154,7 @@ def test_the_readers_exporter_waits_for_a_late_row_without_holding_writers_up(si
     out = tmp_path / "out.lp"
     results: list[Any] = []
     with Store.open(site["reader"]) as reader:
-        exporting = threading.Thread(target=lambda: results.append(export(reader.db, FileTarget(str(out)))))
+        exporting = threading.Thread(target=lambda: results.append(export(reader, FileTarget(str(out)))))
         exporting.start()
         time.sleep(1.0)
         assert exporting.is_alive()  # waiting for the slow writer
@@ -166,7 +166,7 @@ def test_the_readers_exporter_waits_for_a_late_row_without_holding_writers_up(si
         slow.close()
         exporting.join(30)
         meanwhile.join(30)
-        again = export(reader.db, FileTarget(str(out)))
+        again = export(reader, FileTarget(str(out)))
     writer.close()
     assert not blocked
     with Store.open(site["setup"]) as check:
@@ -195,4 +195,4 @@ def test_an_audit_insert_in_flight_too_long_fails_the_export_cleanly(site: dict[
     assert "still being written" in result.stderr, result.stderr
     assert not out.exists() or not out.read_text()
     with Store.open(site["setup"]) as check:
-        assert cursor(check.db, FileTarget(str(out)).name) == 0
+        assert check.cursor(FileTarget(str(out)).name) == 0
