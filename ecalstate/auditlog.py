@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlmodel import SQLModel
 
 from .db import Tx
+from .outputs import gathered_outputs
+from .tables import TABLES
 from .statemachine import JobStatus, TaskStatus
 
 #: texts at fixed ids 1..n, in every database: SQL (a partial index, a row-level policy) can name them
@@ -102,7 +103,7 @@ def view_sql(tx: Tx) -> str:
 
 def install(tx: Tx) -> None:
     """What ``create_all`` cannot make: the unique index of ``string``, the vocabulary at its ids, the view, the
-    audit's partial indexes, and on PostgreSQL the one-statement job transition (``ecalstate.pgjobs``)."""
+    audit's partial indexes."""
     key = "text" if tx.is_sqlite else "md5(text)"
     for name, sql in (("ux_string_text", f"CREATE UNIQUE INDEX ux_string_text ON string ({key})"), *INDEXES,
                       ("audit", view_sql(tx))):
@@ -114,9 +115,6 @@ def install(tx: Tx) -> None:
         tx.many("INSERT INTO string (id, text) VALUES (?, ?)", missing)
         if not tx.is_sqlite:  # explicit ids do not move the serial column's sequence
             tx.run("SELECT setval(pg_get_serial_sequence('string', 'id'), (SELECT MAX(id) FROM string))")
-    from .pgjobs import install as install_functions
-
-    install_functions(tx)
 
 
 def text_id(tx: Tx, text: str, known: dict[str, int], learned: dict[str, int]) -> int:
@@ -183,7 +181,7 @@ def migrate(tx: Tx) -> None:
     tx.run("ALTER TABLE audit RENAME TO audit_v5")
     tx.run("DROP INDEX IF EXISTS ix_audit_instance")  # index names are global: the new table's takes it
     for table in ("string", "audit_log"):
-        tx.create_table(SQLModel.metadata.tables[table])
+        tx.create_table(TABLES[table])
     install(tx)
     union = " UNION ".join(f"SELECT {c} AS t FROM audit_v5 WHERE {c} IS NOT NULL" for c in INTERNED)
     tx.run(f"INSERT INTO string (text) SELECT t FROM ({union}) u WHERE t NOT IN (SELECT text FROM string) ORDER BY t")
@@ -222,7 +220,7 @@ def _job_times(tx: Tx) -> None:
         return
     columns = [c[1] for c in tx.all("PRAGMA table_info(job)")]
     tx.run("ALTER TABLE job RENAME TO job_v5")
-    tx.create_table(SQLModel.metadata.tables["job"])
+    tx.create_table(TABLES["job"])
     values = [micros.format(c=c) if c in _JOB_TIMES else c for c in columns]
     tx.run(f"INSERT INTO job ({', '.join(columns)}) SELECT {', '.join(values)} FROM job_v5 ORDER BY id")
     tx.run("DROP TABLE job_v5")
@@ -230,8 +228,6 @@ def _job_times(tx: Tx) -> None:
 
 def _derive_outputs(tx: Tx) -> None:
     """Done instances whose outputs are what their jobs give read them from the jobs from now on ('')."""
-    from .jobs import gathered_outputs
-
     done = tx.all("SELECT id, generation, outputs FROM task_instance WHERE status = 'done' AND outputs <> ''")
     same = [(iid,) for iid, gen, text in done if text == gathered_outputs(tx, iid, gen)]
     tx.many("UPDATE task_instance SET outputs = '' WHERE id = ?", same)

@@ -1,10 +1,10 @@
-"""Tables, engine and transactions.
+"""Engine, connections and transactions: the one place that knows a SQLite file from a PostgreSQL server.
 
-SQLModel declares the schema; hot paths run plain parameterised SQL through
-:class:`Tx`. On SQLite every connection gets WAL, ``synchronous=NORMAL``, a
-10 s busy timeout and foreign keys, and every write transaction starts with
-``BEGIN IMMEDIATE`` so that the reads deciding a write see the state the write
-lands on. Any SQLAlchemy URL works; PostgreSQL is the multi-host engine.
+Hot paths run plain parameterised SQL through :class:`Tx`. On SQLite every connection gets WAL,
+``synchronous=NORMAL``, a 10 s busy timeout and foreign keys, and every write transaction starts with
+``BEGIN IMMEDIATE`` so that the reads deciding a write see the state the write lands on. Any SQLAlchemy URL
+works; PostgreSQL is the multi-host engine. The tables are :mod:`ecalstate.tables`; creating, installing and
+upgrading them is :mod:`ecalstate.schema`.
 """
 
 from __future__ import annotations
@@ -22,235 +22,15 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache, partial
 from typing import Any, NoReturn, Optional, Protocol
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Index,
-    Integer,
-    Table,
-    UniqueConstraint,
-    event,
-    exc,
-)
+from sqlalchemy import Table, event, exc
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
-from sqlmodel import Field, SQLModel, create_engine
+from sqlmodel import create_engine
 
 from .errors import EcalStateError, NotFound, SchemaError
 from .limits import int64_range
 from .paths import Mount, network_mount
-from .secrets import (
-    check_private_path,
-    read_secret_file,
-    redact_url,
-    url_secret_refusal,
-)
-
-#: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 7
-
-
-class Meta(SQLModel, table=True):
-    __tablename__ = "meta"
-    key: str = Field(primary_key=True)
-    value: str
-
-
-class Campaign(SQLModel, table=True):
-    __tablename__ = "campaign"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = Field(unique=True)
-    kind: str = "prompt"
-    description: str = ""
-    settings: str = Field(default="{}", sa_column_kwargs={"server_default": "{}"})
-    created_at: str
-
-
-class Task(SQLModel, table=True):
-    __tablename__ = "task"
-    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
-    campaign_id: int = Field(foreign_key="campaign.id")
-    name: str
-    max_retries: int = 3
-    created_at: str
-
-
-class TaskDep(SQLModel, table=True):
-    __tablename__ = "task_dep"
-    task_id: int = Field(foreign_key="task.id", primary_key=True)
-    depends_on_id: int = Field(foreign_key="task.id", primary_key=True)
-
-
-class RunType(SQLModel, table=True):
-    __tablename__ = "rtype"
-    __table_args__ = (UniqueConstraint("campaign_id", "name"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
-    campaign_id: int = Field(foreign_key="campaign.id")
-    name: str
-    filter: str = ""
-
-
-class RunTypeTask(SQLModel, table=True):
-    __tablename__ = "rtype_task"
-    rtype_id: int = Field(foreign_key="rtype.id", primary_key=True)
-    task_id: int = Field(foreign_key="task.id", primary_key=True)
-
-
-class Run(SQLModel, table=True):
-    __tablename__ = "run"
-    __table_args__ = (UniqueConstraint("campaign_id", "run_number"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
-    campaign_id: int = Field(foreign_key="campaign.id")
-    run_number: int
-    fill: Optional[int] = None
-    meta: str = "{}"
-    rtypes: str = ""
-    #: the run types the exporter tags the run's points with, kept when a backfill changes ``rtypes`` (NULL:
-    #: ``rtypes`` never changed): a series is defined by its tags, which must not change once exported
-    tag_rtypes: Optional[str] = None
-    injected_at: str
-
-
-class TaskInstance(SQLModel, table=True):
-    __tablename__ = "task_instance"
-    __table_args__ = (
-        UniqueConstraint("task_id", "run_id"),
-        Index("ix_ti_campaign_task_status", "campaign_id", "task_id", "status"),
-        Index("ix_ti_run", "run_id"),
-    )
-    id: Optional[int] = Field(default=None, primary_key=True)
-    campaign_id: int = Field(foreign_key="campaign.id")
-    task_id: int = Field(foreign_key="task.id")
-    run_id: int = Field(foreign_key="run.id")
-    status: str
-    version: int = 1
-    generation: int = 0
-    leader_id: Optional[int] = Field(default=None, foreign_key="task_instance.id")
-    #: the jobs' output fields gathered when the instance is done; ``''``: those of its current generation's jobs,
-    #: read when asked (``jobs.instance_outputs``) instead of a copy of every path (schema 6)
-    outputs: str = "{}"
-    created_at: str
-    updated_at: str
-
-
-def _micros_column(nullable: bool = False) -> Any:
-    return Field(default=None, sa_column=Column(BigInteger, nullable=nullable))
-
-
-class Job(SQLModel, table=True):
-    __tablename__ = "job"
-    __table_args__ = (
-        UniqueConstraint("instance_id", "generation", "jid"),
-    )
-    id: Optional[int] = Field(default=None, primary_key=True)
-    instance_id: int = Field(foreign_key="task_instance.id")
-    generation: int
-    jid: int
-    status: str
-    version: int = 1
-    attempts: int = 1
-    batch_id: Optional[str] = None
-    fields: str = "{}"
-    #: times as integer microseconds since 1970 (schema 6: two million jobs a year); readers convert them
-    created_at: int = _micros_column()
-    updated_at: int = _micros_column()
-    started_at: Optional[int] = _micros_column(nullable=True)
-    finished_at: Optional[int] = _micros_column(nullable=True)
-
-
-class AuditLog(SQLModel, table=True):
-    """One row per accepted transition (and per handler heartbeat); its id is the export cursor.
-
-    Lean (schema 6): the repeated texts are ids of :class:`String` rows and the time is integer microseconds
-    since 1970 (UTC). Readers use the view ``audit`` (``ecalstate.auditlog``), which gives the texts and the
-    store's time format back; writers insert here through ``base.AUDIT_SQL``, with ids they resolved (no foreign
-    keys to ``string``: seven lookups per row would cost more than the row, and ``string`` rows are never deleted).
-    """
-
-    __tablename__ = "audit_log"
-    #: its indexes are partial ones, of the rows their readers look for (``auditlog.install``)
-    __table_args__ = ({"sqlite_autoincrement": True},)
-    id: Optional[int] = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
-    ts: int = _micros_column()
-    campaign_id: int = Field(foreign_key="campaign.id")
-    entity: int
-    instance_id: Optional[int] = None
-    job_pk: Optional[int] = None
-    task: int
-    run_number: Optional[int] = None
-    jid: Optional[int] = None
-    generation: Optional[int] = None
-    from_status: Optional[int] = None
-    to_status: int
-    actor: int
-    #: who really acted, as authenticated (OS user@host, Jenkins' build tag, PostgreSQL role); ``actor`` is a label
-    identity: int
-    reason: int
-    request_id: Optional[str] = None
-    detail: Optional[str] = None
-
-
-class String(SQLModel, table=True):
-    """The audit's texts, each once: entities, statuses, task names, actors, identities, reasons.
-
-    Never deleted (an id, once committed, means its text for ever), so ids can be cached by writers. The unique
-    index is the engine's own (``ecalstate.auditlog``): PostgreSQL indexes a digest, a reason may be long.
-    """
-
-    __tablename__ = "string"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    text: str
-
-
-class Request(SQLModel, table=True):
-    """Outcome of a mutating call made with a request id: a replay returns it unchanged."""
-
-    __tablename__ = "request"
-    request_id: str = Field(primary_key=True)
-    kind: str
-    outcome: str
-    created_at: str
-
-
-class ExportCursor(SQLModel, table=True):
-    __tablename__ = "export_cursor"
-    target: str = Field(primary_key=True)
-    audit_id: int = 0
-    updated_at: str
-
-
-class Heartbeat(SQLModel, table=True):
-    __tablename__ = "heartbeat"
-    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
-    task: str = Field(primary_key=True)
-    stage: str = Field(primary_key=True)
-    last_at: str
-    actor: str
-    ok: bool = True
-    message: str = ""
-
-
-class RunSourceCursor(SQLModel, table=True):
-    """Where a run source (OMS, a file) left off for a campaign: a re-sync reads on from here."""
-
-    __tablename__ = "run_source"
-    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
-    source: str = Field(primary_key=True)
-    last_run: int = 0
-    updated_at: str
-
-
-class FillEnd(SQLModel, table=True):
-    """A fill known to have ended (a later fill started, the source saw the beam dump, or an operator closed it):
-    grouping by fill waits for this before it treats a fill's runs as complete."""
-
-    __tablename__ = "fill_end"
-    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
-    fill: int = Field(primary_key=True)
-    ended_at: str
-    reason: str
-    actor: str
+from .secrets import check_private_path, read_secret_file, redact_url, url_secret_refusal
 
 
 class DatabaseError(EcalStateError):
@@ -606,7 +386,7 @@ class _Idle:
 
 
 class Database:
-    """An engine plus the transaction discipline; opens, creates and version-checks the schema.
+    """An engine plus the transaction discipline.
 
     SQLite transactions run on driver connections kept per thread (opened through the engine, with its
     set-up; never shared by threads, never used by a forked child nor after :meth:`close`), with BEGIN and
@@ -614,10 +394,11 @@ class Database:
     """
 
     def __init__(
-        self, url: str, create: bool = False, check_version: bool = True, allow_network_fs: bool = False,
-        read_only: bool = False,
+        self, url: str, create: bool = False, allow_network_fs: bool = False, read_only: bool = False,
     ) -> None:
-        """``read_only``: never change the database (see :func:`_read_only_connection`); writes are refused."""
+        """Connect to ``url`` (nothing is read yet): ``create`` may make a missing SQLite file, ``read_only``
+        never changes the database (see :func:`_read_only_connection`; writes are refused). The schema is
+        :mod:`ecalstate.schema`'s: open through :func:`ecalstate.schema.open_database` to have it checked."""
         self.url = normalise_url(url)
         if read_only and create:
             raise ValueError("a read-only database cannot be created")
@@ -642,16 +423,13 @@ class Database:
         self._idle_lists: weakref.WeakSet[_Idle] = weakref.WeakSet()  # a thread's goes when the thread ends
         self._idle_lists_lock = threading.Lock()
         self._closes = 0
-        if create:
-            self.create_schema()
-        elif check_version:
-            self.check_schema()
-        if self.is_sqlite and not read_only and path != ":memory:":
-            self._use_wal()
 
-    def _use_wal(self) -> None:
-        """Switch the file to WAL (it stays so), only once it is known to be ours: another program's file,
-        an empty or a damaged one is refused above unchanged."""
+    def use_wal(self) -> None:
+        """Switch a SQLite file to WAL (it stays so; other engines: nothing to do), once it is known to be ours
+        (:func:`ecalstate.schema.open_database`): another program's file, an empty or a damaged one stays as it
+        was."""
+        if self._local is None or self.read_only:
+            return
         tx = self._checkout()  # the connection this thread's transactions use: it knows the mode at once
         raw = tx.conn
         try:
@@ -779,43 +557,6 @@ class Database:
             return DatabaseError(f"database {redact(self.url)} is damaged or not a database: {detail}")
         return DatabaseError(f"database error on {redact(self.url)}: {text}")
 
-    def create_schema(self) -> None:
-        """Create the tables of a new database, or upgrade an older one (``ecalstate init`` is idempotent).
-
-        A SQLite file without a schema version gets the tables only when it holds nothing that is not ours (a new
-        or empty file, or an ``init`` cut short): another program's database is refused, unchanged."""
-        found = self.schema_version()
-        if found is None and self.is_sqlite:
-            self._refuse_foreign()
-        if found is not None and found < SCHEMA_VERSION:
-            from .migrations import upgrade
-
-            upgrade(self)
-        try:
-            SQLModel.metadata.create_all(self.engine)
-        except exc.DBAPIError as err:
-            raise DatabaseError(f"cannot create the schema in {redact(self.url)}: {first_line(err.orig)}") from err
-        from .auditlog import install
-
-        with self.tx() as tx:
-            install(tx)
-            found = tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
-            if found is None:
-                tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self.check_schema()
-
-    def _refuse_foreign(self) -> None:
-        """Refuse a SQLite file that holds tables or views of another program."""
-        ours = {*SQLModel.metadata.tables, "audit"}  # the view ``audit`` over ``audit_log`` (ecalstate.auditlog)
-        with self.tx(write=False) as tx:
-            names = [r[0] for r in tx.all("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
-                                          " AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name")]
-        foreign = [n for n in names if n not in ours]
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise SchemaError(f"{sqlite_path(self.url)} is another program's database (it holds {shown}): ecalstate "
-                              "adds its tables only to a new file, an empty one or its own; give another --db")
-
     def schema_version(self) -> Optional[int]:
         """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
         with self.tx(write=False) as tx:
@@ -829,21 +570,6 @@ class Database:
         except ValueError:
             raise SchemaError(f"{redact(self.url)} has an unreadable schema version {str(value)[:40]!r}: not an "
                               "ecalstate database, or a damaged one") from None
-
-    def check_schema(self) -> None:
-        version = self.schema_version()
-        if version is None:
-            raise SchemaError(f"{redact(self.url)} holds no ecalstate schema; create it with `ecalstate init`")
-        if version > SCHEMA_VERSION:
-            raise SchemaError(
-                f"{redact(self.url)} has schema version {version}, newer than this ecalstate "
-                f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate"
-            )
-        if version < SCHEMA_VERSION:
-            raise SchemaError(
-                f"{redact(self.url)} has schema version {version}; run `ecalstate db upgrade` first"
-            )
-
 
 def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -> None:
     """Refuse what SQLite cannot use safely, before it creates anything: a network or FUSE mount among them."""

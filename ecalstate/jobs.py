@@ -18,6 +18,7 @@ from .clock import from_micros, optional_text, to_micros
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_JOBS_PER_CALL, check_int64
+from .outputs import DERIVED, gathered_outputs
 from .pgjobs import set_job
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
 from .secrets import known_secrets, leaked, masked
@@ -38,8 +39,6 @@ _TALLY = (
 )
 
 
-#: job fields gathered into the instance's outputs when it completes (the original's getOutput)
-OUTPUT_KEYS = ("output", "plots")
 #: instance statuses whose current generation's jobs may still get their batch ids recorded
 RECORDABLE = (TaskStatus.PROCESSING.value, TaskStatus.DONE.value, TaskStatus.FAILED.value)
 
@@ -609,33 +608,8 @@ def _finish(ctx: Ctx, cid: int, task: str, run: int, iid: int, version: int, gen
     return Change("task", f"{task} run {run}", "processing", target.value, "changed", reason)
 
 
-#: ``task_instance.outputs`` of a done instance: its current generation's jobs' outputs, read when asked
-DERIVED = ""
-
-
-def instance_outputs(tx: Tx, iid: int, generation: int, stored: str) -> dict[str, Any]:
-    """An instance's outputs: as stored, or (:data:`DERIVED`) gathered from its current generation's jobs."""
-    return _outputs(tx, iid, generation) if stored == DERIVED else loads(stored)
-
-
-def gathered_outputs(tx: Tx, iid: int, generation: int) -> str:
-    """The outputs of a generation's jobs as stored text (what schema 5 kept in every done instance)."""
-    return json.dumps(_outputs(tx, iid, generation), sort_keys=True)
-
-
 def keep_outputs(tx: Tx, iid: int, generation: int) -> None:
     """Store the outputs of a done instance's generation before it opens a new one (reprocessing): they stay
     what they were until the new generation is done."""
     if tx.scalar("SELECT outputs FROM task_instance WHERE id = ?", (iid,)) == DERIVED:
         tx.execute("UPDATE task_instance SET outputs = ? WHERE id = ?", (gathered_outputs(tx, iid, generation), iid))
-
-
-def _outputs(tx: Tx, iid: int, gen: int) -> dict[str, str]:
-    """The jobs' ``output``/``plots`` fields, comma-joined in job order, as the original's getOutput gave them."""
-    gathered: dict[str, list[str]] = {k: [] for k in OUTPUT_KEYS}
-    for (fields,) in tx.all("SELECT fields FROM job WHERE instance_id = ? AND generation = ? ORDER BY jid", (iid, gen)):
-        data = loads(fields)
-        for key in OUTPUT_KEYS:
-            if data.get(key) not in (None, ""):
-                gathered[key].append(str(data[key]))
-    return {k: ",".join(v) for k, v in gathered.items() if v}

@@ -30,7 +30,8 @@ from .clock import to_micros
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
 from .filters import parse_filter
-from .jobs import DERIVED, check_jobs, insert_jobs, keep_outputs
+from .jobs import check_jobs, insert_jobs, keep_outputs
+from .outputs import DERIVED
 from .results import BulkResult, Change
 from .statemachine import CLAIMABLE, TASK, TaskStatus, TransitionNotAllowed
 

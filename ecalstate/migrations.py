@@ -7,7 +7,7 @@ says how to go on. Each step re-reads the version inside its own transaction
 (with the row locked on PostgreSQL), so two upgraders racing apply it once; a
 step that fails leaves the database at the previous version, untouched.
 
-Adding a step: change the tables in ``db.py``, bump ``db.SCHEMA_VERSION``,
+Adding a step: change the tables in ``tables.py``, bump ``tables.SCHEMA_VERSION``,
 append a :class:`Step` here, and extend tests/test_migrations.py (it upgrades
 the frozen first-release database in tests/data/).
 """
@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlmodel import SQLModel
 
 from . import auditlog, pgjobs
-from . import db as dbmod
 from .db import Database, Tx, redact
 from .errors import SchemaError
+from .tables import SCHEMA_VERSION, TABLES
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def _run_tag_rtypes(tx: Tx) -> None:
 
 def _run_sources(tx: Tx) -> None:
     for table in ("run_source", "fill_end"):  # create_table skips a table that is already there
-        tx.create_table(SQLModel.metadata.tables[table])
+        tx.create_table(TABLES[table])
 
 
 def _progress_from_jobs(tx: Tx) -> None:
@@ -88,8 +87,8 @@ STEPS: tuple[Step, ...] = (
 
 def _check_steps() -> None:
     versions = [s.version for s in STEPS]
-    if versions != list(range(2, dbmod.SCHEMA_VERSION + 1)):
-        raise SchemaError(f"migration steps {versions} do not lead from 1 to schema {dbmod.SCHEMA_VERSION}")
+    if versions != list(range(2, SCHEMA_VERSION + 1)):
+        raise SchemaError(f"migration steps {versions} do not lead from 1 to schema {SCHEMA_VERSION}")
 
 
 _check_steps()
@@ -105,9 +104,9 @@ def upgrade(db: Database) -> list[Step]:
     version = db.schema_version()
     if version is None:
         raise SchemaError(f"{redact(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
-    if version > dbmod.SCHEMA_VERSION:
+    if version > SCHEMA_VERSION:
         raise SchemaError(f"{redact(db.url)} has schema version {version}, newer than this ecalstate "
-                          f"(knows up to {dbmod.SCHEMA_VERSION}); upgrade ecalstate")
+                          f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
     applied = []
     for step in pending(version):
         with db.tx(write=True) as tx:
@@ -132,9 +131,11 @@ class UpgradeResult:
 
 def upgrade_database(url: str, allow_network_fs: bool = False) -> UpgradeResult:
     """Open ``url`` without the version check and apply the pending steps (``ecalstate db upgrade``)."""
-    db = Database(url, allow_network_fs=allow_network_fs, check_version=False)
+    db = Database(url, allow_network_fs=allow_network_fs)
     try:
         before = db.schema_version() or 0
+        if before:  # ours: a SQLite file upgrades in WAL, as every store works on it
+            db.use_wal()
         steps = upgrade(db)  # refuses a database without a schema
         after = db.schema_version() or 0
     finally:

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .base import StoreBase, loads
-from .jobs import instance_outputs
-from .limits import INT64_MAX
 from .errors import Invalid, NotFound
+from .limits import INT64_MAX
 from .monitoring import blocked_instances, stuck_instances
+from .outputs import instance_outputs
 from .results import AuditRow, InstanceInfo, Overview, OverviewRow
 from .statemachine import TASK, TaskStatus
 

@@ -12,6 +12,7 @@ from .catalog import Catalog
 from .claims import Claims
 from .cursors import Cursors
 from .db import Database
+from .schema import open_database
 from .jobs import Jobs
 from .legacy_api import LegacyApi
 from .monitoring import Monitoring
@@ -35,7 +36,7 @@ class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, Le
         ``read_only`` never changes the database, also works on a read-only file in a read-only folder (a
         shifter reading the service's database), and refuses every write.
         """
-        return cls(Database(db, create=create, allow_network_fs=allow_network_fs, read_only=read_only), actor)
+        return cls(open_database(db, create=create, allow_network_fs=allow_network_fs, read_only=read_only), actor)
 
     def close(self) -> None:
         self.db.close()

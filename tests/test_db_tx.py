@@ -18,13 +18,14 @@ from typing import Any, Callable
 import pytest
 
 from ecalstate.db import Database, DatabaseError
+from ecalstate.schema import open_database
 
 MARKS = "SELECT COUNT(*) FROM sqlite_temp_master WHERE name = 'mark'"
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Any:
-    database = Database(str(tmp_path / "state.db"), create=True)
+    database = open_database(str(tmp_path / "state.db"), create=True)
     yield database
     database.close()
 
@@ -184,7 +185,7 @@ def test_close_closes_every_threads_connection_and_the_path_can_be_made_anew(db:
     for name in (path, path + "-wal", path + "-shm"):
         if os.path.exists(name):
             os.remove(name)
-    Database(path, create=True).close()
+    open_database(path, create=True).close()
     assert meta(db, "old") is None  # the new file, not the one deleted under an open connection
     with db.tx() as tx:
         tx.execute("INSERT INTO meta (key, value) VALUES ('new', '1')")
@@ -268,7 +269,7 @@ def test_errors_of_a_read_only_database_and_of_bad_numbers_are_one_line(db: Data
 
 def test_run_gives_the_cursor_with_its_columns_and_row_count(db_url: str) -> None:
     """One interface on both engines: the driver's cursor."""
-    db = Database(db_url, create=True)
+    db = open_database(db_url, create=True)
     with db.tx() as tx:
         assert tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", ("k", "v")).rowcount == 1
         cursor = tx.run("SELECT key, value FROM meta WHERE key = ?", ("k",))

@@ -12,6 +12,7 @@ from test_migrations import load_v1
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate import db as dbmod
 from ecalstate.clock import utcnow
+from ecalstate.tables import SCHEMA_VERSION
 
 
 def test_an_old_database_is_refused_until_db_upgrade(db_url: str) -> None:
@@ -22,8 +23,8 @@ def test_an_old_database_is_refused_until_db_upgrade(db_url: str) -> None:
         f"Error: {dbmod.redact(dbmod.normalise_url(db_url))} has schema version 1; run `ecalstate db upgrade` first"]
 
     first = ok(db_url, "db", "upgrade").stdout
-    assert "applied 2: campaign.settings" in first and f"schema 1 -> {dbmod.SCHEMA_VERSION}" in first
-    assert ok(db_url, "db", "upgrade").stdout.strip() == f"schema {dbmod.SCHEMA_VERSION} is current: nothing to do"
+    assert "applied 2: campaign.settings" in first and f"schema 1 -> {SCHEMA_VERSION}" in first
+    assert ok(db_url, "db", "upgrade").stdout.strip() == f"schema {SCHEMA_VERSION} is current: nothing to do"
     assert as_json(db_url, "db", "upgrade")["applied"] == []
     assert "356004" in ok(db_url, "status", "-c", "prompt").stdout
 
@@ -96,10 +97,10 @@ def test_stats_text_and_json(history: tuple[str, str]) -> None:
     db, _ = history
     data = as_json(db, "db", "stats")
     assert data["rows"]["job"] == 3 and data["rows"]["run"] == 3 and data["rows"]["export_cursor"] == 1
-    assert data["schema_version"] == dbmod.SCHEMA_VERSION and data["size_bytes"] > 0
+    assert data["schema_version"] == SCHEMA_VERSION and data["size_bytes"] > 0
     text = ok(db, "db", "stats").stdout
     assert any(line.split()[:2] == ["job", "3"] for line in text.splitlines())
-    assert f"{data['engine']}, schema {dbmod.SCHEMA_VERSION}: database " in text
+    assert f"{data['engine']}, schema {SCHEMA_VERSION}: database " in text
 
 
 def test_every_db_command_documents_an_example() -> None:

@@ -25,11 +25,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from ecalstate import JobUpdate, RunSpec, SchemaError, Store, migrations
-from ecalstate import db as dbmod
 from ecalstate.clock import to_micros
 from ecalstate.db import Database, DatabaseError, Tx
 from ecalstate.export import read_batch
 from ecalstate.migrations import Step, upgrade_database
+from ecalstate.tables import SCHEMA_VERSION
 
 DATA = Path(__file__).parent / "data"
 _INSERT = re.compile(r"^INSERT INTO (\w+) \(([^)]*)\)")
@@ -76,7 +76,7 @@ DROPPED = {"task_instance": "progress_at"}
 
 def snapshot(url: str, after_upgrade: bool = False) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every first-release column (those the upgrade kept, ``after_upgrade``), sorted, per table."""
-    db = Database(url, check_version=False)
+    db = Database(url)
     try:
         with db.tx(write=False) as tx:
             return {t: sorted(tuple(r) for r in tx.all(
@@ -93,7 +93,7 @@ def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any
     times = [i for i, c in enumerate(columns["job"]) if c.endswith("_at")]
     jobs = [tuple(to_micros(v) if i in times and v is not None else v for i, v in enumerate(r))
             for r in rows["job"]]
-    out = {**rows, "meta": [("schema_version", str(dbmod.SCHEMA_VERSION))], "job": sorted(jobs)}
+    out = {**rows, "meta": [("schema_version", str(SCHEMA_VERSION))], "job": sorted(jobs)}
     for table, column in DROPPED.items():
         gone = columns[table].index(column)
         out[table] = sorted(r[:gone] + r[gone + 1:] for r in rows[table])
@@ -109,10 +109,10 @@ def v1_url(db_url: str) -> str:
 def test_the_frozen_release_is_version_1_and_is_refused_until_upgraded(v1_url: str) -> None:
     with pytest.raises(SchemaError, match=r"schema version 1; run `ecalstate db upgrade` first"):
         Store.open(v1_url)
-    db = Database(v1_url, check_version=False)
+    db = Database(v1_url)
     try:
         assert db.schema_version() == 1
-        assert [s.version for s in migrations.pending(1)] == list(range(2, dbmod.SCHEMA_VERSION + 1))
+        assert [s.version for s in migrations.pending(1)] == list(range(2, SCHEMA_VERSION + 1))
     finally:
         db.close()
 
@@ -121,7 +121,7 @@ def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str
     before = snapshot(v1_url)
     assert {t: len(rows) for t, rows in before.items()} == v1_row_counts()
     # what the stored progress mark said of processing instances: their jobs' newest change says the same
-    db = Database(v1_url, check_version=False)
+    db = Database(v1_url)
     with db.tx(write=False) as tx:
         progress = tx.all("SELECT c.name, t.name, r.run_number, COALESCE(ti.progress_at, ti.updated_at)"
                           " FROM task_instance ti JOIN campaign c ON c.id = ti.campaign_id JOIN task t"
@@ -131,8 +131,8 @@ def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str
     assert progress
 
     result = upgrade_database(v1_url)
-    assert (result.from_version, result.to_version) == (1, dbmod.SCHEMA_VERSION)
-    assert [a.split(":")[0] for a in result.applied] == [str(v) for v in range(2, dbmod.SCHEMA_VERSION + 1)]
+    assert (result.from_version, result.to_version) == (1, SCHEMA_VERSION)
+    assert [a.split(":")[0] for a in result.applied] == [str(v) for v in range(2, SCHEMA_VERSION + 1)]
     assert snapshot(v1_url, after_upgrade=True) == upgraded(before)
     assert upgrade_database(v1_url).applied == []
 
@@ -173,7 +173,7 @@ def test_upgrade_keeps_every_row_and_the_store_works_on_the_old_data(v1_url: str
 def test_init_on_a_first_release_database_upgrades_it(v1_url: str) -> None:
     before = snapshot(v1_url)
     with Store.open(v1_url, create=True) as store:
-        assert store.db.schema_version() == dbmod.SCHEMA_VERSION
+        assert store.db.schema_version() == SCHEMA_VERSION
     assert snapshot(v1_url, after_upgrade=True) == upgraded(before)
 
 
@@ -203,7 +203,7 @@ def test_a_failing_step_leaves_the_database_as_it_was(v1_url: str, monkeypatch: 
     before = snapshot(v1_url)
     with pytest.raises(DatabaseError):
         upgrade_database(v1_url)
-    db = Database(v1_url, check_version=False)
+    db = Database(v1_url)
     try:
         assert db.schema_version() == 1
         with db.tx(write=False) as tx:
@@ -232,7 +232,7 @@ def test_two_upgraders_at_once_apply_each_step_once(v1_url: str) -> None:
     assert all(not isinstance(r, Exception) for r in results), results
     # each step applied by exactly one of them (they may take turns, step by step)
     applied = sorted(step for r in results for step in r.applied)
-    assert [a.split(":")[0] for a in applied] == [str(v) for v in range(2, dbmod.SCHEMA_VERSION + 1)]
+    assert [a.split(":")[0] for a in applied] == [str(v) for v in range(2, SCHEMA_VERSION + 1)]
 
 
 def test_schema_5_upgraded_gives_every_reader_the_same_audit(db_url: str) -> None:
@@ -242,7 +242,7 @@ def test_schema_5_upgraded_gives_every_reader_the_same_audit(db_url: str) -> Non
     load_v1(db_url, version=5)
     expected = json.loads((DATA / "expected_v5.json").read_text(encoding="utf-8"))
     result = upgrade_database(db_url)
-    assert (result.from_version, result.to_version) == (5, dbmod.SCHEMA_VERSION)
+    assert (result.from_version, result.to_version) == (5, SCHEMA_VERSION)
     with Store.open(db_url, actor="after-upgrade") as store:
         assert [dataclasses.asdict(h) for h in store.history(limit=None)] == expected["history"]
         assert [list(line) for line in read_batch(store.db, 0, 10**9, 10**6)[0]] == expected["lines"]
@@ -260,7 +260,7 @@ def test_an_upgrade_killed_midway_leaves_schema_5_whole_and_the_next_one_finishe
     aborted, a node rebooted): the database is still version 5, every row as it was, readable by 5's readers;
     the next upgrade goes through."""
     load_v1(db_url, version=5)
-    db = Database(db_url, check_version=False)
+    db = Database(db_url)
     try:
         with db.tx() as tx:  # about 150,000 audit rows: the copy takes seconds, long enough to be cut
             for _ in range(12):
@@ -282,13 +282,13 @@ def test_an_upgrade_killed_midway_leaves_schema_5_whole_and_the_next_one_finishe
         time.sleep(0.005)
     upgrader.send_signal(signal.SIGKILL)
     upgrader.wait()
-    db = Database(db_url, check_version=False)
+    db = Database(db_url)
     try:
         assert db.schema_version() == 5
     finally:
         db.close()
     assert snapshot_v5(db_url) == before
-    assert upgrade_database(db_url).to_version == dbmod.SCHEMA_VERSION
+    assert upgrade_database(db_url).to_version == SCHEMA_VERSION
     with Store.open(db_url) as store:
         assert len(store.history(limit=None)) == rows
 
@@ -306,7 +306,7 @@ def copying(url: str) -> bool:
 
 def snapshot_v5(url: str) -> dict[str, Any]:
     """Counts and a digest of every row of the schema-5 tables, read as 5's readers read them."""
-    db = Database(url, check_version=False)
+    db = Database(url)
     try:
         with db.tx(write=False) as tx:
             tables = [r[0] for r in tx.all(
