@@ -145,6 +145,21 @@ def texts_of(tx: Tx, ids: set[int], known: dict[int, str]) -> dict[int, str]:
     return known
 
 
+def high_water(tx: Tx) -> int:
+    """The newest audit id below which every row is committed (where the exporter may read up to).
+
+    SQLite has one writer at a time, so committed ids always form a prefix. PostgreSQL hands out ids before
+    commit: the transactions inserting audit rows right now are waited for, after which every id up to the
+    maximum is either committed or never will be. With ``ecalstate db roles`` a function does it without any
+    lock (a reader may not lock the table, and must not hold writers up); without, a share lock for this
+    transaction's short life."""
+    if not tx.is_sqlite:
+        if tx.scalar("SELECT to_regprocedure('ecalstate_audit_high_water()') IS NOT NULL"):
+            return int(tx.scalar("SELECT ecalstate_audit_high_water()"))
+        tx.run("LOCK TABLE audit_log IN SHARE MODE")
+    return int(tx.scalar("SELECT MAX(id) FROM audit_log") or 0)
+
+
 def vocabulary_ids() -> dict[str, int]:
     """The cache a database starts with: the fixed vocabulary."""
     return {text: i for i, text in enumerate(VOCABULARY, 1)}

@@ -139,7 +139,7 @@ class StoreBase:
         """The authenticated identity of this store's writes: :func:`os_identity`, and on PostgreSQL the role the
         server authenticated (``session_user``), which a client cannot choose freely. Asked once per store."""
         if self._identity is None:
-            role = None if tx.is_sqlite else tx.scalar("SELECT session_user")
+            role = tx.session_role()
             self._identity = os_identity() + (f" db:{role}" if role else "")
         return self._identity
 

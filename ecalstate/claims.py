@@ -258,8 +258,8 @@ def _eligible(tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] =
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    if lock and not tx.is_sqlite:
-        sql += " FOR UPDATE OF ti SKIP LOCKED"
+    if lock:
+        sql += tx.skip_locked("ti")
     return [
         Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
         for r in tx.all(sql, params)

@@ -19,6 +19,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any, NoReturn, Optional, Protocol
 
@@ -27,6 +28,7 @@ from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import create_engine
 
+from .dialect import SQLITE, dialect_of
 from .errors import EcalStateError, NotFound, SchemaError
 from .limits import int64_range
 from .paths import Mount, network_mount
@@ -218,7 +220,9 @@ class Tx:
         self.conn = conn
         self.write = write
         self.dialect = dialect
-        self.is_sqlite = dialect.name == "sqlite"
+        #: what this engine can do, and its SQL for it (:mod:`ecalstate.dialect`)
+        self.sql = dialect_of(dialect.name)
+        self.is_sqlite = self.sql is SQLITE
         self._fmt = _as_written if dialect.paramstyle == "qmark" else _to_format_style
         self._dbapi_conn = dbapi_conn
         self._new_cursor()
@@ -246,7 +250,21 @@ class Tx:
 
     def lock(self, alias: str) -> str:
         """Row-lock clause for reads that decide a write: none on SQLite (the transaction holds the lock)."""
-        return "" if self.is_sqlite else f" FOR UPDATE OF {alias}"
+        return self.sql.lock(alias)
+
+    def skip_locked(self, alias: str) -> str:
+        """Row-lock clause of a claim: the rows another claimer holds are left to it, not waited for."""
+        return self.sql.skip_locked(alias)
+
+    def lock_rows(self, table: str, ids: Sequence[int]) -> None:
+        """Lock rows of ``table`` by id until commit (in id order), where rows are locked at all."""
+        sql = self.sql.lock_rows_sql(table, len(ids))
+        if sql and ids:
+            self.all(sql, sorted(ids))
+
+    def session_role(self) -> Optional[str]:
+        """The role the server authenticated for this session (None where there are no roles)."""
+        return self.scalar("SELECT session_user") if self.sql.roles else None
 
     def serialize(self, scope: str, key: object = "") -> None:
         """Wait for, then hold until commit, the lock named (``scope``, ``key``).
@@ -255,8 +273,9 @@ class Tx:
         same name run one after the other (a transaction-level advisory lock; its next statement
         sees what the previous holder committed). SQLite write transactions always do.
         """
-        if not self.is_sqlite:
-            self.run("SELECT pg_advisory_xact_lock(hashtext(?), hashtext(?))", (scope, str(key)))
+        sql = self.sql.serialize_sql()
+        if sql:
+            self.run(sql, (scope, str(key)))
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run a statement on a cursor of its own, and give it: its rows stay readable while others run."""
@@ -268,9 +287,8 @@ class Tx:
         """Whether a table, view, index or (PostgreSQL) function ``name`` exists, in the main schema on SQLite, the
         search path elsewhere. What is there is never made again, so that a role that owns nothing (a writer
         running ``ecalstate init``) finds nothing to do instead of a refusal."""
-        if self.is_sqlite:
-            return self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", (name,)) > 0
-        return bool(self.scalar("SELECT to_regclass(?) IS NOT NULL OR to_regproc(?) IS NOT NULL", (name, name)))
+        sql = self.sql.exists_sql()
+        return bool(self.scalar(sql, (name,) * sql.count("?")))
 
     def create_table(self, table: Table) -> None:
         """Create ``table`` and its indexes, in this transaction, unless it exists (a migration step's DDL)."""
@@ -385,6 +403,33 @@ class _Idle:
         self.owner = owner
 
 
+_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_TRANSACTION,
+          getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+#: pragmas that only read, with the table they name (SQLAlchemy's table checks)
+_READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list"}
+
+
+def _authorize(action: int, arg1: Optional[str], arg2: Optional[str], *_: Optional[str]) -> int:
+    if action in _READS or (action == sqlite3.SQLITE_PRAGMA and arg1 in _READ_PRAGMAS):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _reads_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.set_authorizer(_authorize)
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes a database takes (SQLite: its file, WAL and free pages; PostgreSQL: the database and each table)."""
+
+    engine: str
+    size_bytes: int
+    wal_bytes: Optional[int] = None
+    free_bytes: Optional[int] = None
+    table_bytes: dict[str, int] = field(default_factory=dict)
+
+
 class Database:
     """An engine plus the transaction discipline.
 
@@ -418,11 +463,55 @@ class Database:
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None
+        #: what this engine can do, and its SQL for it (:mod:`ecalstate.dialect`)
+        self.sql = dialect_of(self.engine.dialect.name)
         #: per thread, its idle connections (SQLite files; other engines go through SQLAlchemy's pool)
         self._local: Optional[threading.local] = None if path in (None, ":memory:") else threading.local()
         self._idle_lists: weakref.WeakSet[_Idle] = weakref.WeakSet()  # a thread's goes when the thread ends
         self._idle_lists_lock = threading.Lock()
         self._closes = 0
+
+    def forbid_writes(self) -> None:
+        """Make this process unable to write through a read-only database, beyond opening it so: on SQLite an
+        authorizer on every connection refuses any statement but a read (no PRAGMA can lift it, unlike
+        ``query_only``); PostgreSQL sessions of a read-only database start with ``default_transaction_read_only``."""
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _reads_only)
+            self.close()  # connections opened before the guard are not reused
+
+    def disk_usage(self, tables: Sequence[str]) -> DiskUsage:
+        """What the database takes on disk; on PostgreSQL also each of ``tables`` (with its indexes)."""
+        path = sqlite_path(self.url)
+        with self.tx(write=False) as tx:
+            if path is not None:
+                free = int(tx.scalar("PRAGMA freelist_count")) * int(tx.scalar("PRAGMA page_size"))
+            else:
+                size = int(tx.scalar("SELECT pg_database_size(current_database())"))
+                table_bytes = {n: int(tx.scalar("SELECT pg_total_relation_size(?::regclass)", (n,))) for n in tables}
+        if path is None:
+            return DiskUsage("postgresql", size, table_bytes=table_bytes)
+        wal = path + "-wal"
+        return DiskUsage("sqlite", os.path.getsize(path), os.path.getsize(wal) if os.path.exists(wal) else 0, free)
+
+    def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system. VACUUM cannot run inside a transaction, so it
+        goes through the driver connection in autocommit mode; on SQLite the WAL is checkpointed and truncated
+        as well."""
+        raw = self.engine.raw_connection()
+        try:
+            conn: Any = raw.driver_connection
+            if self.is_sqlite:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                conn.rollback()
+                conn.autocommit = True
+                try:
+                    conn.execute("VACUUM")
+                finally:
+                    conn.autocommit = False
+        finally:
+            raw.close()
 
     def use_wal(self) -> None:
         """Switch a SQLite file to WAL (it stays so; other engines: nothing to do), once it is known to be ours

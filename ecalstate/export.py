@@ -65,7 +65,7 @@ from urllib.parse import quote as urlquote
 from urllib.parse import urlencode, urlsplit
 
 from .appendfile import Batch, append_whole, batch, settle
-from .auditlog import DETAIL, RETRY_ROWS, texts_of
+from .auditlog import DETAIL, RETRY_ROWS, high_water, texts_of
 from .db import Database, Tx
 from .errors import EcalStateError, Invalid
 from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
@@ -577,25 +577,6 @@ def read_batch(db: Database, after: int, upto: int, limit: int) -> tuple[list[Li
     return lines, (rows[-1][0] if rows else after), skipped
 
 
-# --------------------------------------------------------------------------------- high water
-
-
-def _high_water(db: Database) -> int:
-    """The newest audit id below which every row is committed.
-
-    SQLite has one writer at a time, so committed ids always form a prefix. PostgreSQL hands out
-    ids before commit: a share lock waits for the transactions inserting audit rows right now,
-    after which every id up to the maximum is either committed or never will be.
-    """
-    with db.tx(write=False) as tx:
-        if not tx.is_sqlite:
-            # a read-only exporter may not lock the table itself: `ecalstate db roles` gives it a function that does
-            if tx.scalar("SELECT to_regprocedure('ecalstate_audit_high_water()') IS NOT NULL"):
-                return int(tx.scalar("SELECT ecalstate_audit_high_water()"))
-            tx.run("LOCK TABLE audit_log IN SHARE MODE")
-        return int(tx.scalar("SELECT MAX(id) FROM audit_log") or 0)
-
-
 # --------------------------------------------------------------------------------- export
 
 
@@ -631,7 +612,8 @@ def export(
     if full and before:
         store.set_cursor(target.name, 0, forward_only=False)
     position = 0 if full else before
-    high = _high_water(db)
+    with db.tx(write=False) as tx:
+        high = high_water(tx)
     points = batches = skipped = 0
     refused: list[tuple[int, str]] = []
 

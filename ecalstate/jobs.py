@@ -138,7 +138,7 @@ class Jobs(StoreBase):
         tests/test_one_job.py holds both fast paths to it."""
         target = _STATUS.get(status) or JobStatus(JOB.parse(status))
         reason = masked(reason, known_secrets()) if reason else reason  # as _plan does: a quoted secret is masked
-        if not self.db.is_sqlite:
+        if self.db.sql.job_function:
             with self.db.statement() as tx:
                 return set_job(tx, campaign, task, run, jid, target, reason, generation, self.actor,
                                self.identity(tx), self.db.audit_texts, to_micros(self.clock()), complete)[0]
@@ -555,10 +555,10 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
     out: list[Change] = []
     for chunk in _chunks(list(instance_ids)):
         marks = ",".join("?" * len(chunk))
-        if not tx.is_sqlite:  # (a SQLite write transaction holds the file's lock already)
-            # two transactions finishing the last two jobs of one instance: the later one waits here for the
-            # earlier one's commit, and its tally, a statement of its own (a new snapshot), sees that job
-            tx.all(f"SELECT id FROM task_instance WHERE id IN ({marks}) ORDER BY id FOR UPDATE", chunk)
+        # two transactions finishing the last two jobs of one instance: the later one waits here for the earlier
+        # one's commit, and its tally, a statement of its own (a new snapshot), sees that job (where rows are
+        # locked: a SQLite write transaction holds the file already)
+        tx.lock_rows("task_instance", chunk)
         rows = tx.all(
             f"SELECT ti.id, ti.version, ti.generation, r.run_number, {_TALLY.format(j='j', retries='?')}"
             " FROM task_instance ti JOIN run r ON r.id = ti.run_id"

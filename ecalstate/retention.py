@@ -40,7 +40,7 @@ from . import clock
 from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import KEEP_CREATION_FIELDS
 from .clock import to_micros
-from .db import Database, Tx, sqlite_path
+from .db import Database, Tx
 from .errors import Invalid, StorageError
 from .limits import MAX_DURATION
 
@@ -291,41 +291,11 @@ def stats(db: Database) -> DbStats:
     names = sorted(t.name for t in SQLModel.metadata.sorted_tables)
     with db.tx(write=False) as tx:
         rows = {SHOWN.get(name, name): int(tx.scalar(f"SELECT COUNT(*) FROM {name}")) for name in names}
-        if tx.is_sqlite:
-            page = int(tx.scalar("PRAGMA page_size"))
-            free = int(tx.scalar("PRAGMA freelist_count")) * page
-            table_bytes: dict[str, int] = {}
-        else:
-            size = int(tx.scalar("SELECT pg_database_size(current_database())"))
-            table_bytes = {SHOWN.get(n, n): int(tx.scalar("SELECT pg_total_relation_size(?::regclass)", (n,)))
-                           for n in names}
-    version = db.schema_version()
-    path = sqlite_path(db.url)
-    if path is None:
-        return DbStats(db.url, "postgresql", rows, size, table_bytes=table_bytes, schema_version=version)
-    wal = path + "-wal"
-    return DbStats(db.url, "sqlite", rows, os.path.getsize(path), os.path.getsize(wal) if os.path.exists(wal) else 0,
-                   free, schema_version=version)
+    usage = db.disk_usage(names)
+    return DbStats(db.url, usage.engine, rows, usage.size_bytes, usage.wal_bytes, usage.free_bytes,
+                   {SHOWN.get(n, n): size for n, size in usage.table_bytes.items()}, db.schema_version())
 
 
 def vacuum(db: Database) -> None:
-    """Give the space of deleted rows back to the file system (after a large prune).
-
-    VACUUM cannot run inside a transaction, so it goes through the driver connection in
-    autocommit mode; on SQLite the WAL is checkpointed and truncated as well.
-    """
-    raw = db.engine.raw_connection()
-    try:
-        conn: Any = raw.driver_connection
-        if db.is_sqlite:
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        else:
-            conn.rollback()
-            conn.autocommit = True
-            try:
-                conn.execute("VACUUM")
-            finally:
-                conn.autocommit = False
-    finally:
-        raw.close()
+    """Give the space of deleted rows back to the file system (after a large prune)."""
+    db.vacuum()

@@ -11,7 +11,6 @@ from typing import Optional
 from .catalog import Catalog
 from .claims import Claims
 from .cursors import Cursors
-from .db import Database
 from .schema import open_database
 from .jobs import Jobs
 from .legacy_api import LegacyApi

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -19,7 +18,6 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup, escape
-from sqlalchemy import event
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -59,31 +57,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 HEADERS = {"Content-Security-Policy": "default-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
-_READS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_TRANSACTION,
-          getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-#: pragmas that only read, with the table they name (SQLAlchemy's table checks)
-_READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list"}
-
-
-def _authorize(action: int, arg1: Optional[str], arg2: Optional[str], *_: Optional[str]) -> int:
-    if action in _READS or (action == sqlite3.SQLITE_PRAGMA and arg1 in _READ_PRAGMAS):
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-def _reads_only(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.set_authorizer(_authorize)
-
-
 def forbid_writes(store: Store) -> None:
     """Make the view's process unable to write, beyond opening read-only: SQLite statements other than reads
     are refused by an authorizer on every connection (no PRAGMA can lift it, unlike ``query_only``);
     PostgreSQL sessions of a read-only store start with ``default_transaction_read_only``."""
     if not store.db.read_only:
         raise Invalid("the web view reads a store opened read-only (Store.open(db, read_only=True))")
-    if store.db.is_sqlite:
-        event.listen(store.db.engine, "connect", _reads_only)
-        store.db.close()  # connections opened before the guard are not reused
+    store.db.forbid_writes()
 
 
 class Query:
