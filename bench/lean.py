@@ -31,7 +31,7 @@ from typing import Any
 from ecalstate import Store
 from ecalstate.auditlog import vocab_id
 from ecalstate.base import AUDIT_SQL
-from ecalstate.db import SCHEMA_VERSION
+from ecalstate.tables import SCHEMA_VERSION
 from ecalstate.export import ROWS_SQL, _with_texts
 from ecalstate.migrations import upgrade_database
 

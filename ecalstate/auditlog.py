@@ -13,9 +13,10 @@ from typing import Optional
 
 
 from .db import Tx
+from .limits import chunks
 from .outputs import gathered_outputs
-from .tables import TABLES
 from .statemachine import JobStatus, TaskStatus
+from .tables import TABLES
 
 #: texts at fixed ids 1..n, in every database: SQL (a partial index, a row-level policy) can name them
 VOCABULARY: tuple[str, ...] = (
@@ -139,8 +140,7 @@ def text_id(tx: Tx, text: str, known: dict[str, int], learned: dict[str, int]) -
 def texts_of(tx: Tx, ids: set[int], known: dict[int, str]) -> dict[int, str]:
     """``known`` (a cache of id -> text, kept by the caller: an id's text never changes) with ``ids`` added."""
     missing = sorted(i for i in ids if i not in known)
-    for start in range(0, len(missing), 500):
-        chunk = missing[start:start + 500]
+    for chunk in chunks(missing):
         known.update(tx.all(f"SELECT id, text FROM string WHERE id IN ({','.join('?' * len(chunk))})", chunk))
     return known
 

@@ -11,7 +11,7 @@ from .base import AUDIT_SQL, Ctx, StoreBase, loads
 from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
-from .limits import INT64_MAX, check_int64, int64_range
+from .limits import INT64_MAX, check_int64, chunks, int64_range
 from .results import BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
 from .sources import ONGOING
 from .statemachine import TaskStatus
@@ -281,7 +281,7 @@ def insert_runs(ctx: Ctx, cid: int, specs: dict[int, RunSpec], activate: bool = 
     tx = ctx.tx
     known: set[int] = set()
     numbers = sorted(specs)
-    for chunk in _chunks(numbers, 500):
+    for chunk in chunks(numbers):
         marks = ",".join("?" * len(chunk))
         known.update(r[0] for r in tx.all(
             f"SELECT run_number FROM run WHERE campaign_id = ? AND run_number IN ({marks})", (cid, *chunk)
@@ -344,15 +344,10 @@ def _record(run_number: int, fill: Optional[int], meta: dict[str, Any]) -> dict[
     return {**meta, "run_number": run_number, "fill": fill}
 
 
-def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _create_instances(ctx: Ctx, cid: int, runs: Sequence[tuple[int, int]], task_ids: Sequence[int], reason: str) -> int:
     """Create ``new`` instances of ``task_ids`` for ``runs`` (run id, run number) that lack one."""
     existing: set[tuple[int, int]] = set()
-    for chunk in _chunks([t for t in task_ids], 500):
+    for chunk in chunks(list(task_ids)):
         marks = ",".join("?" * len(chunk))
         existing.update(
             (r[0], r[1]) for r in ctx.tx.all(
@@ -378,7 +373,7 @@ def _create_pairs(
         [(cid, task_id, run_id, TaskStatus.NEW.value, ctx.now, ctx.now) for run_id, task_id in pairs],
     )
     ids: dict[tuple[int, int], int] = {}
-    for chunk in _chunks(sorted({run_id for run_id, _ in pairs}), 500):
+    for chunk in chunks(sorted({run_id for run_id, _ in pairs})):
         marks = ",".join("?" * len(chunk))
         for iid, run_id, task_id in tx.all(
             f"SELECT id, run_id, task_id FROM task_instance WHERE run_id IN ({marks})", tuple(chunk)

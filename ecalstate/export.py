@@ -68,7 +68,7 @@ from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, high_water, texts_of
 from .db import Database, Tx
 from .errors import EcalStateError, Invalid
-from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
+from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL, chunks
 from .lineprotocol import FieldValue, line, safe_key
 from .secrets import read_secret_file, redact_url
 from .store import Store
@@ -555,8 +555,7 @@ def _attempts(tx: Tx, rows: Sequence[Sequence[Any]]) -> dict[int, int]:
     """The attempts of each job of the batch as of just before the batch: one more per failed -> idle row."""
     instances = sorted({r[12] for r in rows if r[2] == "job" and r[12] is not None})
     attempts: dict[int, int] = {}
-    for start in range(0, len(instances), 500):
-        chunk = instances[start:start + 500]
+    for chunk in chunks(instances):
         sql = HISTORY_SQL.format(marks=",".join("?" * len(chunk)))
         for (job_pk,) in tx.all(sql, (*chunk, rows[0][0])):
             attempts[job_pk] = attempts.get(job_pk, 1) + 1

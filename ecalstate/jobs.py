@@ -8,7 +8,7 @@ beyond its retries and none left idle or running -> ``failed``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -17,7 +17,7 @@ from .base import AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, loads, store_tim
 from .clock import from_micros, optional_text, to_micros
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
-from .limits import MAX_JOBS_PER_CALL, check_int64
+from .limits import MAX_JOBS_PER_CALL, check_int64, chunks
 from .outputs import DERIVED, gathered_outputs
 from .pgjobs import set_job
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
@@ -41,11 +41,6 @@ _TALLY = (
 
 #: instance statuses whose current generation's jobs may still get their batch ids recorded
 RECORDABLE = (TaskStatus.PROCESSING.value, TaskStatus.DONE.value, TaskStatus.FAILED.value)
-
-
-def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 class Jobs(StoreBase):
@@ -368,7 +363,7 @@ def _load(tx: Tx, tid: int, updates: Sequence[JobUpdate]) -> dict[tuple[int, int
     jids = sorted({u.jid for u in updates})
     # a few job ids: read just those, not every job of the runs (a check of one job in a 10,000-job run)
     by_jid = f" AND j.jid IN ({','.join('?' * len(jids))})" if len(jids) <= 100 else ""
-    for chunk in _chunks(sorted({u.run for u in updates})):
+    for chunk in chunks(sorted({u.run for u in updates})):
         marks = ",".join("?" * len(chunk))
         for raw in tx.all(
             "SELECT j.id, r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.fields, ti.id,"
@@ -553,7 +548,7 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
     """Move ``processing`` instances whose current-generation jobs decide it to done or failed."""
     tx = ctx.tx
     out: list[Change] = []
-    for chunk in _chunks(list(instance_ids)):
+    for chunk in chunks(list(instance_ids)):
         marks = ",".join("?" * len(chunk))
         # two transactions finishing the last two jobs of one instance: the later one waits here for the earlier
         # one's commit, and its tally, a statement of its own (a new snapshot), sees that job (where rows are

@@ -7,11 +7,16 @@ it is refused when it is parsed, by :func:`check_int64`, which every option and 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from .errors import Invalid
 
+T = TypeVar("T")
+
 INT64_MIN = -(2**63)
+#: values one statement binds at most (``IN (...)`` lists): SQLite's compiled-in limit may be as low as 999
+SQL_CHUNK = 500
 INT64_MAX = 2**63 - 1
 #: jobs one ``create_jobs`` call may create (one transaction holds the write lock while it inserts them)
 MAX_JOBS_PER_CALL = 100_000
@@ -48,3 +53,9 @@ def check_int64(value: Any, what: str, low: int = INT64_MIN) -> int:
     if not low <= number <= INT64_MAX:
         raise Invalid(f"invalid {what} {number}: expected {int64_range(low)}")
     return number
+
+
+def chunks(items: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size`` (the one way a long list is cut into statements)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

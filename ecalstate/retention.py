@@ -42,7 +42,7 @@ from .auditlog import KEEP_CREATION_FIELDS
 from .clock import to_micros
 from .db import Database, Tx
 from .errors import Invalid, StorageError
-from .limits import MAX_DURATION
+from .limits import MAX_DURATION, chunks
 
 CHUNK = 20_000
 
@@ -211,8 +211,7 @@ def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: O
     if out is not None and appends is not None and rows:
         out.write(appends, archived_as or table, rows)
     keys = [r[key] for r in rows]
-    for start in range(0, len(keys), 500):
-        part = keys[start:start + 500]
+    for part in chunks(keys):
         tx.run(f"DELETE FROM {table} WHERE {key} IN ({','.join('?' * len(part))})", part)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from .base import Ctx, StoreBase
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
+from .limits import chunks
 from .results import BulkResult, Change
 from .statemachine import TASK, TaskStatus, TransitionNotAllowed
 
@@ -144,8 +145,7 @@ def _select(
 ) -> tuple[list[_Target], list[int]]:
     found: dict[int, _Target] = {}
     wanted = sorted(set(runs))
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start:start + 500]
+    for chunk in chunks(wanted):
         marks = ",".join("?" * len(chunk))
         for row in tx.all(f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number IN ({marks}){tx.lock('ti')}",
                           (tid, *chunk)):

@@ -16,7 +16,7 @@ import pytest
 
 from ecalstate import Invalid, JobUpdate, RunSpec, Store
 from ecalstate.clock import utcnow
-from ecalstate.db import SCHEMA_VERSION
+from ecalstate.tables import SCHEMA_VERSION
 from ecalstate.errors import StorageError
 from ecalstate.retention import parse_before, prune, stats
 

@@ -102,7 +102,7 @@ def test_operator_reprocesses_and_sets_up_but_does_not_prune(deployment: dict[st
 
 def test_every_table_has_its_grants() -> None:
     """A table added to the schema without a line in roles.py would be unreadable by every role but the admin."""
-    from ecalstate.db import SQLModel
+    from ecalstate.tables import SQLModel
     from ecalstate.roles import TABLES
 
     assert sorted(TABLES) == sorted(SQLModel.metadata.tables)

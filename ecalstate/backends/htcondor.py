@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import EcalStateError, Invalid
+from ..limits import chunks
 from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, stderr_tail
 
 #: attributes that identify a job; a template may not set them
@@ -48,6 +49,8 @@ DEFAULTS = {
 RESERVED = {"environment", "getenv", "queue", *(f"+{a}".lower() for a in KEY_ATTRS),
             *(f"my.{a}".lower() for a in KEY_ATTRS)}
 RUNNING = {2, 6, 7}
+#: jobs one schedd constraint names at most (a constraint of thousands of clauses is slow to parse)
+CONSTRAINT_CHUNK = 200
 
 
 def _bindings() -> Any:
@@ -152,8 +155,7 @@ class CondorBackend(Backend):
         base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
         runs = sorted({k.run for k in keys})
         found: dict[JobKey, tuple[int, Observation]] = {}
-        for start in range(0, len(runs), 200):
-            chunk = runs[start:start + 200]
+        for chunk in chunks(runs, CONSTRAINT_CHUNK):
             constraint = base + " && (" + " || ".join(f"EcalRun == {r}" for r in chunk) + ")"
             _collect(found, wanted, self._call("query the queue", schedd.query, constraint=constraint,
                                                projection=PROJECTION))
@@ -172,11 +174,11 @@ class CondorBackend(Backend):
         schedd = self._schedd()
         base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
         ordered = sorted(set(keys))
-        for start in range(0, len(ordered), 200):
+        for part in chunks(ordered, CONSTRAINT_CHUNK):
             match = " || ".join(f"(EcalRun == {k.run} && EcalJobId == {k.jid} && EcalGeneration == {k.generation}"
                                 f" && EcalAttempt == {k.attempt}"
                                 f" && Iwd == {classad_string(str(self.job_dir(campaign, task, k)))})"
-                                for k in ordered[start:start + 200])
+                                for k in part)
             self._call("remove jobs", schedd.act, htcondor2.JobAction.Remove, f"{base} && ({match})",
                        reason=f"ecalstate: {reason}")
 

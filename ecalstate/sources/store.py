@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..base import Ctx, StoreBase, loads
+from ..catalog import activate_runs, check_run, check_specs, insert_runs
 from ..claims import ended_fills
-from ..catalog import _chunks, activate_runs, check_run, check_specs, insert_runs
 from ..errors import Invalid
-from ..limits import check_int64
+from ..limits import check_int64, chunks
 from ..results import RunSpec
 from . import ONGOING, Rejected, SourceBatch, SourceState
 
@@ -78,7 +78,7 @@ class RunSourceStore(StoreBase):
             tx.serialize("runs", cid)  # with injections and other syncs: each sees the other's runs
             present: dict[int, tuple[int, dict[str, Any]]] = {}
             numbers = sorted(specs)
-            for chunk in _chunks(numbers, 500):
+            for chunk in chunks(numbers):
                 marks = ",".join("?" * len(chunk))
                 present.update((r[0], (r[1], loads(r[2]))) for r in tx.all(
                     f"SELECT run_number, id, meta FROM run WHERE campaign_id = ? AND run_number IN ({marks})",
