@@ -3,7 +3,8 @@ the store.
 
 Handlers written for ecalautoctrl run unchanged (``import ecalautoctrl`` is an alias of this package), or
 with ``from ecalstate.compat import JobCtrl, RunCtrl, TaskHandler``; ``dbname`` is an ecalstate database
-path or URL. Unlike the original, every call is one validated,
+path or URL, or one of the original's database names (``ecal_prompt_v1``) mapped to a store by the databases
+file (:mod:`ecalstate.compat.dbnames`). Unlike the original, every call is one validated,
 audited transaction: what the original accepted silently but the transition
 tables refuse raises :class:`~ecalstate.statemachine.TransitionNotAllowed` (or
 another :class:`~ecalstate.errors.EcalStateError`) and writes nothing.
@@ -38,6 +39,7 @@ from ..notify import deliver
 from ..results import BulkResult, JobInfo
 from ..statemachine import JobStatus, TaskStatus
 from ..store import Store
+from .dbnames import resolve_dbname
 from .oms import QueryOMS
 
 __all__ = ["JobCtrl", "QueryOMS", "RunCtrl", "TaskHandler", "close_stores", "open_store", "run_number"]
@@ -51,11 +53,14 @@ _stores: dict[tuple[str, str], Store] = {}
 
 
 def open_store(dbname: str) -> Store:
-    """One store per database and actor for the whole process (handlers create many controllers)."""
-    key = (normalise_url(dbname), resolve_actor())
+    """One store per database and actor for the whole process (handlers create many controllers).
+
+    ``dbname`` is a path, a URL or a database name of the databases file (:func:`resolve_dbname`)."""
+    target = resolve_dbname(dbname)
+    key = (normalise_url(target), resolve_actor())
     store = _stores.get(key)
     if store is None:
-        store = _stores[key] = Store.open(dbname)
+        store = _stores[key] = Store.open(target)
     return store
 
 
@@ -267,7 +272,8 @@ class TaskHandler:
         self.opts = argparse.Namespace()
         self.parser = argparse.ArgumentParser(description=f"{task}: submit, resubmit or check its jobs")
         self.parser.add_argument("--db", dest="dbname", default=os.environ.get("ECALSTATE_DB", "./ecalstate.db"),
-                                 help="ecalstate database path or URL (env ECALSTATE_DB)")
+                                 help="ecalstate database path or URL, or a database name of the databases file "
+                                      "(ECALSTATE_DATABASES; docs/migration.md) (env ECALSTATE_DB)")
         self.parser.add_argument("-c", "--campaign", action="append", default=[],
                                  help="campaign; repeatable, comma lists accepted (env ECALSTATE_CAMPAIGN)")
         self.parser.add_argument("stage", choices=STAGES)
