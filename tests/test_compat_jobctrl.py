@@ -74,6 +74,8 @@ def test_a_group_as_a_list_a_tuple_or_a_comma_string_names_the_same_jobs(db: str
         jobctrl(db, fill=FILL, group=["357889", "357900"])
     with pytest.raises(Invalid, match="invalid run number 'x'"):
         jobctrl(db, fill=FILL, group=["357889", "x"])
+    with pytest.raises(Invalid, match="needs tags with a run_number, or a fill and/or group"):
+        jobctrl(db, group=[])
 
 
 def test_tags_jids_and_fields_may_be_numpy_scalars(db: str) -> None:

@@ -165,14 +165,14 @@ class JobCtrl:
         self.campaign = campaign
         self.tags = tags
         self.store = open_store(dbname)
-        group = tags.get("group")
-        runs = [] if group is None or (isinstance(group, str) and not group.strip()) else group_runs(group)
         if "run_number" in tags:
             self.run = run_number(tags["run_number"])
-        elif runs or tags.get("fill") not in (None, ""):
-            self.run = self.store.group_leader(campaign, self.task, runs, tags.get("fill"))
         else:
-            raise Invalid("JobCtrl needs tags with a run_number, or a fill and/or group of runs")
+            group = tags.get("group")
+            runs = [] if group is None or (isinstance(group, str) and not group.strip()) else group_runs(group)
+            if not runs and tags.get("fill") in (None, ""):
+                raise Invalid("JobCtrl needs tags with a run_number, or a fill and/or group of runs")
+            self.run = self.store.group_leader(campaign, self.task, runs, tags.get("fill"))
         #: what a user field may not be called: the original's sanity check refused a field named as a tag, and a
         #: status name as a field would set two statuses
         self.reserved = frozenset(_JOB_TAGS) | frozenset(tags) | frozenset(_STATUSES)
