@@ -161,14 +161,17 @@ def test_a_password_in_db_is_refused_and_never_printed(env: dict[str, str]) -> N
     assert "the URL holds a password" in err and "s3cret-pw" not in err
 
 
-def test_ecalautomation_wait_names_what_ecalstate_does_instead(named: str, env: dict[str, str]) -> None:
+def test_ecalautomation_wait_names_what_ecalstate_does_instead(named: str, env: dict[str, str],
+                                                                tmp_path: Path) -> None:
     """The early scripts' ``wait`` (resubmit failed jobs with a command of theirs, behind the store's back): taken
-    whole, then answered with one line naming the handler stages and ``ecalstate`` commands that do it here."""
+    whole, then answered with one line naming the handler stages and ``ecalstate`` commands that do it here; the
+    command given is never run."""
     run(RUNCTRL, "--db", "ecal_prompt_v1", "create", "--campaign", "prompt", env=env)
     before = state(named)
     err = run(AUTOMATION, "--db", "ecal_prompt_v1", "-c", "prompt", "-w", "phisym-reco", "--dataPeriod", "Run2022C",
-              "wait", "--resubcmd", "crab resubmit --proxy=/tmp/x509 crab_wdir", "--howManyAttempts", "1", "-s", "0",
+              "wait", "--resubcmd", f"touch {tmp_path / 'ran'}", "--howManyAttempts", "1", "-s", "0",
               env=env, code=2)
+    assert not (tmp_path / "ran").exists()
     assert err.startswith("ecalautomation.py: wait is not available in ecalstate")
     assert "python HANDLER.py --db ecal_prompt_v1 -c prompt check" in err
     assert "ecalstate --db DB task update -c prompt phisym-reco --max-retries 1" in err
