@@ -208,12 +208,10 @@ def test_recreate_opens_a_new_generation_and_keeps_history(db: str) -> None:
     with pytest.raises(TransitionNotAllowed, match="retries exhausted"):
         jctrl.idle(jid=0)
     assert jctrl.getJobs() == {"idle": ["1"], "running": [], "done": [], "failed": ["0"]}
-    last = jctrl.getJob(jid=0)
-    assert isinstance(last, dict)
+    (last,) = jctrl.getJob(jid=0, last=True)  # the original's last(*): a list of one point
     assert (last["failed"], last["idle"], last["log"], last["n"]) == (1, 0, "oom", 0)
-    points = jctrl.getJob(jid=0, last=False)
-    assert isinstance(points, list)
-    assert [p["failed"] for p in points] == [0, 0, 1, 0, 1]
+    points = jctrl.getJob(jid=0)  # the original's default: every point, as InfluxDB's ResultSet
+    assert [p["failed"] for p in points.get_points()] == [0, 0, 1, 0, 1]
 
     assert jctrl.createTask(jids=[0], recreate=True) == 2
     assert jctrl.getJobs() == {"idle": ["0"], "running": [], "done": [], "failed": []}
@@ -253,7 +251,10 @@ def test_eflow_style_jobctrl_by_fill_and_group_belongs_to_the_leader(db: str) ->
     group = ",".join(str(r) for r in FILL_A)
     jctrl = JobCtrl(task="eflow-phisym", campaign="prompt", tags={"fill": 8000, "group": group}, dbname=db)
     assert jctrl.run == 356003
-    jctrl.createTask(jids=[0, 1], fields=[{"group": group}, {"group": group}])
+    # a field named as one of the JobCtrl's tags is refused, as the original's sanity check refused it
+    with pytest.raises(Invalid, match="field 'group' of job 0 names a tag"):
+        jctrl.createTask(jids=[0, 1], fields=[{"group": group}, {"group": group}])
+    jctrl.createTask(jids=[0, 1], fields=[{"runs": group}, {"runs": group}])
     rctrl = RunCtrl(dbname=db, campaign="prompt")
     for run in FILL_A[:-1]:
         rctrl.updateStatus(run=run, status={"eflow-phisym": "merged"})

@@ -71,6 +71,13 @@ def test_the_installed_package_runs_its_command_line(kind: str, dist: dict[str, 
         cwd=tmp_path)
     status = run([str(bin_ / "ecalstate"), "--db", db, "--json", "status", "-c", "prompt"], cwd=tmp_path).stdout
     assert '"reco"' in status and '"new"' in status
+    # the original's command lines are console scripts of both distributions (a dot in their names)
+    for script in ("ecalrunctrl.py", "ecalautomation.py"):
+        assert "Usage: " + script in run([str(bin_ / script), "--help"], cwd=tmp_path).stdout
+    run([str(bin_ / "ecalrunctrl.py"), "--db", db, "rtype-update", "--campaign", "prompt", "--add", "calib", "plots",
+         "--type=all"], cwd=tmp_path)
+    assert "calib,plots" in run([str(bin_ / "ecalrunctrl.py"), "--db", db, "rtype-list", "-c", "prompt"],
+                                     cwd=tmp_path).stdout
     # every command's help, so that a module imported lazily is imported once here (the web view's templates too)
     for command in ("run", "job", "db", "export", "notify", "serve", "report", "import-influx", "health"):
         run([str(bin_ / "ecalstate"), command, "--help"], cwd=tmp_path)

@@ -3,7 +3,8 @@ the store.
 
 Handlers written for ecalautoctrl run unchanged (``import ecalautoctrl`` is an alias of this package), or
 with ``from ecalstate.compat import JobCtrl, RunCtrl, TaskHandler``; ``dbname`` is an ecalstate database
-path or URL. Unlike the original, every call is one validated,
+path or URL, or one of the original's database names (``ecal_prompt_v1``) mapped to a store by the databases
+file (:mod:`ecalstate.compat.dbnames`). Unlike the original, every call is one validated,
 audited transaction: what the original accepted silently but the transition
 tables refuse raises :class:`~ecalstate.statemachine.TransitionNotAllowed` (or
 another :class:`~ecalstate.errors.EcalStateError`) and writes nothing.
@@ -14,9 +15,9 @@ Two deliberate differences (docs/migration.md has the full table):
   original, the handler's ``check`` stage moves ``processing`` to ``done``;
 * ``createTask(recreate=True)`` opens a new job generation, history stays.
 
-Run numbers may be ints, numeric strings or the original's run dicts (a mapping
-with ``run_number``); run dicts and job ids returned here are strings, as InfluxDB tags
-were, and every call takes job ids as ints or strings alike.
+Run numbers may be ints, numeric strings, numpy (or awkward) integer scalars or the original's run dicts (a
+mapping with ``run_number``); run dicts and job ids returned here are strings, as InfluxDB tags were, and every
+call takes job ids as ints or strings alike. User fields may hold numpy scalars (stored as the Python value).
 """
 
 from __future__ import annotations
@@ -24,38 +25,46 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, Optional, Union
 
 from ..base import resolve_actor
 from ..catalog import check_run
 from ..db import normalise_url
-from ..errors import EcalStateError, Invalid, NotFound
+from ..errors import EcalStateError, Invalid
 from ..filters import split_multi
 from ..limits import check_int64
 from ..notify import deliver
 from ..results import BulkResult, JobInfo
 from ..statemachine import JobStatus, TaskStatus
 from ..store import Store
+from .dbnames import resolve_dbname
 from .oms import QueryOMS
 
-__all__ = ["JobCtrl", "QueryOMS", "RunCtrl", "TaskHandler", "close_stores", "open_store", "run_number"]
+__all__ = ["JobCtrl", "JobPoints", "QueryOMS", "RunCtrl", "TaskHandler", "close_stores", "group_runs", "open_store",
+           "plain", "run_number"]
 
 RunRef = Union[int, str, Mapping[str, Any]]
 STAGES = ("submit", "resubmit", "check")
 #: instance statuses whose current generation holds the jobs a JobCtrl talks about
 _WITH_JOBS = (TaskStatus.PROCESSING.value, TaskStatus.DONE.value, TaskStatus.FAILED.value)
+_STATUSES = tuple(s.value for s in JobStatus)
+#: the tags of every job point the original wrote (a JobCtrl's own tags join them), and its point's time
+_JOB_TAGS = ("time", "id", "task", "campaign", "run_number")
 
 _stores: dict[tuple[str, str], Store] = {}
 
 
 def open_store(dbname: str) -> Store:
-    """One store per database and actor for the whole process (handlers create many controllers)."""
-    key = (normalise_url(dbname), resolve_actor())
+    """One store per database and actor for the whole process (handlers create many controllers).
+
+    ``dbname`` is a path, a URL or a database name of the databases file (:func:`resolve_dbname`)."""
+    target = resolve_dbname(dbname)
+    key = (normalise_url(target), resolve_actor())
     store = _stores.get(key)
     if store is None:
-        store = _stores[key] = Store.open(dbname)
+        store = _stores[key] = Store.open(target)
     return store
 
 
@@ -65,10 +74,32 @@ def close_stores() -> None:
         _stores.popitem()[1].close()
 
 
+def plain(value: Any) -> Any:
+    """A numpy scalar (awkward's integer scalars are numpy's) as the Python value it holds; anything else as it is.
+
+    Scripts take fills, runs and job ids from arrays; the store takes Python values (and JSON has no int64)."""
+    item = getattr(value, "item", None)
+    if getattr(value, "ndim", None) == 0 and callable(item):
+        return item()
+    return value
+
+
 def run_number(run: RunRef) -> int:
-    """The run number of an int, a numeric string or a run dict."""
+    """The run number of an int, a numeric string, a numpy integer scalar or a run dict."""
     value = run.get("run_number") if isinstance(run, Mapping) else run
-    return check_run(value)[0]
+    return check_run(plain(value))[0]
+
+
+def group_runs(group: Any) -> list[int]:
+    """The runs a ``group`` tag names, each once: a comma-joined string, or a list, tuple or array of runs (each a
+    run or a comma-joined string: ``args.run_list.split(',')`` gives a list of one run for a single run)."""
+    group = plain(group)
+    items = [group] if isinstance(group, (str, Mapping)) or not isinstance(group, Iterable) else list(group)
+    runs: set[int] = set()
+    for item in map(plain, items):
+        parts = item.split(",") if isinstance(item, str) else [item]
+        runs.update(run_number(p) for p in parts if not (isinstance(p, str) and not p.strip()))
+    return sorted(runs)
 
 
 def job_id(jid: Union[int, str]) -> int:
@@ -80,7 +111,39 @@ def job_id(jid: Union[int, str]) -> int:
 
 
 def _one_hot(status: str) -> dict[str, int]:
-    return {s.value: int(s.value == status) for s in JobStatus}
+    return {s: int(s == status) for s in _STATUSES}
+
+
+def _tag_text(value: Any) -> str:
+    """A tag's value as InfluxDB kept it, text; a group of runs comma-joined."""
+    value = plain(value)
+    if isinstance(value, Iterable) and not isinstance(value, (str, Mapping)):
+        return ",".join(str(plain(v)) for v in value)
+    return str(value)
+
+
+class JobPoints:
+    """A job's points as the original's ``getJob(jid)`` gave them, an InfluxDB ResultSet: ``get_points()`` yields
+    each point (time, tags, one-hot statuses) oldest first; ``len()`` counts series (1, or 0 for an unknown job)."""
+
+    def __init__(self, points: Sequence[dict[str, Any]]) -> None:
+        self._points = list(points)
+
+    def get_points(self, measurement: Optional[str] = None,
+                   tags: Optional[Mapping[str, str]] = None) -> Iterator[dict[str, Any]]:
+        if measurement not in (None, "job"):
+            return iter(())
+        return (dict(p) for p in self._points if all(p.get(k) == v for k, v in (tags or {}).items()))
+
+    def __len__(self) -> int:
+        return 1 if self._points else 0
+
+    def __iter__(self) -> Iterator[Iterator[dict[str, Any]]]:
+        """One generator of points per series, as a ResultSet iterates."""
+        return iter([self.get_points()] if self._points else [])
+
+    def __repr__(self) -> str:
+        return f"JobPoints({self._points!r})"
 
 
 class JobCtrl:
@@ -97,18 +160,22 @@ class JobCtrl:
     ) -> None:
         if (workflow is None) == (task is None):
             raise Invalid("JobCtrl takes the task as workflow= or task=, one of them")
-        tags = dict(tags or {})
+        tags = {str(k): plain(v) for k, v in (tags or {}).items()}
         self.task = str(workflow if workflow is not None else task)
         self.campaign = campaign
         self.tags = tags
         self.store = open_store(dbname)
         if "run_number" in tags:
             self.run = run_number(tags["run_number"])
-        elif tags.get("group") or tags.get("fill") not in (None, ""):
-            group = [run_number(r) for r in str(tags.get("group") or "").split(",") if r.strip()]
-            self.run = self.store.group_leader(campaign, self.task, group, tags.get("fill"))
         else:
-            raise Invalid("JobCtrl needs tags with a run_number, or a fill and/or group of runs")
+            group = tags.get("group")
+            runs = [] if group is None or (isinstance(group, str) and not group.strip()) else group_runs(group)
+            if not runs and tags.get("fill") in (None, ""):
+                raise Invalid("JobCtrl needs tags with a run_number, or a fill and/or group of runs")
+            self.run = self.store.group_leader(campaign, self.task, runs, tags.get("fill"))
+        #: what a user field may not be called: the original's sanity check refused a field named as a tag, and a
+        #: status name as a field would set two statuses
+        self.reserved = frozenset(_JOB_TAGS) | frozenset(tags) | frozenset(_STATUSES)
 
     # --- task level -------------------------------------------------------------------
 
@@ -117,10 +184,26 @@ class JobCtrl:
         return bool(self._jobs())
 
     def createTask(
-        self, jids: Sequence[int], fields: Optional[Sequence[dict[str, Any]]] = None, recreate: bool = False
+        self, jids: Optional[Iterable[Any]], fields: Optional[Sequence[Optional[Mapping[str, Any]]]] = None,
+        recreate: bool = False,
     ) -> int:
-        """Create ``idle`` jobs; claims a ``new`` instance first. Returns the job generation (>= 1)."""
-        return self.store.open_generation(self.campaign, self.task, self.run, jids, fields, recreate)
+        """Create ``idle`` jobs; claims a ``new`` instance first. Returns the job generation (>= 1).
+
+        An existing task (jobs in the current generation) is refused unless ``recreate``, which starts it over: a
+        new generation, every job idle, retries counted afresh (the earlier jobs stay in the history)."""
+        try:
+            ids = [plain(j) for j in (jids if jids is not None else [])]
+        except TypeError:
+            raise Invalid(f"createTask takes a list of job ids, not {type(jids).__name__}") from None
+        if not ids:
+            raise Invalid("createTask: the job id list is empty; give the ids of the jobs to create")
+        checked = None
+        if fields is not None:
+            sets = list(fields)
+            if len(sets) != len(ids):
+                raise Invalid(f"createTask: {len(ids)} job ids but {len(sets)} field sets (one per job)")
+            checked = [self._fields(j, f) for j, f in zip(ids, sets)]
+        return self.store.open_generation(self.campaign, self.task, self.run, ids, checked, recreate)
 
     def taskCompleted(self) -> bool:
         """Every job of the current generation is done (and there is at least one)."""
@@ -128,40 +211,51 @@ class JobCtrl:
         return bool(jobs) and all(j.status == JobStatus.DONE.value for j in jobs)
 
     def taskEndTime(self) -> Optional[datetime]:
-        """When the last job finished, once the task is completed."""
+        """When the last job finished, once the task is completed: a naive UTC datetime, as the original's (callers
+        write ``datetime.utcnow() - jctrl.taskEndTime()``)."""
         if not self.taskCompleted():
             return None
-        return max(datetime.fromisoformat(str(j.finished_at)) for j in self._jobs())
+        end = max(datetime.fromisoformat(str(j.finished_at)) for j in self._jobs())
+        return end.astimezone(timezone.utc).replace(tzinfo=None)
 
     # --- job statuses (called by the job itself, or by a check stage) ------------------
 
-    def setStatus(self, jid: Union[int, str], status: str, fields: Optional[dict[str, Any]] = None) -> bool:
+    def setStatus(self, jid: Union[int, str], status: str, fields: Optional[Mapping[str, Any]] = None) -> bool:
         """Validated job transition; the instance itself is completed by the handler's ``check``."""
-        self.store.set_job_status(self.campaign, self.task, self.run, job_id(jid), str(status), fields,
+        number = job_id(plain(jid))
+        self.store.set_job_status(self.campaign, self.task, self.run, number, str(status), self._fields(number, fields),
                                   reason=f"JobCtrl.{status}", complete=False)
         return True
 
-    def idle(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
+    def idle(self, jid: Union[int, str], fields: Optional[Mapping[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.IDLE.value, fields)
 
-    def running(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
+    def running(self, jid: Union[int, str], fields: Optional[Mapping[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.RUNNING.value, fields)
 
-    def done(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
+    def done(self, jid: Union[int, str], fields: Optional[Mapping[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.DONE.value, fields)
 
-    def failed(self, jid: Union[int, str], fields: Optional[dict[str, Any]] = None) -> bool:
+    def failed(self, jid: Union[int, str], fields: Optional[Mapping[str, Any]] = None) -> bool:
         return self.setStatus(jid, JobStatus.FAILED.value, fields)
 
     # --- job queries ------------------------------------------------------------------
 
-    def getJob(self, jid: Union[int, str], last: bool = True) -> Union[dict[str, Any], list[dict[str, Any]]]:
-        """The job as the original's last point (one-hot statuses + user fields), or its history of points."""
-        job = self._job(jid)
+    def getJob(self, jid: Union[int, str], last: bool = False) -> Union[list[dict[str, Any]], JobPoints]:
+        """The original's answers: ``last=True``, its ``last(*)`` query, a list of one point (``time``, the user
+        fields, exactly one status set; no tags), ``[]`` for an unknown job; otherwise its ``SELECT *``, a
+        :class:`JobPoints` (``get_points()``: every point, tags included, oldest first)."""
+        job = self._find(jid)
         if last:
-            return {"time": job.updated_at, "id": str(job.jid), **_one_hot(job.status), **job.fields}
-        return [{"time": row.ts, "id": str(job.jid), **_one_hot(row.to_status)}
-                for row in self._history(job)]
+            if job is None:
+                return []
+            user = {k: v for k, v in job.fields.items() if k not in self.reserved}
+            return [{"time": job.updated_at, **user, **_one_hot(job.status)}]
+        if job is None:
+            return JobPoints([])
+        tags = {**{k: _tag_text(v) for k, v in self.tags.items()}, "campaign": self.campaign, "task": self.task,
+                "run_number": str(self.run), "id": str(job.jid)}
+        return JobPoints([{"time": row.ts, **tags, **_one_hot(row.to_status)} for row in self._history(job)])
 
     def getJobs(self) -> dict[str, list[str]]:
         """Job ids (strings, as the original's tags) by status."""
@@ -183,21 +277,35 @@ class JobCtrl:
         return self.getJobs()[JobStatus.FAILED.value]
 
     def getNRetries(self, jid: Union[int, str]) -> int:
-        """How many times the job failed in this generation (the original counted its failed points)."""
-        return sum(1 for row in self._history(self._job(jid)) if row.to_status == JobStatus.FAILED.value)
+        """How many times the job failed in this generation, 0 for an unknown job (the original counted its points
+        with ``failed`` set, a field update of a failed job among them)."""
+        job = self._find(jid)
+        failed = JobStatus.FAILED.value
+        return 0 if job is None else sum(1 for row in self._history(job)
+                                         if row.to_status == failed and row.from_status != failed)
+
+    def _fields(self, jid: Any, fields: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+        """User fields as the store takes them (numpy scalars as Python values); one named as a tag or a status of
+        the job is refused, as the original's sanity check refused it."""
+        if fields is None:
+            return {}
+        if not isinstance(fields, Mapping):
+            raise Invalid(f"the fields of job {jid} must be a dict of names and values, not {type(fields).__name__}")
+        for name in fields:
+            if name in self.reserved:
+                raise Invalid(f"field {name!r} of job {jid} names a tag or a status of the job (reserved: "
+                              f"{', '.join(sorted(self.reserved))}); the original refused such a point too: rename it")
+        return {k: plain(v) for k, v in fields.items()}
 
     def _jobs(self) -> list[JobInfo]:
         if self.store.instance(self.campaign, self.task, self.run).status not in _WITH_JOBS:
             return []
         return self.store.list_jobs(self.campaign, self.task, run=self.run)
 
-    def _job(self, jid: Union[int, str]) -> JobInfo:
-        number = job_id(jid)
-        for job in self._jobs():
-            if job.jid == number:
-                return job
-        raise NotFound(f"no job {jid} for task {self.task!r} run {self.run} in campaign {self.campaign!r}; "
-                       "create it with createTask")
+    def _find(self, jid: Union[int, str]) -> Optional[JobInfo]:
+        """The job of the current generation, or None (the original's getters answered nothing for it)."""
+        number = job_id(plain(jid))
+        return next((job for job in self._jobs() if job.jid == number), None)
 
     def _history(self, job: JobInfo) -> list[Any]:
         rows = self.store.history(self.campaign, self.task, self.run, limit=None, entity="job")
@@ -267,7 +375,8 @@ class TaskHandler:
         self.opts = argparse.Namespace()
         self.parser = argparse.ArgumentParser(description=f"{task}: submit, resubmit or check its jobs")
         self.parser.add_argument("--db", dest="dbname", default=os.environ.get("ECALSTATE_DB", "./ecalstate.db"),
-                                 help="ecalstate database path or URL (env ECALSTATE_DB)")
+                                 help="ecalstate database path or URL, or a database name of the databases file "
+                                      "(ECALSTATE_DATABASES; docs/migration.md) (env ECALSTATE_DB)")
         self.parser.add_argument("-c", "--campaign", action="append", default=[],
                                  help="campaign; repeatable, comma lists accepted (env ECALSTATE_CAMPAIGN)")
         self.parser.add_argument("stage", choices=STAGES)
@@ -308,7 +417,8 @@ class TaskHandler:
         raise NotImplementedError(f"{type(self).__name__} does not implement resubmit")
 
     def check(self) -> None:
-        """Complete ``processing`` instances whose jobs decided them: all done -> done; failed beyond retries -> failed."""
+        """Complete ``processing`` instances whose jobs decided them: all done -> done; failed beyond retries ->
+        failed."""
         result = open_store(self.opts.dbname).complete_instances(self.campaign, self.task)
         for change in result.changes:
             self.log.info(f"{change.key}: {change.current} -> {change.requested} ({change.reason})")
