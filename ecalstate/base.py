@@ -25,6 +25,10 @@ AUDIT_SQL = (
 )
 
 
+#: the actor of history brought in from elsewhere (``import-influx``): notifications do not announce it again
+IMPORT_ACTOR = "import"
+
+
 def resolve_actor(explicit: Optional[str] = None) -> str:
     """``--actor``, else ``ECALSTATE_ACTOR``, else Jenkins' ``BUILD_TAG``, else account@host."""
     for value in (explicit, os.environ.get("ECALSTATE_ACTOR"), os.environ.get("BUILD_TAG")):
@@ -183,6 +187,11 @@ class StoreBase:
         self.db.audit_texts.update(ctx.learned)  # committed: these ids are for good
         return result
 
+    def write(self, kind: str, body: Callable[[Ctx], R], request_id: Optional[str] = None) -> R:
+        """Run ``body`` in one write transaction of the store (the seam the wings write through: the drop-in, the
+        notifier, the run sources); ``kind`` names it, a request id makes a replay return the first outcome."""
+        return self._write(kind, request_id, body)
+
     def clock(self) -> str:
         """This host's UTC time in the store's format; the one clock writes read (tests replace it)."""
         return utcnow()
@@ -190,54 +199,6 @@ class StoreBase:
     def _now(self, tx: Tx) -> str:
         """The transaction's timestamp (:func:`store_time`)."""
         return store_time(self.clock(), tx.scalar(NEWEST_AUDIT_TIME))
-
-    # --- name resolution, always inside the caller's transaction -------------------------
-
-    @staticmethod
-    def _campaign_id(tx: Tx, campaign: str) -> int:
-        cid = tx.scalar("SELECT id FROM campaign WHERE name = ?", (campaign,))
-        if cid is None:
-            raise NotFound(f"unknown campaign {campaign!r}")
-        return int(cid)
-
-    @staticmethod
-    def _task(tx: Tx, cid: int, campaign: str, task: str) -> tuple[int, int]:
-        """(task id, max retries)."""
-        row = tx.one("SELECT id, max_retries FROM task WHERE campaign_id = ? AND name = ?", (cid, task))
-        if row is None:
-            raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
-        return int(row[0]), int(row[1])
-
-    @staticmethod
-    def _campaign_task(tx: Tx, campaign: str, task: str) -> tuple[int, int, int]:
-        """(campaign id, task id, max retries) in one statement: the hot paths resolve both on every call."""
-        row = tx.one(
-            "SELECT c.id, t.id, t.max_retries FROM campaign c LEFT JOIN task t ON t.campaign_id = c.id AND t.name = ?"
-            " WHERE c.name = ?",
-            (task, campaign),
-        )
-        if row is None:
-            raise NotFound(f"unknown campaign {campaign!r}")
-        if row[1] is None:
-            raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
-        return int(row[0]), int(row[1]), int(row[2])
-
-    @staticmethod
-    def _task_names(tx: Tx, cid: int) -> dict[int, str]:
-        return {r[0]: r[1] for r in tx.all("SELECT id, name FROM task WHERE campaign_id = ?", (cid,))}
-
-    @staticmethod
-    def _downstream(tx: Tx, task_id: int) -> list[int]:
-        """Every task that depends on ``task_id``, directly or not, nearest first."""
-        out: list[int] = []
-        frontier = [task_id]
-        while frontier:
-            current = frontier.pop(0)
-            for (child,) in tx.all("SELECT task_id FROM task_dep WHERE depends_on_id = ?", (current,)):
-                if child not in out:
-                    out.append(child)
-                    frontier.append(child)
-        return out
 
 
 #: the time of the newest audit row (the highest id), read inside a write transaction
@@ -261,3 +222,47 @@ def fingerprint(args: Any) -> str:
 
 def loads(text: Optional[str]) -> dict[str, Any]:
     return json.loads(text) if text else {}
+
+
+# ------------------------------------------------ name resolution, always inside the caller's transaction
+
+def campaign_id(tx: Tx, campaign: str) -> int:
+    cid = tx.scalar("SELECT id FROM campaign WHERE name = ?", (campaign,))
+    if cid is None:
+        raise NotFound(f"unknown campaign {campaign!r}")
+    return int(cid)
+
+def task_of(tx: Tx, cid: int, campaign: str, task: str) -> tuple[int, int]:
+    """(task id, max retries)."""
+    row = tx.one("SELECT id, max_retries FROM task WHERE campaign_id = ? AND name = ?", (cid, task))
+    if row is None:
+        raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
+    return int(row[0]), int(row[1])
+
+def campaign_task(tx: Tx, campaign: str, task: str) -> tuple[int, int, int]:
+    """(campaign id, task id, max retries) in one statement: the hot paths resolve both on every call."""
+    row = tx.one(
+        "SELECT c.id, t.id, t.max_retries FROM campaign c LEFT JOIN task t ON t.campaign_id = c.id AND t.name = ?"
+        " WHERE c.name = ?",
+        (task, campaign),
+    )
+    if row is None:
+        raise NotFound(f"unknown campaign {campaign!r}")
+    if row[1] is None:
+        raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
+    return int(row[0]), int(row[1]), int(row[2])
+
+def task_names(tx: Tx, cid: int) -> dict[int, str]:
+    return {r[0]: r[1] for r in tx.all("SELECT id, name FROM task WHERE campaign_id = ?", (cid,))}
+
+def downstream_tasks(tx: Tx, task_id: int) -> list[int]:
+    """Every task that depends on ``task_id``, directly or not, nearest first."""
+    out: list[int] = []
+    frontier = [task_id]
+    while frontier:
+        current = frontier.pop(0)
+        for (child,) in tx.all("SELECT task_id FROM task_dep WHERE depends_on_id = ?", (current,)):
+            if child not in out:
+                out.append(child)
+                frontier.append(child)
+    return out

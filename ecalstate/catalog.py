@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional
 
-from .base import AUDIT_SQL, Ctx, StoreBase, loads
+from .base import AUDIT_SQL, Ctx, StoreBase, campaign_id, downstream_tasks, loads, task_names, task_of
 from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
@@ -99,10 +99,10 @@ class Catalog(StoreBase):
             raise Invalid(f"task {name!r} cannot depend on itself (dependency cycle)")
 
         def body(ctx: Ctx) -> TaskInfo:
-            cid = self._campaign_id(ctx.tx, campaign)
+            cid = campaign_id(ctx.tx, campaign)
             if ctx.tx.scalar("SELECT id FROM task WHERE campaign_id = ? AND name = ?", (cid, name)):
                 raise Invalid(f"task {name!r} already exists in campaign {campaign!r}")
-            dep_ids = [self._task(ctx.tx, cid, campaign, d)[0] for d in deps]
+            dep_ids = [task_of(ctx.tx, cid, campaign, d)[0] for d in deps]
             tid = ctx.tx.scalar(
                 "INSERT INTO task (campaign_id, name, max_retries, created_at) VALUES (?,?,?,?) RETURNING id",
                 (cid, name, max_retries, ctx.now),
@@ -125,15 +125,15 @@ class Catalog(StoreBase):
 
         def body(ctx: Ctx) -> TaskInfo:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
-            tid, retries = self._task(tx, cid, campaign, name)
+            cid = campaign_id(tx, campaign)
+            tid, retries = task_of(tx, cid, campaign, name)
             if max_retries is not None:
                 tx.run("UPDATE task SET max_retries = ? WHERE id = ?", (max_retries, tid))
                 retries = max_retries
             if depends_on is not None:
                 deps = list(dict.fromkeys(depends_on))
-                dep_ids = [self._task(tx, cid, campaign, d)[0] for d in deps]
-                downstream = set(self._downstream(tx, tid)) | {tid}
+                dep_ids = [task_of(tx, cid, campaign, d)[0] for d in deps]
+                downstream = set(downstream_tasks(tx, tid)) | {tid}
                 for dep, dep_id in zip(deps, dep_ids):
                     if dep_id in downstream:
                         raise Invalid(f"task {name!r} cannot depend on {dep!r}: that closes a dependency cycle")
@@ -145,7 +145,7 @@ class Catalog(StoreBase):
 
     def list_tasks(self, campaign: str) -> list[TaskInfo]:
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             rows = tx.all("SELECT id, name, max_retries FROM task WHERE campaign_id = ? ORDER BY id", (cid,))
             return [self._task_info(tx, cid, r[0], r[1], r[2]) for r in rows]
 
@@ -166,10 +166,10 @@ class Catalog(StoreBase):
         parsed = parse_filter(filter)
 
         def body(ctx: Ctx) -> RunTypeInfo:
-            cid = self._campaign_id(ctx.tx, campaign)
+            cid = campaign_id(ctx.tx, campaign)
             if ctx.tx.scalar("SELECT id FROM rtype WHERE campaign_id = ? AND name = ?", (cid, name)):
                 raise Invalid(f"run type {name!r} already exists in campaign {campaign!r}")
-            task_ids = [self._task(ctx.tx, cid, campaign, t)[0] for t in dict.fromkeys(tasks)]
+            task_ids = [task_of(ctx.tx, cid, campaign, t)[0] for t in dict.fromkeys(tasks)]
             rid = ctx.tx.scalar(
                 "INSERT INTO rtype (campaign_id, name, filter) VALUES (?,?,?) RETURNING id", (cid, name, parsed.text)
             )
@@ -195,13 +195,13 @@ class Catalog(StoreBase):
 
         def body(ctx: Ctx) -> BackfillResult:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             tx.serialize("runs", cid)  # with injections: each sees the other's runs or run-type tasks
             rid = tx.scalar("SELECT id FROM rtype WHERE campaign_id = ? AND name = ?", (cid, name))
             if rid is None:
                 raise NotFound(f"unknown run type {name!r} in campaign {campaign!r}")
-            add_ids = [self._task(tx, cid, campaign, t)[0] for t in dict.fromkeys(add)]
-            remove_ids = [self._task(tx, cid, campaign, t)[0] for t in dict.fromkeys(remove)]
+            add_ids = [task_of(tx, cid, campaign, t)[0] for t in dict.fromkeys(add)]
+            remove_ids = [task_of(tx, cid, campaign, t)[0] for t in dict.fromkeys(remove)]
             if parsed is not None:
                 tx.run("UPDATE rtype SET filter = ? WHERE id = ?", (parsed.text, rid))
             present = {r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))}
@@ -216,7 +216,7 @@ class Catalog(StoreBase):
                 runs = tx.all("SELECT id, run_number, fill, meta, rtypes FROM run WHERE campaign_id = ?", (cid,))
                 # a run still being taken has no task yet: its run types are matched when it ends
                 matching = [r for r in runs if loads(r[3]).get(ONGOING) is not True
-                            and run_filter.matches(_record(r[1], r[2], loads(r[3])))]
+                            and run_filter.matches(run_record(r[1], r[2], loads(r[3])))]
                 # the runs it now matches carry its name too, as if injected after the change; their exported
                 # rtype tag keeps the run types they had (a new tag would start a second series)
                 tx.many("UPDATE run SET tag_rtypes = COALESCE(tag_rtypes, rtypes), rtypes = ? WHERE id = ?", [
@@ -230,7 +230,7 @@ class Catalog(StoreBase):
 
     def list_rtypes(self, campaign: str) -> list[RunTypeInfo]:
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             out = []
             for rid, name, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
                 tasks = tx.all(
@@ -249,7 +249,7 @@ class Catalog(StoreBase):
         specs = check_specs(runs)
 
         def body(ctx: Ctx) -> InjectResult:
-            cid = self._campaign_id(ctx.tx, campaign)
+            cid = campaign_id(ctx.tx, campaign)
             ctx.tx.serialize("runs", cid)  # overlapping builds injecting the same runs: one inserts, the rest see them
             return insert_runs(ctx, cid, specs)
 
@@ -323,7 +323,7 @@ def _matcher(tx: Tx, cid: int) -> Callable[[RunSpec], tuple[str, list[int]]]:
         rtypes.append((rname, parse_filter(flt), tasks))
 
     def match(spec: RunSpec) -> tuple[str, list[int]]:
-        record = _record(spec.run_number, spec.fill, spec.meta)
+        record = run_record(spec.run_number, spec.fill, spec.meta)
         matched = [(name, tasks) for name, flt, tasks in rtypes if flt.matches(record)]
         return ",".join(m[0] for m in matched), list(dict.fromkeys(t for _, tasks in matched for t in tasks))
 
@@ -340,7 +340,8 @@ def _check_retries(value: int) -> None:
     check_int64(value, "max retries", 0)
 
 
-def _record(run_number: int, fill: Optional[int], meta: dict[str, Any]) -> dict[str, Any]:
+def run_record(run_number: int, fill: Optional[int], meta: dict[str, Any]) -> dict[str, Any]:
+    """What a run type's filter reads of a run: its metadata, its number and its fill."""
     return {**meta, "run_number": run_number, "fill": fill}
 
 
@@ -366,7 +367,7 @@ def _create_pairs(
     if not pairs:
         return 0
     tx = ctx.tx
-    names = StoreBase._task_names(tx, cid)
+    names = task_names(tx, cid)
     tx.many(
         "INSERT INTO task_instance (campaign_id, task_id, run_id, status, version, generation, outputs,"
         " created_at, updated_at) VALUES (?,?,?,?,1,0,'{}',?,?)",

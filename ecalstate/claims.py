@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional, Union
 
-from .base import Ctx, StoreBase, loads
+from .base import Ctx, StoreBase, campaign_task, loads
 from .db import Tx
-from .errors import Conflict, Invalid, NotFound
+from .errors import Invalid, NotFound
+from .instances import move_instance
 from .jobs import check_jobs, insert_jobs, keep_outputs
 from .results import Claim
 from .sources import ONGOING
-from .statemachine import TASK, TaskStatus
+from .statemachine import TaskStatus
 
 T = TaskStatus
 
@@ -170,7 +171,7 @@ class Claims(StoreBase):
     def eligible(self, campaign: str, task: str) -> list[Eligible]:
         """What a claim would consider now (for dry runs and displays)."""
         with self.db.tx(write=False) as tx:
-            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            cid, tid, _ = campaign_task(tx, campaign, task)
             return _eligible(tx, cid, tid, lock=False)
 
     def plan(
@@ -180,7 +181,7 @@ class Claims(StoreBase):
         """The groups a claim would take now and the groups that wait, with why (for ``submit --dry-run``)."""
         rule = grouping(group_by, lumi_target, lumi_key)
         with self.db.tx(write=False) as tx:
-            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            cid, tid, _ = campaign_task(tx, campaign, task)
             return _plan(tx, cid, tid, task, rule, _eligible(tx, cid, tid, lock=False))
 
     def claim(
@@ -210,7 +211,7 @@ class Claims(StoreBase):
 
         def body(ctx: Ctx) -> list[Claim]:
             tx = ctx.tx
-            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            cid, tid, _ = campaign_task(tx, campaign, task)
             # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
             # claimers get the next runs instead of finding everything locked
             rows = limit if isinstance(rule, Grouping) and rule.by == "run" and not skip else None
@@ -241,7 +242,7 @@ class Claims(StoreBase):
         """The claim ``run`` leads now (its current generation and merged runs), to finish what a killed stage
         left "to submit"."""
         with self.db.tx(write=False) as tx:
-            _, tid, _ = self._campaign_task(tx, campaign, task)
+            _, tid, _ = campaign_task(tx, campaign, task)
             row = tx.one("SELECT ti.id, r.fill, ti.generation, r.meta FROM task_instance ti JOIN run r ON r.id ="
                          " ti.run_id WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
             if row is None:
@@ -269,31 +270,25 @@ def _eligible(tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] =
 def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible]) -> Claim:
     leader, members = group[-1], list(group[:-1])
     generation = leader.generation + 1
-    _move(ctx, cid, task, leader, T.PROCESSING, "claimed by submit", generation=generation)
+    move_eligible(ctx, cid, task, leader, T.PROCESSING, "claimed by submit", generation=generation)
     for member in members:
-        _move(ctx, cid, task, member, T.MERGED, f"merged into run {leader.run_number}",
+        move_eligible(ctx, cid, task, member, T.MERGED, f"merged into run {leader.run_number}",
               leader_id=leader.instance_id)
     return Claim(task, leader.run_number, leader.fill, leader.instance_id, generation,
                  [m.run_number for m in members], leader.meta)
 
 
-def _move(
+def move_eligible(
     ctx: Ctx, cid: int, task: str, inst: Eligible, to: TaskStatus, reason: str,
     generation: Optional[int] = None, leader_id: Optional[int] = None,
 ) -> None:
-    TASK.check(TaskStatus(inst.status), to, f"{task} run {inst.run_number}")
+    """Claim (``generation``: the next one) or merge (into ``leader_id``) an instance read as :class:`Eligible`;
+    a new generation first keeps what the one before gave (its outputs stay readable until the new one is done)."""
     gen = inst.generation if generation is None else generation
     if gen != inst.generation:
         keep_outputs(ctx.tx, inst.instance_id, inst.generation)
-    count = ctx.tx.execute(
-        "UPDATE task_instance SET status = ?, version = version + 1, generation = ?, leader_id = ?,"
-        " updated_at = ? WHERE id = ? AND version = ?",
-        (to.value, gen, leader_id, ctx.now, inst.instance_id, inst.version),
-    )
-    if count != 1:
-        raise Conflict(f"task {task} run {inst.run_number} changed concurrently; retry the claim")
-    ctx.audit(cid, "task", task, to.value, from_status=inst.status, instance_id=inst.instance_id,
-              run_number=inst.run_number, generation=gen, reason=reason)
+    move_instance(ctx, cid, task, iid=inst.instance_id, run=inst.run_number, status=inst.status,
+                  version=inst.version, to=to, reason=reason, generation=gen, new_generation=gen, leader_id=leader_id)
 
 
 def _plan(tx: Tx, cid: int, task_id: int, task: str, rule: Union[Grouping, Grouper],

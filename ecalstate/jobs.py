@@ -13,16 +13,17 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
-from .base import AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, loads, store_time
+from .base import AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, campaign_id, campaign_task, loads, store_time, task_of
 from .clock import from_micros, optional_text, to_micros
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
+from .instances import move_instance
 from .limits import MAX_JOBS_PER_CALL, check_int64, chunks
 from .outputs import DERIVED, gathered_outputs
 from .pgjobs import set_job
 from .results import BatchRecord, BulkResult, Change, JobInfo, JobUpdate
 from .secrets import known_secrets, leaked, masked
-from .statemachine import JOB, TASK, JobStatus, TaskStatus, TransitionNotAllowed, job_refusal
+from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed, decide, job_refusal
 
 J = JobStatus
 _STATUS = {s.value: s for s in JobStatus}
@@ -64,7 +65,7 @@ class Jobs(StoreBase):
         jid_list, field_list = check_jobs(jids, fields)
 
         def body(ctx: Ctx) -> int:
-            cid, tid, _ = self._campaign_task(ctx.tx, campaign, task)
+            cid, tid, _ = campaign_task(ctx.tx, campaign, task)
             iid, status, gen = _instance(ctx.tx, tid, campaign, task, run)
             if status != TaskStatus.PROCESSING.value:
                 raise Invalid(f"task {task} run {run} is {status}, not processing: claim it before creating jobs")
@@ -153,7 +154,7 @@ class Jobs(StoreBase):
         found = tx.one(DECIDING_JOB_SQL if deciding else ONE_JOB_SQL, (task, run, generation, jid, campaign))
         key = f"{task} run {run} job {jid}" + (f" gen {generation}" if generation is not None else "")
         if found is None:
-            self._campaign_task(tx, campaign, task)  # an unknown campaign or task is named as such
+            campaign_task(tx, campaign, task)  # an unknown campaign or task is named as such
             raise NotFound(f"no job {jid} for task {task!r} run {run} in campaign {campaign!r}")
         pk, status, version, attempts, started, gen, iid, current_gen, cid, retries, latest = found[:11]
         if status == to:
@@ -169,7 +170,7 @@ class Jobs(StoreBase):
         tx.execute(AUDIT_SQL, ctx.audit_row(cid, "job", task, to, from_status=status, instance_id=iid,
                                             job_pk=pk, run_number=run, jid=jid, generation=gen, reason=reason))
         if deciding and gen == current_gen and found[11] == TaskStatus.PROCESSING.value:
-            decision = _decision(*_with_move(found[13:], status, to, attempts > retries), retries)
+            decision = decide(*_with_move(found[13:], status, to, attempts > retries), retries)
             if decision:
                 _finish(ctx, cid, task, run, iid, found[12], gen, *decision)
         return Change("job", key, status, to, "changed", reason)
@@ -178,8 +179,8 @@ class Jobs(StoreBase):
         """Sweep ``processing`` instances of a task and complete those whose jobs decide it."""
 
         def body(ctx: Ctx) -> BulkResult:
-            cid = self._campaign_id(ctx.tx, campaign)
-            tid, retries = self._task(ctx.tx, cid, campaign, task)
+            cid = campaign_id(ctx.tx, campaign)
+            tid, retries = task_of(ctx.tx, cid, campaign, task)
             ids = [r[0] for r in ctx.tx.all(
                 "SELECT id FROM task_instance WHERE task_id = ? AND status = 'processing'", (tid,))]
             return BulkResult(_complete(ctx, cid, task, retries, ids))
@@ -221,8 +222,8 @@ class Jobs(StoreBase):
     def _select_jobs(self, campaign: str, task: str, where: str, run: Optional[int] = None,
                      params: Sequence[Any] = ()) -> list[JobInfo]:
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            cid = campaign_id(tx, campaign)
+            tid, _ = task_of(tx, cid, campaign, task)
             sql = (
                 "SELECT r.run_number, j.jid, j.generation, j.status, j.version, j.attempts, j.batch_id, j.fields,"
                 " j.created_at, j.updated_at, j.started_at, j.finished_at"
@@ -249,7 +250,7 @@ class Jobs(StoreBase):
 
         def body(ctx: Ctx) -> int:
             tx = ctx.tx
-            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            cid, tid, _ = campaign_task(tx, campaign, task)
             iid, status, gen = _instance(tx, tid, campaign, task, run)
             if gen != generation or status not in RECORDABLE:
                 raise Conflict(f"task {task} run {run} is {status} in generation {gen}: batch ids of generation"
@@ -381,7 +382,7 @@ def _plan(
     tx: Tx, store: StoreBase, campaign: str, task: str, updates: Sequence[JobUpdate], strict: bool
 ) -> tuple[list[Change], list[tuple[JobUpdate, _Row, JobStatus]], int, int]:
     """Decide every update against the table and the retry guard, without writing."""
-    cid, tid, retries = store._campaign_task(tx, campaign, task)
+    cid, tid, retries = campaign_task(tx, campaign, task)
     statuses = {str(s): JobStatus(JOB.parse(s)) for s in {u.status for u in updates}}  # parsed once per name
     parsed = [(u, statuses[str(u.status)]) for u in updates]
     rows = _load(tx, tid, updates)
@@ -563,7 +564,7 @@ def _complete(ctx: Ctx, cid: int, task: str, retries: int, instance_ids: Sequenc
             (retries, *chunk),
         )
         for iid, version, gen, run, total, done, active, exhausted in rows:
-            decision = _decision(total, done, active, exhausted, retries)
+            decision = decide(total, done, active, exhausted, retries)
             if decision:
                 out.append(_finish(ctx, cid, task, run, iid, version, gen, *decision))
     return out
@@ -578,28 +579,11 @@ def _with_move(tally: Sequence[int], status: str, to: str, beyond: bool) -> tupl
             exhausted + beyond * ((to == J.FAILED) - (status == J.FAILED)))
 
 
-def _decision(total: int, done: int, active: int, exhausted: int, retries: int) -> Optional[tuple[TaskStatus, str]]:
-    """What a processing instance's tally decides: (status, reason), or None while it waits for its jobs."""
-    if done == total:
-        return TaskStatus.DONE, f"all {total} jobs done"
-    if active == 0 and exhausted:
-        return TaskStatus.FAILED, f"{exhausted} of {total} jobs failed beyond {retries} retries"
-    return None
-
-
 def _finish(ctx: Ctx, cid: int, task: str, run: int, iid: int, version: int, gen: int, target: TaskStatus,
             reason: str) -> Change:
-    """Move a processing instance its jobs decided to ``target`` (compare-and-set on ``version``), audited."""
-    TASK.check(TaskStatus.PROCESSING, target, f"{task} run {run}")
-    count = ctx.tx.execute(
-        "UPDATE task_instance SET status = ?, version = version + 1, updated_at = ?, outputs = ?"
-        " WHERE id = ? AND version = ?",
-        (target.value, ctx.now, DERIVED if target == TaskStatus.DONE else "{}", iid, version),
-    )
-    if count != 1:
-        raise Conflict(f"task {task} run {run} changed concurrently; retry")
-    ctx.audit(cid, "task", task, target.value, from_status="processing", instance_id=iid, run_number=run,
-              generation=gen, reason=reason)
+    """Move a processing instance its jobs decided to ``target``; a done one's outputs are its jobs'."""
+    move_instance(ctx, cid, task, iid=iid, run=run, status="processing", version=version, to=target, reason=reason,
+                  generation=gen, outputs=DERIVED if target == TaskStatus.DONE else "{}")
     return Change("task", f"{task} run {run}", "processing", target.value, "changed", reason)
 
 
@@ -608,3 +592,10 @@ def keep_outputs(tx: Tx, iid: int, generation: int) -> None:
     what they were until the new generation is done."""
     if tx.scalar("SELECT outputs FROM task_instance WHERE id = ?", (iid,)) == DERIVED:
         tx.execute("UPDATE task_instance SET outputs = ? WHERE id = ?", (gathered_outputs(tx, iid, generation), iid))
+
+
+def active_jobs(tx: Tx, iid: int, generation: int) -> int:
+    """How many jobs of an instance's generation are still idle or running."""
+    marks = ",".join("?" * len(_ACTIVE))
+    return int(tx.scalar(f"SELECT COUNT(*) FROM job WHERE instance_id = ? AND generation = ? AND status IN ({marks})",
+                         (iid, generation, *_ACTIVE)))

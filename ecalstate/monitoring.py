@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from .base import Ctx, StoreBase
+from .base import Ctx, StoreBase, campaign_id, task_of
 from .clock import TS_FORMAT, from_micros, to_micros
 from .db import Tx
 from .errors import Invalid
@@ -139,8 +139,8 @@ class Monitoring(StoreBase):
             raise Invalid(f"unknown stage {stage!r} (valid: {', '.join(STAGES)})")
 
         def body(ctx: Ctx) -> None:
-            cid = self._campaign_id(ctx.tx, campaign)
-            self._task(ctx.tx, cid, campaign, task)
+            cid = campaign_id(ctx.tx, campaign)
+            task_of(ctx.tx, cid, campaign, task)
             record_heartbeat(ctx, cid, task, stage, ok, message)
 
         self._write("heartbeat", None, body)
@@ -157,7 +157,7 @@ class Monitoring(StoreBase):
         yet."""
         now = self.clock()  # the store's one clock: tests move it
         with self.db.tx(write=False) as tx:
-            cid = None if campaign is None else self._campaign_id(tx, campaign)
+            cid = None if campaign is None else campaign_id(tx, campaign)
             stuck = stuck_instances(tx, cid, stuck_after, now)
             unsubmitted = unsubmitted_instances(tx, cid, unsubmitted_after, now)
             sql = ("SELECT c.name, h.task, h.stage, h.last_at, h.ok, h.message FROM heartbeat h"

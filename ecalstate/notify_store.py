@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .auditlog import RETRY_ROWS
-from .base import Ctx, StoreBase, loads
+from .base import IMPORT_ACTOR, Ctx, StoreBase, campaign_id, loads
 from .db import Tx
 from .errors import Invalid
-from .legacy_api import IMPORT_ACTOR
 from .monitoring import record_heartbeat
 
 #: what a channel can be told: a task instance failed, a job failed with no retry left, any job failed
@@ -147,7 +146,7 @@ class NotifyStore(StoreBase):
 
     def notify_config(self, campaign: str) -> Optional[NotifyConfig]:
         with self.db.tx(write=False) as tx:
-            settings = _settings(tx, self._campaign_id(tx, campaign))
+            settings = _settings(tx, campaign_id(tx, campaign))
         data = settings.get("notify")
         return None if not data else NotifyConfig.from_dict(data)
 
@@ -156,7 +155,7 @@ class NotifyStore(StoreBase):
 
         def body(ctx: Ctx) -> None:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             settings = _settings(tx, cid)
             if config is None:
                 settings.pop("notify", None)
@@ -178,7 +177,7 @@ class NotifyStore(StoreBase):
     def notify_events(self, campaign: str, channel: str, limit: int = 1000) -> tuple[list[NotifyEvent], int]:
         """Events after the channel's cursor (at most ``limit`` audit rows) and the audit id to advance it to."""
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             start = int(tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?",
                                   (cursor_target(campaign, channel),)) or 0)
             rows = tx.all(_EVENTS_SQL, (cid, start, IMPORT_ACTOR, limit))
@@ -202,7 +201,7 @@ class NotifyStore(StoreBase):
         """After the channel acknowledged: advance its cursor and remember the health problems it knows."""
 
         def body(ctx: Ctx) -> None:
-            self._campaign_id(ctx.tx, campaign)
+            campaign_id(ctx.tx, campaign)
             ctx.tx.run("UPDATE export_cursor SET audit_id = ?, updated_at = ? WHERE target = ?",
                        (upto, ctx.now, cursor_target(campaign, channel)))
             key = _seen_key(campaign, channel)
@@ -214,7 +213,7 @@ class NotifyStore(StoreBase):
     def notifier_heartbeat(self, campaign: str, ok: bool, message: str) -> None:
         """Record a notifier run; a failed delivery shows in ``health`` as a failing ``@notify`` stage."""
         self._write("heartbeat", None, lambda ctx: record_heartbeat(
-            ctx, self._campaign_id(ctx.tx, campaign), NOTIFIER, NOTIFIER_STAGE, ok, message))
+            ctx, campaign_id(ctx.tx, campaign), NOTIFIER, NOTIFIER_STAGE, ok, message))
 
 
 def _settings(tx: Tx, cid: int) -> dict[str, Any]:

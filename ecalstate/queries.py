@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from .base import StoreBase, loads
+from .base import StoreBase, campaign_id, campaign_task, loads, task_names, task_of
 from .errors import Invalid, NotFound
 from .limits import INT64_MAX
 from .monitoring import blocked_instances, stuck_instances
@@ -27,9 +27,9 @@ class Queries(StoreBase):
     ) -> Overview:
         """The run x task status matrix with totals per task, blocked and (optionally) stuck marks."""
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            names = self._task_names(tx, cid)
-            wanted = [self._task(tx, cid, campaign, t)[0] for t in tasks] if tasks else sorted(names)
+            cid = campaign_id(tx, campaign)
+            names = task_names(tx, cid)
+            wanted = [task_of(tx, cid, campaign, t)[0] for t in tasks] if tasks else sorted(names)
             ordered = [names[t] for t in wanted]
             by_run: dict[int, OverviewRow] = {}
             run_filter = set(runs) if runs is not None else None
@@ -64,14 +64,14 @@ class Queries(StoreBase):
         if status is not None:
             TASK.parse(status)
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             if task is None:
                 if status is not None:
                     raise Invalid("filtering runs by status needs a task")
                 rows = tx.all("SELECT run_number, fill, meta, rtypes, injected_at FROM run WHERE campaign_id = ?"
                               " ORDER BY run_number", (cid,))
                 return [_run_dict(r) for r in rows]
-            tid, _ = self._task(tx, cid, campaign, task)
+            tid, _ = task_of(tx, cid, campaign, task)
             sql = ("SELECT r.run_number, r.fill, r.meta, r.rtypes, r.injected_at, ti.status, ti.generation"
                    " FROM task_instance ti JOIN run r ON r.id = ti.run_id WHERE ti.task_id = ?")
             params: list[Any] = [tid]
@@ -99,7 +99,7 @@ class Queries(StoreBase):
         for status in statuses:
             TASK.parse(status)
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             where, params = " WHERE r.campaign_id = ?", list[Any]([cid])
             for clause, bound in ((" AND r.run_number >= ?", first), (" AND r.run_number <= ?", last)):
                 if bound is not None:
@@ -111,7 +111,7 @@ class Queries(StoreBase):
                 params += list(statuses)
                 if tasks:
                     where += " AND ti.task_id IN (" + ",".join("?" * len(tasks)) + ")"
-                    params += [self._task(tx, cid, campaign, t)[0] for t in tasks]
+                    params += [task_of(tx, cid, campaign, t)[0] for t in tasks]
                 where += ")"
             total = tx.scalar("SELECT COUNT(*) FROM run r" + where, params)
             rows = tx.all("SELECT r.run_number, r.fill, r.meta, r.rtypes, r.injected_at FROM run r" + where
@@ -120,7 +120,7 @@ class Queries(StoreBase):
 
     def instance(self, campaign: str, task: str, run: int) -> InstanceInfo:
         with self.db.tx(write=False) as tx:
-            _, tid, _ = self._campaign_task(tx, campaign, task)
+            _, tid, _ = campaign_task(tx, campaign, task)
             row = tx.one(
                 "SELECT r.run_number, r.fill, ti.status, ti.version, ti.generation, lr.run_number, ti.outputs,"
                 " ti.updated_at, ti.id FROM task_instance ti JOIN run r ON r.id = ti.run_id"
@@ -194,9 +194,9 @@ class Queries(StoreBase):
         params: list[Any] = [after_id]
         if campaign is not None:
             sql += " AND a.campaign_id = ?"
-            params.append(self._campaign_id(tx, campaign))
+            params.append(campaign_id(tx, campaign))
             if task is not None:
-                self._task(tx, params[-1], campaign, task)
+                task_of(tx, params[-1], campaign, task)
         for clause, value in (("a.task = ?", task), ("a.run_number = ?", run), ("a.entity = ?", entity),
                               ("a.ts >= ?", since), ("a.ts < ?", until), ("a.to_status = ?", status)):
             if value is not None:

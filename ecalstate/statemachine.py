@@ -9,6 +9,7 @@ Every refusal is one typed error, :class:`TransitionNotAllowed`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
 from enum import Enum
 
@@ -241,6 +242,90 @@ def job_refusal(current: JobStatus, requested: JobStatus, attempts: int, max_ret
 
 #: statuses from which a task instance may be claimed by a submit stage
 CLAIMABLE = (T.NEW, T.REPROCESS)
+
+
+# ------------------------------------------------------------------ how jobs decide their instance
+#: the counts a processing instance's current generation is decided on (jobs, done, idle or running, failed with no
+#: retry left), and ``retries``, its task's retry limit
+TALLY = ("total", "done", "active", "exhausted", "retries")
+_OPERATORS = {"=": "==", ">": ">"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A processing instance moves to ``status`` when every ``(count, operator, count or number)`` holds; its audit
+    reason is ``reason`` with the counts filled in."""
+
+    status: TaskStatus
+    conditions: tuple[tuple[str, str, str | int], ...]
+    reason: str
+
+
+#: the one rule that decides an instance from its jobs, first match first (the generic path and both engines' one-job
+#: fast paths read it; the PostgreSQL function is generated from it): all done, or none active and one beyond
+#: its retries
+DECISIONS = (
+    Decision(T.DONE, (("done", "=", "total"),), "all {total} jobs done"),
+    Decision(T.FAILED, (("active", "=", 0), ("exhausted", ">", 0)),
+             "{exhausted} of {total} jobs failed beyond {retries} retries"),
+)
+
+
+def _python_rule() -> Any:
+    """:data:`DECISIONS` compiled to one Python function of the counts, giving the index of the decision that holds
+    (-1: none): a deciding job transition asks it, tens of microseconds in all, so no loop over data per call."""
+    tests = [" and ".join(f"{left} {_OPERATORS[op]} {right}" for left, op, right in d.conditions) for d in DECISIONS]
+    body = " else ".join(f"{i} if {test}" for i, test in enumerate(tests)) + " else -1"
+    return eval(f"lambda {', '.join(TALLY)}: {body}", {})  # the text is made here from the table's own names
+
+
+_RULE = _python_rule()
+
+
+def decide(total: int, done: int, active: int, exhausted: int, retries: int) -> tuple[TaskStatus, str] | None:
+    """What a processing instance's tally decides: (status, reason), or None while it waits for its jobs."""
+    index = _RULE(total, done, active, exhausted, retries)
+    if index < 0:
+        return None
+    decision = DECISIONS[index]
+    return decision.status, decision.reason.format(total=total, done=done, active=active, exhausted=exhausted,
+                                                   retries=retries)
+
+
+def decision_sql(name: str) -> tuple[str, str]:
+    """:data:`DECISIONS` as two SQL expressions, the status and the reason (NULL while undecided), over the counts
+    named ``name.format(count)`` (PL/pgSQL variables ``v_total``...: ``name = "v_{}"``)."""
+    def side(value: str | int) -> str:
+        return name.format(value) if isinstance(value, str) else str(value)
+
+    whens, reasons = [], []
+    for decision in DECISIONS:
+        test = " AND ".join(f"{side(left)} {op} {side(right)}" for left, op, right in decision.conditions)
+        text = " || ".join(_pieces(decision.reason, side))
+        whens.append(f"WHEN {test} THEN '{decision.status.value}'")
+        reasons.append(f"WHEN {test} THEN {text}")
+    return f"CASE {' '.join(whens)} END", f"CASE {' '.join(reasons)} END"
+
+
+def _pieces(template: str, side: Any) -> list[str]:
+    """A reason template as SQL pieces to concatenate: quoted texts and the counts it names."""
+    out = []
+    for i, part in enumerate(template.replace("}", "{").split("{")):
+        if part:
+            out.append(side(part) if i % 2 else "'" + part.replace("'", "''") + "'")
+    return out
+
+
+def _check_decisions() -> None:
+    for decision in DECISIONS:
+        if not TASK.is_allowed(T.PROCESSING, decision.status):
+            raise ValueError(f"a decision moves processing to {decision.status.value}, which the task table refuses")
+        for left, op, right in decision.conditions:
+            if left not in TALLY or op not in _OPERATORS or (isinstance(right, str) and right not in TALLY):
+                raise ValueError(f"a decision names an unknown count or operator: {left} {op} {right}")
+
+
+_check_decisions()
 
 
 def render_markdown(machine: Machine) -> str:

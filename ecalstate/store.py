@@ -13,7 +13,6 @@ from .claims import Claims
 from .cursors import Cursors
 from .schema import open_database
 from .jobs import Jobs
-from .legacy_api import LegacyApi
 from .monitoring import Monitoring
 from .notify_store import NotifyStore
 from .queries import Queries
@@ -21,7 +20,7 @@ from .sources.store import RunSourceStore
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, LegacyApi, NotifyStore, RunSourceStore):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, NotifyStore, RunSourceStore):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

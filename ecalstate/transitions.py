@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .base import Ctx, StoreBase
+from .base import Ctx, StoreBase, campaign_task, downstream_tasks
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
+from .instances import move_instance
 from .limits import chunks
 from .results import BulkResult, Change
 from .statemachine import TASK, TaskStatus, TransitionNotAllowed
@@ -91,7 +92,7 @@ class Transitions(StoreBase):
             raise Invalid("a reason is required for operator transitions")
 
         def plan(tx: Tx) -> tuple[int, list[_Target], list[Change]]:
-            cid, tid, _ = self._campaign_task(tx, campaign, task)
+            cid, tid, _ = campaign_task(tx, campaign, task)
             targets, missing = _select(tx, tid, task, runs, failed)
             if target == T.REPROCESS:
                 targets = _expand(tx, self, cid, targets, downstream)
@@ -169,7 +170,7 @@ def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstre
             f" AND ti.status IN ('merged', 'processing', 'done', 'failed'){tx.lock('ti')}",
             (item.iid, item.iid))]
         if downstream:
-            for child in store._downstream(tx, item.task_id):
+            for child in downstream_tasks(tx, item.task_id):
                 extra += [_target(row, False) for row in tx.all(
                     f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number = ?{tx.lock('ti')}", (child, item.run))]
         for t in extra:
@@ -216,12 +217,5 @@ def _refusal(changes: list[Change]) -> Refused:
 
 
 def _write(ctx: Ctx, cid: int, t: _Target, target: TaskStatus, reason: str) -> None:
-    count = ctx.tx.execute(
-        "UPDATE task_instance SET status = ?, version = version + 1, leader_id = NULL, updated_at = ?"
-        " WHERE id = ? AND version = ?",
-        (target.value, ctx.now, t.iid, t.version),
-    )
-    if count != 1:
-        raise Conflict(f"task {t.task} run {t.run} changed concurrently; nothing was written, retry")
-    ctx.audit(cid, "task", t.task, target.value, from_status=t.status, instance_id=t.iid, run_number=t.run,
-              reason=reason if t.explicit else f"{reason} (cascade)")
+    move_instance(ctx, cid, t.task, iid=t.iid, run=t.run, status=t.status, version=t.version, to=target,
+                  reason=reason if t.explicit else f"{reason} (cascade)", leader_id=None)

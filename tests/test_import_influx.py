@@ -18,7 +18,7 @@ from drive import snapshot
 from ecalstate import Store
 from ecalstate.cli import main
 from ecalstate.errors import Invalid
-from ecalstate.legacy import InfluxSource, LegacySourceError, Series, import_influx, plan
+from ecalstate.compat.legacy import InfluxSource, LegacySourceError, Series, import_influx, plan
 
 T0 = 1656000000  # 2022-06-23T16:00:00Z
 DB = "ecal_legacy"

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from ..legacy import InfluxSource, import_influx as run_import
-from ..legacy_api import ImportResult, Problem
+from ..compat.legacy import InfluxSource, import_influx as run_import
+from ..compat.legacy_store import ImportResult, Problem
 from .app import App, pass_app
 from .fmt import echo_table, printable
 from .options import dry_run_option, multi_option

@@ -40,6 +40,7 @@ from ..results import BulkResult, JobInfo
 from ..statemachine import JobStatus, TaskStatus
 from ..store import Store
 from .dbnames import resolve_dbname
+from .legacy_store import LegacyStore
 from .oms import QueryOMS
 
 __all__ = ["JobCtrl", "JobPoints", "QueryOMS", "RunCtrl", "TaskHandler", "close_stores", "group_runs", "open_store",
@@ -165,6 +166,7 @@ class JobCtrl:
         self.campaign = campaign
         self.tags = tags
         self.store = open_store(dbname)
+        self.legacy = LegacyStore(self.store)
         if "run_number" in tags:
             self.run = run_number(tags["run_number"])
         else:
@@ -172,7 +174,7 @@ class JobCtrl:
             runs = [] if group is None or (isinstance(group, str) and not group.strip()) else group_runs(group)
             if not runs and tags.get("fill") in (None, ""):
                 raise Invalid("JobCtrl needs tags with a run_number, or a fill and/or group of runs")
-            self.run = self.store.group_leader(campaign, self.task, runs, tags.get("fill"))
+            self.run = self.legacy.group_leader(campaign, self.task, runs, tags.get("fill"))
         #: what a user field may not be called: the original's sanity check refused a field named as a tag, and a
         #: status name as a field would set two statuses
         self.reserved = frozenset(_JOB_TAGS) | frozenset(tags) | frozenset(_STATUSES)
@@ -203,7 +205,7 @@ class JobCtrl:
             if len(sets) != len(ids):
                 raise Invalid(f"createTask: {len(ids)} job ids but {len(sets)} field sets (one per job)")
             checked = [self._fields(j, f) for j, f in zip(ids, sets)]
-        return self.store.open_generation(self.campaign, self.task, self.run, ids, checked, recreate)
+        return self.legacy.open_generation(self.campaign, self.task, self.run, ids, checked, recreate)
 
     def taskCompleted(self) -> bool:
         """Every job of the current generation is done (and there is at least one)."""
@@ -318,6 +320,7 @@ class RunCtrl:
     def __init__(self, dbname: str, campaign: str) -> None:
         self.campaign = campaign
         self.store = open_store(dbname)
+        self.legacy = LegacyStore(self.store)
 
     def updateStatus(self, run: RunRef, status: Mapping[str, str], leader: Optional[RunRef] = None) -> BulkResult:
         """Set ``{task: status}`` for a run, validated and all or nothing.
@@ -333,14 +336,14 @@ class RunCtrl:
             (task,) = status
             return self.store.reprocess(self.campaign, task, runs=[number], reason="updateStatus")
         head = None if leader is None else run_number(leader)
-        return self.store.legacy_update(self.campaign, number, status, leader=head)
+        return self.legacy.legacy_update(self.campaign, number, status, leader=head)
 
     def getRuns(self, status: Optional[Mapping[str, Union[str, Sequence[str]]]] = None) -> list[dict[str, Any]]:
         """Run dicts (``run_number`` and ``fill`` as strings, metadata, each task's status) matching every
         ``{task: status or [statuses]}`` given."""
         wanted = {t: {s} if isinstance(s, str) else set(s) for t, s in (status or {}).items()}
         out = []
-        for run in self.store.legacy_runs(self.campaign):
+        for run in self.legacy.legacy_runs(self.campaign):
             if all(run.statuses.get(t) in allowed for t, allowed in wanted.items()):
                 fill = "" if run.fill is None else str(run.fill)
                 out.append({**run.meta, **run.statuses, "run_number": str(run.run_number), "fill": fill})
@@ -354,7 +357,7 @@ class RunCtrl:
         if (runs is None) == (era is None):
             raise Invalid("getOutput takes runs=... or era=..., one of them")
         numbers = None if runs is None else [run_number(r) for r in runs]
-        return self.store.legacy_outputs(self.campaign, process, numbers, era)
+        return self.legacy.legacy_outputs(self.campaign, process, numbers, era)
 
 
 class TaskHandler:

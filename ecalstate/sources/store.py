@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import Ctx, StoreBase, loads
+from ..base import Ctx, StoreBase, campaign_id, loads
 from ..catalog import activate_runs, check_run, check_specs, insert_runs
 from ..claims import ended_fills
 from ..errors import Invalid
@@ -54,7 +54,7 @@ class RunSourceStore(StoreBase):
     def source_state(self, campaign: str, source: str) -> SourceState:
         """The cursor of ``source`` in ``campaign``, its runs still ongoing and the newest fills still open."""
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             last = tx.scalar("SELECT last_run FROM run_source WHERE campaign_id = ? AND source = ?", (cid, source))
             ongoing = [r[0] for r in tx.all(
                 "SELECT run_number, meta FROM run WHERE campaign_id = ? AND meta LIKE ? ORDER BY run_number",
@@ -74,7 +74,7 @@ class RunSourceStore(StoreBase):
 
         def body(ctx: Ctx) -> SyncResult:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             tx.serialize("runs", cid)  # with injections and other syncs: each sees the other's runs
             present: dict[int, tuple[int, dict[str, Any]]] = {}
             numbers = sorted(specs)
@@ -123,7 +123,7 @@ class RunSourceStore(StoreBase):
             raise Invalid("closing a fill needs a reason")
 
         def body(ctx: Ctx) -> bool:
-            cid = self._campaign_id(ctx.tx, campaign)
+            cid = campaign_id(ctx.tx, campaign)
             ctx.tx.serialize("runs", cid)  # with syncs recording the same fill: one inserts, the other sees it
             if ctx.tx.scalar("SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, number)):
                 return False
@@ -137,12 +137,12 @@ class RunSourceStore(StoreBase):
         """Whether ``fill`` ended, by the rule grouping by fill uses: recorded (a source, ``run close-fill``), or a
         run of a later fill exists."""
         with self.db.tx(write=False) as tx:
-            return _check_fill(fill) in ended_fills(tx, self._campaign_id(tx, campaign), [fill])
+            return _check_fill(fill) in ended_fills(tx, campaign_id(tx, campaign), [fill])
 
     def ended_fills(self, campaign: str) -> list[FillEnd]:
         """Every fill known to have ended, with when, why and who recorded it, by fill."""
         with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             return [FillEnd(*r) for r in tx.all(
                 "SELECT fill, ended_at, reason, actor FROM fill_end WHERE campaign_id = ? ORDER BY fill", (cid,))]
 

@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 from urllib.parse import urlencode, urlsplit
 
-from .catalog import CAMPAIGN_KINDS, check_name, check_run
-from .errors import EcalStateError, Invalid
-from .legacy_api import ImportInstance, ImportJob, ImportPlan, ImportResult, ImportRun, Problem
-from .statemachine import JOB, TASK, JobStatus, TaskStatus
-from .store import Store
+from ..catalog import CAMPAIGN_KINDS, check_name, check_run
+from ..errors import EcalStateError, Invalid
+from ..statemachine import JOB, TASK, JobStatus, TaskStatus
+from ..store import Store
+from .legacy_store import ImportInstance, ImportJob, ImportPlan, ImportResult, ImportRun, LegacyStore, Problem
 
 USER_ENV, PASSWORD_ENV = "ECAL_INFLUXDB_USER", "ECAL_INFLUXDB_PWD"
 #: string fields of ``run`` points that are run metadata rather than a task's status
@@ -331,4 +331,5 @@ def import_influx(
 ) -> tuple[list[ImportResult], list[Problem]]:
     """Read ``source`` and import (or with ``dry_run`` only count) each campaign in one transaction."""
     plans, problems = plan(source.series("run"), source.series("job"), (*META_FIELDS, *meta_fields), campaigns, kind)
-    return [store.import_plan(p, dry_run) for p in plans], problems
+    legacy = LegacyStore(store)
+    return [legacy.import_plan(p, dry_run) for p in plans], problems

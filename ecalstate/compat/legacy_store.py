@@ -4,14 +4,14 @@ The original wrote whatever it was told; these calls map its operations onto
 the transition tables, one transaction each, audited, refusing with the same
 typed errors as the rest of the store:
 
-* :meth:`LegacyApi.open_generation` is ``createTask``: a ``new``/``reprocess``
+* :meth:`LegacyStore.open_generation` is ``createTask``: a ``new``/``reprocess``
   instance is claimed (-> ``processing``, next generation) and gets its jobs;
   ``recreate`` on a ``processing`` instance opens the next generation instead
   of deleting history.
-* :meth:`LegacyApi.legacy_update` is ``updateStatus``: ``processing`` claims,
+* :meth:`LegacyStore.legacy_update` is ``updateStatus``: ``processing`` claims,
   ``merged`` folds the run into its group leader, ``done``/``failed`` complete.
-* :meth:`LegacyApi.import_plan` writes what ``ecalstate import-influx`` read from
-  the original's InfluxDB (:mod:`ecalstate.legacy` validates it first): one
+* :meth:`LegacyStore.import_plan` writes what ``ecalstate import-influx`` read from
+  the original's InfluxDB (:mod:`ecalstate.compat.legacy` validates it first): one
   transaction per campaign; what exists already is never overwritten, so a
   second import changes nothing.
 """
@@ -23,21 +23,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from .base import AUDIT_SQL, Ctx, StoreBase, loads
-from .catalog import _record, check_run
-from .claims import Eligible, _move
-from .clock import to_micros
-from .db import Tx
-from .errors import Conflict, Invalid, NotFound
-from .filters import parse_filter
-from .jobs import check_jobs, insert_jobs, keep_outputs
-from .outputs import DERIVED
-from .results import BulkResult, Change
-from .statemachine import CLAIMABLE, TASK, TaskStatus, TransitionNotAllowed
+from ..base import AUDIT_SQL, IMPORT_ACTOR, Ctx, campaign_id, campaign_task, loads, task_of
+from ..catalog import check_run, run_record
+from ..claims import Eligible, move_eligible
+from ..clock import to_micros
+from ..db import Tx
+from ..errors import Invalid, NotFound
+from ..filters import parse_filter
+from ..instances import move_instance, next_generation
+from ..jobs import active_jobs, check_jobs, insert_jobs, keep_outputs
+from ..outputs import DERIVED
+from ..results import BulkResult, Change
+from ..statemachine import CLAIMABLE, TASK, TaskStatus, TransitionNotAllowed
+from ..store import Store
 
 T = TaskStatus
-#: the actor of every audit row an import writes (the notifier does not replay them)
-IMPORT_ACTOR = "import"
 IMPORT_REASON = "imported from InfluxDB"
 
 _INSTANCE_SQL = (
@@ -148,8 +148,12 @@ class ImportResult:
     problems: list[Problem]
 
 
-class LegacyApi(StoreBase):
-    """The original's operations, validated by the transition tables."""
+class LegacyStore:
+    """The original's operations over a :class:`~ecalstate.store.Store`, validated by the transition tables: a
+    wing that writes through the store's public seams (one transaction each, ``Store.write``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def open_generation(
         self,
@@ -165,15 +169,15 @@ class LegacyApi(StoreBase):
 
         def body(ctx: Ctx) -> int:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+            cid = campaign_id(tx, campaign)
+            tid, _ = task_of(tx, cid, campaign, task)
             inst = _instance(tx, campaign, task, tid, run)
             status = TaskStatus(inst.status)
             what = f"{task} run {run}"
             if status in CLAIMABLE:
                 _check_upstream(tx, tid, inst, what)
                 generation = inst.generation + 1
-                _move(ctx, cid, task, inst, T.PROCESSING, "claimed by createTask", generation=generation)
+                move_eligible(ctx, cid, task, inst, T.PROCESSING, "claimed by createTask", generation=generation)
             elif status == T.PROCESSING:
                 generation = inst.generation
                 if tx.scalar("SELECT COUNT(*) FROM job WHERE instance_id = ? AND generation = ?",
@@ -183,14 +187,15 @@ class LegacyApi(StoreBase):
                                       "recreate=True opens a new generation")
                     keep_outputs(tx, inst.instance_id, generation)
                     generation += 1
-                    _cas(tx, inst, "generation = ?, updated_at = ?", (generation, ctx.now), what)
+                    next_generation(ctx, task, iid=inst.instance_id, run=run, version=inst.version,
+                                    generation=generation)
             else:
                 raise TransitionNotAllowed(TASK.entity, what, status, T.PROCESSING, TASK.allowed(status),
                                            "reprocess it first to run it again")
             insert_jobs(ctx, cid, task, run, inst.instance_id, generation, jid_list, field_list)
             return generation
 
-        return self._write("legacy.create", None, body)
+        return self.store.write("legacy.create", body)
 
     def legacy_update(
         self,
@@ -207,10 +212,10 @@ class LegacyApi(StoreBase):
 
         def body(ctx: Ctx) -> BulkResult:
             tx = ctx.tx
-            cid = self._campaign_id(tx, campaign)
+            cid = campaign_id(tx, campaign)
             changes = []
             for task, target in targets.items():
-                tid, _ = self._task(tx, cid, campaign, task)
+                tid, _ = task_of(tx, cid, campaign, task)
                 inst = _instance(tx, campaign, task, tid, run)
                 current = TaskStatus(inst.status)
                 what = f"{task} run {run}"
@@ -220,21 +225,21 @@ class LegacyApi(StoreBase):
                 TASK.check(current, target, what)
                 if target == T.PROCESSING:
                     _check_upstream(tx, tid, inst, what)
-                    _move(ctx, cid, task, inst, target, reason, generation=inst.generation + 1)
+                    move_eligible(ctx, cid, task, inst, target, reason, generation=inst.generation + 1)
                 elif target == T.MERGED:
                     head = _leader(tx, tid, inst, task, leader)
-                    _move(ctx, cid, task, inst, target, f"{reason}: merged into run {head[1]}", leader_id=head[0])
+                    move_eligible(ctx, cid, task, inst, target, f"{reason}: merged into run {head[1]}", leader_id=head[0])
                 else:
                     _finish(ctx, cid, task, inst, target, reason)
                 changes.append(Change("task", what, current.value, target.value, "changed", reason))
             return BulkResult(changes)
 
-        return self._write("legacy.update", None, body)
+        return self.store.write("legacy.update", body)
 
     def legacy_runs(self, campaign: str) -> list[LegacyRun]:
         """Every run of a campaign with its metadata and every task's status, by run number."""
-        with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
+        with self.store.db.tx(write=False) as tx:
+            cid = campaign_id(tx, campaign)
             runs = {r[0]: LegacyRun(r[1], r[2], loads(r[3]), {}) for r in tx.all(
                 "SELECT id, run_number, fill, meta FROM run WHERE campaign_id = ? ORDER BY run_number", (cid,))}
             for run_id, task, status in tx.all(
@@ -250,8 +255,8 @@ class LegacyApi(StoreBase):
         """The files of ``task``'s done instances (of ``runs``, or of the runs of ``era``): one element per file, in
         run then job order, each job's ``output`` field split at commas (a job may list several)."""
         wanted = None if runs is None else set(runs)
-        with self.db.tx(write=False) as tx:
-            _, tid, _ = self._campaign_task(tx, campaign, task)
+        with self.store.db.tx(write=False) as tx:
+            _, tid, _ = campaign_task(tx, campaign, task)
             rows = tx.all(
                 "SELECT r.run_number, r.meta, j.fields FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                 " JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation"
@@ -269,9 +274,9 @@ class LegacyApi(StoreBase):
 
         ``group`` empty: every run of ``fill``. Each run of the group must be in ``fill`` when it is given."""
         number = None if fill in (None, "") else check_run(1, fill)[1]
-        with self.db.tx(write=False) as tx:
-            cid = self._campaign_id(tx, campaign)
-            tid, _ = self._task(tx, cid, campaign, task)
+        with self.store.db.tx(write=False) as tx:
+            cid = campaign_id(tx, campaign)
+            tid, _ = task_of(tx, cid, campaign, task)
             rows = tx.all("SELECT r.run_number, r.fill, ti.status FROM run r LEFT JOIN task_instance ti"
                           " ON ti.run_id = r.id AND ti.task_id = ? WHERE r.campaign_id = ?"
                           + (" AND r.fill = ?" if not group else ""), (tid, cid) + ((number,) if not group else ()))
@@ -289,9 +294,9 @@ class LegacyApi(StoreBase):
     def import_plan(self, plan: ImportPlan, dry_run: bool = False) -> ImportResult:
         """Write a campaign's legacy state in one transaction; what exists already is left as it is."""
         if dry_run:
-            with self.db.tx(write=False) as tx:
+            with self.store.db.tx(write=False) as tx:
                 return _import(tx, None, plan)
-        return self._write("legacy.import", None, lambda ctx: _import(ctx.tx, ctx, plan))
+        return self.store.write("legacy.import", lambda ctx: _import(ctx.tx, ctx, plan))
 
 
 def _import(tx: Tx, ctx: Optional[Ctx], plan: ImportPlan) -> ImportResult:
@@ -323,7 +328,7 @@ def _import(tx: Tx, ctx: Optional[Ctx], plan: ImportPlan) -> ImportResult:
         rtypes = [(r[0], parse_filter(r[1])) for r in tx.all("SELECT name, filter FROM rtype WHERE campaign_id = ?",
                                                              (cid,))]
         for run in new_runs:
-            matched = ",".join(n for n, flt in rtypes if flt.matches(_record(run.run_number, run.fill, run.meta)))
+            matched = ",".join(n for n, flt in rtypes if flt.matches(run_record(run.run_number, run.fill, run.meta)))
             runs[run.run_number] = tx.scalar(
                 "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at) VALUES (?,?,?,?,?,?)"
                 " RETURNING id", (cid, run.run_number, run.fill, json.dumps(run.meta, sort_keys=True), matched,
@@ -428,26 +433,14 @@ def _leader(tx: Tx, tid: int, inst: Eligible, task: str, leader: Optional[int]) 
 
 
 def _finish(ctx: Ctx, cid: int, task: str, inst: Eligible, target: TaskStatus, reason: str) -> None:
-    """processing -> done (no job of the generation still idle or running; outputs gathered) or -> failed."""
-    tx = ctx.tx
-    what = f"{task} run {inst.run_number}"
-    outputs = "{}"
+    """processing -> done (no job of the generation still idle or running; its outputs are its jobs') or -> failed:
+    a script's own call, refused while jobs still run, not a decision from its jobs."""
     if target == T.DONE:
-        active = tx.scalar(
-            "SELECT COUNT(*) FROM job WHERE instance_id = ? AND generation = ? AND status IN ('idle', 'running')",
-            (inst.instance_id, inst.generation))
+        active = active_jobs(ctx.tx, inst.instance_id, inst.generation)
         if active:
-            raise TransitionNotAllowed(TASK.entity, what, T.PROCESSING, target, TASK.allowed(T.PROCESSING),
+            raise TransitionNotAllowed(TASK.entity, f"{task} run {inst.run_number}", T.PROCESSING, target,
+                                       TASK.allowed(T.PROCESSING),
                                        f"{active} job(s) of generation {inst.generation} still idle or running")
-        outputs = DERIVED
-    _cas(tx, inst, "status = ?, outputs = ?, updated_at = ?", (target.value, outputs, ctx.now), what)
-    ctx.audit(cid, "task", task, target.value, from_status=inst.status, instance_id=inst.instance_id,
-              run_number=inst.run_number, generation=inst.generation, reason=reason)
-
-
-def _cas(tx: Tx, inst: Eligible, assignments: str, values: Sequence[Any], what: str) -> None:
-    """Compare-and-set update of an instance read earlier in this transaction."""
-    count = tx.run(f"UPDATE task_instance SET {assignments}, version = version + 1 WHERE id = ? AND version = ?",
-                   (*values, inst.instance_id, inst.version)).rowcount
-    if count != 1:
-        raise Conflict(f"task {what} changed concurrently; nothing was written, retry")
+    move_instance(ctx, cid, task, iid=inst.instance_id, run=inst.run_number, status=inst.status,
+                  version=inst.version, to=target, reason=reason, generation=inst.generation,
+                  outputs=DERIVED if target == T.DONE else "{}")
