@@ -19,11 +19,15 @@ from .auditlog import TS_TEXT, VOCABULARY, vocab_id
 from .db import Tx
 from .errors import NotFound
 from .results import Change
-from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed, job_refusal
+from .statemachine import JOB, JobStatus, TaskStatus, TransitionNotAllowed, decision_sql, job_refusal
 
 #: the statuses each job status may be reached from, as the table says (the function gets them as data)
 SOURCES = {t.value: ",".join(s.value for s in JobStatus if JOB.is_allowed(s, t)) for t in JobStatus}
 
+
+#: the rule that decides an instance from its jobs (``statemachine.DECISIONS``), over the function's variables
+_DECIDED, _DECIDED_REASON = decision_sql({"total": "v_total", "done": "v_done", "active": "v_active",
+                                          "exhausted": "v_exhausted", "retries": "v_job.max_retries"})
 
 #: the vocabulary as a PostgreSQL array: a status's id is its position (``auditlog.VOCABULARY``)
 _VOCABULARY = "ARRAY[" + ", ".join(f"'{t}'" for t in VOCABULARY) + "]::text[]"
@@ -110,11 +114,10 @@ BEGIN
       INTO v_version, v_gen, v_total, v_done, v_active, v_exhausted
       FROM task_instance ti JOIN job j ON j.instance_id = ti.id AND j.generation = ti.generation
       WHERE ti.id = v_job.iid AND ti.status = 'processing' GROUP BY ti.version, ti.generation;
-    IF v_total IS NOT NULL AND (v_done = v_total OR (v_active = 0 AND v_exhausted > 0)) THEN
+    decided := {_DECIDED};  -- statemachine.DECISIONS, generated: NULL while the jobs decide nothing
+    IF v_total IS NOT NULL AND decided IS NOT NULL THEN
       v_text := {TS_TEXT["postgresql"].format(c="v_now")};  -- task_instance keeps text times
-      decided := CASE WHEN v_done = v_total THEN 'done' ELSE 'failed' END;
-      decided_reason := CASE WHEN v_done = v_total THEN 'all ' || v_total || ' jobs done'
-        ELSE v_exhausted || ' of ' || v_total || ' jobs failed beyond ' || v_job.max_retries || ' retries' END;
+      decided_reason := {_DECIDED_REASON};
       UPDATE task_instance SET status = decided, version = task_instance.version + 1, updated_at = v_text,
           outputs = CASE WHEN decided = 'done' THEN '' ELSE '{{}}' END
         WHERE id = v_job.iid AND version = v_version;

@@ -292,11 +292,11 @@ def decide(total: int, done: int, active: int, exhausted: int, retries: int) -> 
                                                    retries=retries)
 
 
-def decision_sql(name: str) -> tuple[str, str]:
+def decision_sql(names: Mapping[str, str]) -> tuple[str, str]:
     """:data:`DECISIONS` as two SQL expressions, the status and the reason (NULL while undecided), over the counts
-    named ``name.format(count)`` (PL/pgSQL variables ``v_total``...: ``name = "v_{}"``)."""
+    as ``names`` spells them (a PL/pgSQL function's variables)."""
     def side(value: str | int) -> str:
-        return name.format(value) if isinstance(value, str) else str(value)
+        return names[value] if isinstance(value, str) else str(value)
 
     whens, reasons = [], []
     for decision in DECISIONS:
@@ -365,4 +365,13 @@ def document() -> str:
         final = ", ".join(f"`{s.value}`" for s in machine.statuses if s in machine.terminals) or "none"
         table = render_markdown(machine).rstrip("\n")
         parts += ["", f"## {title}", "", f"Statuses: {statuses}. Terminal: {final}.", "", table]
+    parts += ["", "## How jobs decide their instance", "",
+              "A `processing` instance is decided by its current generation's jobs, the first rule that holds:", "",
+              "| instance moves to | when | audit reason |", "| --- | --- | --- |"]
+    for decision in DECISIONS:
+        when = " and ".join(f"{left} {op} {right}" for left, op, right in decision.conditions)
+        parts.append(f"| {decision.status.value} | {when} | {decision.reason} |")
+    parts += ["", "Counts: " + "; ".join(f"`{name}` {meaning}" for name, meaning in (
+        ("total", "its jobs"), ("done", "those done"), ("active", "those idle or running"),
+        ("exhausted", "those failed with no retry left"), ("retries", "the task's retry limit"))) + "."]
     return "\n".join(parts) + "\n"

@@ -253,3 +253,31 @@ def test_retry_guard_allows_up_to_max_retries_then_refuses(jobs: Store) -> None:
     # the exhausted failure decides the instance once nothing is left running
     jobs.set_job_status("prompt", "reco", RUN, 1, "done", reason=REASON)
     assert jobs.instance("prompt", "reco", RUN).status == "failed"
+
+
+def test_the_rule_that_decides_an_instance_is_one_rule_in_python_and_sql() -> None:
+    """Issue 21: the rule deciding an instance from its jobs is written once (``DECISIONS``); the Python the hot
+    paths run and the SQL the PostgreSQL function is made of are both generated from it and agree on every tally
+    (here the SQL is evaluated by SQLite, which speaks the same CASE and ||)."""
+    import itertools
+    import sqlite3
+
+    from ecalstate.statemachine import decide, decision_sql
+
+    names = {c: f":{c}" for c in ("total", "done", "active", "exhausted", "retries")}
+    status_sql, reason_sql = decision_sql(names)
+    conn = sqlite3.connect(":memory:")
+    seen = set()
+    for total, done, active, retries in itertools.product(range(1, 5), range(5), range(5), range(3)):
+        for exhausted in range(total - done - active + 1):
+            if done + active + exhausted > total:
+                continue
+            tally = {"total": total, "done": done, "active": active, "exhausted": exhausted, "retries": retries}
+            sql = conn.execute(f"SELECT {status_sql}, {reason_sql}", tally).fetchone()
+            python = decide(total, done, active, exhausted, retries)
+            assert sql == ((python[0].value, python[1]) if python else (None, None)), tally
+            seen.add(sql[0])
+    assert seen == {"done", "failed", None}
+    assert decide(3, 3, 0, 0, 2) == (TaskStatus.DONE, "all 3 jobs done")
+    assert decide(3, 1, 0, 2, 2) == (TaskStatus.FAILED, "2 of 3 jobs failed beyond 2 retries")
+    assert decide(3, 1, 1, 1, 2) is None  # a job still runs: the instance waits for it
