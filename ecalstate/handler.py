@@ -45,10 +45,10 @@ import click
 
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
-from .cli.app import no_password_in_argument
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
 from .results import BatchRecord, Claim, JobInfo, JobUpdate
+from .secrets import no_password_in_argument
 from .store import Store
 
 ACTIVE = ("idle", "running")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .errors import Invalid
@@ -173,3 +173,16 @@ def check_private_path(path: str, what: str) -> None:
         check_private(fd, path, what)
     finally:
         os.close(fd)
+
+
+def no_password_in_argument(ctx: Any, param: Any, value: Optional[str]) -> Optional[str]:
+    """``--db`` callback (of ``ecalstate`` and of every handler's command line): a URL carrying a password anywhere
+    is refused as a usage error, whether it comes from the command line (``ps``, shell history, Jenkins' console)
+    or ``ECALSTATE_DB`` (every child inherits it, and error messages would quote it); the store refuses it too (one
+    check: :func:`url_secret_refusal`)."""
+    refusal = url_secret_refusal(value) if value else None
+    if refusal is not None:
+        import click
+
+        raise click.BadParameter(refusal, ctx, param)
+    return value

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import click
 
 from ..errors import EcalStateError
-from .app import App, no_password_in_argument
+from ..secrets import no_password_in_argument
+from .app import App
 
 #: command name -> "module:attribute", relative to this package
 COMMANDS: dict[str, str] = {

@@ -73,16 +73,4 @@ def to_jsonable(data: Any) -> Any:
     return data
 
 
-def no_password_in_argument(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
-    """``--db`` callback: a URL carrying a password anywhere is refused as a usage error, whether it comes from
-    the command line (``ps``, shell history, Jenkins' console) or ``ECALSTATE_DB`` (every child inherits it, and
-    error messages would quote it); the store refuses it too (one check: :func:`ecalstate.secrets.url_secret`)."""
-    from ..secrets import url_secret_refusal
-
-    refusal = url_secret_refusal(value) if value else None
-    if refusal is not None:
-        raise click.BadParameter(refusal, ctx, param)
-    return value
-
-
 pass_app = click.make_pass_decorator(App)

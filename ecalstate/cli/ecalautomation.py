@@ -18,8 +18,8 @@ from typing import NoReturn, Optional
 
 import click
 
-from .cmdline import DB_HELP, NotHonoured, Original, OriginalGroup, db_password_refused, main_of
-from .dbnames import resolve_dbname
+from ..compat.dbnames import resolve_dbname
+from .original import DB_HELP, NotHonoured, Original, OriginalGroup, db_password_refused, main_of
 
 PROG = "ecalautomation.py"
 

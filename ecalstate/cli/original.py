@@ -20,7 +20,7 @@ from ..catalog import check_name
 from ..errors import EcalStateError
 from ..secrets import url_secret_refusal
 from ..store import Store
-from .dbnames import DATABASES_ENV, SYSTEM_FILE, resolve_dbname
+from ..compat.dbnames import DATABASES_ENV, SYSTEM_FILE, resolve_dbname
 
 DB_HELP = (f"The store: a database name of the databases file (${DATABASES_ENV}, else "
            f"~/.config/ecalstate/databases.conf, else {SYSTEM_FILE}: lines NAME = URL|PATH), a SQLite path or a "
@@ -151,7 +151,7 @@ def db_password_refused(ctx: click.Context, param: click.Parameter, value: Optio
 
 def main_of(group: click.Group, prog: str, argv: Optional[Sequence[str]] = None) -> NoReturn:
     """Run ``group`` as the console script ``prog``: every refusal one line on stderr, exit 2 or 1."""
-    from ..cli.fmt import printable
+    from .fmt import printable
 
     try:
         code = group.main(args=list(sys.argv[1:] if argv is None else argv), prog_name=prog, standalone_mode=False)

@@ -19,9 +19,9 @@ from typing import Any, NoReturn, Optional, TypeVar
 
 import click
 
-from ..cli.fmt import echo_table
-from .cmdline import DB_HELP, Original, OriginalGroup, db_password_refused, main_of
-from .runtypes import Activation, activate_tasks
+from ..compat.runtypes import Activation, activate_tasks
+from .fmt import echo_table
+from .original import DB_HELP, Original, OriginalGroup, db_password_refused, main_of
 
 PROG = "ecalrunctrl.py"
 F = TypeVar("F", bound=Callable[..., Any])
