@@ -12,8 +12,7 @@ from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
 from .limits import INT64_MAX, check_int64, chunks, int64_range
-from .results import BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
-from .sources import ONGOING
+from .results import ONGOING, BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
 from .statemachine import TaskStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
@@ -300,6 +299,12 @@ def insert_runs(ctx: Ctx, cid: int, specs: dict[int, RunSpec], activate: bool = 
         run_numbers[run_id] = number
         pending += [(run_id, task_id) for task_id in task_ids]
     return InjectResult(fresh, sorted(known), _create_pairs(ctx, cid, run_numbers, pending))
+
+
+def update_runs(ctx: Ctx, runs: Sequence[tuple[int, RunSpec]]) -> None:
+    """Give runs (by id) their final fill and metadata (a run source saw them end, or saw more of them)."""
+    ctx.tx.many("UPDATE run SET fill = ?, meta = ? WHERE id = ?",
+                [(spec.fill, json.dumps(spec.meta, sort_keys=True), run_id) for run_id, spec in runs])
 
 
 def activate_runs(ctx: Ctx, cid: int, runs: Sequence[tuple[int, RunSpec]]) -> int:

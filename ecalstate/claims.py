@@ -19,8 +19,8 @@ from .db import Tx
 from .errors import Invalid, NotFound
 from .instances import move_instance
 from .jobs import check_jobs, insert_jobs, keep_outputs
-from .results import Claim
-from .sources import ONGOING
+from .results import ONGOING, Claim
+from .fills import ended_fills
 from .statemachine import TaskStatus
 
 T = TaskStatus
@@ -317,15 +317,6 @@ def _why(row: _Row, eligible: Collection[int], task: str, unit: str) -> Optional
             return f"run {row.run_number} being claimed by another build"
         return None
     return f"run {row.run_number} already {row.status} for {task} (reprocess the whole {unit} to regroup it)"
-
-
-def ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
-    """The fills of ``fills`` that ended: recorded (a source, ``run close-fill``), or a later fill has a run."""
-    newest = tx.scalar("SELECT MAX(fill) FROM run WHERE campaign_id = ?", (cid,))
-    marks = ",".join("?" * len(fills))
-    recorded = {r[0] for r in tx.all(f"SELECT fill FROM fill_end WHERE campaign_id = ? AND fill IN ({marks})",
-                                     (cid, *fills))}
-    return recorded | {f for f in fills if newest is not None and f < newest}
 
 
 def _newest_era(tx: Tx, cid: int) -> Optional[str]:

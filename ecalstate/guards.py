@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from enum import Enum
 
 from .auditlog import SAME_AS_JOB, TASK_ROWS, vocab_id
-from .sources import ONGOING
+from .results import ONGOING
 from .statemachine import CLAIMABLE, JOB, TASK, JobStatus, Machine, TaskStatus
 
 T, J = TaskStatus, JobStatus

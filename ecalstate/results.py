@@ -28,6 +28,11 @@ class RunTypeInfo:
     tasks: list[str]
 
 
+#: run metadata key that says the run was still being taken when its source last saw it: it activates no task
+#: until it ended, and a fill with such a run is not complete
+ONGOING = "ongoing"
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """A run to inject: number, fill and free metadata."""
@@ -35,6 +40,16 @@ class RunSpec:
     run_number: int
     fill: Optional[int] = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FillEnd:
+    """A fill known to have ended: when, why and who recorded it."""
+
+    fill: int
+    ended_at: str
+    reason: str
+    actor: str
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,16 @@ from typing import Optional
 from .catalog import Catalog
 from .claims import Claims
 from .cursors import Cursors
+from .fills import Fills
 from .schema import open_database
 from .jobs import Jobs
 from .monitoring import Monitoring
 from .notify_store import NotifyStore
 from .queries import Queries
-from .sources.store import RunSourceStore
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, NotifyStore, RunSourceStore):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, Fills, NotifyStore):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

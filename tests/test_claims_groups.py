@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from cli_support import as_json, invoke
+from drive import only
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.errors import Invalid
 from ecalstate.sources import SourceBatch, SourceRun
-from cli_support import as_json, invoke
-from drive import only
+from ecalstate.sources.store import RunSources
 
 C = "prompt"
 
@@ -96,10 +97,10 @@ def test_skipped_runs_are_left_out_and_a_fill_of_skipped_runs_makes_no_group(fil
 
 def test_a_run_still_being_taken_keeps_its_fill_waiting(fills: Store) -> None:
     s = fills
-    s.apply_sync(C, "file", SourceBatch([SourceRun(RunSpec(7, 12), ongoing=True)], {12: "operator"}, 7))
+    RunSources(s).apply_sync(C, "file", SourceBatch([SourceRun(RunSpec(7, 12), ongoing=True)], {12: "operator"}, 7))
     finish(s, "reco", 6)
     assert waits(s, "calib", group_by="fill") == ["fill 12 waits: run 7 still being taken"]
-    s.apply_sync(C, "file", SourceBatch([SourceRun(RunSpec(7, 12))], {}, 7))
+    RunSources(s).apply_sync(C, "file", SourceBatch([SourceRun(RunSpec(7, 12))], {}, 7))
     finish(s, "reco", 7)
     assert groups(s, "calib", group_by="fill") == [[6, 7]]
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ecalstate import Store
+from ecalstate.sources.store import RunSources
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         meta = {r["run_number"]: r["meta"] for r in store.list_runs("prompt")}[380001]
         assert (meta["class"], meta["global"], meta["ecal"], meta["era"]) == ("Collisions", True, True, "Run2026C")
         assert meta["lumi"] > 0 and "ongoing" not in meta
-        assert store.source_state("prompt", "oms").last_run == 380009
+        assert RunSources(store).source_state("prompt", "oms").last_run == 380009
         assert [(f.fill, f.reason[:4]) for f in store.ended_fills("prompt")] == [(9001, "OMS:"), (9002, "OMS:")]
         # the operator skipped one run: nothing to do for it, downstream too
         assert statuses[380005] == {"phisym-reco": "skipped", "phisym-calib": "skipped", "phisym-plots": "skipped"}

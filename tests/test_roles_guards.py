@@ -26,6 +26,7 @@ from ecalstate.auditlog import vocab_id
 from ecalstate.export import FileTarget, export
 from ecalstate.results import BatchRecord
 from ecalstate.sources import SourceBatch, SourceRun
+from ecalstate.sources.store import RunSources
 
 pytestmark = pytest.mark.postgres
 
@@ -180,9 +181,9 @@ def test_the_store_works_for_the_least_role_that_should_use_it(site: dict[str, s
     operator = Store.open(site["operator"], actor="shift")
     try:
         source = SourceBatch([SourceRun(RunSpec(5, 12, {"class": "Collisions"}), ongoing=True)], last_run=5)
-        assert writer.apply_sync("prompt", "file", source).ongoing == [5]
+        assert RunSources(writer).apply_sync("prompt", "file", source).ongoing == [5]
         ended = SourceBatch([SourceRun(RunSpec(5, 12, {"class": "Collisions", "nevents": 10}))], last_run=5)
-        assert writer.apply_sync("prompt", "file", ended).ended == [5]
+        assert RunSources(writer).apply_sync("prompt", "file", ended).ended == [5]
         writer.inject_runs("prompt", [RunSpec(6, 13)])
         writer.close_fill("prompt", 12, "beam dumped")
         [claim] = writer.claim("prompt", "reco", limit=1)  # run 5 or 6

@@ -25,6 +25,7 @@ from oms_server import OmsServer, oms_server
 from ecalstate import Store
 from ecalstate.sources import SourceError
 from ecalstate.sources.oms import OMSAPI, Credentials, OmsRunSource
+from ecalstate.sources.store import RunSources
 from ecalstate.sources.sync import sync
 
 SECRET = "s3cr3t-client-secret-value"
@@ -140,13 +141,13 @@ def test_an_expired_token_is_renewed_once_and_a_refused_client_writes_nothing(pr
     oms.run(390002, 9000)
     assert sync(prompt, "prompt", src).new == [390002]
     assert oms.token_requests == 2
-    before = (runs_of(prompt), prompt.source_state("prompt", "oms"))
+    before = (runs_of(prompt), RunSources(prompt).source_state("prompt", "oms"))
     oms.run(390003, 9000)
     wrong = OmsRunSource(OMSAPI(oms.api_url, credentials=Credentials("ecal-automation", "wrong", oms.token_url)))
     with pytest.raises(SourceError, match="refused client 'ecal-automation'") as err:
         sync(prompt, "prompt", wrong)
     assert "wrong" not in str(err.value)
-    assert (runs_of(prompt), prompt.source_state("prompt", "oms")) == before
+    assert (runs_of(prompt), RunSources(prompt).source_state("prompt", "oms")) == before
 
 
 @pytest.mark.parametrize("after", [0, 1], ids=["first-page", "second-page"])
@@ -156,7 +157,7 @@ def test_a_server_error_writes_nothing_and_the_next_sync_catches_up(prompt: Stor
     oms.fail_next(3, 503, after=after)  # more than the retries: the sync fails
     with pytest.raises(SourceError, match=r"OMS failed 3 times for http://127\.0\.0\.1:\d+/agg/api/v1/runs: HTTP 503"):
         sync(prompt, "prompt", source(oms))
-    assert runs_of(prompt) == {} and prompt.source_state("prompt", "oms").last_run == 0
+    assert runs_of(prompt) == {} and RunSources(prompt).source_state("prompt", "oms").last_run == 0
     oms.fail_next(2, 502)  # within the retries: the sync goes through
     result = sync(prompt, "prompt", source(oms))
     assert result.new == list(range(390001, 390016)) and len(instances(prompt)) == 15
@@ -260,7 +261,7 @@ def test_a_redirect_elsewhere_is_refused_and_the_token_never_leaves(prompt: Stor
             sync(prompt, "prompt", source(oms))
         assert other.seen == []  # nothing went there: no token, no query
     assert SECRET not in str(err.value)
-    assert runs_of(prompt) == {} and prompt.source_state("prompt", "oms").last_run == 0
+    assert runs_of(prompt) == {} and RunSources(prompt).source_state("prompt", "oms").last_run == 0
 
 
 def test_a_redirect_on_the_same_server_is_followed(prompt: Store, oms: OmsServer) -> None:
@@ -403,7 +404,7 @@ def test_an_answer_out_of_the_order_asked_is_refused_and_nothing_is_lost(prompt:
     with pytest.raises(SourceError, match=r"OMS answered runs out of the order asked \(sort=run_number\): "
                                           r"390014 after 390015; nothing written"):
         sync(prompt, "prompt", source(oms, max_runs=4, page_size=3))
-    assert runs_of(prompt) == {} and prompt.source_state("prompt", "oms").last_run == 0
+    assert runs_of(prompt) == {} and RunSources(prompt).source_state("prompt", "oms").last_run == 0
     oms.reorder = False
     assert sync(prompt, "prompt", source(oms, max_runs=4, page_size=3)).new == [390001, 390002, 390003, 390004]
     assert sync(prompt, "prompt", source(oms)).new == list(range(390005, 390016))

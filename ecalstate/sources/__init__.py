@@ -2,7 +2,7 @@
 
 A source answers one question, :meth:`RunSource.fetch`: "which runs after run N, and what became of
 these runs that were still being taken?" It does its I/O (files, HTTP) before any transaction;
-:meth:`~ecalstate.sources.store.RunSourceStore.apply_sync` then writes the answer in one transaction
+:meth:`~ecalstate.sources.store.RunSources.apply_sync` then writes the answer in one transaction
 (runs, ended runs, ended fills and the cursor together), so a source that fails halfway writes nothing
 and a sync repeated writes nothing twice. :func:`~ecalstate.sources.sync.sync` joins the two.
 """
@@ -16,8 +16,6 @@ from typing import Optional, Protocol
 from ..errors import EcalStateError
 from ..results import RunSpec
 
-#: run metadata key that says the run was still being taken when the source last saw it
-ONGOING = "ongoing"
 
 
 class SourceError(EcalStateError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..results import RunSpec
-from . import ONGOING, SourceBatch, SourceRun, SourceState, later_fill_started
+from ..results import ONGOING
+from . import SourceBatch, SourceRun, SourceState, later_fill_started
 
 
 class FileSource:

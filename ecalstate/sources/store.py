@@ -1,23 +1,23 @@
-"""The store's side of run sources: cursors, runs still being taken, fills that ended.
+"""Run sources' side of the store: their cursors, and a sync written through the store in one transaction.
 
-A sync is one transaction: new runs are injected (a run still being taken is recorded but activates
-no task until it ends, so no handler processes half a run), runs that were ongoing take their final
-metadata and activate their tasks, ended fills are recorded and the cursor moves on, or nothing at all.
+A wing over :class:`~ecalstate.store.Store`: new runs are injected (a run still being taken is recorded but
+activates no task until it ends, so no handler processes half a run), runs that were ongoing take their final
+metadata and activate their tasks, ended fills are recorded and the source's cursor (table ``run_source``, this
+wing's own) moves on, or nothing at all. Runs and fills are the core's, written through its public functions.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import Ctx, StoreBase, campaign_id, loads
-from ..catalog import activate_runs, check_run, check_specs, insert_runs
-from ..claims import ended_fills
-from ..errors import Invalid
+from ..base import Ctx, campaign_id, loads
+from ..catalog import activate_runs, check_run, check_specs, insert_runs, update_runs
+from ..fills import check_fill, end_fills
 from ..limits import check_int64, chunks
-from ..results import RunSpec
-from . import ONGOING, Rejected, SourceBatch, SourceState
+from ..results import ONGOING, RunSpec
+from ..store import Store
+from . import Rejected, SourceBatch, SourceState
 
 #: how many of the newest fills not known to have ended a source is asked about
 OPEN_FILLS = 50
@@ -40,20 +40,15 @@ class SyncResult:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class FillEnd:
-    fill: int
-    ended_at: str
-    reason: str
-    actor: str
+class RunSources:
+    """The run sources of a store: their cursors, and their answers written in one transaction each."""
 
-
-class RunSourceStore(StoreBase):
-    """Run sources' cursors and the fills known to have ended."""
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def source_state(self, campaign: str, source: str) -> SourceState:
         """The cursor of ``source`` in ``campaign``, its runs still ongoing and the newest fills still open."""
-        with self.db.tx(write=False) as tx:
+        with self.store.db.tx(write=False) as tx:
             cid = campaign_id(tx, campaign)
             last = tx.scalar("SELECT last_run FROM run_source WHERE campaign_id = ? AND source = ?", (cid, source))
             ongoing = [r[0] for r in tx.all(
@@ -69,7 +64,7 @@ class RunSourceStore(StoreBase):
         """Write what a source answered, in one transaction; a repeated answer changes nothing."""
         specs = check_specs(r.spec for r in batch.runs)
         ongoing = {check_run(r.spec.run_number)[0] for r in batch.runs if r.ongoing}
-        fills = {_check_fill(f): str(reason)[:500] for f, reason in batch.fills_ended.items()}
+        fills = {check_fill(f): str(reason) for f, reason in batch.fills_ended.items()}
         check_int64(batch.last_run, "cursor run number", 0)
 
         def body(ctx: Ctx) -> SyncResult:
@@ -86,7 +81,7 @@ class RunSourceStore(StoreBase):
             fresh = {n: _marked(s, n in ongoing) for n, s in specs.items() if n not in present}
             done = insert_runs(ctx, cid, {n: s for n, s in fresh.items() if n not in ongoing})
             insert_runs(ctx, cid, {n: s for n, s in fresh.items() if n in ongoing}, activate=False)
-            updates: list[tuple[Any, ...]] = []
+            updates: list[tuple[int, RunSpec]] = []
             ended: list[tuple[int, RunSpec]] = []
             still: list[tuple[int, RunSpec]] = []
             existing: list[int] = []
@@ -96,14 +91,11 @@ class RunSourceStore(StoreBase):
                         existing.append(number)
                     continue
                 spec = _marked(specs[number], number in ongoing)
-                updates.append((spec.fill, json.dumps(spec.meta, sort_keys=True), run_id))
+                updates.append((run_id, spec))
                 (still if number in ongoing else ended).append((run_id, spec))
-            tx.many("UPDATE run SET fill = ?, meta = ? WHERE id = ?", updates)
+            update_runs(ctx, updates)
             instances = done.instances + activate_runs(ctx, cid, ended)
-            closed = [f for f in sorted(fills) if not tx.scalar(
-                "SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, f))]
-            tx.many("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
-                    [(cid, f, ctx.now, fills[f], ctx.actor) for f in closed])
+            closed = end_fills(ctx, cid, fills)
             last = max(batch.last_run, int(tx.scalar(
                 "SELECT last_run FROM run_source WHERE campaign_id = ? AND source = ?", (cid, source)) or 0))
             if not tx.execute("UPDATE run_source SET last_run = ?, updated_at = ? WHERE campaign_id = ? AND source = ?",
@@ -114,44 +106,10 @@ class RunSourceStore(StoreBase):
                 [n for n in fresh if n in ongoing] + [s.run_number for _, s in still]),
                 [s.run_number for _, s in ended], existing, instances, closed, last, list(batch.rejected))
 
-        return self._write("run.sync", None, body)
-
-    def close_fill(self, campaign: str, fill: int, reason: str) -> bool:
-        """Record that ``fill`` ended (an operator saw the dump); False when it was known already."""
-        number = _check_fill(fill)
-        if not str(reason).strip():
-            raise Invalid("closing a fill needs a reason")
-
-        def body(ctx: Ctx) -> bool:
-            cid = campaign_id(ctx.tx, campaign)
-            ctx.tx.serialize("runs", cid)  # with syncs recording the same fill: one inserts, the other sees it
-            if ctx.tx.scalar("SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, number)):
-                return False
-            ctx.tx.execute("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
-                           (cid, number, ctx.now, str(reason)[:500], ctx.actor))
-            return True
-
-        return self._write("fill.close", None, body)
-
-    def fill_ended(self, campaign: str, fill: int) -> bool:
-        """Whether ``fill`` ended, by the rule grouping by fill uses: recorded (a source, ``run close-fill``), or a
-        run of a later fill exists."""
-        with self.db.tx(write=False) as tx:
-            return _check_fill(fill) in ended_fills(tx, campaign_id(tx, campaign), [fill])
-
-    def ended_fills(self, campaign: str) -> list[FillEnd]:
-        """Every fill known to have ended, with when, why and who recorded it, by fill."""
-        with self.db.tx(write=False) as tx:
-            cid = campaign_id(tx, campaign)
-            return [FillEnd(*r) for r in tx.all(
-                "SELECT fill, ended_at, reason, actor FROM fill_end WHERE campaign_id = ? ORDER BY fill", (cid,))]
+        return self.store.write("run.sync", body)
 
 
 def _marked(spec: RunSpec, ongoing: bool) -> RunSpec:
     """The run's metadata with the ongoing flag while it is being taken, without it once it ended."""
     meta = {k: v for k, v in spec.meta.items() if k != ONGOING}
     return RunSpec(spec.run_number, spec.fill, {**meta, ONGOING: True} if ongoing else meta)
-
-
-def _check_fill(fill: Any) -> int:
-    return check_int64(fill, "fill", 0)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..store import Store
 from . import RunSource
-from .store import SyncResult
-
-if TYPE_CHECKING:
-    from ..store import Store
+from .store import RunSources, SyncResult
 
 
-def sync(store: "Store", campaign: str, source: RunSource) -> SyncResult:
+def sync(store: Store, campaign: str, source: RunSource) -> SyncResult:
     """Bring ``campaign``'s runs up to date with ``source``; safe to repeat and to run twice at once."""
-    batch = source.fetch(store.source_state(campaign, source.name))
-    return store.apply_sync(campaign, source.name, batch)
+    sources = RunSources(store)
+    batch = source.fetch(sources.source_state(campaign, source.name))
+    return sources.apply_sync(campaign, source.name, batch)
