@@ -301,6 +301,21 @@ def insert_runs(ctx: Ctx, cid: int, specs: dict[int, RunSpec], activate: bool = 
     return InjectResult(fresh, sorted(known), _create_pairs(ctx, cid, run_numbers, pending))
 
 
+def campaign_settings(tx: Tx, cid: int) -> dict[str, Any]:
+    """A campaign's settings (``campaign.settings``: what its wings keep, one key each)."""
+    return loads(tx.scalar("SELECT settings FROM campaign WHERE id = ?", (cid,)))
+
+
+def set_campaign_setting(ctx: Ctx, cid: int, key: str, value: Optional[dict[str, Any]]) -> None:
+    """Store one key of a campaign's settings (None: remove it)."""
+    settings = campaign_settings(ctx.tx, cid)
+    if value is None:
+        settings.pop(key, None)
+    else:
+        settings[key] = value
+    ctx.tx.run("UPDATE campaign SET settings = ? WHERE id = ?", (json.dumps(settings, sort_keys=True), cid))
+
+
 def update_runs(ctx: Ctx, runs: Sequence[tuple[int, RunSpec]]) -> None:
     """Give runs (by id) their final fill and metadata (a run source saw them end, or saw more of them)."""
     ctx.tx.many("UPDATE run SET fill = ?, meta = ? WHERE id = ?",

@@ -34,6 +34,24 @@ def drop_cursors(ctx: Ctx, targets: Iterable[str]) -> None:
     ctx.tx.many("DELETE FROM export_cursor WHERE target = ?", [(t,) for t in targets])
 
 
+def read_mark(tx: Tx, key: str) -> Optional[str]:
+    """A consumer's note beside its bookmark (``meta`` key ``key``: what a notification channel was already told)."""
+    return tx.scalar("SELECT value FROM meta WHERE key = ?", (_mark(key),))
+
+
+def write_mark(ctx: Ctx, key: str, value: Optional[str]) -> None:
+    """Replace (or with None remove) a consumer's note."""
+    ctx.tx.run("DELETE FROM meta WHERE key = ?", (_mark(key),))
+    if value is not None:
+        ctx.tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", (_mark(key), value))
+
+
+def _mark(key: str) -> str:
+    if key == "schema_version":  # the schema's own key is never a consumer's
+        raise ValueError("schema_version is not a consumer's note")
+    return key
+
+
 class Cursors(StoreBase):
     """The audit's bookmarks, one short transaction each."""
 

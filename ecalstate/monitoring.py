@@ -130,6 +130,11 @@ def record_heartbeat(ctx: Ctx, cid: int, task: str, stage: str, ok: bool, messag
     ctx.audit(cid, "handler", task, "ok" if ok else "error", reason=message, detail={"stage": stage})
 
 
+def forget_heartbeats(ctx: Ctx, cid: int, task: str) -> None:
+    """Drop every stage heartbeat of ``task`` (a pseudo-task that was removed, such as the notifier)."""
+    ctx.tx.run("DELETE FROM heartbeat WHERE campaign_id = ? AND task = ?", (cid, task))
+
+
 class Monitoring(StoreBase):
     """Heartbeats and health."""
 

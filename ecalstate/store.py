@@ -15,12 +15,11 @@ from .fills import Fills
 from .schema import open_database
 from .jobs import Jobs
 from .monitoring import Monitoring
-from .notify_store import NotifyStore
 from .queries import Queries
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, Fills, NotifyStore):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors, Fills):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

@@ -29,9 +29,9 @@ from ecalstate import db as db_module
 from ecalstate.auditlog import SAME_AS_JOB
 from ecalstate.base import Ctx
 from ecalstate.export import HISTORY_SQL
-from ecalstate.notify_store import _EVENTS_SQL
-from ecalstate.report import CELLS_SQL
 from ecalstate.monitoring import STAGES
+from ecalstate.notify.settings import EVENTS_SQL
+from ecalstate.report import CELLS_SQL
 from ecalstate.results import BatchRecord
 from ecalstate.retention import prune
 
@@ -160,7 +160,7 @@ def test_every_reader_of_an_audit_index_uses_its_partial_index(tmp_path: Any, re
     reader that stopped repeating the index's condition word for word would scan millions of rows."""
     sql, params, index = {
         "export attempts": (HISTORY_SQL.format(marks="?,?"), (1, 2, 10), "ix_audit_retry"),
-        "notify retries": (_EVENTS_SQL, (1, 0, "x", 10), "ix_audit_retry"),
+        "notify retries": (EVENTS_SQL, (1, 0, "x", 10), "ix_audit_retry"),
         "report last reason": (CELLS_SQL, ("c",), "ix_audit_task"),
     }[reader]
     with Store.open(str(tmp_path / "s.db"), create=True) as store:

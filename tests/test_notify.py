@@ -22,8 +22,7 @@ from click.testing import CliRunner
 from ecalstate import RunSpec, Store
 from ecalstate.cli import main
 from ecalstate.compat import JobCtrl, TaskHandler, close_stores
-from ecalstate.notify import deliver, status
-from ecalstate.notify_store import NotifyConfig, Webhook
+from ecalstate.notify import NotifyConfig, NotifySettings, Webhook, deliver, status
 
 
 class Hook:
@@ -102,7 +101,7 @@ def url_file(url: str) -> str:
 
 
 def configure(store: Store, main: str, dev: str | None = None, channel: str | None = None) -> None:
-    store.set_notify_config("prompt", NotifyConfig(
+    NotifySettings(store).set_config("prompt", NotifyConfig(
         Webhook(url_file(main), channel=channel, events=("failed", "retries", "health")),
         None if dev is None else Webhook(url_file(dev), events=("job-failed",)),
     ))
@@ -253,9 +252,9 @@ def test_cli_never_prints_the_url(store: Store, hooks: list[Hook], tmp_path: Pat
     bad = runner.invoke(main, [*db, "notify", "set", "-c", "prompt", "--webhook-url-file", str(secret),
                                "--on", "everything"])
     assert bad.exit_code == 1 and "invalid notification events everything" in bad.output
-    assert store.notify_config("prompt") is not None
+    assert NotifySettings(store).config("prompt") is not None
     assert runner.invoke(main, [*db, "notify", "clear", "-c", "prompt"]).exit_code == 0
-    assert store.notify_config("prompt") is None and store.health("prompt").failing == []  # the notifier is gone
+    assert NotifySettings(store).config("prompt") is None and store.health("prompt").failing == []  # the notifier is gone
 
 
 def test_the_url_stays_out_of_reprs() -> None:
@@ -302,7 +301,7 @@ def test_the_database_keeps_a_reference_never_the_secret(store: Store, hooks: li
 
 def test_a_url_stored_by_an_earlier_version_still_sends_and_is_flagged(store: Store, hooks: list[Hook]) -> None:
     hook = start(hooks)
-    store.set_notify_config("prompt", NotifyConfig(Webhook(url=hook.url, events=("failed",))))
+    NotifySettings(store).set_config("prompt", NotifyConfig(Webhook(url=hook.url, events=("failed",))))
     assert "insecure" in status(store, "prompt")["channels"][0]["url"]
     fail_twice(store, 1)
     assert [d.ok for d in deliver(store, "prompt", timeout=2, retries=0)] == [True]
@@ -361,7 +360,7 @@ def test_messages_link_the_instance_page_of_the_view(store: Store, hooks: list[H
     main = start(hooks)
     for view in serve(store.db.url.removeprefix("sqlite:///")):
         base = view.url.rstrip("/")
-        store.set_notify_config("prompt", NotifyConfig(Webhook(url_file(main.url), events=("failed", "retries")),
+        NotifySettings(store).set_config("prompt", NotifyConfig(Webhook(url_file(main.url), events=("failed", "retries")),
                                                        view_url=base + "/"))
         fail_twice(store, 1)
         deliver(store, "prompt", backoff=0)
@@ -379,7 +378,7 @@ def test_a_webhook_url_file_others_can_read_is_refused(store: Store, hooks: list
     hook = start(hooks)
     path = url_file(hook.url)
     os.chmod(path, 0o644)
-    store.set_notify_config("prompt", NotifyConfig(Webhook(url_file=path, events=("failed", "retries"))))
+    NotifySettings(store).set_config("prompt", NotifyConfig(Webhook(url_file=path, events=("failed", "retries"))))
     fail_twice(store, 1)
     result = CliRunner().invoke(main, ["--db", store.db.url, "notify", "send", "-c", "prompt"])
     assert result.exit_code == 1, result.output

@@ -6,8 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from ..notify import deliver, send_test, status, webhook
-from ..notify_store import DEFAULT_EVENTS, EVENTS, NotifyConfig
+from ..notify import DEFAULT_EVENTS, EVENTS, NotifyConfig, NotifySettings, deliver, send_test, status, webhook
 from .app import App, pass_app
 from .fmt import echo_table, printable
 from .options import campaign_option, multi_option, optional_campaign_option, silent_after_option, stuck_after_option
@@ -64,7 +63,7 @@ def notify_set(app: App, campaign: str, webhook_url_file: Optional[str], webhook
         webhook(dev_webhook_url_file, dev_webhook_url_env, dev_channel, dev_on, DEFAULT_EVENTS["dev"]),
         username, view_url,
     )
-    app.store().set_notify_config(campaign, config)
+    NotifySettings(app.store()).set_config(campaign, config)
     _show(app, campaign)
 
 
@@ -157,5 +156,5 @@ def notify_clear(app: App, campaign: str) -> None:
     Example:
         ecalstate notify clear -c prompt
     """
-    app.store().set_notify_config(campaign, None)
+    NotifySettings(app.store()).set_config(campaign, None)
     app.emit({"campaign": campaign, "configured": False}, f"campaign {campaign}: notifications removed")

@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .auditlog import RETRY_ROWS
-from .base import IMPORT_ACTOR, Ctx, StoreBase, campaign_id, loads
-from .db import Tx
-from .errors import Invalid
-from .monitoring import record_heartbeat
+from ..auditlog import RETRY_ROWS
+from ..base import IMPORT_ACTOR, Ctx, campaign_id
+from ..catalog import campaign_settings, set_campaign_setting
+from ..cursors import drop_cursors, move_cursor, read_cursor, read_mark, write_mark
+from ..errors import Invalid
+from ..monitoring import forget_heartbeats, record_heartbeat
+from ..store import Store
 
 #: what a channel can be told: a task instance failed, a job failed with no retry left, any job failed
 #: (low level, for the development channel), new health problems (stuck, silent or failing stages)
@@ -34,7 +36,7 @@ NOTIFIER = "@notify"
 NOTIFIER_STAGE = "send"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_EVENTS_SQL = f"""
+EVENTS_SQL = f"""
 SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.reason, t.max_retries,
   CASE WHEN a.entity = 'job' THEN 1 + (
     SELECT COUNT(*) FROM audit_log b WHERE b.instance_id = a.instance_id AND b.job_pk = a.job_pk
@@ -141,46 +143,44 @@ def _seen_key(campaign: str, channel: str) -> str:
     return f"notify.seen:{campaign}:{channel}"
 
 
-class NotifyStore(StoreBase):
-    """Typed access to the notifier's configuration and progress."""
+class NotifySettings:
+    """The notifier's configuration and progress in a store: a wing that keeps them in the core's campaign
+    settings, audit bookmarks and heartbeats, through the store's public seams."""
 
-    def notify_config(self, campaign: str) -> Optional[NotifyConfig]:
-        with self.db.tx(write=False) as tx:
-            settings = _settings(tx, campaign_id(tx, campaign))
-        data = settings.get("notify")
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def config(self, campaign: str) -> Optional[NotifyConfig]:
+        with self.store.db.tx(write=False) as tx:
+            data = campaign_settings(tx, campaign_id(tx, campaign)).get("notify")
         return None if not data else NotifyConfig.from_dict(data)
 
-    def set_notify_config(self, campaign: str, config: Optional[NotifyConfig]) -> None:
+    def set_config(self, campaign: str, config: Optional[NotifyConfig]) -> None:
         """Store (or with ``None`` remove) a campaign's notification setup; new channels start at the audit's end."""
 
         def body(ctx: Ctx) -> None:
-            tx = ctx.tx
-            cid = campaign_id(tx, campaign)
-            settings = _settings(tx, cid)
+            cid = campaign_id(ctx.tx, campaign)
             if config is None:
-                settings.pop("notify", None)
-                tx.many("DELETE FROM export_cursor WHERE target = ?", [(cursor_target(campaign, c),) for c in CHANNELS])
-                tx.many("DELETE FROM meta WHERE key = ?", [(_seen_key(campaign, c),) for c in CHANNELS])
-                tx.run("DELETE FROM heartbeat WHERE campaign_id = ? AND task = ?", (cid, NOTIFIER))
+                drop_cursors(ctx, [cursor_target(campaign, c) for c in CHANNELS])
+                for channel in CHANNELS:
+                    write_mark(ctx, _seen_key(campaign, channel), None)
+                forget_heartbeats(ctx, cid, NOTIFIER)
             else:
-                settings["notify"] = config.to_dict()
-                end = tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit")
+                end = ctx.tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit")
                 for name, _ in config.channels():
                     target = cursor_target(campaign, name)
-                    if tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?", (target,)) is None:
-                        tx.run("INSERT INTO export_cursor (target, audit_id, updated_at) VALUES (?,?,?)",
-                               (target, end, ctx.now))
-            tx.run("UPDATE campaign SET settings = ? WHERE id = ?", (json.dumps(settings, sort_keys=True), cid))
+                    if read_cursor(ctx.tx, target) is None:
+                        move_cursor(ctx, target, end)
+            set_campaign_setting(ctx, cid, "notify", None if config is None else config.to_dict())
 
-        self._write("notify.config", None, body)
+        self.store.write("notify.config", body)
 
-    def notify_events(self, campaign: str, channel: str, limit: int = 1000) -> tuple[list[NotifyEvent], int]:
+    def events(self, campaign: str, channel: str, limit: int = 1000) -> tuple[list[NotifyEvent], int]:
         """Events after the channel's cursor (at most ``limit`` audit rows) and the audit id to advance it to."""
-        with self.db.tx(write=False) as tx:
+        with self.store.db.tx(write=False) as tx:
             cid = campaign_id(tx, campaign)
-            start = int(tx.scalar("SELECT audit_id FROM export_cursor WHERE target = ?",
-                                  (cursor_target(campaign, channel),)) or 0)
-            rows = tx.all(_EVENTS_SQL, (cid, start, IMPORT_ACTOR, limit))
+            start = read_cursor(tx, cursor_target(campaign, channel)) or 0
+            rows = tx.all(EVENTS_SQL, (cid, start, IMPORT_ACTOR, limit))
             upto = rows[-1][0] if len(rows) == limit else int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit"))
         events = []
         for audit_id, ts, entity, task, run, jid, reason, retries, attempts in rows:
@@ -190,31 +190,24 @@ class NotifyStore(StoreBase):
             events += [NotifyEvent(audit_id, ts, k, task, run, jid, reason, attempts, retries) for k in kinds]
         return events, max(upto, start)
 
-    def notify_seen(self, campaign: str, channel: str) -> dict[str, str]:
+    def seen(self, campaign: str, channel: str) -> dict[str, str]:
         """Health problems already told to this channel: key -> the words it was told in."""
-        with self.db.tx(write=False) as tx:
-            value = tx.scalar("SELECT value FROM meta WHERE key = ?", (_seen_key(campaign, channel),))
+        with self.store.db.tx(write=False) as tx:
+            value = read_mark(tx, _seen_key(campaign, channel))
         seen = json.loads(value) if value else {}
         return seen if isinstance(seen, dict) else dict.fromkeys(seen, "")  # earlier versions kept the keys only
 
-    def notify_delivered(self, campaign: str, channel: str, upto: int, seen: Mapping[str, str]) -> None:
+    def delivered(self, campaign: str, channel: str, upto: int, seen: Mapping[str, str]) -> None:
         """After the channel acknowledged: advance its cursor and remember the health problems it knows."""
 
         def body(ctx: Ctx) -> None:
             campaign_id(ctx.tx, campaign)
-            ctx.tx.run("UPDATE export_cursor SET audit_id = ?, updated_at = ? WHERE target = ?",
-                       (upto, ctx.now, cursor_target(campaign, channel)))
-            key = _seen_key(campaign, channel)
-            ctx.tx.run("DELETE FROM meta WHERE key = ?", (key,))
-            ctx.tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(dict(seen), sort_keys=True)))
+            move_cursor(ctx, cursor_target(campaign, channel), upto, forward_only=False)
+            write_mark(ctx, _seen_key(campaign, channel), json.dumps(dict(seen), sort_keys=True))
 
-        self._write("notify.delivered", None, body)
+        self.store.write("notify.delivered", body)
 
-    def notifier_heartbeat(self, campaign: str, ok: bool, message: str) -> None:
+    def heartbeat(self, campaign: str, ok: bool, message: str) -> None:
         """Record a notifier run; a failed delivery shows in ``health`` as a failing ``@notify`` stage."""
-        self._write("heartbeat", None, lambda ctx: record_heartbeat(
+        self.store.write("heartbeat", lambda ctx: record_heartbeat(
             ctx, campaign_id(ctx.tx, campaign), NOTIFIER, NOTIFIER_STAGE, ok, message))
-
-
-def _settings(tx: Tx, cid: int) -> dict[str, Any]:
-    return loads(tx.scalar("SELECT settings FROM campaign WHERE id = ?", (cid,)))

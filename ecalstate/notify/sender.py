@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlencode
 
-from .errors import EcalStateError, Invalid
-from .notify_store import NOTIFIER, NotifyConfig, NotifyEvent, Webhook
-from .monitoring import SILENT_AFTER, STUCK_AFTER
-from .results import Health
-from .secrets import check_private
-from .store import Store
+from ..errors import EcalStateError, Invalid
+from ..monitoring import SILENT_AFTER, STUCK_AFTER
+from ..results import Health
+from ..secrets import check_private
+from ..store import Store
+from .settings import NOTIFIER, NotifyConfig, NotifyEvent, NotifySettings, Webhook
 
 log = logging.getLogger("ecalstate.notify")
 #: lines per message; the rest is summarised (Mattermost posts are limited to 16k characters)
@@ -174,28 +174,29 @@ def deliver(
     backoff: float = 1.0,
 ) -> list[Delivery]:
     """Send each configured channel what it has not been told yet; never raises for an unreachable webhook."""
-    config = store.notify_config(campaign)
+    settings = NotifySettings(store)
+    config = settings.config(campaign)
     if config is None:
         return []
     problems = health_problems(store.health(campaign, stuck_after, silent_after), view_link(config.view_url, campaign))
-    out = [_deliver_channel(store, campaign, config, name, hook, problems, timeout, retries, backoff)
+    out = [_deliver_channel(settings, campaign, config, name, hook, problems, timeout, retries, backoff)
            for name, hook in config.channels()]
     failed = [d for d in out if not d.ok]
     message = "; ".join(f"{d.channel}: {d.error}, {d.pending} pending" for d in failed) or \
         "delivered " + ", ".join(f"{d.channel}: {d.events + d.problems}" for d in out)
-    store.notifier_heartbeat(campaign, not failed, message[:500])
+    settings.heartbeat(campaign, not failed, message[:500])
     return out
 
 
 def _deliver_channel(
-    store: Store, campaign: str, config: NotifyConfig, name: str, hook: Webhook, problems: dict[str, str],
-    timeout: float, retries: int, backoff: float,
+    settings: NotifySettings, campaign: str, config: NotifyConfig, name: str, hook: Webhook,
+    problems: dict[str, str], timeout: float, retries: int, backoff: float,
 ) -> Delivery:
-    events, upto = store.notify_events(campaign, name)
+    events, upto = settings.events(campaign, name)
     link = view_link(config.view_url, campaign)
     lines = [describe(e, link) for e in events if e.kind in hook.events]
     current = problems if "health" in hook.events else {}
-    seen = store.notify_seen(campaign, name)
+    seen = settings.seen(campaign, name)
     fresh = [text for key, text in sorted(current.items()) if key not in seen]
     fresh += [f"resolved: {text or key}" for key, text in sorted(seen.items()) if key not in current]
     if lines or fresh:
@@ -207,13 +208,13 @@ def _deliver_channel(
         except NotifyError as err:
             log.warning(f"notifications for campaign {campaign} ({name} channel) not delivered: {err}")
             return Delivery(campaign, name, 0, 0, len(lines) + len(fresh), str(err))
-    store.notify_delivered(campaign, name, upto, current)
+    settings.delivered(campaign, name, upto, current)
     return Delivery(campaign, name, len(lines), len(fresh), 0)
 
 
 def send_test(store: Store, campaign: str, channel: str = "main", timeout: float = 5.0) -> None:
     """Post a test message to one channel (checks the URL and the channel name)."""
-    config = store.notify_config(campaign)
+    config = NotifySettings(store).config(campaign)
     hook = None if config is None else dict(config.channels()).get(channel)
     if config is None or hook is None:
         raise Invalid(f"campaign {campaign!r} has no {channel} notification channel configured")
@@ -242,12 +243,13 @@ def webhook(
 
 def status(store: Store, campaign: str) -> dict[str, Any]:
     """The configuration without secrets, with what each channel has pending."""
-    config = store.notify_config(campaign)
+    settings = NotifySettings(store)
+    config = settings.config(campaign)
     if config is None:
         return {"campaign": campaign, "configured": False, "channels": []}
     channels = []
     for name, hook in config.channels():
-        events, _ = store.notify_events(campaign, name, limit=100_000)
+        events, _ = settings.events(campaign, name, limit=100_000)
         channels.append({"channel": name, "url": hook.source(), "mattermost_channel": hook.channel,
                          "events": list(hook.events), "pending": sum(e.kind in hook.events for e in events)})
     return {"campaign": campaign, "configured": True, "username": config.username, "channels": channels}
