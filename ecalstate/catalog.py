@@ -1,10 +1,10 @@
-"""Campaigns, tasks, run types and runs: what exists, before anything runs."""
+"""Campaigns, tasks, run types, runs and their fills: what exists, before anything runs, and which fills ended."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 from .base import AUDIT_SQL, Ctx, StoreBase, campaign_id, downstream_tasks, loads, task_names, task_of
@@ -12,7 +12,7 @@ from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
 from .limits import INT64_MAX, check_int64, chunks, int64_range
-from .results import ONGOING, BackfillResult, CampaignInfo, InjectResult, RunSpec, RunTypeInfo, TaskInfo
+from .results import ONGOING, BackfillResult, CampaignInfo, FillEnd, InjectResult, RunSpec, RunTypeInfo, TaskInfo
 from .statemachine import TaskStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
@@ -55,6 +55,29 @@ def check_run(run_number: Any, fill: Any = None) -> tuple[int, Optional[int]]:
     if fill_number > INT64_MAX:
         raise Invalid(f"invalid fill {fill_number} for run {number}: expected {int64_range(0)}")
     return number, fill_number
+
+
+def check_fill(fill: Any) -> int:
+    """A fill number, checked (an integer >= 0)."""
+    return check_int64(fill, "fill", 0)
+
+
+def ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
+    """The fills of ``fills`` that ended: recorded (a source, ``run close-fill``), or a later fill has a run."""
+    newest = tx.scalar("SELECT MAX(fill) FROM run WHERE campaign_id = ?", (cid,))
+    marks = ",".join("?" * len(fills))
+    recorded = {r[0] for r in tx.all(f"SELECT fill FROM fill_end WHERE campaign_id = ? AND fill IN ({marks})",
+                                     (cid, *fills))}
+    return recorded | {f for f in fills if newest is not None and f < newest}
+
+
+def end_fills(ctx: Ctx, cid: int, fills: Mapping[int, str]) -> list[int]:
+    """Record the fills of ``fills`` (fill -> why) not known to have ended yet; the ones it recorded, in order."""
+    closed = [f for f in sorted(fills) if not ctx.tx.scalar(
+        "SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, f))]
+    ctx.tx.many("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
+                [(cid, f, ctx.now, str(fills[f])[:500], ctx.actor) for f in closed])
+    return closed
 
 
 class Catalog(StoreBase):
@@ -254,6 +277,32 @@ class Catalog(StoreBase):
 
         return self._write("run.inject", request_id, body, encode=_asdict, decode=InjectResult.from_dict,
                            args=(campaign, specs))
+
+    def close_fill(self, campaign: str, fill: int, reason: str) -> bool:
+        """Record that ``fill`` ended (an operator saw the dump); False when it was known already."""
+        number = check_fill(fill)
+        if not str(reason).strip():
+            raise Invalid("closing a fill needs a reason")
+
+        def body(ctx: Ctx) -> bool:
+            cid = campaign_id(ctx.tx, campaign)
+            ctx.tx.serialize("runs", cid)  # with syncs recording the same fill: one inserts, the other sees it
+            return bool(end_fills(ctx, cid, {number: str(reason)}))
+
+        return self._write("fill.close", None, body)
+
+    def fill_ended(self, campaign: str, fill: int) -> bool:
+        """Whether ``fill`` ended, by the rule grouping by fill uses: recorded (a source, ``run close-fill``), or a
+        run of a later fill exists."""
+        with self.db.tx(write=False) as tx:
+            return check_fill(fill) in ended_fills(tx, campaign_id(tx, campaign), [fill])
+
+    def ended_fills(self, campaign: str) -> list[FillEnd]:
+        """Every fill known to have ended, with when, why and who recorded it, by fill."""
+        with self.db.tx(write=False) as tx:
+            cid = campaign_id(tx, campaign)
+            return [FillEnd(*r) for r in tx.all(
+                "SELECT fill, ended_at, reason, actor FROM fill_end WHERE campaign_id = ? ORDER BY fill", (cid,))]
 
 
 def check_specs(runs: Iterable[RunSpec]) -> dict[int, RunSpec]:

@@ -8,19 +8,19 @@ LOCKED``) so a concurrent claimer takes the next ones instead of waiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
 from collections import defaultdict
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional, Union
 
 from .base import Ctx, StoreBase, campaign_task, loads
+from .catalog import ended_fills
 from .db import Tx
 from .errors import Invalid, NotFound
 from .instances import move_instance
 from .jobs import check_jobs, insert_jobs, keep_outputs
 from .results import ONGOING, Claim
-from .fills import ended_fills
 from .statemachine import TaskStatus
 
 T = TaskStatus

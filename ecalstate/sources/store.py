@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..base import Ctx, campaign_id, loads
-from ..catalog import activate_runs, check_run, check_specs, insert_runs, update_runs
-from ..fills import check_fill, end_fills
+from ..catalog import activate_runs, check_fill, check_run, check_specs, end_fills, insert_runs, update_runs
 from ..limits import check_int64, chunks
 from ..results import ONGOING, RunSpec
 from ..store import Store
