@@ -461,7 +461,7 @@ class Database:
                 check_sqlite_path(path, create, allow_network_fs)
             self.engine = make_engine(self.url, None, read_only)
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
-            raise DatabaseError(f"cannot use database URL {redact(self.url)}: {first_line(err)}") from None
+            raise DatabaseError(f"cannot use database URL {redact_url(self.url)}: {first_line(err)}") from None
         self.is_sqlite = path is not None
         #: what this engine can do, and its SQL for it (:mod:`ecalstate.dialect`)
         self.sql = dialect_of(self.engine.dialect.name)
@@ -633,7 +633,7 @@ class Database:
         if isinstance(err, UnicodeDecodeError) and self.is_sqlite:  # SQLite's own message quotes garbled schema text
             return self._error(err)
         if isinstance(err, OverflowError):  # a library caller passed an integer beyond 64 bits
-            return DatabaseError(f"a number is out of range for {redact(self.url)}: expected {int64_range()}")
+            return DatabaseError(f"a number is out of range for {redact_url(self.url)}: expected {int64_range()}")
         return None
 
     def _error(self, err: BaseException) -> DatabaseError:
@@ -643,8 +643,8 @@ class Database:
         if isinstance(err, UnicodeDecodeError) or name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") \
                 or text.startswith("malformed database schema"):
             detail = "its schema is not readable text" if isinstance(err, UnicodeDecodeError) else text
-            return DatabaseError(f"database {redact(self.url)} is damaged or not a database: {detail}")
-        return DatabaseError(f"database error on {redact(self.url)}: {text}")
+            return DatabaseError(f"database {redact_url(self.url)} is damaged or not a database: {detail}")
+        return DatabaseError(f"database error on {redact_url(self.url)}: {text}")
 
     def schema_version(self) -> Optional[int]:
         """The stored version; None when there is no ``meta`` table (an unreachable database raises)."""
@@ -657,7 +657,7 @@ class Database:
         try:
             return int(value)
         except ValueError:
-            raise SchemaError(f"{redact(self.url)} has an unreadable schema version {str(value)[:40]!r}: not an "
+            raise SchemaError(f"{redact_url(self.url)} has an unreadable schema version {str(value)[:40]!r}: not an "
                               "ecalstate database, or a damaged one") from None
 
 def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -> None:
@@ -724,7 +724,6 @@ def create_private_file(path: str) -> None:
 
 
 #: the URL for messages and logs (one redaction for every URL: :func:`ecalstate.secrets.redact_url`)
-redact = redact_url
 
 
 def first_line(err: object) -> str:

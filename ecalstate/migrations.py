@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 
 from . import auditlog, pgjobs
-from .db import Database, Tx, redact
+from .db import Database, Tx
 from .errors import SchemaError
+from .secrets import redact_url
 from .tables import SCHEMA_VERSION, TABLES
 
 
@@ -103,9 +104,9 @@ def upgrade(db: Database) -> list[Step]:
     """Apply every pending step, one transaction each; returns the steps applied (none: already current)."""
     version = db.schema_version()
     if version is None:
-        raise SchemaError(f"{redact(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
+        raise SchemaError(f"{redact_url(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
     if version > SCHEMA_VERSION:
-        raise SchemaError(f"{redact(db.url)} has schema version {version}, newer than this ecalstate "
+        raise SchemaError(f"{redact_url(db.url)} has schema version {version}, newer than this ecalstate "
                           f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
     applied = []
     for step in pending(version):
@@ -140,7 +141,7 @@ def upgrade_database(url: str, allow_network_fs: bool = False) -> UpgradeResult:
         after = db.schema_version() or 0
     finally:
         db.close()
-    return UpgradeResult(redact(db.url), before, after, [f"{s.version}: {s.description}" for s in steps])
+    return UpgradeResult(redact_url(db.url), before, after, [f"{s.version}: {s.description}" for s in steps])
 
 
 def _for_update(tx: Tx) -> str:

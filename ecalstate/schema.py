@@ -11,9 +11,10 @@ from sqlalchemy import exc
 from sqlmodel import SQLModel
 
 from . import auditlog, pgjobs
-from .db import Database, DatabaseError, Tx, first_line, redact, sqlite_path
+from .db import Database, DatabaseError, Tx, first_line, sqlite_path
 from .errors import SchemaError
 from .migrations import upgrade
+from .secrets import redact_url
 from .tables import SCHEMA_VERSION
 
 
@@ -51,7 +52,7 @@ def create_schema(db: Database) -> None:
     try:
         SQLModel.metadata.create_all(db.engine)
     except exc.DBAPIError as err:
-        raise DatabaseError(f"cannot create the schema in {redact(db.url)}: {first_line(err.orig)}") from err
+        raise DatabaseError(f"cannot create the schema in {redact_url(db.url)}: {first_line(err.orig)}") from err
     with db.tx() as tx:
         install(tx)
         if tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'") is None:
@@ -69,12 +70,12 @@ def check(db: Database) -> None:
     """Refuse a database without our schema, or at another version than this ecalstate's."""
     version = db.schema_version()
     if version is None:
-        raise SchemaError(f"{redact(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
+        raise SchemaError(f"{redact_url(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
     if version > SCHEMA_VERSION:
-        raise SchemaError(f"{redact(db.url)} has schema version {version}, newer than this ecalstate "
+        raise SchemaError(f"{redact_url(db.url)} has schema version {version}, newer than this ecalstate "
                           f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
     if version < SCHEMA_VERSION:
-        raise SchemaError(f"{redact(db.url)} has schema version {version}; run `ecalstate db upgrade` first")
+        raise SchemaError(f"{redact_url(db.url)} has schema version {version}; run `ecalstate db upgrade` first")
 
 
 def _refuse_foreign(db: Database) -> None:

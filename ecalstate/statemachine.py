@@ -242,6 +242,8 @@ def job_refusal(current: JobStatus, requested: JobStatus, attempts: int, max_ret
 
 #: statuses from which a task instance may be claimed by a submit stage
 CLAIMABLE = (T.NEW, T.REPROCESS)
+#: statuses an operator may set by hand (``ecalstate set``); the others belong to injection and claims
+OPERATOR_TARGETS = (T.DONE, T.FAILED, T.REPROCESS, T.SKIPPED)
 
 
 # ------------------------------------------------------------------ how jobs decide their instance

@@ -20,11 +20,9 @@ from .errors import Conflict, Invalid, Refused
 from .instances import move_instance
 from .limits import chunks
 from .results import BulkResult, Change
-from .statemachine import TASK, TaskStatus, TransitionNotAllowed
+from .statemachine import OPERATOR_TARGETS, TASK, TaskStatus, TransitionNotAllowed
 
 T = TaskStatus
-#: statuses an operator may set by hand; the others belong to injection and claims
-OPERATOR_TARGETS = (T.DONE, T.FAILED, T.REPROCESS, T.SKIPPED)
 
 
 @dataclass(frozen=True)

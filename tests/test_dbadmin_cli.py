@@ -10,7 +10,8 @@ from cli_support import as_json, invoke, ok
 from test_migrations import load_v1
 
 from ecalstate import JobUpdate, RunSpec, Store
-from ecalstate import db as dbmod
+from ecalstate.db import normalise_url
+from ecalstate.secrets import redact_url
 from ecalstate.clock import utcnow
 from ecalstate.tables import SCHEMA_VERSION
 
@@ -20,7 +21,7 @@ def test_an_old_database_is_refused_until_db_upgrade(db_url: str) -> None:
     refused = invoke(db_url, "status", "-c", "prompt")
     assert refused.exit_code == 1
     assert refused.stderr.strip().splitlines() == [
-        f"Error: {dbmod.redact(dbmod.normalise_url(db_url))} has schema version 1; run `ecalstate db upgrade` first"]
+        f"Error: {redact_url(normalise_url(db_url))} has schema version 1; run `ecalstate db upgrade` first"]
 
     first = ok(db_url, "db", "upgrade").stdout
     assert "applied 2: campaign.settings" in first and f"schema 1 -> {SCHEMA_VERSION}" in first

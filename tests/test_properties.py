@@ -44,7 +44,7 @@ from ecalstate import (
 )
 from ecalstate.errors import Conflict
 from ecalstate.results import BatchRecord
-from ecalstate.transitions import OPERATOR_TARGETS
+from ecalstate.statemachine import OPERATOR_TARGETS
 
 C = "prop"
 TASKS: dict[str, tuple[list[str], int]] = {"reco": ([], 1), "calib": (["reco"], 0)}  # dependencies, max retries

@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from ..results import BulkResult
-from ..transitions import OPERATOR_TARGETS
+from ..statemachine import OPERATOR_TARGETS
 from .app import App, pass_app
 from .fmt import printable, styled
 from .options import (

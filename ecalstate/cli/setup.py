@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from ..catalog import check_name
-from ..db import redact
+from ..secrets import redact_url
 from .app import App, pass_app
 from .fmt import echo_table
 from .options import campaign_option, multi_option
@@ -24,7 +24,7 @@ def init(app: App) -> None:
         ecalstate --db state.db init
     """
     store = app.store(create=True)
-    url, version = redact(store.db.url), store.db.schema_version()  # a URL's password is never printed
+    url, version = redact_url(store.db.url), store.db.schema_version()  # a URL's password is never printed
     app.emit({"db": url, "schema_version": version}, f"database ready: {url} (schema {version})")
 
 
