@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional, Union
 
-from .base import Ctx, StoreBase, campaign_task, loads
+from .base import Ctx, StoreBase, campaign_task, loads, move_instance
 from .catalog import ended_fills
 from .db import Tx
 from .errors import Invalid, NotFound
-from .instances import move_instance
 from .jobs import check_jobs, insert_jobs, keep_outputs
 from .results import ONGOING, Claim
 from .statemachine import TaskStatus

@@ -13,11 +13,11 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from .auditlog import KEEP_CREATION_FIELDS, SAME_AS_JOB
-from .base import AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, campaign_id, campaign_task, loads, store_time, task_of
+from .base import (AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, campaign_id, campaign_task, loads, move_instance,
+                   store_time, task_of)
 from .clock import from_micros, optional_text, to_micros
 from .db import Tx
 from .errors import Conflict, Invalid, NotFound
-from .instances import move_instance
 from .limits import MAX_JOBS_PER_CALL, check_int64, chunks
 from .outputs import DERIVED, gathered_outputs
 from .pgjobs import set_job

@@ -10,7 +10,6 @@ from typing import Optional
 
 from .catalog import Catalog
 from .claims import Claims
-from .cursors import Cursors
 from .schema import open_database
 from .jobs import Jobs
 from .monitoring import Monitoring
@@ -18,7 +17,7 @@ from .queries import Queries
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Cursors):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

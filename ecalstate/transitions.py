@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .base import Ctx, StoreBase, campaign_task, downstream_tasks
+from .base import Ctx, StoreBase, campaign_task, downstream_tasks, move_instance
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
-from .instances import move_instance
 from .limits import chunks
 from .results import BulkResult, Change
 from .statemachine import OPERATOR_TARGETS, TASK, TaskStatus, TransitionNotAllowed

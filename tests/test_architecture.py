@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
      "appendfile", "dialect"},
     {"db"},
     {"tables", "outputs", "auditlog", "pgjobs", "migrations", "schema", "guards", "roles"},
-    {"base", "instances", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "cursors", "store"},
+    {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "store"},
     {"compat/", "notify/", "sources/", "export", "retention", "report", "logs", "backends/", "handler", "web/",
      "__init__"},
     {"cli/"},
@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
 #: the database layer: the only rooms that may ask which engine they run on
 DATABASE_LAYER = LAYERS[1] | LAYERS[2] | {"dialect"}
 #: the parts ``Store`` may be made of
-CORE_PARTS = {"Catalog", "Claims", "Jobs", "Transitions", "Queries", "Monitoring", "Cursors"}
+CORE_PARTS = {"Catalog", "Claims", "Jobs", "Transitions", "Queries", "Monitoring"}
 
 
 def room(path: Path) -> str:

@@ -23,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from ..base import AUDIT_SQL, IMPORT_ACTOR, Ctx, campaign_id, campaign_task, loads, task_of
+from ..base import (AUDIT_SQL, IMPORT_ACTOR, Ctx, campaign_id, campaign_task, loads, move_instance, next_generation,
+                    task_of)
 from ..catalog import check_run, run_record
 from ..claims import Eligible, move_eligible
 from ..clock import to_micros
 from ..db import Tx
 from ..errors import Invalid, NotFound
 from ..filters import parse_filter
-from ..instances import move_instance, next_generation
 from ..jobs import active_jobs, check_jobs, insert_jobs, keep_outputs
 from ..outputs import DERIVED
 from ..results import BulkResult, Change

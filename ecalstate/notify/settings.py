@@ -21,9 +21,9 @@ from typing import Any, Optional
 from ..auditlog import RETRY_ROWS
 from ..base import IMPORT_ACTOR, Ctx, campaign_id
 from ..catalog import campaign_settings, set_campaign_setting
-from ..cursors import drop_cursors, move_cursor, read_cursor, read_mark, write_mark
 from ..errors import Invalid
-from ..monitoring import forget_heartbeats, record_heartbeat
+from ..monitoring import (drop_cursors, forget_heartbeats, move_cursor, read_cursor, read_mark, record_heartbeat,
+                          write_mark)
 from ..store import Store
 
 #: what a channel can be told: a task instance failed, a job failed with no retry left, any job failed
