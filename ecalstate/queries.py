@@ -14,6 +14,11 @@ from .monitoring import blocked_instances, stuck_instances
 from .results import AuditRow, InstanceInfo, Overview, OverviewRow
 from .statemachine import TASK, TaskStatus
 
+#: what the audit records: task instances' and jobs' transitions, and ``handler`` rows (the stages' heartbeats)
+HISTORY_KINDS = ("task", "job", "handler")
+#: what a shift reads unless it asks for more: the transitions, without the heartbeats
+DEFAULT_KINDS = ("task", "job")
+
 
 class Queries(StoreBase):
     """What operators and dashboards look at."""
@@ -147,17 +152,20 @@ class Queries(StoreBase):
         status: Optional[str] = None,
         transitions_only: bool = False,
         offset: int = 0,
+        kinds: Optional[Sequence[str]] = None,
     ) -> list[AuditRow]:
         """Audit rows, newest last; ``limit`` keeps the most recent ones (after the ``offset`` newest: pages).
 
         The shift's questions: ``since``/``until`` (the store's UTC text times, e.g. ``2026-12-01T06:00:00Z``),
         ``runs`` (a run set), ``actor`` (the label, or the OS account of the identity: ``alice`` matches
-        ``alice@host``), ``status`` (the status a transition went to). ``transitions_only`` leaves out the
-        annotations (a job's fields changing without its status: from == to), which shifters rarely want.
+        ``alice@host``), ``status`` (the status a transition went to), ``kinds`` (entities among
+        :data:`HISTORY_KINDS`: ``handler`` rows are the stages' heartbeats, which drown a shift's transitions).
+        ``transitions_only`` leaves out the annotations (a job's fields changing without its status: from == to),
+        which shifters rarely want.
         """
         with self.db.tx(write=False) as tx:
             where, params = self._history_where(tx, campaign, task, run, entity, after_id, runs, since, until, actor,
-                                                status, transitions_only)
+                                                status, transitions_only, kinds)
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
                    " a.to_status, a.actor, a.reason, a.request_id, a.identity"
                    " FROM audit a JOIN campaign c ON c.id = a.campaign_id" + where + " ORDER BY a.id DESC")
@@ -174,24 +182,35 @@ class Queries(StoreBase):
         run: Optional[int] = None,
         entity: Optional[str] = None,
         *,
+        runs: Optional[Sequence[int]] = None,
         since: Optional[str] = None,
+        until: Optional[str] = None,
+        actor: Optional[str] = None,
         status: Optional[str] = None,
         transitions_only: bool = False,
+        kinds: Optional[Sequence[str]] = None,
     ) -> int:
-        """How many rows :meth:`history` would give without a limit (the web view's pages)."""
+        """How many rows :meth:`history` would give without a limit, same filters: a page says "N of M", and
+        what is left out is never silent."""
         with self.db.tx(write=False) as tx:
-            where, params = self._history_where(tx, campaign, task, run, entity, 0, None, since, None, None, status,
-                                                transitions_only)
+            where, params = self._history_where(tx, campaign, task, run, entity, 0, runs, since, until, actor, status,
+                                                transitions_only, kinds)
             return int(tx.scalar("SELECT COUNT(*) FROM audit a" + where, params))
 
     def _history_where(
         self, tx: Any, campaign: Optional[str], task: Optional[str], run: Optional[int], entity: Optional[str],
         after_id: int, runs: Optional[Sequence[int]], since: Optional[str], until: Optional[str],
-        actor: Optional[str], status: Optional[str], transitions_only: bool,
+        actor: Optional[str], status: Optional[str], transitions_only: bool, kinds: Optional[Sequence[str]] = None,
     ) -> tuple[str, list[Any]]:
         """The WHERE clause (and its parameters) of :meth:`history`'s filters, over ``audit a``."""
         sql = " WHERE a.id > ?"
         params: list[Any] = [after_id]
+        if kinds is not None:
+            unknown = sorted(set(kinds) - set(HISTORY_KINDS))
+            if unknown:
+                raise Invalid(f"unknown kind {unknown[0]!r} (valid: {', '.join(HISTORY_KINDS)})")
+            sql += " AND a.entity IN (" + (",".join("?" * len(kinds)) or "NULL") + ")"
+            params += list(kinds)
         if campaign is not None:
             sql += " AND a.campaign_id = ?"
             params.append(self._campaign_id(tx, campaign))

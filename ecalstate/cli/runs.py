@@ -12,6 +12,8 @@ from typing import Any, Optional
 import click
 
 from ..claims import GROUPINGS
+from ..filters import split_multi
+from ..queries import DEFAULT_KINDS, HISTORY_KINDS
 from ..report import cell_marks, health_sections, retry_note, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
@@ -322,12 +324,24 @@ def claim(
     )
 
 
+def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    kinds = split_multi(value)
+    for kind in kinds:
+        if kind not in HISTORY_KINDS:
+            raise click.BadParameter(f"unknown kind {kind!r} (valid: {', '.join(HISTORY_KINDS)})")
+    return kinds
+
+
 @click.command()
 @campaign_option
 @task_option(required=False, help="Only this task's transitions.")
 @click.option("--run", "--runs", "runs", metavar="SET", callback=optional_runs,
               help="Only these runs' transitions, e.g. 390016-390018,390020.")
-@click.option("--entity", type=click.Choice(["task", "job", "handler"]), help="Only this kind of entity.")
+@click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="KIND",
+              help="Only these kinds of rows: task (instances), job, handler (the stages' heartbeats). Repeatable; "
+                   "comma lists accepted. Default: task and job.")
+@click.option("--entity", type=click.Choice(list(HISTORY_KINDS)), hidden=True, help="The old spelling of --kind.")
+@click.option("--heartbeats", is_flag=True, help="Also show the handler stages' heartbeats (hidden by default).")
 @click.option("--since", type=MOMENT, metavar="TIME", help="From this time: 8h (ago), 2d, or 2026-12-01T06:00 (UTC).")
 @click.option("--until", type=MOMENT, metavar="TIME", help="Before this time (same forms as --since).")
 @click.option("--actor", "by", metavar="NAME",
@@ -338,31 +352,58 @@ def claim(
               help="Also show field-only changes of jobs (status to the same status, e.g. a logs folder recorded).")
 @click.option("--limit", type=INT64_FROM_1, default=50, show_default=True, metavar="N",
               help="Show the N most recent rows.")
+@click.option("--all", "everything", is_flag=True, help="Show every matching row (no --limit).")
 @pass_app
 def history(
-    app: App, campaign: str, task: Optional[str], runs: Optional[list[int]], entity: Optional[str],
-    since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str], fields: bool, limit: int,
+    app: App, campaign: str, task: Optional[str], runs: Optional[list[int]], kinds: list[str], entity: Optional[str],
+    heartbeats: bool, since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str],
+    fields: bool, limit: int, everything: bool,
 ) -> None:
     """The audit trail: who, when, from, to, why.
 
-    Every accepted transition and handler heartbeat, oldest first. "actor"
-    is the label the caller chose (--actor, BUILD_TAG); "identity" is who it
-    really was: the OS account at its host, the Jenkins build, and on
-    PostgreSQL the database role the server authenticated.
+    Accepted transitions of task instances and jobs, oldest first; the
+    handler stages' heartbeats only with --heartbeats (or --kind handler).
+    A last line on stderr says how many rows matched and how to see those
+    left out. "actor" is the label the caller chose (--actor, BUILD_TAG);
+    "identity" is who it really was: the OS account at its host, the Jenkins
+    build, and on PostgreSQL the database role the server authenticated.
+    --json gives every row with "total", the number of rows that matched.
 
     \b
     Example:
         ecalstate history -c prompt --task reco --run 356001
         ecalstate history -c prompt --since 8h --status failed
+        ecalstate history -c prompt --since 8h --kind job --all
         ecalstate history -c prompt --since 2026-12-01T06:00 --until 2026-12-01T14:00 --actor alice
     """
-    rows = app.reader().history(campaign, task, None, limit, entity, runs=runs, since=since, until=until, actor=by,
-                                status=status, transitions_only=not fields)
-    app.emit(rows, lambda: echo_table(
-        ["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
-        [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
-          styled(a.to_status), a.reason or None, a.request_id) for a in rows],
-        "no history"))
+    chosen = kinds or ([entity] if entity else [])
+    wanted = list(chosen or DEFAULT_KINDS) + (["handler"] if heartbeats and "handler" not in chosen else [])
+    reader = app.reader()
+    filters: dict[str, Any] = dict(runs=runs, since=since, until=until, actor=by, status=status,
+                                   transitions_only=not fields)
+    rows = reader.history(campaign, task, None, None if everything else limit, kinds=wanted, **filters)
+    total = reader.history_count(campaign, task, kinds=wanted, **filters) if not everything else len(rows)
+    if app.as_json:
+        app.emit([{**asdict(a), "total": total} for a in rows])
+        return
+    echo_table(["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
+               [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
+                 styled(a.to_status), a.reason or None, a.request_id) for a in rows], "no history")
+    hidden = 0 if chosen or "handler" in wanted else reader.history_count(campaign, task, kinds=["handler"], **filters)
+    click.echo(history_footer(len(rows), total, "handler" in wanted, hidden), err=True)
+
+
+def history_footer(shown: int, total: int, with_heartbeats: bool, hidden: int) -> str:
+    """What ``history`` showed of what matched, and how to see the rest: a cut list never looks whole."""
+    what = "rows" if with_heartbeats else "transitions"
+    if shown < total:
+        line = (f"showing the last {shown} of {total} {what}; --limit N or --all for more,"
+                f" --since/--until for a time span")
+    else:
+        line = f"showing all {total} {what}"
+    if hidden:
+        line += f"; {hidden} heartbeat{'s' if hidden > 1 else ''} hidden (--heartbeats shows them)"
+    return line
 
 
 @click.command()

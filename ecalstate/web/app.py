@@ -32,6 +32,7 @@ from ..errors import EcalStateError, Invalid, NotFound
 from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
+from ..queries import DEFAULT_KINDS, HISTORY_KINDS
 from ..report import COLOURS, cell_marks, health_sections
 from ..results import Health, JobInfo, Overview
 from ..statemachine import JobStatus, TaskStatus, UnknownStatus
@@ -119,6 +120,14 @@ class Query:
         if value is not None and value not in valid:
             raise Invalid(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
         return value
+
+    def choices(self, name: str, valid: Sequence[str], what: str) -> list[str]:
+        """Every value of a repeated parameter, each one of ``valid``."""
+        values = self.texts(name)
+        for value in values:
+            if value not in valid:
+                raise Invalid(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
+        return values
 
 
 def page_of(number: int, total: int, size: int, what: str) -> int:
@@ -259,23 +268,28 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         return page("log.html", request, name, changed, task=task, run=run, jid=jid, stream=stream, log=found)
 
     def history(request: Request) -> Response:
-        """A page of the transitions (newest first) of a campaign, a task, a run, the last hours, to a status."""
+        """A page of the transitions (newest first) of a campaign, a task, a run, the last hours, to a status, of
+        some kinds (task, job; the handlers' heartbeats only when asked: they drown a shift's transitions)."""
         q = Query(request)
         name, task, run, hours = q.required("c"), q.text("task"), q.integer("run"), q.integer("hours")
         status = q.choice("status", HISTORY_STATUSES, "status")
         limit = q.integer("limit", maximum=HISTORY_PAGE_MAX, unit=" rows a page") or HISTORY_PAGE
         number = q.integer("page") or 1
+        chosen = q.choices("kind", HISTORY_KINDS, "kind")
+        kinds = [k for k in HISTORY_KINDS if k in (chosen or DEFAULT_KINDS)]
         since = None if hours is None else cutoff(hours * 3600)
         changed = last_change(store, name)
-        total = store.history_count(name, task, run, since=since, status=status, transitions_only=True)
+        where: dict[str, Any] = dict(since=since, status=status, transitions_only=True)
+        total = store.history_count(name, task, run, kinds=kinds, **where)
+        hidden = 0 if chosen else store.history_count(name, task, run, kinds=["handler"], **where)
         pages = page_of(number, total, limit, "transitions")
-        rows = store.history(name, task, run, limit=limit, since=since, status=status, transitions_only=True,
-                             offset=(number - 1) * limit)
-        filters = {"c": name, "task": task, "run": run, "hours": hours, "status": status,
+        rows = store.history(name, task, run, limit=limit, offset=(number - 1) * limit, kinds=kinds, **where)
+        filters = {"c": name, "task": task, "run": run, "hours": hours, "status": status, "kind": chosen,
                    "limit": None if limit == HISTORY_PAGE else limit}
         return page("history.html", request, name, changed, rows=list(reversed(rows)), task=task, run=run,
                     hours=hours, status=status, limit=limit, total=total, number=number, pages=pages,
-                    first=(number - 1) * limit + 1, filters=filters, history_statuses=HISTORY_STATUSES)
+                    first=(number - 1) * limit + 1, filters=filters, history_statuses=HISTORY_STATUSES,
+                    kinds=kinds, hidden=hidden, history_kinds=HISTORY_KINDS)
 
     def api_last(request: Request) -> Response:
         return JSONResponse({"last": last_change(store, Query(request).text("c"))}, headers=HEADERS)
