@@ -36,6 +36,7 @@ from ..queries import DEFAULT_KINDS, HISTORY_KINDS
 from ..report import COLOURS, cell_marks, health_sections
 from ..results import Health, JobInfo, Overview
 from ..statemachine import JobStatus, TaskStatus, UnknownStatus
+from ..timefmt import human_time
 from ..store import Store
 
 #: runs per page of the grid: 200 runs x 20 tasks is 4,000 cells, a DOM a browser paints at once
@@ -215,6 +216,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     """
     env = Environment(loader=PackageLoader("ecalstate.web", "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
+    env.filters["seconds"] = human_time
     env.globals.update(url=url, colours=COLOURS, labels=LABELS, statuses=[s.value for s in TaskStatus],
                        refresh_ms=int(refresh * 1000), streams=STREAMS, max_limit=HISTORY_PAGE_MAX)
 
