@@ -117,8 +117,8 @@ def render_html(
         f"<title>ecalstate: {escape(campaign)}</title>",
         f"<style>{CSS}{style}</style></head><body>",
         f"<h1>Processing overview: {escape(campaign)}</h1>",
-        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {escape(human_time(utcnow()))} by ecalstate. '
-        + _health_badge(report) + "</p>",
+        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {human_time(utcnow())}'
+        " by ecalstate. " + _health_badge(report) + "</p>",
         _matrix(view, cells),
         "<h2>Totals per task and status</h2>",
         _table(["status", *view.tasks], totals_rows(view), "no tasks"),
