@@ -8,6 +8,7 @@ sent with a Content-Security-Policy that runs no inline script. The only script 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import signal
 import socket
 import sqlite3
@@ -308,6 +309,16 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     return Starlette(routes=routes, middleware=middleware, exception_handlers={EcalStateError: refused})
 
 
+def check_campaign(store: Store, campaign: str) -> None:
+    """Refuse a campaign the store does not have, naming the closest and every one: a typo found at start, not as a
+    404 on every page once the shift opens the view."""
+    names = [c.name for c in store.list_campaigns()]
+    if campaign not in names:
+        close = difflib.get_close_matches(campaign, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise NotFound(f"unknown campaign {campaign!r} ({hint}campaigns: {', '.join(names) or 'none yet'})")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on (host, port), or one clear error (port taken, unknown host)."""
     try:
@@ -329,6 +340,8 @@ def serve(store: Store, host: str = "127.0.0.1", port: int = 8080, campaign: Opt
     """
     import uvicorn  # the server only when serving: the rest of the package renders without it
 
+    if campaign is not None:
+        check_campaign(store, campaign)
     forbid_writes(store)
     wildcard = host in ("0.0.0.0", "::", "")
     app = create_app(store, campaign, refresh, ["*"] if wildcard else [*LOOPBACK_HOSTS, host])
