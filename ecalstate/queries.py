@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -10,6 +11,7 @@ from .base import StoreBase, loads
 from .jobs import instance_outputs
 from .limits import INT64_MAX
 from .errors import Invalid, NotFound
+from .filters import RunFilter, parse_filter
 from .monitoring import blocked_instances, stuck_instances
 from .results import AuditRow, InstanceInfo, Overview, OverviewRow
 from .statemachine import TASK, TaskStatus
@@ -60,7 +62,9 @@ class Queries(StoreBase):
             stuck = [] if stuck_after is None else [
                 (s.task, s.run_number) for s in stuck_instances(tx, cid, stuck_after)
                 if s.run_number in by_run and s.task in totals]
-        return Overview(campaign, ordered, list(by_run.values()), totals, blocked, stuck)
+            gaps, notes = _gaps(tx, cid, campaign, [r for r in by_run.values() if len(r.statuses) < len(ordered)],
+                                ordered)
+        return Overview(campaign, ordered, list(by_run.values()), totals, blocked, stuck, gaps, notes)
 
     def list_runs(
         self, campaign: str, task: Optional[str] = None, status: Optional[str] = None
@@ -231,6 +235,69 @@ class Queries(StoreBase):
             sql += " AND (" + (" OR ".join("a.run_number BETWEEN ? AND ?" for _ in spans) or "1 = 0") + ")"
             params += [bound for span in spans for bound in span]
         return sql, params
+
+
+#: the metadata key a run source sets while a run is being taken (``sources.ONGOING``; the core reads no wing)
+ONGOING_KEY = "ongoing"
+#: what an empty cell says, by kind (the CLI's text, the grid's label)
+GAP_LABELS = {"ongoing": "ongoing", "inactive": "n/a", "backfill": "backfill?"}
+GAP_LEGEND = {"ongoing": "the run is still being taken", "inactive": "no run type activates the task for the run",
+              "backfill": "the task was added to a run type of the run after it came"}
+
+
+def _gaps(tx: Any, cid: int, campaign: str, rows: Sequence[OverviewRow], tasks: Sequence[str],
+          ) -> tuple[dict[tuple[str, int], str], dict[int, str]]:
+    """Why the ``rows``' cells without an instance are empty, per cell (a kind of :data:`GAP_LABELS`) and per run
+    (in words): a blank cell meant a run still being taken, a run no run type matched, and a task added later."""
+    gaps: dict[tuple[str, int], str] = {}
+    notes: dict[int, str] = {}
+    if not rows:
+        return gaps, notes
+    rtypes: dict[str, tuple[RunFilter, set[str]]] = {}
+    for name, text in tx.all("SELECT name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
+        rtypes[name] = (parse_filter(text), set())
+    for rtype, task in tx.all("SELECT r.name, t.name FROM rtype_task x JOIN rtype r ON r.id = x.rtype_id"
+                              " JOIN task t ON t.id = x.task_id WHERE r.campaign_id = ?", (cid,)):
+        rtypes[rtype][1].add(task)
+    wanted = {r.run_number: r for r in rows}
+    numbers = sorted(wanted)
+    for start in range(0, len(numbers), 500):
+        chunk = numbers[start:start + 500]
+        for number, fill, meta_text, names in tx.all(
+                "SELECT run_number, fill, meta, rtypes FROM run WHERE campaign_id = ? AND run_number IN ("
+                + ",".join("?" * len(chunk)) + ")", (cid, *chunk)):
+            meta = loads(meta_text)
+            matched = [n for n in names.split(",") if n in rtypes]
+            why: list[str] = []
+            for task in tasks:
+                if task in wanted[number].statuses:
+                    continue
+                if meta.get(ONGOING_KEY):
+                    kind, said = "ongoing", "still being taken: its tasks start once a sync sees it ended"
+                elif any(task in rtypes[n][1] for n in matched):
+                    rtype = next(n for n in matched if task in rtypes[n][1])
+                    kind, said = "backfill", (f"{task} was added to {rtype} after the run came (ecalstate rtype update"
+                                              f" -c {campaign} {rtype} --add {task} --backfill)")
+                else:
+                    record = {**meta, "run_number": number, "fill": fill}
+                    kind, said = "inactive", "no run type activates its tasks: " + (
+                        "; ".join(_unmet(name, flt, record) for name, (flt, active) in rtypes.items()
+                                  if task in active) or f"none activates {task}")
+                gaps[(task, number)] = kind
+                if said not in why:
+                    why.append(said)
+            notes[number] = "; ".join(why)
+    return gaps, notes
+
+
+def _unmet(rtype: str, run_filter: RunFilter, record: dict[str, Any]) -> str:
+    """The first clause of ``rtype``'s filter the run fails, and what the run has instead."""
+    for clause in run_filter.clauses:
+        if not clause.matches(record):
+            has = record.get(clause.key)
+            value = "no " + clause.key if has is None else f"{clause.key}={json.dumps(has).strip(chr(34))}"
+            return f"{rtype} needs {clause.key}{clause.op}{clause.value} (the run has {value})"
+    return f"{rtype} matches it now (the run came before its filter changed)"
 
 
 def run_spans(runs: Sequence[int]) -> list[tuple[int, int]]:

@@ -203,7 +203,7 @@ class OverviewRow:
 
 @dataclass(frozen=True)
 class Overview:
-    """The run x task matrix, with totals and the derived marks (blocked, stuck)."""
+    """The run x task matrix, with totals and the derived marks (blocked, stuck), and why a cell is empty."""
 
     campaign: str
     tasks: list[str]
@@ -211,6 +211,11 @@ class Overview:
     totals: dict[str, dict[str, int]]
     blocked: list[tuple[str, int]]
     stuck: list[tuple[str, int]]
+    #: (task, run) -> why it has no instance: "ongoing" (the run is still being taken), "inactive" (no run type
+    #: activates the task for the run), "backfill" (the task was added to one of the run's run types later)
+    gaps: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: run -> what its empty cells mean, in words (the run types' clauses it fails, the command that backfills)
+    notes: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import click
 
 from ..claims import GROUPINGS
 from ..filters import split_multi
-from ..queries import DEFAULT_KINDS, HISTORY_KINDS
+from ..queries import DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
 from ..report import cell_marks, health_sections, retry_note, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
@@ -245,6 +245,8 @@ def overview_dict(view: Overview) -> dict[str, Any]:
         "totals": view.totals,
         "blocked": [{"task": t, "run_number": r} for t, r in view.blocked],
         "stuck": [{"task": t, "run_number": r} for t, r in view.stuck],
+        "gaps": [{"run_number": r, "task": t, "kind": kind, "why": view.notes.get(r, "")}
+                 for (t, r), kind in sorted(view.gaps.items(), key=lambda g: (g[0][1], g[0][0]))],
     }
 
 
@@ -260,6 +262,9 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
         text = "-" if state is None else state + mark
         return (styled(state, text) if colour and state else text) + " " * (width - len(text))
 
+    gap_cells = [{kind: cell(None, "", w).replace("-", label, 1)[:max(w, len(label))]
+                  for kind, label in GAP_LABELS.items()} for w in widths]
+
     # 200,000 cells but few distinct ones: render each once, then look cells up by status
     plain = [{s: cell(s, "", w) for s in [None, *TASK_STATUSES]} for w in widths]
     marked: dict[int, dict[int, str]] = {}  # run -> column -> mark
@@ -273,12 +278,20 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
         cells = [col[statuses.get(name)] for name, col in zip(view.tasks, plain)]
         for i, sign in marked.get(row.run_number, {}).items():
             cells[i] = cell(statuses.get(view.tasks[i]), sign, widths[i])
+        note = view.notes.get(row.run_number)
+        if note:
+            cells = [gap_cells[i][view.gaps[(t, row.run_number)]] if (t, row.run_number) in view.gaps else c
+                     for i, (t, c) in enumerate(zip(view.tasks, cells))] + [printable(note)]
         head = f"{str(row.run_number).ljust(run_w)}  {('-' if row.fill is None else str(row.fill)).ljust(fill_w)}  "
         lines.append((head + "  ".join(cells)).rstrip())
     lines += ["", table(["totals"] + view.tasks, totals_rows(view))]
     if view.blocked or view.stuck:
         lines += ["", (f"* blocked: an upstream task failed for the run;"
                        f" ! stuck: processing without job progress for {format_duration(stuck_after)}")]
+    kinds = set(view.gaps.values())
+    if kinds:
+        lines += ["", "; ".join(f"{label}: {GAP_LEGEND[kind]}" for kind, label in GAP_LABELS.items() if kind in kinds)
+                  + " (why: at the end of its row)"]
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ from ..errors import EcalStateError, Invalid, NotFound
 from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
-from ..queries import DEFAULT_KINDS, HISTORY_KINDS
+from ..queries import DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
 from ..report import COLOURS, cell_marks, health_sections
 from ..results import Health, JobInfo, Overview
 from ..statemachine import JobStatus, TaskStatus, UnknownStatus
@@ -171,8 +171,11 @@ def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]]) -> 
         found = statuses.get(number, {})
         for task, label, link in columns:
             status = found.get(task)
-            if status is None:  # the task is not active for this run
-                cells.append('<td class="s-missing"></td>')
+            if status is None:  # no instance: the run is being taken, no run type activates the task, or backfill
+                gap = view.gaps.get((task, number))
+                cells.append('<td class="s-missing"></td>' if gap is None else
+                             f'<td class="s-missing" data-task="{label}" data-run="{number}" data-gap="{gap}"'
+                             f' title="{escape(view.notes.get(number, ""))}">{GAP_LABELS[gap]}</td>')
                 continue
             mark = marks.get((task, number), "")
             extra = " blocked" if mark == "*" else " stuck" if mark == "!" else ""
@@ -218,7 +221,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     env = Environment(loader=PackageLoader("ecalstate.web", "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
     env.filters["seconds"] = human_time
-    env.globals.update(url=url, colours=COLOURS, labels=LABELS, statuses=[s.value for s in TaskStatus],
+    env.globals.update(url=url, colours=COLOURS, labels=LABELS, gap_labels=GAP_LABELS, gap_legend=GAP_LEGEND, statuses=[s.value for s in TaskStatus],
                        refresh_ms=int(refresh * 1000), streams=STREAMS, max_limit=HISTORY_PAGE_MAX)
 
     def page(template: str, request: Request, campaign: Optional[str], last: int, report: Optional[Health] = None,
