@@ -221,7 +221,8 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     env = Environment(loader=PackageLoader("ecalstate.web", "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
     env.filters["seconds"] = human_time
-    env.globals.update(url=url, colours=COLOURS, labels=LABELS, gap_labels=GAP_LABELS, gap_legend=GAP_LEGEND, statuses=[s.value for s in TaskStatus],
+    env.globals.update(url=url, colours=COLOURS, labels=LABELS, gap_labels=GAP_LABELS, gap_legend=GAP_LEGEND,
+                       statuses=[s.value for s in TaskStatus],
                        refresh_ms=int(refresh * 1000), streams=STREAMS, max_limit=HISTORY_PAGE_MAX)
 
     def page(template: str, request: Request, campaign: Optional[str], last: int, report: Optional[Health] = None,
