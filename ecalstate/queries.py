@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Optional
 
 from .base import StoreBase, loads
@@ -171,13 +172,15 @@ class Queries(StoreBase):
             where, params = self._history_where(tx, campaign, task, run, entity, after_id, runs, since, until, actor,
                                                 status, transitions_only, kinds)
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
-                   " a.to_status, a.actor, a.reason, a.request_id, a.identity"
+                   " a.to_status, a.actor, a.reason, a.request_id, a.identity,"
+                   " CASE WHEN a.from_status = a.to_status THEN a.detail END"
                    " FROM audit a JOIN campaign c ON c.id = a.campaign_id" + where + " ORDER BY a.id DESC")
             if limit is not None or offset:
                 sql += " LIMIT ? OFFSET ?"
                 params += [INT64_MAX if limit is None else limit, offset]
             rows = tx.all(sql, params)
-        return [AuditRow(*r) for r in reversed(rows)]
+        return [replace(AuditRow(*r[:14]), fields=loads(r[14])) if r[14] else AuditRow(*r[:14])
+                for r in reversed(rows)]
 
     def history_count(
         self,

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 
+#: the job field a check records the start of a job's attempt in, as its batch system reported it
+STARTED = "started"
+
+
 @dataclass(frozen=True)
 class CampaignInfo:
     name: str
@@ -174,6 +178,16 @@ class JobInfo:
     started_at: Optional[str]
     finished_at: Optional[str]
 
+    @property
+    def started(self) -> Optional[str]:
+        """When the current attempt started: as the batch system reported it (the field :data:`STARTED` a check
+        records; a job may finish between two checks, never seen running), else when a check saw it running; None
+        while it waits (an idle job's field is an earlier attempt's)."""
+        if self.status == "idle":
+            return None
+        reported = self.fields.get(STARTED)
+        return reported if isinstance(reported, str) else self.started_at
+
 
 @dataclass(frozen=True)
 class AuditRow:
@@ -192,6 +206,16 @@ class AuditRow:
     request_id: Optional[str]
     #: the authenticated identity that wrote the row (``actor`` is the free-text label it chose)
     identity: str = ""
+    #: what an annotation (a job's fields changing, its status not: from == to) recorded; None for a transition
+    fields: Optional[dict[str, Any]] = None
+
+    @property
+    def said(self) -> str:
+        """The reason, and for an annotation without one what it recorded (a submit's, or an adopting stage's,
+        logs folder beside the batch id): an 'idle -> idle' row with nothing to say read as a transition."""
+        if self.reason or not self.fields:
+            return self.reason
+        return "fields recorded: " + ", ".join(f"{k}={v}" for k, v in self.fields.items())
 
 
 @dataclass(frozen=True)

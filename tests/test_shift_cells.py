@@ -82,3 +82,94 @@ def test_the_grid_shows_why_a_cell_is_empty_and_a_legend_that_says_something(gap
         assert '<span class="s-processing">proc = processing</span>' in legend
         assert '<span class="s-failed">FAIL = failed</span>' in legend and '<span class="s-new">new</span>' in legend
         assert "ongoing = the run is still being taken" in legend and "n/a = no run type activates the task" in legend
+
+
+# ------------------------------------------------------------------------------------------- jobs' rows
+
+
+def test_a_jobs_old_failure_is_labelled_with_its_attempt(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    with Store.open(db, actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+        store.add_task("prompt", "reco", max_retries=2)
+        store.update_rtype("prompt", "all", add=["reco"])
+        store.inject_runs("prompt", [RunSpec(1, 10)])
+        store.claim("prompt", "reco")
+        store.create_jobs("prompt", "reco", 1, [0, 1])
+        for jid in (0, 1):
+            store.set_job_status("prompt", "reco", 1, jid, "failed", reason="held: via condor_hold (by user htcjob)")
+            store.set_job_status("prompt", "reco", 1, jid, "idle", reason="resubmitted")
+        store.set_job_status("prompt", "reco", 1, 0, "done")
+        store.set_job_status("prompt", "reco", 1, 1, "failed", reason="exit code 3: boom")
+    for view in serve(db):
+        html = view.get("/instance?c=prompt&task=reco&run=1")[2]
+        rows = dict(re.findall(r'<tr data-job="(\d)" data-generation="1">(.*?)</tr>', html, re.S))
+        assert ">done</td>" in rows["0"] and "<td>attempt 1 failed: held: via condor_hold (by user htcjob)</td>" \
+            in rows["0"], rows["0"]
+        assert ">failed</td>" in rows["1"] and "<td>attempt 2: exit code 3: boom</td>" in rows["1"], rows["1"]
+
+
+def test_jobs_not_submitted_yet_say_so_and_recorded_fields_are_named(tmp_path: Path) -> None:
+    """A build killed after its claim leaves jobs idle with no batch id: 'not submitted yet', not '-'; the next
+    stage records their batch ids and folders (an annotation, idle -> idle): history says what it recorded."""
+    from ecalstate.results import BatchRecord
+
+    db = str(tmp_path / "state.db")
+    with Store.open(db, actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+        store.add_task("prompt", "reco")
+        store.update_rtype("prompt", "all", add=["reco"])
+        store.inject_runs("prompt", [RunSpec(1, 10)])
+        store.claim("prompt", "reco")
+        store.create_jobs("prompt", "reco", 1, [0, 1])
+    listed = ok(db, "job", "list", "-c", "prompt", "--task", "reco").stdout
+    assert [line.split()[5:8] for line in listed.splitlines()[1:]] == [["not", "submitted", "yet"]] * 2, listed
+    for view in serve(db):
+        assert view.get("/instance?c=prompt&task=reco&run=1")[2].count("<td>not submitted yet</td>") == 2
+    with Store.open(db, actor="jenkins-reco") as store:
+        store.record_batch_ids("prompt", "reco", 1, 1, [BatchRecord(0, 1, "4711.0", {"logs": "/work/j0.a1"})])
+    listed = ok(db, "job", "list", "-c", "prompt", "--task", "reco").stdout.splitlines()
+    assert "4711.0" in listed[1] and "not submitted yet" in listed[2]
+    shown = ok(db, "history", "-c", "prompt", "--fields", "--kind", "job").stdout.splitlines()
+    recorded = [line for line in shown if re.search(r" idle +idle ", line)]
+    assert len(recorded) == 1 and recorded[0].rstrip().endswith("fields recorded: logs=/work/j0.a1  -"), recorded
+    rows = as_json(db, "history", "-c", "prompt", "--fields", "--kind", "job")
+    assert [r["fields"] for r in rows if r["from_status"] == r["to_status"]] == [{"logs": "/work/j0.a1"}]
+
+
+def test_the_started_column_is_filled_for_a_job_that_finished_between_two_checks(tmp_path: Path) -> None:
+    """On the local backend a short job goes idle -> done between two checks: it never was 'running' in the store,
+    so its start was never recorded. The backend reports it (the runner's start), the check keeps it."""
+    import time
+
+    from handler_support import make_campaign, probe_on
+
+    handler = probe_on(str(tmp_path / "state.db"), tmp_path)
+    try:
+        make_campaign(handler.store, [1], meta={"jobs": 2, "sleep": 0.3})
+        before = time.time()
+        handler.submit("prompt")
+        folders = [Path(j.fields["logs"]) for j in handler.store.list_jobs("prompt", "probe")]
+        deadline = time.monotonic() + 60
+        while not all((f / "exit").exists() for f in folders):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert handler.check("prompt").counts.get("done") == 2
+        jobs = handler.store.list_jobs("prompt", "probe")
+    finally:
+        handler.store.close()
+    from datetime import datetime
+
+    for job in jobs:
+        assert job.status == "done" and job.started_at is None  # (the store saw no running: the backend says)
+        started = datetime.fromisoformat(job.fields["started"].replace("Z", "+00:00")).timestamp()
+        finished = datetime.fromisoformat(job.finished_at.replace("Z", "+00:00")).timestamp()  # type: ignore
+        assert before <= started <= finished - 0.3
+    db = str(tmp_path / "state.db")
+    listed = ok(db, "job", "list", "-c", "prompt", "--task", "probe").stdout.splitlines()
+    assert listed[0].split()[:8] == ["run", "job", "generation", "status", "attempts", "batch", "id", "started"]
+    assert all(re.search(r" \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  \d{4}-", line) for line in listed[1:]), listed
+    for view in serve(db):
+        html = view.get("/instance?c=prompt&task=probe&run=1")[2]
+        started = re.findall(r'<td class="ts">([^<]*)</td><td class="ts">([^<]*)</td>', html)
+        assert len(started) == 2 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", s) for s, _ in started)

@@ -401,7 +401,7 @@ def history(
         return
     echo_table(["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
                [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
-                 styled(a.to_status), a.reason or None, a.request_id) for a in rows], "no history")
+                 styled(a.to_status), a.said or None, a.request_id) for a in rows], "no history")
     hidden = 0 if chosen or "handler" in wanted else reader.history_count(campaign, task, kinds=["handler"], **filters)
     click.echo(history_footer(len(rows), total, "handler" in wanted, hidden), err=True)
 

@@ -199,8 +199,20 @@ def instance_jobs(store: Store, campaign: str, task: str, run: int) -> dict[str,
         generations.setdefault(job.generation, []).append(job)
     failed = [j for j in generations.get(info.generation, []) if j.status == "failed"][:TAIL_JOBS]
     return {"info": info, "generations": generations, "reasons": reasons, "history": history,
+            "failures": {(j.generation, j.jid): failure_of(j, reasons[(j.generation, j.jid)]) for j in jobs
+                         if (j.generation, j.jid) in reasons},
             "tails": [(job, read_log(store, campaign, task, run, job.jid, None, "stderr", TAIL_LINES))
                       for job in failed]}
+
+
+def failure_of(job: JobInfo, reason: str) -> str:
+    """A job's last failure reason labelled with its attempt: a job that failed and was retried shows its earlier
+    attempt's reason ("held: ...") beside its current status ("done"), which read as the reason of that status.
+    The last failure is the current attempt's while the job is failed, else the one before (a retry is the only
+    way out of failed, and it starts the next attempt)."""
+    if job.status == "failed":
+        return f"attempt {job.attempts}: {reason}"
+    return f"attempt {job.attempts - 1} failed: {reason}"
 
 
 def read_log(store: Store, campaign: str, task: str, run: int, jid: int, attempt: Optional[int], stream: str,
