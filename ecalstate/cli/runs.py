@@ -31,6 +31,7 @@ from .options import (
     task_option,
 )
 from .parse import INT64, INT64_FROM_1, KEY_VALUE, format_duration, pairs_to_dict, read_runs
+from .progress import progress
 from .when import MOMENT
 
 TASK_STATUSES = [s.value for s in TaskStatus]
@@ -137,7 +138,9 @@ def run_sync(
         raise click.UsageError("--url, --from-run and --mapping are for --source oms")
     runs = FileSource(read_runs(path)) if path is not None else oms_source(url, from_run, mapping, max_runs=max_runs,
                                                                            timeout=timeout)
-    result = sync(app.store(), campaign, runs)
+    store = app.store()
+    with progress(f"syncing the runs ({source})"):  # the source counts nothing: the bar says how long it takes
+        result = sync(store, campaign, runs)
     for bad in result.rejected:
         click.echo(printable(f"warning: OMS {bad.resource} row {bad.number or '?'} skipped: {bad.reason}"), err=True)
     skipped = f"; {len(result.rejected)} bad OMS rows skipped" if result.rejected else ""
