@@ -298,7 +298,8 @@ def _unmet(rtype: str, run_filter: RunFilter, record: dict[str, Any]) -> str:
     for clause in run_filter.clauses:
         if not clause.matches(record):
             has = record.get(clause.key)
-            value = "no " + clause.key if has is None else f"{clause.key}={json.dumps(has).strip(chr(34))}"
+            shown = has if isinstance(has, str) else json.dumps(has)  # (true, not True: as filters spell it)
+            value = "no " + clause.key if has is None else f"{clause.key}={shown}"
             return f"{rtype} needs {clause.key}{clause.op}{clause.value} (the run has {value})"
     return f"{rtype} matches it now (the run came before its filter changed)"
 

@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from typing import Any
+
 from cli_support import as_json, ok
-from test_web import serve
+from test_web import browser, serve  # noqa: F401 (browser: a fixture)
 
 from ecalstate import RunSpec, Store
 
@@ -173,3 +175,41 @@ def test_the_started_column_is_filled_for_a_job_that_finished_between_two_checks
         html = view.get("/instance?c=prompt&task=probe&run=1")[2]
         started = re.findall(r'<td class="ts">([^<]*)</td><td class="ts">([^<]*)</td>', html)
         assert len(started) == 2 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", s) for s, _ in started)
+
+
+def test_what_an_empty_cell_quotes_of_a_run_is_inert(tmp_path: Path) -> None:
+    """The why of an empty cell quotes run metadata a run source wrote (OMS): shown inert on a terminal, as text in
+    the grid."""
+    db = str(tmp_path / "state.db")
+    planted = '\x1b]0;owned\x07Cosmics"><script>alert(1)</script>'
+    with Store.open(db, actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+        store.add_task("prompt", "reco")
+        store.create_rtype("prompt", "collisions", "class=Collisions")
+        store.update_rtype("prompt", "collisions", add=["reco"])
+        store.inject_runs("prompt", [RunSpec(1, 10, {"class": planted})])
+    text = ok(db, "status", "-c", "prompt").stdout
+    assert "\x1b" not in text and "\\x1b]0;owned\\x07Cosmics" in text
+    for view in serve(db):
+        html = view.get("/grid?c=prompt")[2]
+        assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_browser_grid_names_empty_cells_and_the_instance_page_its_jobs_start(browser: Any, gaps: str) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    with Store.open(gaps, actor="setup") as store:
+        store.claim("prompt", "reco", limit=1)
+        store.create_jobs("prompt", "reco", 1, [0, 1])
+        store.set_job_status("prompt", "reco", 1, 0, "running")
+    for view in serve(gaps):
+        browser.get(view.url.rstrip("/") + "/grid?c=prompt")
+        ongoing = browser.find_element(By.CSS_SELECTOR, 'td[data-task="calib"][data-run="4"]')
+        assert ongoing.text == "ongoing" and "still being taken" in ongoing.get_attribute("title")
+        assert browser.find_element(By.CSS_SELECTOR, 'td[data-task="reco"][data-run="2"]').text == "n/a"
+        assert "new = new" not in browser.find_element(By.CSS_SELECTOR, "p.legend").text
+        browser.find_element(By.CSS_SELECTOR, 'td[data-task="reco"][data-run="1"] a').click()
+        rows = browser.find_elements(By.CSS_SELECTOR, 'tr[data-job][data-generation="1"]')
+        cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+        assert cells[0][1] == "running" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cells[0][5])
+        assert cells[1][1] == "idle" and cells[1][3] == "not submitted yet" and cells[1][5] == ""
