@@ -6,9 +6,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from .base import StoreBase, loads
+from .db import to_micros
 from .jobs import instance_outputs
 from .limits import INT64_MAX
 from .errors import Invalid, NotFound
@@ -21,6 +23,8 @@ from .statemachine import TASK, TaskStatus
 HISTORY_KINDS = ("task", "job", "handler")
 #: what a shift reads unless it asks for more: the transitions, without the heartbeats
 DEFAULT_KINDS = ("task", "job")
+#: the most rows ``history`` counts to say "N of M" (beyond: "of more than"), so that its cost stays bounded
+COUNT_CAP = 100_000
 
 
 class Queries(StoreBase):
@@ -204,14 +208,54 @@ class Queries(StoreBase):
                                                 transitions_only, kinds)
             return int(tx.scalar("SELECT COUNT(*) FROM audit a" + where, params))
 
+    def history_counts(
+        self,
+        campaign: Optional[str] = None,
+        task: Optional[str] = None,
+        run: Optional[int] = None,
+        *,
+        runs: Optional[Sequence[int]] = None,
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+        actor: Optional[str] = None,
+        status: Optional[str] = None,
+        transitions_only: bool = False,
+        cap: Optional[int] = None,
+    ) -> dict[str, int]:
+        """How many rows :meth:`history` would give per kind (``task``, ``job``, ``handler``), same filters, in one
+        pass: what a view shows of how many, and how many heartbeats it hides.
+
+        ``cap``: count only the newest ``cap + 1`` matching rows (a count grows with the audit: 0.25 s a 350,000
+        rows); more than ``cap`` in all means "more than cap"."""
+        with self.db.tx(write=False) as tx:
+            where, params = self._history_where(tx, campaign, task, run, None, 0, runs, since, until, actor, status,
+                                                transitions_only)
+            rows = "SELECT a.entity AS entity FROM audit a" + where
+            if cap is not None:
+                rows += " ORDER BY a.id DESC LIMIT ?"
+                params.append(cap + 1)
+            counts = {kind: 0 for kind in HISTORY_KINDS}
+            counts.update({r[0]: int(r[1]) for r in tx.all(
+                f"SELECT entity, COUNT(*) FROM ({rows}) AS matched GROUP BY entity", params)})
+            return counts
+
     def _history_where(
         self, tx: Any, campaign: Optional[str], task: Optional[str], run: Optional[int], entity: Optional[str],
         after_id: int, runs: Optional[Sequence[int]], since: Optional[str], until: Optional[str],
         actor: Optional[str], status: Optional[str], transitions_only: bool, kinds: Optional[Sequence[str]] = None,
     ) -> tuple[str, list[Any]]:
-        """The WHERE clause (and its parameters) of :meth:`history`'s filters, over ``audit a``."""
-        sql = " WHERE a.id > ?"
-        params: list[Any] = [after_id]
+        """The WHERE clause (and its parameters) of :meth:`history`'s filters, over ``audit a``.
+
+        A time window bounds the ids too, found on the table's integer times (one range the planner uses): the view's
+        text times are made row by row, so a window alone read the whole audit (0.25 s a 350,000 rows)."""
+        if since is None:
+            sql, params = " WHERE a.id > ?", list[Any]([after_id])
+        else:  # none since then: an id past every id
+            sql = " WHERE a.id >= COALESCE((SELECT MIN(l.id) FROM audit_log l WHERE l.ts >= ? AND l.id > ?), ?)"
+            params = [_micros(since), after_id, INT64_MAX]
+        if until is not None:
+            sql += " AND a.id <= COALESCE((SELECT MAX(l.id) FROM audit_log l WHERE l.ts < ?), 0)"
+            params.append(_micros(until))
         if kinds is not None:
             unknown = sorted(set(kinds) - set(HISTORY_KINDS))
             if unknown:
@@ -302,6 +346,21 @@ def _unmet(rtype: str, run_filter: RunFilter, record: dict[str, Any]) -> str:
             value = "no " + clause.key if has is None else f"{clause.key}={shown}"
             return f"{rtype} needs {clause.key}{clause.op}{clause.value} (the run has {value})"
     return f"{rtype} matches it now (the run came before its filter changed)"
+
+
+def _micros(text: str) -> int:
+    """A time bound as integer microseconds: the store's format, or any ISO 8601 time (UTC unless it says)."""
+    try:
+        return to_micros(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"invalid time {text!r}: expected the store's format, e.g. 2026-12-01T06:00:00.000000Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
 def run_spans(runs: Sequence[int]) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ import pytest
 from cli_support import as_json, build_chain, invoke, ok, process
 from test_web import Served, audit_rows, browser, build, serve, shown, wait_for  # noqa: F401 (browser: a fixture)
 
-from ecalstate import Store
+from ecalstate import RunSpec, Store
 
 BEATS = 14
 
@@ -141,3 +141,26 @@ def test_browser_history_shows_heartbeats_only_when_asked(browser: Any, served_n
     browser.find_element(By.CSS_SELECTOR, 'form.filters button[type="submit"]').click()
     assert wait_for(lambda: "kind=handler" not in browser.current_url)
     assert set(browser.execute_script(entities)) == {"job"}
+
+
+def test_a_time_window_reads_only_its_rows_and_counts_them(db_url: str) -> None:
+    """The window bounds the ids it reads by the table's integer times (the view's text times are made row by row:
+    a window alone read the whole audit): the same rows and counts as before, on both engines, for the store's time
+    format and a plain ISO time."""
+    with Store.open(db_url, actor="setup", create=True) as store:
+        store.create_campaign("prompt")
+        store.add_task("prompt", "reco")
+        store.update_rtype("prompt", "all", add=["reco"])
+        for hour, run in ((8, 1), (10, 2), (11, 3), (12, 4)):
+            store.clock = lambda h=hour: f"2026-12-01T{h:02d}:00:00.000000Z"  # type: ignore[method-assign]
+            store.inject_runs("prompt", [RunSpec(run, 1)])
+        for since, until, runs in (("2026-12-01T09:00:00.000000Z", None, [2, 3, 4]),
+                                   ("2026-12-01T10:30:00+00:00", None, [3, 4]),
+                                   ("2026-12-01T10:00:00.000000Z", None, [2, 3, 4]),
+                                   (None, "2026-12-01T10:00:00.000000Z", [1]),
+                                   ("2026-12-01T09:00:00.000000Z", "2026-12-01T11:30:00.000000Z", [2, 3]),
+                                   ("2026-12-01T13:00:00.000000Z", None, []),
+                                   (None, "2026-12-01T07:00:00.000000Z", [])):
+            rows = store.history("prompt", limit=None, since=since, until=until)
+            assert sorted(a.run_number for a in rows) == runs, (since, until)
+            assert store.history_counts("prompt", since=since, until=until)["task"] == len(runs)

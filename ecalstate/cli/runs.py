@@ -13,7 +13,7 @@ import click
 
 from ..claims import GROUPINGS
 from ..filters import split_multi
-from ..queries import DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
+from ..queries import COUNT_CAP, DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
 from ..report import cell_marks, health_sections, retry_note, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
@@ -398,27 +398,31 @@ def history(
     filters: dict[str, Any] = dict(runs=runs, since=since, until=until, actor=by, status=status,
                                    transitions_only=not fields)
     rows = reader.history(campaign, task, None, None if everything else limit, kinds=wanted, **filters)
-    total = reader.history_count(campaign, task, kinds=wanted, **filters) if not everything else len(rows)
+    counts = reader.history_counts(campaign, task, cap=None if everything else COUNT_CAP, **filters)
+    total = sum(counts[k] for k in wanted)
+    more = not everything and sum(counts.values()) > COUNT_CAP  # (only the newest rows were counted)
     if app.as_json:
         app.emit([{**asdict(a), "total": total} for a in rows])
         return
     echo_table(["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
                [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
                  styled(a.to_status), a.said or None, a.request_id) for a in rows], "no history")
-    hidden = 0 if chosen or "handler" in wanted else reader.history_count(campaign, task, kinds=["handler"], **filters)
-    click.echo(history_footer(len(rows), total, "handler" in wanted, hidden), err=True)
+    hidden = 0 if chosen or "handler" in wanted else counts["handler"]
+    click.echo(history_footer(len(rows), total, "handler" in wanted, hidden, more), err=True)
 
 
-def history_footer(shown: int, total: int, with_heartbeats: bool, hidden: int) -> str:
-    """What ``history`` showed of what matched, and how to see the rest: a cut list never looks whole."""
+def history_footer(shown: int, total: int, with_heartbeats: bool, hidden: int, more: bool = False) -> str:
+    """What ``history`` showed of what matched, and how to see the rest: a cut list never looks whole. ``more``: the
+    count stopped at :data:`COUNT_CAP` rows (``total`` and ``hidden`` are then at least)."""
     what = "rows" if with_heartbeats else "transitions"
-    if shown < total:
-        line = (f"showing the last {shown} of {total} {what}; --limit N or --all for more,"
-                f" --since/--until for a time span")
+    if shown < total or more:
+        of = f"at least {min(total, COUNT_CAP)} (counting stops at {COUNT_CAP} rows)" if more else str(total)
+        line = f"showing the last {shown} of {of} {what}; --limit N or --all for more, --since/--until for a time span"
     else:
         line = f"showing all {total} {what}"
     if hidden:
-        line += f"; {hidden} heartbeat{'s' if hidden > 1 else ''} hidden (--heartbeats shows them)"
+        line += (f"; {'at least ' if more else ''}{hidden} heartbeat{'s' if hidden > 1 else ''} hidden"
+                 " (--heartbeats shows them)")
     return line
 
 

@@ -299,8 +299,8 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         since = None if hours is None else cutoff(hours * 3600)
         changed = last_change(store, name)
         where: dict[str, Any] = dict(since=since, status=status, transitions_only=True)
-        total = store.history_count(name, task, run, kinds=kinds, **where)
-        hidden = 0 if chosen else store.history_count(name, task, run, kinds=["handler"], **where)
+        counts = store.history_counts(name, task, run, **where)
+        total, hidden = sum(counts[k] for k in kinds), 0 if chosen else counts["handler"]
         pages = page_of(number, total, limit, "transitions")
         rows = store.history(name, task, run, limit=limit, offset=(number - 1) * limit, kinds=kinds, **where)
         filters = {"c": name, "task": task, "run": run, "hours": hours, "status": status, "kind": chosen,
