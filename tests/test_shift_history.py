@@ -164,3 +164,17 @@ def test_a_time_window_reads_only_its_rows_and_counts_them(db_url: str) -> None:
             rows = store.history("prompt", limit=None, since=since, until=until)
             assert sorted(a.run_number for a in rows) == runs, (since, until)
             assert store.history_counts("prompt", since=since, until=until)["task"] == len(runs)
+
+
+def test_a_count_past_its_cap_says_at_least(night: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting a year of audit costs time: the CLI counts the newest rows up to a cap and says so."""
+    import ecalstate.cli.runs as runs
+
+    monkeypatch.setattr(runs, "COUNT_CAP", 20)  # the newest 21 rows: the 14 heartbeats and 7 transitions
+    cut = ok(night, "history", "-c", "prompt", "--limit", "3")
+    assert cut.stderr.strip() == ("showing the last 3 of at least 7 (counting stops at 20 rows) transitions; --limit"
+                                  " N or --all for more, --since/--until for a time span; at least 14 heartbeats hidden"
+                                  " (--heartbeats shows them)"), cut.stderr
+    total = len(transitions(night, "task", "job"))
+    assert {r["total"] for r in as_json(night, "history", "-c", "prompt", "--limit", "3")} == {total}  # exact
+    assert ok(night, "history", "-c", "prompt", "--all").stderr.startswith(f"showing all {total} transitions")

@@ -265,8 +265,7 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
         text = "-" if state is None else state + mark
         return (styled(state, text) if colour and state else text) + " " * (width - len(text))
 
-    gap_cells = [{kind: cell(None, "", w).replace("-", label, 1)[:max(w, len(label))]
-                  for kind, label in GAP_LABELS.items()} for w in widths]
+    gap_cells = [{kind: label.ljust(w) for kind, label in GAP_LABELS.items()} for w in widths]
 
     # 200,000 cells but few distinct ones: render each once, then look cells up by status
     plain = [{s: cell(s, "", w) for s in [None, *TASK_STATUSES]} for w in widths]
@@ -398,9 +397,10 @@ def history(
     filters: dict[str, Any] = dict(runs=runs, since=since, until=until, actor=by, status=status,
                                    transitions_only=not fields)
     rows = reader.history(campaign, task, None, None if everything else limit, kinds=wanted, **filters)
-    counts = reader.history_counts(campaign, task, cap=None if everything else COUNT_CAP, **filters)
-    total = sum(counts[k] for k in wanted)
-    more = not everything and sum(counts.values()) > COUNT_CAP  # (only the newest rows were counted)
+    capped = not (everything or app.as_json)  # (a script gets the exact count)
+    counts = reader.history_counts(campaign, task, cap=COUNT_CAP if capped else None, **filters)
+    more = capped and sum(counts.values()) > COUNT_CAP  # only the newest rows were counted
+    total = max(sum(counts[k] for k in wanted), len(rows) if more else 0)
     if app.as_json:
         app.emit([{**asdict(a), "total": total} for a in rows])
         return
