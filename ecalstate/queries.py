@@ -23,7 +23,7 @@ from .statemachine import TASK, TaskStatus
 HISTORY_KINDS = ("task", "job", "handler")
 #: what a shift reads unless it asks for more: the transitions, without the heartbeats
 DEFAULT_KINDS = ("task", "job")
-#: the most rows ``history`` counts to say "N of M" (beyond: "of more than"), so that its cost stays bounded
+#: the most rows ``history`` counts to say "N of M" (beyond: "of at least"), so that its cost stays bounded
 COUNT_CAP = 100_000
 
 
