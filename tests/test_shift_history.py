@@ -61,7 +61,9 @@ def test_a_cut_history_says_how_many_of_how_many_and_how_to_see_the_rest(night: 
     assert len(rows) == 5 and {r["total"] for r in rows} == {total}
     assert [r["id"] for r in rows] == [a.id for a in transitions(night, "task", "job")[-5:]]
     nothing = ok(night, "history", "-c", "prompt", "--until", "1h")
-    assert nothing.stdout.strip() == "no history" and nothing.stderr.strip() == "showing all 0 transitions"
+    assert nothing.stdout.strip() == "no history" and nothing.stderr.strip() == "no transitions match"
+    one = ok(night, "history", "-c", "prompt", "--kind", "task", "--status", "failed")
+    assert one.stderr.strip() == "showing the only transition"
 
 
 def test_heartbeats_are_hidden_unless_asked_and_kinds_filter(night: str) -> None:

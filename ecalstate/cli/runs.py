@@ -419,7 +419,7 @@ def history_footer(shown: int, total: int, with_heartbeats: bool, hidden: int, m
         of = f"at least {min(total, COUNT_CAP)} (counting stops at {COUNT_CAP} rows)" if more else str(total)
         line = f"showing the last {shown} of {of} {what}; --limit N or --all for more, --since/--until for a time span"
     else:
-        line = f"showing all {total} {what}"
+        line = {0: f"no {what} match", 1: f"showing the only {what[:-1]}"}.get(total, f"showing all {total} {what}")
     if hidden:
         line += (f"; {'at least ' if more else ''}{hidden} heartbeat{'s' if hidden > 1 else ''} hidden"
                  " (--heartbeats shows them)")
