@@ -458,7 +458,7 @@ class Database:
         try:
             path = sqlite_path(self.url)
             if path is not None and path != ":memory:":
-                check_sqlite_path(path, create, allow_network_fs)
+                check_sqlite_path(path, create, allow_network_fs, given=None if "://" in url else url)
             self.engine = make_engine(self.url, None, read_only)
         except (exc.ArgumentError, ValueError, ImportError) as err:  # bad URL, unknown dialect, missing driver
             raise DatabaseError(f"cannot use database URL {redact_url(self.url)}: {first_line(err)}") from None
@@ -660,15 +660,17 @@ class Database:
             raise SchemaError(f"{redact_url(self.url)} has an unreadable schema version {str(value)[:40]!r}: not an "
                               "ecalstate database, or a damaged one") from None
 
-def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -> None:
-    """Refuse what SQLite cannot use safely, before it creates anything: a network or FUSE mount among them."""
+def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False, given: Optional[str] = None) -> None:
+    """Refuse what SQLite cannot use safely, before it creates anything: a network or FUSE mount among them.
+
+    ``given``: the path as the caller spelled it (``./ecalstate.db``), for messages."""
     if os.path.isdir(path):
         raise DatabaseError(f"{path} is a directory, not a database file")
     new = not os.path.exists(path)
     if new:
         parent = os.path.dirname(path) or "."
         if not create:
-            raise NotFound(f"no database at {path}; create it with `ecalstate init`")
+            raise NotFound(no_database(given or path))
         if not os.path.isdir(parent):
             raise DatabaseError(f"cannot create {path}: folder {parent} does not exist")
         if not os.access(parent, os.W_OK):
@@ -678,6 +680,15 @@ def check_sqlite_path(path: str, create: bool, allow_network_fs: bool = False) -
         refuse_network_fs(path, mount, allow_network_fs)
     if new:
         create_private_file(path)
+
+
+def no_database(given: str, source: str = "") -> str:
+    """Where a database was looked for and not found, and what to do: name the right one first (a forgotten
+    ``ECALSTATE_DB`` must not lead to an empty store in the current folder), create one only then."""
+    path = os.path.abspath(os.path.expanduser(given))
+    where = "; ".join(p for p in ("" if path == given else f"that is {path}", source) if p)
+    return (f"no database at {given}" + (f" ({where})" if where else "")
+            + ": name yours with --db or ECALSTATE_DB, or create a new one there with `ecalstate init`")
 
 
 def refuse_network_fs(path: str, mount: Mount, allow_network_fs: bool) -> None:

@@ -588,10 +588,12 @@ def export(
     stop: Optional[threading.Event] = None,
     on_batch: Optional[Callable[[int, int], None]] = None,
     batch_bytes: int = BATCH_BYTES,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> ExportResult:
     """Send the audit rows the target has not acknowledged yet (all of them with ``full``).
 
-    ``on_batch(points, cursor)`` is called after each acknowledged request; ``stop`` ends the export
+    ``on_batch(points, cursor)`` is called after each acknowledged request, and ``progress(done, total)`` with the
+    audit ids passed of those to send (a full export of a year takes minutes); ``stop`` ends the export
     cleanly between requests (or while waiting to retry), keeping what was acknowledged. Points the
     server refuses for what they hold are passed and reported: an :class:`ExportError` (not permanent)
     once everything else is written.
@@ -613,6 +615,9 @@ def export(
     position = 0 if full else before
     with db.tx(write=False) as tx:
         high = high_water(tx)
+    start = position
+    if progress is not None:
+        progress(0, high - start)
     points = batches = skipped = 0
     refused: list[tuple[int, str]] = []
 
@@ -647,6 +652,8 @@ def export(
                 position = upto
                 if on_batch is not None:
                     on_batch(sent, position)
+                if progress is not None:
+                    progress(position - start, high - start)
     if not points and not refused:
         try:  # nothing was sent: a wrong URL, database or credentials must not look like success
             _retrying(target.check, retry, stop)

@@ -47,7 +47,7 @@ from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_b
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
-from .results import BatchRecord, Claim, JobInfo, JobUpdate
+from .results import STARTED, BatchRecord, Claim, JobInfo, JobUpdate
 from .secrets import no_password_in_argument
 from .store import Store
 
@@ -352,6 +352,8 @@ class TaskHandler:
                 reason = f"{reason}: {error}" if reason else error
             if report.refused:  # a link or a pipe where its report should be: what it did is unknown
                 status = "failed"
+        if seen.started and job.started_at is None and status != "idle":  # the start the batch system saw
+            fields = {**(fields or {}), STARTED: seen.started}
         return JobUpdate(job.run_number, job.jid, status, fields, seen.batch_id, reason, job.generation,
                          job.attempts)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 
 from . import auditlog, pgjobs
@@ -100,8 +101,11 @@ def pending(version: int) -> list[Step]:
     return [s for s in STEPS if s.version > version]
 
 
-def upgrade(db: Database) -> list[Step]:
-    """Apply every pending step, one transaction each; returns the steps applied (none: already current)."""
+def upgrade(db: Database, progress: Optional[Callable[[int, int], None]] = None) -> list[Step]:
+    """Apply every pending step, one transaction each; returns the steps applied (none: already current).
+
+    ``progress(done, total)`` is called before each step and after the last (a step on a year of data takes a
+    minute)."""
     version = db.schema_version()
     if version is None:
         raise SchemaError(f"{redact_url(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
@@ -109,7 +113,10 @@ def upgrade(db: Database) -> list[Step]:
         raise SchemaError(f"{redact_url(db.url)} has schema version {version}, newer than this ecalstate "
                           f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
     applied = []
-    for step in pending(version):
+    steps = pending(version)
+    for done, step in enumerate(steps):
+        if progress is not None:
+            progress(done, len(steps))
         with db.tx(write=True) as tx:
             found = int(tx.scalar("SELECT value FROM meta WHERE key = 'schema_version'" + _for_update(tx)))
             if found >= step.version:  # another upgrader got here first
@@ -117,6 +124,8 @@ def upgrade(db: Database) -> list[Step]:
             step.apply(tx)
             tx.run("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(step.version),))
         applied.append(step)
+    if progress is not None:
+        progress(len(steps), len(steps))
     return applied
 
 
@@ -130,14 +139,15 @@ class UpgradeResult:
     applied: list[str]
 
 
-def upgrade_database(url: str, allow_network_fs: bool = False) -> UpgradeResult:
+def upgrade_database(url: str, allow_network_fs: bool = False,
+                     progress: Optional[Callable[[int, int], None]] = None) -> UpgradeResult:
     """Open ``url`` without the version check and apply the pending steps (``ecalstate db upgrade``)."""
     db = Database(url, allow_network_fs=allow_network_fs)
     try:
         before = db.schema_version() or 0
         if before:  # ours: a SQLite file upgrades in WAL, as every store works on it
             db.use_wal()
-        steps = upgrade(db)  # refuses a database without a schema
+        steps = upgrade(db, progress)  # refuses a database without a schema
         after = db.schema_version() or 0
     finally:
         db.close()

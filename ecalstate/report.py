@@ -16,6 +16,7 @@ from html import escape
 from typing import Any, Optional
 
 from .auditlog import TASK_ROWS
+from .clock import human_time
 from .monitoring import SILENT_AFTER, STUCK_AFTER
 from .queries import run_spans
 from .results import Health, Overview
@@ -107,15 +108,16 @@ def render_html(
                          (campaign, *(v for _, v in bounds)))
     style = "".join(f"td.s-{s} {{ background: {c};{' color: #fff;' if s in DARK else ''} }}\n"
                     for s, c in COLOURS.items())
-    period = " ".join(p for p in (since and f"from {since}", until and f"until {until}") if p) or "(whole history)"
+    period = " ".join(p for p in (since and f"from {human_time(since)}", until and f"until {human_time(until)}")
+                      if p) or "(whole history)"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>ecalstate: {escape(campaign)}</title>",
         f"<style>{CSS}{style}</style></head><body>",
         f"<h1>Processing overview: {escape(campaign)}</h1>",
-        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {escape(store.clock())} by ecalstate. '
-        + _health_badge(report) + "</p>",
+        f'<p class="meta">{len(view.rows)} runs x {len(view.tasks)} tasks; generated {human_time(store.clock())}'
+        " by ecalstate. " + _health_badge(report) + "</p>",
         _matrix(view, cells),
         "<h2>Totals per task and status</h2>",
         _table(["status", *view.tasks], totals_rows(view), "no tasks"),
@@ -177,7 +179,8 @@ def _cell_html(task: str, run: int, status: Optional[str], mark: Optional[str],
     parts = [f"{esc(task)} run {run}: {status}"]
     if info is not None:
         generation, changed, reason = info
-        parts += [f"generation {generation}" if generation else "not claimed yet", f"last change {esc(changed)}"]
+        parts += [f"generation {generation}" if generation else "not claimed yet",
+                  f"last change {esc(human_time(changed))}"]
         if reason:
             parts.append(f"reason: {esc(reason)}")
     if mark:
@@ -274,4 +277,4 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) ->
 def _cell(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f'<td class="n">{value}</td>'
-    return f"<td>{'' if value is None else escape(str(value))}</td>"
+    return f"<td>{'' if value is None else escape(str(human_time(value)))}</td>"

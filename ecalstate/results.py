@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 
+#: the job field a check records the start of a job's attempt in, as its batch system reported it
+STARTED = "started"
+
+
 @dataclass(frozen=True)
 class CampaignInfo:
     name: str
@@ -189,6 +193,16 @@ class JobInfo:
     started_at: Optional[str]
     finished_at: Optional[str]
 
+    @property
+    def started(self) -> Optional[str]:
+        """When the current attempt started: as the batch system reported it (the field :data:`STARTED` a check
+        records; a job may finish between two checks, never seen running), else when a check saw it running; None
+        while it waits (an idle job's field is an earlier attempt's)."""
+        if self.status == "idle":
+            return None
+        reported = self.fields.get(STARTED)
+        return reported if isinstance(reported, str) else self.started_at
+
 
 @dataclass(frozen=True)
 class AuditRow:
@@ -207,6 +221,16 @@ class AuditRow:
     request_id: Optional[str]
     #: the authenticated identity that wrote the row (``actor`` is the free-text label it chose)
     identity: str = ""
+    #: what an annotation (a job's fields changing, its status not: from == to) recorded; None for a transition
+    fields: Optional[dict[str, Any]] = None
+
+    @property
+    def said(self) -> str:
+        """The reason, and for an annotation without one what it recorded (a submit's, or an adopting stage's,
+        logs folder beside the batch id): an 'idle -> idle' row with nothing to say read as a transition."""
+        if self.reason or not self.fields:
+            return self.reason
+        return "fields recorded: " + ", ".join(f"{k}={v}" for k, v in self.fields.items())
 
 
 @dataclass(frozen=True)
@@ -218,7 +242,7 @@ class OverviewRow:
 
 @dataclass(frozen=True)
 class Overview:
-    """The run x task matrix, with totals and the derived marks (blocked, stuck)."""
+    """The run x task matrix, with totals and the derived marks (blocked, stuck), and why a cell is empty."""
 
     campaign: str
     tasks: list[str]
@@ -226,6 +250,11 @@ class Overview:
     totals: dict[str, dict[str, int]]
     blocked: list[tuple[str, int]]
     stuck: list[tuple[str, int]]
+    #: (task, run) -> why it has no instance: "ongoing" (the run is still being taken), "inactive" (no run type
+    #: activates the task for the run), "backfill" (the task was added to one of the run's run types later)
+    gaps: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: run -> what its empty cells mean, in words (the run types' clauses it fails, the command that backfills)
+    notes: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

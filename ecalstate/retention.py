@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -105,9 +105,12 @@ def export_floor(tx: Tx) -> Optional[int]:
 
 
 def prune(
-    db: Database, before: str, dry_run: bool = False, archive: Optional[str] = None, chunk: int = CHUNK
+    db: Database, before: str, dry_run: bool = False, archive: Optional[str] = None, chunk: int = CHUNK,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> PruneResult:
-    """Remove old audit rows, finished older job generations and request records (see the module doc)."""
+    """Remove old audit rows, finished older job generations and request records (see the module doc).
+
+    ``progress(done, total)``: rows removed of those counted first (the dry run's counts), after each chunk."""
     cutoff = parse_before(before)
     if chunk < 1:
         raise Invalid(f"invalid chunk size {chunk}")
@@ -116,15 +119,23 @@ def prune(
         limit = int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit")) if floor is None else floor
         kept = int(tx.scalar("SELECT COUNT(*) FROM audit WHERE ts < ? AND id > ?", (cutoff, limit)))
         generations = [(r[0], r[1], int(r[2])) for r in tx.all(FINISHED_GENERATIONS, (to_micros(cutoff),))]
-        if dry_run:
+        if dry_run or progress is not None:  # (a progress bar needs the totals too)
             audit = int(tx.scalar(f"SELECT COUNT(*) FROM audit a WHERE {AUDIT_WHERE}", (cutoff, limit)))
             requests = int(tx.scalar("SELECT COUNT(*) FROM request WHERE created_at < ?", (cutoff,)))
             jobs = sum(g[2] for g in generations)
     if not dry_run:
+        removed, total = [0], (audit + jobs + requests) if progress is not None else 0
+
+        def tick(rows: int) -> None:
+            removed[0] += rows
+            if progress is not None:
+                progress(min(removed[0], total), total)
+
         out = _archive_file(db, archive)
-        audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out, "audit_log")
-        jobs = _delete_generations(db, generations, cutoff, chunk, out)
-        requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out)
+        audit = _delete_where(db, "audit a", "id", AUDIT_WHERE, (cutoff, limit), chunk, out, "audit_log", tick)
+        jobs = _delete_generations(db, generations, cutoff, chunk, out, tick)
+        requests = _delete_where(db, "request r", "request_id", "r.created_at < ?", (cutoff,), chunk, out,
+                                 on_chunk=tick)
     return PruneResult(cutoff, dry_run, audit, jobs, requests, kept, floor, archive)
 
 
@@ -217,7 +228,7 @@ def _remove(tx: Tx, table: str, key: str, rows: Sequence[dict[str, Any]], out: O
 
 def _delete_where(
     db: Database, source: str, key: str, where: str, params: Sequence[Any], chunk: int, out: Optional[_Archive],
-    table: Optional[str] = None,
+    table: Optional[str] = None, on_chunk: Optional[Callable[[int], None]] = None,
 ) -> int:
     """Delete the rows of ``source`` ("table alias") matching ``where`` in key order, ``chunk`` per transaction;
     ``table``: where they are deleted when ``source`` is a view of it (the archive keeps the view's columns)."""
@@ -231,13 +242,16 @@ def _delete_where(
                              f" ORDER BY {alias}.{key} LIMIT ?", (*params, last, chunk))
             _remove(tx, table or name, key, rows, out, appends, name)
         total += len(rows)
+        if on_chunk is not None:
+            on_chunk(len(rows))
         if len(rows) < chunk:
             return total
         last = rows[-1][key]
 
 
 def _delete_generations(
-    db: Database, generations: Sequence[tuple[int, int, int]], cutoff: str, chunk: int, out: Optional[_Archive]
+    db: Database, generations: Sequence[tuple[int, int, int]], cutoff: str, chunk: int, out: Optional[_Archive],
+    on_chunk: Optional[Callable[[int], None]] = None,
 ) -> int:
     """Delete the jobs of the given (instance, generation) pairs, about ``chunk`` jobs per transaction.
 
@@ -261,6 +275,8 @@ def _delete_generations(
                 _remove(tx, "job", "id", rows, out, appends)
                 taken += len(rows)
         total += taken
+        if on_chunk is not None:
+            on_chunk(taken)
     return total
 
 

@@ -97,7 +97,8 @@ class Transitions(StoreBase):
                 targets = _expand(tx, self, cid, targets, True)
             changes = [Change("task", f"{task} run {r}", None, target.value, "refused", "no such task instance")
                        for r in missing]
-            changes += [_decide(t, target) for t in targets]
+            changes += [_decide(t, target, _unprocessed(tx, campaign, t) if target == T.REPROCESS and t.explicit
+                                and t.status == T.NEW.value else "") for t in targets]
             return cid, targets, changes
 
         if dry_run:
@@ -177,7 +178,28 @@ def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstre
     return sorted(chosen.values(), key=lambda t: (t.explicit is False, t.task_id, t.run))
 
 
-def _decide(t: _Target, target: TaskStatus) -> Change:
+def _unprocessed(tx: Tx, campaign: str, t: _Target) -> str:
+    """Why a run not processed yet cannot be reprocessed, and what to do: when its fill was processed without it
+    (a late run of a group), the group's leader and the command that takes it in."""
+    said = f"{t.task} run {t.run} is {t.status}: not processed yet"
+    row = tx.one(
+        "SELECT lr.run_number, l.status, r.fill FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+        " JOIN run lr ON lr.campaign_id = r.campaign_id AND lr.fill = r.fill"
+        " JOIN task_instance l ON l.run_id = lr.id AND l.task_id = ti.task_id"
+        " WHERE ti.id = ? AND l.status IN ('processing', 'done', 'failed')"
+        " AND EXISTS (SELECT 1 FROM task_instance m WHERE m.leader_id = l.id)"
+        " ORDER BY lr.run_number DESC LIMIT 1", (t.iid,))
+    if row is None:
+        return f"{said}; its next claim processes it"
+    leader, status, fill = row
+    return (f"{said}; fill {fill} was processed without it, in the group led by run {leader} ({status}): to process"
+            f" it with its fill, reprocess the group: ecalstate reprocess -c {campaign} --task {t.task} --runs {leader}"
+            ' --reason "..."')
+
+
+def _decide(t: _Target, target: TaskStatus, unprocessed: str = "") -> Change:
+    """The outcome of one instance; ``unprocessed``: why an explicit run not processed yet is refused instead of
+    the table's bare refusal."""
     key = f"{t.task} run {t.run}"
     current = TaskStatus(t.status)
     if current == target:
@@ -194,7 +216,7 @@ def _decide(t: _Target, target: TaskStatus) -> Change:
         return Change("task", key, current.value, target.value, "unchanged", f"keeps its {current.value} result")
     allowed = ", ".join(sorted(s.value for s in TASK.allowed(current)))
     return Change("task", key, current.value, target.value, "refused",
-                  f"not in the task table (allowed from {current.value}: {allowed})")
+                  unprocessed or f"not in the task table (allowed from {current.value}: {allowed})")
 
 
 def _refusal(changes: list[Change]) -> Refused:
@@ -207,8 +229,9 @@ def _refusal(changes: list[Change]) -> Refused:
             continue
         current, requested = TaskStatus(change.current), TaskStatus(change.requested)
         if not TASK.is_allowed(current, requested):
-            return TransitionNotAllowed(TASK.entity, change.key, current, requested, TASK.allowed(current), summary,
-                                        result=result)
+            said = "" if change.reason.startswith("not in the task table") else f"{change.reason}; "
+            return TransitionNotAllowed(TASK.entity, change.key, current, requested, TASK.allowed(current),
+                                        said + summary, result=result)
     first = refused[0]
     return Refused(f"{summary}; first: {first.key}: {first.current} -> {first.requested}: {first.reason}", result)
 

@@ -84,10 +84,12 @@ def test_end_to_end_failure_hold_resubmit_done(condor_pool: Any, workdir: Path, 
     jobs = {j.jid: j for j in store.list_jobs(C, "probe", run=11)}
     assert {i: j.status for i, j in jobs.items()} == {0: "done", 1: "failed", 2: "failed", 3: "done"}
     assert jobs[0].fields == {"slice": 0, "output": str(workdir / "out/11/g1/job0.json"), "answer": 42,
-                              "logs": str(backend.job_dir(C, "probe", JobKey(11, 0, 1, 1)))}
+                              "logs": str(backend.job_dir(C, "probe", JobKey(11, 0, 1, 1))),
+                              "started": jobs[0].started}  # the schedd's JobCurrentStartDate
     reasons = {a.jid: a.reason for a in store.history(C, task="probe", run=11, limit=None) if a.to_status == "failed"}
     assert reasons[1] == "exit code 3: input marked broken"
-    assert reasons[2].startswith("held: ") and "Permission denied" in reasons[2] and str(stdout) in reasons[2]
+    assert reasons[2].startswith("held by the pool at ") and "Permission denied" in reasons[2] \
+        and str(stdout) in reasons[2]
     import htcondor2
 
     queue = htcondor2.Schedd().query(constraint=f"ClusterId == {cluster}", projection=["ProcId", "JobStatus"])
@@ -144,10 +146,10 @@ def test_submit_with_the_schedd_unreachable_claims_nothing(tmp_path: Path, sqlit
     ({"JobStatus": 4, "ExitCode": 0}, ("done", "")),
     ({"JobStatus": 4, "ExitCode": 2}, ("failed", "exit code 2")),
     ({"JobStatus": 4, "ExitBySignal": True, "ExitSignal": 9}, ("failed", "killed by signal 9")),
-    ({"JobStatus": 5, "HoldReason": "disk full"}, ("failed", "held: disk full")),
-    ({"JobStatus": 3}, ("failed", "removed")),
-    ({"JobStatus": 3, "RemoveReason": "by operator", "LastHoldReason": "x"},
-     ("failed", "removed: by operator (held: x)")),
+    ({"JobStatus": 5, "HoldReason": "disk full"}, ("failed", "held by the pool: disk full")),
+    ({"JobStatus": 3}, ("failed", "removed by the pool: no reason given")),
+    ({"JobStatus": 3, "RemoveReason": "by operator (by user alice)", "LastHoldReason": "x"},
+     ("failed", "removed by HTCondor user alice: by operator; it was held by the pool: x")),
 ])
 def test_status_mapping(ad: dict[str, Any], expected: tuple[str, str]) -> None:
     seen = observation({"ClusterId": 7, "ProcId": 1, **ad})

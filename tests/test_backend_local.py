@@ -107,7 +107,9 @@ def test_exit_codes_signals_and_stderr(tmp_path: Path) -> None:
     keys = submit(backend, script, 1, ["exit"]) + [JobKey(2, 0, 1, 1)]
     backend.submit("c", "t", [backend.batch_job("c", "t", keys[1], JobSpec(0, script, ("kill",)))])
     seen = wait(backend, keys)
-    assert seen[keys[0]] == Observation("failed", "exit code 4: bad input x", seen[keys[0]].batch_id)
+    assert seen[keys[0]] == Observation("failed", "exit code 4: bad input x", seen[keys[0]].batch_id,
+                                        started=seen[keys[0]].started)
+    assert seen[keys[0]].started and seen[keys[0]].started.endswith("Z")  # the runner's start of the payload
     assert seen[keys[1]].reason == "killed by signal 9: bad input x"
 
 

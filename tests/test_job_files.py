@@ -313,7 +313,7 @@ def test_a_planted_report_fails_its_job_with_the_note(site: Site, kind: str) -> 
     assert site.jobs(1) == {0: ("failed", REPORT_CASES[kind])}
     with Store.open(site.db, actor="tester") as store:
         fields = store.list_jobs(C, "plant", 1)[0].fields
-    assert set(fields) == {"logs"}  # nothing of the linked file became a field
+    assert set(fields) == {"logs", "started"}  # nothing of the linked file became a field (started: the runner's)
 
 
 def test_a_report_cannot_move_the_logs(site: Site) -> None:
@@ -324,7 +324,8 @@ def test_a_report_cannot_move_the_logs(site: Site) -> None:
     checked(site)
     assert site.jobs(1) == {0: ("done", "the report's field 'logs' was ignored (the handler records it)")}
     with Store.open(site.db, actor="tester") as store:
-        assert store.list_jobs(C, "plant", 1)[0].fields == {"logs": str(site.folder(1, 0)), "answer": 42}
+        fields = store.list_jobs(C, "plant", 1)[0].fields
+        assert fields == {"logs": str(site.folder(1, 0)), "answer": 42, "started": fields["started"]}
 
 
 @pytest.mark.parametrize("kind", ["symlink-out", "fifo"])

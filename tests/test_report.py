@@ -14,6 +14,7 @@ import pytest
 from cli_support import build_chain, invoke, ok, process
 
 from ecalstate import RunSpec, Store
+from ecalstate.clock import human_time
 from ecalstate.report import COLOURS, render_html
 
 HOSTILE = '"><script>alert(1)</script><td title="x\' onmouseover=\'alert(2)'
@@ -105,9 +106,9 @@ def test_cells_say_their_status_in_text_and_tooltip(page_store: Store) -> None:
     titles = {title.split(":")[0]: title for _, title, _ in page.cells}
     calib1, reco3 = page_store.instance("prompt", "calib", 1), page_store.instance("prompt", "reco", 3)
     assert titles["calib run 1"] == (f"calib run 1: failed; generation {calib1.generation}; last change "
-                                     f"{calib1.updated_at}; reason: <script>alert(1)</script> bad & late")
+                                     f"{human_time(calib1.updated_at)}; reason: <script>alert(1)</script> bad & late")
     assert titles["reco run 3"] == (f"reco run 3: failed; generation {reco3.generation}; last change "
-                                    f"{reco3.updated_at}; reason: 1 of 1 jobs failed beyond 1 retries")
+                                    f"{human_time(reco3.updated_at)}; reason: 1 of 1 jobs failed beyond 1 retries")
     assert titles["calib run 3"].startswith("calib run 3: new; not claimed yet; last change ")
     assert titles["calib run 3"].endswith("; blocked: an upstream task failed")
 
@@ -126,7 +127,7 @@ def test_jobs_left_unsubmitted_are_in_badge_and_health(tmp_path: Path) -> None:
     assert "unhealthy: 0 stuck, 0 silent, 0 failing, 0 blocked, 1 unsubmitted" in page
     health = Parsed(section(page, "Health")).tables[0]
     assert health[0] == ["campaign", "task", "run", "since", "jobs"] and len(health) == 2
-    assert health[1][:3] == ["prompt", "reco", "7"] and health[1][3].startswith("2000-01-01T00:00:00.")
+    assert health[1][:3] == ["prompt", "reco", "7"] and health[1][3] == "2000-01-01T00:00:00Z"
     assert health[1][4] == "2"
 
 
@@ -170,6 +171,7 @@ def operator_day(db: str) -> dict[str, str]:
 def test_operator_actions_of_the_period(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     db = str(tmp_path / "state.db") if engine == "sqlite" else request.getfixturevalue("pg_url")
     times = operator_day(db)
+    shown = {name: human_time(ts) for name, ts in times.items()}  # the page shows seconds (issue 23 item 5)
     with Store.open(db) as store:
         identity = store.history("prompt", limit=1)[0].identity
         whole = render_html(store, "prompt")
@@ -178,15 +180,15 @@ def test_operator_actions_of_the_period(engine: str, tmp_path: Path, request: py
     actions = Parsed(section(whole, "Operator actions")).tables[0]
     assert actions == [
         ["time", "actor", "identity", "task", "transition", "runs", "reason"],
-        [times["abort"], "alice", identity, "reco", "processing -> failed", "4", "hung, aborted"],
-        [times["skip"], "alice", identity, "reco", "failed -> skipped", "3", "bad DQ"],
-        [times["skip"], "alice", identity, "calib", "new -> skipped", "3", "bad DQ (cascade)"],
-        [times["skip"], "alice", identity, "plots", "new -> skipped", "3", "bad DQ (cascade)"],
-        [times["redo"], "alice", identity, "reco", "done -> reprocess", "1-2", "new conditions"],
+        [shown["abort"], "alice", identity, "reco", "processing -> failed", "4", "hung, aborted"],
+        [shown["skip"], "alice", identity, "reco", "failed -> skipped", "3", "bad DQ"],
+        [shown["skip"], "alice", identity, "calib", "new -> skipped", "3", "bad DQ (cascade)"],
+        [shown["skip"], "alice", identity, "plots", "new -> skipped", "3", "bad DQ (cascade)"],
+        [shown["redo"], "alice", identity, "reco", "done -> reprocess", "1-2", "new conditions"],
     ]  # claims, job updates and the handler's own completions (actor setup) are not operator actions
     assert [row[5] for row in Parsed(section(later, "Operator actions")).tables[0][1:]] == ["3", "3", "3", "1-2"]
     assert [row[4] for row in Parsed(section(before, "Operator actions")).tables[0][1:]] == ["processing -> failed"]
-    assert f"<h2>Operator actions from {times['skip']}" in later
+    assert f"<h2>Operator actions from {human_time(times['skip'])}" in later
 
 
 def test_operator_actions_none_in_the_period(page_store: Store) -> None:

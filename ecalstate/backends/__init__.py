@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -115,6 +116,14 @@ class Observation:
     reason: str = ""
     batch_id: Optional[str] = None
     release: bool = False  # held: remove it from the batch system once recorded as failed
+    #: when the attempt started, as the batch system says (the store's time text): a job may finish between two
+    #: checks, never seen running
+    started: Optional[str] = None
+
+
+def time_text(seconds: float) -> str:
+    """A Unix time as the store writes times (UTC, microseconds)."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Backend(ABC):

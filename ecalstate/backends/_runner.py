@@ -7,7 +7,7 @@ nothing of the runner's own (the handler's secrets stay in the handler). For eac
 daemon is forked into its own session; the runner writes ``pid`` ("PID STARTTIME",
 so a recycled pid is not mistaken for the job) and exits. The daemon waits for one
 of SLOTS slot locks (bounded parallelism across every submitter sharing the
-folder), writes ``started``, runs the command with stdout/stderr in ``stdout`` and
+folder), writes ``started`` (its pid and the Unix time), runs the command with stdout/stderr in ``stdout`` and
 ``stderr``, and writes its exit code to ``exit`` (negative: killed by that signal).
 A daemon that dies without writing ``exit`` is judged failed by the backend. A folder
 that already has a ``pid`` (or a ``removed`` mark) is skipped: starting is idempotent by key.
@@ -84,7 +84,7 @@ def daemon(slots_dir: str, slots: int, job_dir: str) -> None:
         spec = json.load(handle)
     code = acquire_slot(slots_dir, slots, stopped)
     if code == 0:
-        write_atomic(os.path.join(job_dir, "started"), str(os.getpid()))
+        write_atomic(os.path.join(job_dir, "started"), f"{os.getpid()} {time.time():.6f}")  # pid, Unix time
         code = run_payload(job_dir, spec, stopped, child)
     write_atomic(os.path.join(job_dir, "exit"), str(code))
 

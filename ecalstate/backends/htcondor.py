@@ -6,7 +6,9 @@ naming it (``EcalCampaign``, ``EcalTask``, ``EcalRun``, ``EcalJobId``,
 ``Schedd.query`` (queue) and ``Schedd.history`` (left the queue). Status mapping:
 1 idle; 2 running, 6 transferring and 7 suspended count as running; 4 completed:
 done when ExitCode == 0, else failed; 3 removed: failed; 5 held: failed with its
-HoldReason, and removed once recorded. Any error talking to the schedd is a
+HoldReason, and removed once recorded. A hold or a removal is recorded with who did it
+as HTCondor reports it (the user it authenticated, or the pool) and when; a job's start
+is the schedd's (``JobCurrentStartDate``). Any error talking to the schedd is a
 :class:`BackendError` raised before the handler changes anything.
 
 The submit description starts from defaults, then the workflow's template
@@ -19,19 +21,24 @@ handler's user's, writable by the work folder's group when it is group-writable 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import EcalStateError, Invalid
 from ..limits import chunks
-from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, stderr_tail
+from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, stderr_tail, time_text
 
 #: attributes that identify a job; a template may not set them
 KEY_ATTRS = {"EcalCampaign": "campaign", "EcalTask": "task", "EcalRun": "run", "EcalJobId": "jid",
              "EcalGeneration": "generation", "EcalAttempt": "attempt"}
 PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
-              "LastHoldReason", "RemoveReason", "Iwd", "Err", *KEY_ATTRS]
+              "LastHoldReason", "RemoveReason", "EnteredCurrentStatus", "JobCurrentStartDate", "JobStartDate", "Iwd",
+              "Err", *KEY_ATTRS]
+#: how the schedd names who asked for a hold or a removal, at the end of its reason: the identity it authenticated
+#: the command's client as (a pool's own holds and removals, by policy or a failure, carry none)
+BY_USER = re.compile(r"\s*\(by user ([^()\s]+)\)\s*$")
 DEFAULTS = {
     "universe": "vanilla",
     "executable": "$(exe)",
@@ -208,29 +215,50 @@ def _collect(found: dict[JobKey, tuple[int, Observation]], wanted: Mapping[JobKe
 
 
 def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
-    """Map one job ClassAd to the store's job status (DESIGN.md's table)."""
+    """Map one job ClassAd to the store's job status (DESIGN.md's table), with the start the schedd recorded."""
     batch_id = f"{ad.get('ClusterId')}.{ad.get('ProcId')}"
     status = int(ad.get("JobStatus", 0))
+    started = _time(ad.get("JobCurrentStartDate")) or _time(ad.get("JobStartDate"))
     if status == 1:
         return Observation("idle", batch_id=batch_id)
     if status in RUNNING:
-        return Observation("running", batch_id=batch_id)
+        return Observation("running", batch_id=batch_id, started=started)
     if status == 4:
         if ad.get("ExitBySignal"):
             reason = f"killed by signal {ad.get('ExitSignal')}"
         elif ad.get("ExitCode") == 0:
-            return Observation("done", batch_id=batch_id)
+            return Observation("done", batch_id=batch_id, started=started)
         else:
             reason = f"exit code {ad.get('ExitCode')}"
         last = _stderr(ad)
-        return Observation("failed", reason + (f": {last}" if last else ""), batch_id)
+        return Observation("failed", reason + (f": {last}" if last else ""), batch_id, started=started)
     if status == 5:
-        return Observation("failed", f"held: {ad.get('HoldReason', 'no reason given')}", batch_id, release=in_queue)
+        return Observation("failed", acted("held", ad.get("HoldReason"), ad.get("EnteredCurrentStatus")), batch_id,
+                           release=in_queue, started=started)
     if status == 3:
-        removed, held = ad.get("RemoveReason"), ad.get("LastHoldReason")
-        reason = "removed" + (f": {removed}" if removed else "") + (f" (held: {held})" if held else "")
-        return Observation("failed", reason, batch_id)
-    return Observation("failed", f"unknown HTCondor JobStatus {status}", batch_id)
+        reason = acted("removed", ad.get("RemoveReason"), ad.get("EnteredCurrentStatus"))
+        held = ad.get("LastHoldReason")
+        return Observation("failed", reason + (f"; it was {acted('held', held)}" if held else ""), batch_id,
+                           started=started)
+    return Observation("failed", f"unknown HTCondor JobStatus {status}", batch_id, started=started)
+
+
+def acted(what: str, reason: Any, when: Any = None) -> str:
+    """A hold or a removal as the audit keeps it: who did it as HTCondor reports it (``HTCondor user NAME``, the
+    identity the schedd authenticated the command's client as: on a pool whose clients all claim one account, that
+    account whoever typed the command; else ``the pool``: a policy, a limit, a failure), when (the job's
+    ``EnteredCurrentStatus``), and the reason given."""
+    text = str(reason) if isinstance(reason, str) and reason.strip() else "no reason given"
+    found = BY_USER.search(text)
+    who = f"HTCondor user {found.group(1)}" if found else "the pool"
+    moment = _time(when)
+    at = f" at {moment[:19]}Z" if moment else ""
+    return f"{what} by {who}{at}: {text[:found.start()] if found else text}"
+
+
+def _time(value: Any) -> Optional[str]:
+    """A ClassAd Unix time as the store's time text; None when the ad has none (or not a plausible one)."""
+    return time_text(value) if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**10 else None
 
 
 def _stderr(ad: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import EcalStateError
-from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, last_line
+from . import Backend, BackendError, BatchJob, JobKey, NotAccepted, Observation, last_line, time_text
 from .jobfiles import NotRegular, attempt_dir, read_head
 
 RUNNER = Path(__file__).with_name("_runner.py")
@@ -148,12 +148,13 @@ def _observe(folder: int) -> Observation:
     if pid_text and not _PID.fullmatch(pid_text):
         return Observation("failed", "pid holds no process id")
     batch_id = f"local:{pid_text.split()[0]}" if pid_text else None
+    started = _started(folder)
     if code:
         if not _EXIT.fullmatch(code):
-            return Observation("failed", "exit holds no exit code", batch_id)
-        return Observation(*_exit_status(int(code), folder), batch_id=batch_id)
+            return Observation("failed", "exit holds no exit code", batch_id, started=started)
+        return Observation(*_exit_status(int(code), folder), batch_id=batch_id, started=started)
     if pid_text and _alive(pid_text):
-        return Observation("running" if _exists(folder, "started") else "idle", batch_id=batch_id)
+        return Observation("running" if _exists(folder, "started") else "idle", batch_id=batch_id, started=started)
     if not pid_text:
         if _exists(folder, REMOVED_NAME):
             try:
@@ -172,6 +173,19 @@ def _small(folder: int, name: str) -> str:
         return read_head(folder, name, _SMALL).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+def _started(folder: int) -> Optional[str]:
+    """When the runner started the payload ("PID TIME" in ``started``), or None: not started, or a file the job
+    replaced or wrote (its own start time is all it could change, and a bad one is not taken)."""
+    try:
+        parts = _small(folder, "started").split()
+    except NotRegular:
+        return None
+    try:
+        return time_text(float(parts[1])) if len(parts) == 2 and 0 < float(parts[1]) < 1e10 else None
+    except ValueError:
+        return None
 
 
 def _pid_of(path: Path) -> str:

@@ -146,5 +146,8 @@ def main(ctx: click.Context, db: str, actor: Optional[str], as_json: bool, allow
         ecalstate --db state.db init
         ecalstate --db state.db status -c prompt
     """
-    ctx.obj = App(db=db, actor=actor, as_json=as_json, allow_network_fs=allow_network_fs)
+    given = ctx.get_parameter_source("db")
+    source = ("from --db" if given == click.core.ParameterSource.COMMANDLINE else "from ECALSTATE_DB"
+              if given == click.core.ParameterSource.ENVIRONMENT else "neither --db nor ECALSTATE_DB is set")
+    ctx.obj = App(db=db, actor=actor, as_json=as_json, allow_network_fs=allow_network_fs, db_source=source)
     ctx.call_on_close(ctx.obj.close)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -16,8 +17,11 @@ if TYPE_CHECKING:
 class App:
     """Opens the store lazily, once, and prints results as text or JSON."""
 
-    def __init__(self, db: str, actor: Optional[str], as_json: bool, allow_network_fs: bool = False) -> None:
+    def __init__(self, db: str, actor: Optional[str], as_json: bool, allow_network_fs: bool = False,
+                 db_source: str = "") -> None:
         self.db = db
+        #: where ``db`` came from, for a database that is not there: "from --db", "from ECALSTATE_DB", or the default
+        self.db_source = db_source
         self.actor = actor
         self.as_json = as_json
         self.allow_network_fs = allow_network_fs
@@ -29,10 +33,17 @@ class App:
             self.close()  # a write after a read: reopen writable
         if self._store is None:
             # imported here, not for --help: the schema takes longer to load than click
+            from ..db import no_database
+            from ..errors import NotFound
             from ..store import Store
 
-            self._store = Store.open(self.db, actor=self.actor, create=create, allow_network_fs=self.allow_network_fs,
-                                     read_only=read_only)
+            try:
+                self._store = Store.open(self.db, actor=self.actor, create=create,
+                                         allow_network_fs=self.allow_network_fs, read_only=read_only)
+            except NotFound:
+                if "://" in self.db or os.path.exists(os.path.expanduser(self.db)):
+                    raise
+                raise NotFound(no_database(self.db, self.db_source)) from None
         return self._store
 
     def reader(self) -> Store:

@@ -11,6 +11,7 @@ from ..retention import DbStats, PruneResult, prune, stats, vacuum
 from .app import App, pass_app
 from .fmt import table
 from .options import dry_run_option
+from .progress import progress
 
 
 @click.group()
@@ -38,7 +39,8 @@ def db_upgrade(app: App) -> None:
     Example:
         ecalstate --db state.db db upgrade
     """
-    result = upgrade_database(app.db, allow_network_fs=app.allow_network_fs)
+    with progress("upgrading the schema") as tick:
+        result = upgrade_database(app.db, allow_network_fs=app.allow_network_fs, progress=tick)
     app.emit(result, lambda: _print_upgrade(result))
 
 
@@ -72,9 +74,12 @@ def db_prune(app: App, before: str, dry_run: bool, archive: Optional[str], compa
         ecalstate db prune --before 2024-01-01 --archive audit-2023.jsonl --vacuum
     """
     store = app.store()
-    result = prune(store.db, before, dry_run=dry_run, archive=None if dry_run else archive)
+    with progress("pruning") as tick:
+        result = prune(store.db, before, dry_run=dry_run, archive=None if dry_run else archive,
+                       progress=None if dry_run else tick)
     if compact and not dry_run:
-        vacuum(store.db)
+        with progress("giving the space back (vacuum)"):
+            vacuum(store.db)
     app.emit(result, lambda: _print_prune(result))
 
 

@@ -26,6 +26,7 @@ from ..export import (
 )
 from ..limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL
 from .app import App, pass_app, to_jsonable
+from .progress import progress
 
 
 def _summary(result: ExportResult) -> str:
@@ -97,7 +98,9 @@ def export(
     retry = RetryPolicy(retries, retry_base)
     with closing(spec.open()) as target, stop_on_signals() as stop:
         if interval is None:
-            result = run_export(store, target, full=full, batch_size=batch_size, retry=retry, stop=stop)
+            with progress("exporting") as tick:
+                result = run_export(store, target, full=full, batch_size=batch_size, retry=retry, stop=stop,
+                                    progress=tick)
             app.emit(result, _summary(result))
             return
 

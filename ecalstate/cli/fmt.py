@@ -14,6 +14,8 @@ from typing import Any
 import click
 from click.globals import resolve_color_default
 
+from ..clock import human_time
+
 #: terminal colour per task and job status
 STATUS_COLOURS: dict[str, str] = {
     "new": "white",
@@ -66,7 +68,8 @@ def styled(status: str, text: str | None = None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces (colours allowed); ``None`` shows as ``-``.
+    """Left-aligned columns separated by two spaces (colours allowed); ``None`` shows as ``-``, a store time to the
+    second (:func:`~ecalstate.clock.human_time`).
 
     Cells are :func:`printable`: only :class:`Styled` cells keep their escape sequences.
     """
@@ -78,7 +81,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    return value if isinstance(value, Styled) else printable(str(value))
+    return value if isinstance(value, Styled) else printable(str(human_time(value)))
 
 
 def visible_len(text: str) -> int:

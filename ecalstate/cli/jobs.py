@@ -72,8 +72,9 @@ def job_list(
     """
     jobs = app.reader().list_jobs(campaign, task, run_number, status, all_generations)
     app.emit(jobs, lambda: echo_table(
-        ["run", "job", "generation", "status", "attempts", "batch id", "updated", "fields"],
-        [(j.run_number, j.jid, j.generation, styled(j.status), j.attempts, j.batch_id, j.updated_at,
+        ["run", "job", "generation", "status", "attempts", "batch id", "started", "updated", "fields"],
+        [(j.run_number, j.jid, j.generation, styled(j.status), j.attempts,
+          j.batch_id or ("not submitted yet" if j.status == "idle" else None), j.started, j.updated_at,
           json.dumps(j.fields, sort_keys=True) if j.fields else None) for j in jobs],
         "no jobs"))
 

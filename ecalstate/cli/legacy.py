@@ -11,6 +11,7 @@ from ..compat.legacy_store import ImportResult, Problem
 from .app import App, pass_app
 from .fmt import echo_table, printable
 from .options import dry_run_option, multi_option
+from .progress import progress
 
 
 @click.command("import-influx")
@@ -40,7 +41,9 @@ def import_influx(app: App, url: str, database: str, campaign: list[str], meta_f
         ecalstate --db state.db import-influx --url http://ecal-db:8086 --database ecal_prompt --dry-run
     """
     store = app.store(create=not dry_run)
-    results, problems = run_import(store, InfluxSource(url, database, timeout), campaign, meta_field, kind, dry_run)
+    with progress("importing") as tick:
+        results, problems = run_import(store, InfluxSource(url, database, timeout), campaign, meta_field, kind,
+                                       dry_run, progress=tick)
     reported = problems + [p for r in results for p in r.problems]
     app.emit({"dry_run": dry_run, "campaigns": results, "problems": [str(p) for p in reported]},
              lambda: _text(results, reported, dry_run))

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import click
 
 from ..claims import GROUPINGS
+from ..filters import split_multi
+from ..queries import COUNT_CAP, DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
 from ..report import cell_marks, health_sections, retry_note, totals_rows
 from ..results import Health, Overview, RunSpec
 from ..statemachine import JobStatus, TaskStatus
@@ -28,6 +30,7 @@ from .options import (
     task_option,
 )
 from .parse import INT64, INT64_FROM_1, KEY_VALUE, format_duration, pairs_to_dict, read_runs
+from .progress import progress
 from .when import MOMENT
 
 TASK_STATUSES = [s.value for s in TaskStatus]
@@ -134,7 +137,9 @@ def run_sync(
         raise click.UsageError("--url, --from-run and --mapping are for --source oms")
     runs = FileSource(read_runs(path)) if path is not None else oms_source(url, from_run, mapping, max_runs=max_runs,
                                                                            timeout=timeout)
-    result = sync(app.store(), campaign, runs)
+    store = app.store()
+    with progress(f"syncing the runs ({source})"):  # the source counts nothing: the bar says how long it takes
+        result = sync(store, campaign, runs)
     for bad in result.rejected:
         click.echo(printable(f"warning: OMS {bad.resource} row {bad.number or '?'} skipped: {bad.reason}"), err=True)
     skipped = f"; {len(result.rejected)} bad OMS rows skipped" if result.rejected else ""
@@ -242,6 +247,8 @@ def overview_dict(view: Overview) -> dict[str, Any]:
         "totals": view.totals,
         "blocked": [{"task": t, "run_number": r} for t, r in view.blocked],
         "stuck": [{"task": t, "run_number": r} for t, r in view.stuck],
+        "gaps": [{"run_number": r, "task": t, "kind": kind, "why": view.notes.get(r, "")}
+                 for (t, r), kind in sorted(view.gaps.items(), key=lambda g: (g[0][1], g[0][0]))],
     }
 
 
@@ -257,6 +264,8 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
         text = "-" if state is None else state + mark
         return (styled(state, text) if colour and state else text) + " " * (width - len(text))
 
+    gap_cells = [{kind: label.ljust(w) for kind, label in GAP_LABELS.items()} for w in widths]
+
     # 200,000 cells but few distinct ones: render each once, then look cells up by status
     plain = [{s: cell(s, "", w) for s in [None, *TASK_STATUSES]} for w in widths]
     marked: dict[int, dict[int, str]] = {}  # run -> column -> mark
@@ -270,12 +279,20 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
         cells = [col[statuses.get(name)] for name, col in zip(view.tasks, plain)]
         for i, sign in marked.get(row.run_number, {}).items():
             cells[i] = cell(statuses.get(view.tasks[i]), sign, widths[i])
+        note = view.notes.get(row.run_number)
+        if note:
+            cells = [gap_cells[i][view.gaps[(t, row.run_number)]] if (t, row.run_number) in view.gaps else c
+                     for i, (t, c) in enumerate(zip(view.tasks, cells))] + [printable(note)]
         head = f"{str(row.run_number).ljust(run_w)}  {('-' if row.fill is None else str(row.fill)).ljust(fill_w)}  "
         lines.append((head + "  ".join(cells)).rstrip())
     lines += ["", table(["totals"] + view.tasks, totals_rows(view))]
     if view.blocked or view.stuck:
         lines += ["", (f"* blocked: an upstream task failed for the run;"
                        f" ! stuck: processing without job progress for {format_duration(stuck_after)}")]
+    kinds = set(view.gaps.values())
+    if kinds:
+        lines += ["", "; ".join(f"{label}: {GAP_LEGEND[kind]}" for kind, label in GAP_LABELS.items() if kind in kinds)
+                  + " (why: at the end of its row)"]
     return "\n".join(lines)
 
 
@@ -321,12 +338,24 @@ def claim(
     )
 
 
+def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    kinds = split_multi(value)
+    for kind in kinds:
+        if kind not in HISTORY_KINDS:
+            raise click.BadParameter(f"unknown kind {kind!r} (valid: {', '.join(HISTORY_KINDS)})")
+    return kinds
+
+
 @click.command()
 @campaign_option
 @task_option(required=False, help="Only this task's transitions.")
 @click.option("--run", "--runs", "runs", metavar="SET", callback=optional_runs,
               help="Only these runs' transitions, e.g. 390016-390018,390020.")
-@click.option("--entity", type=click.Choice(["task", "job", "handler"]), help="Only this kind of entity.")
+@click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="KIND",
+              help="Only these kinds of rows: task (instances), job, handler (the stages' heartbeats). Repeatable; "
+                   "comma lists accepted. Default: task and job.")
+@click.option("--entity", type=click.Choice(list(HISTORY_KINDS)), hidden=True, help="The old spelling of --kind.")
+@click.option("--heartbeats", is_flag=True, help="Also show the handler stages' heartbeats (hidden by default).")
 @click.option("--since", type=MOMENT, metavar="TIME", help="From this time: 8h (ago), 2d, or 2026-12-01T06:00 (UTC).")
 @click.option("--until", type=MOMENT, metavar="TIME", help="Before this time (same forms as --since).")
 @click.option("--actor", "by", metavar="NAME",
@@ -337,31 +366,63 @@ def claim(
               help="Also show field-only changes of jobs (status to the same status, e.g. a logs folder recorded).")
 @click.option("--limit", type=INT64_FROM_1, default=50, show_default=True, metavar="N",
               help="Show the N most recent rows.")
+@click.option("--all", "everything", is_flag=True, help="Show every matching row (no --limit).")
 @pass_app
 def history(
-    app: App, campaign: str, task: Optional[str], runs: Optional[list[int]], entity: Optional[str],
-    since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str], fields: bool, limit: int,
+    app: App, campaign: str, task: Optional[str], runs: Optional[list[int]], kinds: list[str], entity: Optional[str],
+    heartbeats: bool, since: Optional[str], until: Optional[str], by: Optional[str], status: Optional[str],
+    fields: bool, limit: int, everything: bool,
 ) -> None:
     """The audit trail: who, when, from, to, why.
 
-    Every accepted transition and handler heartbeat, oldest first. "actor"
-    is the label the caller chose (--actor, BUILD_TAG); "identity" is who it
-    really was: the OS account at its host, the Jenkins build, and on
-    PostgreSQL the database role the server authenticated.
+    Accepted transitions of task instances and jobs, oldest first; the
+    handler stages' heartbeats only with --heartbeats (or --kind handler).
+    A last line on stderr says how many rows matched and how to see those
+    left out. "actor" is the label the caller chose (--actor, BUILD_TAG);
+    "identity" is who it really was: the OS account at its host, the Jenkins
+    build, and on PostgreSQL the database role the server authenticated.
+    --json gives every row with "total", the number of rows that matched.
 
     \b
     Example:
         ecalstate history -c prompt --task reco --run 356001
         ecalstate history -c prompt --since 8h --status failed
+        ecalstate history -c prompt --since 8h --kind job --all
         ecalstate history -c prompt --since 2026-12-01T06:00 --until 2026-12-01T14:00 --actor alice
     """
-    rows = app.reader().history(campaign, task, None, limit, entity, runs=runs, since=since, until=until, actor=by,
-                                status=status, transitions_only=not fields)
-    app.emit(rows, lambda: echo_table(
-        ["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
-        [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
-          styled(a.to_status), a.reason or None, a.request_id) for a in rows],
-        "no history"))
+    chosen = kinds or ([entity] if entity else [])
+    wanted = list(chosen or DEFAULT_KINDS) + (["handler"] if heartbeats and "handler" not in chosen else [])
+    reader = app.reader()
+    filters: dict[str, Any] = dict(runs=runs, since=since, until=until, actor=by, status=status,
+                                   transitions_only=not fields)
+    rows = reader.history(campaign, task, None, None if everything else limit, kinds=wanted, **filters)
+    capped = not (everything or app.as_json)  # (a script gets the exact count)
+    counts = reader.history_counts(campaign, task, cap=COUNT_CAP if capped else None, **filters)
+    more = capped and sum(counts.values()) > COUNT_CAP  # only the newest rows were counted
+    total = max(sum(counts[k] for k in wanted), len(rows) if more else 0)
+    if app.as_json:
+        app.emit([{**asdict(a), "total": total} for a in rows])
+        return
+    echo_table(["time", "actor", "identity", "entity", "task", "run", "job", "from", "to", "reason", "request"],
+               [(a.ts, a.actor, a.identity or None, a.entity, a.task, a.run_number, a.jid, a.from_status,
+                 styled(a.to_status), a.said or None, a.request_id) for a in rows], "no history")
+    hidden = 0 if chosen or "handler" in wanted else counts["handler"]
+    click.echo(history_footer(len(rows), total, "handler" in wanted, hidden, more), err=True)
+
+
+def history_footer(shown: int, total: int, with_heartbeats: bool, hidden: int, more: bool = False) -> str:
+    """What ``history`` showed of what matched, and how to see the rest: a cut list never looks whole. ``more``: the
+    count stopped at :data:`COUNT_CAP` rows (``total`` and ``hidden`` are then at least)."""
+    what = "rows" if with_heartbeats else "transitions"
+    if shown < total or more:
+        of = f"at least {min(total, COUNT_CAP)} (counting stops at {COUNT_CAP} rows)" if more else str(total)
+        line = f"showing the last {shown} of {of} {what}; --limit N or --all for more, --since/--until for a time span"
+    else:
+        line = {0: f"no {what} match", 1: f"showing the only {what[:-1]}"}.get(total, f"showing all {total} {what}")
+    if hidden:
+        line += (f"; {'at least ' if more else ''}{hidden} heartbeat{'s' if hidden > 1 else ''} hidden"
+                 " (--heartbeats shows them)")
+    return line
 
 
 @click.command()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -328,8 +328,20 @@ def import_influx(
     meta_fields: Sequence[str] = (),
     kind: str = "prompt",
     dry_run: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[list[ImportResult], list[Problem]]:
-    """Read ``source`` and import (or with ``dry_run`` only count) each campaign in one transaction."""
-    plans, problems = plan(source.series("run"), source.series("job"), (*META_FIELDS, *meta_fields), campaigns, kind)
+    """Read ``source`` and import (or with ``dry_run`` only count) each campaign in one transaction.
+
+    ``progress(done, total)``: the two reads, then each campaign's transaction."""
+    tick = progress or (lambda done, total: None)
+    tick(0, 3)
+    runs = source.series("run")
+    tick(1, 3)
+    plans, problems = plan(runs, source.series("job"), (*META_FIELDS, *meta_fields), campaigns, kind)
     legacy = LegacyStore(store)
-    return [legacy.import_plan(p, dry_run) for p in plans], problems
+    results = []
+    for done, one in enumerate(plans):
+        tick(2 + done, 2 + len(plans))
+        results.append(legacy.import_plan(one, dry_run))
+    tick(2 + len(plans), 2 + len(plans))
+    return results, problems

@@ -8,6 +8,7 @@ sent with a Content-Security-Policy that runs no inline script. The only script 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import signal
 import socket
 import threading
@@ -26,10 +27,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..clock import human_time
 from ..errors import EcalStateError, Invalid, NotFound
 from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
+from ..queries import DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
 from ..report import COLOURS, cell_marks, health_sections
 from ..results import Health, JobInfo, Overview
 from ..statemachine import JobStatus, TaskStatus, UnknownStatus
@@ -100,6 +103,14 @@ class Query:
             raise Invalid(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
         return value
 
+    def choices(self, name: str, valid: Sequence[str], what: str) -> list[str]:
+        """Every value of a repeated parameter, each one of ``valid``."""
+        values = self.texts(name)
+        for value in values:
+            if value not in valid:
+                raise Invalid(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
+        return values
+
 
 def page_of(number: int, total: int, size: int, what: str) -> int:
     """The pages ``total`` rows make, ``size`` a page (at least one, empty); page ``number`` past them is refused."""
@@ -140,8 +151,11 @@ def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]]) -> 
         found = statuses.get(number, {})
         for task, label, link in columns:
             status = found.get(task)
-            if status is None:  # the task is not active for this run
-                cells.append('<td class="s-missing"></td>')
+            if status is None:  # no instance: the run is being taken, no run type activates the task, or backfill
+                gap = view.gaps.get((task, number))
+                cells.append('<td class="s-missing"></td>' if gap is None else
+                             f'<td class="s-missing" data-task="{label}" data-run="{number}" data-gap="{gap}"'
+                             f' title="{escape(view.notes.get(number, ""))}">{GAP_LABELS[gap]}</td>')
                 continue
             mark = marks.get((task, number), "")
             extra = " blocked" if mark == "*" else " stuck" if mark == "!" else ""
@@ -165,8 +179,20 @@ def instance_jobs(store: Store, campaign: str, task: str, run: int) -> dict[str,
         generations.setdefault(job.generation, []).append(job)
     failed = [j for j in generations.get(info.generation, []) if j.status == "failed"][:TAIL_JOBS]
     return {"info": info, "generations": generations, "reasons": reasons, "history": history,
+            "failures": {(j.generation, j.jid): failure_of(j, reasons[(j.generation, j.jid)]) for j in jobs
+                         if (j.generation, j.jid) in reasons},
             "tails": [(job, read_log(store, campaign, task, run, job.jid, None, "stderr", TAIL_LINES))
                       for job in failed]}
+
+
+def failure_of(job: JobInfo, reason: str) -> str:
+    """A job's last failure reason labelled with its attempt: a job that failed and was retried shows its earlier
+    attempt's reason ("held: ...") beside its current status ("done"), which read as the reason of that status.
+    The last failure is the current attempt's while the job is failed, else the one before (a retry is the only
+    way out of failed, and it starts the next attempt)."""
+    if job.status == "failed":
+        return f"attempt {job.attempts}: {reason}"
+    return f"attempt {job.attempts - 1} failed: {reason}"
 
 
 def read_log(store: Store, campaign: str, task: str, run: int, jid: int, attempt: Optional[int], stream: str,
@@ -186,7 +212,9 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
     """
     env = Environment(loader=PackageLoader("ecalstate.web", "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
-    env.globals.update(url=url, colours=COLOURS, labels=LABELS, statuses=[s.value for s in TaskStatus],
+    env.filters["seconds"] = human_time
+    env.globals.update(url=url, colours=COLOURS, labels=LABELS, gap_labels=GAP_LABELS, gap_legend=GAP_LEGEND,
+                       statuses=[s.value for s in TaskStatus],
                        refresh_ms=int(refresh * 1000), streams=STREAMS, max_limit=HISTORY_PAGE_MAX)
 
     def page(template: str, request: Request, campaign: Optional[str], last: int, report: Optional[Health] = None,
@@ -239,23 +267,28 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         return page("log.html", request, name, changed, task=task, run=run, jid=jid, stream=stream, log=found)
 
     def history(request: Request) -> Response:
-        """A page of the transitions (newest first) of a campaign, a task, a run, the last hours, to a status."""
+        """A page of the transitions (newest first) of a campaign, a task, a run, the last hours, to a status, of
+        some kinds (task, job; the handlers' heartbeats only when asked: they drown a shift's transitions)."""
         q = Query(request)
         name, task, run, hours = q.required("c"), q.text("task"), q.integer("run"), q.integer("hours")
         status = q.choice("status", HISTORY_STATUSES, "status")
         limit = q.integer("limit", maximum=HISTORY_PAGE_MAX, unit=" rows a page") or HISTORY_PAGE
         number = q.integer("page") or 1
+        chosen = q.choices("kind", HISTORY_KINDS, "kind")
+        kinds = [k for k in HISTORY_KINDS if k in (chosen or DEFAULT_KINDS)]
         since = None if hours is None else cutoff(hours * 3600, store.clock())
         changed = last_change(store, name)
-        total = store.history_count(name, task, run, since=since, status=status, transitions_only=True)
+        where: dict[str, Any] = dict(since=since, status=status, transitions_only=True)
+        counts = store.history_counts(name, task, run, **where)
+        total, hidden = sum(counts[k] for k in kinds), 0 if chosen else counts["handler"]
         pages = page_of(number, total, limit, "transitions")
-        rows = store.history(name, task, run, limit=limit, since=since, status=status, transitions_only=True,
-                             offset=(number - 1) * limit)
-        filters = {"c": name, "task": task, "run": run, "hours": hours, "status": status,
+        rows = store.history(name, task, run, limit=limit, offset=(number - 1) * limit, kinds=kinds, **where)
+        filters = {"c": name, "task": task, "run": run, "hours": hours, "status": status, "kind": chosen,
                    "limit": None if limit == HISTORY_PAGE else limit}
         return page("history.html", request, name, changed, rows=list(reversed(rows)), task=task, run=run,
                     hours=hours, status=status, limit=limit, total=total, number=number, pages=pages,
-                    first=(number - 1) * limit + 1, filters=filters, history_statuses=HISTORY_STATUSES)
+                    first=(number - 1) * limit + 1, filters=filters, history_statuses=HISTORY_STATUSES,
+                    kinds=kinds, hidden=hidden, history_kinds=HISTORY_KINDS)
 
     def api_last(request: Request) -> Response:
         return JSONResponse({"last": last_change(store, Query(request).text("c"))}, headers=HEADERS)
@@ -270,6 +303,16 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
               Mount("/static", StaticFiles(packages=[("ecalstate.web", "static")]), name="static")]
     middleware = [] if "*" in allowed_hosts else [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
     return Starlette(routes=routes, middleware=middleware, exception_handlers={EcalStateError: refused})
+
+
+def check_campaign(store: Store, campaign: str) -> None:
+    """Refuse a campaign the store does not have, naming the closest and every one: a typo found at start, not as a
+    404 on every page once the shift opens the view."""
+    names = [c.name for c in store.list_campaigns()]
+    if campaign not in names:
+        close = difflib.get_close_matches(campaign, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise NotFound(f"unknown campaign {campaign!r} ({hint}campaigns: {', '.join(names) or 'none yet'})")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -293,6 +336,8 @@ def serve(store: Store, host: str = "127.0.0.1", port: int = 8080, campaign: Opt
     """
     import uvicorn  # the server only when serving: the rest of the package renders without it
 
+    if campaign is not None:
+        check_campaign(store, campaign)
     forbid_writes(store)
     wildcard = host in ("0.0.0.0", "::", "")
     app = create_app(store, campaign, refresh, ["*"] if wildcard else [*LOOPBACK_HOSTS, host])
