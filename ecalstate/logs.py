@@ -85,10 +85,12 @@ def job_logs(
     lines: Optional[int] = None,
 ) -> list[JobLog]:
     """The ``stream`` log of the jobs of a run (current generation; one job with ``jid``), latest attempt unless
-    ``attempt`` is given."""
+    ``attempt`` is given. A run merged into a group has no jobs of its own: its leader's are given (their
+    ``run_number`` says whose)."""
     if stream not in STREAMS:
         raise Invalid(f"unknown log {stream!r} (valid: {', '.join(STREAMS)})")
-    jobs = [j for j in store.list_jobs(campaign, task, run) if jid is None or j.jid == jid]
+    jobs = [j for j in store.list_jobs(campaign, task, store.jobs_run(campaign, task, run))
+            if jid is None or j.jid == jid]
     if not jobs:
         what = f"job {jid} of run {run}" if jid is not None else f"run {run}"
         raise NotFound(f"task {task} has no jobs for {what} in campaign {campaign!r}")

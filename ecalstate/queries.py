@@ -132,6 +132,12 @@ class Queries(StoreBase):
                           + " ORDER BY r.run_number DESC LIMIT ? OFFSET ?", [*params, limit, offset])
         return int(total), [_run_dict(r) for r in rows]
 
+    def jobs_run(self, campaign: str, task: str, run: int) -> int:
+        """The run holding ``run``'s jobs: the leader of its group when it is merged into one, else itself
+        (NotFound when the task has no instance for it)."""
+        info = self.instance(campaign, task, run)
+        return info.leader_run if info.status == "merged" and info.leader_run is not None else run
+
     def instance(self, campaign: str, task: str, run: int) -> InstanceInfo:
         with self.db.tx(write=False) as tx:
             _, tid, _ = campaign_task(tx, campaign, task)

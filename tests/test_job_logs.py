@@ -40,7 +40,7 @@ def test_job_logs_show_each_attempt_of_a_failed_job(probe: Probe) -> None:
     bad = invoke(db, "job", "logs", "-c", "prompt", "--task", "probe", "--run", "7", "--job", "1", "--attempt", "3")
     assert bad.exit_code == 1 and "attempts 1-2, not 3" in bad.stderr
     missing = invoke(db, "job", "logs", "-c", "prompt", "--task", "probe", "--run", "8")
-    assert missing.exit_code == 1 and "no jobs for run 8" in missing.stderr
+    assert missing.exit_code == 1 and "no instance for run 8" in missing.stderr
 
 
 def test_tail_is_bounded_and_tolerates_any_bytes(tmp_path: Path) -> None:

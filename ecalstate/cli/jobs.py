@@ -70,7 +70,10 @@ def job_list(
     Example:
         ecalstate job list -c prompt --task reco --status failed
     """
-    jobs = app.reader().list_jobs(campaign, task, run_number, status, all_generations)
+    store = app.reader()
+    owner = None if run_number is None else store.jobs_run(campaign, task, run_number)
+    jobs = store.list_jobs(campaign, task, owner, status, all_generations)
+    merged_note(run_number, owner)
     app.emit(jobs, lambda: echo_table(
         ["run", "job", "generation", "status", "attempts", "batch id", "started", "updated", "fields"],
         [(j.run_number, j.jid, j.generation, styled(j.status), j.attempts,
@@ -137,6 +140,7 @@ def job_logs(app: App, campaign: str, task: str, run_number: int, jid: Optional[
     from ..logs import job_logs as read_logs
 
     found = read_logs(app.reader(), campaign, task, run_number, jid, attempt, stream, lines)
+    merged_note(run_number, found[0].run_number)
 
     def text() -> None:
         for log in found:
@@ -148,3 +152,9 @@ def job_logs(app: App, campaign: str, task: str, run_number: int, jid: Optional[
                 click.echo(printable_lines(log.text.rstrip("\n")))
 
     app.emit(found, text)
+
+
+def merged_note(run: Optional[int], owner: Optional[int]) -> None:
+    """Say on stderr that a merged run's jobs are its group leader's (they are shown instead)."""
+    if run is not None and owner is not None and owner != run:
+        click.echo(f"run {run} is merged into run {owner}: its group's jobs are run {owner}'s", err=True)
