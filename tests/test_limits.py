@@ -11,6 +11,7 @@ from cli_support import build_chain, dump
 
 from ecalstate import Store
 from ecalstate.cli.parse import parse_duration
+from ecalstate.clock import utcnow
 from ecalstate.db import DatabaseError
 from ecalstate.errors import Invalid
 from ecalstate.filters import parse_filter
@@ -48,8 +49,8 @@ def test_durations_are_bounded_at_100_years() -> None:
     with pytest.raises(ValueError, match=r"at most 100 years \(3155760000 s\)"):
         parse_duration("5218w")
     with pytest.raises(Invalid, match="at most 100 years"):
-        cutoff(MAX_DURATION + 1)
-    assert cutoff(MAX_DURATION) < "1927"
+        cutoff(MAX_DURATION + 1, utcnow())
+    assert cutoff(MAX_DURATION, utcnow()) < "1927"
 
 
 @pytest.fixture
