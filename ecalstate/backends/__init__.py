@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -38,12 +39,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from ..errors import EcalStateError, Invalid
-from ..secrets import job_environment
+from ..secrets import NEVER_INHERITED, job_environment
 from .jobfiles import NotRegular, attempt_dir, read_head, read_tail
 
 #: backend name -> "module:class", imported on use (the HTCondor bindings are heavy and optional)
 BACKENDS = {"local": ".local:LocalBackend", "htcondor": ".htcondor:CondorBackend"}
 REPORT_NAME = "report.json"
+#: what a job's own variable may be named
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: the largest job report check reads (outputs, plot URLs, numbers: a few kB in practice)
 MAX_REPORT_BYTES = 64 * 1024
 
@@ -71,17 +74,28 @@ class JobSpec:
     executable: str
     args: Sequence[str] = ()
     fields: Mapping[str, Any] = field(default_factory=dict)
+    #: variables of the job's own (a handler's option values: ``ECALSTATE_OPTION_*``), beside the allow-listed
+    #: ones; the job's ``ECALSTATE_*`` variables win, and a variable that reaches the state or a secret is refused
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in self.env.items():
+            if not ENV_NAME.fullmatch(name) or name in NEVER_INHERITED or not isinstance(value, str):
+                raise Invalid(f"job {self.jid}: {name!r} is not a variable a job may be given (a name of letters,"
+                              " digits and _, a text value, never the database or a secret's variable)")
 
     @property
     def python(self) -> bool:
         return self.executable.endswith(".py")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"jid": self.jid, "executable": self.executable, "args": list(self.args), "fields": dict(self.fields)}
+        return {"jid": self.jid, "executable": self.executable, "args": list(self.args), "fields": dict(self.fields),
+                "env": dict(self.env)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
-        return cls(int(data["jid"]), str(data["executable"]), tuple(data["args"]), dict(data["fields"]))
+        return cls(int(data["jid"]), str(data["executable"]), tuple(data["args"]), dict(data["fields"]),
+                   dict(data.get("env", {})))
 
 
 @dataclass(frozen=True, order=True)
@@ -203,7 +217,7 @@ class Backend(ABC):
         the database or a secret) and the job's own ``ECALSTATE_*`` variables."""
         folder = self.makedirs(self.job_dir(campaign, task, key))
         env = {
-            **job_environment(self.job_env),
+            **job_environment(self.job_env), **spec.env,
             "ECALSTATE_CAMPAIGN": campaign, "ECALSTATE_TASK": task, "ECALSTATE_RUN": str(key.run),
             "ECALSTATE_JOB_ID": str(key.jid), "ECALSTATE_GENERATION": str(key.generation),
             "ECALSTATE_ATTEMPT": str(key.attempt), "ECALSTATE_REPORT": str(folder / REPORT_NAME),
