@@ -50,13 +50,15 @@ from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_b
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
-from .results import STARTED, BatchRecord, Claim, JobInfo, JobUpdate
+from .results import STARTED, BatchRecord, Claim, JobInfo, JobUpdate, MadeBy
 from .secrets import known_secrets, leaked, no_password_in_argument
 from .store import Store
 
 ACTIVE = ("idle", "running")
 #: the prefix of the variables that carry a handler's option values to its jobs
 OPTION_ENV_PREFIX = "ECALSTATE_OPTION_"
+#: the variable that gives the jobs their workflow's version
+VERSION_ENV = "ECALSTATE_WORKFLOW_VERSION"
 
 
 class StageFailed(EcalStateError):
@@ -111,6 +113,12 @@ class TaskHandler:
     #: help="...")``) or click parameters. Every stage takes them (its ``--help`` shows them); their values are
     #: :attr:`option_values`, and each job made gets them as ``ECALSTATE_OPTION_<NAME>`` (see :func:`option_env`)
     options: ClassVar[Sequence[Any]] = ()
+    #: the workflow's version ("2.1"): recorded with each claim, so history, the outputs and the export say which
+    #: version made each generation, and ``ecalstate reprocess --version-not`` finds what another version made
+    version: ClassVar[Optional[str]] = None
+    #: the configuration that matters for what the jobs make (a global tag...), recorded with the version; the
+    #: option values are recorded with it (see :meth:`made_by`)
+    config: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, store: Store, backend: Backend, options: Optional[Mapping[str, Any]] = None) -> None:
         self.store = store
@@ -144,6 +152,19 @@ class TaskHandler:
             found.update(dict.fromkeys(p for p in str(info.outputs.get(key, "")).split(",") if p))
         return list(found)
 
+    def made_by(self) -> Optional[MadeBy]:
+        """What each claim records as having made its generation: :attr:`version`, :attr:`config` and the option
+        values (those given a value); None when the handler declares none of them."""
+        config = {**type(self).config, **{k: v for k, v in self.option_values.items() if v is not None}}
+        if type(self).version is None and not config:
+            return None
+        made = MadeBy(type(self).version, dict(config))
+        try:
+            made.detail()  # refused here, before anything is claimed
+        except Invalid as err:
+            raise Invalid(f"{type(self).__name__}: {err}") from None
+        return made
+
     # --- stages ------------------------------------------------------------------------------------
 
     def submit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:
@@ -159,6 +180,7 @@ class TaskHandler:
             _count(report, "waiting", len(plan.waiting))
             return report
         with self._stage(campaign, "submit") as report:
+            made_by = self.made_by()
             self.backend.check()  # an unreachable batch system: fail before claiming anything
             self._settle_leftovers(campaign, report)
             claimed = 0
@@ -168,7 +190,8 @@ class TaskHandler:
                 tried: list[Claim] = []
                 try:  # one group per claim, just before its submission: a killed build leaks nothing else
                     claims = self.store.claim(campaign, self.task, 1, self._grouping(), exclude=skip,
-                                              jobs=lambda c: self._make_jobs(campaign, c, made, tried))
+                                              jobs=lambda c: self._make_jobs(campaign, c, made, tried),
+                                              made_by=made_by)
                 except Exception as err:  # the claim was undone with everything it wrote: the run stays eligible
                     if not tried:
                         raise
@@ -307,9 +330,11 @@ class TaskHandler:
         return out
 
     def _with_options(self, specs: Sequence[JobSpec]) -> list[JobSpec]:
-        """The specs with the handler's option values in their environment (kept in the spec: a resubmitted job
-        runs with what it was made with); a variable the spec sets itself wins."""
+        """The specs with the handler's option values and version in their environment (kept in the spec: a
+        resubmitted job runs with what it was made with); a variable the spec sets itself wins."""
         env = option_env(self.option_values)
+        if type(self).version is not None:
+            env[VERSION_ENV] = str(type(self).version)
         return [replace(s, env={**env, **s.env}) for s in specs] if env else list(specs)
 
     def _give_up(self, campaign: str, run: int, generation: int, jobs: Sequence[JobInfo], error: str,

@@ -415,7 +415,8 @@ def read_report(folder: Path) -> JobReport:
     for name in HANDLER_FIELDS:
         if fields is not None and name in fields:
             fields = {k: v for k, v in fields.items() if k != name}
-            error = "; ".join(filter(None, [error, f"the report's field {name!r} was ignored (the handler records it)"]))
+            ignored = f"the report's field {name!r} was ignored (the handler records it)"
+            error = "; ".join(filter(None, [error, ignored]))
     return JobReport(fields, error)
 
 
