@@ -166,6 +166,18 @@ class Queries(StoreBase):
                                            None if gave is None else made.get((holder, gave))))
         return out
 
+    def made_by(self, campaign: str, task: str, run: int) -> dict[int, MadeBy]:
+        """What made each generation of ``run``'s instance (the workflow's version and configuration its claim
+        recorded), by generation; a generation without a record is left out."""
+        with self.db.tx(write=False) as tx:
+            _, tid, _ = campaign_task(tx, campaign, task)
+            iid = tx.scalar("SELECT ti.id FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                            " WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
+            if iid is None:
+                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+            made, _ = made_and_done(tx, [int(iid)])
+        return {generation: found for (_, generation), found in made.items()}
+
     def instance(self, campaign: str, task: str, run: int) -> InstanceInfo:
         with self.db.tx(write=False) as tx:
             _, tid, _ = campaign_task(tx, campaign, task)
