@@ -166,3 +166,11 @@ def test_a_value_holding_a_secret_of_the_handler_never_reaches_a_job(tmp_path: P
         with pytest.raises(StageFailed, match="run 7: an option's value holds a secret of this process"):
             handler.submit("prompt")
         assert store.instance("prompt", "probe", 7).status == "new" and store.list_jobs("prompt", "probe") == []
+
+
+@pytest.mark.parametrize("name", ["ECALSTATE_DB", "PGPASSWORD", "ECALSTATE_DB_PASSWORD_FILE", "1BAD", "A=B"])
+def test_a_job_cannot_be_given_the_database_or_a_secrets_variable(name: str) -> None:
+    from ecalstate.backends import JobSpec
+
+    with pytest.raises(Invalid, match=f"job 0: {name!r} is not a variable a job may be given"):
+        JobSpec(0, "sh", env={name: "x"})

@@ -35,12 +35,13 @@ case "$2" in
   link) ln -s /etc/passwd evil.png; ecalstate-job plot evil.png ;;
   notpng) ecalstate-job plot "$(pwd)/stdout" ;;
   huge) cp "$1" big.png; truncate -s 20M big.png; ecalstate-job plot big.png ;;
+  pipe) mkfifo pipe.png; ecalstate-job plot pipe.png ;;
   dotdot) printf '{"fields": {"plots": "%s/../../../../../../../../../etc/passwd"}}' "$(pwd)" > report.json ;;
 esac
 '''
 #: run -> (fill, what its plots job does); run 8's fill has not ended: it waits, with no outputs
 RUNS = {1: (10, "good"), 2: (10, "good"), 3: (11, "outside"), 4: (12, "link"), 5: (13, "notpng"), 6: (14, "huge"),
-        7: (15, "dotdot"), 8: (16, "good")}
+        7: (15, "dotdot"), 9: (17, "pipe"), 8: (18, "good")}
 
 
 def png(width: int = 3, height: int = 2) -> bytes:
@@ -150,6 +151,7 @@ def test_the_instance_page_lists_the_outputs_and_serves_only_that_instances_png(
         5: (400, f"{folder(work, 5)}/stdout is not a PNG: not served"),
         6: (400, f"{folder(work, 6)}/big.png is larger than 16 MiB: not served"),
         7: (400, "is not inside the work folder"),
+        9: (400, "jobs/prompt/probe/9/g1/j0.a1/pipe.png is a named pipe: not served"),  # and never waited on
     }
     for run, (code, said) in refused.items():
         status, _, body = fetch(view, f"/plot?c=prompt&task=probe&run={run}&n=0")
