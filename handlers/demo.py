@@ -18,8 +18,9 @@ Each fill is calibrated once, from all its runs, when it has ended. The day's
 calibration is made by phisym-calib's previous release (2.0); then the new one (2.1)
 is deployed: ``reprocess --version-not 2.1 --downstream`` takes every fill the old one
 calibrated, and the new one calibrates them again. Finally it prints the status
-overview and health, and writes the HTML report and the InfluxDB line protocol. Every other step is the command an operator or a
-Jenkins stage would type, run in-process.
+overview and health, and writes the HTML report and the InfluxDB line protocol.
+Every other step is the command an operator or a Jenkins stage would type, run
+in-process.
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_web
 from cli_support import as_json, invoke, ok
 from handler_support import make_campaign, settle
-from test_web import Served, browser, no_alert, serve, shown, wait_for  # noqa: F401 (browser: a fixture)
+from test_web import Served, no_alert, serve, shown, wait_for
 
 from ecalstate import RunSpec, Store
 from ecalstate.backends import JobSpec
@@ -52,6 +53,10 @@ def png(width: int = 3, height: int = 2) -> bytes:
     raw = b"".join(b"\x00" + bytes([200, 40, 40]) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+#: headless Chromium, as the web view's own tests drive it
+browser = test_web.browser
 
 
 class Mapped(TaskHandler):

@@ -7,7 +7,7 @@ backend's Python (on HTCondor the execute node's ``python3``, without ecalstate)
     ecalstate-job number KEY VALUE    # a numeric field (an integer or a finite decimal number)
     ecalstate-job output PATH         # an output file (the instance's outputs; relative to the job's folder)
     ecalstate-job plot PATH           # a plot (a PNG map is linked from the web view's instance page)
-    ecalstate-job fail MESSAGE        # why the job failed (check adds it to the reason; the payload then exits 1)
+    ecalstate-job fail MESSAGE        # why the job failed (check adds it to the reason); exit non-zero after it
     ecalstate-job show                # the report as it stands
 
 Each call changes the JSON report check reads (``ECALSTATE_REPORT``) whole or not at all: read under a lock

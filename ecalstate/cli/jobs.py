@@ -185,5 +185,6 @@ def outputs(app: App, campaign: str, task: str, runs: Optional[list[int]]) -> No
     for o in found:
         head = (o.run_number, styled(o.status), o.from_run, o.generation, None if o.made_by is None else str(o.made_by))
         rows += [(*head, kind, path) for kind, path in o.paths()] or [(*head, None, None)]
-    app.emit([o.to_dict() for o in found], lambda: echo_table(
-        ["run", "status", "from", "gen", "made by", "kind", "path"], rows, f"no task instance of {task} for these runs"))
+    headers = ["run", "status", "from", "gen", "made by", "kind", "path"]
+    app.emit([o.to_dict() for o in found],
+             lambda: echo_table(headers, rows, f"no task instance of {task} for these runs"))
