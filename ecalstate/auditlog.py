@@ -9,12 +9,15 @@ resolve once: a ``string`` row is never deleted, so an id seen committed can be 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Optional
 
 
 from .db import Tx
 from .limits import chunks
 from .outputs import gathered_outputs
+from .results import MadeBy
 from .statemachine import JobStatus, TaskStatus
 from .tables import TABLES
 
@@ -65,6 +68,30 @@ def vocab_id(text: str) -> int:
 RETRY_ROWS = f"from_status = {vocab_id('failed')} AND to_status = {vocab_id('idle')}"
 #: the rows of task instances (``ix_audit_task``: the last reason of an instance)
 TASK_ROWS = f"entity = {vocab_id('task')}"
+#: an instance's claims (which open its generations: their detail says what made each) and results
+_MADE_AND_DONE = (f"SELECT instance_id, generation, to_status, detail FROM audit_log WHERE {TASK_ROWS} AND to_status IN"
+                  f" ({vocab_id('processing')}, {vocab_id('done')}) AND instance_id IN ({{marks}}) ORDER BY id")
+
+
+def made_and_done(tx: Tx, iids: Sequence[int]) -> tuple[dict[tuple[int, int], MadeBy], dict[int, int]]:
+    """For these instances, from their audit rows (the partial index of instance rows): what made each generation
+    ((instance id, generation) -> :class:`MadeBy`, as its claim recorded it; none recorded, left out), and the
+    generation each was last done in (its outputs are that generation's)."""
+    made: dict[tuple[int, int], MadeBy] = {}
+    done: dict[int, int] = {}
+    for chunk in chunks(sorted(set(iids))):
+        for iid, generation, status, detail in tx.all(_MADE_AND_DONE.format(marks=",".join("?" * len(chunk))), chunk):
+            if status == vocab_id("done"):
+                done[iid] = generation
+                continue
+            found = MadeBy.from_detail(json.loads(detail)) if detail else None
+            if found is not None:
+                made[(iid, generation)] = found
+            else:
+                made.pop((iid, generation), None)
+    return made, done
+
+
 #: the audit's indexes: partial, of the rows their readers look for (an index of every row was a tenth of a year's
 #: file, read only for these); "detail = '='" rows are found when a job's fields change
 INDEXES = (

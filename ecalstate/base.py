@@ -300,11 +300,12 @@ def _move_sql(columns: tuple[str, ...]) -> str:
 def move_instance(
     ctx: Ctx, cid: int, task: str, *, iid: int, run: int, status: str, version: int, to: TaskStatus, reason: str,
     generation: Optional[int] = None, new_generation: Optional[int] = None, leader_id: Any = KEEP,
-    outputs: Any = KEEP,
+    outputs: Any = KEEP, detail: Optional[dict[str, Any]] = None,
 ) -> None:
     """Move instance ``iid`` (task ``task`` of run ``run``, read at ``status`` and ``version`` in this transaction)
-    to ``to``, audited with ``reason`` and ``generation``; ``new_generation``, ``leader_id`` and ``outputs`` set
-    those columns too. Refused by the table, or a :class:`Conflict` (nothing written) if the row moved meanwhile."""
+    to ``to``, audited with ``reason``, ``generation`` and ``detail`` (a claim's: what made its generation);
+    ``new_generation``, ``leader_id`` and ``outputs`` set those columns too. Refused by the table, or a
+    :class:`Conflict` (nothing written) if the row moved meanwhile."""
     TASK.check(TaskStatus(status), to, f"{task} run {run}")
     columns, values = [], []
     for column, value in (("generation", new_generation), ("leader_id", leader_id), ("outputs", outputs)):
@@ -315,7 +316,7 @@ def move_instance(
     if count != 1:
         raise Conflict(f"task {task} run {run} changed concurrently; nothing was written, retry")
     ctx.audit(cid, "task", task, to.value, from_status=status, instance_id=iid, run_number=run, generation=generation,
-              reason=reason)
+              reason=reason, detail=detail)
 
 
 def next_generation(ctx: Ctx, task: str, *, iid: int, run: int, version: int, generation: int) -> None:

@@ -19,7 +19,7 @@ from .catalog import ended_fills
 from .db import Tx
 from .errors import Invalid, NotFound
 from .jobs import check_jobs, insert_jobs, keep_outputs
-from .results import ONGOING, Claim
+from .results import ONGOING, Claim, MadeBy
 from .statemachine import TaskStatus
 
 T = TaskStatus
@@ -194,6 +194,7 @@ class Claims(StoreBase):
         lumi_target: Optional[float] = None,
         lumi_key: str = LUMI_KEY,
         exclude: Collection[int] = (),
+        made_by: Optional[MadeBy] = None,
     ) -> list[Claim]:
         """Mark up to ``limit`` complete groups of eligible runs as claimed: leader ``processing``, the rest
         ``merged``. A group that is not complete (see :class:`Grouping`) waits; :meth:`plan` says why.
@@ -202,11 +203,13 @@ class Claims(StoreBase):
         a build killed after the claim leaves jobs "to submit", never a claim without jobs. It runs while the
         write lock is held: it must only compute, not wait on I/O. Whatever it raises undoes the claim.
         ``exclude``: groups holding one of these runs are left alone (a submit stage's failed groups).
+        ``made_by``: the workflow's version and configuration, recorded with each claim (its audit row's detail).
         """
         if limit is not None and limit < 1:
             raise Invalid(f"invalid limit {limit}: expected an integer >= 1")
         rule = grouping(group_by, lumi_target, lumi_key)
         skip = set(exclude)
+        detail = made_by.detail() if made_by is not None else None
 
         def body(ctx: Ctx) -> list[Claim]:
             tx = ctx.tx
@@ -219,7 +222,7 @@ class Claims(StoreBase):
             groups = [g for g in plan.groups if g and not any(e.run_number in skip for e in g)]
             if limit is not None:
                 groups = groups[:limit]
-            claims = [_claim_group(ctx, cid, task, group) for group in groups]
+            claims = [_claim_group(ctx, cid, task, group, detail) for group in groups]
             if jobs is not None:
                 for claim in claims:
                     made = list(jobs(claim))
@@ -231,6 +234,8 @@ class Claims(StoreBase):
         args: tuple[Any, ...] = (campaign, task, limit, None if name == "run" and group_by is None else name)
         if isinstance(rule, Grouping) and rule.by == "lumi":
             args += (rule.lumi_target, rule.lumi_key)
+        if detail is not None:
+            args += (detail,)
         return self._write(
             "claim", request_id, body, args=args,
             encode=lambda claims: [c.__dict__ for c in claims],
@@ -266,10 +271,11 @@ def _eligible(tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] =
     ]
 
 
-def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible]) -> Claim:
+def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible],
+                 detail: Optional[dict[str, Any]] = None) -> Claim:
     leader, members = group[-1], list(group[:-1])
     generation = leader.generation + 1
-    move_eligible(ctx, cid, task, leader, T.PROCESSING, "claimed by submit", generation=generation)
+    move_eligible(ctx, cid, task, leader, T.PROCESSING, "claimed by submit", generation=generation, detail=detail)
     for member in members:
         move_eligible(ctx, cid, task, member, T.MERGED, f"merged into run {leader.run_number}",
               leader_id=leader.instance_id)
@@ -279,15 +285,17 @@ def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible]) -> Cl
 
 def move_eligible(
     ctx: Ctx, cid: int, task: str, inst: Eligible, to: TaskStatus, reason: str,
-    generation: Optional[int] = None, leader_id: Optional[int] = None,
+    generation: Optional[int] = None, leader_id: Optional[int] = None, detail: Optional[dict[str, Any]] = None,
 ) -> None:
     """Claim (``generation``: the next one) or merge (into ``leader_id``) an instance read as :class:`Eligible`;
-    a new generation first keeps what the one before gave (its outputs stay readable until the new one is done)."""
+    a new generation first keeps what the one before gave (its outputs stay readable until the new one is done).
+    ``detail``: the claim's audit detail (what made the generation)."""
     gen = inst.generation if generation is None else generation
     if gen != inst.generation:
         keep_outputs(ctx.tx, inst.instance_id, inst.generation)
     move_instance(ctx, cid, task, iid=inst.instance_id, run=inst.run_number, status=inst.status,
-                  version=inst.version, to=to, reason=reason, generation=gen, new_generation=gen, leader_id=leader_id)
+                  version=inst.version, to=to, reason=reason, generation=gen, new_generation=gen, leader_id=leader_id,
+                  detail=detail)
 
 
 def _plan(tx: Tx, cid: int, task_id: int, task: str, rule: Union[Grouping, Grouper],

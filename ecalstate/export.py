@@ -36,7 +36,10 @@ Measurements (``run``, ``job`` and ``handler`` are compatible with the original'
   so that a field's type never changes within a measurement. A field whose value
   changes kind lands in the other measurement: its value is the newer of the two;
 - ``handler``: tags campaign, stage, task; fields ok, heartbeat (always 1: its
-  ``last()`` gives the time of the last heartbeat), message, actor.
+  ``last()`` gives the time of the last heartbeat), message, actor;
+- ``made_by``: tags campaign, run_number, task; one point per claim that recorded
+  which version of the workflow made the generation it opened: fields version,
+  generation and ``config_<key>`` (each configuration value as text).
 
 Targets: InfluxDB 2.x/3.x and 1.8+ through ``influxdb-client``'s v2 write API
 (imported only when that target is opened); InfluxDB 1.x through ``POST /write``;
@@ -71,6 +74,7 @@ from .errors import EcalStateError, Invalid
 from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL, chunks
 from .lineprotocol import FieldValue, line, safe_key
 from .secrets import read_secret_file, redact_url
+from .results import MadeBy
 from .store import Store
 
 #: the most lines one request carries
@@ -513,7 +517,8 @@ def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
     if entity == "task":
         tags = [("campaign", campaign), ("fill", "" if fill is None else str(fill)), ("rtype", rtypes or ""),
                 ("run_number", str(run))]
-        return [line("run", tags, [(task, to_status)], when)]
+        made = _made_by(campaign, task, run, gen, detail, when)
+        return [line("run", tags, [(task, to_status)], when), *made]
     if entity == "job":
         tags = [("campaign", campaign), ("id", str(jid)), ("run_number", str(run)), ("task", task)]
         out = []
@@ -536,6 +541,24 @@ def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
         values = [("ok", to_status == "ok"), ("heartbeat", 1), ("message", reason or ""), ("actor", actor or "")]
         return [line("handler", [("campaign", campaign), ("stage", str(stage)), ("task", task)], values, when)]
     return []
+
+
+def _made_by(campaign: str, task: str, run: int, generation: Optional[int], detail: Optional[str],
+             when: int) -> list[str]:
+    """A claim's record of what made its generation, as a ``made_by`` point of its own (never beside a status):
+    the version and every configuration value as text (a field's type never changes), the generation."""
+    made = MadeBy.from_detail(json.loads(detail)) if detail else None
+    if made is None:
+        return []
+    values: list[tuple[str, FieldValue]] = [("generation", int(generation or 0))]
+    if made.version:
+        values.append(("version", str(made.version)))
+    for key, value in made.config.items():
+        if safe_key(str(key)):
+            values.append(("config_" + safe_key(str(key)), value if isinstance(value, str) else
+                           json.dumps(value, sort_keys=True, ensure_ascii=False)))
+    tags = [("campaign", campaign), ("run_number", str(run)), ("task", task)]
+    return [line("made_by", tags, sorted(values), when)]
 
 
 #: the positions of ROWS_SQL's text ids (entity, task, from_status, to_status, actor, reason)

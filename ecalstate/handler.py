@@ -27,17 +27,20 @@ JSON reports of jobs that could not reach the database; instances complete in
 the store. resubmit puts failed jobs under the retry limit back to idle (a new
 attempt, to submit) and submits them.
 Every stage records a heartbeat, ok or not, for ``ecalstate health``.
+A handler's own command-line options (:attr:`TaskHandler.options`, click options) are taken by every stage; their
+values reach ``jobs()`` and, kept in each job's spec, the jobs' environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
@@ -47,11 +50,15 @@ from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_b
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
-from .results import STARTED, BatchRecord, Claim, JobInfo, JobUpdate
-from .secrets import no_password_in_argument
+from .results import STARTED, BatchRecord, Claim, JobInfo, JobUpdate, MadeBy
+from .secrets import known_secrets, leaked, no_password_in_argument
 from .store import Store
 
 ACTIVE = ("idle", "running")
+#: the prefix of the variables that carry a handler's option values to its jobs
+OPTION_ENV_PREFIX = "ECALSTATE_OPTION_"
+#: the variable that gives the jobs their workflow's version
+VERSION_ENV = "ECALSTATE_WORKFLOW_VERSION"
 
 
 class StageFailed(EcalStateError):
@@ -102,10 +109,23 @@ class TaskHandler:
     #: the handler's environment variables its jobs need besides the base ones (e.g. ``X509_USER_PROXY``);
     #: the database and the secrets are never passed, even when named here
     job_env: ClassVar[Sequence[str]] = ()
+    #: the handler's own command-line options: click decorators (``click.option("--global-tag", required=True,
+    #: help="...")``) or click parameters. Every stage takes them (its ``--help`` shows them); their values are
+    #: :attr:`option_values`, and each job made gets them as ``ECALSTATE_OPTION_<NAME>`` (see :func:`option_env`)
+    options: ClassVar[Sequence[Any]] = ()
+    #: the workflow's version ("2.1"): recorded with each claim, so history, the outputs and the export say which
+    #: version made each generation, and ``ecalstate reprocess --version-not`` finds what another version made
+    version: ClassVar[Optional[str]] = None
+    #: the configuration that matters for what the jobs make (a global tag...), recorded with the version; the
+    #: option values are recorded with it (see :meth:`made_by`)
+    config: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, store: Store, backend: Backend) -> None:
+    def __init__(self, store: Store, backend: Backend, options: Optional[Mapping[str, Any]] = None) -> None:
         self.store = store
         self.backend = backend
+        #: the values of :attr:`options` by parameter name (``--global-tag``: ``global_tag``), as click made them;
+        #: from the library, ``options`` gives them and the declared defaults fill the rest
+        self.option_values: dict[str, Any] = option_values(type(self), options or {})
 
     # --- what a workflow implements ---------------------------------------------------------
 
@@ -132,6 +152,19 @@ class TaskHandler:
             found.update(dict.fromkeys(p for p in str(info.outputs.get(key, "")).split(",") if p))
         return list(found)
 
+    def made_by(self) -> Optional[MadeBy]:
+        """What each claim records as having made its generation: :attr:`version`, :attr:`config` and the option
+        values (those given a value); None when the handler declares none of them."""
+        config = {**type(self).config, **{k: v for k, v in self.option_values.items() if v is not None}}
+        if type(self).version is None and not config:
+            return None
+        made = MadeBy(type(self).version, dict(config))
+        try:
+            made.detail()  # refused here, before anything is claimed
+        except Invalid as err:
+            raise Invalid(f"{type(self).__name__}: {err}") from None
+        return made
+
     # --- stages ------------------------------------------------------------------------------------
 
     def submit(self, campaign: str, limit: Optional[int] = None, dry_run: bool = False) -> StageReport:
@@ -147,6 +180,7 @@ class TaskHandler:
             _count(report, "waiting", len(plan.waiting))
             return report
         with self._stage(campaign, "submit") as report:
+            made_by = self.made_by()
             self.backend.check()  # an unreachable batch system: fail before claiming anything
             self._settle_leftovers(campaign, report)
             claimed = 0
@@ -156,7 +190,8 @@ class TaskHandler:
                 tried: list[Claim] = []
                 try:  # one group per claim, just before its submission: a killed build leaks nothing else
                     claims = self.store.claim(campaign, self.task, 1, self._grouping(), exclude=skip,
-                                              jobs=lambda c: self._make_jobs(campaign, c, made, tried))
+                                              jobs=lambda c: self._make_jobs(campaign, c, made, tried),
+                                              made_by=made_by)
                 except Exception as err:  # the claim was undone with everything it wrote: the run stays eligible
                     if not tried:
                         raise
@@ -184,7 +219,7 @@ class TaskHandler:
                    tried: list[Claim]) -> list[tuple[int, Any]]:
         """The claim's jobs as the store creates them (inside the claim's transaction); their specs kept."""
         tried.append(claim)
-        specs = self.jobs(campaign, claim)
+        specs = self._with_options(self.jobs(campaign, claim))
         jids = [s.jid for s in specs]
         if not specs or len(set(jids)) != len(jids):
             raise Invalid(f"{type(self).__name__}.jobs() must return jobs with distinct ids, got {jids}")
@@ -282,7 +317,7 @@ class TaskHandler:
             if claim.generation != generation:
                 raise Conflict(f"run {run} was claimed again (generation {claim.generation}); generation"
                                f" {generation} is not submitted")
-            specs.update({s.jid: s for s in self.jobs(campaign, claim) if s.jid in missing})
+            specs.update({s.jid: s for s in self._with_options(self.jobs(campaign, claim)) if s.jid in missing})
         out = []
         for jid, path in paths.items():
             if jid in specs:
@@ -293,6 +328,14 @@ class TaskHandler:
             else:
                 out.append(JobSpec.from_dict(json.loads(path.read_text())))
         return out
+
+    def _with_options(self, specs: Sequence[JobSpec]) -> list[JobSpec]:
+        """The specs with the handler's option values and version in their environment (kept in the spec: a
+        resubmitted job runs with what it was made with); a variable the spec sets itself wins."""
+        env = option_env(self.option_values)
+        if type(self).version is not None:
+            env[VERSION_ENV] = str(type(self).version)
+        return [replace(s, env={**env, **s.env}) for s in specs] if env else list(specs)
 
     def _give_up(self, campaign: str, run: int, generation: int, jobs: Sequence[JobInfo], error: str,
                  report: StageReport) -> None:
@@ -436,6 +479,58 @@ def _message(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def declared_options(handler: type[TaskHandler]) -> list[click.Parameter]:
+    """The click parameters of ``handler.options`` (fresh ones at each call: a command owns its parameters)."""
+    params: list[click.Parameter] = []
+    for item in handler.options:
+        if isinstance(item, click.Parameter):
+            params.append(item)
+            continue
+        if not callable(item):
+            raise Invalid(f"{handler.__name__}.options: {item!r} is neither a click option nor a click parameter")
+
+        def holder() -> None:
+            """What the decorator decorates, to give up its parameter."""
+
+        item(holder)
+        params.extend(reversed(getattr(holder, "__click_params__", [])))
+    return params
+
+
+def option_values(handler: type[TaskHandler], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of ``handler``'s options: ``given`` (by parameter name), else as click makes them (the option's
+    environment variable, its default), checked as the command line checks them."""
+    params = declared_options(handler)
+    unknown = sorted(set(given) - {p.name for p in params})
+    if unknown:
+        names = ", ".join(str(p.name) for p in params) or "none"
+        raise Invalid(f"{handler.__name__}: no option {unknown[0]!r} (declared: {names})")
+    if not params:
+        return {}
+    command = click.Command(handler.__name__, params=params)
+    try:
+        return dict(command.make_context(handler.__name__, [], default_map=dict(given)).params)
+    except click.ClickException as err:
+        raise Invalid(f"{handler.__name__}: {err.format_message()}") from None
+
+
+def option_env(values: Mapping[str, Any]) -> dict[str, str]:
+    """Option values as the jobs' variables: ``global_tag`` is ``ECALSTATE_OPTION_GLOBAL_TAG``; a flag is ``true``
+    or ``false``, a repeated option comma-joined, an option without a value left out. A value holding a secret of
+    this process (an option read from the environment) is refused: the jobs never see one."""
+    env: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        text = ("true" if value else "false") if isinstance(value, bool) else \
+            ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        env[OPTION_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()] = text
+    if leaked(env.values(), known_secrets()):
+        raise Invalid("an option's value holds a secret of this process: jobs never get one (give the secret to the"
+                      " payload another way, e.g. a file only it reads)")
+    return env
+
+
 class _Context:
     """The options of the handler's command group, and the store and backend they open."""
 
@@ -447,20 +542,26 @@ class _Context:
         self.slots = slots
         self.as_json = as_json
 
-    def handler(self) -> TaskHandler:
+    def handler(self, values: Mapping[str, Any]) -> TaskHandler:
+        """The handler over the store and backend the options name, with its own options' ``values``."""
         options: dict[str, Any] = {"slots": self.slots} if self.backend_name == "local" else {
             "template": self.handler_cls.condor}
         options["job_env"] = self.handler_cls.job_env
         backend = make_backend(self.backend_name, self.workdir, **options)
-        return self.handler_cls(Store.open(self.db, actor=self.actor), backend)
+        store = Store.open(self.db, actor=self.actor)
+        try:
+            return self.handler_cls(store, backend, values)
+        except BaseException:
+            store.close()
+            raise
 
-    def each(self, stage: Callable[[TaskHandler, str], StageReport]) -> None:
+    def each(self, stage: Callable[[TaskHandler, str], StageReport], values: Mapping[str, Any]) -> None:
         """Run ``stage`` for every campaign; print each report; exit 1 (one line per error) if any failed."""
         if not self.campaigns:
             raise click.UsageError("Missing option '-c' / '--campaign': give at least one.")
         errors = []
         try:
-            handler = self.handler()
+            handler = self.handler(values)
         except EcalStateError as err:
             raise click.ClickException(str(err)) from None
         try:
@@ -524,22 +625,40 @@ def _make_cli(handler: type[TaskHandler]) -> click.Group:
     @limit_option
     @dry_run_option
     @click.pass_obj
-    def submit(obj: _Context, limit: Optional[int], dry_run: bool) -> None:
-        obj.each(lambda h, c: h.submit(c, limit, dry_run))
+    def submit(obj: _Context, limit: Optional[int], dry_run: bool, **values: Any) -> None:
+        obj.each(lambda h, c: h.submit(c, limit, dry_run), values)
 
     @group.command(help=example("Reconcile job statuses with the batch system; complete task instances.",
                                 "-c prompt check"))
     @dry_run_option
     @click.pass_obj
-    def check(obj: _Context, dry_run: bool) -> None:
-        obj.each(lambda h, c: h.check(c, dry_run))
+    def check(obj: _Context, dry_run: bool, **values: Any) -> None:
+        obj.each(lambda h, c: h.check(c, dry_run), values)
 
     @group.command(help=example("Resubmit failed jobs that are under the task's retry limit.",
                                 "-c prompt resubmit"))
     @limit_option
     @dry_run_option
     @click.pass_obj
-    def resubmit(obj: _Context, limit: Optional[int], dry_run: bool) -> None:
-        obj.each(lambda h, c: h.resubmit(c, limit, dry_run))
+    def resubmit(obj: _Context, limit: Optional[int], dry_run: bool, **values: Any) -> None:
+        obj.each(lambda h, c: h.resubmit(c, limit, dry_run), values)
 
+    for command in (submit, check, resubmit):
+        _add_options(handler, group, command)
     return group
+
+
+def _add_options(handler: type[TaskHandler], group: click.Group, command: click.Command) -> None:
+    """Give a stage the handler's own options; one that would hide an option of the stage or of its group (or take
+    its parameter name) is refused."""
+    taken = {"-h", "--help"}
+    names = set()
+    for param in [*group.params, *command.params]:
+        taken.update(param.opts + param.secondary_opts)
+        names.add(param.name)
+    for param in declared_options(handler):
+        clash = sorted(taken.intersection(param.opts + param.secondary_opts)) or \
+            ([f"named {param.name}"] if param.name in names else [])
+        if clash:
+            raise Invalid(f"{handler.__name__}: option {clash[0]} is a stage's own: give yours another name")
+        command.params.append(param)

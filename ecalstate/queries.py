@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
+from .auditlog import made_and_done
 from .base import StoreBase, campaign_id, campaign_task, loads, task_names, task_of
 from .clock import to_micros
 from .errors import Invalid, NotFound
@@ -16,7 +17,7 @@ from .filters import RunFilter, parse_filter
 from .limits import INT64_MAX
 from .monitoring import blocked_instances, stuck_instances
 from .outputs import instance_outputs
-from .results import AuditRow, InstanceInfo, Overview, OverviewRow
+from .results import AuditRow, InstanceInfo, InstanceOutputs, MadeBy, Overview, OverviewRow
 from .statemachine import TASK, TaskStatus
 
 #: what the audit records: task instances' and jobs' transitions, and ``handler`` rows (the stages' heartbeats)
@@ -138,6 +139,45 @@ class Queries(StoreBase):
         info = self.instance(campaign, task, run)
         return info.leader_run if info.status == "merged" and info.leader_run is not None else run
 
+    def outputs(self, campaign: str, task: str, runs: Optional[Sequence[int]] = None) -> list[InstanceOutputs]:
+        """Each instance's current outputs (of ``runs``, else every run of the task), in run order: a merged run's
+        are its group leader's; with the generation that gave them and what made it (the claim's record)."""
+        with self.db.tx(write=False) as tx:
+            _, tid, _ = campaign_task(tx, campaign, task)
+            sql = ("SELECT r.run_number, ti.status, h.id, h.generation, h.outputs, hr.run_number"
+                   " FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                   " JOIN task_instance h ON h.id = CASE WHEN ti.status = 'merged' AND ti.leader_id IS NOT NULL"
+                   " THEN ti.leader_id ELSE ti.id END JOIN run hr ON hr.id = h.run_id WHERE ti.task_id = ?")
+            params: list[Any] = [tid]
+            if runs is not None:
+                spans = run_spans(runs)
+                sql += " AND (" + (" OR ".join("r.run_number BETWEEN ? AND ?" for _ in spans) or "1 = 0") + ")"
+                params += [bound for span in spans for bound in span]
+            rows = tx.all(sql + " ORDER BY r.run_number", params)
+            made, done = made_and_done(tx, [r[2] for r in rows])
+            gathered: dict[int, dict[str, Any]] = {}
+            out = []
+            for number, status, holder, generation, stored, from_run in rows:
+                if holder not in gathered:
+                    gathered[holder] = instance_outputs(tx, holder, generation, stored)
+                found = gathered[holder]
+                gave = done.get(holder) if found else None
+                out.append(InstanceOutputs(number, status, from_run, gave, {k: str(v) for k, v in found.items()},
+                                           None if gave is None else made.get((holder, gave))))
+        return out
+
+    def made_by(self, campaign: str, task: str, run: int) -> dict[int, MadeBy]:
+        """What made each generation of ``run``'s instance (the workflow's version and configuration its claim
+        recorded), by generation; a generation without a record is left out."""
+        with self.db.tx(write=False) as tx:
+            _, tid, _ = campaign_task(tx, campaign, task)
+            iid = tx.scalar("SELECT ti.id FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                            " WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
+            if iid is None:
+                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+            made, _ = made_and_done(tx, [int(iid)])
+        return {generation: found for (_, generation), found in made.items()}
+
     def instance(self, campaign: str, task: str, run: int) -> InstanceInfo:
         with self.db.tx(write=False) as tx:
             _, tid, _ = campaign_task(tx, campaign, task)
@@ -183,14 +223,13 @@ class Queries(StoreBase):
                                                 status, transitions_only, kinds)
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
                    " a.to_status, a.actor, a.reason, a.request_id, a.identity,"
-                   " CASE WHEN a.from_status = a.to_status THEN a.detail END"
+                   " CASE WHEN a.from_status = a.to_status OR a.entity = 'task' THEN a.detail END"
                    " FROM audit a JOIN campaign c ON c.id = a.campaign_id" + where + " ORDER BY a.id DESC")
             if limit is not None or offset:
                 sql += " LIMIT ? OFFSET ?"
                 params += [INT64_MAX if limit is None else limit, offset]
             rows = tx.all(sql, params)
-        return [replace(AuditRow(*r[:14]), fields=loads(r[14])) if r[14] else AuditRow(*r[:14])
-                for r in reversed(rows)]
+        return [_audit_row(r) for r in reversed(rows)]
 
     def history_count(
         self,
@@ -367,6 +406,17 @@ def _micros(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+def _audit_row(row: Sequence[Any]) -> AuditRow:
+    """A history row: an annotation with the fields it recorded, a claim with what made its generation."""
+    audit = AuditRow(*row[:14])
+    if not row[14]:
+        return audit
+    detail = loads(row[14])
+    if audit.entity == "task":
+        return replace(audit, made_by=MadeBy.from_detail(detail))
+    return replace(audit, fields=detail)
 
 
 def run_spans(runs: Sequence[int]) -> list[tuple[int, int]]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
+
+from .errors import Invalid
 
 
 #: the job field a check records the start of a job's attempt in, as its batch system reported it
@@ -204,6 +208,86 @@ class JobInfo:
         return reported if isinstance(reported, str) else self.started_at
 
 
+#: what a workflow's version may be: "2.1", "v2.1-rc1", "2026.06+git.3f2a"
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:~-]{0,63}")
+#: the most bytes a claim's record of what made its generation takes in the audit
+MAX_MADE_BY_BYTES = 4096
+#: the key of a claim's audit detail that holds it
+MADE_BY_KEY = "made_by"
+
+
+@dataclass(frozen=True)
+class MadeBy:
+    """Which version of a workflow, with which configuration that matters (a global tag, a handler's option
+    values), made a generation of an instance's jobs: recorded with the claim that opened it."""
+
+    version: Optional[str] = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        shown = [f"version {self.version}" if self.version else "no version"]
+        shown += [f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}"
+                  for k, v in sorted(self.config.items())]
+        return "; ".join(shown)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "config": dict(self.config)}
+
+    @classmethod
+    def from_detail(cls, detail: Any) -> Optional[MadeBy]:
+        """What an audit row's detail (parsed) says made its generation; None when it says nothing."""
+        made = detail.get(MADE_BY_KEY) if isinstance(detail, dict) else None
+        if not isinstance(made, dict):
+            return None
+        config = made.get("config")
+        return cls(made.get("version"), config if isinstance(config, dict) else {})
+
+    def detail(self) -> dict[str, Any]:
+        """The claim's audit detail: checked (a version of :data:`VERSION`, configuration of JSON values under plain
+        keys, at most :data:`MAX_MADE_BY_BYTES` in all), configuration as JSON gives it back."""
+        if self.version is not None and not (isinstance(self.version, str) and VERSION.fullmatch(self.version)):
+            raise Invalid(f"version {self.version!r} is not a version (a letter or digit, then letters, digits and"
+                          " ._+:~-, at most 64)")
+        for key, value in self.config.items():
+            if not isinstance(key, str) or not VERSION.fullmatch(key):
+                raise Invalid(f"config key {key!r} is not a plain name")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise Invalid(f"config[{key!r}]: not a JSON value") from None
+        detail = {MADE_BY_KEY: json.loads(json.dumps(self.to_dict()))}
+        size = len(json.dumps(detail, sort_keys=True).encode())
+        if size > MAX_MADE_BY_BYTES:
+            raise Invalid(f"what made a generation (version and configuration) would take {size} bytes in the audit,"
+                          f" more than {MAX_MADE_BY_BYTES}")
+        return detail
+
+
+@dataclass(frozen=True)
+class InstanceOutputs:
+    """An instance's current outputs (a merged run's: its group leader's), which generation gave them, and what
+    made that generation."""
+
+    run_number: int
+    status: str
+    #: the run holding the outputs: the leader of a merged run's group, else the run itself
+    from_run: int
+    #: the generation whose jobs gave the outputs (a processing instance shows the previous one's until done)
+    generation: Optional[int]
+    outputs: dict[str, str]
+    made_by: Optional[MadeBy]
+
+    def paths(self) -> list[tuple[str, str]]:
+        """(kind, path) of every output, in the original's order (``output`` first, then ``plots``)."""
+        return [(kind, path) for kind, text in self.outputs.items() for path in str(text).split(",") if path]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_number": self.run_number, "status": self.status, "from_run": self.from_run,
+                "generation": self.generation, "outputs": {k: [p for p in str(v).split(",") if p]
+                                                           for k, v in self.outputs.items()},
+                "made_by": None if self.made_by is None else self.made_by.to_dict()}
+
+
 @dataclass(frozen=True)
 class AuditRow:
     id: int
@@ -223,11 +307,16 @@ class AuditRow:
     identity: str = ""
     #: what an annotation (a job's fields changing, its status not: from == to) recorded; None for a transition
     fields: Optional[dict[str, Any]] = None
+    #: a claim's row: what made the generation it opened (the workflow's version and configuration)
+    made_by: Optional[MadeBy] = None
 
     @property
     def said(self) -> str:
         """The reason, and for an annotation without one what it recorded (a submit's, or an adopting stage's,
-        logs folder beside the batch id): an 'idle -> idle' row with nothing to say read as a transition."""
+        logs folder beside the batch id): an 'idle -> idle' row with nothing to say read as a transition; a claim
+        says what made its generation."""
+        if self.made_by is not None:
+            return f"{self.reason} (made by {self.made_by})"
         if self.reason or not self.fields:
             return self.reason
         return "fields recorded: " + ", ".join(f"{k}={v}" for k, v in self.fields.items())

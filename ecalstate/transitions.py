@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .auditlog import made_and_done
 from .base import Ctx, StoreBase, campaign_task, downstream_tasks, move_instance
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
@@ -69,21 +70,25 @@ class Transitions(StoreBase):
         dry_run: bool = False,
         request_id: Optional[str] = None,
         generation: Optional[int] = None,
+        version_not: Optional[str] = None,
     ) -> BulkResult:
         """Mark task instances for reprocessing (by runs, or every failed one), optionally downstream too.
 
         ``generation``: roll back one claim only, a submit stage's own: refused with :class:`Conflict` (nothing
         written) unless every run given is ``processing`` in that generation, so a claim an operator aborted
         and another build took again is never aborted by the first build's rollback.
+        ``version_not``: of the runs selected (every done or failed run of the task when none is given), only those
+        whose current generation another version of the workflow made, or none recorded; the others are unchanged.
         """
-        if not runs and not failed:
-            raise Invalid("nothing selected: give runs or failed=True")
+        if not runs and not failed and version_not is None:
+            raise Invalid("nothing selected: give runs, failed=True or version_not")
         return self._operate("reprocess", campaign, task, runs or (), failed, downstream, T.REPROCESS, reason,
-                             dry_run, request_id, generation)
+                             dry_run, request_id, generation, version_not)
 
     def _operate(
         self, kind: str, campaign: str, task: str, runs: Sequence[int], failed: bool, downstream: bool,
         target: TaskStatus, reason: str, dry_run: bool, request_id: Optional[str], generation: Optional[int] = None,
+        version_not: Optional[str] = None,
     ) -> BulkResult:
         if not reason or not reason.strip():
             raise Invalid("a reason is required for operator transitions")
@@ -91,14 +96,18 @@ class Transitions(StoreBase):
         def plan(tx: Tx) -> tuple[int, list[_Target], list[Change]]:
             cid, tid, _ = campaign_task(tx, campaign, task)
             targets, missing = _select(tx, tid, task, runs, failed)
+            left: list[Change] = []
+            why: dict[int, str] = {}
+            if version_not is not None:
+                targets, left, why = _made_by_other(tx, tid, targets if runs or failed else None, version_not)
             if target == T.REPROCESS:
                 targets = _expand(tx, self, cid, targets, downstream)
             elif target == T.SKIPPED:  # nothing to do downstream either: the dependent tasks skip the run too
                 targets = _expand(tx, self, cid, targets, True)
             changes = [Change("task", f"{task} run {r}", None, target.value, "refused", "no such task instance")
-                       for r in missing]
+                       for r in missing] + left
             changes += [_decide(t, target, _unprocessed(tx, campaign, t) if target == T.REPROCESS and t.explicit
-                                and t.status == T.NEW.value else "") for t in targets]
+                                and t.status == T.NEW.value else "", why.get(t.iid, "")) for t in targets]
             return cid, targets, changes
 
         if dry_run:
@@ -117,7 +126,8 @@ class Transitions(StoreBase):
             return BulkResult(changes)
 
         return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
-                           args=(campaign, task, sorted(runs), failed, downstream, target.value, reason, generation))
+                           args=(campaign, task, sorted(runs), failed, downstream, target.value, reason, generation,
+                                 version_not))
 
 
 def _check_generation(tx: Tx, task: str, targets: Sequence[_Target], generation: int) -> None:
@@ -197,9 +207,9 @@ def _unprocessed(tx: Tx, campaign: str, t: _Target) -> str:
             ' --reason "..."')
 
 
-def _decide(t: _Target, target: TaskStatus, unprocessed: str = "") -> Change:
+def _decide(t: _Target, target: TaskStatus, unprocessed: str = "", why: str = "") -> Change:
     """The outcome of one instance; ``unprocessed``: why an explicit run not processed yet is refused instead of
-    the table's bare refusal."""
+    the table's bare refusal; ``why``: why it was selected (the version that made it)."""
     key = f"{t.task} run {t.run}"
     current = TaskStatus(t.status)
     if current == target:
@@ -209,7 +219,7 @@ def _decide(t: _Target, target: TaskStatus, unprocessed: str = "") -> Change:
             return Change("task", key, current.value, target.value, "refused",
                           f"{target.value} is set by claims, not by hand (an operator may set: "
                           f"{', '.join(s.value for s in OPERATOR_TARGETS)})")
-        return Change("task", key, current.value, target.value, "changed", "" if t.explicit else "cascade")
+        return Change("task", key, current.value, target.value, "changed", why or ("" if t.explicit else "cascade"))
     if not t.explicit and current in (T.NEW, T.REPROCESS):
         return Change("task", key, current.value, target.value, "unchanged", "not processed yet")
     if not t.explicit and target == T.SKIPPED:
@@ -239,3 +249,33 @@ def _refusal(changes: list[Change]) -> Refused:
 def _write(ctx: Ctx, cid: int, t: _Target, target: TaskStatus, reason: str) -> None:
     move_instance(ctx, cid, t.task, iid=t.iid, run=t.run, status=t.status, version=t.version, to=target,
                   reason=reason if t.explicit else f"{reason} (cascade)", leader_id=None)
+
+
+def _made_by_other(tx: Tx, tid: int, targets: Optional[list[_Target]], version: str,
+                   ) -> tuple[list[_Target], list[Change], dict[int, str]]:
+    """Of ``targets`` (None: every done or failed instance of the task), those done or failed whose current
+    generation another version made (or none recorded), with why each was taken; the others, unchanged, with why."""
+    if targets is None:
+        targets = [_target(row, True) for row in tx.all(
+            f"{_COLUMNS} WHERE ti.task_id = ? AND ti.status IN ('done', 'failed'){tx.lock('ti')}", (tid,))]
+    generations: dict[int, int] = {}
+    for chunk in chunks([t.iid for t in targets]):
+        marks = ",".join("?" * len(chunk))
+        generations.update(tx.all(f"SELECT id, generation FROM task_instance WHERE id IN ({marks})", chunk))
+    made, _ = made_and_done(tx, list(generations))
+    chosen: list[_Target] = []
+    left: list[Change] = []
+    why: dict[int, str] = {}
+    for t in targets:
+        key = f"{t.task} run {t.run}"
+        if t.status not in (T.DONE.value, T.FAILED.value):
+            left.append(Change("task", key, t.status, T.REPROCESS.value, "unchanged",
+                               f"{t.status}: only a done or failed run is selected by the version that made it"))
+            continue
+        found = made.get((t.iid, generations[t.iid]))
+        if found is not None and found.version == version:
+            left.append(Change("task", key, t.status, T.REPROCESS.value, "unchanged", f"made by version {version}"))
+            continue
+        chosen.append(t)
+        why[t.iid] = f"made by version {found.version}" if found and found.version else "made by no recorded version"
+    return chosen, left, why

@@ -14,10 +14,13 @@ resubmit and submit of each workflow run with the local backend, until every
 task instance is done. One reconstruction job fails on its first attempt
 (resubmit recovers it, and its fill's calibration waits for it); the operator
 skips one run (ECAL was partly off), which its fill's calibration leaves out.
-Each fill is calibrated once, from all its runs, when it has ended. Finally it
-prints the status overview and health, and writes the HTML report and the
-InfluxDB line protocol. Every other step is the command an operator or a
-Jenkins stage would type, run in-process.
+Each fill is calibrated once, from all its runs, when it has ended. The day's
+calibration is made by phisym-calib's previous release (2.0); then the new one (2.1)
+is deployed: ``reprocess --version-not 2.1 --downstream`` takes every fill the old one
+calibrated, and the new one calibrates them again. Finally it prints the status
+overview and health, and writes the HTML report and the InfluxDB line protocol.
+Every other step is the command an operator or a Jenkins stage would type, run
+in-process.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import click
 
 from ecalstate import Store
 from ecalstate.cli import main as ecalstate
+from ecalstate.handler import TaskHandler
 from ecalstate.sources.oms import OMSAPI, OmsRunSource, Response, RunMapping
 from ecalstate.sources.sync import sync
 
@@ -49,7 +53,16 @@ from phisym_plots import PhiSymPlots  # noqa: E402
 from phisym_reco import PhiSymReco  # noqa: E402
 
 CAMPAIGN = "prompt"
-WORKFLOWS = (PhiSymReco, PhiSymCalib, PhiSymPlots)
+
+
+class PhiSymCalib20(PhiSymCalib):
+    """phisym-calib as released before the new one: the day is calibrated by it, then reprocessed by the new."""
+
+    version = "2.0"
+
+
+#: the workflows Jenkins runs during the day (phisym-calib in its previous release)
+WORKFLOWS = (PhiSymReco, PhiSymCalib20, PhiSymPlots)
 MARKER = ".ecalstate-demo"
 FIRST_RUN, FIRST_FILL = 380001, 9001
 DAY_START = datetime(2026, 6, 14, tzinfo=timezone.utc)
@@ -209,20 +222,29 @@ def main() -> None:
                                          str(SKIPPED_RUN), "skipped", "--reason", "ECAL partly off (simulated)"])
         output = io.StringIO()
         with contextlib.redirect_stdout(output):  # which fills wait, and why
-            run(PhiSymCalib.cli(), f"{PhiSymCalib.task}.py", [*handler_args, "submit", "--dry-run"], echo=False)
+            run(PhiSymCalib20.cli(), f"{PhiSymCalib.task}.py", [*handler_args, "submit", "--dry-run"], echo=False)
         if output.getvalue() != waiting and "waits:" in output.getvalue():
             click.echo(f"   $ python handlers/phisym_calib.py ... submit --dry-run\n   {output.getvalue().strip()}")
         waiting = output.getvalue()
-        for workflow, stage in stages:
-            output = io.StringIO()
-            with contextlib.redirect_stdout(output):
-                run(workflow.cli(), f"{workflow.task}.py", [*handler_args, stage], echo=False)
-            for line in output.getvalue().splitlines():
-                if not line.endswith("nothing to do"):
-                    click.echo(f"   {line}")
+        jenkins(stages, handler_args)
         if iso(now) >= last_end and finished(db):
             break
         time.sleep(0.5)
+
+    click.secho(f"\n== a new release: phisym-calib {PhiSymCalib.version} (the day was calibrated by"
+                f" {PhiSymCalib20.version}); everything an older version made is reprocessed", bold=True)
+    run(ecalstate, "ecalstate", [*base, "outputs", "-c", CAMPAIGN, "--task", "phisym-calib"])
+    run(ecalstate, "ecalstate", [*base, "reprocess", "-c", CAMPAIGN, "--task", "phisym-calib", "--version-not",
+                                 str(PhiSymCalib.version), "--downstream", "--reason",
+                                 f"phisym-calib {PhiSymCalib.version}: new release"])
+    release = [(w, stage) for w in (PhiSymCalib, PhiSymPlots) for stage in ("check", "resubmit", "submit")]
+    for tick in range(1, args.ticks + 1):
+        click.secho(f"-- tick {tick}", fg="cyan")
+        jenkins(release, handler_args)
+        if finished(db):
+            break
+        time.sleep(0.5)
+    run(ecalstate, "ecalstate", [*base, "outputs", "-c", CAMPAIGN, "--task", "phisym-calib"])
 
     click.secho("\n== the result", bold=True)
     run(ecalstate, "ecalstate", [*base, "status", "-c", CAMPAIGN])
@@ -237,6 +259,17 @@ def main() -> None:
     click.secho(f"demo finished in {time.monotonic() - t0:.1f} s; everything is in {out}", bold=True)
     if not finished(db):
         raise SystemExit("demo: some task instances did not finish")
+
+
+def jenkins(stages: Sequence[tuple[type[TaskHandler], str]], handler_args: Sequence[str]) -> None:
+    """One Jenkins tick: each workflow's stage, in-process; what did something is printed."""
+    for workflow, stage in stages:
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            run(workflow.cli(), f"{workflow.task}.py", [*handler_args, stage], echo=False)
+        for line in output.getvalue().splitlines():
+            if not line.endswith("nothing to do"):
+                click.echo(f"   {line}")
 
 
 def finished(db: str) -> bool:

@@ -23,6 +23,7 @@ class PhiSymPlots(TaskHandler):
     task = "phisym-plots"
     group_by = "fill"
     condor = {"request_memory": "256MB", "+JobFlavour": '"espresso"'}
+    version = "1.2"
 
     def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
         constants = self.outputs(campaign, UPSTREAM, claim.runs)

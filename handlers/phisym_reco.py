@@ -24,6 +24,7 @@ MAX_JOBS = 6
 class PhiSymReco(TaskHandler):
     task = "phisym-reco"
     condor = {"request_memory": "512MB", "+JobFlavour": '"espresso"'}
+    version = "1.4"
 
     def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
         events = int(claim.meta.get("nevents", 3 * EVENTS_PER_JOB))

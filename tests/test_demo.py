@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
     assert "healthy: nothing stuck" in result.stdout
     assert "run sync -c prompt --source oms" in result.stdout and "export --out" in result.stdout
     assert "fill 9001 waits: run 380002 phisym-reco processing" in result.stdout  # its retried reconstruction
+    assert "== a new release: phisym-calib 2.1 (the day was calibrated by 2.0)" in result.stdout
+    assert re.search(r"changed +phisym-calib run 380003 +done -> reprocess +\(made by version 2\.0\)", result.stdout)
     with Store.open(str(out / "ecalstate.db")) as store:
         overview = store.overview("prompt")
         statuses = {r.run_number: r.statuses for r in overview.rows}
@@ -38,12 +41,23 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         # the operator skipped one run: nothing to do for it, downstream too
         assert statuses[380005] == {"phisym-reco": "skipped", "phisym-calib": "skipped", "phisym-plots": "skipped"}
         assert all(s["phisym-reco"] == "done" for n, s in statuses.items() if s and n != 380005)
-        # every fill calibrated exactly once, from all its runs (the skipped one left out)
+        # every fill calibrated exactly once by each release, from all its runs (the skipped one left out): the day
+        # by phisym-calib 2.0, then again by 2.1 (reprocess --version-not 2.1 --downstream)
         claims = [a for a in store.history("prompt", task="phisym-calib", limit=None)
                   if a.entity == "task" and a.to_status == "processing"]
-        assert sorted(a.run_number for a in claims) == [380003, 380008]
+        assert [(a.run_number, a.generation, a.made_by.version if a.made_by else None) for a in claims] == [
+            (380003, 1, "2.0"), (380008, 1, "2.0"), (380003, 2, "2.1"), (380008, 2, "2.1")]
+        assert all(a.made_by and a.made_by.config["global_tag"] == "GT_PROMPT_2026_v1" for a in claims)
         calib = {j.run_number: j.fields["runs"] for j in store.list_jobs("prompt", "phisym-calib")}
         assert calib == {380003: "380001,380002,380003", 380008: "380006,380007,380008"}
+        outputs = store.outputs("prompt", "phisym-calib")
+        assert {(o.run_number, o.from_run, o.generation, o.made_by.version if o.made_by else None) for o in outputs
+                if o.status in ("done", "merged")} == {(380001, 380003, 2, "2.1"), (380002, 380003, 2, "2.1"),
+                                                        (380003, 380003, 2, "2.1"), (380006, 380008, 2, "2.1"),
+                                                        (380007, 380008, 2, "2.1"), (380008, 380008, 2, "2.1")}
+        # downstream: the maps were drawn again from the new constants
+        assert {(o.from_run, o.generation) for o in store.outputs("prompt", "phisym-plots") if o.outputs} == {
+            (380003, 2), (380008, 2)}
         # the injected transient failure was recovered by resubmit
         job = store.list_jobs("prompt", "phisym-reco", run=380002)[0]
         assert (job.status, job.attempts) == ("done", 2)

@@ -43,6 +43,8 @@ def test_the_readmes_look_around_block_works_word_for_word(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "injected transient failure" in out  # the job logs command: the injected failure
+    # ecalstate outputs: a merged run's map is its fill's, made by phisym-plots 1.2
+    assert re.search(r"380001\s+merged\s+380003\s+\d+\s+version 1\.2\s+plots\s+\S+ic_map_fill9001_0\.png", out)
     assert re.search(r"exit code 3: injected transient failure", out)  # history --status failed
     assert "changed" in out and "phisym-calib run 380002" in out and "phisym-plots run 380003" in out  # reprocess
     assert re.search(r"prompt phisym-calib submit: claimed 1, merged 2", out), out[-2000:]  # the fill again

@@ -8,7 +8,8 @@ check can reconcile jobs even when recording their batch ids failed.
 
 Every job attempt gets its own folder (``<workdir>/jobs/<campaign>/<task>/<run>/
 g<generation>/j<jid>.a<attempt>``) holding its stdout, stderr and the JSON report
-the job writes for check to read (path in the job's ``ECALSTATE_REPORT``).
+the job writes for check to read (path in the job's ``ECALSTATE_REPORT``), by hand or with the
+``ecalstate-job`` command put on every job's ``PATH`` (:mod:`ecalstate.backends.jobtool`).
 
 Jobs never run with the handler's environment: they get an allow-list (the base
 variables and what the workflow declares, see :mod:`ecalstate.secrets`) plus their
@@ -26,6 +27,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -38,14 +40,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from ..errors import EcalStateError, Invalid
-from ..secrets import job_environment
+from ..secrets import NEVER_INHERITED, job_environment
+from . import jobtool
 from .jobfiles import NotRegular, attempt_dir, read_head, read_tail
+from .jobtool import HANDLER_FIELDS, MAX_REPORT_BYTES, REPORT_NAME
 
 #: backend name -> "module:class", imported on use (the HTCondor bindings are heavy and optional)
 BACKENDS = {"local": ".local:LocalBackend", "htcondor": ".htcondor:CondorBackend"}
-REPORT_NAME = "report.json"
-#: the largest job report check reads (outputs, plot URLs, numbers: a few kB in practice)
-MAX_REPORT_BYTES = 64 * 1024
+#: what a job's own variable may be named
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: the PATH a job gets when the handler has none (the report command is put before it)
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class BackendError(EcalStateError):
@@ -71,17 +76,28 @@ class JobSpec:
     executable: str
     args: Sequence[str] = ()
     fields: Mapping[str, Any] = field(default_factory=dict)
+    #: variables of the job's own (a handler's option values: ``ECALSTATE_OPTION_*``), beside the allow-listed
+    #: ones; the job's ``ECALSTATE_*`` variables win, and a variable that reaches the state or a secret is refused
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in self.env.items():
+            if not ENV_NAME.fullmatch(name) or name in NEVER_INHERITED or not isinstance(value, str):
+                raise Invalid(f"job {self.jid}: {name!r} is not a variable a job may be given (a name of letters,"
+                              " digits and _, a text value, never the database or a secret's variable)")
 
     @property
     def python(self) -> bool:
         return self.executable.endswith(".py")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"jid": self.jid, "executable": self.executable, "args": list(self.args), "fields": dict(self.fields)}
+        return {"jid": self.jid, "executable": self.executable, "args": list(self.args), "fields": dict(self.fields),
+                "env": dict(self.env)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
-        return cls(int(data["jid"]), str(data["executable"]), tuple(data["args"]), dict(data["fields"]))
+        return cls(int(data["jid"]), str(data["executable"]), tuple(data["args"]), dict(data["fields"]),
+                   dict(data.get("env", {})))
 
 
 @dataclass(frozen=True, order=True)
@@ -130,12 +146,15 @@ class Backend(ABC):
     """Submit and observe the jobs of task instances; one folder tree under ``workdir``."""
 
     name: ClassVar[str]
+    #: the Python that runs ``.py`` payloads and the report command (each backend sets its own)
+    python: str = "/usr/bin/python3"
 
     def __init__(self, workdir: str | os.PathLike[str], job_env: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir).absolute()
         #: the handler's variables the workflow declares for its jobs (besides the base ones)
         self.job_env = tuple(job_env)
         self._staged: dict[Path, Path] = {}
+        self._tool: Optional[Path] = None
 
     # --- layout ------------------------------------------------------------------------
 
@@ -202,13 +221,25 @@ class Backend(ABC):
         """A job attempt with a fresh folder and its environment: the allow-listed variables of the handler (never
         the database or a secret) and the job's own ``ECALSTATE_*`` variables."""
         folder = self.makedirs(self.job_dir(campaign, task, key))
-        env = {
-            **job_environment(self.job_env),
+        env = {**job_environment(self.job_env), **spec.env}
+        tool = self.stage_tool()
+        env.update({
+            "PATH": f"{tool.parent}:{env.get('PATH') or DEFAULT_PATH}", "ECALSTATE_JOB_TOOL": str(tool),
             "ECALSTATE_CAMPAIGN": campaign, "ECALSTATE_TASK": task, "ECALSTATE_RUN": str(key.run),
             "ECALSTATE_JOB_ID": str(key.jid), "ECALSTATE_GENERATION": str(key.generation),
             "ECALSTATE_ATTEMPT": str(key.attempt), "ECALSTATE_REPORT": str(folder / REPORT_NAME),
-        }
+        })
         return BatchJob(key, spec, folder, env)
+
+    def stage_tool(self) -> Path:
+        """The report command ``ecalstate-job`` (:mod:`ecalstate.backends.jobtool`), staged like a payload with a
+        ``#!`` line naming the backend's Python: on every job's PATH, where the jobs run."""
+        if self._tool is None:
+            source = Path(jobtool.__file__).read_bytes()
+            folder = self._stage_contents("ecalstate-job", {jobtool.COMMAND: b"#!" + self.python.encode() + b"\n"
+                                                            + source})
+            self._tool = folder / jobtool.COMMAND
+        return self._tool
 
     def stage(self, executable: str) -> str:
         """Copy a payload under ``workdir/bin/<folder>-<hash of content>`` and return the copy's path.
@@ -227,12 +258,18 @@ class Backend(ABC):
         if not source.is_file():
             raise Invalid(f"job payload {source} does not exist")
         files = sorted(p for p in source.parent.glob("*.py") if p.is_file()) if source.suffix == ".py" else [source]
-        contents = {path.name: path.read_bytes() for path in files}
+        target = self._stage_contents(source.parent.name, {path.name: path.read_bytes() for path in files})
+        self._staged[source] = target / source.name
+        return str(target / source.name)
+
+    def _stage_contents(self, prefix: str, contents: Mapping[str, bytes]) -> Path:
+        """The folder ``workdir/bin/<prefix>-<hash of contents>`` holding these files (mode 755), staged now unless
+        this user already staged exactly them."""
         digest = hashlib.sha256()
         for name, data in contents.items():
             digest.update(name.encode() + b"\0" + data + b"\0")
         bin_dir = self.makedirs(self.workdir / "bin", job_writable=False)
-        target = bin_dir / f"{source.parent.name}-{digest.hexdigest()[:12]}"
+        target = bin_dir / f"{prefix}-{digest.hexdigest()[:12]}"
         if not os.path.lexists(target):
             tmp = Path(tempfile.mkdtemp(prefix=".stage-", dir=bin_dir))  # 0700: no one else writes into it
             for name, data in contents.items():
@@ -246,8 +283,7 @@ class Backend(ABC):
             except OSError:  # another submitter staged the same content first
                 shutil.rmtree(tmp)
         _check_staged(target, contents)
-        self._staged[source] = target / source.name
-        return str(target / source.name)
+        return target
 
     # --- the batch system ----------------------------------------------------------------
 
@@ -356,8 +392,8 @@ def read_report(folder: Path) -> JobReport:
     A report larger than :data:`MAX_REPORT_BYTES` is not stored: its job gets an error saying so instead
     (the store, the export and the dashboards carry job fields; a 30 MB one froze the export). A report that is not
     a regular file of the folder is refused (:attr:`JobReport.refused`), never read: a link would make check store
-    what it points to, a named pipe would stop check for good. The ``logs`` field is the handler's: a report cannot
-    set it (it would send log readers elsewhere).
+    what it points to, a named pipe would stop check for good. The ``logs`` and ``started`` fields are the handler's:
+    a report cannot set them (they would send log readers elsewhere, or move the job's start).
     """
     try:
         with attempt_dir(folder) as fd:
@@ -376,9 +412,11 @@ def read_report(folder: Path) -> JobReport:
         return JobReport()
     fields = data.get("fields") if isinstance(data.get("fields"), dict) else None
     error = str(data.get("error") or "")
-    if fields is not None and "logs" in fields:
-        fields = {k: v for k, v in fields.items() if k != "logs"}
-        error = "; ".join(filter(None, [error, "the report's field 'logs' was ignored (the handler records it)"]))
+    for name in HANDLER_FIELDS:
+        if fields is not None and name in fields:
+            fields = {k: v for k, v in fields.items() if k != name}
+            ignored = f"the report's field {name!r} was ignored (the handler records it)"
+            error = "; ".join(filter(None, [error, ignored]))
     return JobReport(fields, error)
 
 

@@ -178,3 +178,27 @@ def _read_at(fd: int, offset: int, limit: int) -> bytes:
         chunks.append(data)
         got += len(data)
     return b"".join(chunks)
+
+
+def read_inside(workdir: str | os.PathLike[str], path: str | os.PathLike[str], limit: int) -> tuple[bytes, int]:
+    """At most ``limit`` bytes from the start of the file ``path``, and its size: a regular file (one link) inside
+    the work folder ``workdir`` as written (absolute, no ``.`` or ``..``), reached from the work folder down without
+    following a link, as :func:`open_regular` reaches a job's files (a plot a job reported: the web view serves it).
+
+    :class:`NotRegular` when it lies elsewhere or is anything else (its text names what), FileNotFoundError when it
+    does not exist.
+    """
+    top, wanted = Path(workdir), os.fspath(path)
+    inside = os.path.isabs(wanted) and os.path.normpath(wanted) == wanted
+    try:
+        relative = Path(wanted).relative_to(top).as_posix() if inside else ""
+    except ValueError:
+        relative = ""
+    if not relative or relative == ".":
+        raise NotRegular(f"{wanted} is not inside the work folder {top}")
+    folder = os.open(top, _DIR_FLAGS & ~os.O_NOFOLLOW)  # the work folder itself may be reached through a link
+    try:
+        with open_regular(folder, relative) as fd:
+            return _read_at(fd, 0, limit), os.fstat(fd).st_size
+    finally:
+        os.close(folder)

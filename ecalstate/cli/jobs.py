@@ -11,7 +11,7 @@ from ..limits import MAX_JOBS_PER_CALL
 from ..statemachine import JobStatus
 from .app import App, pass_app
 from .fmt import echo_table, printable, printable_lines, styled
-from .options import campaign_option, request_id_option, task_option
+from .options import campaign_option, request_id_option, runs_option, task_option
 from .parse import INT64, INT64_FROM_0, KEY_VALUE, pairs_to_dict
 
 JOB_STATUSES = [s.value for s in JobStatus]
@@ -158,3 +158,33 @@ def merged_note(run: Optional[int], owner: Optional[int]) -> None:
     """Say on stderr that a merged run's jobs are its group leader's (they are shown instead)."""
     if run is not None and owner is not None and owner != run:
         click.echo(f"run {run} is merged into run {owner}: its group's jobs are run {owner}'s", err=True)
+
+
+@click.command("outputs")
+@campaign_option
+@task_option()
+@runs_option(help="Only these runs, e.g. 356001-356100,356200 (default: every run of the task).")
+@pass_app
+def outputs(app: App, campaign: str, task: str, runs: Optional[list[int]]) -> None:
+    """Each run's current outputs of a task, and the version that made them.
+
+    One line per output file or plot (the jobs' "output" and "plots"
+    fields); a run merged into a group shows its leader's ("from"). "gen"
+    is the generation whose jobs made them (a run being reprocessed shows
+    what its last done generation gave until the new one is done), "made by"
+    the workflow's version and configuration its claim recorded. --json
+    gives one object per run with its outputs as lists.
+
+    \b
+    Example:
+        ecalstate outputs -c prompt --task phisym-plots
+        ecalstate --json outputs -c prompt --task phisym-calib --runs 380001-380009
+    """
+    found = app.reader().outputs(campaign, task, runs)
+    rows: list[tuple[Any, ...]] = []
+    for o in found:
+        head = (o.run_number, styled(o.status), o.from_run, o.generation, None if o.made_by is None else str(o.made_by))
+        rows += [(*head, kind, path) for kind, path in o.paths()] or [(*head, None, None)]
+    headers = ["run", "status", "from", "gen", "made by", "kind", "path"]
+    app.emit([o.to_dict() for o in found],
+             lambda: echo_table(headers, rows, f"no task instance of {task} for these runs"))

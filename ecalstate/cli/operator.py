@@ -57,28 +57,37 @@ def set_status(
 @task_option()
 @runs_option(help="Reprocess these runs, e.g. 356001-356100,356200.")
 @click.option("--failed", is_flag=True, help="Reprocess every failed run of the task.")
+@click.option("--version-not", metavar="VERSION",
+              help="Only the done or failed runs whose results another version of the workflow made (or none "
+                   "recorded): every such run of the task, or of --runs / --failed.")
 @click.option("--downstream", is_flag=True, help="Also reprocess the tasks that depend on this one, for the same runs.")
 @reason_option
 @dry_run_option
 @request_id_option
 @pass_app
 def reprocess(
-    app: App, campaign: str, task: str, runs: Optional[list[int]], failed: bool, downstream: bool, reason: str,
-    dry_run: bool, request_id: Optional[str],
+    app: App, campaign: str, task: str, runs: Optional[list[int]], failed: bool, version_not: Optional[str],
+    downstream: bool, reason: str, dry_run: bool, request_id: Optional[str],
 ) -> None:
     """Mark runs of a task for reprocessing.
 
     The next claim opens a new job generation; history is kept. Runs merged into a reprocessed leader follow it; with
     --downstream the dependent tasks follow too (those not processed yet stay).
 
+    --version-not VERSION takes the runs whose current results were made by
+    another version of the task's handler (its "version", recorded with each
+    claim) or by none recorded; the others are listed as unchanged.
+
     \b
     Example:
         ecalstate reprocess -c prompt --task reco --failed --downstream --reason "fixed GT" --dry-run
         ecalstate reprocess -c prompt --task calib --runs 356001-356050 --reason "new tag"
+        ecalstate reprocess -c prompt --task calib --version-not 2.1 --downstream --reason "calib 2.1" --dry-run
     """
-    if runs is None and not failed:
-        raise click.UsageError("give --runs or --failed")
-    result = app.store().reprocess(campaign, task, runs, failed, downstream, reason, dry_run, request_id)
+    if runs is None and not failed and version_not is None:
+        raise click.UsageError("give --runs, --failed or --version-not")
+    result = app.store().reprocess(campaign, task, runs, failed, downstream, reason, dry_run, request_id,
+                                   version_not=version_not)
     emit_bulk(app, result)
 
 

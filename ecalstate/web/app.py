@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..backends.jobfiles import NotRegular, attempt_path, read_inside
 from ..clock import human_time
 from ..errors import EcalStateError, Invalid, NotFound
 from ..limits import check_int64
@@ -204,6 +205,68 @@ def read_log(store: Store, campaign: str, task: str, run: int, jid: int, attempt
         return str(err)
 
 
+#: the largest plot the view serves (a calibration map is tens of kB)
+MAX_PLOT_BYTES = 16 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def instance_outputs(store: Store, campaign: str, task: str, run: int) -> dict[str, Any]:
+    """What an instance page says of its outputs: the run's current outputs (a merged run's: its leader's), what
+    made each generation, and per plot either its number (a PNG the view serves, linked) or why it is not served."""
+    found = store.outputs(campaign, task, [run])
+    plots: dict[str, int | str] = {}
+    if found:
+        for n, path in enumerate(p for kind, p in found[0].paths() if kind == "plots"):
+            try:
+                read_plot(path, workdir_of(store, campaign, task, found[0].from_run, path), 8)
+                plots[path] = n
+            except (Invalid, NotFound) as err:
+                plots[path] = str(err)
+    return {"outputs": found[0] if found else None, "plots": plots,
+            "made_by": store.made_by(campaign, task, run) if found else {}}
+
+
+def plot_of(store: Store, campaign: str, task: str, run: int, n: int) -> bytes:
+    """The ``n``-th plot of an instance (a merged run's: its leader's), as :func:`read_plot` serves it: only a path
+    the instance's ``plots`` name, inside the work folder of the job that reported it."""
+    found = store.outputs(campaign, task, [run])
+    if not found:
+        raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+    plots = [path for kind, path in found[0].paths() if kind == "plots"]
+    if not 0 <= n < len(plots):
+        raise NotFound(f"task {task} run {run} has no plot {n} (it has {len(plots)})")
+    return read_plot(plots[n], workdir_of(store, campaign, task, found[0].from_run, plots[n]), MAX_PLOT_BYTES)
+
+
+def workdir_of(store: Store, campaign: str, task: str, run: int, path: str) -> str:
+    """The work folder of the job of ``run`` (any generation) that reported the plot ``path``: its attempt folder,
+    which the handler records (a job cannot), lies below it."""
+    for job in store.list_jobs(campaign, task, run, all_generations=True):
+        if path in str(job.fields.get("plots", "")).split(","):
+            where = attempt_path(str(job.fields.get("logs", "")))
+            if where is not None:
+                return str(where.workdir)
+    raise NotFound(f"{path}: no job of run {run} that reported it recorded its work folder")
+
+
+def read_plot(path: str, workdir: str, limit: int) -> bytes:
+    """The first ``limit`` bytes of the PNG plot ``path``: a regular file inside ``workdir``, read through the job
+    files' opener (no link followed, no pipe waited on), at most :data:`MAX_PLOT_BYTES`, a PNG by its signature."""
+    try:
+        data, size = read_inside(workdir, path, limit)
+    except NotRegular as err:
+        raise Invalid(f"{err}: not served") from None
+    except FileNotFoundError:
+        raise NotFound(f"{path} does not exist") from None
+    except OSError as err:
+        raise NotFound(f"cannot read {path}: {err.strerror}") from None
+    if size > MAX_PLOT_BYTES:
+        raise Invalid(f"{path} is larger than {MAX_PLOT_BYTES >> 20} MiB: not served")
+    if not data.startswith(PNG_SIGNATURE):
+        raise Invalid(f"{path} is not a PNG: not served")
+    return data
+
+
 def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.0,
                allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
     """The ASGI application over ``store`` (open it read-only and call :func:`forbid_writes` first).
@@ -254,7 +317,15 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
             raise Invalid("parameter 'run' is required")
         changed = last_change(store, name)
         return page("instance.html", request, name, changed, task=task, run=run,
-                    **instance_jobs(store, name, task, run))
+                    **instance_jobs(store, name, task, run), **instance_outputs(store, name, task, run))
+
+    def plot(request: Request) -> Response:
+        """A PNG plot of an instance, by its number in the instance's ``plots``: nothing else is ever served."""
+        q = Query(request)
+        name, task, run, n = q.required("c"), q.required("task"), q.integer("run"), q.integer("n", 0)
+        if run is None or n is None:
+            raise Invalid("parameters 'run' and 'n' are required")
+        return Response(plot_of(store, name, task, run, n), media_type="image/png", headers=HEADERS)
 
     def log(request: Request) -> Response:
         q = Query(request)
@@ -299,7 +370,7 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         return HTMLResponse(html, status_code=code, headers=HEADERS)
 
     routes = [Route("/", home), Route("/grid", grid), Route("/instance", instance), Route("/log", log),
-              Route("/history", history), Route("/api/last", api_last),
+              Route("/history", history), Route("/api/last", api_last), Route("/plot", plot),
               Mount("/static", StaticFiles(packages=[("ecalstate.web", "static")]), name="static")]
     middleware = [] if "*" in allowed_hosts else [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
     return Starlette(routes=routes, middleware=middleware, exception_handlers={EcalStateError: refused})

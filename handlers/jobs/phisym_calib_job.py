@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", required=True, help="Energy-sum files of every run of the fill.")
     parser.add_argument("--out", required=True)
     parser.add_argument("--fill", type=int)
+    parser.add_argument("--global-tag", default="", help="The conditions the fit starts from (recorded).")
     args = parser.parse_args()
     sums: dict[tuple[int, int], float] = defaultdict(float)
     hits = 0
@@ -44,6 +45,7 @@ def main() -> None:
     ecaljob.report({
         "output": args.out,
         "fill": args.fill,
+        "global_tag": args.global_tag,
         "crystals": len(constants),
         "hits": hits,
         "ic_rms": round(_rms([c - 1.0 for c in constants.values()]), 6),
