@@ -295,7 +295,8 @@ def test_reprocess_a_fill_takes_its_groups_and_leaves_new_runs_to_the_claim(worl
     finish(world, "calib", [], group_by="fill")  # fill 10 (fill 11 has not ended)
     world.inject_runs(C, [RunSpec(5, 10)])
     result = world.reprocess(C, "calib", fill=10, reason="late run 5", dry_run=True)
-    assert sorted((c.key, c.outcome) for c in result.changes) == [("calib run 1", "changed"), ("calib run 2", "changed")]
+    assert sorted((c.key, c.outcome) for c in result.changes) == [("calib run 1", "changed"),
+                                                                   ("calib run 2", "changed")]
     assert world.reprocess(C, "calib", fill=11, reason="nothing processed").changes == []
     refused = invoke(world.db.url.removeprefix("sqlite:///"), "reprocess", "-c", C, "--task", "calib", "--fill",
                      "11", "--reason", "x")
