@@ -80,7 +80,7 @@ def test_campaign_update_and_policies_on_the_command_line(sqlite_url: str) -> No
         store.create_campaign(C)
     out = ok(sqlite_url, "campaign", "update", "-c", C, "--flag-open-fills-after", "3h", "--close-fills-after",
              "1d", "--problem-after", "group-incomplete=never").stdout
-    assert "fills closed after 1d; late runs: flag" in out
+    assert "fills left open closed by ecalstate: after 1d; late runs: flag" in out
     shown = as_json(sqlite_url, "campaign", "policies", "-c", C)
     by_code = {r["code"]: r for r in shown["reasons"]}
     assert by_code["fill-open"]["problem_after"] == 3 * 3600 and by_code["group-incomplete"]["problem_after"] is None
@@ -98,10 +98,25 @@ def test_campaign_update_and_policies_on_the_command_line(sqlite_url: str) -> No
 
 @pytest.fixture
 def world(sqlite_url: str) -> Iterator[Store]:
+    yield from make_world(sqlite_url)
+
+
+@pytest.fixture
+def world_on(db_url: str) -> Iterator[Store]:
+    """:func:`world` on each engine."""
+    yield from make_world(db_url)
+
+
+def cli_url(store: Store) -> str:
+    """What ``--db`` names for ``store`` (a SQLite path, or the PostgreSQL URL)."""
+    return store.db.url.removeprefix("sqlite:///")
+
+
+def make_world(url: str) -> Iterator[Store]:
     """reco -> calib (grouped by fill, as its handler notes) -> plots; runs 1, 2 in fill 10, runs 3, 4 in fill 11
     (the last fill: not ended), their end times 7 h ago."""
     ended = (datetime.now(timezone.utc) - timedelta(hours=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with Store.open(sqlite_url, actor="tester", create=True) as store:
+    with Store.open(url, actor="tester", create=True) as store:
         store.create_campaign(C)
         store.add_task(C, "reco", max_retries=1)
         store.add_task(C, "calib", depends_on=["reco"], max_retries=0)
@@ -225,7 +240,8 @@ def reasons_of(store: Store, task: str, run: int, everything: bool = False) -> d
 
 
 @pytest.mark.parametrize("code", sorted(SCENARIOS))
-def test_a_reason_appears_names_its_command_and_the_command_clears_it(world: Store, code: str) -> None:
+def test_a_reason_appears_names_its_command_and_the_command_clears_it(world_on: Store, code: str) -> None:
+    world = world_on
     scenario = SCENARIOS[code](world)
     if scenario.clock is not None:
         world.clock = scenario.clock  # type: ignore[method-assign]
@@ -235,7 +251,7 @@ def test_a_reason_appears_names_its_command_and_the_command_clears_it(world: Sto
     assert reason.level == scenario.level
     assert f"{scenario.task} run {scenario.run}" in reason.message and reason.since
     if scenario.resolve is None:  # an operator's command, run through the real command line
-        result = invoke(world.db.url.removeprefix("sqlite:///"), *shlex.split(
+        result = invoke(cli_url(world), *shlex.split(
             scenario.command.removeprefix("ecalstate ").replace("...", f"resolve {code}")))
         assert result.exit_code == 0, (result.stdout, result.stderr)
     else:
@@ -298,7 +314,7 @@ def test_reprocess_a_fill_takes_its_groups_and_leaves_new_runs_to_the_claim(worl
     assert sorted((c.key, c.outcome) for c in result.changes) == [("calib run 1", "changed"),
                                                                    ("calib run 2", "changed")]
     assert world.reprocess(C, "calib", fill=11, reason="nothing processed").changes == []
-    refused = invoke(world.db.url.removeprefix("sqlite:///"), "reprocess", "-c", C, "--task", "calib", "--fill",
+    refused = invoke(cli_url(world), "reprocess", "-c", C, "--task", "calib", "--fill",
                      "11", "--reason", "x")
     assert refused.exit_code == 1 and refused.stderr.strip() == (
         "Error: nothing to reprocess: task calib has no instance processed for fill 11")
@@ -372,7 +388,7 @@ def _observe(url: str, barrier: Any) -> None:
 
 def test_concurrent_recorders_write_each_change_once(world: Store) -> None:
     finish(world, "reco", [1, 2, 3], "failed")
-    url = world.db.url.removeprefix("sqlite:///")
+    url = cli_url(world)
     barrier = multiprocessing.get_context("fork").Barrier(6)
     procs = [multiprocessing.get_context("fork").Process(target=_observe, args=(url, barrier)) for _ in range(6)]
     for proc in procs:
@@ -386,7 +402,7 @@ def test_concurrent_recorders_write_each_change_once(world: Store) -> None:
 
 def test_health_json_lists_reasons_with_since_and_command(world: Store) -> None:
     finish(world, "reco", [1], "failed")
-    url = world.db.url.removeprefix("sqlite:///")
+    url = cli_url(world)
     result = invoke(url, "--json", "health", "-c", C)
     assert result.exit_code == 1
     import json

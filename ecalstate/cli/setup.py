@@ -146,10 +146,10 @@ def campaign_policies(app: App, campaign: str) -> None:
 
 def emit_policies(app: App, campaign: str, result: Any) -> None:
     late = ", ".join(f"{t}: {m}" for t, m in sorted(result.late_runs_by_task.items()))
-    close = "never" if result.close_fills_after is None else format_duration(result.close_fills_after)
+    close = "never" if result.close_fills_after is None else f"after {format_duration(result.close_fills_after)}"
 
     def text() -> None:
-        click.echo(f"campaign {campaign}: fills closed after {close}; late runs: {result.late_runs}"
+        click.echo(f"campaign {campaign}: fills left open closed by ecalstate: {close}; late runs: {result.late_runs}"
                    + (f" ({late})" if late else ""))
         echo_table(["reason", "level", "problem after", "resolved by"],
                    [(code, level, "never" if after is None else format_duration(after), command)
