@@ -84,7 +84,7 @@ def handler_commands() -> Iterator[tuple[click.Context, click.Command]]:
     """The stages of a workflow script, for a task named ``<task>``."""
     from ..handler import TaskHandler
 
-    workflow = type("Workflow", (TaskHandler,), {"task": "<task>", "__module__": "<workflow>"})
+    workflow: type[TaskHandler] = type("Workflow", (TaskHandler,), {"task": "<task>", "__module__": "<workflow>"})
     group = workflow.cli()
     settings = {**(group.context_settings or {}), "terminal_width": WIDTH, "max_content_width": WIDTH}
     yield from walk(group, click.Context(group, info_name="python handlers/<workflow>.py", **settings))
