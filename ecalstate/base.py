@@ -27,6 +27,10 @@ AUDIT_SQL = (
 )
 
 
+#: the suffix of the reason of a transition that followed another instance's: a skip, or a reprocessing, cascading to
+#: the dependent tasks (undoing a skip brings back what it cascaded to, and only that)
+CASCADE = " (cascade)"
+
 #: the actor of history brought in from elsewhere (``import-influx``): notifications do not announce it again
 IMPORT_ACTOR = "import"
 

@@ -7,7 +7,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from .base import AUDIT_SQL, Ctx, StoreBase, campaign_id, downstream_tasks, loads, task_names, task_of
+from .base import (AUDIT_SQL, CASCADE, Ctx, StoreBase, campaign_id, downstream_tasks, loads, move_instance,
+                   task_names, task_of)
+from .clock import parse_moment
 from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
@@ -69,6 +71,30 @@ def ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
     recorded = {r[0] for r in tx.all(f"SELECT fill FROM fill_end WHERE campaign_id = ? AND fill IN ({marks})",
                                      (cid, *fills))}
     return recorded | {f for f in fills if newest is not None and f < newest}
+
+
+#: the run metadata key holding when a run ended (what a run source writes: OMS's ``end_time``, a runs file's)
+END_TIME = "end_time"
+
+
+def fill_last_ends(tx: Tx, cid: int, fills: Sequence[int]) -> dict[int, Optional[str]]:
+    """When each fill of ``fills`` saw its last run end, in the store's time: the runs' metadata end time, else when
+    the run was recorded; None while a run of the fill is still being taken."""
+    out: dict[int, Optional[str]] = {}
+    for chunk in chunks(sorted(set(fills))):
+        marks = ",".join("?" * len(chunk))
+        for fill, meta, injected in tx.all(
+                f"SELECT fill, meta, injected_at FROM run WHERE campaign_id = ? AND fill IN ({marks})", (cid, *chunk)):
+            data = loads(meta)
+            if fill in out and out[fill] is None:
+                continue
+            if data.get(ONGOING) is True:
+                out[fill] = None
+                continue
+            end = parse_moment(data.get(END_TIME)) or injected
+            known = out.get(fill)
+            out[fill] = end if known is None or end > known else known
+    return out
 
 
 def end_fills(ctx: Ctx, cid: int, fills: Mapping[int, str]) -> list[int]:
@@ -246,6 +272,7 @@ class Catalog(StoreBase):
                     for r in matching if name not in r[4].split(",")])
                 task_ids = [r[0] for r in tx.all("SELECT task_id FROM rtype_task WHERE rtype_id = ?", (rid,))]
                 created = _create_instances(ctx, cid, [(r[0], r[1]) for r in matching], task_ids, "backfill")
+                skip_under_skipped(ctx, cid)
             return BackfillResult(name, list(dict.fromkeys(add)), list(dict.fromkeys(remove)), created)
 
         return self._write("rtype.update", None, body)
@@ -412,6 +439,33 @@ def _check_retries(value: int) -> None:
 def run_record(run_number: int, fill: Optional[int], meta: dict[str, Any]) -> dict[str, Any]:
     """What a run type's filter reads of a run: its metadata, its number and its fill."""
     return {**meta, "run_number": run_number, "fill": fill}
+
+
+#: instances this transaction created (still new) whose upstream task is skipped for their run
+_UNDER_SKIPPED = """
+SELECT ti.id, t.name, r.run_number, ti.version, ut.name
+FROM task_instance ti JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
+JOIN task_dep d ON d.task_id = ti.task_id JOIN task ut ON ut.id = d.depends_on_id
+JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = ti.run_id
+WHERE ti.campaign_id = ? AND ti.status = 'new' AND ti.created_at = ? AND u.status = 'skipped'
+ORDER BY ti.id, ut.name
+"""
+
+
+def skip_under_skipped(ctx: Ctx, cid: int) -> int:
+    """Skip the instances this transaction created for runs an upstream task was skipped for, as a skip cascades
+    (a backfill after a skip): they could never be claimed and would wait for ever. How many it skipped."""
+    skipped: set[int] = set()
+    while True:  # a chain created at once: each round skips the next task down
+        rows = [r for r in ctx.tx.all(_UNDER_SKIPPED, (cid, ctx.now)) if r[0] not in skipped]
+        if not rows:
+            return len(skipped)
+        for iid, task, run, version, upstream in rows:
+            if iid in skipped:
+                continue
+            skipped.add(iid)
+            move_instance(ctx, cid, task, iid=iid, run=run, status=TaskStatus.NEW.value, version=version,
+                          to=TaskStatus.SKIPPED, reason=f"backfill: {upstream} is skipped for the run{CASCADE}")
 
 
 def _create_instances(ctx: Ctx, cid: int, runs: Sequence[tuple[int, int]], task_ids: Sequence[int], reason: str) -> int:

@@ -53,13 +53,33 @@ class Eligible:
     meta: dict[str, Any]
 
 
+#: why a group waits, as data (:class:`Cause` kinds): its fill or era has not ended, one of its runs is not ready
+#: upstream, still being taken, being claimed by another build, or already processed for this task (the group
+#: came late: its other runs were processed without it)
+CAUSES = ("fill-open", "era-open", "upstream", "ongoing", "claiming", "processed")
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One reason a group waits: its ``kind`` (one of :data:`CAUSES`), the run it is about (None for the whole
+    group), and the words ``submit --dry-run`` prints."""
+
+    kind: str
+    run: Optional[int]
+    text: str
+    #: the run's status for this task (``processed``), or its upstream task and status (``upstream``)
+    status: str = ""
+
+
 @dataclass(frozen=True)
 class Waiting:
-    """A group not claimed yet because it is not complete, and why (``submit --dry-run`` lists them)."""
+    """A group not claimed yet because it is not complete, and why (``submit --dry-run`` lists them); ``causes``
+    says it as data (the attention model reads them)."""
 
     group: str
     runs: list[int]
     reason: str
+    causes: tuple[Cause, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.group} waits: {self.reason}"
@@ -311,19 +331,21 @@ def _state(tx: Tx, cid: int, task_id: int, where: str, params: Sequence[Any]) ->
             for r in tx.all(STATE_SQL.format(where=where), (task_id, task_id, cid, *params))]
 
 
-def _why(row: _Row, eligible: Collection[int], task: str, unit: str) -> Optional[str]:
+def _why(row: _Row, eligible: Collection[int], task: str, unit: str) -> Optional[Cause]:
     """Why ``row`` keeps its group waiting, or None (ready, skipped, or not a run of this task)."""
+    run = row.run_number
     if row.status is None:
-        return f"run {row.run_number} still being taken" if row.meta.get(ONGOING) is True else None
+        return Cause("ongoing", run, f"run {run} still being taken") if row.meta.get(ONGOING) is True else None
     if row.status == "skipped":
         return None
     if row.status in ("new", "reprocess"):
         if row.upstream:
-            return f"run {row.run_number} {row.upstream}"
-        if row.run_number not in eligible:  # PostgreSQL: locked by a concurrent claim
-            return f"run {row.run_number} being claimed by another build"
+            return Cause("upstream", run, f"run {run} {row.upstream}", row.upstream)
+        if run not in eligible:  # PostgreSQL: locked by a concurrent claim
+            return Cause("claiming", run, f"run {run} being claimed by another build")
         return None
-    return f"run {row.run_number} already {row.status} for {task} (reprocess the whole {unit} to regroup it)"
+    return Cause("processed", run, f"run {run} already {row.status} for {task} (reprocess the whole {unit} to"
+                 " regroup it)", row.status)
 
 
 def _newest_era(tx: Tx, cid: int) -> Optional[str]:
@@ -338,10 +360,12 @@ def _newest_era(tx: Tx, cid: int) -> Optional[str]:
 def _complete(rows: list[_Row], eligible: dict[int, Eligible], task: str, unit: str, label: str,
               ended: bool, not_ended: str, plan: Plan) -> None:
     """Add the unit's eligible runs to ``plan``: one group when it ended and every run is ready, else waiting."""
-    reasons = ([] if ended else [not_ended]) + [w for w in (_why(r, eligible, task, unit) for r in rows) if w]
+    causes = ([] if ended else [Cause(f"{unit}-open", None, not_ended)])
+    causes += [w for w in (_why(r, eligible, task, unit) for r in rows) if w]
     members = [eligible[r.run_number] for r in rows if r.run_number in eligible]
-    if reasons:
-        plan.waiting.append(Waiting(label, [m.run_number for m in members], "; ".join(reasons)))
+    if causes:
+        plan.waiting.append(Waiting(label, [m.run_number for m in members], "; ".join(c.text for c in causes),
+                                    tuple(causes)))
     elif members:
         plan.groups.append(members)
 
@@ -413,7 +437,7 @@ def _lumi_plan(tx: Tx, cid: int, task_id: int, eligible: list[Eligible], target:
         total, blocked = 0.0, None
         for row in seg:
             blocked = _why(row, by_run, "", "")  # pending runs only: never "already claimed"
-            if blocked:
+            if blocked is not None:
                 break
             if row.status == "skipped" or row.run_number not in by_run:
                 continue
@@ -429,8 +453,9 @@ def _lumi_plan(tx: Tx, cid: int, task_id: int, eligible: list[Eligible], target:
             plan.groups.append(group)
         elif left:
             where = f"fill {fill}" if fill is not None else f"era {era}"
-            reason = blocked or ("fill not ended" if fill is not None else "era not ended")
+            cause = blocked or (Cause("fill-open", None, "fill not ended") if fill is not None else
+                                Cause("era-open", None, "era not ended"))
             plan.waiting.append(Waiting(f"lumi group of {where} from run {left[0]}", left,
-                                        f"{reason} ({total:g} of {target:g} {key})"))
+                                        f"{cause.text} ({total:g} of {target:g} {key})", (cause,)))
     plan.groups.sort(key=lambda g: g[-1].run_number)
     return plan

@@ -75,6 +75,25 @@ def now() -> datetime:
     return as_datetime(utcnow())
 
 
+def parse_moment(value: Any) -> Optional[str]:
+    """An ISO 8601 time as a run source writes it (``2026-06-14T00:25:00Z``, an offset, or the store's own format)
+    in the store's format; None when it is not a time (absent, empty, garbled)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(TS_FORMAT)
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    """Seconds from ``earlier`` to ``later`` (store times; negative when ``later`` comes first)."""
+    return (to_micros(later) - to_micros(earlier)) / 1e6
+
+
 def optional_text(micros: Optional[int]) -> Optional[str]:
     return None if micros is None else from_micros(micros)
 

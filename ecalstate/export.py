@@ -40,6 +40,10 @@ Measurements (``run``, ``job`` and ``handler`` are compatible with the original'
 - ``made_by``: tags campaign, run_number, task; one point per claim that recorded
   which version of the workflow made the generation it opened: fields version,
   generation and ``config_<key>`` (each configuration value as text).
+- ``attention``: what needed action (the attention model's audit rows: a reason
+  appearing, changing level, clearing): tags campaign, reason, run_number, task;
+  fields level, severity (0 cleared, 1 info, 2 warning, 3 problem), since (Unix
+  seconds), message, command, and deadline and latency when recorded.
 
 Targets: InfluxDB 2.x/3.x and 1.8+ through ``influxdb-client``'s v2 write API
 (imported only when that target is opened); InfluxDB 1.x through ``POST /write``;
@@ -69,6 +73,7 @@ from urllib.parse import urlencode, urlsplit
 
 from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, high_water, texts_of
+from .clock import parse_moment, to_micros
 from .db import Database, Tx
 from .errors import EcalStateError, Invalid
 from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL, chunks
@@ -536,6 +541,8 @@ def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
         if texts:
             out.append(line("job_text", tags, texts, when))
         return out
+    if entity == "attention":
+        return [_attention_point(campaign, task, run, to_status, reason, detail, when)]
     if entity == "handler":
         stage = json.loads(detail).get("stage", "") if detail else ""
         values = [("ok", to_status == "ok"), ("heartbeat", 1), ("message", reason or ""), ("actor", actor or "")]
@@ -559,6 +566,31 @@ def _made_by(campaign: str, task: str, run: int, generation: Optional[int], deta
                            json.dumps(value, sort_keys=True, ensure_ascii=False)))
     tags = [("campaign", campaign), ("run_number", str(run)), ("task", task)]
     return [line("made_by", tags, sorted(values), when)]
+
+
+#: an ``attention`` point's severity by level (0: the reason cleared): a number Grafana can plot and threshold
+SEVERITY = {"clear": 0, "info": 1, "warning": 2, "problem": 3}
+
+
+def _attention_point(campaign: str, task: str, run: Optional[int], level: str, code: str, detail: Optional[str],
+                     when: int) -> str:
+    """What needed action, as the attention model recorded it: one series per instance and reason (tags campaign,
+    reason, run_number, task); fields level and severity, since (Unix seconds), the words and the command, and the
+    deadline (Unix seconds) and latency (seconds) when the row carries them. Every field is always there, with one
+    type, so a replay writes the same point and no field changes type."""
+    data = json.loads(detail) if detail else {}
+    since = parse_moment(data.get("since"))
+    values: list[tuple[str, FieldValue]] = [
+        ("level", level), ("severity", SEVERITY.get(level, 0)),
+        ("since", to_micros(since) // 1_000_000 if since else 0),
+        ("message", str(data.get("message") or "")), ("command", str(data.get("command") or ""))]
+    deadline = parse_moment(data.get("deadline"))
+    if deadline:
+        values.append(("deadline", to_micros(deadline) // 1_000_000))
+    if isinstance(data.get("latency"), (int, float)) and not isinstance(data.get("latency"), bool):
+        values.append(("latency", float(data["latency"])))
+    tags = [("campaign", campaign), ("reason", code), ("run_number", "" if run is None else str(run)), ("task", task)]
+    return line("attention", tags, values, when)
 
 
 #: the positions of ROWS_SQL's text ids (entity, task, from_status, to_status, actor, reason)

@@ -46,11 +46,12 @@ from typing import Any, ClassVar, Optional, Union
 
 import click
 
+from .attention import HandlerInfo, apply_policies, note_handler, observe, pending_actions, script_of
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
-from .results import STARTED, BatchRecord, Claim, JobInfo, JobUpdate, MadeBy
+from .results import STARTED, BatchRecord, BulkResult, Claim, JobInfo, JobUpdate, MadeBy
 from .secrets import known_secrets, leaked, no_password_in_argument
 from .store import Store
 
@@ -59,6 +60,9 @@ ACTIVE = ("idle", "running")
 OPTION_ENV_PREFIX = "ECALSTATE_OPTION_"
 #: the variable that gives the jobs their workflow's version
 VERSION_ENV = "ECALSTATE_WORKFLOW_VERSION"
+#: a stage's exit code when it left an instance failed for good (its jobs have no retry left): the stage itself
+#: worked, a run is lost until an operator acts; Jenkins marks the build UNSTABLE (1: the stage failed)
+EXIT_LOST = 3
 
 
 class StageFailed(EcalStateError):
@@ -78,6 +82,10 @@ class StageReport:
     errors: list[str] = field(default_factory=list)
     #: groups not complete yet, and why ("fill 9002 waits: fill not ended"); filled by ``submit --dry-run``
     waiting: list[str] = field(default_factory=list)
+    #: runs whose instance this stage left failed for good (no retry left): the stage exits with :data:`EXIT_LOST`
+    failed_for_good: list[int] = field(default_factory=list)
+    #: what the campaign's policies did in this stage (a fill closed, a late run's fill regrouped)
+    policies: list[str] = field(default_factory=list)
 
     def add(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -86,7 +94,15 @@ class StageReport:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts.items()) or "nothing to do"
         runs = f" (runs {', '.join(map(str, self.runs))})" if self.runs else ""
         waits = "".join(f"; {w}" for w in self.waiting)
-        return f"{self.stage}: {counts}{runs}" + (" [dry run]" if self.dry_run else "") + waits
+        done = "".join(f"; policy: {p}" for p in self.policies)
+        lost = (f"; failed for good (no retry left): runs {', '.join(map(str, self.failed_for_good))}"
+                if self.failed_for_good else "")
+        return f"{self.stage}: {counts}{runs}" + (" [dry run]" if self.dry_run else "") + waits + done + lost
+
+    def lost(self, result: BulkResult) -> None:
+        """Note the instances ``result`` moved to failed: their jobs have no retry left."""
+        self.failed_for_good += [int(c.key.rsplit(" ", 1)[1]) for c in result.changes
+                                 if c.entity == "task" and c.requested == "failed" and c.outcome == "changed"]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +199,9 @@ class TaskHandler:
             made_by = self.made_by()
             self.backend.check()  # an unreachable batch system: fail before claiming anything
             self._settle_leftovers(campaign, report)
+            self._note(campaign)
+            report.policies += [a.reason for a in apply_policies(self.store, pending_actions(
+                self.store, campaign, [self.task]))]  # a fill closed, a late run's fill regrouped: claimed now
             claimed = 0
             skip: set[int] = set()  # groups whose jobs() failed in this stage: the next groups go on
             while limit is None or claimed < limit:
@@ -214,6 +233,16 @@ class TaskHandler:
         # read from the class: a function stored as a class attribute would bind as a method
         cls = type(self)
         return grouping(cls.group_by, cls.lumi_target, cls.lumi_key)
+
+    def _note(self, campaign: str) -> None:
+        """Tell the store what this task groups by and which script runs its stages (the attention model says why a
+        group waits, and names the command)."""
+        rule = self._grouping()
+        by = rule.by if isinstance(rule, Grouping) else None
+        source = getattr(sys.modules.get(type(self).__module__), "__file__", None)
+        note_handler(self.store, campaign, self.task, HandlerInfo(
+            by, rule.lumi_target if isinstance(rule, Grouping) else None,
+            rule.lumi_key if isinstance(rule, Grouping) else LUMI_KEY, script_of(source)))
 
     def _make_jobs(self, campaign: str, claim: Claim, made: dict[int, list[JobSpec]],
                    tried: list[Claim]) -> list[tuple[int, Any]]:
@@ -353,9 +382,9 @@ class TaskHandler:
                 report.errors.append(f"run {run}: not rolled back: {err}")
                 return
             retried += fresh
-        self.store.update_jobs(campaign, self.task, [
+        report.lost(self.store.update_jobs(campaign, self.task, [
             JobUpdate(j.run_number, j.jid, "failed", reason=reason, generation=j.generation, attempt=j.attempts)
-            for j in retried])
+            for j in retried]))
 
     def check(self, campaign: str, dry_run: bool = False) -> StageReport:
         """Reconcile the active jobs with the backend in one bulk update; read the jobs' reports."""
@@ -368,6 +397,7 @@ class TaskHandler:
             updates = [self._update(campaign, jobs[k], o) for k, o in sorted(seen.items())
                        if o.status != jobs[k].status or (o.batch_id and o.batch_id != jobs[k].batch_id)]
             result = self.store.update_jobs(campaign, self.task, updates, dry_run=dry_run)
+            report.lost(result)
             report.add("active", len(active))
             if len(seen) < len(jobs):  # left active; health reports them as stuck if it lasts
                 report.add("not found by the backend", len(jobs) - len(seen))
@@ -383,6 +413,9 @@ class TaskHandler:
             if held and not dry_run:
                 self.backend.release(held)
                 report.add("held removed", len(held))
+            if not dry_run:  # what needs action now, recorded for the export and the notifications
+                self._note(campaign)
+                observe(self.store, campaign, tasks=[self.task])
             return report
 
     def _update(self, campaign: str, job: JobInfo, seen: Observation) -> JobUpdate:
@@ -556,10 +589,12 @@ class _Context:
             raise
 
     def each(self, stage: Callable[[TaskHandler, str], StageReport], values: Mapping[str, Any]) -> None:
-        """Run ``stage`` for every campaign; print each report; exit 1 (one line per error) if any failed."""
+        """Run ``stage`` for every campaign; print each report; exit 1 (one line per error) if any failed, else
+        :data:`EXIT_LOST` if the stage left an instance failed for good."""
         if not self.campaigns:
             raise click.UsageError("Missing option '-c' / '--campaign': give at least one.")
         errors = []
+        lost: list[str] = []
         try:
             handler = self.handler(values)
         except EcalStateError as err:
@@ -575,10 +610,16 @@ class _Context:
                     click.echo(json.dumps(report.to_dict(), sort_keys=True))
                 else:
                     click.echo(f"{campaign} {handler.task} {report.summary()}")
+                if report.failed_for_good:
+                    lost.append(f"{campaign} {handler.task} runs {', '.join(map(str, report.failed_for_good))}")
         finally:
             handler.store.close()
         if errors:
             raise click.ClickException("; ".join(errors))
+        if lost:
+            click.echo(f"failed for good in this stage (no retry left; see ecalstate health): {'; '.join(lost)}",
+                       err=True)
+            raise click.exceptions.Exit(EXIT_LOST)
 
 
 def _campaigns(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
@@ -620,22 +661,28 @@ def _make_cli(handler: type[TaskHandler]) -> click.Group:
                                 help="At most N task instances (groups) per campaign.")
     dry_run_option = click.option("--dry-run", is_flag=True, help="Print what would happen; write and submit nothing.")
 
-    @group.command(help=example("Claim eligible runs, create their jobs and submit them.",
-                                "-c prompt submit --limit 20"))
+    exits = ("Exit codes: 0 done; 1 the stage failed (one line per error); 3 the stage worked but left a task"
+             " instance failed for good (its jobs have no retry left: ecalstate health names it and the command"
+             " that resolves it); Jenkins marks such a build UNSTABLE.")
+
+    @group.command(help=example("Claim eligible runs, create their jobs and submit them. Before claiming, the"
+                                " campaign's policies act (a fill open for too long is closed, a late run's fill"
+                                f" regrouped).\n\n{exits}", "-c prompt submit --limit 20"))
     @limit_option
     @dry_run_option
     @click.pass_obj
     def submit(obj: _Context, limit: Optional[int], dry_run: bool, **values: Any) -> None:
         obj.each(lambda h, c: h.submit(c, limit, dry_run), values)
 
-    @group.command(help=example("Reconcile job statuses with the batch system; complete task instances.",
+    @group.command(help=example("Reconcile job statuses with the batch system; complete task instances; record what"
+                                f" needs action (for the export and the notifications).\n\n{exits}",
                                 "-c prompt check"))
     @dry_run_option
     @click.pass_obj
     def check(obj: _Context, dry_run: bool, **values: Any) -> None:
         obj.each(lambda h, c: h.check(c, dry_run), values)
 
-    @group.command(help=example("Resubmit failed jobs that are under the task's retry limit.",
+    @group.command(help=example(f"Resubmit failed jobs that are under the task's retry limit.\n\n{exits}",
                                 "-c prompt resubmit"))
     @limit_option
     @dry_run_option

@@ -16,8 +16,8 @@ from .base import Ctx, StoreBase, campaign_id, task_of
 from .clock import TS_FORMAT, from_micros, to_micros
 from .db import Tx
 from .errors import Invalid
-from .limits import MAX_DURATION, MAX_DURATION_TEXT
-from .results import Health, SilentHandler, StuckInstance
+from .limits import MAX_DURATION, MAX_DURATION_TEXT, chunks
+from .results import BlockedInstance, Health, SilentHandler, StuckInstance
 
 STAGES = ("submit", "resubmit", "check")
 #: default thresholds of health, in seconds: no job progress for 6 h, no stage heartbeat for 2 h
@@ -48,17 +48,63 @@ WHERE ti.status = 'processing' AND NOT EXISTS (SELECT 1 {_JOBS} AND j.updated_at
   AND (ti.updated_at < ? OR EXISTS (SELECT 1 {_JOBS}))
 """
 
-# driven from the (few) failed upstream instances, not the (many) waiting ones: 6x faster on 200,000 instances
+# driven from the (few) failed upstream instances, not the (many) waiting ones: 6x faster on 200,000 instances; with
+# the upstream task and when it failed (a merged upstream: when its leader did)
 BLOCKED_SQL = """
-SELECT DISTINCT ti.id, t.name, r.run_number
+SELECT ti.id, t.name, r.run_number, ut.name, COALESCE(ul.updated_at, u.updated_at), ti.status
 FROM task_instance u LEFT JOIN task_instance ul ON ul.id = u.leader_id
 JOIN task_dep d ON d.depends_on_id = u.task_id
 JOIN task_instance ti ON ti.task_id = d.task_id AND ti.run_id = u.run_id
-JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id
+JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id JOIN task ut ON ut.id = u.task_id
 WHERE u.campaign_id = ? AND u.status IN ('failed', 'merged') AND (u.status = 'failed' OR ul.status = 'failed')
   AND ti.status IN ('new', 'reprocess')
+ORDER BY t.name, r.run_number, ut.name
+"""
+
+#: merged instances whose group leader failed: their run is lost with the leader's (driven from the merged rows;
+#: those of a done leader are most of them, and are left at once)
+LEADER_FAILED_SQL = """
+SELECT t.name, r.run_number, r.fill, lr.run_number, l.updated_at
+FROM task_instance ti JOIN task_instance l ON l.id = ti.leader_id
+JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id JOIN run lr ON lr.id = l.run_id
+WHERE ti.campaign_id = ? AND ti.status = 'merged' AND l.status = 'failed'
 ORDER BY t.name, r.run_number
 """
+
+#: instances that wait on an upstream task the operator skipped for their run: they can never be claimed (driven
+#: from the skipped instances)
+UPSTREAM_SKIPPED_SQL = """
+SELECT DISTINCT t.name, r.run_number, ut.name, u.updated_at
+FROM task_instance u JOIN task_dep d ON d.depends_on_id = u.task_id
+JOIN task_instance ti ON ti.task_id = d.task_id AND ti.run_id = u.run_id
+JOIN task t ON t.id = ti.task_id JOIN run r ON r.id = ti.run_id JOIN task ut ON ut.id = u.task_id
+WHERE u.campaign_id = ? AND u.status = 'skipped' AND ti.status IN ('new', 'reprocess')
+ORDER BY t.name, r.run_number
+"""
+
+#: every instance neither done nor skipped (nor merged into a done leader), with its run, fill, last change and the
+#: first upstream task not done for its run (with that task's status): what is progressing and what waits for an
+#: upstream task. ``{runs}``: all the campaign's instances, or those of some runs (read from the runs first)
+UNFINISHED_SQL = """
+SELECT t.name, r.run_number, r.fill, ti.status, ti.updated_at, lr.run_number, l.status, (
+  SELECT ut.name || ' ' || CASE WHEN u.status = 'merged' THEN 'merged into a ' || COALESCE(ul.status, 'missing')
+                                || ' run' ELSE COALESCE(u.status, 'missing') END
+  FROM task_dep d JOIN task ut ON ut.id = d.depends_on_id
+  LEFT JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = ti.run_id
+  LEFT JOIN task_instance ul ON ul.id = u.leader_id
+  WHERE d.task_id = ti.task_id AND ti.status IN ('new', 'reprocess')
+    AND NOT (COALESCE(u.status, '') = 'done'
+             OR (COALESCE(u.status, '') = 'merged' AND COALESCE(ul.status, '') = 'done'))
+  ORDER BY ut.name LIMIT 1)
+FROM {runs}
+JOIN task t ON t.id = ti.task_id LEFT JOIN task_instance l ON l.id = ti.leader_id LEFT JOIN run lr ON lr.id = l.run_id
+WHERE {where} AND ti.status IN ('new', 'reprocess', 'processing', 'failed', 'merged')
+  AND NOT (ti.status = 'merged' AND COALESCE(l.status, '') = 'done')
+"""
+#: every run's, or some runs' (SQLite reads the runs first: ``CROSS JOIN`` keeps the order written)
+_ALL_RUNS = {"runs": "task_instance ti JOIN run r ON r.id = ti.run_id", "where": "ti.campaign_id = ?"}
+_SOME_RUNS = {"runs": "run r CROSS JOIN task_instance ti",
+              "where": "ti.run_id = r.id AND r.campaign_id = ? AND r.run_number IN ({marks})"}
 
 
 def stuck_instances(tx: Tx, cid: Optional[int], after: float, now: str) -> list[StuckInstance]:
@@ -116,7 +162,58 @@ WHERE j.status = 'failed' AND j.attempts <= t.max_retries AND ti.status = 'proce
 
 def blocked_instances(tx: Tx, cid: int) -> list[tuple[int, str, int]]:
     """Instances waiting on an upstream task that failed for their run (derived, never stored)."""
-    return [(r[0], r[1], r[2]) for r in tx.all(BLOCKED_SQL, (cid,))]
+    return [(r[0], r[1], r[2]) for r in _blocked_rows(tx, cid)]
+
+
+def _blocked_rows(tx: Tx, cid: int) -> list[Any]:
+    """:data:`BLOCKED_SQL`'s rows, one per instance (the first upstream task, by name, that blocks it)."""
+    seen: set[int] = set()
+    out = []
+    for row in tx.all(BLOCKED_SQL, (cid,)):
+        if row[0] not in seen:
+            seen.add(row[0])
+            out.append(row)
+    return out
+
+
+def leader_failed(tx: Tx, cid: int) -> list[tuple[str, int, Optional[int], int, str]]:
+    """Merged instances whose group leader failed: (task, run, fill, leader run, when the leader failed)."""
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in tx.all(LEADER_FAILED_SQL, (cid,))]
+
+
+def upstream_skipped(tx: Tx, cid: int) -> list[tuple[str, int, str, str]]:
+    """Instances not claimed yet whose upstream task was skipped for their run: (task, run, upstream, since)."""
+    return [(r[0], r[1], r[2], r[3]) for r in tx.all(UPSTREAM_SKIPPED_SQL, (cid,))]
+
+
+def unfinished_instances(tx: Tx, cid: int, runs: Optional[Sequence[int]] = None) -> list[tuple[Any, ...]]:
+    """Every instance neither done nor skipped (nor merged into a done leader) of ``runs`` (all: None): (task, run,
+    fill, status, last change, leader run, leader status, the first upstream not done with its status or None)."""
+    if runs is None:
+        return [tuple(r) for r in tx.all(UNFINISHED_SQL.format(**_ALL_RUNS), (cid,))]
+    out: list[tuple[Any, ...]] = []
+    for chunk in chunks(sorted(set(runs))):
+        marks = ",".join("?" * len(chunk))
+        sql = UNFINISHED_SQL.format(runs=_SOME_RUNS["runs"], where=_SOME_RUNS["where"].format(marks=marks))
+        out += [tuple(r) for r in tx.all(sql, (cid, *chunk))]
+    return out
+
+
+def changed_at(tx: Tx, cid: int, task: str, runs: Sequence[int]) -> dict[int, str]:
+    """When ``task``'s instances of ``runs`` last changed (became what they are), by run."""
+    out: dict[int, str] = {}
+    for chunk in chunks(sorted(set(runs))):
+        marks = ",".join("?" * len(chunk))
+        out.update((r[0], r[1]) for r in tx.all(
+            "SELECT r.run_number, ti.updated_at FROM task_instance ti JOIN task t ON t.id = ti.task_id"
+            f" JOIN run r ON r.id = ti.run_id WHERE t.campaign_id = ? AND t.name = ? AND r.run_number IN ({marks})",
+            (cid, task, *chunk)))
+    return out
+
+
+def retrying_instances(tx: Tx, cid: Optional[int], now: str) -> list[StuckInstance]:
+    """``processing`` instances with failed jobs that a resubmit will retry (``jobs``: how many), since the oldest."""
+    return _at_job_times(_late(tx, RETRYING_SQL, cid, [to_micros(now)], _PER_INSTANCE))
 
 
 def record_heartbeat(ctx: Ctx, cid: int, task: str, stage: str, ok: bool, message: str) -> None:
@@ -223,10 +320,12 @@ class Monitoring(StoreBase):
             failing = [b for b in beats if not b.ok and b.last_at >= limit]
             campaigns = [cid] if cid is not None else [r[0] for r in tx.all("SELECT id FROM campaign")]
             names = {r[0]: r[1] for r in tx.all("SELECT id, name FROM campaign")}
-            blocked = [(names[c], t, r) for c in campaigns for _, t, r in blocked_instances(tx, c)]
+            blocked_by = [BlockedInstance(names[c], r[1], r[2], r[3], r[4], r[5]) for c in campaigns
+                          for r in _blocked_rows(tx, c)]
+            blocked = [(b.campaign, b.task, b.run_number) for b in blocked_by]
             failed = [StuckInstance(*r) for r in _late(tx, FAILED_SQL, cid, [now])]
-            retrying = _at_job_times(_late(tx, RETRYING_SQL, cid, [to_micros(now)], _PER_INSTANCE))
-        return Health(stuck, silent, blocked, failing, unsubmitted, failed, retrying)
+            retrying = retrying_instances(tx, cid, now)
+        return Health(stuck, silent, blocked, failing, unsubmitted, failed, retrying, blocked_by)
 
     # --- the audit's bookmarks ----------------------------------------------------------
 

@@ -20,8 +20,9 @@ from .outputs import instance_outputs
 from .results import AuditRow, InstanceInfo, InstanceOutputs, MadeBy, Overview, OverviewRow
 from .statemachine import TASK, TaskStatus
 
-#: what the audit records: task instances' and jobs' transitions, and ``handler`` rows (the stages' heartbeats)
-HISTORY_KINDS = ("task", "job", "handler")
+#: what the audit records: task instances' and jobs' transitions, ``handler`` rows (the stages' heartbeats) and
+#: ``attention`` rows (what needed action: a reason appearing, changing level or clearing)
+HISTORY_KINDS = ("task", "job", "handler", "attention")
 #: what a shift reads unless it asks for more: the transitions, without the heartbeats
 DEFAULT_KINDS = ("task", "job")
 #: the most rows ``history`` counts to say "N of M" (beyond: "of at least"), so that its cost stays bounded
@@ -223,7 +224,7 @@ class Queries(StoreBase):
                                                 status, transitions_only, kinds)
             sql = ("SELECT a.id, a.ts, c.name, a.entity, a.task, a.run_number, a.jid, a.generation, a.from_status,"
                    " a.to_status, a.actor, a.reason, a.request_id, a.identity,"
-                   " CASE WHEN a.from_status = a.to_status OR a.entity = 'task' THEN a.detail END"
+                   " CASE WHEN a.from_status = a.to_status OR a.entity IN ('task', 'attention') THEN a.detail END"
                    " FROM audit a JOIN campaign c ON c.id = a.campaign_id" + where + " ORDER BY a.id DESC")
             if limit is not None or offset:
                 sql += " LIMIT ? OFFSET ?"

@@ -12,6 +12,9 @@ from .errors import Invalid
 
 #: the job field a check records the start of a job's attempt in, as its batch system reported it
 STARTED = "started"
+#: what a campaign's policy may do with a late run (one that comes after its fill was processed): flag it (a problem
+#: naming the command), or regroup the fill at once (the attention model)
+LATE_RUNS = ("flag", "regroup")
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,8 @@ class AuditRow:
         """The reason, and for an annotation without one what it recorded (a submit's, or an adopting stage's,
         logs folder beside the batch id): an 'idle -> idle' row with nothing to say read as a transition; a claim
         says what made its generation."""
+        if self.entity == "attention" and self.fields:  # what needed action: the reason's code, and its words
+            return f"{self.reason}: {self.fields.get('message') or 'cleared'}"
         if self.made_by is not None:
             return f"{self.reason} (made by {self.made_by})"
         if self.reason or not self.fields:
@@ -366,6 +371,19 @@ class SilentHandler:
 
 
 @dataclass(frozen=True)
+class BlockedInstance:
+    """An instance waiting on an upstream task that failed for its run (or whose group leader failed): which one,
+    and since when (the upstream's last change)."""
+
+    campaign: str
+    task: str
+    run_number: int
+    upstream: str
+    since: str
+    status: str = "new"
+
+
+@dataclass(frozen=True)
 class Health:
     stuck: list[StuckInstance]
     silent: list[SilentHandler]
@@ -377,6 +395,8 @@ class Health:
     failed: list[StuckInstance] = field(default_factory=list)
     #: ``processing`` instances with failed jobs that the next resubmit retries (``jobs``: how many): not a problem
     retrying: list[StuckInstance] = field(default_factory=list)
+    #: ``blocked`` with the upstream task that blocks each instance and since when
+    blocked_by: list[BlockedInstance] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -10,12 +10,12 @@ same runs. History is never deleted: the next claim opens a new job generation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .auditlog import made_and_done
-from .base import Ctx, StoreBase, campaign_task, downstream_tasks, move_instance
+from .auditlog import TASK_ROWS, made_and_done
+from .base import CASCADE, Ctx, StoreBase, campaign_task, downstream_tasks, move_instance
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
 from .limits import chunks
@@ -70,38 +70,52 @@ class Transitions(StoreBase):
         dry_run: bool = False,
         request_id: Optional[str] = None,
         generation: Optional[int] = None,
+        fill: Optional[int] = None,
+        only_from: Optional[Collection[str]] = None,
         version_not: Optional[str] = None,
     ) -> BulkResult:
-        """Mark task instances for reprocessing (by runs, or every failed one), optionally downstream too.
+        """Mark task instances for reprocessing (by runs, every failed one, or a fill's), optionally downstream too.
 
+        ``fill``: every instance of the task processed for a run of that fill (processing, done, failed or merged:
+        its groups, which the next claim makes again with the fill's runs not processed yet, a late run among them).
         ``generation``: roll back one claim only, a submit stage's own: refused with :class:`Conflict` (nothing
         written) unless every run given is ``processing`` in that generation, so a claim an operator aborted
-        and another build took again is never aborted by the first build's rollback.
+        and another build took again is never aborted by the first build's rollback. ``only_from``: refused with
+        :class:`Conflict` (nothing written) unless every instance selected is in one of these statuses (a policy
+        that regroups a fill never aborts a group being processed).
+        A skipped instance brought back also brings back what its skip cascaded to (see :func:`_cascaded`).
         ``version_not``: of the runs selected (every done or failed run of the task when none is given), only those
         whose current generation another version of the workflow made, or none recorded; the others are unchanged.
         """
-        if not runs and not failed and version_not is None:
-            raise Invalid("nothing selected: give runs, failed=True or version_not")
+        if not runs and not failed and fill is None and version_not is None:
+            raise Invalid("nothing selected: give runs, a fill, failed=True or version_not")
         return self._operate("reprocess", campaign, task, runs or (), failed, downstream, T.REPROCESS, reason,
-                             dry_run, request_id, generation, version_not)
+                             dry_run, request_id, generation, fill, only_from, version_not)
 
     def _operate(
         self, kind: str, campaign: str, task: str, runs: Sequence[int], failed: bool, downstream: bool,
         target: TaskStatus, reason: str, dry_run: bool, request_id: Optional[str], generation: Optional[int] = None,
-        version_not: Optional[str] = None,
+        fill: Optional[int] = None, only_from: Optional[Collection[str]] = None, version_not: Optional[str] = None,
     ) -> BulkResult:
         if not reason or not reason.strip():
             raise Invalid("a reason is required for operator transitions")
+        allowed = None if only_from is None else frozenset(only_from)
 
         def plan(tx: Tx) -> tuple[int, list[_Target], list[Change]]:
             cid, tid, _ = campaign_task(tx, campaign, task)
-            targets, missing = _select(tx, tid, task, runs, failed)
+            targets, missing = _select(tx, tid, task, runs, failed, fill)
             left: list[Change] = []
             why: dict[int, str] = {}
             if version_not is not None:
-                targets, left, why = _made_by_other(tx, tid, targets if runs or failed else None, version_not)
+                targets, left, why = _made_by_other(tx, tid, targets if runs or failed or fill is not None else None,
+                                                    version_not)
+            if allowed is not None:
+                for t in targets:
+                    if t.status not in allowed:
+                        raise Conflict(f"task {task} run {t.run} is {t.status}, not {' or '.join(sorted(allowed))}:"
+                                       " nothing written")
             if target == T.REPROCESS:
-                targets = _expand(tx, self, cid, targets, downstream)
+                targets = _cascaded(tx, _expand(tx, self, cid, targets, downstream))
             elif target == T.SKIPPED:  # nothing to do downstream either: the dependent tasks skip the run too
                 targets = _expand(tx, self, cid, targets, True)
             changes = [Change("task", f"{task} run {r}", None, target.value, "refused", "no such task instance")
@@ -125,9 +139,12 @@ class Transitions(StoreBase):
                     _write(ctx, cid, t, target, reason)
             return BulkResult(changes)
 
-        return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
-                           args=(campaign, task, sorted(runs), failed, downstream, target.value, reason, generation,
-                                 version_not))
+        args: tuple[Any, ...] = (campaign, task, sorted(runs), failed, downstream, target.value, reason, generation)
+        if fill is not None or allowed is not None:  # (the fingerprints of calls without them stay as they were)
+            args += (fill, sorted(allowed or ()))
+        if version_not is not None:
+            args += (version_not,)
+        return self._write(kind, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict, args=args)
 
 
 def _check_generation(tx: Tx, task: str, targets: Sequence[_Target], generation: int) -> None:
@@ -149,10 +166,19 @@ _COLUMNS = ("SELECT ti.id, ti.task_id, t.name, r.run_number, ti.status, ti.versi
             " JOIN run r ON r.id = ti.run_id JOIN task t ON t.id = ti.task_id")
 
 
+#: what a fill's reprocessing selects: the instances processed (or being processed) for a run of the fill
+PROCESSED = ("processing", "done", "failed", "merged")
+
+
 def _select(
-    tx: Tx, tid: int, task: str, runs: Sequence[int], failed: bool
+    tx: Tx, tid: int, task: str, runs: Sequence[int], failed: bool, fill: Optional[int] = None
 ) -> tuple[list[_Target], list[int]]:
     found: dict[int, _Target] = {}
+    if fill is not None:
+        marks = ",".join("?" * len(PROCESSED))
+        for row in tx.all(f"{_COLUMNS} WHERE ti.task_id = ? AND r.fill = ? AND ti.status IN ({marks}){tx.lock('ti')}",
+                          (tid, fill, *PROCESSED)):
+            found[row[0]] = _target(row, True)
     wanted = sorted(set(runs))
     for chunk in chunks(wanted):
         marks = ",".join("?" * len(chunk))
@@ -185,6 +211,35 @@ def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstre
             if t.iid not in chosen:
                 chosen[t.iid] = t
                 queue.append(t)
+    return sorted(chosen.values(), key=lambda t: (t.explicit is False, t.task_id, t.run))
+
+
+#: the last transition of an instance, as its reason's text (through the partial index of task rows)
+_LAST_REASON = (f"SELECT s.text FROM string s WHERE s.id = (SELECT a.reason FROM audit_log a WHERE a.instance_id = ?"
+                f" AND a.{TASK_ROWS} ORDER BY a.id DESC LIMIT 1)")
+
+
+def _cascaded(tx: Tx, targets: list[_Target]) -> list[_Target]:
+    """``targets`` and, for each skipped one brought back, the instances its skip cascaded to: the dependent tasks'
+    instances of its run that are skipped by a cascade (their last reason ends with "(cascade)", never an
+    operator's own skip) and have no other upstream task still skipped for the run; theirs in turn."""
+    chosen: dict[int, _Target] = {t.iid: t for t in targets}
+    queue = [t for t in targets if t.status == T.SKIPPED.value]
+    while queue:
+        item = queue.pop(0)
+        rows = tx.all(f"{_COLUMNS} JOIN task_dep d ON d.task_id = ti.task_id WHERE d.depends_on_id = ?"
+                      " AND ti.run_id = (SELECT run_id FROM task_instance WHERE id = ?)"
+                      f" AND ti.status = 'skipped'{tx.lock('ti')}", (item.task_id, item.iid))
+        for row in rows:
+            child = _target(row, False)
+            if child.iid in chosen or not str(tx.scalar(_LAST_REASON, (child.iid,)) or "").endswith(CASCADE):
+                continue
+            others = tx.all("SELECT u.id FROM task_dep d JOIN task_instance u ON u.task_id = d.depends_on_id"
+                            " AND u.run_id = (SELECT run_id FROM task_instance WHERE id = ?)"
+                            " WHERE d.task_id = ? AND u.status = 'skipped'", (child.iid, child.task_id))
+            if all(o[0] in chosen for o in others):
+                chosen[child.iid] = child
+                queue.append(child)
     return sorted(chosen.values(), key=lambda t: (t.explicit is False, t.task_id, t.run))
 
 
@@ -248,7 +303,7 @@ def _refusal(changes: list[Change]) -> Refused:
 
 def _write(ctx: Ctx, cid: int, t: _Target, target: TaskStatus, reason: str) -> None:
     move_instance(ctx, cid, t.task, iid=t.iid, run=t.run, status=t.status, version=t.version, to=target,
-                  reason=reason if t.explicit else f"{reason} (cascade)", leader_id=None)
+                  reason=reason if t.explicit else f"{reason}{CASCADE}", leader_id=None)
 
 
 def _made_by_other(tx: Tx, tid: int, targets: Optional[list[_Target]], version: str,

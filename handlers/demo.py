@@ -42,6 +42,7 @@ from typing import Any
 import click
 
 from ecalstate import Store
+from ecalstate.attention import attention
 from ecalstate.cli import main as ecalstate
 from ecalstate.handler import TaskHandler
 from ecalstate.sources.oms import OMSAPI, OmsRunSource, Response, RunMapping
@@ -70,6 +71,8 @@ DAY_START = datetime(2026, 6, 14, tzinfo=timezone.utc)
 TICK = timedelta(minutes=30)
 #: the run the operator skips (the first run of the second fill: ECAL partly off)
 SKIPPED_RUN = FIRST_RUN + 4
+#: when the simulated OMS starts listing a run (a run it lists late); not an OMS attribute
+LISTED_AT = "listed_at"
 #: the OMS attributes the demo maps beyond the default mapping: the era, and two simulated ones (events per run,
 #: and the demo's transient failure), as a --mapping file would
 MAPPING = RunMapping(meta={**RunMapping().meta, "era": "era", "nevents": "nevents", "inject_failure": "inject_failure"})
@@ -98,7 +101,9 @@ def run(command: click.Command, name: str, args: Sequence[str], echo: bool = Tru
 
 def day_of_runs(fills: int) -> dict[str, Any]:
     """A day of data taking as OMS answers it (JSON:API documents of runs and fills): fills of 2-4 collision
-    runs, each fill dumped before a cosmics run (no fill) that the collisions run type leaves alone."""
+    runs, each fill dumped before a cosmics run (no fill) that the collisions run type leaves alone. With two fills
+    or more, one collision run of the second fill is listed by OMS late (``listed_at``, not an OMS attribute: when
+    the simulated OMS starts answering it), after its fill was calibrated."""
     start = DAY_START
     runs: list[dict[str, Any]] = []
     ends: list[dict[str, Any]] = []
@@ -116,6 +121,13 @@ def day_of_runs(fills: int) -> dict[str, Any]:
         number += 1
         start += timedelta(hours=1)
     runs[1]["inject_failure"] = 1  # a transient failure of its first reconstruction job
+    if fills > 1:  # a run of the second fill that OMS lists two hours after the day's last run ended
+        fill = FIRST_FILL + 1
+        taken = next(datetime.fromisoformat(e["start_time"]) for e in ends if e["fill_number"] == fill)
+        late = oms_run(number, fill, "collisions2026", taken + timedelta(minutes=1), taken + timedelta(minutes=21),
+                       0.08, 30_000)
+        late[LISTED_AT] = iso(datetime.fromisoformat(runs[-1]["end_time"]) + timedelta(hours=2))
+        runs.append(late)
     return {resource: {"data": [{"id": str(row[KEYS[resource]]), "type": resource, "attributes": row}
                                 for row in rows]} for resource, rows in (("runs", runs), ("fills", ends))}
 
@@ -144,7 +156,7 @@ class SimulatedOms(OMSAPI):
 
     def get(self, resource: str, params: Sequence[tuple[str, str]]) -> Response:
         rows = [self._seen(item["attributes"]) for item in self.day[resource]["data"]
-                if item["attributes"]["start_time"] <= self.now]
+                if item["attributes"].get(LISTED_AT, item["attributes"]["start_time"]) <= self.now]
         for key, value in params:
             match = re.fullmatch(r"filter\[(\w+)\]\[(\w+)\]", key)
             if match:
@@ -157,7 +169,8 @@ class SimulatedOms(OMSAPI):
 
     def _seen(self, attributes: dict[str, Any]) -> dict[str, Any]:
         ended = attributes["end_time"] <= self.now
-        return {**attributes, "end_time": attributes["end_time"] if ended else None}
+        shown = {k: v for k, v in attributes.items() if k != LISTED_AT}
+        return {**shown, "end_time": attributes["end_time"] if ended else None}
 
 
 def prepare(out: Path) -> None:
@@ -198,7 +211,9 @@ def main() -> None:
     click.secho("\n== a day of data taking, as OMS answers it (JSON:API)", bold=True)
     oms = out / "oms.json"
     oms.write_text(json.dumps(day_of_runs(args.fills), indent=1))
-    last_end = max(item["attributes"]["end_time"] for item in json.loads(oms.read_text())["runs"]["data"])
+    last_end = max(max(item["attributes"]["end_time"], item["attributes"].get(LISTED_AT, ""))
+                   for item in json.loads(oms.read_text())["runs"]["data"])
+    late = [int(item["id"]) for item in json.loads(oms.read_text())["runs"]["data"] if LISTED_AT in item["attributes"]]
     click.echo(f"   {oms}: {args.fills} fills; each tick the clock moves on {TICK} and the OMS source reads it")
 
     click.secho("\n== Jenkins ticks: sync the runs, then check, resubmit, submit of each workflow (local backend)",
@@ -227,7 +242,7 @@ def main() -> None:
             click.echo(f"   $ python handlers/phisym_calib.py ... submit --dry-run\n   {output.getvalue().strip()}")
         waiting = output.getvalue()
         jenkins(stages, handler_args)
-        if iso(now) >= last_end and finished(db):
+        if iso(now) >= last_end and finished(db, late):
             break
         time.sleep(0.5)
 
@@ -250,6 +265,10 @@ def main() -> None:
     run(ecalstate, "ecalstate", [*base, "status", "-c", CAMPAIGN])
     run(ecalstate, "ecalstate", [*base, "job", "list", "-c", CAMPAIGN, "--task", "phisym-reco", "--run",
                                  str(FIRST_RUN + 1)])
+    if late:
+        click.secho(f"\n== run {late[0]} came late: OMS listed it after its fill was calibrated; health names it"
+                    " with the command that takes it in (ecalstate campaign update --late-runs regroup would have"
+                    " regrouped its fill at the next submit)", bold=True)
     run(ecalstate, "ecalstate", [*base, "health", "-c", CAMPAIGN], check=False)
     if ecalstate.get_command(click.Context(ecalstate), "report") is not None:  # the HTML report, when installed
         run(ecalstate, "ecalstate", [*base, "report", "html", "-c", CAMPAIGN, "--out", str(out / "overview.html")])
@@ -257,7 +276,7 @@ def main() -> None:
     plots = sorted(out.glob("work/data/**/*.png"))
     click.secho(f"\nplots: {len(plots)} PNG maps, e.g. {plots[0] if plots else '-'}", bold=True)
     click.secho(f"demo finished in {time.monotonic() - t0:.1f} s; everything is in {out}", bold=True)
-    if not finished(db):
+    if not finished(db, late):
         raise SystemExit("demo: some task instances did not finish")
 
 
@@ -272,12 +291,17 @@ def jenkins(stages: Sequence[tuple[type[TaskHandler], str]], handler_args: Seque
                 click.echo(f"   {line}")
 
 
-def finished(db: str) -> bool:
-    """Every task instance is done, merged or skipped (the cosmics runs activated nothing)."""
+def finished(db: str, late: Sequence[int] = ()) -> bool:
+    """Every task instance is done, merged or skipped (the cosmics runs activated nothing), but those of the runs
+    listed ``late``: reconstructed, their fill's calibration flagged (it waits for an operator, with the command)."""
     with Store.open(db) as store:
-        totals = store.overview(CAMPAIGN).totals
-    return all(count == 0 for task in totals.values() for status, count in task.items()
-               if status not in ("done", "merged", "skipped"))
+        rows = store.overview(CAMPAIGN).rows
+        flagged = {i.run_number for i in attention(store, CAMPAIGN).items
+                   if i.task == "phisym-calib" and any(r.code == "late-member" for r in i.reasons)}
+    return all(status in ("done", "merged", "skipped") for row in rows if row.run_number not in late
+               for status in row.statuses.values() if status) and \
+        all(row.statuses.get("phisym-reco") == "done" and row.run_number in flagged for row in rows
+            if row.run_number in late)
 
 
 def _runs(numbers: Sequence[int]) -> str:

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"tables", "outputs", "auditlog", "pgjobs", "migrations", "schema", "guards", "roles"},
     {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "store"},
     {"compat/", "notify/", "sources/", "export", "retention", "report", "logs", "backends/", "handler", "web/",
-     "__init__"},
+     "attention", "__init__"},
     {"cli/"},
 ]
 #: the database layer: the only rooms that may ask which engine they run on

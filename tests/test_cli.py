@@ -275,7 +275,7 @@ def test_health_exit_codes_and_json(chain: str) -> None:
     assert [(f["stage"], f["message"]) for f in report["failing"]] == [("check", "schedd unreachable")]
     assert report["silent"] == []
     assert [(f["task"], f["run_number"], f["jobs"]) for f in report["failed"]] == [("reco", 3, 1)]
-    assert result.stderr.strip() == "unhealthy: 3 stuck, 0 silent, 1 failing, 1 blocked, 1 failed"
+    assert result.stderr.strip() == "unhealthy: 3 stuck, 0 silent, 1 failing, 1 blocked, 1 failed; 4 problems, 1 warning"
     silent = invoke(chain, "health", "--silent-after", "0s")  # every campaign
     assert silent.exit_code == 1
     assert "silent handler stages: no recent heartbeat: 2" in silent.stdout and "silent after 0s" in silent.stdout

@@ -75,7 +75,7 @@ CASES = [
     case("blank-reason", [*SET, "--runs", "2", "done", "--reason", "  "], 1, "a reason is required"),
     case("missing-runs", [*SET, "done", "--reason", "x"], 2, "Missing option '--runs'"),
     case("reprocess-selects-nothing", ["reprocess", "-c", "prompt", "--task", "reco", "--reason", "x"], 2,
-         "give --runs, --failed or --version-not"),
+         "give --runs, --fill, --failed or --version-not"),
     case("missing-campaign", ["status"], 2, "Missing option '-c' / '--campaign'"),
     # run sets
     case("run-range-backwards", ["status", "-c", "prompt", "--runs", "5-3"], 2, "end before start"),

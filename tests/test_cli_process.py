@@ -50,7 +50,7 @@ def test_every_command_group_in_a_real_process(tmp_path: Path) -> None:
                                                 "--dry-run")
     status = sh(db, "status")
     assert re.search(r"^102\s+7\s+done\s+new$", status, re.MULTILINE) and re.search(r"^103\s+8\s+failed\s+new\*$", status, re.MULTILINE)
-    assert "blocked: an upstream task failed for the run: 1" in sh(db, "health", code=1)
+    assert "calib run 103 is blocked: its upstream task reco failed for the run [blocked" in sh(db, "health", code=1)
     rows = json.loads(sh(db, "--json", "history", "--task", "reco", "--run", "103"))
     assert (rows[-1]["to_status"], rows[-1]["actor"], rows[-1]["reason"]) == ("failed", "jenkins-prompt-42",
                                                                              "corrupt input")

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import yaml
 from test_export import NASTY, make_campaign, rows
 
 from ecalstate import Store, TaskStatus
+from ecalstate.attention import observe, recorded
 from ecalstate.export import V1Target, export
 from ecalstate.lineprotocol import timestamp_ns
 
@@ -145,6 +147,11 @@ def loaded(influx: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
     with Store.open(str(path), actor="tester", create=True) as store:
         make_campaign(store)
         make_campaign(store, campaign="rereco", runs=4, text="other campaign")
+        later = datetime.now(timezone.utc) + timedelta(hours=7)
+        store.clock = lambda: later.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # type: ignore[method-assign]
+        observe(store, "prompt")  # what needs action, 7 h on: the plots without job progress are stuck
+        store.reprocess("prompt", "plots", runs=[356004], reason="stuck")
+        observe(store, "prompt")  # one of them cleared
         database = "dash_" + uuid.uuid4().hex[:8]
         influx.create_database(database)
         target = V1Target(influx.url, database)
@@ -226,9 +233,22 @@ def check_retried(found: list[dict[str, Any]], data: Loaded) -> None:
     assert len(want) == 2
 
 
+def check_attention(found: list[dict[str, Any]], data: Loaded) -> None:
+    """Each instance and reason's last point is what the attention model recorded: its level (cleared: gone), the
+    command that resolves it."""
+    want = {(task, run, code): level for task, told in recorded(data.store, "prompt").items()
+            for key, (level, _) in told.items() for run, _, code in [key.partition(":")]}
+    got = {(r["task"], r["run_number"], r["reason"]): r["level"] for r in found}
+    assert {k: v for k, v in got.items() if v != "clear"} == want and "clear" in got.values()
+    assert {r["reason"] for r in found if r["level"] == "problem"} == {"stuck", "unsubmitted"}  # jobs never sent
+    assert all(r["command"] == f'ecalstate reprocess -c prompt --task plots --runs {r["run_number"]} --reason "..."'
+               for r in found if r["reason"] == "stuck" and r["level"] == "problem")
+
+
 EXPECTED: dict[tuple[str, str], Callable[[list[dict[str, Any]], Loaded], None]] = {
     ("processing.json", "Processing overview"): check_overview,
     ("processing.json", "Handler health"): check_handlers,
+    ("processing.json", "Needs action"): check_attention,
     ("jobs.json", "Jobs per status"): check_per_status,
     ("jobs.json", "Jobs by status now"): check_now,
     ("jobs.json", "Job failures and resubmissions"): check_failures,

@@ -22,7 +22,11 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = demo("--out", str(out), "--fills", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "healthy: nothing stuck" in result.stdout
+    # OMS listed run 380010 of fill 9002 after that fill was calibrated: health names it with its command
+    assert "problem  phisym-calib run 380010 came late: fill 9002 was processed without it" in result.stdout
+    assert ('$ ecalstate reprocess -c prompt --task phisym-calib --fill 9002 --downstream --reason "..."'
+            in result.stdout)
+    assert "unhealthy: 0 stuck, 0 silent, 0 failing, 0 blocked; 1 problem, 0 warnings" in result.stderr
     assert "run sync -c prompt --source oms" in result.stdout and "export --out" in result.stdout
     assert "fill 9001 waits: run 380002 phisym-reco processing" in result.stdout  # its retried reconstruction
     assert "== a new release: phisym-calib 2.1 (the day was calibrated by 2.0)" in result.stdout
@@ -36,7 +40,7 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         meta = {r["run_number"]: r["meta"] for r in store.list_runs("prompt")}[380001]
         assert (meta["class"], meta["global"], meta["ecal"], meta["era"]) == ("Collisions", True, True, "Run2026C")
         assert meta["lumi"] > 0 and "ongoing" not in meta
-        assert RunSources(store).source_state("prompt", "oms").last_run == 380009
+        assert RunSources(store).source_state("prompt", "oms").last_run == 380010
         assert [(f.fill, f.reason[:4]) for f in store.ended_fills("prompt")] == [(9001, "OMS:"), (9002, "OMS:")]
         # the operator skipped one run: nothing to do for it, downstream too
         assert statuses[380005] == {"phisym-reco": "skipped", "phisym-calib": "skipped", "phisym-plots": "skipped"}
@@ -70,6 +74,8 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
     assert "<html" in (out / "overview.html").read_text().lower()
     lines = (out / "ecalstate.lp").read_text().splitlines()
     assert any(line.startswith("run,") for line in lines) and any(line.startswith("job,") for line in lines)
+    assert any(line.startswith("attention,campaign=prompt,reason=late-member,run_number=380010,task=phisym-calib"
+                               ' level="problem"') for line in lines)
 
     # a second run starts afresh in its own folder; a folder it did not make is refused
     assert demo("--out", str(out), "--fills", "1").returncode == 0

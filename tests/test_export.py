@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -205,6 +206,36 @@ def test_handler_points(store: Store, tmp_path: Path) -> None:
     assert handler[0].startswith("handler,campaign=prompt,stage=submit,task=reco ok=true,heartbeat=1i,message=\"\"")
     assert handler[1].startswith('handler,campaign=prompt,stage=check,task=reco ok=false,heartbeat=1i,message="a b,c=d'
                                  ' \\"q\\" back\\\\slash\\\\ new\nline ünïcødé ☃ \\\\",actor="tester"')
+
+
+def test_attention_points_say_what_needed_action_and_replay_identically(store: Store, tmp_path: Path) -> None:
+    """Issue 22: what needs action, recorded by the attention model, as points Grafana can plot."""
+    from ecalstate.attention import observe
+
+    make_campaign(store, text="plain")
+    later = datetime.now(timezone.utc) + timedelta(hours=7)
+    store.clock = lambda: later.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # type: ignore[method-assign]
+    observe(store, "prompt")  # two plots instances without job progress for 7 h: stuck
+    store.reprocess("prompt", "plots", runs=[356004], reason="stuck: again")  # clears one
+    observe(store, "prompt")
+    out = tmp_path / "out.lp"
+    file_export(store, out, batch_size=5)
+    points = [ln for ln in split_lines(out.read_text()) if ln.startswith("attention,")]
+    rows = store.history("prompt", kinds=["attention"], limit=None)
+    assert len(points) == len(rows) > 0
+    for row, point in zip(rows, points):
+        tags, fields, when = point.split(" ")[0], point[len(point.split(" ")[0]) + 1:].rsplit(" ", 1)[0], point[-19:]
+        assert tags == f"attention,campaign=prompt,reason={row.reason},run_number={row.run_number},task={row.task}"
+        severity = {"clear": 0, "info": 1, "warning": 2, "problem": 3}[row.to_status]
+        assert fields.startswith(f'level="{row.to_status}",severity={severity}i,since=') and "command=" in fields
+        assert int(when) == timestamp_ns(row.ts)
+    cleared = [p for p in points if 'level="clear"' in p]
+    assert cleared and all('message="",command=""' in p for p in cleared)
+    problem = next(p for p in points if 'level="problem"' in p)
+    assert 'command="ecalstate reprocess -c prompt' in problem
+    replay = tmp_path / "replay.lp"
+    file_export(store, replay, full=True)
+    assert [ln for ln in split_lines(replay.read_text()) if ln.startswith("attention,")] == points
 
 
 def test_cursor_query_reads_by_primary_key(tmp_path: Path) -> None:

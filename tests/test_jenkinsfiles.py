@@ -30,7 +30,14 @@ CREDENTIALS = {"ECALSTATE_INFLUX_TOKEN", "ECALSTATE_INFLUX_USER", "ECALSTATE_INF
 
 
 def sh_steps(text: str) -> list[str]:
-    return re.findall(r"""\bsh\s*\(?\s*(?:script:\s*)?'([^']*)'""", text)
+    """Every command a pipeline runs: its ``sh`` steps and its handler stages (``handlerStage('...')``)."""
+    return re.findall(r"""\b(?:sh|handlerStage)\s*\(?\s*(?:script:\s*)?'([^']*)'""", text)
+
+
+def handler_stage_function(text: str) -> str:
+    found = re.search(r"^void handlerStage\(String command\) \{\n.*?^\}\n", text, re.M | re.S)
+    assert found, "no handlerStage function"
+    return found.group(0)
 
 
 def environment(text: str) -> dict[str, str]:
@@ -63,6 +70,23 @@ def test_pipeline_shape_and_no_inline_secrets(path: Path) -> None:
     assert not set(environment(text)) & CREDENTIALS
     for step in sh_steps(text):
         assert not re.search(r"--(token|password|user)\b|://[^/\s]*@", step), step
+
+
+def test_a_stage_that_left_a_run_failed_for_good_makes_the_build_unstable() -> None:
+    """Issue 22 item 4: check, resubmit and submit exit 3 when they left an instance failed for good; the pipelines
+    turn that code, and only it, into UNSTABLE (any other failure fails the build), in one function per pipeline,
+    the same in every one."""
+    functions = {handler_stage_function(p.read_text()) for p in WORKFLOWS}
+    assert len(functions) == 1
+    (body,) = functions
+    assert "int code = sh(script: command, returnStatus: true)" in body
+    assert re.search(r"if \(code == 3\) \{\s+unstable\('[^']+'\)\s+\} else if \(code != 0\) \{\s+error\(", body)
+    for path in WORKFLOWS:
+        text = path.read_text()
+        handler = f"handlers/{path.name.removesuffix('.Jenkinsfile').replace('-', '_')}.py"
+        stages = re.findall(r"handlerStage\('([^']*)'\)", text)
+        assert [s.split(handler)[1].split()[2] for s in stages] == ["check", "resubmit", "submit"]
+        assert not re.search(rf"\bsh\s*\(?\s*'[^']*{re.escape(handler)}", text)  # never a plain sh: exit 3 would fail
 
 
 def test_lint(groovy_lint: str, tmp_path: Path) -> None:

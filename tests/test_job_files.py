@@ -244,10 +244,12 @@ def finished_locally(site: Site, run_number: int, jobs: int) -> None:
 
 
 def checked(site: Site) -> Ran:
-    """``check`` through the handler's command line: it must finish, cleanly, in little memory."""
+    """``check`` through the handler's command line: it must finish, cleanly, in little memory (exit 3 when it left
+    an instance failed for good, and only then)."""
     done = site.stage("check")
     assert not done.timed_out, f"check did not finish in 60 s: {done.err[-2000:]}"
-    assert done.code == 0 and "Traceback" not in done.err, done.err[-3000:]
+    lost = "failed for good" in done.out
+    assert done.code == (3 if lost else 0) and "Traceback" not in done.err, done.err[-3000:]
     assert done.max_rss_mb < 200, f"check used {done.max_rss_mb:.0f} MB"
     return done
 

@@ -11,6 +11,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +29,7 @@ from ecalstate.notify import NotifyConfig, NotifySettings, Webhook, deliver, sta
 class Hook:
     """A local incoming-webhook endpoint on 127.0.0.1 recording the JSON it receives."""
 
-    def __init__(self, port: int = 0, code: int = 200) -> None:
+    def __init__(self, port: int = 0, code: int = 200, delay: float = 0.0) -> None:
         self.received: list[dict[str, Any]] = []
         self.code = code
         hook = self
@@ -37,6 +38,7 @@ class Hook:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 hook.received.append(json.loads(body))
+                time.sleep(delay)  # a slow webhook: senders overlap while it answers
                 self.send_response(hook.code)
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -75,8 +77,8 @@ def hooks() -> Iterator[list[Hook]]:
         hook.close()
 
 
-def start(hooks: list[Hook], port: int = 0, code: int = 200) -> Hook:
-    hook = Hook(port, code)
+def start(hooks: list[Hook], port: int = 0, code: int = 200, delay: float = 0.0) -> Hook:
+    hook = Hook(port, code, delay)
     hooks.append(hook)
     return hook
 
@@ -184,7 +186,9 @@ def test_health_problems_are_told_once_each(store: Store, hooks: list[Hook]) -> 
 
     store.claim("prompt", "reco", limit=1)  # run 1 processing, no job: stuck at once with stuck_after=0
     deliver(store, "prompt", stuck_after=0, backoff=0)
-    assert main.texts()[1].startswith("ecalstate, campaign prompt:\n- task reco run 1 stuck in processing since")
+    assert main.texts()[1].startswith("ecalstate, campaign prompt:\n- problem: reco run 1 is stuck: processing without"
+                                      " job progress since")
+    assert main.texts()[1].endswith('[stuck]; to resolve: ecalstate reprocess -c prompt --task reco --runs 1 --reason "..."')
     store.heartbeat("prompt", "reco", "check", ok=True)
     deliver(store, "prompt", stuck_after=0, backoff=0)  # the shifters hear that it cleared
     assert main.texts()[2] == "ecalstate, campaign prompt:\n- resolved: handler reco check failing: schedd unreachable"
@@ -202,11 +206,11 @@ def test_blocked_instances_are_told_and_so_is_their_unblocking(store: Store, hoo
     configure(store, main.url)
     fail_twice(store, 1)
     deliver(store, "prompt", backoff=0)
-    assert "- task calib run 1 blocked: an upstream task failed for the run" in main.texts()[0]
+    assert ("- warning: calib run 1 is blocked: its upstream task reco failed for the run [blocked]; to resolve:"
+            ' ecalstate reprocess -c prompt --task reco --runs 1 --reason "..."') in main.texts()[0]
     store.set_status("prompt", "reco", [1], "skipped", reason="raw data lost")
     deliver(store, "prompt", backoff=0)
-    assert main.texts()[1] == ("ecalstate, campaign prompt:\n- resolved: task calib run 1 blocked: an upstream task "
-                               "failed for the run")
+    assert main.texts()[1] == "ecalstate, campaign prompt:\n- resolved: task calib run 1 no longer waits (blocked)"
 
 
 def test_a_compat_handler_stage_sends_what_it_caused(store: Store, hooks: list[Hook]) -> None:
@@ -388,3 +392,43 @@ def test_a_webhook_url_file_others_can_read_is_refused(store: Store, hooks: list
     assert CliRunner().invoke(main, ["--db", store.db.url, "notify", "send", "-c", "prompt"]).exit_code == 0
     assert len(hook.texts()) == 1
 
+
+
+def test_concurrent_senders_and_health_tell_each_instance_reason_and_level_once(db_url: str, hooks: list[Hook]) -> None:
+    """Issue 22: ``notify send`` and ``health`` run at once by several real processes (cron, Jenkins, a shifter):
+    what needs action is recorded once, and each instance, reason and level reaches the channel once."""
+    import subprocess
+    import sys
+    from collections import Counter
+    from pathlib import Path
+
+    main_hook = start(hooks, delay=1.0)
+    with Store.open(db_url, actor="tester", create=True) as s:
+        s.create_campaign("prompt")
+        s.add_task("prompt", "reco", max_retries=1)
+        s.add_task("prompt", "calib", depends_on=["reco"])
+        s.update_rtype("prompt", "all", add=["reco", "calib"])
+        s.inject_runs("prompt", [RunSpec(r, 10) for r in range(1, 7)])
+        NotifySettings(s).set_config("prompt", NotifyConfig(Webhook(url_file(main_hook.url), events=("health",))))
+        for run in (1, 2, 3):
+            fail_twice(s, run)  # 3 failed (problems), 3 calib blocked (warnings)
+    ecalstate = str(Path(sys.executable).parent / "ecalstate")
+    commands = [["notify", "send", "-c", "prompt"], ["health", "-c", "prompt"]] * 4
+    for round_ in range(2):
+        at = time.time() + 1.5  # every process past its imports, then all at once
+        procs = [subprocess.Popen(
+            [sys.executable, "-c", f"import time, sys, os; time.sleep(max(0, {at} - time.time()));"
+             f" os.execv({ecalstate!r}, [{ecalstate!r}, '--db', {db_url!r}, *sys.argv[1:]])", *cmd],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in commands]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 1] * 4, outs  # health: unhealthy; send: delivered or busy
+        if round_ == 0:
+            with Store.open(db_url, actor="tester") as s:
+                fail_twice(s, 4)  # a new problem between the rounds
+    assert subprocess.run([ecalstate, "--db", db_url, "notify", "send", "-c", "prompt"], capture_output=True,
+                          timeout=120).returncode == 0  # whatever a busy sender left pending
+    told = Counter(line for text in main_hook.texts() for line in text.splitlines()[1:])
+    assert told and max(told.values()) == 1, told
+    keys = sorted(re.sub(r"^- (\w+): (\w+) run (\d+) .*\[([\w-]+)\].*$", r"\1 \2 \3 \4", line) for line in told)
+    assert keys == sorted([f"problem reco {r} failed" for r in (1, 2, 3, 4)]
+                          + [f"warning calib {r} blocked" for r in (1, 2, 3, 4)])

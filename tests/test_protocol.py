@@ -22,6 +22,7 @@ from handler_support import Probe, make_campaign, marker, settle, write_payload
 from ecalstate import RunSpec, Store
 from ecalstate.backends import MAX_REPORT_BYTES, BatchJob, JobKey, NotAccepted
 from ecalstate.backends.local import LocalBackend, _alive
+from ecalstate.attention import attention, set_policies
 from ecalstate.cli.runs import render_health
 from ecalstate.clock import TS_FORMAT
 from ecalstate.db import DatabaseError
@@ -240,7 +241,9 @@ def test_defect4_a_killed_submit_leaves_jobs_to_submit_that_the_next_stage_submi
     assert [(j.status, j.batch_id) for j in store.list_jobs("prompt", "probe", run=2)] == [("idle", None)] * 3
     health = store.health("prompt", unsubmitted_after=0)
     assert [(u.run_number, u.jobs) for u in health.unsubmitted] == [(2, 3)] and not health.ok
-    assert "unsubmitted: processing with jobs never submitted" in render_health(health, 3600, 3600)
+    set_policies(store, "prompt", {"unsubmitted": 0})  # what health says of it, with its command
+    text = render_health(attention(store, "prompt"), 3600, 3600)
+    assert "probe run 2 has 3 jobs never submitted since" in text and "[unsubmitted," in text
     later = Store.open(store.db.url)
     later.clock = lambda: (datetime.now(timezone.utc) + timedelta(minutes=16)).strftime(TS_FORMAT)  # type: ignore
     assert [u.run_number for u in later.health("prompt").unsubmitted] == [2]  # the default thresholds see it

@@ -88,7 +88,7 @@ def test_heartbeats_are_hidden_unless_asked_and_kinds_filter(night: str) -> None
     assert as_json(night, "history", "-c", "prompt", "--entity", "job", "--all") == jobs
     bad = invoke(night, "history", "-c", "prompt", "--kind", "heartbeat")
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert "unknown kind 'heartbeat' (valid: task, job, handler)" in bad.stderr
+    assert "unknown kind 'heartbeat' (valid: task, job, handler, attention)" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------------ the web view
@@ -121,7 +121,7 @@ def test_the_web_history_hides_heartbeats_unless_asked_and_filters_kinds(served_
     failed = audit_rows(view.get("/history?c=prompt&kind=job&status=failed")[2])
     assert failed and {(r[3], r[9]) for r in failed} == {("job", "failed")}
     status, _, html = view.get("/history?c=prompt&kind=heartbeat")
-    assert status == 400 and "unknown kind &#39;heartbeat&#39; (valid: task, job, handler)" in html
+    assert status == 400 and "unknown kind &#39;heartbeat&#39; (valid: task, job, handler, attention)" in html
 
 
 def test_browser_history_shows_heartbeats_only_when_asked(browser: Any, served_night: Served) -> None:  # noqa: F811

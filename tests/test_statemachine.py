@@ -139,9 +139,10 @@ def test_allowed_task_pair(chain: Store, current: TaskStatus, requested: TaskSta
         # the partner leads; when the pair starts from reprocess, the partner is still new
         claims = chain.claim("prompt", "reco", group_by=only(RUN, PARTNER))
         assert [(c.run_number, c.merged) for c in claims] == [(PARTNER, [RUN])]
-    elif requested == T.REPROCESS:  # a merged run's group is reprocessed whole: its leader too
+    elif requested == T.REPROCESS:  # a merged run's group is reprocessed whole: its leader too; an undone skip
+        # brings back what it cascaded to (calib and plots)
         assert chain.reprocess("prompt", "reco", runs=[RUN], reason="pair test").counts() == {
-            "changed": 2 if current == T.MERGED else 1, "unchanged": 0, "refused": 0}
+            "changed": 2 if current == T.MERGED else 3 if current == T.SKIPPED else 1, "unchanged": 0, "refused": 0}
     elif requested == T.SKIPPED:  # nothing to do downstream either: calib and plots skip the run too
         assert chain.set_status("prompt", "reco", [RUN], requested.value, reason="pair test").counts() == {
             "changed": 3, "unchanged": 0, "refused": 0}
@@ -150,7 +151,8 @@ def test_allowed_task_pair(chain: Store, current: TaskStatus, requested: TaskSta
         assert chain.set_status("prompt", "reco", [RUN], requested.value, reason="pair test").counts() == {
             "changed": 1, "unchanged": 0, "refused": 0}
     assert task_row(chain) == (requested.value, version + 1)
-    rows = [r for r in new_audit_rows(chain, mark) if r.task == "reco" or requested != T.SKIPPED]
+    cascade = T.SKIPPED in (current, requested)  # a skip, or its undoing, moves calib and plots with reco
+    rows = [r for r in new_audit_rows(chain, mark) if r.task == "reco" or not cascade]
     mine = [r for r in rows if r.run_number == RUN]
     assert len(mine) == 1
     row = mine[0]

@@ -4,6 +4,7 @@ read over HTTP and in headless Chromium driven by Selenium (Debian's chromium-dr
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 import select
 import socket
@@ -129,7 +130,11 @@ def test_grid_pages_newest_runs_first_and_filters(tmp_path: Path) -> None:
         failed = view.get("/grid?c=prompt&status=failed")[2]
         assert cells(failed) == [("reco", "1", "failed"), ("calib", "1", "new")]
         assert 'class="s-new blocked"' in failed and "new*" in failed  # calib 1 waits on a failed reco
-        assert "<strong>unhealthy</strong>:\n1 stuck, 1 blocked" in html
+        banner = re.search(r'<section class="health bad" id="health">(.*?)</section>', html, re.S)
+        assert banner and re.sub(r"\s+", " ", banner.group(1)).count("2 problems, 1 warning") == 1
+        # each item of the banner links to its instance: the failed reco, the stuck one, the blocked calib
+        assert re.findall(r'href="/instance\?c=prompt&amp;task=(\w+)&amp;run=(\d+)"', banner.group(1)) == [
+            ("reco", "1"), ("reco", "2"), ("calib", "1")]
         ranged = view.get("/grid?c=prompt&first=2&last=4&task=reco")[2]
         assert cells(ranged) == [("reco", "4", "new"), ("reco", "3", "new"), ("reco", "2", "processing")]
         assert '<td class="info">11</td><td class="info">all</td>' in ranged  # fill and run type of run 4
@@ -316,7 +321,7 @@ def test_without_a_campaign_the_home_page_lists_them(tmp_path: Path) -> None:
     proc, line = start(db)
     try:
         html = Served(line.split()[1], db, proc).get("/")[2]
-        assert '<a href="/grid?c=prompt">prompt</a>' in html and "1 stuck, 1 blocked" in html
+        assert '<a href="/grid?c=prompt">prompt</a>' in html and "2 problems, 1 warning" in html
     finally:
         stop(proc)
 

@@ -44,11 +44,11 @@ COMMANDS: dict[str, str] = {
 #: command name -> its one-line summary (its docstring's first sentence; tests/test_cli_docs.py checks them),
 #: so that ``ecalstate --help`` lists the commands without importing their modules
 SUMMARIES: dict[str, str] = {
-    "campaign": "Create and list campaigns.",
+    "campaign": "Create and list campaigns; their policies.",
     "claim": "Claim eligible runs of a task for a submit stage.",
     "db": "Maintain the database: schema upgrades, pruning old history, sizes.",
     "export": "Export state changes to InfluxDB as run, job and handler points.",
-    "health": "Report stuck, silent, failing and blocked work; exit 1 if any.",
+    "health": "Report what needs action: each waiting task instance with its command; exit 1 on any problem.",
     "history": "The audit trail: who, when, from, to, why.",
     "import-influx": "Import campaigns, runs, task statuses and job histories from the original's InfluxDB.",
     "init": "Create or upgrade the database schema.",

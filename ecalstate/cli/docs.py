@@ -32,7 +32,9 @@ Conventions shared by every command:
 - `--json` prints machine-readable JSON on stdout for every command that prints data.
 - Mutating commands accept `--request-id ID`: replaying the same id returns the first outcome and writes nothing.
 - Exit codes: 0 success; 1 refused or failed (one line on stderr, nothing written); 2 usage error.
-  `health` exits 1 when anything is wrong; a `--dry-run` with refusals exits 1.
+  `health` exits 1 when anything is a problem (each named with the command that resolves it); a `--dry-run` with
+  refusals exits 1. A workflow's stages (`python handlers/<workflow>.py check|submit|resubmit`, below) exit 3 when
+  the stage worked but left a task instance failed for good (no retry left): the Jenkinsfiles mark the build UNSTABLE.
 - Reads never create a database; `ecalstate init` (or `campaign create`) does.
 
 ## Shell completion
@@ -68,11 +70,34 @@ def commands() -> Iterator[tuple[click.Context, click.Command]]:
     yield from walk(main, root)
 
 
+#: the stages every workflow script has (a :class:`~ecalstate.handler.TaskHandler`'s command line)
+HANDLER_INTRO = """\
+## python handlers/<workflow>.py
+
+Every workflow script (a `TaskHandler`: `handlers/phisym_reco.py`, `handlers/phisym_calib.py`...) has the same
+command line, its three stages run by Jenkins; shown here for a task named `<task>` (its examples name the script
+`<task>.py`).
+"""
+
+
+def handler_commands() -> Iterator[tuple[click.Context, click.Command]]:
+    """The stages of a workflow script, for a task named ``<task>``."""
+    from ..handler import TaskHandler
+
+    workflow: type[TaskHandler] = type("Workflow", (TaskHandler,), {"task": "<task>", "__module__": "<workflow>"})
+    group = workflow.cli()
+    settings = {**(group.context_settings or {}), "terminal_width": WIDTH, "max_content_width": WIDTH}
+    yield from walk(group, click.Context(group, info_name="python handlers/<workflow>.py", **settings))
+
+
 def render() -> str:
     """The whole markdown reference."""
     parts = [INTRO]
     for ctx, command in commands():
         parts.append(f"## {ctx.command_path}\n\n```\n{command.get_help(ctx).rstrip()}\n```\n")
+    parts.append(HANDLER_INTRO)
+    for ctx, command in handler_commands():
+        parts.append(f"### {ctx.command_path}\n\n```\n{command.get_help(ctx).rstrip()}\n```\n")
     return "\n".join(parts)
 
 

@@ -108,7 +108,9 @@ def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_af
                 retries: int) -> None:
     """Send what each channel has not been told yet; exit 1 if a webhook could not be reached.
 
-    Undelivered notifications stay pending and are sent by the next run.
+    What needs action (the task instances health names, with their commands) is recorded first, and each instance,
+    reason and level is told once, also when several senders (or health) run at once: a sender holds a channel's
+    events while it posts them. Undelivered notifications stay pending and are sent by the next run.
 
     \b
     Example:
@@ -116,11 +118,14 @@ def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_af
     """
     store = app.store()
     names = [campaign] if campaign else [c.name for c in store.list_campaigns()]
-    results = [d for name in names for d in deliver(store, name, stuck_after, silent_after, timeout, retries)]
+    given = click.get_current_context().get_parameter_source("stuck_after") == click.core.ParameterSource.COMMANDLINE
+    results = [d for name in names for d in deliver(store, name, stuck_after if given else None, silent_after,
+                                                      timeout, retries)]
 
     def text() -> None:
         for d in results:
-            sent = f"{d.events} event(s), {d.problems} health problem(s) sent"
+            sent = ("busy: another sender is telling this channel right now" if d.busy else
+                    f"{d.events} event(s), {d.problems} health problem(s) sent")
             click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else f"NOT delivered ({printable(d.error or '')}), "
                                                                           f"{d.pending} pending"))
 

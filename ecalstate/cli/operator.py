@@ -10,6 +10,7 @@ from ..results import BulkResult
 from ..statemachine import OPERATOR_TARGETS
 from .app import App, pass_app
 from .fmt import printable, styled
+from .parse import INT64_FROM_0
 from .options import (
     campaign_option,
     dry_run_option,
@@ -56,6 +57,8 @@ def set_status(
 @campaign_option
 @task_option()
 @runs_option(help="Reprocess these runs, e.g. 356001-356100,356200.")
+@click.option("--fill", type=INT64_FROM_0, metavar="F", help="Reprocess the task's groups of this LHC fill (every run "
+              "of it processed for the task): the next claim groups the fill again, with its runs not processed yet.")
 @click.option("--failed", is_flag=True, help="Reprocess every failed run of the task.")
 @click.option("--version-not", metavar="VERSION",
               help="Only the done or failed runs whose results another version of the workflow made (or none "
@@ -66,13 +69,15 @@ def set_status(
 @request_id_option
 @pass_app
 def reprocess(
-    app: App, campaign: str, task: str, runs: Optional[list[int]], failed: bool, version_not: Optional[str],
+    app: App, campaign: str, task: str, runs: Optional[list[int]], fill: Optional[int], failed: bool,
+    version_not: Optional[str],
     downstream: bool, reason: str, dry_run: bool, request_id: Optional[str],
 ) -> None:
     """Mark runs of a task for reprocessing.
 
     The next claim opens a new job generation; history is kept. Runs merged into a reprocessed leader follow it; with
-    --downstream the dependent tasks follow too (those not processed yet stay).
+    --downstream the dependent tasks follow too (those not processed yet stay). A skipped run brought back brings
+    back what its skip cascaded to. --fill takes in a late run: the fill's groups are made again with it.
 
     --version-not VERSION takes the runs whose current results were made by
     another version of the task's handler (its "version", recorded with each
@@ -82,12 +87,15 @@ def reprocess(
     Example:
         ecalstate reprocess -c prompt --task reco --failed --downstream --reason "fixed GT" --dry-run
         ecalstate reprocess -c prompt --task calib --runs 356001-356050 --reason "new tag"
+        ecalstate reprocess -c prompt --task phisym-calib --fill 9301 --downstream --reason "late run 390112"
         ecalstate reprocess -c prompt --task calib --version-not 2.1 --downstream --reason "calib 2.1" --dry-run
     """
-    if runs is None and not failed and version_not is None:
-        raise click.UsageError("give --runs, --failed or --version-not")
-    result = app.store().reprocess(campaign, task, runs, failed, downstream, reason, dry_run, request_id,
+    if runs is None and not failed and fill is None and version_not is None:
+        raise click.UsageError("give --runs, --fill, --failed or --version-not")
+    result = app.store().reprocess(campaign, task, runs, failed, downstream, reason, dry_run, request_id, fill=fill,
                                    version_not=version_not)
+    if fill is not None and not result.changes:
+        raise click.ClickException(f"nothing to reprocess: task {task} has no instance processed for fill {fill}")
     emit_bulk(app, result)
 
 

@@ -69,6 +69,17 @@ class Duration(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
+class OptionalDuration(Duration):
+    """A :class:`Duration`, or ``never`` (None): how long a policy waits, when it acts at all."""
+
+    name = "duration|never"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Optional[float]:  # type: ignore[override]
+        if value is None or str(value).strip().lower() == "never":
+            return None
+        return super().convert(value, param, ctx)
+
+
 class Int64(click.ParamType):
     """A click type for the integers the database stores (run numbers, fills, job ids, counts): signed 64-bit.
 
@@ -102,6 +113,7 @@ class KeyValue(click.ParamType):
 
 
 DURATION = Duration()
+DURATION_OR_NEVER = OptionalDuration()
 KEY_VALUE = KeyValue()
 #: any integer the database stores; the ones below for ids and counts that start at 0 or 1
 INT64 = Int64()

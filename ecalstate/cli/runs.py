@@ -6,11 +6,13 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import click
 
 from ..claims import GROUPINGS
+from ..clock import human_time
 from ..filters import split_multi
 from ..queries import COUNT_CAP, DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
 from ..report import cell_marks, health_sections, retry_note, totals_rows
@@ -352,8 +354,8 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
 @click.option("--run", "--runs", "runs", metavar="SET", callback=optional_runs,
               help="Only these runs' transitions, e.g. 390016-390018,390020.")
 @click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="KIND",
-              help="Only these kinds of rows: task (instances), job, handler (the stages' heartbeats). Repeatable; "
-                   "comma lists accepted. Default: task and job.")
+              help="Only these kinds of rows: task (instances), job, handler (the stages' heartbeats), attention "
+                   "(what needed action, and when it cleared). Repeatable; comma lists accepted. Default: task and job.")
 @click.option("--entity", type=click.Choice(list(HISTORY_KINDS)), hidden=True, help="The old spelling of --kind.")
 @click.option("--heartbeats", is_flag=True, help="Also show the handler stages' heartbeats (hidden by default).")
 @click.option("--since", type=MOMENT, metavar="TIME", help="From this time: 8h (ago), 2d, or 2026-12-01T06:00 (UTC).")
@@ -429,30 +431,66 @@ def history_footer(shown: int, total: int, with_heartbeats: bool, hidden: int, m
 @optional_campaign_option
 @stuck_after_option
 @silent_after_option
+@click.option("--all", "everything", is_flag=True,
+              help="Also list what waits as expected (info) and what progresses: every unfinished task instance.")
 @pass_app
-def health(app: App, campaign: Optional[str], stuck_after: float, silent_after: float) -> None:
-    """Report stuck, silent, failing and blocked work; exit 1 if any.
+def health(app: App, campaign: Optional[str], stuck_after: float, silent_after: float, everything: bool) -> None:
+    """Report what needs action: each waiting task instance with its command; exit 1 on any problem.
 
-    Stuck: processing instances without job progress; silent or failing:
-    handler stages without a recent (successful) heartbeat; blocked: instances
-    whose upstream task failed.
+    Every task instance that is neither done nor skipped progresses, or waits
+    for a named reason since a known time: an upstream task, its fill's end,
+    the rest of its group, a late run of a group already processed, failed
+    with no retry left, blocked by an upstream failure, stuck (no job
+    progress), its group leader failed. Each reason has a policy (ecalstate
+    campaign policies): how long it may last before it is a problem. Each
+    problem is named with the exact command that resolves it; handler stages
+    without a recent (successful) heartbeat are problems too.
 
-    Exit code 1 when anything is wrong, so Jenkins or cron can alert. An
-    instance whose jobs never started is judged by when it was claimed.
+    Exit code 1 when anything is a problem, so Jenkins or cron can alert. An
+    instance whose jobs never started is judged by when it was claimed. Where
+    a campaign's policy says so, health also closes a fill left open too long.
+    --json adds "needs_action": every reason (code, level, since, command).
 
     \b
     Example:
         ecalstate health -c prompt --stuck-after 12h --silent-after 30m || notify-shifter
+        ecalstate --json health -c prompt | jq '.needs_action[] | select(.level == "problem") | .command'
     """
-    report = app.reader().health(campaign, stuck_after, silent_after)
-    app.emit({"ok": report.ok, **_health_dict(report)}, lambda: click.echo(render_health(report, stuck_after,
-                                                                                          silent_after)))
-    if not report.ok:
+    from ..attention import apply_policies, attention
+
+    given = click.get_current_context().get_parameter_source("stuck_after") == click.core.ParameterSource.COMMANDLINE
+    stuck = stuck_after if given else None
+
+    def look(store: Any) -> Any:
+        return attention(store, campaign, everything=everything, stuck_after=stuck, silent_after=silent_after)
+
+    result = look(app.reader())
+    done = []
+    if result.actions:  # a policy acts: only then is the store opened for writing
+        done = apply_policies(app.store(), result.actions)
+        result = look(app.store())
+    report = result.health
+    app.emit({"ok": result.ok, **_health_dict(report), "needs_action": needs_action(result),
+              "policies_acted": [a.reason for a in done]},
+             lambda: click.echo(render_health(result, stuck_after, silent_after, [a.reason for a in done], everything)))
+    if not result.ok:
+        counts = result.counts()
         click.echo(f"unhealthy: {len(report.stuck)} stuck, {len(report.silent)} silent, {len(report.failing)} failing,"
                    f" {len(report.blocked)} blocked"
                    + (f", {len(report.unsubmitted)} unsubmitted" if report.unsubmitted else "")
-                   + (f", {len(report.failed)} failed" if report.failed else ""), err=True)
+                   + (f", {len(report.failed)} failed" if report.failed else "")
+                   + f"; {_plural(counts['problem'], 'problem')}, {_plural(counts['warning'], 'warning')}", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def needs_action(result: Any) -> list[dict[str, Any]]:
+    """Every reason, worst first, as ``--json`` gives it."""
+    return [{"campaign": i.campaign, "task": i.task, "run_number": i.run_number, "fill": i.fill, "status": i.status,
+             **r.to_dict()} for i, r in result.reasons()]
 
 
 def _health_dict(report: Health) -> dict[str, Any]:
@@ -467,14 +505,32 @@ def _health_dict(report: Health) -> dict[str, Any]:
     }
 
 
-def render_health(report: Health, stuck_after: float, silent_after: float) -> str:
-    """One section per kind of problem, or one line when all is well; failed jobs waiting for a retry are
-    counted apart (the next resubmit deals with them)."""
+def render_health(result: Any, stuck_after: float, silent_after: float, acted: Sequence[str] = (),
+                  everything: bool = False) -> str:
+    """What needs action, problems first, each with the command that resolves it; then the handler stages' sections;
+    one line when all is well. Failed jobs waiting for a retry are counted apart (the next resubmit deals with
+    them)."""
+    report = result.health
     waiting = retry_note(report)
-    if report.ok:
-        return "healthy: nothing stuck, silent, failing, blocked or failed" + (f"; {waiting}" if waiting else "")
-    out = [(f"stuck after {format_duration(stuck_after)} without job progress;"
-            f" silent after {format_duration(silent_after)} without a heartbeat"), ""]
+    out = [f"policy: {a}" for a in acted]
+    shown = [(i, r) for i, r in result.reasons() if r.level != "info" or everything]
+    if result.ok and not shown:
+        return "\n".join(out + ["healthy: nothing stuck, silent, failing, blocked or failed"
+                                + (f"; {waiting}" if waiting else "")])
+    if not result.ok:
+        out += [(f"stuck after {format_duration(stuck_after)} without job progress;"
+                 f" silent after {format_duration(silent_after)} without a heartbeat"), ""]
+    else:
+        out += ["healthy: nothing is a problem" + (f"; {waiting}" if waiting else ""), ""]
+    counts = result.counts()
+    if shown:
+        out.append(f"needs action: {_plural(counts['problem'], 'problem')}, {_plural(counts['warning'], 'warning')}"
+                   + (f", {counts['info']} waiting as expected" if everything else ""))
+        for item, reason in shown:
+            out += [f"{reason.level:<8} {printable(reason.message)} [{reason.code}, since {human_time(reason.since)}]",
+                    f"         $ {printable(reason.command)}"]
+        out.append("")
     for title, headers, rows in health_sections(report):
-        out += [f"{title}: {len(rows)}", table(headers, rows), ""]
-    return "\n".join(out + ([waiting] if waiting else [])).rstrip()
+        if title.startswith(("silent", "failing")):
+            out += [f"{title}: {len(rows)}", table(headers, rows), ""]
+    return "\n".join(out + ([waiting] if waiting and not result.ok else [])).rstrip()

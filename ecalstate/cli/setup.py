@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
 from ..catalog import check_name
+from ..results import LATE_RUNS
 from ..secrets import redact_url
 from .app import App, pass_app
 from .fmt import echo_table
 from .options import campaign_option, multi_option
-from .parse import INT64_FROM_0
+from .parse import DURATION_OR_NEVER, INT64_FROM_0, KEY_VALUE, format_duration
+
+#: an option not given (None is a value: "never")
+UNSET: Any = "unset"
 
 
 @click.command()
@@ -30,7 +34,7 @@ def init(app: App) -> None:
 
 @click.group()
 def campaign() -> None:
-    """Create and list campaigns.
+    """Create and list campaigns; their policies.
 
     \b
     Example:
@@ -72,6 +76,88 @@ def campaign_list(app: App) -> None:
     app.emit(campaigns, lambda: echo_table(
         ["name", "kind", "created", "description"],
         [(c.name, c.kind, c.created_at, c.description) for c in campaigns], "no campaigns"))
+
+
+@campaign.command("update")
+@campaign_option
+@click.option("--flag-open-fills-after", type=DURATION_OR_NEVER, metavar="DURATION|never",
+              help="A fill not ended this long after its last run ended is a problem (default 6h).")
+@click.option("--close-fills-after", type=DURATION_OR_NEVER, metavar="DURATION|never",
+              help="Close such a fill, as ecalstate, this long after its last run ended (default never).")
+@click.option("--late-runs", type=click.Choice(LATE_RUNS), help="A run that comes after its fill was processed: "
+              "flag it (a problem naming the command), or regroup the fill at once (reprocessed with the run in it).")
+@click.option("--task", "late_task", metavar="TASK", help="--late-runs for this task only.")
+@click.option("--problem-after", "after", type=KEY_VALUE, multiple=True, metavar="CODE=DURATION|never",
+              help="After how long a reason is a problem (codes: ecalstate campaign policies). Repeatable.")
+@pass_app
+def campaign_update(app: App, campaign: str, flag_open_fills_after: Any, close_fills_after: Any,
+                    late_runs: Optional[str], late_task: Optional[str], after: tuple[tuple[str, Any], ...]) -> None:
+    """Change a campaign's policies: how long each waiting reason may last.
+
+    Every task instance that is neither done nor skipped progresses, or waits
+    for a named reason (ecalstate health lists them with the command that
+    resolves each); a reason becomes a problem after its policy's time. The
+    policies that act: closing fills left open (audited, actor ecalstate)
+    and regrouping a fill when a late run comes (the fill's group is
+    reprocessed with the run in it, audited with the reason), done by the
+    next submit stage or health that sees it.
+
+    \b
+    Example:
+        ecalstate campaign update -c prompt --flag-open-fills-after 6h --close-fills-after 24h
+        ecalstate campaign update -c prompt --late-runs regroup --task phisym-calib
+        ecalstate campaign update -c prompt --problem-after group-incomplete=4h --problem-after upstream=2d
+    """
+    from ..attention import KEEP, set_policies
+
+    given = click.get_current_context().get_parameter_source
+    if given("flag_open_fills_after") != click.core.ParameterSource.COMMANDLINE:
+        flag_open_fills_after = UNSET
+    if given("close_fills_after") != click.core.ParameterSource.COMMANDLINE:
+        close_fills_after = UNSET
+    times: dict[str, Optional[float]] = {}
+    for code, value in after:
+        times[code] = DURATION_OR_NEVER.convert(str(value), None, None)
+    if flag_open_fills_after is not UNSET:
+        times["fill-open"] = flag_open_fills_after
+    if late_task is not None and late_runs is None:
+        raise click.UsageError("--task goes with --late-runs")
+    if not times and close_fills_after is UNSET and late_runs is None:
+        raise click.UsageError("nothing to change: give a policy (see --help); ecalstate campaign policies shows them")
+    result = set_policies(app.store(), campaign, times or None,
+                          KEEP if close_fills_after is UNSET else close_fills_after, late_runs, late_task)
+    emit_policies(app, campaign, result)
+
+
+@campaign.command("policies")
+@campaign_option
+@pass_app
+def campaign_policies(app: App, campaign: str) -> None:
+    """A campaign's policies: each waiting reason, its level, after how long it is a problem, and its command.
+
+    \b
+    Example:
+        ecalstate campaign policies -c prompt
+    """
+    from ..attention import policies
+
+    emit_policies(app, campaign, policies(app.reader(), campaign))
+
+
+def emit_policies(app: App, campaign: str, result: Any) -> None:
+    late = ", ".join(f"{t}: {m}" for t, m in sorted(result.late_runs_by_task.items()))
+    close = "never" if result.close_fills_after is None else f"after {format_duration(result.close_fills_after)}"
+
+    def text() -> None:
+        click.echo(f"campaign {campaign}: fills left open closed by ecalstate: {close}; late runs: {result.late_runs}"
+                   + (f" ({late})" if late else ""))
+        echo_table(["reason", "level", "problem after", "resolved by"],
+                   [(code, level, "never" if after is None else format_duration(after), command)
+                    for code, level, after, command in result.effective()], "")
+
+    app.emit({"campaign": campaign, **result.to_dict(),
+              "reasons": [{"code": c, "level": lv, "problem_after": a, "command": cmd}
+                          for c, lv, a, cmd in result.effective()]}, text)
 
 
 @click.group()

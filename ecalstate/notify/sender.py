@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlencode
 
+from ..attention import CLEAR, observe
 from ..errors import EcalStateError, Invalid
-from ..monitoring import SILENT_AFTER, STUCK_AFTER
+from ..monitoring import SILENT_AFTER
 from ..results import Health
 from ..secrets import check_private
 from ..store import Store
@@ -46,6 +47,8 @@ class Delivery:
     problems: int
     pending: int
     error: Optional[str] = None
+    #: another sender held the channel: nothing sent by this one (that sender tells what is pending)
+    busy: bool = False
 
     @property
     def ok(self) -> bool:
@@ -132,6 +135,10 @@ def describe(event: NotifyEvent, link: Link = lambda task, run: "") -> str:
 
 def _describe(event: NotifyEvent) -> str:
     where = f"task {event.task} run {event.run_number}"
+    if event.kind == "attention":
+        if event.level == CLEAR:
+            return f"resolved: {where} no longer waits ({event.reason})"
+        return f"{event.level}: {event.message or where} [{event.reason}]; to resolve: {event.command}"
     if event.kind == "failed":
         return f"{where} failed" + (f": {event.reason}" if event.reason else "")
     job = f"{where} job {event.jid}"
@@ -141,12 +148,9 @@ def _describe(event: NotifyEvent) -> str:
 
 
 def health_problems(health: Health, link: Link = lambda task, run: "") -> dict[str, str]:
-    """Stuck and blocked instances, silent or failing handler stages, keyed so that each is told once."""
-    problems = {f"stuck:{s.task}:{s.run_number}": f"task {s.task} run {s.run_number} stuck in processing since "
-                f"{s.since} ({s.jobs} jobs)" + link(s.task, s.run_number) for s in health.stuck}
-    for _, task, run in health.blocked:
-        problems[f"blocked:{task}:{run}"] = (f"task {task} run {run} blocked: an upstream task failed for the run"
-                                             + link(task, run))
+    """Silent or failing handler stages, keyed so that each is told once (what instances need is told from the
+    attention model's audit rows, once per instance, reason and level)."""
+    problems: dict[str, str] = {}
     for beat in health.silent:
         if beat.task != NOTIFIER:
             problems[f"silent:{beat.task}:{beat.stage}"] = (f"handler {beat.task} {beat.stage} silent since "
@@ -167,7 +171,7 @@ def render(campaign: str, lines: list[str]) -> str:
 def deliver(
     store: Store,
     campaign: str,
-    stuck_after: float = STUCK_AFTER,
+    stuck_after: Optional[float] = None,
     silent_after: float = SILENT_AFTER,
     timeout: float = 5.0,
     retries: int = 2,
@@ -178,9 +182,14 @@ def deliver(
     config = settings.config(campaign)
     if config is None:
         return []
-    problems = health_problems(store.health(campaign, stuck_after, silent_after), view_link(config.view_url, campaign))
-    out = [_deliver_channel(settings, campaign, config, name, hook, problems, timeout, retries, backoff)
+    # what needs action now, recorded (once, whoever else looks at the same time) before the channels read it
+    seen_now = observe(store, campaign, stuck_after=stuck_after, silent_after=silent_after)
+    problems = health_problems(seen_now.health, view_link(config.view_url, campaign))
+    lease = (timeout + backoff * 2 ** retries) * (retries + 1)
+    out = [_deliver_channel(settings, campaign, config, name, hook, problems, timeout, retries, backoff, lease)
            for name, hook in config.channels()]
+    if all(d.busy for d in out):
+        return out  # another sender holds every channel: it reports
     failed = [d for d in out if not d.ok]
     message = "; ".join(f"{d.channel}: {d.error}, {d.pending} pending" for d in failed) or \
         "delivered " + ", ".join(f"{d.channel}: {d.events + d.problems}" for d in out)
@@ -188,13 +197,23 @@ def deliver(
     return out
 
 
+def told(event: NotifyEvent, hook: Webhook) -> bool:
+    """Whether a channel is told ``event``: its kind is one the channel takes (what needs action goes with
+    ``health``); a failed instance is told once, as the failure, where the channel takes failures."""
+    if event.kind == "attention":
+        return "health" in hook.events and not (event.reason == "failed" and "failed" in hook.events)
+    return event.kind in hook.events
+
+
 def _deliver_channel(
     settings: NotifySettings, campaign: str, config: NotifyConfig, name: str, hook: Webhook,
-    problems: dict[str, str], timeout: float, retries: int, backoff: float,
+    problems: dict[str, str], timeout: float, retries: int, backoff: float, lease: float,
 ) -> Delivery:
-    events, upto = settings.events(campaign, name)
+    held = settings.reserve(campaign, name, lease)
+    if held is None:  # another sender is telling this channel the same events right now
+        return Delivery(campaign, name, 0, 0, 0, busy=True)
     link = view_link(config.view_url, campaign)
-    lines = [describe(e, link) for e in events if e.kind in hook.events]
+    lines = [describe(e, link) for e in held.events if told(e, hook)]
     current = problems if "health" in hook.events else {}
     seen = settings.seen(campaign, name)
     fresh = [text for key, text in sorted(current.items()) if key not in seen]
@@ -207,8 +226,9 @@ def _deliver_channel(
             post(resolve_url(hook), payload, timeout, retries, backoff)
         except NotifyError as err:
             log.warning(f"notifications for campaign {campaign} ({name} channel) not delivered: {err}")
+            settings.release(held, delivered=False)
             return Delivery(campaign, name, 0, 0, len(lines) + len(fresh), str(err))
-    settings.delivered(campaign, name, upto, current)
+    settings.release(held, delivered=True, seen=current)
     return Delivery(campaign, name, len(lines), len(fresh), 0)
 
 
@@ -251,5 +271,5 @@ def status(store: Store, campaign: str) -> dict[str, Any]:
     for name, hook in config.channels():
         events, _ = settings.events(campaign, name, limit=100_000)
         channels.append({"channel": name, "url": hook.source(), "mattermost_channel": hook.channel,
-                         "events": list(hook.events), "pending": sum(e.kind in hook.events for e in events)})
+                         "events": list(hook.events), "pending": sum(told(e, hook) for e in events)})
     return {"campaign": campaign, "configured": True, "username": config.username, "channels": channels}

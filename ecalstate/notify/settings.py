@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -21,6 +22,7 @@ from typing import Any, Optional
 from ..auditlog import RETRY_ROWS
 from ..base import IMPORT_ACTOR, Ctx, campaign_id
 from ..catalog import campaign_settings, set_campaign_setting
+from ..clock import seconds_between
 from ..errors import Invalid
 from ..monitoring import (drop_cursors, forget_heartbeats, move_cursor, read_cursor, read_mark, record_heartbeat,
                           write_mark)
@@ -36,15 +38,21 @@ NOTIFIER = "@notify"
 NOTIFIER_STAGE = "send"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: the rows a channel may be told: failures of instances and jobs, and what needs action (the attention model's
+#: rows: a reason appearing, changing level, clearing), the detail of those
 EVENTS_SQL = f"""
 SELECT a.id, a.ts, a.entity, a.task, a.run_number, a.jid, a.reason, t.max_retries,
   CASE WHEN a.entity = 'job' THEN 1 + (
     SELECT COUNT(*) FROM audit_log b WHERE b.instance_id = a.instance_id AND b.job_pk = a.job_pk
-      AND {RETRY_ROWS} AND b.id < a.id) END
+      AND {RETRY_ROWS} AND b.id < a.id) END,
+  a.from_status, a.to_status, CASE WHEN a.entity = 'attention' THEN a.detail END
 FROM audit a LEFT JOIN task t ON t.campaign_id = a.campaign_id AND t.name = a.task
-WHERE a.campaign_id = ? AND a.id > ? AND a.to_status = 'failed' AND a.entity IN ('task', 'job') AND a.actor <> ?
+WHERE a.campaign_id = ? AND a.id > ? AND a.actor <> ?
+  AND ((a.to_status = 'failed' AND a.entity IN ('task', 'job')) OR a.entity = 'attention')
 ORDER BY a.id LIMIT ?
 """
+#: how long a sender's reservation of a channel's events holds before another sender may take them over (it died)
+MIN_LEASE = 60.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,24 @@ class NotifyEvent:
     reason: str
     attempts: Optional[int] = None
     max_retries: Optional[int] = None
+    #: what needs action (kind ``attention``): the level it reached (``clear``: it is gone) and the one before, the
+    #: reason's words and the command that resolves it
+    level: str = ""
+    before: Optional[str] = None
+    message: str = ""
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A sender's hold on a channel's events up to ``upto`` (token: whose); another sender leaves them alone."""
+
+    campaign: str
+    channel: str
+    token: str
+    start: int
+    upto: int
+    events: list[NotifyEvent]
 
 
 def cursor_target(campaign: str, channel: str) -> str:
@@ -141,6 +167,40 @@ def cursor_target(campaign: str, channel: str) -> str:
 
 def _seen_key(campaign: str, channel: str) -> str:
     return f"notify.seen:{campaign}:{channel}"
+
+
+def _sending_key(campaign: str, channel: str) -> str:
+    return f"notify.sending:{campaign}:{channel}"
+
+
+def _events(rows: list[Any]) -> list[NotifyEvent]:
+    events = []
+    for audit_id, ts, entity, task, run, jid, reason, retries, attempts, before, after, detail in rows:
+        if entity == "attention":
+            data = json.loads(detail) if detail else {}
+            events.append(NotifyEvent(audit_id, ts, "attention", task, run, jid, reason, level=after, before=before,
+                                      message=str(data.get("message") or ""), command=str(data.get("command") or "")))
+            continue
+        kinds = ["failed"] if entity == "task" else ["job-failed"]
+        if entity == "job" and retries is not None and attempts > retries:
+            kinds.append("retries")
+        events += [NotifyEvent(audit_id, ts, k, task, run, jid, reason, attempts, retries) for k in kinds]
+    return events
+
+
+def _read_events(tx: Any, cid: int, start: int, limit: int) -> tuple[list[Any], int]:
+    """The event rows after ``start`` (at most ``limit``) and the audit id a cursor may move to past them."""
+    rows = tx.all(EVENTS_SQL, (cid, start, IMPORT_ACTOR, limit))
+    upto = rows[-1][0] if len(rows) == limit else int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit"))
+    return rows, max(upto, start)
+
+
+def _loads(text: Optional[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class NotifySettings:
@@ -180,15 +240,45 @@ class NotifySettings:
         with self.store.db.tx(write=False) as tx:
             cid = campaign_id(tx, campaign)
             start = read_cursor(tx, cursor_target(campaign, channel)) or 0
-            rows = tx.all(EVENTS_SQL, (cid, start, IMPORT_ACTOR, limit))
-            upto = rows[-1][0] if len(rows) == limit else int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM audit"))
-        events = []
-        for audit_id, ts, entity, task, run, jid, reason, retries, attempts in rows:
-            kinds = ["failed"] if entity == "task" else ["job-failed"]
-            if entity == "job" and retries is not None and attempts > retries:
-                kinds.append("retries")
-            events += [NotifyEvent(audit_id, ts, k, task, run, jid, reason, attempts, retries) for k in kinds]
-        return events, max(upto, start)
+            rows, upto = _read_events(tx, cid, start, limit)
+        return _events(rows), upto
+
+    def reserve(self, campaign: str, channel: str, lease: float, limit: int = 1000) -> Optional[Reservation]:
+        """Hold the channel's events after its cursor, in one write transaction, before posting them: a concurrent
+        sender finds the hold and leaves them (None), so no event is told twice. A hold older than ``lease``
+        seconds was left by a sender that died: it is taken over."""
+        token = secrets.token_hex(8)
+
+        def body(ctx: Ctx) -> Optional[Reservation]:
+            cid = campaign_id(ctx.tx, campaign)
+            ctx.tx.serialize("notify", f"{campaign}:{channel}")
+            held = _loads(read_mark(ctx.tx, _sending_key(campaign, channel)))
+            if held and seconds_between(str(held.get("at")), ctx.now) < max(lease, MIN_LEASE):
+                return None
+            start = read_cursor(ctx.tx, cursor_target(campaign, channel)) or 0
+            rows, upto = _read_events(ctx.tx, cid, start, limit)
+            write_mark(ctx, _sending_key(campaign, channel), json.dumps({"token": token, "upto": upto, "at": ctx.now}))
+            return Reservation(campaign, channel, token, start, upto, _events(rows))
+
+        return self.store.write("notify.reserve", body)
+
+    def release(self, held: Reservation, delivered: bool, seen: Optional[Mapping[str, str]] = None) -> None:
+        """End a hold: delivered, the cursor moves past its events (and the health problems told are kept);
+        not delivered, they stay pending for the next sender. A hold taken over meanwhile is left to its taker."""
+
+        def body(ctx: Ctx) -> None:
+            campaign_id(ctx.tx, held.campaign)
+            ctx.tx.serialize("notify", f"{held.campaign}:{held.channel}")
+            mine = _loads(read_mark(ctx.tx, _sending_key(held.campaign, held.channel))).get("token") == held.token
+            if not mine:
+                return
+            if delivered:
+                move_cursor(ctx, cursor_target(held.campaign, held.channel), held.upto, forward_only=False)
+                if seen is not None:
+                    write_mark(ctx, _seen_key(held.campaign, held.channel), json.dumps(dict(seen), sort_keys=True))
+            write_mark(ctx, _sending_key(held.campaign, held.channel), None)
+
+        self.store.write("notify.release", body)
 
     def seen(self, campaign: str, channel: str) -> dict[str, str]:
         """Health problems already told to this channel: key -> the words it was told in."""
@@ -196,16 +286,6 @@ class NotifySettings:
             value = read_mark(tx, _seen_key(campaign, channel))
         seen = json.loads(value) if value else {}
         return seen if isinstance(seen, dict) else dict.fromkeys(seen, "")  # earlier versions kept the keys only
-
-    def delivered(self, campaign: str, channel: str, upto: int, seen: Mapping[str, str]) -> None:
-        """After the channel acknowledged: advance its cursor and remember the health problems it knows."""
-
-        def body(ctx: Ctx) -> None:
-            campaign_id(ctx.tx, campaign)
-            move_cursor(ctx, cursor_target(campaign, channel), upto, forward_only=False)
-            write_mark(ctx, _seen_key(campaign, channel), json.dumps(dict(seen), sort_keys=True))
-
-        self.store.write("notify.delivered", body)
 
     def heartbeat(self, campaign: str, ok: bool, message: str) -> None:
         """Record a notifier run; a failed delivery shows in ``health`` as a failing ``@notify`` stage."""

@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any, Optional
 from urllib.parse import urlencode
 
@@ -27,6 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..attention import Attention, Reason, attention
 from ..backends.jobfiles import NotRegular, attempt_path, read_inside
 from ..clock import human_time
 from ..errors import EcalStateError, Invalid, NotFound
@@ -34,8 +34,8 @@ from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
 from ..queries import DEFAULT_KINDS, GAP_LABELS, GAP_LEGEND, HISTORY_KINDS
-from ..report import COLOURS, cell_marks, health_sections
-from ..results import Health, JobInfo, Overview
+from ..report import COLOURS, health_sections
+from ..results import JobInfo, Overview
 from ..statemachine import JobStatus, TaskStatus, UnknownStatus
 from ..store import Store
 
@@ -134,12 +134,28 @@ def last_change(store: Store, campaign: Optional[str]) -> int:
     return rows[-1].id if rows else 0
 
 
-def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]]) -> list[Markup]:
+#: a cell's mark by its worst reason: ``*`` blocked by an upstream failure, ``!`` a problem (stuck, a late run, a
+#: failed leader...; a failed cell says it already), ``?`` a warning; waiting as expected (info): the tooltip only
+MARKS = {"blocked": "*", "failed": ""}
+LEVEL_MARKS = {"problem": "!", "warning": "?", "info": ""}
+#: the classes some reasons give a cell (its outline)
+REASON_CLASSES = {"blocked": " blocked", "stuck": " stuck"}
+
+
+def cell_reasons(result: Attention) -> dict[tuple[str, int], Reason]:
+    """(task, run) -> the worst reason of each instance that waits."""
+    return {(i.task, i.run_number): i.reasons[0] for i in result.items if i.reasons}
+
+
+def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]],
+              reasons: Optional[dict[tuple[str, int], Reason]] = None) -> list[Markup]:
     """The grid's rows (``runs``' order) as HTML, escaped here: 4,000 cells a page, 5x faster than a template loop.
 
-    A cell: status as class (colour), ``data-status`` and text, ``*`` blocked, ``!`` stuck; it links to the instance.
+    A cell: status as class (colour), ``data-status`` and text; an instance that waits says why (``data-reason``,
+    ``data-level``, its tooltip: the reason and the command) and is marked (:data:`MARKS`, :data:`LEVEL_MARKS`); it
+    links to the instance.
     """
-    marks = cell_marks(view)
+    found_reasons = reasons if reasons is not None else {}
     statuses = {row.run_number: row.statuses for row in view.rows}
     columns = [(task, escape(task), escape(url("/instance", c=campaign, task=task) + "&run="))
                for task in view.tasks]
@@ -158,12 +174,18 @@ def grid_rows(campaign: str, view: Overview, runs: Sequence[dict[str, Any]]) -> 
                              f'<td class="s-missing" data-task="{label}" data-run="{number}" data-gap="{gap}"'
                              f' title="{escape(view.notes.get(number, ""))}">{GAP_LABELS[gap]}</td>')
                 continue
-            mark = marks.get((task, number), "")
-            extra = " blocked" if mark == "*" else " stuck" if mark == "!" else ""
             status = escape(status)
             text = LABELS.get(status, status)
-            cells.append(f'<td class="s-{status}{extra}" data-task="{label}" data-run="{number}"'
-                         f' data-status="{status}"><a href="{link}{number}">{text}{mark}</a></td>')
+            why = found_reasons.get((task, number))
+            if why is None:
+                cells.append(f'<td class="s-{status}" data-task="{label}" data-run="{number}"'
+                             f' data-status="{status}"><a href="{link}{number}">{text}</a></td>')
+                continue
+            mark = MARKS.get(why.code, LEVEL_MARKS[why.level])
+            cells.append(f'<td class="s-{status}{REASON_CLASSES.get(why.code, "")}" data-task="{label}"'
+                         f' data-run="{number}" data-status="{status}" data-reason="{escape(why.code)}"'
+                         f' data-level="{why.level}" title="{escape(why.message)}; to resolve: {escape(why.command)}">'
+                         f'<a href="{link}{number}">{text}{mark}</a></td>')
         out.append(Markup("".join(cells) + "</tr>"))
     return out
 
@@ -280,14 +302,15 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
                        statuses=[s.value for s in TaskStatus],
                        refresh_ms=int(refresh * 1000), streams=STREAMS, max_limit=HISTORY_PAGE_MAX)
 
-    def page(template: str, request: Request, campaign: Optional[str], last: int, report: Optional[Health] = None,
-             **context: Any) -> HTMLResponse:
+    def page(template: str, request: Request, campaign: Optional[str], last: int,
+             result: Optional[Attention] = None, **context: Any) -> HTMLResponse:
         """The page; ``last`` is :func:`last_change` read before anything it shows (a change made while the page
-        was read moves it again, and the open page fetches it once more)."""
-        report = report or store.health(campaign)
+        was read moves it again, and the open page fetches it once more). Its banner is what needs action."""
+        result = result or attention(store, campaign)
+        handlers = [s for s in health_sections(result.health) if s[0].startswith(("silent", "failing"))]
         html = env.get_template(template).render(
-            request=request, campaign=campaign, last=last, healthy=report.ok, health=health_sections(report),
-            **context)
+            request=request, campaign=campaign, last=last, healthy=result.ok, problems=result.problems,
+            warnings=result.warnings, health=handlers, **context)
         return HTMLResponse(html, headers=HEADERS)
 
     def home(request: Request) -> Response:
@@ -300,15 +323,28 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         name = q.required("c")
         tasks, wanted = q.texts("task"), q.texts("status")
         first, last, number = q.integer("first"), q.integer("last"), q.integer("page") or 1
-        changed, report = last_change(store, name), store.health(name)
+        changed = last_change(store, name)
         total, runs = store.run_page(name, tasks, wanted, first, last, PAGE, (number - 1) * PAGE)
         pages = page_of(number, total, PAGE, "runs")
-        view = store.overview(name, tasks, runs=[r["run_number"] for r in runs])
-        view = replace(view, stuck=[(s.task, s.run_number) for s in report.stuck])  # health's: read once
+        numbers = [r["run_number"] for r in runs]
+        view = store.overview(name, tasks, runs=numbers, stuck_after=None)
+        result = attention(store, name, runs=numbers)  # the banner's and the cells' reasons: read once
         filters = {"c": name, "task": tasks, "status": wanted, "first": first, "last": last}
-        return page("grid.html", request, name, changed, report, view=view, rows=grid_rows(name, view, runs),
-                    total=total, number=number, pages=pages, filters=filters,
-                    all_tasks=[t.name for t in store.list_tasks(name)])
+        return page("grid.html", request, name, changed, result, view=view,
+                    rows=grid_rows(name, view, runs, cell_reasons(result)), total=total, number=number, pages=pages,
+                    filters=filters, all_tasks=[t.name for t in store.list_tasks(name)])
+
+    def needs_action(request: Request) -> Response:
+        """What needs action in a campaign, problems first, then warnings (with ``all=1``, what waits as expected
+        too): each instance with its reason, since when, and the command that resolves it."""
+        q = Query(request)
+        name = q.required("c")
+        everything = q.choice("all", ("0", "1"), "value of all") == "1"
+        changed = last_change(store, name)
+        result = attention(store, name, everything=everything)
+        shown = result.reasons() if everything else [p for p in result.reasons() if p[1].level != "info"]
+        return page("attention.html", request, name, changed, result, shown=shown, everything=everything,
+                    counts=result.counts(), actions=result.actions)
 
     def instance(request: Request) -> Response:
         q = Query(request)
@@ -316,8 +352,11 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         if run is None:
             raise Invalid("parameter 'run' is required")
         changed = last_change(store, name)
-        return page("instance.html", request, name, changed, task=task, run=run,
-                    **instance_jobs(store, name, task, run), **instance_outputs(store, name, task, run))
+        result = attention(store, name, runs=[run])
+        mine = result.by_instance().get((name, task, run))
+        return page("instance.html", request, name, changed, result, task=task, run=run,
+                    waits=() if mine is None else mine.reasons, **instance_jobs(store, name, task, run),
+                    **instance_outputs(store, name, task, run))
 
     def plot(request: Request) -> Response:
         """A PNG plot of an instance, by its number in the instance's ``plots``: nothing else is ever served."""
@@ -369,8 +408,8 @@ def create_app(store: Store, campaign: Optional[str] = None, refresh: float = 2.
         html = env.get_template("error.html").render(request=request, campaign=None, message=str(exc), code=code)
         return HTMLResponse(html, status_code=code, headers=HEADERS)
 
-    routes = [Route("/", home), Route("/grid", grid), Route("/instance", instance), Route("/log", log),
-              Route("/history", history), Route("/api/last", api_last), Route("/plot", plot),
+    routes = [Route("/", home), Route("/grid", grid), Route("/attention", needs_action), Route("/instance", instance),
+              Route("/log", log), Route("/history", history), Route("/api/last", api_last), Route("/plot", plot),
               Mount("/static", StaticFiles(packages=[("ecalstate.web", "static")]), name="static")]
     middleware = [] if "*" in allowed_hosts else [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
     return Starlette(routes=routes, middleware=middleware, exception_handlers={EcalStateError: refused})
