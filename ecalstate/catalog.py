@@ -21,9 +21,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
 CAMPAIGN_KINDS = ("prompt", "reprocessing")
 #: task names that cannot be a field of the exported ``run`` point (InfluxDB drops ``time``; the rest are its tags)
 RESERVED_TASK_NAMES = ("time", "campaign", "run_number", "fill", "rtype")
-#: the endings of the fields a done point carries beside its task's status (``<task>_latency_s``): no task name may
-#: end so, or its status field would be another task's number (InfluxDB refuses a field that changes type)
-RESERVED_TASK_SUFFIXES = ("_latency_s", "_deadline_met")
 
 
 def check_name(what: str, name: str) -> str:
@@ -37,9 +34,6 @@ def check_name(what: str, name: str) -> str:
             f"invalid task name {name!r}: reserved by the exported run measurement "
             f"({', '.join(RESERVED_TASK_NAMES)})"
         )
-    if what == "task" and name.lower().endswith(RESERVED_TASK_SUFFIXES):
-        raise Invalid(f"invalid task name {name!r}: a name ending in {' or '.join(RESERVED_TASK_SUFFIXES)} is another"
-                      " task's exported latency field")
     return name
 
 
@@ -333,7 +327,8 @@ class Catalog(StoreBase):
         with self.db.tx(write=False) as tx:
             cid = campaign_id(tx, campaign)
             return [FillEnd(*r) for r in tx.all(
-                "SELECT fill, ended_at, reason, actor, dumped_at FROM fill_end WHERE campaign_id = ? ORDER BY fill", (cid,))]
+                "SELECT fill, ended_at, reason, actor, dumped_at FROM fill_end WHERE campaign_id = ? ORDER BY fill",
+                (cid,))]
 
 
 def task_info(name: str, deps: list[str], retries: int, settings: TaskSettings) -> TaskInfo:
@@ -387,9 +382,9 @@ def insert_runs(ctx: Ctx, cid: int, specs: dict[int, RunSpec], activate: bool = 
         spec = specs[number]
         rtypes, task_ids = match(spec)
         run_id = tx.scalar(
-            "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at, ended_at) VALUES (?,?,?,?,?,?,?)"
-            " RETURNING id", (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True), rtypes, ctx.now,
-                              ended_at(spec.meta)),
+            "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at, ended_at)"
+            " VALUES (?,?,?,?,?,?,?) RETURNING id",
+            (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True), rtypes, ctx.now, ended_at(spec.meta)),
         )
         run_numbers[run_id] = number
         pending += [(run_id, task_id) for task_id in task_ids]
