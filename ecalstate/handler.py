@@ -200,7 +200,8 @@ class TaskHandler:
         info = next(t for t in self.store.list_tasks(campaign) if t.name == self.task)
         stored = (info.deadline, info.deadline_from, info.warn_before, info.cadence)
         wanted = (cls.deadline and round(cls.deadline) or None, cls.deadline_from,
-                  None if cls.warn_before is None else round(cls.warn_before), cls.cadence and round(cls.cadence) or None)
+                  None if cls.warn_before is None else round(cls.warn_before),
+                  cls.cadence and round(cls.cadence) or None)
         if any(given is not None and want != have for given, want, have in zip(declared, wanted, stored)):
             self.store.update_task(campaign, self.task, deadline=cls.deadline, deadline_from=cls.deadline_from,
                                    warn_before=cls.warn_before, cadence=cls.cadence)
