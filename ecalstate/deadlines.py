@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from operator import attrgetter
+from typing import Any, NamedTuple, Optional
 
 from .auditlog import TASK_ROWS, vocab_id
 from .base import StoreBase, campaign_id
@@ -39,17 +40,18 @@ _S = 1_000_000  # microseconds in a second
 #: of the instances' rows (``ix_audit_task``); an instance still new was never done
 FIRST_DONE_SQL = (f"CASE WHEN ti.status = 'new' THEN NULL ELSE (SELECT MIN(ts) FROM audit_log WHERE instance_id = ti.id"
                   f" AND {TASK_ROWS} AND to_status = {vocab_id('done')}) END")
+#: instances (id, task id, run id, status, leader id, first done): narrow rows, their runs read apart (a run's end
+#: once for its twenty tasks)
 _ROWS_SQL = f"""
-SELECT ti.id, ti.task_id, r.run_number, r.fill, ti.status, ti.leader_id, r.ended_at, {FIRST_DONE_SQL}
-FROM task_instance ti JOIN run r ON r.id = ti.run_id
-WHERE ti.campaign_id = ? AND ti.status <> 'skipped'"""
+SELECT ti.id, ti.task_id, ti.run_id, ti.status, ti.leader_id, {FIRST_DONE_SQL}
+FROM task_instance ti WHERE ti.campaign_id = ? AND ti.status <> 'skipped'"""
+_RUNS_SQL = "SELECT id, run_number, fill, ended_at FROM run WHERE campaign_id = ?"
 #: the statuses of an instance whose deadline may still be open (a done one was done, a skipped one is not expected)
 OPEN_STATUSES = ("new", "reprocess", "processing", "failed", "merged")
 
 
-@dataclass(frozen=True)
-class Judged:
-    """What :func:`judge` says of one instance (times as integer microseconds)."""
+class Judged(NamedTuple):
+    """What :func:`judge` says of one instance (times as integer microseconds; a tuple: made for every instance)."""
 
     deadline: Optional[int]
     warn_at: Optional[int]
@@ -181,22 +183,36 @@ class Deadlines(StoreBase):
                     raise NotFound(f"unknown task {task!r} in campaign {campaign!r}")
             else:
                 wanted = [t for t, (_, s, _) in tasks.items() if s.deadline is not None]
-            rows = _rows(tx, cid, wanted, runs, finished, since)
-            leaders = {r[5] for r in rows if r[4] == "merged" and r[5] is not None} - {r[0] for r in rows}
+            run_of: dict[int, tuple[int, Optional[int], Optional[str]]] = {}
+            if runs is None:
+                run_of.update((r[0], r[1:]) for r in tx.all(_RUNS_SQL, (cid,)))
+            else:
+                for part in chunks(sorted(set(runs))):
+                    run_of.update((r[0], r[1:]) for r in tx.all(
+                        _RUNS_SQL + f" AND run_number IN ({','.join('?' * len(part))})", (cid, *part)))
+            rows = _rows(tx, cid, wanted, None if runs is None else sorted(run_of), finished, since)
             by_id = {r[0]: r for r in rows}
+            leaders = {r[4] for r in rows if r[3] == "merged" and r[4] is not None} - set(by_id)
             for part in chunks(sorted(leaders)):
                 by_id.update((r[0], r) for r in tx.all(
                     _ROWS_SQL + f" AND ti.id IN ({','.join('?' * len(part))})", (cid, *part)))
+            missing = {r[2] for r in by_id.values()} - set(run_of)
+            for part in chunks(sorted(missing)):
+                run_of.update((r[0], r[1:]) for r in tx.all(
+                    _RUNS_SQL + f" AND id IN ({','.join('?' * len(part))})", (cid, *part)))
             fill_tasks = {t for t in wanted if tasks[t][1].deadline_from == FILL_END}
-            fills = FillEnds.read(tx, cid, {r[3] for r in by_id.values() if r[1] in fill_tasks and r[3] is not None})
+            fills = FillEnds.read(tx, cid, {f for r in by_id.values() if r[1] in fill_tasks
+                                            for f in [run_of[r[2]][1]] if f is not None})
         out = []
+        texts: dict[int, str] = {}  # times repeat (a run's reference for each of its tasks): each formatted once
         for row in rows:
-            leader = by_id.get(row[5]) if row[4] == "merged" and row[5] is not None else None
-            item = _deadline(row, leader, tasks[row[1]][0], tasks[row[1]][1], fills, now_us)
-            if finished or item.done_at is None:
-                if since is None or item.done_at is None or item.done_at >= since:
-                    out.append(item)
-        out.sort(key=lambda d: (d.task, d.run_number))
+            leader = by_id.get(row[4]) if row[3] == "merged" and row[4] is not None else None
+            name, settings, _ = tasks[row[1]]
+            item = _deadline(row, run_of[row[2]], leader, leader and run_of[leader[2]], name, settings, fills,
+                             now_us, texts)
+            if (finished or item.done_at is None) and (since is None or item.done_at is None or item.done_at >= since):
+                out.append(item)
+        out.sort(key=attrgetter("task", "run_number"))
         return out
 
     def cadence_gaps(self, campaign: str, now: Optional[str] = None) -> list[CadenceGap]:
@@ -209,6 +225,11 @@ class Deadlines(StoreBase):
             for tid, (name, settings, created) in sorted(task_settings(tx, cid).items(), key=lambda t: t[1][0]):
                 if not settings.cadence:
                     continue
+                # done within the cadence: no gap; the newest instances first (the index's order), found at once
+                cutoff = from_micros(to_micros(now) - settings.cadence * _S)
+                if tx.scalar("SELECT 1 FROM task_instance WHERE campaign_id = ? AND task_id = ? AND status = 'done'"
+                             " AND updated_at > ? ORDER BY id DESC LIMIT 1", (cid, tid, cutoff)):
+                    continue
                 last = tx.scalar("SELECT MAX(updated_at) FROM task_instance WHERE campaign_id = ? AND task_id = ?"
                                  " AND status = 'done'", (cid, tid))
                 since = from_micros(to_micros(last or created) + settings.cadence * _S)
@@ -217,10 +238,10 @@ class Deadlines(StoreBase):
         return out
 
 
-def _rows(tx: Tx, cid: int, tasks: Sequence[int], runs: Optional[Collection[int]], finished: bool,
+def _rows(tx: Tx, cid: int, tasks: Sequence[int], run_ids: Optional[Sequence[int]], finished: bool,
           since: Optional[str]) -> list[Any]:
-    """The instance rows of ``tasks`` (and ``runs``), with their runs' ends and their first done times."""
-    if not tasks:
+    """The instance rows of ``tasks`` (of the runs ``run_ids``), with their first done times."""
+    if not tasks or run_ids == []:
         return []
     sql = _ROWS_SQL + f" AND ti.task_id IN ({','.join('?' * len(tasks))})"
     params: list[Any] = [cid, *tasks]
@@ -230,33 +251,40 @@ def _rows(tx: Tx, cid: int, tasks: Sequence[int], runs: Optional[Collection[int]
     elif since is not None:  # an instance first done at or after ``since`` changed last at or after it
         sql += " AND (ti.status <> 'done' OR ti.updated_at >= ?)"
         params.append(since)
-    if runs is None:
+    if run_ids is None:
         return tx.all(sql, params)
     out: list[Any] = []
-    for part in chunks(sorted(set(runs))):
-        out += tx.all(sql + f" AND r.run_number IN ({','.join('?' * len(part))})", (*params, *part))
+    for part in chunks(run_ids):
+        out += tx.all(sql + f" AND ti.run_id IN ({','.join('?' * len(part))})", (*params, *part))
     return out
 
 
-def _deadline(row: Sequence[Any], leader: Optional[Sequence[Any]], task: str, settings: TaskSettings,
-              fills: FillEnds, now: int) -> InstanceDeadline:
-    """One row of :meth:`Deadlines.deadlines` (``leader``: the group leader's row of a merged run)."""
-    run, fill, status = row[2], row[3], row[4]
+def _deadline(row: Sequence[Any], run: Sequence[Any], leader: Optional[Sequence[Any]],
+              leader_run: Optional[Sequence[Any]], task: str, settings: TaskSettings, fills: FillEnds, now: int,
+              texts: dict[int, str]) -> InstanceDeadline:
+    """One row of :meth:`Deadlines.deadlines`: an instance row and its run's (number, fill, end); ``leader`` and
+    ``leader_run``: a merged run's group leader's."""
+    number, fill, status = run[0], run[1], row[3]
     if settings.deadline is None:
-        return InstanceDeadline(task, run, fill, status, None, None, None, None, None, None, NO_DEADLINE,
+        return InstanceDeadline(task, number, fill, status, None, None, None, None, None, None, NO_DEADLINE,
                                 "the task has no deadline")
-    source = leader or row  # a merged run is done with its group
-    reference, why = reference_of(settings, source[2], source[3], source[6], fills)
-    done = source[7]
+    source, source_run = (row, run) if leader is None or leader_run is None else (leader, leader_run)
+    reference, why = reference_of(settings, source_run[0], source_run[1], source_run[2], fills)
+    done = source[5]  # a merged run is done with its group
     judged = judge(None if reference is None else to_micros(reference), settings, done, now)
     latency = None if judged.latency is None else judged.latency / _S
-    return InstanceDeadline(task, run, fill, status, reference, settings.deadline_from if reference else None,
-                            _text(judged.deadline), _text(judged.warn_at), _text(done), latency, judged.state, why,
-                            None if leader is None else leader[2])
+    return InstanceDeadline(task, number, fill, status, reference, settings.deadline_from if reference else None,
+                            _text(judged.deadline, texts), _text(judged.warn_at, texts), _text(done, texts), latency,
+                            judged.state, why, None if leader_run is None else leader_run[0])
 
 
-def _text(micros: Optional[int]) -> Optional[str]:
-    return None if micros is None else from_micros(micros)
+def _text(micros: Optional[int], texts: dict[int, str]) -> Optional[str]:
+    if micros is None:
+        return None
+    text = texts.get(micros)
+    if text is None:
+        text = texts[micros] = from_micros(micros)
+    return text
 
 
 def done_latencies(tx: Tx, rows: Mapping[int, int]) -> dict[int, tuple[float, bool]]:
