@@ -14,10 +14,13 @@ resubmit and submit of each workflow run with the local backend, until every
 task instance is done. One reconstruction job fails on its first attempt
 (resubmit recovers it, and its fill's calibration waits for it); the operator
 skips one run (ECAL was partly off), which its fill's calibration leaves out.
-Each fill is calibrated once, from all its runs, when it has ended. Finally it
-prints the status overview and health, and writes the HTML report and the
-InfluxDB line protocol. Every other step is the command an operator or a
-Jenkins stage would type, run in-process.
+Each fill is calibrated once, from all its runs, when it has ended. The calibration
+must be done 48 h after its fill's end (the beam dump OMS reports): the day is placed
+so that it ended just before the demo starts, and the demo replays it in seconds, so a
+fill's latency is how long ago its beam was dumped. Finally it prints the status
+overview, health and the latency table, and writes the HTML report and the InfluxDB
+line protocol. Every other step is the command an operator or a Jenkins stage would
+type, run in-process.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import click
 
 from ecalstate import Store
 from ecalstate.cli import main as ecalstate
+from ecalstate.clock import now as clock_now
 from ecalstate.sources.oms import OMSAPI, OmsRunSource, Response, RunMapping
 from ecalstate.sources.sync import sync
 
@@ -52,7 +56,6 @@ CAMPAIGN = "prompt"
 WORKFLOWS = (PhiSymReco, PhiSymCalib, PhiSymPlots)
 MARKER = ".ecalstate-demo"
 FIRST_RUN, FIRST_FILL = 380001, 9001
-DAY_START = datetime(2026, 6, 14, tzinfo=timezone.utc)
 #: how far the simulated clock moves on each Jenkins tick
 TICK = timedelta(minutes=30)
 #: the run the operator skips (the first run of the second fill: ECAL partly off)
@@ -83,10 +86,18 @@ def run(command: click.Command, name: str, args: Sequence[str], echo: bool = Tru
     return 0
 
 
-def day_of_runs(fills: int) -> dict[str, Any]:
+def day_start(fills: int) -> datetime:
+    """Where the day begins so that it ends (its last run) 30 minutes before now: runs end in the past, as OMS
+    reports them, and their latencies are real ones."""
+    probe = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    span = max(datetime.fromisoformat(r["attributes"]["end_time"].replace("Z", "+00:00"))
+               for r in day_of_runs(fills, probe)["runs"]["data"]) - probe
+    return clock_now().replace(second=0, microsecond=0) - span - timedelta(minutes=30)
+
+
+def day_of_runs(fills: int, start: datetime) -> dict[str, Any]:
     """A day of data taking as OMS answers it (JSON:API documents of runs and fills): fills of 2-4 collision
     runs, each fill dumped before a cosmics run (no fill) that the collisions run type leaves alone."""
-    start = DAY_START
     runs: list[dict[str, Any]] = []
     ends: list[dict[str, Any]] = []
     number = FIRST_RUN
@@ -174,7 +185,8 @@ def main() -> None:
     run(ecalstate, "ecalstate", [*base, "campaign", "create", CAMPAIGN, "--description", "demo: one day of PhiSym"])
     run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-reco", "--max-retries", "2"])
     run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-calib", "--depends-on", "phisym-reco",
-                                 "--max-retries", "1"])
+                                 "--max-retries", "1", "--deadline", "48h", "--deadline-from", "fill-end",
+                                 "--warn-before", "12h"])
     run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-plots", "--depends-on",
                                  "phisym-calib", "--max-retries", "1"])
     run(ecalstate, "ecalstate", [*base, "rtype", "create", "-c", CAMPAIGN, "collisions", "--filter",
@@ -184,9 +196,11 @@ def main() -> None:
 
     click.secho("\n== a day of data taking, as OMS answers it (JSON:API)", bold=True)
     oms = out / "oms.json"
-    oms.write_text(json.dumps(day_of_runs(args.fills), indent=1))
+    start = day_start(args.fills)
+    oms.write_text(json.dumps(day_of_runs(args.fills, start), indent=1))
     last_end = max(item["attributes"]["end_time"] for item in json.loads(oms.read_text())["runs"]["data"])
-    click.echo(f"   {oms}: {args.fills} fills; each tick the clock moves on {TICK} and the OMS source reads it")
+    click.echo(f"   {oms}: {args.fills} fills from {iso(start)}, the last run ended 30 min ago; each tick the day's"
+               f" clock moves on {TICK} and the OMS source reads it (the store keeps real time: latencies are real)")
 
     click.secho("\n== Jenkins ticks: sync the runs, then check, resubmit, submit of each workflow (local backend)",
                 bold=True)
@@ -195,7 +209,7 @@ def main() -> None:
     click.secho(f"$ ecalstate run sync -c {CAMPAIGN} --source oms --from-run {FIRST_RUN}   (OMS answered in-process)",
                 fg="cyan")
     click.secho(f"$ python handlers/<workflow>.py {' '.join(handler_args)} check|resubmit|submit", fg="cyan")
-    now, waiting = DAY_START, ""
+    now, waiting = start, ""
     for tick in range(1, args.ticks + 1):
         now += TICK
         click.secho(f"-- tick {tick} ({iso(now)})", fg="cyan")
@@ -229,6 +243,7 @@ def main() -> None:
     run(ecalstate, "ecalstate", [*base, "job", "list", "-c", CAMPAIGN, "--task", "phisym-reco", "--run",
                                  str(FIRST_RUN + 1)])
     run(ecalstate, "ecalstate", [*base, "health", "-c", CAMPAIGN], check=False)
+    run(ecalstate, "ecalstate", [*base, "latency", "-c", CAMPAIGN])
     if ecalstate.get_command(click.Context(ecalstate), "report") is not None:  # the HTML report, when installed
         run(ecalstate, "ecalstate", [*base, "report", "html", "-c", CAMPAIGN, "--out", str(out / "overview.html")])
     run(ecalstate, "ecalstate", [*base, "export", "--out", str(out / "ecalstate.lp")])

@@ -24,6 +24,11 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
     assert "healthy: nothing stuck" in result.stdout
     assert "run sync -c prompt --source oms" in result.stdout and "export --out" in result.stdout
     assert "fill 9001 waits: run 380002 phisym-reco processing" in result.stdout  # its retried reconstruction
+    # the calibration is due 48 h after its fill's dump (as OMS reported it); the latency table ends the demo
+    assert "deadline 2d from fill-end, warn 12h before" in result.stdout
+    latency = result.stdout.split("latency -c prompt\n", 1)[1].splitlines()[:2]
+    assert latency[0].split()[:2] == ["task", "done"] and latency[1].split()[:2] == ["phisym-calib", "2"]
+    assert latency[1].split()[-2:] == ["100%", "0"]
     with Store.open(str(out / "ecalstate.db")) as store:
         overview = store.overview("prompt")
         statuses = {r.run_number: r.statuses for r in overview.rows}
@@ -50,6 +55,11 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         steps = [a.to_status for a in store.history("prompt", task="phisym-reco", run=380002, limit=None)
                  if a.entity == "job" and a.jid == 0 and a.to_status not in ("running", a.from_status)]
         assert steps == ["idle", "failed", "idle", "done"]
+        due = {d.run_number: d for d in store.deadlines("prompt", "phisym-calib")}
+        fills = {f.fill: f.dumped_at for f in store.ended_fills("prompt")}
+        assert {n: (d.state, d.reference) for n, d in due.items() if d.leader_run is None} == {
+            380003: ("done", fills[9001]), 380008: ("done", fills[9002])}  # counted from the dumps OMS gave
+        assert 0 < (due[380003].latency_s or 0) < 48 * 3600
         leaders = [n for n, s in statuses.items() if s.get("phisym-plots") == "done"]
         plots = [store.instance("prompt", "phisym-plots", n).outputs["plots"] for n in leaders]
     assert plots and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
