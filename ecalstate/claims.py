@@ -5,7 +5,7 @@ on SQLite the claim holds the write lock from its first read (``BEGIN
 IMMEDIATE``); on PostgreSQL it locks the rows it takes (``FOR UPDATE SKIP
 LOCKED``) so a concurrent claimer takes the next ones instead of waiting.
 
-Order (a policy, docs/cli.md "claim"): for a task with a deadline, what can still make its deadline first, the
+Order (a policy; docs/cli.md, `task add`): for a task with a deadline, what can still make its deadline first, the
 earliest deadline first; then what has already missed it (earliest first: Tier-0 has gone past those runs, the
 others it still waits for); then runs without a reference (no end time), by run number. A group goes by its
 most urgent run. A task without a deadline (or ``order="run"``) is claimed in run order, as before deadlines.

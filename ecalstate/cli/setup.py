@@ -127,9 +127,11 @@ def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retr
 
     A task runs on a run once every task it depends on is done for that run.
     Activate it for runs with `ecalstate rtype update --add`. With a deadline,
-    claims take the earliest deadline first (what already missed after what can
-    still make it), HTCondor jobs get a priority from it, and `ecalstate
-    latency` reports it.
+    claims take what can still make its deadline first, earliest first, then
+    what already missed it, then runs without an end time (a policy: Tier-0
+    has gone past the missed runs, it still waits for the others); HTCondor
+    jobs get a priority from it (docs/htcondor.md), and `ecalstate latency`
+    reports it.
 
     \b
     Example:
