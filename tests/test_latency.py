@@ -91,3 +91,15 @@ def test_percentiles_are_influxql_nearest_rank() -> None:
     values = [5.0, 1.0, 3.0, 2.0, 4.0]
     assert [nearest_rank(values, p) for p in (5, 10, 50, 95, 100)] == [None, 1.0, 3.0, 5.0, 5.0]
     assert nearest_rank([], 50) is None and nearest_rank([7.0], 50) == 7.0
+
+
+def test_one_row_per_instance(db: str) -> None:
+    with Store.open(db) as store:  # a run without an end time: no deadline, and it says why
+        store.inject_runs("prompt", [RunSpec(357001, 9001, {"class": "Collisions"})])
+    rows = as_json(db, "latency", "-c", "prompt", "--task", "reco", "--instances")
+    by_run = {r["run_number"]: r for r in rows}
+    assert len(rows) == 13 and by_run[357001]["state"] == "no-end-time"
+    assert (by_run[356000]["state"], by_run[356001]["state"]) == ("done-late", "done")  # ended 2 h / 10 min ago
+    assert by_run[356000]["reference_kind"] == "run-end" and by_run[356000]["latency_s"] > 7200
+    text = ok(db, "latency", "-c", "prompt", "--task", "reco", "--instances").stdout
+    assert "no-end-time: run 357001 has no end time" in text and "done-late" in text

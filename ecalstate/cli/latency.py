@@ -6,6 +6,7 @@ from typing import Optional
 
 import click
 
+from ..clock import human_time
 from ..latency import GROUPINGS, latency_table
 from .app import App, pass_app
 from .fmt import echo_table
@@ -38,8 +39,11 @@ def percent(share: Optional[float]) -> Optional[str]:
               help="Instances first done since then: a duration ago (30d) or a UTC date/time (default: all).")
 @click.option("--by", type=click.Choice(GROUPINGS), default="task", show_default=True,
               help="One row per task, or per task and week (InfluxDB's weeks: from Thursdays, as Grafana's).")
+@click.option("--instances", is_flag=True,
+              help="One row per instance instead: its reference, deadline, first done time, latency and state"
+                   " (on-time, at-risk, missed, done, done-late, no-end-time, and why).")
 @pass_app
-def latency(app: App, campaign: str, task: Optional[str], since: Optional[str], by: str) -> None:
+def latency(app: App, campaign: str, task: Optional[str], since: Optional[str], by: str, instances: bool) -> None:
     """Latency of tasks against their deadlines: p50, p95, max, share within.
 
     The latency of an instance is how long after its run (or fill) ended it
@@ -52,7 +56,17 @@ def latency(app: App, campaign: str, task: Optional[str], since: Optional[str], 
     Example:
         ecalstate latency -c prompt --since 30d
         ecalstate --json latency -c prompt --task phisym-calib --by week
+        ecalstate latency -c prompt --task phisym-calib --instances
     """
+    if instances:
+        found = app.reader().deadlines(campaign, task, since=since)
+        app.emit(found, lambda: echo_table(
+            ["task", "run", "status", "counts from", "deadline", "done", "latency", "state"],
+            [(d.task, d.run_number, d.status + (f" (in {d.leader_run})" if d.leader_run else ""),
+              f"{d.reference_kind} {human_time(d.reference)}" if d.reference else None, human_time(d.deadline),
+              human_time(d.done_at), span(d.latency_s), d.state + (f": {d.why}" if d.why else ""))
+             for d in found], "no instance of a task with a deadline"))
+        return
     rows = latency_table(app.reader(), campaign, task, since, by)
     headers = ["task", *(["week of"] if by == "week" else []), "done", "p50", "p95", "max", "within deadline",
                *(["missed, open"] if by == "task" else [])]
