@@ -202,9 +202,9 @@ def claimer(path: str, raw: bool, start: Any) -> tuple[tuple[list[tuple[int, int
 def raw_claim(conn: sqlite3.Connection, ids: dict[str, int]) -> list[tuple[int, int]]:
     """The claim's SQL without the API (``ids``: of TEXTS)."""
     conn.execute("BEGIN IMMEDIATE")
-    found = conn.execute(ELIGIBLE_SQL + " LIMIT 1", (1, 1)).fetchone()
+    found = conn.execute(ELIGIBLE_SQL.format(order="") + " LIMIT 1", (1, 1)).fetchone()
     if found is not None:
-        iid, run, _, status, version, gen, _ = found
+        iid, run, _, status, version, gen, _, _ = found
         now = now_micros()
         conn.execute("UPDATE task_instance SET status = 'processing', version = version + 1, generation = ?,"
                      " updated_at = ? WHERE id = ? AND version = ?", (gen + 1, from_micros(now), iid, version))

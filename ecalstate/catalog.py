@@ -9,12 +9,13 @@ from typing import Any, Optional
 
 from .base import (AUDIT_SQL, CASCADE, Ctx, StoreBase, campaign_id, downstream_tasks, loads, move_instance,
                    task_names, task_of)
-from .clock import parse_moment
+from .clock import parse_moment, parse_time
 from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
 from .limits import INT64_MAX, check_int64, chunks, int64_range
-from .results import ONGOING, BackfillResult, CampaignInfo, FillEnd, InjectResult, RunSpec, RunTypeInfo, TaskInfo
+from .results import (END_TIME, ONGOING, BackfillResult, CampaignInfo, FillEnd, InjectResult, RunSpec, RunTypeInfo,
+                      TaskInfo, TaskSettings)
 from .statemachine import TaskStatus
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
@@ -97,12 +98,19 @@ def fill_last_ends(tx: Tx, cid: int, fills: Sequence[int]) -> dict[int, Optional
     return out
 
 
-def end_fills(ctx: Ctx, cid: int, fills: Mapping[int, str]) -> list[int]:
-    """Record the fills of ``fills`` (fill -> why) not known to have ended yet; the ones it recorded, in order."""
-    closed = [f for f in sorted(fills) if not ctx.tx.scalar(
-        "SELECT 1 FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, f))]
-    ctx.tx.many("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES (?,?,?,?,?)",
-                [(cid, f, ctx.now, str(fills[f])[:500], ctx.actor) for f in closed])
+def end_fills(ctx: Ctx, cid: int, fills: Mapping[int, str], dumped: Optional[Mapping[int, str]] = None) -> list[int]:
+    """Record the fills of ``fills`` (fill -> why) not known to have ended yet; the ones it recorded, in order.
+
+    ``dumped`` (fill -> when the beam was dumped, as the source says) is kept too, also for a fill recorded before
+    without it (a later fill had started): a fill's deadline counts from its dump."""
+    times = {f: parse_time(t) for f, t in (dumped or {}).items()}
+    known = {f: ctx.tx.one("SELECT dumped_at FROM fill_end WHERE campaign_id = ? AND fill = ?", (cid, f))
+             for f in sorted(set(fills) | set(times))}
+    closed = [f for f in sorted(fills) if known[f] is None]
+    ctx.tx.many("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor, dumped_at) VALUES (?,?,?,?,?,?)",
+                [(cid, f, ctx.now, str(fills[f])[:500], ctx.actor, times.get(f)) for f in closed])
+    ctx.tx.many("UPDATE fill_end SET dumped_at = ? WHERE campaign_id = ? AND fill = ?",
+                [(t, cid, f) for f, t in times.items() if t and known[f] is not None and known[f][0] is None])
     return closed
 
 
@@ -137,11 +145,17 @@ class Catalog(StoreBase):
     # --- tasks ----------------------------------------------------------------------
 
     def add_task(
-        self, campaign: str, name: str, depends_on: Sequence[str] = (), max_retries: int = 3
+        self, campaign: str, name: str, depends_on: Sequence[str] = (), max_retries: int = 3,
+        deadline: Optional[float] = None, deadline_from: Optional[str] = None, warn_before: Optional[float] = None,
+        cadence: Optional[float] = None,
     ) -> TaskInfo:
-        """Declare a task; its dependencies must exist already, so no cycle can form."""
+        """Declare a task; its dependencies must exist already, so no cycle can form.
+
+        ``deadline`` (seconds from the run's end, or the fill's: ``deadline_from``), ``warn_before`` (seconds before
+        it, default a quarter of it) and ``cadence`` (seconds): see :class:`~ecalstate.results.TaskSettings`."""
         check_name("task", name)
         _check_retries(max_retries)
+        settings = TaskSettings().changed(deadline, deadline_from, warn_before, cadence)
         deps = list(dict.fromkeys(depends_on))
         if name in deps:
             raise Invalid(f"task {name!r} cannot depend on itself (dependency cycle)")
@@ -152,11 +166,11 @@ class Catalog(StoreBase):
                 raise Invalid(f"task {name!r} already exists in campaign {campaign!r}")
             dep_ids = [task_of(ctx.tx, cid, campaign, d)[0] for d in deps]
             tid = ctx.tx.scalar(
-                "INSERT INTO task (campaign_id, name, max_retries, created_at) VALUES (?,?,?,?) RETURNING id",
-                (cid, name, max_retries, ctx.now),
+                "INSERT INTO task (campaign_id, name, max_retries, created_at, settings) VALUES (?,?,?,?,?)"
+                " RETURNING id", (cid, name, max_retries, ctx.now, settings.to_json()),
             )
             ctx.tx.many("INSERT INTO task_dep (task_id, depends_on_id) VALUES (?,?)", [(tid, d) for d in dep_ids])
-            return TaskInfo(name, deps, max_retries)
+            return task_info(name, deps, max_retries, settings)
 
         return self._write("task.add", None, body)
 
@@ -166,8 +180,13 @@ class Catalog(StoreBase):
         name: str,
         depends_on: Optional[Sequence[str]] = None,
         max_retries: Optional[int] = None,
+        deadline: Optional[float] = None,
+        deadline_from: Optional[str] = None,
+        warn_before: Optional[float] = None,
+        cadence: Optional[float] = None,
     ) -> TaskInfo:
-        """Change a task's dependencies or retry limit; a change that closes a cycle is refused."""
+        """Change a task's dependencies, retry limit or settings (None: unchanged; a deadline or cadence of 0
+        removes it); a change that closes a cycle is refused."""
         if max_retries is not None:
             _check_retries(max_retries)
 
@@ -175,6 +194,10 @@ class Catalog(StoreBase):
             tx = ctx.tx
             cid = campaign_id(tx, campaign)
             tid, retries = task_of(tx, cid, campaign, name)
+            if (deadline, deadline_from, warn_before, cadence) != (None,) * 4:
+                current = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (tid,)))
+                settings = current.changed(deadline, deadline_from, warn_before, cadence)
+                tx.run("UPDATE task SET settings = ? WHERE id = ?", (settings.to_json(), tid))
             if max_retries is not None:
                 tx.run("UPDATE task SET max_retries = ? WHERE id = ?", (max_retries, tid))
                 retries = max_retries
@@ -203,7 +226,8 @@ class Catalog(StoreBase):
             "SELECT t.name FROM task_dep d JOIN task t ON t.id = d.depends_on_id WHERE d.task_id = ? ORDER BY t.id",
             (tid,),
         )
-        return TaskInfo(name, [d[0] for d in deps], int(retries))
+        settings = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (tid,)))
+        return task_info(name, [d[0] for d in deps], int(retries), settings)
 
     # --- run types ---------------------------------------------------------------------
 
@@ -329,7 +353,22 @@ class Catalog(StoreBase):
         with self.db.tx(write=False) as tx:
             cid = campaign_id(tx, campaign)
             return [FillEnd(*r) for r in tx.all(
-                "SELECT fill, ended_at, reason, actor FROM fill_end WHERE campaign_id = ? ORDER BY fill", (cid,))]
+                "SELECT fill, ended_at, reason, actor, dumped_at FROM fill_end WHERE campaign_id = ? ORDER BY fill",
+                (cid,))]
+
+
+def task_info(name: str, deps: list[str], retries: int, settings: TaskSettings) -> TaskInfo:
+    """A task as listed: its dependencies, retry limit and settings."""
+    if settings.deadline is None:
+        return TaskInfo(name, deps, retries, cadence=settings.cadence)
+    return TaskInfo(name, deps, retries, settings.deadline, settings.deadline_from, settings.warn_before,
+                    settings.cadence)
+
+
+def ended_at(meta: Mapping[str, Any]) -> Optional[str]:
+    """When a run ended, from its metadata (:data:`~ecalstate.results.END_TIME`), in the store's format; None when it
+    says nothing usable."""
+    return parse_time(meta.get(END_TIME))
 
 
 def check_specs(runs: Iterable[RunSpec]) -> dict[int, RunSpec]:
@@ -369,8 +408,9 @@ def insert_runs(ctx: Ctx, cid: int, specs: dict[int, RunSpec], activate: bool = 
         spec = specs[number]
         rtypes, task_ids = match(spec)
         run_id = tx.scalar(
-            "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at) VALUES (?,?,?,?,?,?)"
-            " RETURNING id", (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True), rtypes, ctx.now),
+            "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at, ended_at)"
+            " VALUES (?,?,?,?,?,?,?) RETURNING id",
+            (cid, number, spec.fill, json.dumps(spec.meta, sort_keys=True), rtypes, ctx.now, ended_at(spec.meta)),
         )
         run_numbers[run_id] = number
         pending += [(run_id, task_id) for task_id in task_ids]
@@ -394,8 +434,9 @@ def set_campaign_setting(ctx: Ctx, cid: int, key: str, value: Optional[dict[str,
 
 def update_runs(ctx: Ctx, runs: Sequence[tuple[int, RunSpec]]) -> None:
     """Give runs (by id) their final fill and metadata (a run source saw them end, or saw more of them)."""
-    ctx.tx.many("UPDATE run SET fill = ?, meta = ? WHERE id = ?",
-                [(spec.fill, json.dumps(spec.meta, sort_keys=True), run_id) for run_id, spec in runs])
+    ctx.tx.many("UPDATE run SET fill = ?, meta = ?, ended_at = ? WHERE id = ?",
+                [(spec.fill, json.dumps(spec.meta, sort_keys=True), ended_at(spec.meta), run_id)
+                 for run_id, spec in runs])
 
 
 def activate_runs(ctx: Ctx, cid: int, runs: Sequence[tuple[int, RunSpec]]) -> int:

@@ -4,22 +4,29 @@ Two overlapping Jenkins builds can therefore never submit the same run twice:
 on SQLite the claim holds the write lock from its first read (``BEGIN
 IMMEDIATE``); on PostgreSQL it locks the rows it takes (``FOR UPDATE SKIP
 LOCKED``) so a concurrent claimer takes the next ones instead of waiting.
+
+Order (a policy; docs/cli.md, `task add`): for a task with a deadline, what can still make its deadline first, the
+earliest deadline first; then what has already missed it (earliest first: Tier-0 has gone past those runs, the
+others it still waits for); then runs without a reference (no end time), by run number. A group goes by its
+most urgent run. A task without a deadline (or ``order="run"``) is claimed in run order, as before deadlines.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Optional, Union
 
 from .base import Ctx, StoreBase, campaign_task, loads, move_instance
 from .catalog import ended_fills
+from .clock import from_micros, to_micros
 from .db import Tx
+from .deadlines import FillEnds, reference_of, urgency
 from .errors import Invalid, NotFound
 from .jobs import check_jobs, insert_jobs, keep_outputs
-from .results import ONGOING, Claim, MadeBy
+from .results import FILL_END, ONGOING, Claim, MadeBy, TaskSettings
 from .statemachine import TaskStatus
 
 T = TaskStatus
@@ -27,7 +34,7 @@ T = TaskStatus
 # an instance is eligible when every task it depends on is done for its run, or merged into a done leader;
 # the campaign id lets the (campaign, task, status) index find the new/reprocess ones without reading the done ones
 ELIGIBLE_SQL = """
-SELECT ti.id, r.run_number, r.fill, ti.status, ti.version, ti.generation, r.meta
+SELECT ti.id, r.run_number, r.fill, ti.status, ti.version, ti.generation, r.meta, r.ended_at
 FROM task_instance ti JOIN run r ON r.id = ti.run_id
 WHERE ti.campaign_id = ? AND ti.task_id = ? AND ti.status IN ('new', 'reprocess')
   AND NOT EXISTS (
@@ -36,8 +43,13 @@ WHERE ti.campaign_id = ? AND ti.task_id = ? AND ti.status IN ('new', 'reprocess'
       SELECT 1 FROM task_instance u LEFT JOIN task_instance ul ON ul.id = u.leader_id
       WHERE u.task_id = d.depends_on_id AND u.run_id = ti.run_id
         AND (u.status = 'done' OR (u.status = 'merged' AND ul.status = 'done'))))
-ORDER BY r.run_number
+ORDER BY {order}r.run_number
 """
+#: a run-end deadline's order in SQL (the parameter: now minus the deadline): the claim of one run per group takes
+#: (and on PostgreSQL locks) only the runs it claims, in this order (:func:`~ecalstate.deadlines.urgency`'s)
+BY_RUN_END = "CASE WHEN r.ended_at IS NULL THEN 2 WHEN r.ended_at <= ? THEN 1 ELSE 0 END, r.ended_at, "
+#: how claims may order: by deadline (the default), or by run number only (as before deadlines: benchmarks)
+ORDERS = ("deadline", "run")
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,8 @@ class Eligible:
     version: int
     generation: int
     meta: dict[str, Any]
+    #: the instance's reference (its run's end, or its fill's) when its task has a deadline: claims order by it
+    reference: Optional[str] = None
 
 
 #: why a group waits, as data (:class:`Cause` kinds): its fill or era has not ended, one of its runs is not ready
@@ -187,21 +201,25 @@ def one_per_run(runs: list[Eligible]) -> list[list[Eligible]]:
 class Claims(StoreBase):
     """Atomic claims of eligible task instances."""
 
-    def eligible(self, campaign: str, task: str) -> list[Eligible]:
-        """What a claim would consider now (for dry runs and displays)."""
+    def eligible(self, campaign: str, task: str, order: str = "deadline") -> list[Eligible]:
+        """What a claim would consider now, in the order it would take it (for dry runs and displays)."""
+        now = self.clock()
         with self.db.tx(write=False) as tx:
             cid, tid, _ = campaign_task(tx, campaign, task)
-            return _eligible(tx, cid, tid, lock=False)
+            return _Order.of(tx, tid, order, now).eligible(tx, cid, tid, lock=False)
 
     def plan(
         self, campaign: str, task: str, group_by: Union[None, str, Grouper, Grouping] = None,
-        lumi_target: Optional[float] = None, lumi_key: str = LUMI_KEY,
+        lumi_target: Optional[float] = None, lumi_key: str = LUMI_KEY, order: str = "deadline",
     ) -> Plan:
-        """The groups a claim would take now and the groups that wait, with why (for ``submit --dry-run``)."""
+        """The groups a claim would take now, in its order, and the groups that wait, with why (for ``submit
+        --dry-run``)."""
         rule = grouping(group_by, lumi_target, lumi_key)
+        now = self.clock()
         with self.db.tx(write=False) as tx:
             cid, tid, _ = campaign_task(tx, campaign, task)
-            return _plan(tx, cid, tid, task, rule, _eligible(tx, cid, tid, lock=False))
+            ranked = _Order.of(tx, tid, order, now)
+            return ranked.sort(_plan(tx, cid, tid, task, rule, ranked.eligible(tx, cid, tid, lock=False)))
 
     def claim(
         self,
@@ -215,6 +233,7 @@ class Claims(StoreBase):
         lumi_key: str = LUMI_KEY,
         exclude: Collection[int] = (),
         made_by: Optional[MadeBy] = None,
+        order: str = "deadline",
     ) -> list[Claim]:
         """Mark up to ``limit`` complete groups of eligible runs as claimed: leader ``processing``, the rest
         ``merged``. A group that is not complete (see :class:`Grouping`) waits; :meth:`plan` says why.
@@ -224,9 +243,12 @@ class Claims(StoreBase):
         write lock is held: it must only compute, not wait on I/O. Whatever it raises undoes the claim.
         ``exclude``: groups holding one of these runs are left alone (a submit stage's failed groups).
         ``made_by``: the workflow's version and configuration, recorded with each claim (its audit row's detail).
+        ``order``: ``deadline`` (see the module) or ``run`` (run number only).
         """
         if limit is not None and limit < 1:
             raise Invalid(f"invalid limit {limit}: expected an integer >= 1")
+        if order not in ORDERS:
+            raise Invalid(f"unknown claim order {order!r} (valid: {', '.join(ORDERS)})")
         rule = grouping(group_by, lumi_target, lumi_key)
         skip = set(exclude)
         detail = made_by.detail() if made_by is not None else None
@@ -234,11 +256,12 @@ class Claims(StoreBase):
         def body(ctx: Ctx) -> list[Claim]:
             tx = ctx.tx
             cid, tid, _ = campaign_task(tx, campaign, task)
+            ranked = _Order.of(tx, tid, order, ctx.now)
             # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
-            # claimers get the next runs instead of finding everything locked
-            rows = limit if isinstance(rule, Grouping) and rule.by == "run" and not skip else None
+            # claimers get the next runs instead of finding everything locked (in SQL's order: not a fill's end)
+            rows = limit if isinstance(rule, Grouping) and rule.by == "run" and not skip and ranked.in_sql else None
             # completeness is decided here, inside the claim's transaction: two builds agree on it
-            plan = _plan(tx, cid, tid, task, rule, _eligible(tx, cid, tid, lock=True, limit=rows))
+            plan = ranked.sort(_plan(tx, cid, tid, task, rule, ranked.eligible(tx, cid, tid, lock=True, limit=rows)))
             groups = [g for g in plan.groups if g and not any(e.run_number in skip for e in g)]
             if limit is not None:
                 groups = groups[:limit]
@@ -256,6 +279,8 @@ class Claims(StoreBase):
             args += (rule.lumi_target, rule.lumi_key)
         if detail is not None:
             args += (detail,)
+        if order != "deadline":
+            args += (order,)
         return self._write(
             "claim", request_id, body, args=args,
             encode=lambda claims: [c.__dict__ for c in claims],
@@ -277,18 +302,53 @@ class Claims(StoreBase):
         return Claim(task, run, row[1], row[0], row[2], merged, loads(row[3]))
 
 
-def _eligible(tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
-    sql = ELIGIBLE_SQL
-    params: list[Any] = [cid, task_id]
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    if lock:
-        sql += tx.skip_locked("ti")
-    return [
-        Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
-        for r in tx.all(sql, params)
-    ]
+@dataclass(frozen=True)
+class _Order:
+    """A claim's order: the task's deadline settings (None: run order) at the claim's time."""
+
+    settings: Optional[TaskSettings]
+    now: str
+
+    @classmethod
+    def of(cls, tx: Tx, task_id: int, order: str, now: str) -> _Order:
+        settings = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (task_id,)))
+        return cls(settings if order == "deadline" and settings.deadline is not None else None, now)
+
+    @property
+    def in_sql(self) -> bool:
+        """Whether the eligible rows come in this order from SQL (run order, or a run-end deadline)."""
+        return self.settings is None or self.settings.deadline_from != FILL_END
+
+    def eligible(self, tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
+        """The task's eligible instances, in this order (their references read with them)."""
+        params: list[Any] = [cid, task_id]
+        order = ""
+        if self.settings is not None and self.in_sql:
+            order = BY_RUN_END
+            params.append(from_micros(to_micros(self.now) - (self.settings.deadline or 0) * 1_000_000))
+        sql = ELIGIBLE_SQL.format(order=order)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        if lock:
+            sql += tx.skip_locked("ti")
+        rows = [Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7] if order else None)
+                for r in tx.all(sql, params)]
+        if self.settings is not None and not self.in_sql:
+            settings = self.settings
+            ends = FillEnds.read(tx, cid, {e.fill for e in rows if e.fill is not None})
+            rows = [replace(e, reference=reference_of(settings, e.run_number, e.fill, None, ends)[0]) for e in rows]
+            rows.sort(key=self.rank)  # stable: run order among equals
+        return rows
+
+    def rank(self, item: Eligible) -> tuple[int, str]:
+        return urgency(item.reference, self.settings, self.now)
+
+    def sort(self, plan: Plan) -> Plan:
+        """The plan's groups in this order: by their most urgent run, then their leader's run number."""
+        if self.settings is not None:
+            plan.groups.sort(key=lambda g: (min(self.rank(e) for e in g), g[-1].run_number))
+        return plan
 
 
 def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible],

@@ -65,6 +65,24 @@ def from_micros(micros: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest).strftime(TS_FORMAT)
 
 
+def parse_time(value: Any) -> Optional[str]:
+    """A date and time as a run source writes one (ISO 8601: ``2026-06-01T12:00:00Z``, an offset, fractions; no
+    zone is UTC) in the store's format; None when ``value`` is not one. Deadlines count from such times."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        return None
+    return utc.strftime(TS_FORMAT) if 1970 <= utc.year <= 9999 else None
+
+
 def as_datetime(ts: str) -> datetime:
     """A time in the store's format as an aware UTC datetime."""
     return datetime.strptime(ts, TS_FORMAT).replace(tzinfo=timezone.utc)

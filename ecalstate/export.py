@@ -44,6 +44,14 @@ Measurements (``run``, ``job`` and ``handler`` are compatible with the original'
   appearing, changing level, clearing): tags campaign, reason, run_number, task;
   fields level, severity (0 cleared, 1 info, 2 warning, 3 problem), since (Unix
   seconds), message, command, and deadline and latency when recorded.
+- ``latency``: tags campaign, fill, run_number, task; beside the ``run`` point of an
+  instance's first move to done, for a task with a deadline and a run with a reference
+  (:mod:`ecalstate.deadlines`): fields latency_s (float seconds from the run's or fill's
+  end) and deadline_met (integer 1 or 0, so that ``mean()`` is the share). A measurement
+  of its own: the overview's ``last(*)`` of ``run`` stays one status per task, and a
+  field's name never meets a task's. It depends on the run's end, its fill's and the
+  task's deadline as they are when exported (a full re-export after a deadline changed
+  rewrites the same points with the new judgement: same series, time and field types).
 
 Targets: InfluxDB 2.x/3.x and 1.8+ through ``influxdb-client``'s v2 write API
 (imported only when that target is opened); InfluxDB 1.x through ``POST /write``;
@@ -75,6 +83,7 @@ from .appendfile import Batch, append_whole, batch, settle
 from .auditlog import DETAIL, RETRY_ROWS, high_water, texts_of
 from .clock import parse_moment, to_micros
 from .db import Database, Tx
+from .deadlines import done_latencies
 from .errors import EcalStateError, Invalid
 from .limits import MAX_EXPORT_RETRIES, MAX_EXPORT_TIMEOUT, MAX_RETRY_BASE, MAX_WATCH_INTERVAL, chunks
 from .lineprotocol import FieldValue, line, safe_key
@@ -514,16 +523,23 @@ def _user_fields(detail: Optional[str]) -> tuple[list[tuple[str, FieldValue]], l
     return list(numbers.items()), list(texts.items())
 
 
-def _points(row: Sequence[Any], attempts: dict[int, int]) -> list[str]:
-    """The lines of one audit row (none for an entity the exporter does not know)."""
-    (_id, ts, entity, task, run, jid, gen, from_status, to_status, actor, reason, detail, _iid, job_pk,
+def _points(row: Sequence[Any], attempts: dict[int, int],
+            latencies: Optional[Mapping[int, tuple[float, bool]]] = None) -> list[str]:
+    """The lines of one audit row (none for an entity the exporter does not know); ``latencies``: the
+    (latency, deadline met) of the rows that first moved an instance to done."""
+    (audit_id, ts, entity, task, run, jid, gen, from_status, to_status, actor, reason, detail, _iid, job_pk,
      campaign, fill, rtypes) = row
     when = ts * 1000  # integer microseconds
     if entity == "task":
         tags = [("campaign", campaign), ("fill", "" if fill is None else str(fill)), ("rtype", rtypes or ""),
                 ("run_number", str(run))]
-        made = _made_by(campaign, task, run, gen, detail, when)
-        return [line("run", tags, [(task, to_status)], when), *made]
+        out = [line("run", tags, [(task, to_status)], when), *_made_by(campaign, task, run, gen, detail, when)]
+        if latencies and audit_id in latencies:
+            latency, met = latencies[audit_id]
+            out.append(line("latency", [("campaign", campaign), ("fill", "" if fill is None else str(fill)),
+                                        ("run_number", str(run)), ("task", task)],
+                            [("latency_s", float(latency)), ("deadline_met", int(met))], when))
+        return out
     if entity == "job":
         tags = [("campaign", campaign), ("id", str(jid)), ("run_number", str(run)), ("task", task)]
         out = []
@@ -622,10 +638,12 @@ def read_batch(db: Database, after: int, upto: int, limit: int) -> tuple[list[Li
     with db.tx(write=False) as tx:
         rows = _with_texts(tx, tx.all(ROWS_SQL, (after, upto, limit)), db.audit_strings)
         attempts = _attempts(tx, rows)
+        latencies = done_latencies(tx, {r[0]: r[12] for r in rows if r[2] == "task" and r[8] == "done"
+                                        and r[12] is not None})
     lines: list[Line] = []
     skipped = 0
     for row in rows:
-        texts = _points(row, attempts)
+        texts = _points(row, attempts, latencies)
         skipped += not texts
         lines += [(row[0], text) for text in texts]
     return lines, (rows[-1][0] if rows else after), skipped

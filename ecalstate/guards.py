@@ -201,7 +201,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ecalstate_guard_run() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF (NEW.fill IS DISTINCT FROM OLD.fill OR NEW.meta <> OLD.meta)
+  IF (NEW.fill IS DISTINCT FROM OLD.fill OR NEW.meta <> OLD.meta OR NEW.ended_at IS DISTINCT FROM OLD.ended_at)
      AND NOT COALESCE((OLD.meta::jsonb -> '{ONGOING}') = 'true'::jsonb, false) THEN
     RAISE EXCEPTION '{REFUSED}: run %: its fill and metadata change only while it is being taken (its source''s'
       ' final answer)', OLD.run_number USING ERRCODE = 'check_violation';
@@ -306,7 +306,7 @@ def guards_sql(reader: str, writer: str, operator: str, admin: str) -> list[str]
         _trigger("ecalstate_guard_move", "job", "UPDATE", "ecalstate_guard_job", admin, changed=("status", "attempts"),
                  deferred=True),
         _trigger("ecalstate_guard_move", "run", "UPDATE", "ecalstate_guard_run", admin, operator,
-                 changed=("fill", "meta", "rtypes", "tag_rtypes")),
+                 changed=("fill", "meta", "rtypes", "tag_rtypes", "ended_at")),
         "",
         "-- row-level rules: a role's audit rows are its own transitions; a job's creation fields are copied into its",
         "-- creation row only as the job holds them; meta's schema version is the admin's; the notifier's bookmarks",

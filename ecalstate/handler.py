@@ -29,6 +29,12 @@ attempt, to submit) and submits them.
 Every stage records a heartbeat, ok or not, for ``ecalstate health``.
 A handler's own command-line options (:attr:`TaskHandler.options`, click options) are taken by every stage; their
 values reach ``jobs()`` and, kept in each job's spec, the jobs' environment.
+
+A workflow may declare its task's deadline in code (``deadline = 48 * 3600``, ``deadline_from = "fill-end"``,
+``warn_before``, ``cadence``: seconds); submit writes them into the task of each campaign it serves when they differ
+(the code is the workflow's truth, as ``task update`` would). Jobs are submitted with a priority from their
+instance's deadline (:func:`~ecalstate.deadlines.job_priority`), for the batch system to start the most urgent
+first.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import click
 from .attention import HandlerInfo, apply_policies, note_handler, observe, pending_actions, script_of
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
 from .claims import LUMI_KEY, Grouper, Grouping, grouping
+from .deadlines import job_priority
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
 from .results import STARTED, BatchRecord, BulkResult, Claim, JobInfo, JobUpdate, MadeBy
@@ -135,6 +142,14 @@ class TaskHandler:
     #: the configuration that matters for what the jobs make (a global tag...), recorded with the version; the
     #: option values are recorded with it (see :meth:`made_by`)
     config: ClassVar[Mapping[str, Any]] = {}
+    #: the task's deadline in seconds after its reference (None: as the campaign says, ``task update --deadline``)
+    deadline: ClassVar[Optional[float]] = None
+    #: what the deadline counts from: ``run-end`` or ``fill-end`` (None: as the campaign says)
+    deadline_from: ClassVar[Optional[str]] = None
+    #: seconds before the deadline at which an instance is at risk (None: as the campaign says)
+    warn_before: ClassVar[Optional[float]] = None
+    #: a done instance at least this often, seconds (None: as the campaign says)
+    cadence: ClassVar[Optional[float]] = None
 
     def __init__(self, store: Store, backend: Backend, options: Optional[Mapping[str, Any]] = None) -> None:
         self.store = store
@@ -198,6 +213,7 @@ class TaskHandler:
         with self._stage(campaign, "submit") as report:
             made_by = self.made_by()
             self.backend.check()  # an unreachable batch system: fail before claiming anything
+            self._declare_deadline(campaign, report)
             self._settle_leftovers(campaign, report)
             self._note(campaign)
             report.policies += [a.reason for a in apply_policies(self.store, pending_actions(
@@ -228,6 +244,27 @@ class TaskHandler:
                 else:  # rolled back, it is eligible again: not in this stage
                     skip.update(claim.runs)
             return report
+
+    def _declare_deadline(self, campaign: str, report: StageReport) -> None:
+        """Write the deadline and cadence the workflow declares into the campaign's task, when they differ."""
+        cls = type(self)
+        declared = (cls.deadline, cls.deadline_from, cls.warn_before, cls.cadence)
+        if declared == (None,) * 4:
+            return
+        info = next(t for t in self.store.list_tasks(campaign) if t.name == self.task)
+        stored = (info.deadline, info.deadline_from, info.warn_before, info.cadence)
+        wanted = (cls.deadline and round(cls.deadline) or None, cls.deadline_from,
+                  None if cls.warn_before is None else round(cls.warn_before),
+                  cls.cadence and round(cls.cadence) or None)
+        if any(given is not None and want != have for given, want, have in zip(declared, wanted, stored)):
+            self.store.update_task(campaign, self.task, deadline=cls.deadline, deadline_from=cls.deadline_from,
+                                   warn_before=cls.warn_before, cadence=cls.cadence)
+            report.add("deadline declared")
+
+    def _priority(self, campaign: str, run: int) -> int:
+        """The batch priority of the run's instance: from its deadline, at the store's time."""
+        found = [d for d in self.store.deadlines(campaign, self.task, runs=[run]) if d.run_number == run]
+        return job_priority(found[0].deadline if found else None, self.store.clock())
 
     def _grouping(self) -> Union[Grouping, Grouper]:
         # read from the class: a function stored as a class attribute would bind as a method
@@ -303,7 +340,8 @@ class TaskHandler:
             try:
                 found = self.backend.find(campaign, self.task, sorted(pending))
                 todo = [k for k in sorted(pending) if k not in found]
-                batch = [self.backend.batch_job(campaign, self.task, k, spec)
+                priority = self._priority(campaign, run) if todo else 0
+                batch = [self.backend.batch_job(campaign, self.task, k, spec, priority)
                          for k, spec in zip(todo, self._specs(campaign, run, generation, todo, specs))]
             except Exception as err:  # nothing submitted; the next stage tries again
                 report.errors.append(f"run {run}: {_message(err)}")

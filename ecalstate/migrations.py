@@ -14,14 +14,19 @@ the frozen first-release database in tests/data/).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
 
 from . import auditlog, pgjobs
+from .clock import parse_time
 from .db import Database, Tx
 from .errors import SchemaError
+from .limits import chunks
+from .results import END_TIME
 from .secrets import redact_url
 from .tables import SCHEMA_VERSION, TABLES
 
@@ -72,6 +77,33 @@ def _progress_from_jobs(tx: Tx) -> None:
     pgjobs.install(tx)
 
 
+#: the reason the OMS source gave a fill it saw dumped (before schema 8 the time was kept in these words only)
+_DUMPED = re.compile(r"^OMS: fill ended \(beam dumped\) at (\S+)$")
+
+
+def _deadlines(tx: Tx) -> None:
+    """Task settings, runs' end times and fills' dump times; the times the old rows already hold are copied."""
+    for table, column, ddl in (("task", "settings", "VARCHAR NOT NULL DEFAULT '{}'"), ("run", "ended_at", "VARCHAR"),
+                               ("fill_end", "dumped_at", "VARCHAR")):
+        if column not in _columns(tx, table):
+            tx.run(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+    ended = []
+    for run_id, meta in tx.all(f"SELECT id, meta FROM run WHERE meta LIKE '%\"{END_TIME}\"%'"):
+        try:
+            value = json.loads(meta).get(END_TIME)
+        except (ValueError, AttributeError):
+            continue
+        when = parse_time(value)
+        if when is not None:
+            ended.append((when, run_id))
+    for part in chunks(ended, 1000):
+        tx.many("UPDATE run SET ended_at = ? WHERE id = ?", part)
+    dumped = [(parse_time(m.group(1)), cid, fill) for cid, fill, reason in tx.all(
+        "SELECT campaign_id, fill, reason FROM fill_end WHERE reason LIKE 'OMS: fill ended (beam dumped) at %'")
+        for m in [_DUMPED.match(reason)] if m]
+    tx.many("UPDATE fill_end SET dumped_at = ? WHERE campaign_id = ? AND fill = ?", [d for d in dumped if d[0]])
+
+
 #: every step, in order; ``STEPS[i].version == i + 2`` (version 1 is the first release)
 STEPS: tuple[Step, ...] = (
     Step(2, "campaign.settings: per-campaign configuration as JSON text (default '{}')", _campaign_settings),
@@ -84,6 +116,8 @@ STEPS: tuple[Step, ...] = (
          auditlog.migrate),
     Step(7, "task_instance.progress_at dropped: an instance's progress is its jobs' newest change (a job transition"
          " writes no instance row)", _progress_from_jobs),
+    Step(8, "task.settings (deadlines, cadence: JSON), run.ended_at and fill_end.dumped_at: when runs and fills ended",
+         _deadlines),
 )
 
 

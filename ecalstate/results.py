@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from .errors import Invalid
+from .limits import MAX_DURATION, MAX_DURATION_TEXT
 
 
 #: the job field a check records the start of a job's attempt in, as its batch system reported it
@@ -30,6 +31,137 @@ class TaskInfo:
     name: str
     depends_on: list[str]
     max_retries: int
+    #: seconds from the reference (the run's end, or its fill's: ``deadline_from``) until the task's instance
+    #: must be done; None: no deadline
+    deadline: Optional[int] = None
+    #: what the deadline counts from: ``run-end`` or ``fill-end``
+    deadline_from: Optional[str] = None
+    #: seconds before the deadline at which an unfinished instance is "at risk"
+    warn_before: Optional[int] = None
+    #: the task must produce a done instance at least this often (seconds); None: no cadence
+    cadence: Optional[int] = None
+
+
+#: what a deadline counts from: the run's end (its ``end_time``), or its fill's end (the beam dump)
+RUN_END, FILL_END = "run-end", "fill-end"
+DEADLINE_FROM = (RUN_END, FILL_END)
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """A task's settings (``task.settings``, a JSON object of validated keys): its deadline, counted from the run's or
+    the fill's end, the warning margin before it, and its cadence; durations in whole seconds. Keys a later ecalstate
+    adds are kept as they are (``other``)."""
+
+    deadline: Optional[int] = None
+    deadline_from: str = RUN_END
+    warn_before: Optional[int] = None
+    cadence: Optional[int] = None
+    other: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: Optional[str]) -> TaskSettings:
+        """The settings as stored (a value that is not what this ecalstate writes counts as absent)."""
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        ours = {"deadline", "deadline_from", "warn_before", "cadence"}
+
+        def seconds(key: str) -> Optional[int]:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+        kind = data.get("deadline_from")
+        return cls(seconds("deadline") or None, kind if kind in DEADLINE_FROM else RUN_END, seconds("warn_before"),
+                   seconds("cadence") or None, {k: v for k, v in data.items() if k not in ours})
+
+    def to_json(self) -> str:
+        data = dict(self.other)
+        if self.deadline:
+            data.update(deadline=self.deadline, deadline_from=self.deadline_from, warn_before=self.warn_before)
+        if self.cadence:
+            data["cadence"] = self.cadence
+        return json.dumps(data, sort_keys=True)
+
+    def changed(self, deadline: Optional[float] = None, deadline_from: Optional[str] = None,
+                warn_before: Optional[float] = None, cadence: Optional[float] = None) -> TaskSettings:
+        """These settings with the given ones changed (None: kept), checked. A deadline or cadence of 0 removes it
+        (a deadline with its margin); a first deadline counts from the run's end and warns a quarter of it ahead."""
+        new = self
+        if deadline is not None:
+            seconds = _duration("deadline", deadline)
+            if not seconds:
+                new = replace(new, deadline=None, deadline_from=RUN_END, warn_before=None)
+            else:
+                first = new.deadline is None
+                new = replace(new, deadline=seconds, warn_before=seconds // 4 if first else new.warn_before)
+        if deadline_from is not None:
+            if deadline_from not in DEADLINE_FROM:
+                raise Invalid(f"invalid deadline reference {deadline_from!r} (valid: {', '.join(DEADLINE_FROM)})")
+            new = replace(new, deadline_from=deadline_from)
+        if warn_before is not None:
+            new = replace(new, warn_before=_duration("warning margin", warn_before))
+        if cadence is not None:
+            new = replace(new, cadence=_duration("cadence", cadence) or None)
+        if new.deadline is None and (deadline_from is not None or warn_before is not None):
+            raise Invalid("a deadline reference or warning margin needs a deadline (give one: 48h)")
+        if new.deadline is not None and (new.warn_before or 0) > new.deadline:
+            raise Invalid(f"the warning margin ({new.warn_before} s) is longer than the deadline ({new.deadline} s)")
+        return new
+
+
+def _duration(what: str, value: Any) -> int:
+    """Whole seconds of a duration given in seconds, checked."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_DURATION:
+        raise Invalid(f"invalid {what} {value!r}: seconds from 0, {MAX_DURATION_TEXT}")
+    return int(round(value))
+
+
+#: what an instance's deadline says of it (:class:`InstanceDeadline`): the task has none; its reference (the
+#: run's or fill's end) is not known; unfinished and before the warning; unfinished within the warning margin;
+#: unfinished past its deadline; done by its deadline; done after it
+NO_DEADLINE, NO_END_TIME, ON_TIME, AT_RISK, MISSED, DONE, DONE_LATE = (
+    "no-deadline", "no-end-time", "on-time", "at-risk", "missed", "done", "done-late")
+DEADLINE_STATES = (NO_DEADLINE, NO_END_TIME, ON_TIME, AT_RISK, MISSED, DONE, DONE_LATE)
+
+
+@dataclass(slots=True)  # not frozen: made for every open instance of a campaign, a frozen one costs 6 times more
+class InstanceDeadline:
+    """A task instance against its task's deadline: when its reference (the run's or the fill's end) was, when it
+    must be done, when it is at risk, when it was first done, its latency and its :data:`DEADLINE_STATES` state.
+
+    A merged run carries its group leader's (the group is done together); ``why`` says what a state without a
+    deadline lacks ("run 380001 has no end time")."""
+
+    task: str
+    run_number: int
+    fill: Optional[int]
+    status: str
+    reference: Optional[str]
+    reference_kind: Optional[str]
+    deadline: Optional[str]
+    warn_at: Optional[str]
+    done_at: Optional[str]
+    latency_s: Optional[float]
+    state: str
+    why: str = ""
+    #: the run that leads the group a merged run was folded into (None: not merged)
+    leader_run: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class CadenceGap:
+    """A task with a cadence whose newest done instance is older than it: one per gap, from ``since`` (the newest
+    done instance plus the cadence; the task's creation when it never had one)."""
+
+    campaign: str
+    task: str
+    cadence_s: int
+    last_done: Optional[str]
+    since: str
 
 
 @dataclass(frozen=True)
@@ -42,6 +174,8 @@ class RunTypeInfo:
 #: run metadata key that says the run was still being taken when its source last saw it: it activates no task
 #: until it ended, and a fill with such a run is not complete
 ONGOING = "ongoing"
+#: run metadata key holding when the run ended (the OMS mapping and the file source write it): deadlines count from it
+END_TIME = "end_time"
 
 
 @dataclass(frozen=True)
@@ -61,6 +195,8 @@ class FillEnd:
     ended_at: str
     reason: str
     actor: str
+    #: when the beam was dumped, as the run source said (None: it did not)
+    dumped_at: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,11 @@ VIEWS = ("audit",)
 #: the columns a writer's transitions change (a row's identity, its ids, campaign, run number and creation time,
 #: never changes below admin); column privileges also keep a writer from locking these tables against the others
 UPDATES = {
-    "run": ("fill", "meta", "rtypes", "tag_rtypes"),
+    "run": ("fill", "meta", "rtypes", "tag_rtypes", "ended_at"),
     "task_instance": ("status", "version", "generation", "leader_id", "outputs", "updated_at"),
     "job": ("status", "version", "attempts", "batch_id", "fields", "updated_at", "started_at", "finished_at"),
     "run_source": ("last_run", "updated_at"),
+    "fill_end": ("dumped_at",),  # a fill's dump time, when the source tells it after a later fill closed it
     "audit_log": ("detail",),  # a job's creation fields, kept in its creation row before they change
     "export_cursor": ("audit_id", "updated_at"),
 }
@@ -107,7 +108,8 @@ def roles_sql(prefix: str = "ecalstate") -> str:
         "-- writer: state rows (the columns a transition changes) and their audit (append-only), heartbeats,",
         "-- notification bookkeeping",
         f"GRANT INSERT ON run, task_instance, job, request, heartbeat, run_source, fill_end TO {n.writer};",
-        *(f"GRANT UPDATE {_columns(t)} TO {n.writer};" for t in ("run", "task_instance", "job", "run_source")),
+        *(f"GRANT UPDATE {_columns(t)} TO {n.writer};" for t in ("run", "task_instance", "job", "run_source",
+                                                                         "fill_end")),
         f"GRANT INSERT ({', '.join(c for c in COLUMNS if c != 'id')}) ON audit_log TO {n.writer};",
         f"GRANT UPDATE {_columns('audit_log')} TO {n.writer};",
         f"GRANT INSERT (text) ON string TO {n.writer};",

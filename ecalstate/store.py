@@ -1,7 +1,7 @@
 """The typed API: one :class:`Store` over one database, every write one transaction.
 
 Nothing but the store writes state. Each concern lives in its own module
-(catalog, claims, jobs, transitions, queries, monitoring); ``Store`` joins them.
+(catalog, claims, jobs, transitions, queries, monitoring, deadlines); ``Store`` joins them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Optional
 
 from .catalog import Catalog
 from .claims import Claims
+from .deadlines import Deadlines
 from .schema import open_database
 from .jobs import Jobs
 from .monitoring import Monitoring
@@ -17,7 +18,7 @@ from .queries import Queries
 from .transitions import Transitions
 
 
-class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring):
+class Store(Catalog, Claims, Jobs, Transitions, Queries, Monitoring, Deadlines):
     """ecalstate's typed API over one database (a SQLite path or any SQLAlchemy URL)."""
 
     @classmethod

@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 #: bumped with every schema change; ``ecalstate.migrations`` knows how to reach it
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class Meta(SQLModel, table=True):
@@ -39,6 +39,9 @@ class Task(SQLModel, table=True):
     name: str
     max_retries: int = 3
     created_at: str
+    #: the task's settings as a JSON object of validated keys (schema 8: ``deadline``, ``deadline_from``,
+    #: ``warn_before``, ``cadence``; see ``ecalstate.deadlines.TaskSettings``)
+    settings: str = Field(default="{}", sa_column_kwargs={"server_default": "{}"})
 
 
 class TaskDep(SQLModel, table=True):
@@ -75,6 +78,9 @@ class Run(SQLModel, table=True):
     #: ``rtypes`` never changed): a series is defined by its tags, which must not change once exported
     tag_rtypes: Optional[str] = None
     injected_at: str
+    #: when the run ended, in the store's time format: its metadata's ``end_time`` as the run source wrote it,
+    #: normalised when written (schema 8; NULL: none, or not a time). Deadlines count from it, claims order by it
+    ended_at: Optional[str] = None
 
 
 class TaskInstance(SQLModel, table=True):
@@ -216,6 +222,9 @@ class FillEnd(SQLModel, table=True):
     ended_at: str
     reason: str
     actor: str
+    #: when the fill really ended (the beam dump), as the run source says (schema 8; NULL: it did not say):
+    #: ``ended_at`` is when the store learnt it
+    dumped_at: Optional[str] = None
 
 
 #: every table, by name (a migration step creates the one it adds from here)

@@ -24,9 +24,9 @@ LAYERS: list[set[str]] = [
      "appendfile", "dialect"},
     {"db"},
     {"tables", "outputs", "auditlog", "pgjobs", "migrations", "schema", "guards", "roles"},
-    {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "store"},
+    {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "deadlines", "store"},
     {"compat/", "notify/", "sources/", "export", "retention", "report", "logs", "backends/", "handler", "web/",
-     "attention", "__init__"},
+     "attention", "latency", "__init__"},
     {"cli/"},
 ]
 #: the database layer: the only rooms that may ask which engine they run on
@@ -35,7 +35,7 @@ DATABASE_LAYER = LAYERS[1] | LAYERS[2] | {"dialect"}
 #: batch system's, run beside the payload without ecalstate: it stamps a job's start as HTCondor's schedd does)
 OWN_CLOCKS = {"clock.py", "_runner.py"}
 #: the parts ``Store`` may be made of
-CORE_PARTS = {"Catalog", "Claims", "Jobs", "Transitions", "Queries", "Monitoring"}
+CORE_PARTS = {"Catalog", "Claims", "Jobs", "Transitions", "Queries", "Monitoring", "Deadlines"}
 
 
 def room(path: Path) -> str:

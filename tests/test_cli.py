@@ -58,7 +58,7 @@ def test_task_add_update_list(db: str) -> None:
     tasks = {t["name"]: t for t in as_json(db, "task", "list", "-c", "prompt")}
     assert (tasks["calib"]["depends_on"], tasks["calib"]["max_retries"]) == (["reco"], 5)
     assert tasks["plots"]["depends_on"] == []
-    assert re.search(r"^calib\s+reco\s+5$", ok(db, "task", "list", "-c", "prompt").stdout, re.MULTILINE)
+    assert re.search(r"^calib\s+reco\s+5\s+-\s+-$", ok(db, "task", "list", "-c", "prompt").stdout, re.MULTILINE)
 
 
 def test_rtype_filters_activate_tasks_and_backfill(db: str) -> None:

@@ -23,7 +23,9 @@ from test_export import NASTY, make_campaign, rows
 
 from ecalstate import Store, TaskStatus
 from ecalstate.attention import observe, recorded
+from ecalstate.clock import to_micros
 from ecalstate.export import V1Target, export
+from ecalstate.latency import latency_table
 from ecalstate.lineprotocol import timestamp_ns
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
@@ -145,8 +147,8 @@ class Loaded:
 def loaded(influx: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     path = tmp_path_factory.mktemp("dash") / "state.db"
     with Store.open(str(path), actor="tester", create=True) as store:
-        make_campaign(store)
-        make_campaign(store, campaign="rereco", runs=4, text="other campaign")
+        make_campaign(store, deadlines=True)
+        make_campaign(store, campaign="rereco", runs=4, text="other campaign", deadlines=True)
         later = datetime.now(timezone.utc) + timedelta(hours=7)
         store.clock = lambda: later.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # type: ignore[method-assign]
         observe(store, "prompt")  # what needs action, 7 h on: the plots without job progress are stuck
@@ -245,10 +247,26 @@ def check_attention(found: list[dict[str, Any]], data: Loaded) -> None:
                for r in found if r["reason"] == "stuck" and r["level"] == "problem")
 
 
+def check_latency(found: list[dict[str, Any]], data: Loaded) -> None:
+    """The panel's numbers are ``ecalstate latency``'s: InfluxQL's percentile is the table's nearest rank."""
+    want = {r.task: (r.count, r.p50_s, r.p95_s, r.max_s, r.within) for r in latency_table(data.store, "prompt")}
+    got = {r["task"]: (r["done"], r["p50"], r["p95"], r["max"], r["within deadline"]) for r in found}
+    assert got == want and set(got) == {"reco", "calib"}
+    assert 0 < want["reco"][4] < 1  # some late, some in time
+
+
+def check_latency_weeks(found: list[dict[str, Any]], data: Loaded) -> None:
+    want = {(r.task, to_micros(f"{r.week}T00:00:00.000000Z") // 1000): r.p95_s
+            for r in latency_table(data.store, "prompt", by="week")}
+    assert {(r["task"], r["time"]): r["p95"] for r in found} == want and want
+
+
 EXPECTED: dict[tuple[str, str], Callable[[list[dict[str, Any]], Loaded], None]] = {
     ("processing.json", "Processing overview"): check_overview,
     ("processing.json", "Handler health"): check_handlers,
     ("processing.json", "Needs action"): check_attention,
+    ("processing.json", "Latency against deadlines"): check_latency,
+    ("processing.json", "Latency p95 per week"): check_latency_weeks,
     ("jobs.json", "Jobs per status"): check_per_status,
     ("jobs.json", "Jobs by status now"): check_now,
     ("jobs.json", "Job failures and resubmissions"): check_failures,

@@ -31,6 +31,11 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
     assert "fill 9001 waits: run 380002 phisym-reco processing" in result.stdout  # its retried reconstruction
     assert "== a new release: phisym-calib 2.1 (the day was calibrated by 2.0)" in result.stdout
     assert re.search(r"changed +phisym-calib run 380003 +done -> reprocess +\(made by version 2\.0\)", result.stdout)
+    # the calibration is due 48 h after its fill's dump (as OMS reported it); the latency table ends the demo
+    assert "deadline 2d from fill-end, warn 12h before" in result.stdout
+    latency = result.stdout.split("latency -c prompt\n", 1)[1].splitlines()[:2]
+    assert latency[0].split()[:2] == ["task", "done"] and latency[1].split()[:2] == ["phisym-calib", "2"]
+    assert latency[1].split()[-2:] == ["100%", "0"]
     with Store.open(str(out / "ecalstate.db")) as store:
         overview = store.overview("prompt")
         statuses = {r.run_number: r.statuses for r in overview.rows}
@@ -46,28 +51,36 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         assert statuses[380005] == {"phisym-reco": "skipped", "phisym-calib": "skipped", "phisym-plots": "skipped"}
         assert all(s["phisym-reco"] == "done" for n, s in statuses.items() if s and n != 380005)
         # every fill calibrated exactly once by each release, from all its runs (the skipped one left out): the day
-        # by phisym-calib 2.0, then again by 2.1 (reprocess --version-not 2.1 --downstream)
+        # by phisym-calib 2.0 (fill 9002 twice: again with its late run 380010, by the operator's command health
+        # named), then again by 2.1 (reprocess --version-not 2.1 --downstream)
         claims = [a for a in store.history("prompt", task="phisym-calib", limit=None)
                   if a.entity == "task" and a.to_status == "processing"]
         assert [(a.run_number, a.generation, a.made_by.version if a.made_by else None) for a in claims] == [
-            (380003, 1, "2.0"), (380008, 1, "2.0"), (380003, 2, "2.1"), (380008, 2, "2.1")]
+            (380003, 1, "2.0"), (380008, 1, "2.0"), (380010, 1, "2.0"), (380003, 2, "2.1"), (380010, 2, "2.1")]
         assert all(a.made_by and a.made_by.config["global_tag"] == "GT_PROMPT_2026_v1" for a in claims)
         calib = {j.run_number: j.fields["runs"] for j in store.list_jobs("prompt", "phisym-calib")}
-        assert calib == {380003: "380001,380002,380003", 380008: "380006,380007,380008"}
+        assert calib == {380003: "380001,380002,380003", 380008: "380006,380007,380008",  # (led 9002 before 380010)
+                         380010: "380006,380007,380008,380010"}
         outputs = store.outputs("prompt", "phisym-calib")
         assert {(o.run_number, o.from_run, o.generation, o.made_by.version if o.made_by else None) for o in outputs
                 if o.status in ("done", "merged")} == {(380001, 380003, 2, "2.1"), (380002, 380003, 2, "2.1"),
-                                                        (380003, 380003, 2, "2.1"), (380006, 380008, 2, "2.1"),
-                                                        (380007, 380008, 2, "2.1"), (380008, 380008, 2, "2.1")}
+                                                        (380003, 380003, 2, "2.1"), (380006, 380010, 2, "2.1"),
+                                                        (380007, 380010, 2, "2.1"), (380008, 380010, 2, "2.1"),
+                                                        (380010, 380010, 2, "2.1")}
         # downstream: the maps were drawn again from the new constants
         assert {(o.from_run, o.generation) for o in store.outputs("prompt", "phisym-plots") if o.outputs} == {
-            (380003, 2), (380008, 2)}
+            (380003, 2), (380010, 2)}
         # the injected transient failure was recovered by resubmit
         job = store.list_jobs("prompt", "phisym-reco", run=380002)[0]
         assert (job.status, job.attempts) == ("done", 2)
         steps = [a.to_status for a in store.history("prompt", task="phisym-reco", run=380002, limit=None)
                  if a.entity == "job" and a.jid == 0 and a.to_status not in ("running", a.from_status)]
         assert steps == ["idle", "failed", "idle", "done"]
+        due = {d.run_number: d for d in store.deadlines("prompt", "phisym-calib")}
+        fills = {f.fill: f.dumped_at for f in store.ended_fills("prompt")}
+        assert {n: (d.state, d.reference) for n, d in due.items() if d.leader_run is None} == {
+            380003: ("done", fills[9001]), 380010: ("done", fills[9002])}  # counted from the dumps OMS gave
+        assert 0 < (due[380003].latency_s or 0) < 48 * 3600
         leaders = [n for n, s in statuses.items() if s.get("phisym-plots") == "done"]
         plots = [store.instance("prompt", "phisym-plots", n).outputs["plots"] for n in leaders]
     assert plots and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)

@@ -44,19 +44,32 @@ NASTY = 'a b,c=d "q" back\\slash\\ new\nline ünïcødé ☃ \\'
 FAST = RetryPolicy(retries=1, base=0.01, cap=0.01)
 
 
-def make_campaign(store: Store, campaign: str = "prompt", runs: int = 12, text: str = NASTY) -> list[int]:
+def make_campaign(store: Store, campaign: str = "prompt", runs: int = 12, text: str = NASTY,
+                  deadlines: bool = False) -> list[int]:
     """Injection into two run types, fill-grouped claims (merged runs), jobs with fields, failures,
     a retry, a task failed beyond its retries, reprocessing (a new generation), operator
-    transitions, handler heartbeats. Free text (reasons, messages, job fields) is ``text``."""
+    transitions, handler heartbeats. Free text (reasons, messages, job fields) is ``text``.
+
+    ``deadlines``: reco must be done 1 h after its run's end, calib 1 h after its fill's; runs ended 2 h (even) or
+    10 min (odd) before now: some are done late, some in time."""
     store.create_campaign(campaign)
-    store.add_task(campaign, "reco", max_retries=1)
-    store.add_task(campaign, "calib", depends_on=["reco"], max_retries=0)
+    hour = 3600 if deadlines else None
+    store.add_task(campaign, "reco", max_retries=1, deadline=hour)
+    store.add_task(campaign, "calib", depends_on=["reco"], max_retries=0, deadline=hour,
+                   deadline_from="fill-end" if deadlines else None)
     store.add_task(campaign, "plots", depends_on=["calib"], max_retries=0)
     store.update_rtype(campaign, "all", add=["reco", "calib"])
     store.create_rtype(campaign, "collisions", filter="class=Collisions", tasks=["plots"])
     numbers = [356000 + i for i in range(runs)]
+    now = datetime.now(timezone.utc)
+
+    def ended(i: int) -> dict[str, str]:
+        ago = timedelta(hours=2) if i % 2 == 0 else timedelta(minutes=10)
+        return {"end_time": (now - ago).strftime("%Y-%m-%dT%H:%M:%SZ")} if deadlines else {}
+
     store.inject_runs(campaign, [
-        RunSpec(n, 8000 + i // 2, {"class": "Cosmics" if i % 4 == 3 else "Collisions"}) for i, n in enumerate(numbers)
+        RunSpec(n, 8000 + i // 2, {"class": "Cosmics" if i % 4 == 3 else "Collisions", **ended(i)})
+        for i, n in enumerate(numbers)
     ])
     ok, retried, doomed = numbers[0], numbers[1], numbers[2]
 

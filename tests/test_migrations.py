@@ -319,3 +319,28 @@ def snapshot_v5(url: str) -> dict[str, Any]:
                 f"SELECT * FROM {t}")), key=repr)))) for t in sorted(tables)}
     finally:
         db.close()
+
+
+def test_schema_8_keeps_when_runs_and_fills_ended(db_url: str) -> None:
+    """Step 8 gives tasks their settings ('{}'), and copies what old rows already say of when a run ended (its
+    metadata's end_time, in any ISO 8601 form) and when OMS saw a fill dumped (the words of its reason)."""
+    load_v1(db_url, version=5)
+    db = Database(db_url)
+    try:
+        with db.tx() as tx:
+            tx.run("UPDATE run SET meta = ? WHERE run_number = 356001",
+                   ('{"class": "Collisions", "end_time": "2026-06-01T14:00:00+02:00"}',))
+            tx.run("UPDATE run SET meta = ? WHERE run_number = 356002", ('{"end_time": "not a time"}',))
+            tx.run("INSERT INTO fill_end (campaign_id, fill, ended_at, reason, actor) VALUES"
+                   " (1, 8002, '2026-12-01T06:00:00.000000Z', 'OMS: fill ended (beam dumped) at 2026-06-02T03:00:00Z',"
+                   " 'oms')")
+    finally:
+        db.close()
+    assert upgrade_database(db_url).to_version == SCHEMA_VERSION
+    with Store.open(db_url) as store, store.db.tx(write=False) as tx:
+        assert {r[0] for r in tx.all("SELECT settings FROM task")} == {"{}"}
+        ended = dict(tx.all("SELECT run_number, ended_at FROM run WHERE campaign_id = 1"))
+        assert ended[356001] == "2026-06-01T12:00:00.000000Z"
+        assert ended[356002] is None and ended[356003] is None  # not a time; no end time
+        assert tx.all("SELECT fill, dumped_at FROM fill_end ORDER BY fill") == [
+            (8001, None), (8002, "2026-06-02T03:00:00.000000Z")]  # an operator's close says no time

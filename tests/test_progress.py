@@ -18,6 +18,7 @@ from test_import_influx import dataset
 from test_migrations import load_v1
 
 from ecalstate import Store
+from ecalstate.tables import SCHEMA_VERSION
 
 
 def on_a_terminal(args: Sequence[str], cwd: Path) -> tuple[int, str, str]:
@@ -76,7 +77,7 @@ def chain(folder: Path) -> None:
 
 def test_db_upgrade(tmp_path: Path) -> None:
     tty, pipe = both(["--db", "state.db", "db", "upgrade"], lambda f: load_v1(str(f / "state.db")), tmp_path)
-    assert tty[0] == pipe[0] == 0 and tty[1] == pipe[1] and "schema 1 -> 7" in tty[1]
+    assert tty[0] == pipe[0] == 0 and tty[1] == pipe[1] and f"schema 1 -> {SCHEMA_VERSION}" in tty[1]
     bar_of(tty[2], "upgrading the schema")
     assert pipe[2] == ""
 

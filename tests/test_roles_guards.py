@@ -87,6 +87,8 @@ ATTACKS: list[tuple[str, str, Callable[[Any, str], None], str]] = [
         "UPDATE job SET status = 'idle' WHERE status = 'done'"), "not in the job table"),
     ("writer", "a run's fill changed", lambda c, u: c.execute(
         "UPDATE run SET fill = fill + 1 WHERE run_number = 1"), "while it is being taken"),
+    ("writer", "an ended run's end time changed (a deadline moved)", lambda c, u: c.execute(
+        "UPDATE run SET ended_at = '2000-01-01T00:00:00.000000Z' WHERE run_number = 1"), "while it is being taken"),
     ("writer", "a run's exported run types changed", lambda c, u: c.execute(
         "UPDATE run SET tag_rtypes = 'other'"), "run types it is exported with"),
     ("writer", "processing run to failed, unaudited", lambda c, u: c.execute(

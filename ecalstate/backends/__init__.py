@@ -118,6 +118,8 @@ class BatchJob:
     spec: JobSpec
     folder: Path
     env: Mapping[str, str]
+    #: how urgent it is (from its instance's deadline, ``deadlines.job_priority``): HTCondor's JobPrio
+    priority: int = 0
 
     @property
     def report(self) -> Path:
@@ -217,9 +219,9 @@ class Backend(ABC):
                                    " group) may write: another user could plant what the jobs run; use a fresh"
                                    " --workdir or fix its owner and mode (chmod o-w)")
 
-    def batch_job(self, campaign: str, task: str, key: JobKey, spec: JobSpec) -> BatchJob:
+    def batch_job(self, campaign: str, task: str, key: JobKey, spec: JobSpec, priority: int = 0) -> BatchJob:
         """A job attempt with a fresh folder and its environment: the allow-listed variables of the handler (never
-        the database or a secret) and the job's own ``ECALSTATE_*`` variables."""
+        the database or a secret) and the job's own ``ECALSTATE_*`` variables; ``priority``: its urgency."""
         folder = self.makedirs(self.job_dir(campaign, task, key))
         env = {**job_environment(self.job_env), **spec.env}
         tool = self.stage_tool()
@@ -229,7 +231,7 @@ class Backend(ABC):
             "ECALSTATE_JOB_ID": str(key.jid), "ECALSTATE_GENERATION": str(key.generation),
             "ECALSTATE_ATTEMPT": str(key.attempt), "ECALSTATE_REPORT": str(folder / REPORT_NAME),
         })
-        return BatchJob(key, spec, folder, env)
+        return BatchJob(key, spec, folder, env, priority)
 
     def stage_tool(self) -> Path:
         """The report command ``ecalstate-job`` (:mod:`ecalstate.backends.jobtool`), staged like a payload with a

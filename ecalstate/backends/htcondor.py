@@ -11,6 +11,12 @@ as HTCondor reports it (the user it authenticated, or the pool) and when; a job'
 is the schedd's (``JobCurrentStartDate``). Any error talking to the schedd is a
 :class:`BackendError` raised before the handler changes anything.
 
+Every job carries a ``priority`` (JobPrio) from its instance's deadline
+(:func:`ecalstate.deadlines.job_priority`: the earlier the deadline, the higher; a missed one 1, none 0), so the
+schedd starts the most urgent of its idle jobs first, across tasks and campaigns. ``observe`` asks the queue once
+per check whatever the number of jobs (the task's queue when it names more than 200 runs), and the history only
+for jobs that left the queue, 200 runs per query.
+
 The submit description starts from defaults, then the workflow's template
 (any submit commands: memory, ``+JobFlavour``, requirements...; it may use the
 per-job macros ``$(exe)``, ``$(args)``, ``$(dir)``, ``$(jid)``, ``$(attempt)``).
@@ -52,8 +58,9 @@ DEFAULTS = {
     "request_cpus": "1",
     "request_memory": "256MB",
 }
-#: what a template may not set: the job's identity, and its environment (only the allow-list, never getenv)
-RESERVED = {"environment", "getenv", "queue", *(f"+{a}".lower() for a in KEY_ATTRS),
+#: what a template may not set: the job's identity, its environment (only the allow-list, never getenv), and its
+#: priority (its deadline's)
+RESERVED = {"environment", "getenv", "queue", "priority", *(f"+{a}".lower() for a in KEY_ATTRS),
             *(f"my.{a}".lower() for a in KEY_ATTRS)}
 RUNNING = {2, 6, 7}
 #: jobs one schedd constraint names at most (a constraint of thousands of clauses is slow to parse)
@@ -132,6 +139,7 @@ class CondorBackend(Backend):
             "+EcalGeneration": str(first.generation),
             "+EcalJobId": "$(jid)",
             "+EcalAttempt": "$(attempt)",
+            "priority": str(int(jobs[0].priority)),  # one instance's jobs: one deadline
         }
         items = []
         try:
@@ -162,13 +170,14 @@ class CondorBackend(Backend):
         base = f"EcalCampaign == {classad_string(campaign)} && EcalTask == {classad_string(task)}"
         runs = sorted({k.run for k in keys})
         found: dict[JobKey, tuple[int, Observation]] = {}
-        for chunk in chunks(runs, CONSTRAINT_CHUNK):
-            constraint = base + " && (" + " || ".join(f"EcalRun == {r}" for r in chunk) + ")"
-            _collect(found, wanted, self._call("query the queue", schedd.query, constraint=constraint,
-                                               projection=PROJECTION))
-            if any(k not in found for k in wanted if k.run in chunk):
-                _collect(found, wanted, self._call("read the history", schedd.history, constraint=constraint,
-                                                   projection=PROJECTION), in_queue=False)
+        # the queue once: the runs named (a few), or the task's whole queue (a check of thousands of queued jobs
+        # must not ask the schedd once per 200 runs); the history, slow to scan, only for runs with a job not found
+        queue = base if len(runs) > CONSTRAINT_CHUNK else base + " && (" + _runs(runs) + ")"
+        _collect(found, wanted, self._call("query the queue", schedd.query, constraint=queue, projection=PROJECTION))
+        left = sorted({k.run for k in wanted if k not in found})
+        for chunk in chunks(left, CONSTRAINT_CHUNK):
+            _collect(found, wanted, self._call("read the history", schedd.history, constraint=base + " && ("
+                                               + _runs(chunk) + ")", projection=PROJECTION), in_queue=False)
         # a job in neither the queue nor the history (another pool? history rotated?) is left out:
         # it stays active, and health reports its instance as stuck
         return {key: seen for key, (_, seen) in found.items()}
@@ -195,6 +204,11 @@ class CondorBackend(Backend):
         htcondor2 = _bindings()
         self._call("remove held jobs", self._schedd().act, htcondor2.JobAction.Remove, list(batch_ids),
                    reason="ecalstate: held job recorded as failed")
+
+
+def _runs(runs: Sequence[int]) -> str:
+    """A constraint's clause naming these runs."""
+    return " || ".join(f"EcalRun == {r}" for r in runs)
 
 
 def _collect(found: dict[JobKey, tuple[int, Observation]], wanted: Mapping[JobKey, str], ads: Any,

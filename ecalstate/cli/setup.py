@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 import click
 
 from ..catalog import check_name
-from ..results import LATE_RUNS
+from ..results import DEADLINE_FROM, LATE_RUNS, TaskInfo
 from ..secrets import redact_url
 from .app import App, pass_app
 from .fmt import echo_table
 from .options import campaign_option, multi_option
-from .parse import DURATION_OR_NEVER, INT64_FROM_0, KEY_VALUE, format_duration
+from .parse import DURATION, DURATION_OR_NEVER, INT64_FROM_0, KEY_VALUE, format_duration
 
 #: an option not given (None is a value: "never")
 UNSET: Any = "unset"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def deadline_options(f: F) -> F:
+    """The options of a task's deadline and cadence (``task add`` and ``task update``)."""
+    for option in reversed([
+        click.option("--deadline", type=DURATION, metavar="DURATION",
+                     help="Done at most this long after its run (or fill) ended, e.g. 48h (0: none)."),
+        click.option("--deadline-from", type=click.Choice(DEADLINE_FROM),
+                     help="What the deadline counts from: the run's end (its end_time), or its fill's end (the beam"
+                          " dump; for tasks grouped by fill). Default run-end."),
+        click.option("--warn-before", type=DURATION, metavar="DURATION",
+                     help="At risk this long before the deadline (default: a quarter of it)."),
+        click.option("--cadence", type=DURATION, metavar="DURATION",
+                     help="A done instance at least this often, e.g. 4d (0: none): each gap is flagged."),
+    ]):
+        f = option(f)
+    return f
+
+
+def deadline_text(info: TaskInfo) -> Optional[str]:
+    """``48h from fill-end, warn 12h before`` (None: no deadline)."""
+    if info.deadline is None:
+        return None
+    return (f"{format_duration(info.deadline)} from {info.deadline_from}, warn "
+            f"{format_duration(info.warn_before or 0)} before")
 
 
 @click.command()
@@ -176,20 +204,32 @@ def task() -> None:
 @multi_option("--depends-on", help="Task this one waits for (must exist).", metavar="TASK")
 @click.option("--max-retries", type=INT64_FROM_0, default=3, show_default=True,
               help="Resubmissions allowed for a failed job.")
+@deadline_options
 @pass_app
-def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int) -> None:
+def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int, deadline: Optional[float],
+             deadline_from: Optional[str], warn_before: Optional[float], cadence: Optional[float]) -> None:
     """Declare task NAME in a campaign.
 
     A task runs on a run once every task it depends on is done for that run.
-    Activate it for runs with `ecalstate rtype update --add`.
+    Activate it for runs with `ecalstate rtype update --add`. With a deadline,
+    claims take what can still make its deadline first, earliest first, then
+    what already missed it, then runs without an end time (a policy: Tier-0
+    has gone past the missed runs, it still waits for the others); HTCondor
+    jobs get a priority from it (docs/htcondor.md), and `ecalstate latency`
+    reports it.
 
     \b
     Example:
         ecalstate task add -c prompt reco --max-retries 3
-        ecalstate task add -c prompt calib --depends-on reco
+        ecalstate task add -c prompt calib --depends-on reco --deadline 48h --deadline-from fill-end --warn-before 12h
+        ecalstate task add -c prompt trigger-calib --cadence 4d
     """
-    info = app.store().add_task(campaign, name, depends_on, max_retries)
-    app.emit(info, f"added task {info.name}" + (f" (depends on {', '.join(info.depends_on)})" if info.depends_on else ""))
+    info = app.store().add_task(campaign, name, depends_on, max_retries, deadline, deadline_from, warn_before,
+                                cadence)
+    extra = [f"depends on {', '.join(info.depends_on)}"] if info.depends_on else []
+    extra += [f"deadline {deadline_text(info)}"] if info.deadline else []
+    extra += [f"cadence {format_duration(info.cadence)}"] if info.cadence else []
+    app.emit(info, f"added task {info.name}" + (f" ({'; '.join(extra)})" if extra else ""))
 
 
 @task.command("update")
@@ -198,31 +238,37 @@ def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retr
 @multi_option("--depends-on", help="Replace the dependencies with these tasks.", metavar="TASK")
 @click.option("--no-depends", is_flag=True, help="Remove every dependency.")
 @click.option("--max-retries", type=INT64_FROM_0, help="New retry limit.")
+@deadline_options
 @pass_app
 def task_update(
-    app: App, campaign: str, name: str, depends_on: list[str], no_depends: bool, max_retries: Optional[int]
+    app: App, campaign: str, name: str, depends_on: list[str], no_depends: bool, max_retries: Optional[int],
+    deadline: Optional[float], deadline_from: Optional[str], warn_before: Optional[float], cadence: Optional[float],
 ) -> None:
-    """Change the dependencies or retry limit of task NAME; cycles are refused.
+    """Change the dependencies, retry limit, deadline or cadence of task NAME; cycles are refused.
 
     \b
     Example:
         ecalstate task update -c prompt calib --depends-on reco,ped --max-retries 5
+        ecalstate task update -c prompt calib --deadline 48h --deadline-from fill-end --warn-before 12h
+        ecalstate task update -c prompt calib --deadline 0          # no deadline any more
     """
     if no_depends and depends_on:
         raise click.UsageError("--no-depends and --depends-on exclude each other")
     deps = [] if no_depends else (depends_on or None)
-    if deps is None and max_retries is None:
-        raise click.UsageError("nothing to change: give --depends-on, --no-depends or --max-retries")
-    info = app.store().update_task(campaign, name, deps, max_retries)
+    if deps is None and (max_retries, deadline, deadline_from, warn_before, cadence) == (None,) * 5:
+        raise click.UsageError("nothing to change: give --depends-on, --no-depends, --max-retries, --deadline,"
+                               " --deadline-from, --warn-before or --cadence")
+    info = app.store().update_task(campaign, name, deps, max_retries, deadline, deadline_from, warn_before, cadence)
     app.emit(info, f"updated task {info.name}: depends on {', '.join(info.depends_on) or 'nothing'}, "
-                   f"max retries {info.max_retries}")
+                   f"max retries {info.max_retries}, deadline {deadline_text(info) or 'none'}, cadence "
+                   f"{format_duration(info.cadence) if info.cadence else 'none'}")
 
 
 @task.command("list")
 @campaign_option
 @pass_app
 def task_list(app: App, campaign: str) -> None:
-    """List the tasks of a campaign with their dependencies.
+    """List the tasks of a campaign with their dependencies, deadlines and cadences.
 
     \b
     Example:
@@ -230,8 +276,9 @@ def task_list(app: App, campaign: str) -> None:
     """
     tasks = app.reader().list_tasks(campaign)
     app.emit(tasks, lambda: echo_table(
-        ["task", "depends on", "max retries"],
-        [(t.name, ",".join(t.depends_on) or None, t.max_retries) for t in tasks], "no tasks"))
+        ["task", "depends on", "max retries", "deadline", "cadence"],
+        [(t.name, ",".join(t.depends_on) or None, t.max_retries, deadline_text(t),
+          format_duration(t.cadence) if t.cadence else None) for t in tasks], "no tasks"))
 
 
 @click.group()

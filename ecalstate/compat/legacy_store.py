@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from ..base import (AUDIT_SQL, IMPORT_ACTOR, Ctx, campaign_id, campaign_task, loads, move_instance, next_generation,
                     task_of)
-from ..catalog import check_run, run_record
+from ..catalog import check_run, ended_at, run_record
 from ..claims import Eligible, move_eligible
 from ..clock import to_micros
 from ..db import Tx
@@ -330,9 +330,10 @@ def _import(tx: Tx, ctx: Optional[Ctx], plan: ImportPlan) -> ImportResult:
         for run in new_runs:
             matched = ",".join(n for n, flt in rtypes if flt.matches(run_record(run.run_number, run.fill, run.meta)))
             runs[run.run_number] = tx.scalar(
-                "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at) VALUES (?,?,?,?,?,?)"
-                " RETURNING id", (cid, run.run_number, run.fill, json.dumps(run.meta, sort_keys=True), matched,
-                                  run.first_seen))
+                "INSERT INTO run (campaign_id, run_number, fill, meta, rtypes, injected_at, ended_at)"
+                " VALUES (?,?,?,?,?,?,?) RETURNING id", (cid, run.run_number, run.fill,
+                                                         json.dumps(run.meta, sort_keys=True), matched, run.first_seen,
+                                                         ended_at(run.meta)))
     for inst in sorted(plan.instances, key=lambda i: i.leader_run is not None):  # leaders before merged runs
         found = existing.get((inst.task, inst.run))
         if found is not None:

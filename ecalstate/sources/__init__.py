@@ -52,6 +52,8 @@ class SourceBatch:
     last_run: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     known_below: int = 0
+    #: when fills ended, as the source says (fill -> its beam dump's time): their deadlines count from it
+    fills_dumped: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -501,8 +501,8 @@ class OmsRunSource:
                 elif found is not None:
                     rejected.append(found)
             fills = set(state.open_fills) | {r.spec.fill for r in runs if r.spec.fill is not None}
-            ended, bad_fills = self._ended(fills) if fills else ({}, [])
-        return SourceBatch(runs, ended, cursor, rejected + bad_fills, state.last_run)
+            ended, bad_fills, dumped = self._ended(fills) if fills else ({}, [], {})
+        return SourceBatch(runs, ended, cursor, rejected + bad_fills, state.last_run, dumped)
 
     def _runs(self, floor: int, after: int) -> tuple[list[SourceRun], list[Rejected], int]:
         """The runs after ``floor`` (at most ``max_runs`` after ``after``), the rows rejected, the next cursor."""
@@ -545,8 +545,9 @@ class OmsRunSource:
             raise SourceError(f"OMS answered run {found} to a query for run {number}; nothing written")
         return row
 
-    def _ended(self, fills: set[int]) -> tuple[dict[int, str], list[Rejected]]:
-        """Fills of interest that ended: OMS gives their end time (beam dumped), or a later fill started."""
+    def _ended(self, fills: set[int]) -> tuple[dict[int, str], list[Rejected], dict[int, str]]:
+        """Fills of interest that ended: OMS gives their end time (beam dumped), or a later fill started; and the end
+        times OMS gave."""
         first = min(fills)
         query = (self.api.query("fills").attrs(["fill_number", "start_time", "end_time"])
                  .filter("fill_number", first, "GE").sort("fill_number").paginate(1, self.page_size))
@@ -566,15 +567,16 @@ class OmsRunSource:
             if count >= self.max_runs:
                 break
         newest = max((f.number for f in found if f.start_time), default=None)
-        out = {}
+        out, dumped = {}, {}
         for fill in found:
             if fill.number not in fills:
                 continue
             if fill.end_time:
                 out[fill.number] = f"OMS: fill ended (beam dumped) at {fill.end_time}"
+                dumped[fill.number] = fill.end_time
             elif newest is not None and newest > fill.number:
                 out[fill.number] = f"OMS: a later fill ({newest}) started"
-        return out, rejected
+        return out, rejected, dumped
 
 
 def _check_order(resource: str, key: str, floor: int, previous: int, number: int) -> None:

@@ -64,6 +64,7 @@ class RunSources:
         specs = check_specs(r.spec for r in batch.runs)
         ongoing = {check_run(r.spec.run_number)[0] for r in batch.runs if r.ongoing}
         fills = {check_fill(f): str(reason) for f, reason in batch.fills_ended.items()}
+        dumped = {check_fill(f): str(when) for f, when in batch.fills_dumped.items()}
         check_int64(batch.last_run, "cursor run number", 0)
 
         def body(ctx: Ctx) -> SyncResult:
@@ -94,7 +95,7 @@ class RunSources:
                 (still if number in ongoing else ended).append((run_id, spec))
             update_runs(ctx, updates)
             instances = done.instances + activate_runs(ctx, cid, ended)
-            closed = end_fills(ctx, cid, fills)
+            closed = end_fills(ctx, cid, fills, dumped)
             last = max(batch.last_run, int(tx.scalar(
                 "SELECT last_run FROM run_source WHERE campaign_id = ? AND source = ?", (cid, source)) or 0))
             if not tx.execute("UPDATE run_source SET last_run = ?, updated_at = ? WHERE campaign_id = ? AND source = ?",
