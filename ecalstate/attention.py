@@ -35,7 +35,7 @@ from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .monitoring import (SILENT_AFTER, STUCK_AFTER, UNSUBMITTED_AFTER, changed_at, leader_failed, read_mark,
                          unfinished_instances, upstream_skipped, write_mark)
-from .results import LATE_RUNS, Health
+from .results import AT_RISK, LATE_RUNS, MISSED, Health
 from .store import Store
 
 #: a reason's levels, least first: ``info`` (waiting as expected), ``warning`` (someone should look), ``problem``
@@ -59,7 +59,7 @@ class Code:
     ``level`` is its level while it lasts less than ``problem_after`` seconds (None: it never becomes a problem by
     itself; 0: a problem at once). ``command`` is a template filled in with the instance's names: ``{campaign}``,
     ``{task}``, ``{run}``, ``{fill}``, ``{upstream}``, ``{leader}``, ``{member}``, ``{handler}`` (the command line of
-    the task's handler) and ``{stage}``. ``computed``: False for the reasons joined from the deadline data.
+    the task's handler) and ``{stage}``.
     """
 
     code: str
@@ -67,7 +67,6 @@ class Code:
     level: str
     problem_after: Optional[float]
     command: str
-    computed: bool = True
 
 
 #: the reasons, their default policies and their commands; a test checks each has both
@@ -92,12 +91,10 @@ CODES = (
     Code("retrying", "a resubmit of its failed jobs", "info", None, "{handler} -c {campaign} resubmit"),
     Code("leader-failed", "its group leader, which failed", "problem", 0,
          'ecalstate reprocess -c {campaign} --task {task} --runs {leader} --reason "..."'),
-    Code("deadline-risk", "its deadline, which is near", "warning", None, "{handler} -c {campaign} submit",
-         computed=False),
-    Code("deadline-missed", "its deadline, which passed", "problem", 0, "{handler} -c {campaign} submit",
-         computed=False),
+    Code("deadline-risk", "its deadline, which is near", "warning", None, "{handler} -c {campaign} {stage}"),
+    Code("deadline-missed", "its deadline, which passed", "problem", 0, "{handler} -c {campaign} {stage}"),
     Code("cadence-gap", "the task's cadence (nothing done for too long)", "warning", None,
-         "{handler} -c {campaign} submit", computed=False),
+         "{handler} -c {campaign} {stage}"),
 )
 CATALOGUE: dict[str, Code] = {c.code: c for c in CODES}
 
@@ -462,6 +459,7 @@ def attention(
         found = _Items(scope.name)
         _from_health(scope, report, found)
         _from_store(store, scope, found, runs, everything)
+        _from_deadlines(store, scope, found, runs)
         actions += _from_plans(store, scope, found, tasks)
         wanted = None if tasks is None else set(tasks)
         items += [i for i in found.items() if wanted is None or i.task in wanted]
@@ -555,6 +553,42 @@ def _from_store(store: Store, scope: _Campaign, found: _Items, runs: Optional[Se
             found.add(task, run, status, scope.reason(
                 "upstream", changed, f"{task} run {run} waits for its upstream task {upstream} ({state})",
                 task=task, run=run, upstream=upstream, handler=scope.handler(upstream), stage=stage))
+
+
+#: the stage that moves an unfinished instance on, by its status (a failed one has its own reason)
+_NEXT_STAGE = {"new": "submit", "reprocess": "submit", "processing": "check"}
+
+
+def _from_deadlines(store: Store, scope: _Campaign, found: _Items, runs: Optional[Sequence[int]]) -> None:
+    """Instances at risk of missing their task's deadline or past it (``Store.deadlines``; a merged run follows its
+    leader, which carries the reason), and tasks whose cadence has a gap (``Store.cadence_gaps``: on the task's
+    newest unfinished instance, else its run 0, the task as a whole)."""
+    for due in store.deadlines(scope.name, runs=runs, now=scope.now, finished=False, states=(AT_RISK, MISSED)):
+        if due.leader_run is not None or due.status not in _NEXT_STAGE:
+            continue
+        task, run = due.task, due.run_number
+        names = {"task": task, "run": run, "stage": _NEXT_STAGE[due.status]}
+        when = f"{human_time(due.deadline)}, {due.reference_kind} {human_time(due.reference)}"
+        if due.state == MISSED:
+            found.add(task, run, due.status, scope.reason(
+                "deadline-missed", due.deadline or scope.now, f"{task} run {run} missed its deadline ({when})",
+                **names), due.fill)
+        else:
+            found.add(task, run, due.status, scope.reason(
+                "deadline-risk", due.warn_at or scope.now, f"{task} run {run} is at risk of missing its deadline"
+                f" ({when})", **names), due.fill)
+    for gap in store.cadence_gaps(scope.name, now=scope.now):
+        with store.db.tx(write=False) as tx:
+            row = tx.one("SELECT r.run_number, ti.status, r.fill FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                         " JOIN task t ON t.id = ti.task_id WHERE t.campaign_id = ? AND t.name = ?"
+                         " AND ti.status IN ('new', 'reprocess', 'processing') ORDER BY r.run_number DESC LIMIT 1",
+                         (scope.cid, gap.task))
+        run, status, fill = row if row is not None else (0, "new", None)
+        last = f"its last done {human_time(gap.last_done)}" if gap.last_done else "never done"
+        found.add(gap.task, run, status, scope.reason(
+            "cadence-gap", gap.since, f"{gap.task} run {run}: the task must be done every {_duration(gap.cadence_s)},"
+            f" {last}" + ("" if row is not None else " (no run waits for it: run 0 is the task as a whole)"),
+            task=gap.task, run=run, stage=_NEXT_STAGE.get(status, "submit")), fill)
 
 
 def _from_plans(store: Store, scope: _Campaign, found: _Items, tasks: Optional[Sequence[str]]) -> list[Action]:

@@ -166,12 +166,15 @@ class Deadlines(StoreBase):
     def deadlines(
         self, campaign: str, task: Optional[str] = None, runs: Optional[Collection[int]] = None,
         now: Optional[str] = None, finished: bool = True, since: Optional[str] = None,
+        states: Optional[Collection[str]] = None,
     ) -> list[InstanceDeadline]:
         """Every instance of the campaign's tasks that have a deadline (``task``: of that one, whether or not it has
         one), or of ``runs``, against the deadline, at ``now`` (the store's clock). Skipped instances are left out.
 
         ``finished=False`` leaves out instances that were done (their deadline is decided: what ``health`` asks);
-        ``since`` leaves out those first done before it. A few reads per campaign, none per instance."""
+        ``since`` leaves out those first done before it; ``states`` keeps only the instances in those states (the
+        attention model asks for ``at-risk`` and ``missed``: nothing is made for the others, and of a run-end task
+        only the instances of runs ended long enough ago are read). A few reads per campaign, none per instance."""
         now = now or self.clock()
         now_us = to_micros(now)
         with self.db.tx(write=False) as tx:
@@ -190,7 +193,12 @@ class Deadlines(StoreBase):
                 for part in chunks(sorted(set(runs))):
                     run_of.update((r[0], r[1:]) for r in tx.all(
                         _RUNS_SQL + f" AND run_number IN ({','.join('?' * len(part))})", (cid, *part)))
-            rows = _rows(tx, cid, wanted, None if runs is None else sorted(run_of), finished, since)
+            run_ids = None if runs is None else sorted(run_of)
+            late = _late_cutoffs(tasks, wanted, states, now_us)
+            rows = _rows(tx, cid, [t for t in wanted if t not in late], run_ids, finished, since)
+            if late and tx.scalar("SELECT 1 FROM run WHERE campaign_id = ? AND ended_at <= ? LIMIT 1",
+                                  (cid, max(late.values()))):  # only runs ended long enough ago can be at risk
+                rows += _rows(tx, cid, list(late), run_ids, finished, since, ended_by=late)
             by_id = {r[0]: r for r in rows}
             leaders = {r[4] for r in rows if r[3] == "merged" and r[4] is not None} - set(by_id)
             for part in chunks(sorted(leaders)):
@@ -209,8 +217,8 @@ class Deadlines(StoreBase):
             leader = by_id.get(row[4]) if row[3] == "merged" and row[4] is not None else None
             name, settings, _ = tasks[row[1]]
             item = _deadline(row, run_of[row[2]], leader, leader and run_of[leader[2]], name, settings, fills,
-                             now_us, texts)
-            if (finished or item.done_at is None) and (since is None or item.done_at is None or item.done_at >= since):
+                             now_us, texts, states)
+            if item is not None and (finished or item.done_at is None) and (since is None or item.done_at is None or item.done_at >= since):
                 out.append(item)
         out.sort(key=attrgetter("task", "run_number"))
         return out
@@ -238,13 +246,33 @@ class Deadlines(StoreBase):
         return out
 
 
+def _late_cutoffs(tasks: Mapping[int, tuple[str, TaskSettings, str]], wanted: Sequence[int],
+                  states: Optional[Collection[str]], now: int) -> dict[int, str]:
+    """When only ``at-risk`` and ``missed`` instances are asked: for each run-end task, the newest run end that can
+    be at risk now (``now - deadline + warn_before``); an instance of a run that ended later is on time."""
+    if states is None or not set(states) <= {AT_RISK, MISSED}:
+        return {}
+    out = {}
+    for tid in wanted:
+        settings = tasks[tid][1]
+        if settings.deadline is not None and settings.deadline_from != FILL_END:
+            out[tid] = from_micros(now - int((settings.deadline - (settings.warn_before or 0)) * _S))
+    return out
+
+
 def _rows(tx: Tx, cid: int, tasks: Sequence[int], run_ids: Optional[Sequence[int]], finished: bool,
-          since: Optional[str]) -> list[Any]:
-    """The instance rows of ``tasks`` (of the runs ``run_ids``), with their first done times."""
+          since: Optional[str], ended_by: Optional[Mapping[int, str]] = None) -> list[Any]:
+    """The instance rows of ``tasks`` (of the runs ``run_ids``), with their first done times; ``ended_by`` (task id ->
+    a time): only merged ones (they follow their leader) and those of runs ended by their task's time."""
     if not tasks or run_ids == []:
         return []
     sql = _ROWS_SQL + f" AND ti.task_id IN ({','.join('?' * len(tasks))})"
     params: list[Any] = [cid, *tasks]
+    if ended_by is not None:
+        by_task = " ".join("WHEN ? THEN ?" for _ in ended_by)
+        sql += (" AND (ti.status = 'merged' OR EXISTS (SELECT 1 FROM run r WHERE r.id = ti.run_id"
+                f" AND r.ended_at <= CASE ti.task_id {by_task} END))")
+        params += [v for item in ended_by.items() for v in item]
     if not finished:  # a merged run whose leader is done is done
         sql += (f" AND ti.status IN ({','.join(repr(s) for s in OPEN_STATUSES)}) AND NOT (ti.status = 'merged' AND"
                 " EXISTS (SELECT 1 FROM task_instance l WHERE l.id = ti.leader_id AND l.status = 'done'))")
@@ -261,17 +289,21 @@ def _rows(tx: Tx, cid: int, tasks: Sequence[int], run_ids: Optional[Sequence[int
 
 def _deadline(row: Sequence[Any], run: Sequence[Any], leader: Optional[Sequence[Any]],
               leader_run: Optional[Sequence[Any]], task: str, settings: TaskSettings, fills: FillEnds, now: int,
-              texts: dict[int, str]) -> InstanceDeadline:
+              texts: dict[int, str], states: Optional[Collection[str]] = None) -> Optional[InstanceDeadline]:
     """One row of :meth:`Deadlines.deadlines`: an instance row and its run's (number, fill, end); ``leader`` and
-    ``leader_run``: a merged run's group leader's."""
+    ``leader_run``: a merged run's group leader's. None when its state is not one of ``states``."""
     number, fill, status = run[0], run[1], row[3]
     if settings.deadline is None:
+        if states is not None and NO_DEADLINE not in states:
+            return None
         return InstanceDeadline(task, number, fill, status, None, None, None, None, None, None, NO_DEADLINE,
                                 "the task has no deadline")
     source, source_run = (row, run) if leader is None or leader_run is None else (leader, leader_run)
     reference, why = reference_of(settings, source_run[0], source_run[1], source_run[2], fills)
     done = source[5]  # a merged run is done with its group
     judged = judge(None if reference is None else to_micros(reference), settings, done, now)
+    if states is not None and judged.state not in states:
+        return None
     latency = None if judged.latency is None else judged.latency / _S
     return InstanceDeadline(task, number, fill, status, reference, settings.deadline_from if reference else None,
                             _text(judged.deadline, texts), _text(judged.warn_at, texts), _text(done, texts), latency,

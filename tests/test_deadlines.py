@@ -302,3 +302,25 @@ def test_settings_are_validated_and_kept(store: Store) -> None:
     store.update_task(C, "reco", deadline=H)
     with store.db.tx(write=False) as tx:
         assert '"ordered": true' in tx.scalar("SELECT settings FROM task")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ends=st.lists(st.one_of(st.none(), st.integers(0, 120)), min_size=1, max_size=10),
+       now=st.integers(0, 160), claimed=st.integers(0, 10))
+def test_asking_for_the_late_ones_gives_what_filtering_everything_gives(
+        store: Store, clock: Clock, ends: list[Optional[int]], now: int, claimed: int) -> None:
+    """``states=(at-risk, missed)`` (what the attention model asks, reading only runs ended long enough ago, in
+    SQL) lists exactly the instances that the whole list has in those states, a run-end task and a fill-end one."""
+    if not store.list_campaigns():
+        store.create_campaign(C)
+        store.add_task(C, "reco", deadline=48 * H, warn_before=12 * H)
+        store.add_task(C, "calib", depends_on=["reco"], deadline=30 * H, deadline_from="fill-end")
+        store.update_rtype(C, "all", add=["reco", "calib"])
+    first = 1 + max((r["run_number"] for r in store.list_runs(C)), default=0)
+    store.inject_runs(C, [run(first + i, 10 + i // 3, e) for i, e in enumerate(ends)])
+    clock.hours = max(clock.hours, now)
+    if claimed:
+        store.claim(C, "reco", limit=claimed)
+    everything = {(d.task, d.run_number, d.state) for d in store.deadlines(C, finished=False)}
+    late = {(d.task, d.run_number, d.state) for d in store.deadlines(C, finished=False, states=(AT_RISK, MISSED))}
+    assert late == {x for x in everything if x[2] in (AT_RISK, MISSED)}
