@@ -193,24 +193,40 @@ def _select(
 
 
 def _expand(tx: Tx, store: StoreBase, cid: int, targets: list[_Target], downstream: bool) -> list[_Target]:
-    """Add the runs merged into reprocessed leaders and, with ``downstream``, the dependent tasks' instances."""
+    """Add the runs merged into reprocessed leaders and, with ``downstream``, the dependent tasks' instances.
+
+    Level by level, a few set-based reads per level (a read per instance took 15 ms each on 50,000 instances:
+    2,000 runs reprocessed downstream took 54 s)."""
     chosen: dict[int, _Target] = {t.iid: t for t in targets}
-    queue = list(targets)
-    while queue:
-        item = queue.pop(0)
-        # a group is reprocessed whole: a merged run brings its leader, a leader the runs merged into it
-        extra = [_target(row, False) for row in tx.all(
-            f"{_COLUMNS} WHERE (ti.leader_id = ? OR ti.id = (SELECT leader_id FROM task_instance WHERE id = ?))"
-            f" AND ti.status IN ('merged', 'processing', 'done', 'failed'){tx.lock('ti')}",
-            (item.iid, item.iid))]
+    frontier = list(targets)
+    children: dict[int, list[int]] = {}
+    while frontier:
+        found: list[_Target] = []
+        ids = sorted({t.iid for t in frontier})
+        for part in chunks(ids):
+            marks = ",".join("?" * len(part))
+            # a group is reprocessed whole: a merged run brings its leader, a leader the runs merged into it
+            found += [_target(row, False) for row in tx.all(
+                f"{_COLUMNS} WHERE (ti.leader_id IN ({marks}) OR ti.id IN (SELECT leader_id FROM task_instance"
+                f" WHERE id IN ({marks}) AND leader_id IS NOT NULL))"
+                f" AND ti.status IN ('merged', 'processing', 'done', 'failed'){tx.lock('ti')}", (*part, *part))]
         if downstream:
-            for child in downstream_tasks(tx, item.task_id):
-                extra += [_target(row, False) for row in tx.all(
-                    f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number = ?{tx.lock('ti')}", (child, item.run))]
-        for t in extra:
+            runs_of: dict[int, set[int]] = {}
+            for item in frontier:
+                if item.task_id not in children:
+                    children[item.task_id] = downstream_tasks(tx, item.task_id)
+                for child in children[item.task_id]:
+                    runs_of.setdefault(child, set()).add(item.run)
+            for child, runs in sorted(runs_of.items()):
+                for part in chunks(sorted(runs)):
+                    found += [_target(row, False) for row in tx.all(
+                        f"{_COLUMNS} WHERE ti.task_id = ? AND r.run_number IN ({','.join('?' * len(part))})"
+                        f"{tx.lock('ti')}", (child, *part))]
+        frontier = []
+        for t in found:
             if t.iid not in chosen:
                 chosen[t.iid] = t
-                queue.append(t)
+                frontier.append(t)
     return sorted(chosen.values(), key=lambda t: (t.explicit is False, t.task_id, t.run))
 
 
