@@ -28,7 +28,7 @@ from handler_support import (
 
 from ecalstate import Store
 from ecalstate.backends import JobKey, JobSpec
-from ecalstate.backends.htcondor import CondorBackend, observation, quote_args
+from ecalstate.backends.htcondor import CondorBackend, environment_arg, observation, quote_args
 from ecalstate.errors import EcalStateError
 
 C = "prompt"
@@ -159,6 +159,13 @@ def test_status_mapping(ad: dict[str, Any], expected: tuple[str, str]) -> None:
 
 def test_arguments_and_templates() -> None:
     assert quote_args(["a b", "it's", 'say "x"', "$HOME"]) == '"\'a b\' \'it\'\'s\' \'say ""x""\' \'$(DOLLAR)HOME\'"'
+    # a line break cannot travel in HTCondor's item data: refused before anything reaches the schedd (it answered
+    # "itemdata values must not contain newlines", which the stage reported as "the jobs may be in the batch system")
+    for bad in (["--tag", "a\nb"], ["x\r"]):
+        with pytest.raises(EcalStateError, match="line break"):
+            quote_args(bad)
+    with pytest.raises(EcalStateError, match="line break"):
+        environment_arg({"ECALSTATE_OPTION_TAG": "a\nb"})
     with pytest.raises(EcalStateError, match=r"may not set \+EcalRun"):
         CondorBackend("/tmp/x", template={"+EcalRun": "1"})
     with pytest.raises(EcalStateError, match="may not set getenv"):  # the handler's environment never reaches jobs

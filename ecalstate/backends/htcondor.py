@@ -83,14 +83,22 @@ def classad_string(value: str) -> str:
 def quote_args(args: Sequence[str]) -> str:
     """Arguments in the submit language's new syntax (each one single-quoted), with ``$`` kept literal."""
     def one(arg: str) -> str:
-        return "'" + arg.replace("'", "''").replace('"', '""') + "'"
+        return "'" + _no_line_break(arg, "an argument").replace("'", "''").replace('"', '""') + "'"
     return ('"' + " ".join(one(a) for a in args) + '"').replace("$", "$(DOLLAR)")
 
 
-def _environment(env: Mapping[str, str]) -> str:
+def environment_arg(env: Mapping[str, str]) -> str:
     """The ``environment`` command's new syntax: each value single-quoted, quotes doubled, ``$`` kept literal."""
-    quoted = (f"{k}='" + v.replace("'", "''").replace('"', '""') + "'" for k, v in env.items())
+    quoted = (f"{k}='" + _no_line_break(v, f"variable {k}").replace("'", "''").replace('"', '""') + "'"
+              for k, v in env.items())
     return ('"' + " ".join(quoted) + '"').replace("$", "$(DOLLAR)")
+
+
+def _no_line_break(value: str, what: str) -> str:
+    """A value of the submit's item data, which cannot carry a line break (the schedd refuses the whole cluster)."""
+    if "\n" in value or "\r" in value:
+        raise Invalid(f"{what} holds a line break, which HTCondor cannot pass to a job: {value[:60]!r}")
+    return value
 
 
 class CondorBackend(Backend):
@@ -149,7 +157,7 @@ class CondorBackend(Backend):
                              else (executable, job.spec.args))
                 items.append({"exe": exe, "args": quote_args(args), "dir": str(job.folder),
                               "jid": str(job.key.jid), "attempt": str(job.key.attempt),
-                              "env": _environment(job.env)})
+                              "env": environment_arg(job.env)})
             schedd = self._schedd()
             submit = htcondor2.Submit(description)
         except (OSError, EcalStateError) as err:  # nothing reached the schedd
