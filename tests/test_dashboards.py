@@ -242,7 +242,8 @@ def check_attention(found: list[dict[str, Any]], data: Loaded) -> None:
             for key, (level, _) in told.items() for run, _, code in [key.partition(":")]}
     got = {(r["task"], r["run_number"], r["reason"]): r["level"] for r in found}
     assert {k: v for k, v in got.items() if v != "clear"} == want and "clear" in got.values()
-    assert {r["reason"] for r in found if r["level"] == "problem"} == {"stuck", "unsubmitted"}  # jobs never sent
+    # jobs never sent, and (the runs ended 2 h ago, due 1 h after) the unfinished ones past their deadline
+    assert {r["reason"] for r in found if r["level"] == "problem"} == {"stuck", "unsubmitted", "deadline-missed"}
     assert all(r["command"] == f'ecalstate reprocess -c prompt --task plots --runs {r["run_number"]} --reason "..."'
                for r in found if r["reason"] == "stuck" and r["level"] == "problem")
 
