@@ -130,6 +130,17 @@ def _check_steps() -> None:
 _check_steps()
 
 
+def known_version(db: Database) -> int:
+    """The database's schema version, refused when it has none or one newer than this ecalstate knows."""
+    version = db.schema_version()
+    if version is None:
+        raise SchemaError(f"{redact_url(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"{redact_url(db.url)} has schema version {version}, newer than this ecalstate "
+                          f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
+    return version
+
+
 def pending(version: int) -> list[Step]:
     """The steps a database at ``version`` still needs."""
     return [s for s in STEPS if s.version > version]
@@ -140,12 +151,7 @@ def upgrade(db: Database, progress: Optional[Callable[[int, int], None]] = None)
 
     ``progress(done, total)`` is called before each step and after the last (a step on a year of data takes a
     minute)."""
-    version = db.schema_version()
-    if version is None:
-        raise SchemaError(f"{redact_url(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
-    if version > SCHEMA_VERSION:
-        raise SchemaError(f"{redact_url(db.url)} has schema version {version}, newer than this ecalstate "
-                          f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
+    version = known_version(db)
     applied = []
     steps = pending(version)
     for done, step in enumerate(steps):

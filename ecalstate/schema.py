@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 from . import auditlog, pgjobs
 from .db import Database, DatabaseError, Tx, first_line, sqlite_path
 from .errors import SchemaError
-from .migrations import upgrade
+from .migrations import known_version, upgrade
 from .secrets import redact_url
 from .tables import SCHEMA_VERSION
 
@@ -68,12 +68,7 @@ def install(tx: Tx) -> None:
 
 def check(db: Database) -> None:
     """Refuse a database without our schema, or at another version than this ecalstate's."""
-    version = db.schema_version()
-    if version is None:
-        raise SchemaError(f"{redact_url(db.url)} holds no ecalstate schema; create it with `ecalstate init`")
-    if version > SCHEMA_VERSION:
-        raise SchemaError(f"{redact_url(db.url)} has schema version {version}, newer than this ecalstate "
-                          f"(knows up to {SCHEMA_VERSION}); upgrade ecalstate")
+    version = known_version(db)
     if version < SCHEMA_VERSION:
         raise SchemaError(f"{redact_url(db.url)} has schema version {version}; run `ecalstate db upgrade` first")
 
