@@ -74,10 +74,6 @@ def ended_fills(tx: Tx, cid: int, fills: Sequence[int]) -> set[int]:
     return recorded | {f for f in fills if newest is not None and f < newest}
 
 
-#: the run metadata key holding when a run ended (what a run source writes: OMS's ``end_time``, a runs file's)
-END_TIME = "end_time"
-
-
 def fill_last_ends(tx: Tx, cid: int, fills: Sequence[int]) -> dict[int, Optional[str]]:
     """When each fill of ``fills`` saw its last run end, in the store's time: the runs' metadata end time, else when
     the run was recorded; None while a run of the fill is still being taken."""

@@ -24,7 +24,7 @@ from .catalog import ended_fills
 from .clock import from_micros, to_micros
 from .db import Tx
 from .deadlines import FillEnds, reference_of, urgency
-from .errors import Invalid, NotFound
+from .errors import Invalid, no_instance
 from .jobs import check_jobs, insert_jobs, keep_outputs
 from .results import FILL_END, ONGOING, Claim, MadeBy, TaskSettings
 from .statemachine import TaskStatus
@@ -295,7 +295,7 @@ class Claims(StoreBase):
             row = tx.one("SELECT ti.id, r.fill, ti.generation, r.meta FROM task_instance ti JOIN run r ON r.id ="
                          " ti.run_id WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
             if row is None:
-                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+                raise no_instance(campaign, task, run)
             merged = [r[0] for r in tx.all(
                 "SELECT r.run_number FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                 " WHERE ti.leader_id = ? AND ti.status = 'merged' ORDER BY r.run_number", (row[0],))]

@@ -14,6 +14,11 @@ class NotFound(EcalStateError):
     """A campaign, task, run type, run or job that does not exist."""
 
 
+def no_instance(campaign: str, task: str, run: int) -> NotFound:
+    """The refusal of a task instance that does not exist (the one wording every reader uses)."""
+    return NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+
+
 class Invalid(EcalStateError):
     """Bad input: a malformed value, a duplicate name, a dependency cycle."""
 

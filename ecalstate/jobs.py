@@ -17,7 +17,7 @@ from .base import (AUDIT_SQL, NEWEST_AUDIT_TIME, Ctx, StoreBase, campaign_id, ca
                    store_time, task_of)
 from .clock import from_micros, optional_text, to_micros
 from .db import Tx
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, no_instance
 from .limits import MAX_JOBS_PER_CALL, check_int64, chunks
 from .outputs import DERIVED, gathered_outputs
 from .pgjobs import set_job
@@ -286,7 +286,7 @@ def _instance(tx: Tx, tid: int, campaign: str, task: str, run: int) -> tuple[int
         (tid, run),
     )
     if row is None:
-        raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+        raise no_instance(campaign, task, run)
     return int(row[0]), str(row[1]), int(row[2])
 
 

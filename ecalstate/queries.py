@@ -12,7 +12,7 @@ from typing import Any, Optional
 from .auditlog import made_and_done
 from .base import StoreBase, campaign_id, campaign_task, loads, task_names, task_of
 from .clock import to_micros
-from .errors import Invalid, NotFound
+from .errors import Invalid, no_instance
 from .filters import RunFilter, parse_filter
 from .limits import INT64_MAX
 from .monitoring import blocked_instances, stuck_instances
@@ -175,7 +175,7 @@ class Queries(StoreBase):
             iid = tx.scalar("SELECT ti.id FROM task_instance ti JOIN run r ON r.id = ti.run_id"
                             " WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
             if iid is None:
-                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+                raise no_instance(campaign, task, run)
             made, _ = made_and_done(tx, [int(iid)])
         return {generation: found for (_, generation), found in made.items()}
 
@@ -188,7 +188,7 @@ class Queries(StoreBase):
                 " LEFT JOIN task_instance l ON l.id = ti.leader_id LEFT JOIN run lr ON lr.id = l.run_id"
                 " WHERE ti.task_id = ? AND r.run_number = ?", (tid, run))
             if row is None:
-                raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+                raise no_instance(campaign, task, run)
             return InstanceInfo(campaign, task, row[0], row[1], row[2], row[3], row[4], row[5],
                                 instance_outputs(tx, row[8], row[4], row[6]), row[7])
 

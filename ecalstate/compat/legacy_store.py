@@ -29,7 +29,7 @@ from ..catalog import check_run, ended_at, run_record
 from ..claims import Eligible, move_eligible
 from ..clock import to_micros
 from ..db import Tx
-from ..errors import Invalid, NotFound
+from ..errors import Invalid, NotFound, no_instance
 from ..filters import parse_filter
 from ..jobs import active_jobs, check_jobs, insert_jobs, keep_outputs
 from ..outputs import DERIVED
@@ -393,7 +393,7 @@ def _instance(tx: Tx, campaign: str, task: str, tid: int, run: int) -> Eligible:
     """The (locked) instance of ``task`` for ``run``."""
     row = tx.one(_INSTANCE_SQL + tx.lock("ti"), (tid, run))
     if row is None:
-        raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+        raise no_instance(campaign, task, run)
     return Eligible(row[0], row[1], row[2], row[3], row[4], row[5], loads(row[6]))
 
 

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from ..attention import Attention, Reason, attention
 from ..backends.jobfiles import NotRegular, attempt_path, read_inside
 from ..clock import human_time
-from ..errors import EcalStateError, Invalid, NotFound
+from ..errors import EcalStateError, Invalid, NotFound, no_instance
 from ..limits import check_int64
 from ..logs import STREAMS, JobLog, job_logs
 from ..monitoring import cutoff
@@ -253,7 +253,7 @@ def plot_of(store: Store, campaign: str, task: str, run: int, n: int) -> bytes:
     the instance's ``plots`` name, inside the work folder of the job that reported it."""
     found = store.outputs(campaign, task, [run])
     if not found:
-        raise NotFound(f"task {task!r} has no instance for run {run} in campaign {campaign!r}")
+        raise no_instance(campaign, task, run)
     plots = [path for kind, path in found[0].paths() if kind == "plots"]
     if not 0 <= n < len(plots):
         raise NotFound(f"task {task} run {run} has no plot {n} (it has {len(plots)})")
