@@ -168,47 +168,51 @@ def test_the_shift_report_mentions_every_event_of_a_scripted_night(tmp_path: Pat
         assert store.instance(C, CALIB, 380003).generation == 2
 
     for fmt in ("text", "markdown"):
-        out = cli(db, "shifter", "report", "shift", "-c", C, "--since", since, "--format", fmt)
-        lines = out.splitlines()
+        told(fmt, cli(db, "shifter", "report", "shift", "-c", C, "--since", since, "--format", fmt))
 
-        def line(*words: str) -> str:
-            found = [x for x in lines if all(w in x for w in words)]
-            assert found, f"no line with {words} in the {fmt} report:\n{out}"
-            return found[0]
 
-        # runs arrived, ended, skipped, being taken, activating no task
-        assert "8 runs arrived: 380001-380008 (fills 9001-9003)" in out
-        line("run 380001 (fill 9001): arrived", "ended", "tasks phisym-calib, phisym-reco")
-        line("run 380005 (fill 9002)", "skipped: ECAL partly off (alice)")
-        line("run 380006 (fill 9002)", "no task: no run type activates its tasks", "class=Cosmics")
-        line("run 380008 (fill 9003)", "still being taken")
-        line("fill 9001 ended", "OMS: fill ended (beam dumped) (oms-sync)")
-        line("fill 9002 ended", "OMS: fill ended (beam dumped) (oms-sync)")
-        line("fill 9003 ended", "beam dumped, OMS late (alice)")
-        # fills calibrated, by which version, and the runs reconstructed
-        assert len([x for x in lines if "fill 9001: phisym-calib 2.1 from runs 380001-380003" in x]) == 2
-        line("phisym-reco 1.4: 4 runs done (380001-380003,380007)")
-        # what failed, and what became of it
-        line("phisym-reco run 380002:", "injected transient failure", "recovered by a retry: attempt 2 done")
-        line("phisym-reco run 380004:", "2 failed attempts", "failed for good: no retry left")
-        line("phisym-calib run 380004 blocked: its upstream phisym-reco failed")
-        # operator actions, who and why
-        line("alice [", "phisym-reco new -> skipped, run 380005: ECAL partly off")
-        line("alice [", "phisym-calib done -> reprocess, run 380003: new laser corrections")
-        line("alice [", "phisym-calib merged -> reprocess, runs 380001-380002: new laser corrections")
-        # stages: the one that failed, the one killed mid-submit (and who submitted its jobs)
-        line("phisym-reco submit failed once", "is not a folder of this user")
-        line("phisym-reco submit claimed run 380007", "(jenkins-reco-8)", "was killed or failed after its claim",
-             "its jobs were submitted", "by jenkins-reco-9")
-        # what needs action now, with its command
-        line("problem: phisym-reco run 380004 failed with no retry left",
-             "ecalstate reprocess -c prompt --task phisym-reco --runs 380004 --reason")
-        # deadlines: fill 9002's calibration missed, fill 9001's done late
-        line("missed: phisym-calib run 380004 (fill 9002): due")
-        line("done late: phisym-calib run 380003 (fill 9001): due")
-        assert re.search(r"latency: phisym-calib: 1 done, p50 [0-9.]+ h, p95 [0-9.]+ h, max [0-9.]+ h, 0% within",
-                         out), out
-        # nothing of the shift before
-        for before in ("379998", "379999", "fill 9000", "previous shift", "jenkins-reco-5", "jenkins-calib-2",
-                       "bob"):
-            assert before not in out, (before, fmt)
+def told(fmt: str, out: str) -> None:
+    """Every event of the night is in the report ``out``, and nothing of the shift before."""
+    lines = out.splitlines()
+
+    def line(*words: str) -> str:
+        found = [x for x in lines if all(w in x for w in words)]
+        assert found, f"no line with {words} in the {fmt} report:\n{out}"
+        return found[0]
+
+    # runs arrived, ended, skipped, being taken, activating no task
+    assert "8 runs arrived: 380001-380008 (fills 9001-9003)" in out
+    line("run 380001 (fill 9001): arrived", "ended", "tasks phisym-calib, phisym-reco")
+    line("run 380005 (fill 9002)", "skipped: ECAL partly off (alice)")
+    line("run 380006 (fill 9002)", "no task: no run type activates its tasks", "class=Cosmics")
+    line("run 380008 (fill 9003)", "still being taken")
+    line("fill 9001 ended", "OMS: fill ended (beam dumped) (oms-sync)")
+    line("fill 9002 ended", "OMS: fill ended (beam dumped) (oms-sync)")
+    line("fill 9003 ended", "beam dumped, OMS late (alice)")
+    # fills calibrated, by which version, and the runs reconstructed
+    assert len([x for x in lines if "fill 9001: phisym-calib 2.1 from runs 380001-380003" in x]) == 2
+    line("phisym-reco 1.4: 4 runs done (380001-380003,380007)")
+    # what failed, and what became of it
+    line("phisym-reco run 380002:", "injected transient failure", "recovered by a retry: attempt 2 done")
+    line("phisym-reco run 380004:", "2 failed attempts", "injected transient failure", "failed for good: no retry left")
+    line("phisym-calib run 380004 blocked: its upstream phisym-reco failed")
+    # operator actions, who and why
+    line("alice [", "phisym-reco new -> skipped, run 380005: ECAL partly off")
+    line("alice [", "phisym-calib done -> reprocess, run 380003: new laser corrections")
+    line("alice [", "phisym-calib merged -> reprocess, runs 380001-380002: new laser corrections")
+    # stages: the one that failed, the one killed mid-submit (and who submitted its jobs)
+    line("phisym-reco submit failed once", "is not a folder of this user")
+    line("phisym-reco submit claimed run 380007", "(jenkins-reco-8)", "was killed or failed after its claim",
+         "its jobs were submitted", "by jenkins-reco-9")
+    # what needs action now, with its command
+    line("problem: phisym-reco run 380004 failed with no retry left",
+         "ecalstate reprocess -c prompt --task phisym-reco --runs 380004 --reason")
+    # deadlines: fill 9002's calibration missed, fill 9001's done late
+    line("missed: phisym-calib run 380004 (fill 9002): due")
+    line("done late: phisym-calib run 380003 (fill 9001): due")
+    assert re.search(r"latency: phisym-calib: 1 done, p50 [0-9.]+ h, p95 [0-9.]+ h, max [0-9.]+ h, 0% within",
+                     out), out
+    # nothing of the shift before
+    for before in ("379998", "379999", "fill 9000", "previous shift", "jenkins-reco-5", "jenkins-calib-2",
+                   "bob"):
+        assert before not in out, (before, fmt)

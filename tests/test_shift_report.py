@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from click.testing import CliRunner, Result
 from cli_support import dump
+from click.testing import CliRunner, Result
 
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.attention import attention, describe
@@ -200,7 +200,8 @@ def test_failures_say_whether_and_how_they_were_recovered(engine: str, tmp_path:
         line = {r: next(x for x in failures.splitlines() if f"reco run {r}:" in x) for r in range(380001, 380006)}
         assert "exit 3: input marked broken" in line[380001] and "recovered by a retry: attempt 2 done" in line[380001]
         assert "2 failed attempts" in line[380002] and "failed for good: no retry left" in line[380002]
-        assert "held: memory exceeded" in line[380003] and "waits for a resubmit (attempt 1 of 2 failed)" in line[380003]
+        assert "held: memory exceeded" in line[380003]
+        assert "waits for a resubmit (attempt 1 of 2 failed)" in line[380003]
         assert "reprocessed by alice: input file repaired" in line[380004]
         assert "skipped by alice: bad DQ, not worth it" in line[380005]
         assert "calib run 380002 blocked: its upstream reco failed" in failures
@@ -245,12 +246,12 @@ def test_stages_that_failed_were_silent_or_were_killed_after_their_claim(tmp_pat
     db = str(tmp_path / "state.db")
     with Store.open(db, actor="jenkins-reco-40", create=True) as store:
         chain(store)
-        store.inject_runs(C, collisions(*[(r, 9001) for r in range(380001, 380005)]))
-        store.heartbeat(C, "reco", "check", False, "the shift before: schedd unreachable")
         three_hours_ago = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime(TS_FORMAT)
-        store.clock = lambda: three_hours_ago  # type: ignore[method-assign]
+        store.clock = lambda: three_hours_ago  # type: ignore[method-assign]  # (the audit's times never go back)
         store.heartbeat(C, "calib", "submit", True, "submit: nothing to do")  # then nothing: silent
         store.clock = type(store).clock.__get__(store)  # type: ignore[method-assign]
+        store.inject_runs(C, collisions(*[(r, 9001) for r in range(380001, 380005)]))
+        store.heartbeat(C, "reco", "check", False, "the shift before: schedd unreachable")
         since = mark(store)
         for message in ("check: schedd unreachable", "check: schedd unreachable", "resubmit: proxy expired"):
             store.heartbeat(C, "reco", "check" if "check" in message else "resubmit", False, message)
@@ -333,8 +334,8 @@ def test_deadlines_at_risk_missed_and_done_late_with_the_windows_latency(tmp_pat
         due = section(text, "Deadlines")
         assert re.search(r"missed: reco run 380002 \(fill 9002\): due [^,]*, run end ", due)
         assert re.search(r"at risk: reco run 380003 \(fill 9002\): due ", due)
-        assert re.search(r"done late: reco run 380004 \(fill 9002\): due [^,]*, done [^ ]* \(3\.0 h after its run end\)",
-                         due)
+        assert re.search(r"done late: reco run 380004 \(fill 9002\): due [^,]*, done [^ ]*"
+                         r" \(3\.0 h after its run end\)", due)
         assert re.search(r"latency: reco: 2 done, p50 [0-9.]+ h, p95 [0-9.]+ h, max 3\.0 h, 50% within", due)
         assert "380001" not in text
 
@@ -393,8 +394,11 @@ def test_stored_text_stays_inert_in_text_and_markdown(tmp_path: Path) -> None:
         store.set_status(C, "reco", [380001], "skipped", reason=HOSTILE)
     text, markdown = both(db, "--since", since)
     for out in (text, markdown):
-        assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
-    assert "[this](http" not in markdown and "![](" not in markdown and "<img" not in markdown
+        assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J\\x1b]0;owned\\x07 see [this](http" in text  # shown as escapes, never sent
+    assert "\\\\x1b\\[2J" in markdown  # the same escapes, as Markdown shows a backslash and a bracket
+    unescaped = re.sub(r"\\.", "", markdown)  # what Markdown reads as markup: no link, image, HTML or code span
+    assert "[this]" not in unescaped and "![](" not in unescaped and "<img" not in unescaped and "`rm`" not in unescaped
     assert "\\[this\\]" in markdown and "\\<img src=x\\>" in markdown and "\\`rm\\`" in markdown
 
 
