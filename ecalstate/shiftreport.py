@@ -59,6 +59,9 @@ _TASK, _JOB, _HANDLER = vocab_id("task"), vocab_id("job"), vocab_id("handler")
 _PROCESSING, _DONE, _FAILED, _MERGED = (vocab_id(s) for s in ("processing", "done", "failed", "merged"))
 _ERROR = vocab_id("error")
 _US = 1_000_000
+#: seconds by which audit times may disagree with the order of ids (overlapping write transactions: ids are handed out
+#: as rows are inserted, a transaction's time when it begins); the window's id range is widened by it
+SLACK = 600
 
 
 # ------------------------------------------------------------------ the result
@@ -309,9 +312,15 @@ class _Window:
 
     @classmethod
     def read(cls, tx: Tx, cid: int, campaign: str, since: str, until: str, open_ended: bool) -> _Window:
-        row = tx.one("SELECT MIN(id), MAX(id) FROM audit_log WHERE campaign_id = ? AND ts >= ? AND ts < ?",
-                     (cid, to_micros(since), to_micros(until)))
-        lo, hi = (int(row[0]), int(row[1])) if row is not None and row[0] is not None else (1, 0)
+        """The window's id range, found from its ends inwards: a recent window on a year's audit reads only its own
+        rows. Ids follow times but for transactions that overlap, so the range is widened by :data:`SLACK` on each
+        side (every read also bounds the times)."""
+        before = tx.scalar("SELECT id FROM audit_log WHERE ts < ? ORDER BY id DESC LIMIT 1",
+                           (to_micros(since) - SLACK * _US,))
+        lo = int(before or 0) + 1
+        after = tx.scalar("SELECT id FROM audit_log WHERE id >= ? AND ts >= ? ORDER BY id LIMIT 1",
+                          (lo, to_micros(until) + SLACK * _US))
+        hi = int(after) - 1 if after is not None else int(tx.scalar("SELECT MAX(id) FROM audit_log") or 0)
         return cls(tx, cid, campaign, since, until, open_ended, lo, hi)
 
     # --- helpers -------------------------------------------------------------------------------------------------
@@ -545,7 +554,8 @@ class _Window:
     def killed(self) -> list[StageEvent]:
         """Claims of the window whose jobs were made in the claim's transaction (a handler's submit) but not
         submitted by the stage that claimed them: their first batch record came from another actor, or after the
-        unsubmitted threshold (``monitoring.UNSUBMITTED_AFTER``), or has not come."""
+        unsubmitted threshold (``monitoring.UNSUBMITTED_AFTER``), or has not come and the jobs have no batch id yet
+        (an instance claimed again or aborted before its submit is no stage's loss)."""
         rows = self.tx.all(
             f"SELECT c.ts, c.task, c.run_number, c.actor, b.ts, b.actor FROM audit_log c JOIN ("
             f" SELECT j.instance_id AS iid, j.generation AS gen, MIN(CASE WHEN j.from_status IS NULL THEN j.ts END)"
@@ -555,7 +565,9 @@ class _Window:
             f" ON n.iid = c.instance_id AND n.gen = c.generation AND n.made = c.ts"
             f" LEFT JOIN audit_log b ON b.id = n.noted"
             f" WHERE {self.where('c')} AND c.{TASK_ROWS} AND c.to_status = {_PROCESSING}"
-            f" AND c.generation IS NOT NULL AND (b.id IS NULL OR b.actor <> c.actor OR b.ts - c.ts > ?)"
+            f" AND c.generation IS NOT NULL AND (b.actor <> c.actor OR b.ts - c.ts > ? OR (b.id IS NULL AND EXISTS ("
+            f"SELECT 1 FROM job x WHERE x.instance_id = c.instance_id AND x.generation = c.generation"
+            f" AND x.batch_id IS NULL)))"
             f" ORDER BY c.id", (self.lo, self.cid, *self.params, int(UNSUBMITTED_AFTER * _US)))
         texts = self.text(v for r in rows for v in (r[1], r[3], r[5]))
         return [StageEvent("killed", texts[task], "submit", from_micros(ts), texts[actor], run_number=run,

@@ -87,9 +87,9 @@ def report_html(app: App, campaign: str, out: str, stuck_after: float, silent_af
 @pass_app
 def report_shift(app: App, campaign: str, since: str, until: Optional[str], fmt: str, limit: int, stuck_after: float,
                  silent_after: float) -> None:
-    """Write the shift's hand-over: what happened from --since to --until, and what needs action now.
+    """Write the shift's hand-over (text or Markdown): what happened, what needs action.
 
-    Sections: the runs that arrived (ended, skipped with the reason, or
+    From --since to --until (default: now). Sections: the runs that arrived (ended, skipped with the reason, or
     activating no task and why) and the fills that ended; what was
     processed (one line per fill group, with the version that made it);
     what failed and what became of it (recovered by a retry, failed for
