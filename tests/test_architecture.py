@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"tables", "outputs", "auditlog", "pgjobs", "migrations", "schema", "guards", "roles"},
     {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "deadlines", "store"},
     {"compat/", "notify/", "sources/", "export", "retention", "report", "logs", "backends/", "handler", "web/",
-     "attention", "latency", "__init__"},
+     "attention", "latency", "shiftreport", "__init__"},
     {"cli/"},
 ]
 #: the database layer: the only rooms that may ask which engine they run on
