@@ -218,7 +218,8 @@ class Deadlines(StoreBase):
             name, settings, _ = tasks[row[1]]
             item = _deadline(row, run_of[row[2]], leader, leader and run_of[leader[2]], name, settings, fills,
                              now_us, texts, states)
-            if item is not None and (finished or item.done_at is None) and (since is None or item.done_at is None or item.done_at >= since):
+            recent = since is None or item is None or item.done_at is None or item.done_at >= since
+            if item is not None and (finished or item.done_at is None) and recent:
                 out.append(item)
         out.sort(key=attrgetter("task", "run_number"))
         return out

@@ -132,8 +132,10 @@ def _available(name: str) -> bool:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--db", envvar="ECALSTATE_DB", default="./ecalstate.db", show_default=True, metavar="URL|PATH",
               callback=no_password_in_argument,
-              help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB); no password in it: see ECALSTATE_DB_PASSWORD_FILE.")
-@click.option("--actor", metavar="NAME", help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG, else user@host).")
+              help="SQLite file or SQLAlchemy URL (env ECALSTATE_DB); no password in it: see"
+                   " ECALSTATE_DB_PASSWORD_FILE.")
+@click.option("--actor", metavar="NAME",
+              help="Who acts, for the audit (env ECALSTATE_ACTOR, else BUILD_TAG, else user@host).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--allow-network-fs", is_flag=True,
               help="Accept a SQLite file on a network or FUSE mount (AFS, EOS, NFS...), with a warning.")

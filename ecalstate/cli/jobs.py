@@ -111,8 +111,9 @@ def job_set(
     Example:
         ecalstate job set -c prompt --task reco --run 356001 --job 3 done --field output=/eos/reco_3.root --field nevents=5000
     """
-    change = app.store().set_job_status(campaign, task, run_number, jid, status, pairs_to_dict(fields, "--field") or None,
-                                        batch_id, reason, generation, request_id)
+    change = app.store().set_job_status(campaign, task, run_number, jid, status,
+                                        pairs_to_dict(fields, "--field") or None, batch_id, reason, generation,
+                                        request_id)
     app.emit(change, f"{change.outcome}: {change.key}: {change.current} -> {styled(change.requested)}")
 
 

@@ -32,14 +32,17 @@ def notify() -> None:
 @notify.command("set")
 @campaign_option
 @click.option("--webhook-url-file", type=click.Path(dir_okay=False), help="File holding the main webhook URL.")
-@click.option("--webhook-url-env", metavar="VAR", help="Environment variable holding the main webhook URL when sending.")
+@click.option("--webhook-url-env", metavar="VAR",
+              help="Environment variable holding the main webhook URL when sending.")
 @click.option("--channel", metavar="NAME", help="Channel the main webhook posts to (else the webhook's own).")
 @multi_option("--on", help=_EVENTS_HELP + f" to the main channel [default: {','.join(DEFAULT_EVENTS['main'])}].",
               metavar="EVENT")
-@click.option("--dev-webhook-url-file", type=click.Path(dir_okay=False), help="File holding the development webhook URL.")
+@click.option("--dev-webhook-url-file", type=click.Path(dir_okay=False),
+              help="File holding the development webhook URL.")
 @click.option("--dev-webhook-url-env", metavar="VAR", help="Environment variable holding the development webhook URL.")
 @click.option("--dev-channel", metavar="NAME", help="Channel the development webhook posts to.")
-@multi_option("--dev-on", help=_EVENTS_HELP + f" to the development channel [default: {','.join(DEFAULT_EVENTS['dev'])}].",
+@multi_option("--dev-on",
+              help=_EVENTS_HELP + f" to the development channel [default: {','.join(DEFAULT_EVENTS['dev'])}].",
               metavar="EVENT")
 @click.option("--username", default="ecalstate", show_default=True, help="Name the messages are posted under.")
 @click.option("--view-url", metavar="URL",
@@ -126,8 +129,8 @@ def notify_send(app: App, campaign: Optional[str], stuck_after: float, silent_af
         for d in results:
             sent = ("busy: another sender is telling this channel right now" if d.busy else
                     f"{d.events} event(s), {d.problems} health problem(s) sent")
-            click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else f"NOT delivered ({printable(d.error or '')}), "
-                                                                          f"{d.pending} pending"))
+            failed = f"NOT delivered ({printable(d.error or '')}), {d.pending} pending"
+            click.echo(f"{d.campaign} {d.channel}: " + (sent if d.ok else failed))
 
     app.emit(results, text)
     if any(not d.ok for d in results):

@@ -36,8 +36,8 @@ def set_status(
 ) -> None:
     """Set the STATUS (done, failed, reprocess or skipped) of a task for a set of runs.
 
-    Every change goes through the transition table. One refused transition refuses the whole request and nothing is written;
-    --dry-run prints the plan with per-outcome counts. Setting reprocess also
+    Every change goes through the transition table. One refused transition refuses the whole request and nothing is
+    written; --dry-run prints the plan with per-outcome counts. Setting reprocess also
     reprocesses the runs merged into a reprocessed leader.
 
     skipped (from new, reprocess or failed; the reason is kept) means nothing

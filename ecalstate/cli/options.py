@@ -66,7 +66,8 @@ def _multi(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
 
 def multi_option(*decls: str, help: str, metavar: str = "NAME") -> Callable[[F], F]:
     """A repeatable option that also takes comma lists: ``--add a --add b,c``."""
-    return click.option(*decls, multiple=True, callback=_multi, metavar=metavar, help=help + " Repeatable; comma lists accepted.")
+    return click.option(*decls, multiple=True, callback=_multi, metavar=metavar,
+                        help=help + " Repeatable; comma lists accepted.")
 
 
 def reason_option(f: F) -> F:
