@@ -120,7 +120,8 @@ LUMI_KEY = "lumi"
 ERA_KEY = "era"
 
 # every run of a scope with this task's instance (if any) and, for a pending one, the first upstream task that
-# is neither done (nor merged into a done leader) nor skipped: "reco processing", "reco missing"
+# is not done (nor merged into a done leader): "reco processing", "reco missing", "reco skipped" (a skip cascades,
+# so a pending instance under a skipped upstream can never start: its group waits for an operator)
 STATE_SQL = """
 SELECT r.run_number, r.fill, r.meta, ti.status, (
   SELECT t.name || ' ' || CASE
@@ -129,7 +130,7 @@ SELECT r.run_number, r.fill, r.meta, ti.status, (
   FROM task_dep d JOIN task t ON t.id = d.depends_on_id
   LEFT JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = r.id
   LEFT JOIN task_instance ul ON ul.id = u.leader_id
-  WHERE d.task_id = ? AND NOT (COALESCE(u.status, '') IN ('done', 'skipped')
+  WHERE d.task_id = ? AND NOT (COALESCE(u.status, '') = 'done'
                                OR (COALESCE(u.status, '') = 'merged' AND COALESCE(ul.status, '') = 'done'))
   ORDER BY t.name LIMIT 1)
 FROM run r LEFT JOIN task_instance ti ON ti.run_id = r.id AND ti.task_id = ?
