@@ -129,6 +129,7 @@ def test_a_test_campaign_runs_on_prompts_inputs_and_never_writes_prompt(db_url: 
         handler = Timing(store, LocalBackend(tmp_path / "work", slots=2))
         assert handler.submit(T).counts == {"claimed": 1, "merged": 1, "jobs submitted": 2}
         assert inputs_read(handler, 2) == [files[0], files[1]]
+        assert campaign_rows(store, P) == before  # the test campaign's submit and check wrote nothing of prompt
         # prompt's run 3 finishes: the test campaign's fill 11 follows at its next submit
         with Store.open(db_url, actor="prompt-jenkins") as prompt:
             for jid in (0, 1):
