@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
+
 from ecalstate.backends import JobSpec
 from ecalstate.handler import TaskHandler
 from ecalstate.results import Claim
@@ -25,6 +27,8 @@ class Timing(TaskHandler):
     group_by = "fill"
     version = "1.0"
     condor = {"request_memory": "256MB", "+JobFlavour": '"espresso"'}
+    options = [click.option("--min-hits", type=click.IntRange(min=1), default=10, show_default=True,
+                            help="Leave out crystals with fewer hits (jobs: ECALSTATE_OPTION_MIN_HITS).")]
 
     def jobs(self, campaign: str, claim: Claim) -> list[JobSpec]:
         inputs = self.outputs(campaign, UPSTREAM, claim.runs)  # every run's sums (a merged run: its leader's)

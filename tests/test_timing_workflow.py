@@ -1,6 +1,6 @@
 """The fourth example, ``timing`` (handlers/timing.py and its ``#!/bin/sh`` payload), on the real HTCondor pool.
 
-docs/workflows.md runs it on the local backend (tests/test_workflows_guide.py); here it runs as production does:
+docs/workflows.md runs it on the local backend (tests/test_workflow_guide.py); here it runs as production does:
 per fill after phisym-reco, two jobs submitted as one cluster, run by the pool's job account with the execute node's
 ``/bin/sh``, ``awk`` and ``python3`` (for ``ecalstate-job``), without ecalstate. One input is not there yet at the
 first attempt (an EOS copy late): both jobs fail with the payload's reason, and a resubmit recovers them.

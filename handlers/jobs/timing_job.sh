@@ -2,7 +2,8 @@
 # ECAL timing calibration, one half of the barrel (--half 0: rings 1-10, --half 1: rings 11-20), from the per-crystal
 # energy sums of phisym-reco (CSV: ieta,iphi,hits,sum_et). Synthetic stand-in for the timing fit: each crystal's time
 # offset (ps) is read off its mean energy per hit. Writes one CSV of offsets and reports, with ecalstate-job, the
-# half's mean offset and how many crystals it saw.
+# half's mean offset and how many crystals it saw. Crystals with fewer hits than the handler's --min-hits option
+# (ECALSTATE_OPTION_MIN_HITS, default 1) are left out.
 #
 #     timing_job.sh --half 0|1 --out FILE INPUT.csv...
 set -u
@@ -28,13 +29,15 @@ for input in "$@"; do  # a missing input (an EOS copy not there yet) fails the j
 done
 
 mkdir -p "$(dirname "$out")" || exit 1
-summary=$(awk -F, -v first="$first" -v last="$last" -v out="$out.tmp" '
+min_hits=${ECALSTATE_OPTION_MIN_HITS:-1}
+summary=$(awk -F, -v first="$first" -v last="$last" -v min="$min_hits" -v out="$out.tmp" '
     $1 == "ieta" { next }
     $1 >= first && $1 <= last { hits[$1 "," $2] += $3; et[$1 "," $2] += $4 }
     END {
         print "ieta,iphi,t_ps" > out
         n = 0; sum = 0
-        for (c in hits) if (hits[c] > 0) { t = (et[c] / hits[c] - 1) * 1000; print c "," t > out; n++; sum += t }
+        if (min < 1) min = 1
+        for (c in hits) if (hits[c] >= min) { t = (et[c] / hits[c] - 1) * 1000; print c "," t > out; n++; sum += t }
         printf "%d %.1f\n", n, (n ? sum / n : 0)
     }' "$@") || { ecalstate-job fail "awk could not read the inputs"; exit 1; }
 mv "$out.tmp" "$out" || exit 1
