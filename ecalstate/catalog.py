@@ -13,6 +13,7 @@ from .clock import parse_moment, parse_time
 from .db import Tx
 from .errors import Invalid, NotFound
 from .filters import parse_filter
+from .inputs import declare_inputs, with_inputs
 from .limits import INT64_MAX, check_int64, chunks, int64_range
 from .results import (END_TIME, ONGOING, BackfillResult, CampaignInfo, FillEnd, InjectResult, RunSpec, RunTypeInfo,
                       TaskInfo, TaskSettings)
@@ -143,30 +144,34 @@ class Catalog(StoreBase):
     def add_task(
         self, campaign: str, name: str, depends_on: Sequence[str] = (), max_retries: int = 3,
         deadline: Optional[float] = None, deadline_from: Optional[str] = None, warn_before: Optional[float] = None,
-        cadence: Optional[float] = None,
+        cadence: Optional[float] = None, inputs_from: Optional[str] = None,
     ) -> TaskInfo:
         """Declare a task; its dependencies must exist already, so no cycle can form.
 
         ``deadline`` (seconds from the run's end, or the fill's: ``deadline_from``), ``warn_before`` (seconds before
-        it, default a quarter of it) and ``cadence`` (seconds): see :class:`~ecalstate.results.TaskSettings`."""
+        it, default a quarter of it) and ``cadence`` (seconds): see :class:`~ecalstate.results.TaskSettings`.
+        ``inputs_from``: the campaign whose tasks ``depends_on`` names, read only (:mod:`ecalstate.inputs`)."""
         check_name("task", name)
         _check_retries(max_retries)
         settings = TaskSettings().changed(deadline, deadline_from, warn_before, cadence)
         deps = list(dict.fromkeys(depends_on))
-        if name in deps:
+        if name in deps and inputs_from is None:
             raise Invalid(f"task {name!r} cannot depend on itself (dependency cycle)")
 
         def body(ctx: Ctx) -> TaskInfo:
             cid = campaign_id(ctx.tx, campaign)
             if ctx.tx.scalar("SELECT id FROM task WHERE campaign_id = ? AND name = ?", (cid, name)):
                 raise Invalid(f"task {name!r} already exists in campaign {campaign!r}")
-            dep_ids = [task_of(ctx.tx, cid, campaign, d)[0] for d in deps]
+            wanted = settings
+            if inputs_from is not None:  # dependencies in another campaign: in the settings, no task_dep row
+                wanted = with_inputs(settings, *declare_inputs(ctx.tx, campaign, inputs_from, deps))
+            dep_ids = [] if inputs_from is not None else [task_of(ctx.tx, cid, campaign, d)[0] for d in deps]
             tid = ctx.tx.scalar(
                 "INSERT INTO task (campaign_id, name, max_retries, created_at, settings) VALUES (?,?,?,?,?)"
-                " RETURNING id", (cid, name, max_retries, ctx.now, settings.to_json()),
+                " RETURNING id", (cid, name, max_retries, ctx.now, wanted.to_json()),
             )
             ctx.tx.many("INSERT INTO task_dep (task_id, depends_on_id) VALUES (?,?)", [(tid, d) for d in dep_ids])
-            return task_info(name, deps, max_retries, settings)
+            return task_info(name, deps, max_retries, wanted)
 
         return self._write("task.add", None, body)
 
@@ -197,7 +202,11 @@ class Catalog(StoreBase):
             if max_retries is not None:
                 tx.run("UPDATE task SET max_retries = ? WHERE id = ?", (max_retries, tid))
                 retries = max_retries
-            if depends_on is not None:
+            current = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (tid,)))
+            if depends_on is not None and current.inputs_from is not None:  # another campaign's tasks (none: its own)
+                source = declare_inputs(tx, campaign, current.inputs_from, depends_on) if depends_on else (None, ())
+                tx.run("UPDATE task SET settings = ? WHERE id = ?", (with_inputs(current, *source).to_json(), tid))
+            elif depends_on is not None:
                 deps = list(dict.fromkeys(depends_on))
                 dep_ids = [task_of(tx, cid, campaign, d)[0] for d in deps]
                 downstream = set(downstream_tasks(tx, tid)) | {tid}
@@ -223,7 +232,7 @@ class Catalog(StoreBase):
             (tid,),
         )
         settings = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (tid,)))
-        return task_info(name, [d[0] for d in deps], int(retries), settings)
+        return task_info(name, [d[0] for d in deps] or list(settings.inputs), int(retries), settings)
 
     # --- run types ---------------------------------------------------------------------
 
@@ -325,6 +334,36 @@ class Catalog(StoreBase):
         return self._write("run.inject", request_id, body, encode=_asdict, decode=InjectResult.from_dict,
                            args=(campaign, specs))
 
+    def copy_runs(self, campaign: str, source: str, runs: Optional[Sequence[int]] = None) -> InjectResult:
+        """Inject into ``campaign`` the runs of campaign ``source`` (all, or ``runs``) with their fills and metadata,
+        and the ends of their fills that ``source`` knows (with the dump times): a test campaign on production's runs.
+
+        Reads ``source`` only. A run still being taken there is left for a later copy; runs present are left as
+        they are (a copy is repeated as production goes on)."""
+        wanted = None if runs is None else set(runs)
+        if source == campaign:
+            raise Invalid(f"cannot copy the runs of campaign {campaign!r} into itself")
+
+        def body(ctx: Ctx) -> InjectResult:
+            tx = ctx.tx
+            cid, sid = campaign_id(tx, campaign), campaign_id(tx, source)
+            tx.serialize("runs", cid)  # with injections and syncs of the campaign: one inserts, the others see it
+            specs = {}
+            for number, fill, meta in tx.all("SELECT run_number, fill, meta FROM run WHERE campaign_id = ?"
+                                             " ORDER BY run_number", (sid,)):
+                data = loads(meta)
+                if (wanted is None or number in wanted) and data.get(ONGOING) is not True:
+                    specs[number] = RunSpec(number, fill, data)
+            result = insert_runs(ctx, cid, specs)
+            fills = {s.fill for s in specs.values() if s.fill is not None}
+            ends = {f: (d, r) for f, d, r in tx.all(
+                "SELECT fill, dumped_at, reason FROM fill_end WHERE campaign_id = ?", (sid,)) if f in fills}
+            end_fills(ctx, cid, {f: f"ended in campaign {source}: {r}" for f, (_, r) in ends.items()},
+                      {f: d for f, (d, _) in ends.items() if d})
+            return result
+
+        return self._write("run.copy", None, body)
+
     def close_fill(self, campaign: str, fill: int, reason: str) -> bool:
         """Record that ``fill`` ended (an operator saw the dump); False when it was known already."""
         number = check_fill(fill)
@@ -356,9 +395,9 @@ class Catalog(StoreBase):
 def task_info(name: str, deps: list[str], retries: int, settings: TaskSettings) -> TaskInfo:
     """A task as listed: its dependencies, retry limit and settings."""
     if settings.deadline is None:
-        return TaskInfo(name, deps, retries, cadence=settings.cadence)
+        return TaskInfo(name, deps, retries, cadence=settings.cadence, inputs_from=settings.inputs_from)
     return TaskInfo(name, deps, retries, settings.deadline, settings.deadline_from, settings.warn_before,
-                    settings.cadence)
+                    settings.cadence, settings.inputs_from)
 
 
 def ended_at(meta: Mapping[str, Any]) -> Optional[str]:

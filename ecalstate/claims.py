@@ -25,13 +25,15 @@ from .clock import from_micros, to_micros
 from .db import Tx
 from .deadlines import FillEnds, reference_of, urgency
 from .errors import Invalid, no_instance
+from .inputs import inputs_of
 from .jobs import check_jobs, insert_jobs, keep_outputs
 from .results import FILL_END, ONGOING, Claim, MadeBy, TaskSettings
 from .statemachine import TaskStatus
 
 T = TaskStatus
 
-# an instance is eligible when every task it depends on is done for its run, or merged into a done leader;
+# an instance is eligible when every task it depends on is done for its run, or merged into a done leader (of its
+# campaign, or of the campaign it takes its inputs from: ecalstate.inputs);
 # the campaign id lets the (campaign, task, status) index find the new/reprocess ones without reading the done ones
 ELIGIBLE_SQL = """
 SELECT ti.id, r.run_number, r.fill, ti.status, ti.version, ti.generation, r.meta, r.ended_at
@@ -42,7 +44,7 @@ WHERE ti.campaign_id = ? AND ti.task_id = ? AND ti.status IN ('new', 'reprocess'
     WHERE d.task_id = ti.task_id AND NOT EXISTS (
       SELECT 1 FROM task_instance u LEFT JOIN task_instance ul ON ul.id = u.leader_id
       WHERE u.task_id = d.depends_on_id AND u.run_id = ti.run_id
-        AND (u.status = 'done' OR (u.status = 'merged' AND ul.status = 'done'))))
+        AND (u.status = 'done' OR (u.status = 'merged' AND ul.status = 'done')))){inputs}
 ORDER BY {order}r.run_number
 """
 #: a run-end deadline's order in SQL (the parameter: now minus the deadline): the claim of one run per group takes
@@ -120,7 +122,8 @@ LUMI_KEY = "lumi"
 ERA_KEY = "era"
 
 # every run of a scope with this task's instance (if any) and, for a pending one, the first upstream task that
-# is neither done (nor merged into a done leader) nor skipped: "reco processing", "reco missing"
+# is not done (nor merged into a done leader): "reco processing", "reco missing", "reco skipped" (a skip cascades,
+# so a pending instance under a skipped upstream can never start: its group waits for an operator)
 STATE_SQL = """
 SELECT r.run_number, r.fill, r.meta, ti.status, (
   SELECT t.name || ' ' || CASE
@@ -129,7 +132,7 @@ SELECT r.run_number, r.fill, r.meta, ti.status, (
   FROM task_dep d JOIN task t ON t.id = d.depends_on_id
   LEFT JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = r.id
   LEFT JOIN task_instance ul ON ul.id = u.leader_id
-  WHERE d.task_id = ? AND NOT (COALESCE(u.status, '') IN ('done', 'skipped')
+  WHERE d.task_id = ? AND NOT (COALESCE(u.status, '') = 'done'
                                OR (COALESCE(u.status, '') = 'merged' AND COALESCE(ul.status, '') = 'done'))
   ORDER BY t.name LIMIT 1)
 FROM run r LEFT JOIN task_instance ti ON ti.run_id = r.id AND ti.task_id = ?
@@ -321,12 +324,14 @@ class _Order:
 
     def eligible(self, tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
         """The task's eligible instances, in this order (their references read with them)."""
-        params: list[Any] = [cid, task_id]
+        inputs = inputs_of(tx, task_id)
+        clause, extra = inputs.clause() if inputs is not None else ("", [])
+        params: list[Any] = [cid, task_id, *extra]
         order = ""
         if self.settings is not None and self.in_sql:
             order = BY_RUN_END
             params.append(from_micros(to_micros(self.now) - (self.settings.deadline or 0) * 1_000_000))
-        sql = ELIGIBLE_SQL.format(order=order)
+        sql = ELIGIBLE_SQL.format(order=order, inputs=clause)
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -386,9 +391,16 @@ def _plan(tx: Tx, cid: int, task_id: int, task: str, rule: Union[Grouping, Group
 
 
 def _state(tx: Tx, cid: int, task_id: int, where: str, params: Sequence[Any]) -> list[_Row]:
-    """The runs of a scope as completeness sees them (one query, set-based)."""
-    return [_Row(r[0], r[1], r[2], r[3], r[4])
+    """The runs of a scope as completeness sees them (one query, set-based; one more for inputs from another
+    campaign)."""
+    rows = [_Row(r[0], r[1], r[2], r[3], r[4])
             for r in tx.all(STATE_SQL.format(where=where), (task_id, task_id, cid, *params))]
+    inputs = inputs_of(tx, task_id)
+    if inputs is not None:
+        waits = inputs.waits(tx, [r.run_number for r in rows if r.status in ("new", "reprocess")])
+        for row in rows:
+            row.upstream = waits.get(row.run_number, row.upstream)
+    return rows
 
 
 def _why(row: _Row, eligible: Collection[int], task: str, unit: str) -> Optional[Cause]:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,7 +55,7 @@ import click
 
 from .attention import HandlerInfo, apply_policies, note_handler, observe, pending_actions, script_of
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
-from .claims import LUMI_KEY, Grouper, Grouping, grouping
+from .claims import LUMI_KEY, Eligible, Grouper, Grouping, grouping
 from .deadlines import job_priority
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
@@ -93,6 +94,8 @@ class StageReport:
     failed_for_good: list[int] = field(default_factory=list)
     #: what the campaign's policies did in this stage (a fill closed, a late run's fill regrouped)
     policies: list[str] = field(default_factory=list)
+    #: the jobs ``submit --dry-run`` would submit: run, job id, executable and arguments (or why jobs() failed)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -173,15 +176,26 @@ class TaskHandler:
     def outputs(self, campaign: str, task: str, runs: Sequence[int], key: str = "output") -> list[str]:
         """The ``key`` outputs of ``task`` for ``runs`` (e.g. ``claim.runs``), each once, in run order.
 
-        A merged run stands for its group leader's outputs (the original's getOutput).
+        A merged run stands for its group leader's outputs (the original's getOutput). When this handler's task takes
+        its inputs from another campaign (``task add --inputs-from``) and ``task`` is one of them, they are read
+        there (read only).
         """
+        source = self.inputs_campaign(campaign, task)
         found: dict[str, None] = {}
         for run in runs:
-            info = self.store.instance(campaign, task, run)
+            info = self.store.instance(source, task, run)
             if info.leader_run is not None:
-                info = self.store.instance(campaign, task, info.leader_run)
+                info = self.store.instance(source, task, info.leader_run)
             found.update(dict.fromkeys(p for p in str(info.outputs.get(key, "")).split(",") if p))
         return list(found)
+
+    def inputs_campaign(self, campaign: str, task: str) -> str:
+        """The campaign whose ``task`` this handler's task reads in ``campaign``: another one when the task takes its
+        inputs from there (:mod:`ecalstate.inputs`), else ``campaign``."""
+        info = next((t for t in self.store.list_tasks(campaign) if t.name == self.task), None)
+        if info is not None and info.inputs_from is not None and task in info.depends_on:
+            return info.inputs_from
+        return campaign
 
     def made_by(self) -> Optional[MadeBy]:
         """What each claim records as having made its generation: :attr:`version`, :attr:`config` and the option
@@ -207,6 +221,7 @@ class TaskHandler:
                 report.add("would claim")
                 report.add("would merge", len(group) - 1)
                 report.runs.append(group[-1].run_number)
+                report.jobs += self._planned_jobs(campaign, group)
             report.waiting.extend(map(str, plan.waiting))
             _count(report, "waiting", len(plan.waiting))
             return report
@@ -244,6 +259,19 @@ class TaskHandler:
                 else:  # rolled back, it is eligible again: not in this stage
                     skip.update(claim.runs)
             return report
+
+    def _planned_jobs(self, campaign: str, group: Sequence[Eligible]) -> list[dict[str, Any]]:
+        """The jobs a claim of ``group`` would make (what ``jobs()`` returns for it, made from the plan, nothing
+        claimed), or why ``jobs()`` failed."""
+        leader = group[-1]
+        claim = Claim(self.task, leader.run_number, leader.fill, leader.instance_id, leader.generation + 1,
+                      [e.run_number for e in group[:-1]], leader.meta)
+        try:
+            specs = self._with_options(self.jobs(campaign, claim))
+        except Exception as err:  # shown, as submit would show it; the dry run goes on
+            return [{"run": claim.run_number, "error": _message(err)}]
+        return [{"run": claim.run_number, "job": s.jid, "executable": s.executable, "args": list(s.args)}
+                for s in specs]
 
     def _declare_deadline(self, campaign: str, report: StageReport) -> None:
         """Write the deadline and cadence the workflow declares into the campaign's task, when they differ."""
@@ -648,6 +676,10 @@ class _Context:
                     click.echo(json.dumps(report.to_dict(), sort_keys=True))
                 else:
                     click.echo(f"{campaign} {handler.task} {report.summary()}")
+                    for job in report.jobs:  # submit --dry-run: what it would submit
+                        what = f"jobs() failed: {job['error']}" if "error" in job else \
+                            f"job {job['job']}: {shlex.join([job['executable'], *job['args']])}"
+                        click.echo(f"  run {job['run']} {what}")
                 if report.failed_for_good:
                     lost.append(f"{campaign} {handler.task} runs {', '.join(map(str, report.failed_for_good))}")
         finally:

@@ -40,6 +40,8 @@ class TaskInfo:
     warn_before: Optional[int] = None
     #: the task must produce a done instance at least this often (seconds); None: no cadence
     cadence: Optional[int] = None
+    #: the campaign whose tasks (``depends_on``) this task reads its inputs from; None: its own campaign
+    inputs_from: Optional[str] = None
 
 
 #: what a deadline counts from: the run's end (its ``end_time``), or its fill's end (the beam dump)
@@ -58,6 +60,10 @@ class TaskSettings:
     warn_before: Optional[int] = None
     cadence: Optional[int] = None
     other: dict[str, Any] = field(default_factory=dict)
+    #: the campaign whose tasks (``inputs``) this task depends on, read only: a test campaign's task on production's
+    #: inputs (``task add --inputs-from prompt --depends-on phisym-reco``, see :mod:`ecalstate.inputs`); None: its own
+    inputs_from: Optional[str] = None
+    inputs: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> TaskSettings:
@@ -75,8 +81,14 @@ class TaskSettings:
             return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
         kind = data.get("deadline_from")
+        given = data.get("inputs_from")
+        source: dict[str, Any] = given if isinstance(given, dict) else {}
+        tasks = source.get("tasks")
+        inputs = tuple(tasks) if isinstance(tasks, list) and all(isinstance(t, str) for t in tasks) else ()
+        campaign = source.get("campaign") if isinstance(source.get("campaign"), str) and inputs else None
         return cls(seconds("deadline") or None, kind if kind in DEADLINE_FROM else RUN_END, seconds("warn_before"),
-                   seconds("cadence") or None, {k: v for k, v in data.items() if k not in ours})
+                   seconds("cadence") or None, {k: v for k, v in data.items() if k not in ours | {"inputs_from"}},
+                   campaign, inputs if campaign else ())
 
     def to_json(self) -> str:
         data = dict(self.other)
@@ -84,6 +96,8 @@ class TaskSettings:
             data.update(deadline=self.deadline, deadline_from=self.deadline_from, warn_before=self.warn_before)
         if self.cadence:
             data["cadence"] = self.cadence
+        if self.inputs_from:
+            data["inputs_from"] = {"campaign": self.inputs_from, "tasks": list(self.inputs)}
         return json.dumps(data, sort_keys=True)
 
     def changed(self, deadline: Optional[float] = None, deadline_from: Optional[str] = None,

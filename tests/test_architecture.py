@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
      "appendfile", "dialect"},
     {"db"},
     {"tables", "outputs", "auditlog", "pgjobs", "migrations", "schema", "guards", "roles"},
-    {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "deadlines", "store"},
+    {"base", "catalog", "claims", "jobs", "transitions", "queries", "monitoring", "deadlines", "inputs", "store"},
     {"compat/", "notify/", "sources/", "export", "retention", "report", "logs", "backends/", "handler", "web/",
      "attention", "latency", "shiftreport", "__init__"},
     {"cli/"},

@@ -201,9 +201,15 @@ def test_cli_dry_run_writes_nothing_and_json_reports(probe: Probe, tmp_path: Pat
     make_campaign(probe.store, [1, 2])
     before = snapshot(probe.store)
     url = probe.store.db.url
-    result = cli(type(probe), "-c", "prompt", "--db", url, "submit", "--dry-run", "--limit", "1")
+    handler = type("CliProbe", (Probe,), {"payload": probe.payload})
+    result = cli(handler, "-c", "prompt", "--db", url, "submit", "--dry-run", "--limit", "1",
+                 env={"ECALSTATE_WORKDIR": str(probe.backend.workdir)})
     assert result.exit_code == 0, result.output
-    assert result.output == "prompt probe submit: would claim 1, would merge 0 (runs 1) [dry run]\n"
+    lines = result.output.splitlines()
+    assert lines[0] == "prompt probe submit: would claim 1, would merge 0 (runs 1) [dry run]"
+    # the jobs it would submit, with their arguments (generation 1: the claim it would make)
+    assert [line.split(" --marker")[0] for line in lines[1:]] == [
+        f"  run 1 job {i}: {probe.payload} --out {probe.backend.workdir}/out/1/g1/job{i}.json" for i in range(3)]
     assert snapshot(probe.store) == before and probe.store.history("prompt", entity="handler") == []
 
 

@@ -51,7 +51,7 @@ def credential_variables(text: str) -> set[str]:
 
 
 def test_one_pipeline_per_workflow_script() -> None:
-    scripts = {p.stem.replace("_", "-") for p in (REPO / "handlers").glob("phisym_*.py")}
+    scripts = {p.stem.replace("_", "-") for p in (REPO / "handlers").glob("*.py") if p.stem != "demo"}
     assert {p.name.removesuffix(".Jenkinsfile") for p in WORKFLOWS} == scripts
 
 
@@ -107,7 +107,8 @@ def test_lint(groovy_lint: str, tmp_path: Path) -> None:
 
 
 def prepare(db: Path) -> dict[str, int]:
-    """A campaign where each pipeline has work: reco for run 4, calib for fill 7 (run 3), plots for fill 5.
+    """A campaign where each pipeline has work: reco for run 4, calib for fill 7 (run 3), plots for fill 5, timing
+    for fill 5 (run 2) and fill 7.
 
     Returns the run each task's pipeline should claim.
     """
@@ -120,7 +121,8 @@ def prepare(db: Path) -> dict[str, int]:
         store.add_task("prompt", "phisym-reco", max_retries=1)
         store.add_task("prompt", "phisym-calib", depends_on=["phisym-reco"], max_retries=1)
         store.add_task("prompt", "phisym-plots", depends_on=["phisym-calib"], max_retries=1)
-        store.update_rtype("prompt", "all", add=["phisym-reco", "phisym-calib", "phisym-plots"])
+        store.add_task("prompt", "timing", depends_on=["phisym-reco"], max_retries=1)
+        store.update_rtype("prompt", "all", add=["phisym-reco", "phisym-calib", "phisym-plots", "timing"])
         store.inject_runs("prompt", [RunSpec(1, 5, {"nevents": 10000}), RunSpec(2, 5, {"nevents": 10000}),
                                      RunSpec(3, 7, {"nevents": 10000}), RunSpec(4, 6, {"nevents": 10000})])
         store.close_fill("prompt", 7, "beam dumped")  # fills 5 and 6 ended when fill 7 started
@@ -128,7 +130,7 @@ def prepare(db: Path) -> dict[str, int]:
             for claim in store.claim("prompt", task, limit=limit, group_by=group_by):
                 store.create_jobs("prompt", task, claim.run_number, [0])
                 store.set_job_status("prompt", task, claim.run_number, 0, "done", fields={"output": str(output)})
-    return {"phisym-reco": 4, "phisym-calib": 3, "phisym-plots": 2}
+    return {"phisym-reco": 4, "phisym-calib": 3, "phisym-plots": 2, "timing": 2}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

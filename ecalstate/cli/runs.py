@@ -58,30 +58,46 @@ def run() -> None:
               help="Metadata of --run (values are JSON scalars when they parse, else text). Repeatable.")
 @click.option("--file", "path", type=click.Path(dir_okay=False), metavar="FILE",
               help="runs.json (list of objects) or runs.csv (with a header): run_number, fill, other keys as metadata.")
+@click.option("--from-campaign", "source", metavar="CAMPAIGN",
+              help="Copy CAMPAIGN's runs (fills, metadata, the fills it knows ended); it is only read.")
+@runs_option(help="With --from-campaign: only these runs, e.g. 356001-356100,356200 (default: all).")
 @request_id_option
 @pass_app
 def run_inject(
     app: App, campaign: str, run_number: Optional[int], fill: Optional[int], meta: tuple[tuple[str, Any], ...],
-    path: Optional[str], request_id: Optional[str],
+    path: Optional[str], source: Optional[str], runs: Optional[list[int]], request_id: Optional[str],
 ) -> None:
     """Inject runs; every run type a run matches activates its tasks (status new).
 
     Runs already present are left as they are. A file is checked whole before
     anything is written: one bad record refuses the file, naming the record.
+    --from-campaign copies another campaign's runs (a test campaign on
+    production's runs; a run still being taken there waits for the next copy).
 
     \b
     Example:
         ecalstate run inject -c prompt --run 356001 --fill 8000 --meta class=Collisions --meta nevents=120000
         ecalstate run inject -c rereco-2024 --file runs.csv
+        ecalstate run inject -c test-timing --from-campaign prompt --runs 390001-390100
     """
     if path is not None and (run_number is not None or fill is not None or meta):
         raise click.UsageError("--run, --fill and --meta go without --file; a file carries its own")
+    if source is not None and (path is not None or run_number is not None or fill is not None or meta):
+        raise click.UsageError("--run, --fill, --meta and --file go without --from-campaign; a campaign carries its"
+                               " own runs")
+    if runs is not None and source is None:
+        raise click.UsageError("--runs goes with --from-campaign")
+    if source is not None:
+        result = app.store().copy_runs(campaign, source, runs)
+        app.emit(result, f"copied {len(result.new)} new runs from campaign {source} ({result.instances} task"
+                         f" instances); {len(result.existing)} already present")
+        return
     if path is not None:
         specs = read_runs(path)
     elif run_number is not None:
         specs = [RunSpec(run_number, fill, pairs_to_dict(meta, "--meta"))]
     else:
-        raise click.UsageError("give --run or --file")
+        raise click.UsageError("give --run or --file, or --from-campaign CAMPAIGN")
     store = app.store()
     if len(specs) >= PROGRESS_FROM and sys.stderr.isatty():
         with click.progressbar(specs, label=f"checking {len(specs)} runs", file=sys.stderr) as bar:

@@ -204,13 +204,20 @@ def task() -> None:
 @multi_option("--depends-on", help="Task this one waits for (must exist).", metavar="TASK")
 @click.option("--max-retries", type=INT64_FROM_0, default=3, show_default=True,
               help="Resubmissions allowed for a failed job.")
+@click.option("--inputs-from", metavar="CAMPAIGN",
+              help="The --depends-on tasks are CAMPAIGN's: a test campaign's task on production's inputs (read only).")
 @deadline_options
 @pass_app
-def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int, deadline: Optional[float],
-             deadline_from: Optional[str], warn_before: Optional[float], cadence: Optional[float]) -> None:
+def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int, inputs_from: Optional[str],
+             deadline: Optional[float], deadline_from: Optional[str], warn_before: Optional[float],
+             cadence: Optional[float]) -> None:
     """Declare task NAME in a campaign.
 
     A task runs on a run once every task it depends on is done for that run.
+    With --inputs-from, those tasks are another campaign's: the instance of
+    run R waits until they are done there for R, and a workflow's outputs()
+    reads their outputs there; nothing of that campaign is written (copy its
+    runs with `ecalstate run inject --from-campaign`; docs/workflows.md).
     Activate it for runs with `ecalstate rtype update --add`. With a deadline,
     claims take what can still make its deadline first, earliest first, then
     what already missed it, then runs without an end time (a policy: Tier-0
@@ -223,10 +230,11 @@ def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retr
         ecalstate task add -c prompt reco --max-retries 3
         ecalstate task add -c prompt calib --depends-on reco --deadline 48h --deadline-from fill-end --warn-before 12h
         ecalstate task add -c prompt trigger-calib --cadence 4d
+        ecalstate task add -c test-timing timing --depends-on phisym-reco --inputs-from prompt
     """
     info = app.store().add_task(campaign, name, depends_on, max_retries, deadline, deadline_from, warn_before,
-                                cadence)
-    extra = [f"depends on {', '.join(info.depends_on)}"] if info.depends_on else []
+                                cadence, inputs_from)
+    extra = [f"depends on {', '.join(depends_text(info))}"] if info.depends_on else []
     extra += [f"deadline {deadline_text(info)}"] if info.deadline else []
     extra += [f"cadence {format_duration(info.cadence)}"] if info.cadence else []
     app.emit(info, f"added task {info.name}" + (f" ({'; '.join(extra)})" if extra else ""))
@@ -259,7 +267,7 @@ def task_update(
         raise click.UsageError("nothing to change: give --depends-on, --no-depends, --max-retries, --deadline,"
                                " --deadline-from, --warn-before or --cadence")
     info = app.store().update_task(campaign, name, deps, max_retries, deadline, deadline_from, warn_before, cadence)
-    app.emit(info, f"updated task {info.name}: depends on {', '.join(info.depends_on) or 'nothing'}, "
+    app.emit(info, f"updated task {info.name}: depends on {', '.join(depends_text(info)) or 'nothing'}, "
                    f"max retries {info.max_retries}, deadline {deadline_text(info) or 'none'}, cadence "
                    f"{format_duration(info.cadence) if info.cadence else 'none'}")
 
@@ -277,8 +285,13 @@ def task_list(app: App, campaign: str) -> None:
     tasks = app.reader().list_tasks(campaign)
     app.emit(tasks, lambda: echo_table(
         ["task", "depends on", "max retries", "deadline", "cadence"],
-        [(t.name, ",".join(t.depends_on) or None, t.max_retries, deadline_text(t),
+        [(t.name, ",".join(depends_text(t)) or None, t.max_retries, deadline_text(t),
           format_duration(t.cadence) if t.cadence else None) for t in tasks], "no tasks"))
+
+
+def depends_text(info: TaskInfo) -> list[str]:
+    """A task's dependencies as listed: another campaign's named with it (``prompt/phisym-reco``)."""
+    return [f"{info.inputs_from}/{d}" if info.inputs_from else d for d in info.depends_on]
 
 
 @click.group()

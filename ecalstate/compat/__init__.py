@@ -26,6 +26,7 @@ import argparse
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any, Optional, Union
 
@@ -36,11 +37,11 @@ from ..errors import EcalStateError, Invalid
 from ..filters import split_multi
 from ..limits import check_int64
 from ..notify import deliver
-from ..results import BulkResult, JobInfo
+from ..results import BulkResult, Change, JobInfo
 from ..statemachine import JobStatus, TaskStatus
 from ..store import Store
 from .dbnames import resolve_dbname
-from .legacy_store import LegacyStore
+from .legacy_store import LegacyStore, UpstreamNotReady
 from .oms import QueryOMS
 
 __all__ = ["JobCtrl", "JobPoints", "QueryOMS", "RunCtrl", "TaskHandler", "close_stores", "group_runs", "open_store",
@@ -55,6 +56,21 @@ _STATUSES = tuple(s.value for s in JobStatus)
 _JOB_TAGS = ("time", "id", "task", "campaign", "run_number")
 
 _stores: dict[tuple[str, str], Store] = {}
+_log = logging.getLogger("ecalstate.compat")
+#: the runs found waiting by the drop-in stage running now (None outside a stage, where refusals raise)
+_stage_waits: ContextVar[Optional[list[str]]] = ContextVar("ecalstate_compat_stage_waits", default=None)
+
+
+def _waits(err: UpstreamNotReady) -> bool:
+    """Within a stage, a run whose upstream tasks are not done waits: logged, noted for the stage's heartbeat, and
+    True (the call answers as the original did a refused point, falsy, and the stage goes on to the other runs).
+    Outside a stage, False: the caller raises."""
+    waits = _stage_waits.get()
+    if waits is None:
+        return False
+    waits.append(err.what)
+    _log.info(f"{err.what} waits: {err.why}; nothing written")
+    return True
 
 
 def open_store(dbname: str) -> Store:
@@ -178,6 +194,9 @@ class JobCtrl:
         #: what a user field may not be called: the original's sanity check refused a field named as a tag, and a
         #: status name as a field would set two statuses
         self.reserved = frozenset(_JOB_TAGS) | frozenset(tags) | frozenset(_STATUSES)
+        #: why the run waits, when createTask found its upstream not ready within a stage: its job calls then
+        #: write nothing and answer False
+        self.waiting: Optional[str] = None
 
     # --- task level -------------------------------------------------------------------
 
@@ -205,7 +224,13 @@ class JobCtrl:
             if len(sets) != len(ids):
                 raise Invalid(f"createTask: {len(ids)} job ids but {len(sets)} field sets (one per job)")
             checked = [self._fields(j, f) for j, f in zip(ids, sets)]
-        return self.legacy.open_generation(self.campaign, self.task, self.run, ids, checked, recreate)
+        try:
+            return self.legacy.open_generation(self.campaign, self.task, self.run, ids, checked, recreate)
+        except UpstreamNotReady as err:  # within a stage: this run waits, the others go on
+            if not _waits(err):
+                raise
+            self.waiting = err.why
+            return 0
 
     def taskCompleted(self) -> bool:
         """Every job of the current generation is done (and there is at least one)."""
@@ -223,8 +248,12 @@ class JobCtrl:
     # --- job statuses (called by the job itself, or by a check stage) ------------------
 
     def setStatus(self, jid: Union[int, str], status: str, fields: Optional[Mapping[str, Any]] = None) -> bool:
-        """Validated job transition; the instance itself is completed by the handler's ``check``."""
+        """Validated job transition; the instance itself is completed by the handler's ``check``. False, nothing
+        written, for a run createTask found waiting for its upstream tasks within a stage."""
         number = job_id(plain(jid))
+        if self.waiting is not None:
+            _log.info(f"{self.task} run {self.run} job {number} {status}: not recorded, the run waits ({self.waiting})")
+            return False
         self.store.set_job_status(self.campaign, self.task, self.run, number, str(status), self._fields(number, fields),
                                   reason=f"JobCtrl.{status}", complete=False)
         return True
@@ -336,7 +365,12 @@ class RunCtrl:
             (task,) = status
             return self.store.reprocess(self.campaign, task, runs=[number], reason="updateStatus")
         head = None if leader is None else run_number(leader)
-        return self.legacy.legacy_update(self.campaign, number, status, leader=head)
+        try:
+            return self.legacy.legacy_update(self.campaign, number, status, leader=head)
+        except UpstreamNotReady as err:  # within a stage: this run waits (nothing written), the others go on
+            if not _waits(err):
+                raise
+            return BulkResult([Change("task", err.what, err.current.value, err.requested.value, "refused", err.why)])
 
     def getRuns(self, status: Optional[Mapping[str, Union[str, Sequence[str]]]] = None) -> list[dict[str, Any]]:
         """Run dicts (``run_number`` and ``fill`` as strings, metadata, each task's status) matching every
@@ -367,6 +401,10 @@ class TaskHandler:
     method runs, ``self.campaign`` and ``self.rctrl`` are switched to the campaign at hand. Each stage
     records a heartbeat for ``ecalstate health`` and then sends the campaign's pending notifications
     (a webhook that is down is logged, never fails the stage); a failing campaign does not stop the others.
+    Nor does a run whose upstream tasks are not done (or were skipped): within a stage, ``createTask`` and
+    ``updateStatus(processing)`` for it write nothing, log that it waits and answer falsy (``0``, a refused
+    change), and that JobCtrl's job calls answer ``False``: the loop goes on to the next run (``health`` names a run
+    that can never start).
     """
 
     rctrl: RunCtrl  # set for the campaign at hand before each stage method runs
@@ -395,15 +433,22 @@ class TaskHandler:
     def _stage(self, campaign: str, stage: str) -> int:
         self.campaign = campaign
         ok, message = True, ""
+        waits: list[str] = []
+        token = _stage_waits.set(waits)  # a run whose upstream is not ready waits; the stage goes on
         try:
             self.rctrl = RunCtrl(self.opts.dbname, campaign)
             getattr(self, stage)()
+            if waits:
+                runs = list(dict.fromkeys(waits))
+                message = f"{len(runs)} run(s) wait for their upstream tasks: {', '.join(runs)}"
         except EcalStateError as err:
             ok, message = False, str(err)
             self.log.error(f"{stage} of {self.task} in campaign {campaign} failed: {err}")
         except Exception as err:  # a handler bug in one campaign must not stop the others
             ok, message = False, f"{type(err).__name__}: {err}"
             self.log.exception(f"{stage} of {self.task} in campaign {campaign} failed")
+        finally:
+            _stage_waits.reset(token)
         try:
             store = open_store(self.opts.dbname)
             store.heartbeat(campaign, self.task, stage, ok, message[:500])

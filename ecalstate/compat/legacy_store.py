@@ -397,15 +397,23 @@ def _instance(tx: Tx, campaign: str, task: str, tid: int, run: int) -> Eligible:
     return Eligible(row[0], row[1], row[2], row[3], row[4], row[5], loads(row[6]))
 
 
+class UpstreamNotReady(TransitionNotAllowed):
+    """A run's instance cannot start yet (or ever: a skipped upstream) because its upstream tasks are not done for
+    the run: within a drop-in stage, that run waits and the stage goes on (:class:`~ecalstate.compat.TaskHandler`)."""
+
+    def __init__(self, what: str, status: TaskStatus, why: str) -> None:
+        super().__init__(TASK.entity, what, status, T.PROCESSING, TASK.allowed(status), why)
+        self.why = why
+
+
 def _check_upstream(tx: Tx, tid: int, inst: Eligible, what: str) -> None:
     """Refuse to start an instance whose upstream tasks are not done for its run (the claim rule)."""
     for name, status, leader_status in tx.all(_UPSTREAM_SQL, (inst.instance_id, tid)):
         if status == T.DONE.value or (status == T.MERGED.value and leader_status == T.DONE.value):
             continue
         state = status if status != T.MERGED.value else f"merged into a {leader_status} leader"
-        raise TransitionNotAllowed(TASK.entity, what, TaskStatus(inst.status), T.PROCESSING,
-                                   TASK.allowed(TaskStatus(inst.status)),
-                                   f"upstream task {name} is {state or 'not active for this run'}")
+        raise UpstreamNotReady(what, TaskStatus(inst.status),
+                               f"upstream task {name} is {state or 'not active for this run'}")
 
 
 def _leader(tx: Tx, tid: int, inst: Eligible, task: str, leader: Optional[int]) -> tuple[int, int]:
