@@ -6,6 +6,7 @@ made. On SQLite and PostgreSQL, through the real command line, with real jobs on
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ def test_each_generation_records_the_version_that_made_it_and_reprocess_selects_
         assert made_by(store) == {5: (2, "2.1"), 6: (2, "2.1"), 7: (2, "2.1")}
         nothing = ok(db_url, "reprocess", "-c", "prompt", "--task", "probe", "--version-not", "2.1", "--reason", "x")
         assert nothing.stdout.strip().splitlines()[-1] == "changed 0, unchanged 3, refused 0"
+        # a run left as it is reads as such, not as a move it did not make
+        assert re.search(r"unchanged\s+probe run 5\s+stays done\s+\(made by version 2\.1\)", nothing.stdout)
+        assert "->" not in nothing.stdout
 
 
 def test_the_export_carries_the_version_in_a_point_of_its_own(tmp_path: Path) -> None:

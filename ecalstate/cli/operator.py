@@ -109,7 +109,8 @@ def emit_bulk(app: App, result: BulkResult) -> None:
         width = max([len(c.key) for c in result.changes] + [0])
         for c in result.changes:
             outcome = verb if c.outcome == "changed" else c.outcome
-            move = f"{printable(c.current or '-')} -> {styled(c.requested)}"
+            move = (f"stays {printable(c.current or '-')}" if c.outcome == "unchanged"
+                    else f"{printable(c.current or '-')} -> {styled(c.requested)}")
             click.echo(f"{outcome:<12}  {printable(c.key):<{width}}  {move}"
                        + (f"  ({printable(c.reason)})" if c.reason else ""))
         click.echo(f"{verb} {result.changed}, unchanged {result.unchanged}, refused {len(result.refused)}")
