@@ -31,6 +31,7 @@ from .db import Tx
 from .deadlines import FillEnds, reference_of, urgency
 from .errors import Invalid, NotFound
 from .jobs import check_jobs, insert_jobs, keep_outputs
+from .limits import chunks
 from .results import FILL_END, ONGOING, Claim, MadeBy, TaskSettings
 from .statemachine import TaskStatus
 
@@ -364,6 +365,23 @@ class _Order:
         if self.settings is not None:
             plan.groups.sort(key=lambda g: (min(self.rank(e) for e in g), g[-1].run_number))
         return plan
+
+
+def awaiting(tx: Tx, cid: int, task_id: int, runs: Sequence[int], lock: bool
+             ) -> tuple[dict[int, Eligible], dict[int, tuple[str, str]]]:
+    """Of ``runs``, the task's instances that may be taken now (claimed, or decided by an expert for a gate), read
+    locked when ``lock`` (where rows are locked); and, for each other instance, its status and the upstream task it
+    waits for with that task's status ('' when none)."""
+    wanted = set(runs)
+    sql = ELIGIBLE_SQL.format(order="") + (tx.lock("ti") if lock else "")
+    ready = {e.run_number: e for e in (Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
+                                        for r in tx.all(sql, (cid, task_id)) if r[1] in wanted)}
+    why: dict[int, tuple[str, str]] = {}
+    for chunk in chunks(sorted(wanted - set(ready))):
+        marks = ",".join("?" * len(chunk))
+        for row in _state(tx, cid, task_id, f"r.run_number IN ({marks}) AND ti.id IS NOT NULL", chunk):
+            why[row.run_number] = (str(row.status), row.upstream or "")
+    return ready, why
 
 
 def never_claimed(settings: TaskSettings, task: str) -> None:
