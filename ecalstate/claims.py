@@ -300,6 +300,23 @@ class Claims(StoreBase):
             decode=lambda data: [Claim(**d) for d in data],
         )
 
+    def ready_since(self, campaign: str, task: str, runs: Sequence[int]) -> dict[int, str]:
+        """When each instance of ``runs`` became ready to be taken (an ordered run, a gate's approval wait since):
+        the latest of its own last change and its upstream instances' (a merged one's group leader's), by run."""
+        out: dict[int, str] = {}
+        with self.db.tx(write=False) as tx:
+            _, tid, _ = campaign_task(tx, campaign, task)
+            for chunk in chunks(sorted(set(runs))):
+                marks = ",".join("?" * len(chunk))
+                for run, *times in tx.all(
+                        "SELECT r.run_number, ti.updated_at, u.updated_at, ul.updated_at FROM task_instance ti"
+                        " JOIN run r ON r.id = ti.run_id LEFT JOIN task_dep d ON d.task_id = ti.task_id"
+                        " LEFT JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = ti.run_id"
+                        " LEFT JOIN task_instance ul ON ul.id = u.leader_id"
+                        f" WHERE ti.task_id = ? AND r.run_number IN ({marks})", (tid, *chunk)):
+                    out[run] = max([out.get(run, ""), *(t for t in times if t)])
+        return out
+
     def claim_of(self, campaign: str, task: str, run: int) -> Claim:
         """The claim ``run`` leads now (its current generation and merged runs), to finish what a killed stage
         left "to submit"."""

@@ -64,6 +64,9 @@ def test_an_expert_approves_and_rejects_and_the_audit_names_who(gated: Store) ->
     blocked = attention(gated, C).by_instance()[(C, "upload", 2)].reasons
     assert [(r.code, r.command) for r in blocked] == [
         ("blocked", f'ecalstate reprocess -c {C} --task validate --runs 2 --reason "..."')]
+    (rejected,) = attention(gated, C).by_instance()[(C, "validate", 2)].reasons
+    assert (rejected.code, rejected.message) == (
+        "failed", "validate run 2 failed without a job (rejected at its gate, or set failed by hand)")
     # approving what is done already changes nothing; reprocessing a rejection asks for approval again
     assert gated.approve(C, "validate", [1], reason="again").changes[0].outcome == "unchanged"
     gated.reprocess(C, "validate", runs=[2], reason="new constants")
