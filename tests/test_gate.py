@@ -53,8 +53,8 @@ def test_an_expert_approves_and_rejects_and_the_audit_names_who(gated: Store) ->
     assert [(c.key, c.current, c.requested, c.outcome) for c in result.changes] == [
         ("validate run 1", "new", "done", "changed")]
     assert status(gated, "validate", 1) == "done"
-    rows = [(a.from_status, a.to_status, a.actor, a.reason) for a in gated.history(C, task="validate", run=1, limit=None)
-            if a.entity == "task"]
+    rows = [(a.from_status, a.to_status, a.actor, a.reason)
+            for a in gated.history(C, task="validate", run=1, limit=None) if a.entity == "task"]
     assert rows[1:] == [("new", "processing", "alice", "approved: map looks fine"),
                         ("processing", "done", "alice", "approved: map looks fine")]
     assert all(a.identity for a in gated.history(C, task="validate", run=1, limit=None))
