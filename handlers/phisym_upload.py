@@ -47,7 +47,8 @@ class PhiSymUpload(TaskHandler):
         click.option("--destination-database", default="oracle://cms_orcon_prod/CMS_CONDITIONS", show_default=True,
                      metavar="DB", help="dropBox metadata: destinationDatabase."),
         click.option("--destination-tag", default="EcalIntercalibConstants_PhiSym_prompt", show_default=True,
-                     metavar="TAG", help="dropBox metadata: the tag the payload is appended to."),
+                     metavar="TAG", envvar="PHISYM_DESTINATION_TAG",
+                     help="dropBox metadata: the tag the payload is appended to (env PHISYM_DESTINATION_TAG)."),
         click.option("--input-tag", default="EcalIntercalibConstants_PhiSym", show_default=True, metavar="TAG",
                      help="dropBox metadata: the tag inside the payload."),
     ]
