@@ -16,6 +16,8 @@ tag and since) is not sent again.
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import click
@@ -24,11 +26,14 @@ from ecalstate.backends import JobSpec
 from ecalstate.errors import Invalid
 from ecalstate.handler import TaskHandler
 from ecalstate.results import Claim
+from ecalstate.secrets import url_secret
 
 PAYLOAD = Path(__file__).resolve().parent / "jobs" / "phisym_upload_job.py"
 CALIB = "phisym-calib"
 #: the stand-in's destination file, in the work folder
 STANDIN_LOG = "conddb-standin.jsonl"
+#: an upload command's word that carries a credential (``--password X``, ``--token=X``): refused
+CREDENTIAL_OPTION = re.compile(r"--?(pass(word)?|passwd|token|secret|api[-_]?key)(=.*)?", re.I)
 
 
 class PhiSymUpload(TaskHandler):
@@ -67,6 +72,7 @@ class PhiSymUpload(TaskHandler):
                 "--user-text", f"PhiSym IC, {where}, {runs_text(claim.runs)} (campaign {campaign})",
                 "--standin-log", self.option_values["standin_log"] or str(self.backend.workdir / STANDIN_LOG)]
         if self.option_values["upload_command"]:
+            upload_argv(self.option_values["upload_command"])
             args += ["--upload-command", self.option_values["upload_command"]]
         if claim.fill is not None:
             args += ["--fill", str(claim.fill)]
@@ -85,6 +91,21 @@ class PhiSymUpload(TaskHandler):
         return sorted({str(j.fields["payload_hash"]) for j in self.store.list_jobs(
             campaign, self.task, status="done", all_generations=True) if j.fields.get("payload_hash")
             and j.fields.get("destination_tag") == tag and j.fields.get("since") == since})
+
+
+def upload_argv(command: str) -> list[str]:
+    """The upload command as the job runs it: split as a shell would, never run by one. Invalid, without quoting the
+    command, when it cannot be split or carries a credential: it is in the job's arguments (``ps``), its spec and
+    the claim's recorded options; the real uploader reads its credentials from its own file (``~/.netrc``)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:
+        raise Invalid(f"the upload command cannot be split into arguments: {err}") from None
+    for number, word in enumerate(argv, 1):
+        if CREDENTIAL_OPTION.fullmatch(word) or ("://" in word and url_secret(word)):
+            raise Invalid(f"the upload command's argument {number} carries a credential, which ps, the job's spec and"
+                          " the audit would show: let the uploader read it from its own file (~/.netrc)")
+    return argv
 
 
 def runs_text(runs: list[int]) -> str:

@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import pytest
 from handler_support import settle
 
 from ecalstate import RunSpec, Store
 from ecalstate.attention import attention
 from ecalstate.backends.local import LocalBackend
+from ecalstate.handler import StageFailed
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "handlers"))
@@ -211,3 +213,23 @@ def test_the_upload_options_on_the_command_line(sqlite_url: str, tmp_path: Path)
         settle(upload, C)
     (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert (entry["since"], entry["destinationTags"]) == (1, {"MyTag": {}})
+
+
+def test_an_upload_command_carrying_a_credential_is_refused_without_quoting_it(sqlite_url: str, tmp_path: Path) -> None:
+    """The command is in the job's arguments (ps, its spec), the claim's recorded options and the export: a password
+    or token in it is refused before anything is claimed, and the refusal never quotes it."""
+    with Store.open(sqlite_url, actor="jenkins", create=True) as store:
+        setup(store, tmp_path)
+        validate, _ = handlers(store, tmp_path)
+        run_stages(validate)
+        for command in ("uploadConditions.py --password hunter2", "uploadConditions.py --token=hunter2",
+                        "uploader --url https://me:hunter2@cms-conddb.cern.ch/", "uploader 'unclosed"):
+            upload = handlers(store, tmp_path, upload_command=command)[1]
+            with pytest.raises(StageFailed) as refused:
+                upload.submit(C)
+            said = str(refused.value)
+            assert "upload command" in said and "hunter2" not in said, said
+            assert store.instance(C, UPLOAD, 2).status == "new"
+            assert not any("hunter2" in repr(a)
+                           for a in store.history(C, task=UPLOAD, limit=None))
+        assert log_lines(tmp_path) == []
