@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from cli_support import dump, invoke, ok
+from click.testing import CliRunner
 
 from ecalstate import RunSpec, Store
 from ecalstate.attention import attention
