@@ -50,6 +50,8 @@ import click
 
 from ecalstate import Store
 from ecalstate.attention import attention
+from ecalstate.backends import JobKey
+from ecalstate.backends.local import LocalBackend
 from ecalstate.cli import main as ecalstate
 from ecalstate.clock import now as clock_now
 from ecalstate.handler import TaskHandler
@@ -268,7 +270,7 @@ def main() -> None:
         jenkins(stages, handler_args)
         if iso(now) >= last_end and finished(db, late):
             break
-        time.sleep(0.5)
+        wait_for_jobs(db, work)
 
     if late:
         click.secho(f"\n== run {late[0]} came late: OMS listed it after its fill was calibrated; health names it"
@@ -284,7 +286,7 @@ def main() -> None:
             jenkins(stages, handler_args)
             if finished(db):
                 break
-            time.sleep(0.5)
+            wait_for_jobs(db, work)
 
     click.secho(f"\n== a new release: phisym-calib {PhiSymCalib.version} (the day was calibrated by"
                 f" {PhiSymCalib20.version}); everything an older version made is reprocessed", bold=True)
@@ -299,7 +301,7 @@ def main() -> None:
         jenkins(release, handler_args)
         if finished(db):
             break
-        time.sleep(0.5)
+        wait_for_jobs(db, work)
     run(ecalstate, "ecalstate", [*base, "outputs", "-c", CAMPAIGN, "--task", "phisym-calib"])
 
     click.secho("\n== the result", bold=True)
@@ -328,6 +330,20 @@ def jenkins(stages: Sequence[tuple[type[TaskHandler], str]], handler_args: Seque
         for line in output.getvalue().splitlines():
             if not line.endswith("nothing to do"):
                 click.echo(f"   {line}")
+
+
+def wait_for_jobs(db: str, work: str, limit: float = 0.5) -> None:
+    """Let the jobs in flight run before the next tick, as the time between two Jenkins builds does: until each has
+    ended (a local job takes a fraction of a second) or ``limit`` seconds passed; the next tick's check reads them."""
+    backend, deadline = LocalBackend(work), time.monotonic() + limit
+    with Store.open(db) as store:
+        while time.monotonic() < deadline:
+            flying = {w.task: [JobKey(j.run_number, j.jid, j.generation, j.attempts) for status in ("idle", "running")
+                               for j in store.list_jobs(CAMPAIGN, w.task, status=status)] for w in WORKFLOWS}
+            if all(seen.status in ("done", "failed") for task, keys in flying.items()
+                   for seen in backend.observe(CAMPAIGN, task, keys).values()):
+                return
+            time.sleep(0.05)
 
 
 def upload_log(path: Path) -> None:
