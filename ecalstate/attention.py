@@ -29,13 +29,13 @@ from typing import Any, Optional
 
 from .base import Ctx, campaign_id
 from .catalog import campaign_settings, fill_last_ends, set_campaign_setting
-from .claims import GROUPINGS, LUMI_KEY, Waiting, grouping
+from .claims import GROUPINGS, LUMI_KEY, Cause, Waiting, grouping
 from .clock import human_time, seconds_between
 from .errors import Conflict, Invalid, NotFound
 from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .monitoring import (SILENT_AFTER, STUCK_AFTER, UNSUBMITTED_AFTER, changed_at, leader_failed, read_mark,
                          unfinished_instances, upstream_skipped, write_mark)
-from .results import AT_RISK, LATE_RUNS, MISSED, Health
+from .results import AT_RISK, LATE_RUNS, MISSED, Health, TaskSettings
 from .store import Store
 
 #: a reason's levels, least first: ``info`` (waiting as expected), ``warning`` (someone should look), ``problem``
@@ -95,6 +95,10 @@ CODES = (
     Code("deadline-missed", "its deadline, which passed", "problem", 0, "{handler} -c {campaign} {stage}"),
     Code("cadence-gap", "the task's cadence (nothing done for too long)", "warning", None,
          "{handler} -c {campaign} {stage}"),
+    Code("ordered", "an earlier run of its task (an ordered task is claimed in run order)", "info", 12 * 3600,
+         'ecalstate set -c {campaign} --task {task} --runs {member} skipped --reason "..."'),
+    Code("approval", "an expert's approval (a gate)", "warning", 12 * 3600,
+         'ecalstate approve -c {campaign} --task {task} --runs {run} --reason "..."'),
 )
 CATALOGUE: dict[str, Code] = {c.code: c for c in CODES}
 
@@ -460,6 +464,7 @@ def attention(
         _from_health(scope, report, found)
         _from_store(store, scope, found, runs, everything)
         _from_deadlines(store, scope, found, runs)
+        _from_kinds(store, scope, found)
         actions += _from_plans(store, scope, found, tasks)
         wanted = None if tasks is None else set(tasks)
         items += [i for i in found.items() if wanted is None or i.task in wanted]
@@ -507,9 +512,10 @@ def _from_health(scope: _Campaign, health: Health, found: _Items) -> None:
                 " (a killed submit stage)", task=s.task, run=s.run_number))
     for s in health.failed:
         if s.campaign == mine:
+            said = (f"failed with no retry left ({s.jobs} failed jobs)" if s.jobs else
+                    "failed without a job (rejected at its gate, or set failed by hand)")
             found.add(s.task, s.run_number, "failed", scope.reason(
-                "failed", s.since, f"{s.task} run {s.run_number} failed with no retry left ({s.jobs} failed jobs)",
-                task=s.task, run=s.run_number))
+                "failed", s.since, f"{s.task} run {s.run_number} {said}", task=s.task, run=s.run_number))
     for s in health.retrying:
         if s.campaign == mine:
             found.add(s.task, s.run_number, "processing", scope.reason(
@@ -589,6 +595,38 @@ def _from_deadlines(store: Store, scope: _Campaign, found: _Items, runs: Optiona
             "cadence-gap", gap.since, f"{gap.task} run {run}: the task must be done every {_duration(gap.cadence_s)},"
             f" {last}" + ("" if row is not None else " (no run waits for it: run 0 is the task as a whole)"),
             task=gap.task, run=run, stage=_NEXT_STAGE.get(status, "submit")), fill)
+
+
+def _from_kinds(store: Store, scope: _Campaign, found: _Items) -> None:
+    """Runs held back by their task's kind: an ordered task's runs that wait for an earlier one (as the claims' plan
+    says, with the task's handler's grouping), a gate's instances awaiting an expert's approval; each waits since
+    it became ready (:meth:`~ecalstate.claims.Claims.ready_since`)."""
+    with store.db.tx(write=False) as tx:
+        kinds = [(name, TaskSettings.from_json(text)) for name, text in
+                 tx.all("SELECT name, settings FROM task WHERE campaign_id = ? ORDER BY name", (scope.cid,))]
+    for task, settings in kinds:
+        if not (settings.ordered or settings.gate):
+            continue
+        eligible = {e.run_number: e for e in store.eligible(scope.name, task)}
+        held: dict[int, Optional[Cause]]
+        if settings.gate:
+            held = dict.fromkeys(eligible)
+        else:
+            info = scope.handlers.get(task, HandlerInfo())
+            plan = store.plan(scope.name, task, grouping(info.group_by, info.lumi_target, info.lumi_key))
+            held = {run: cause for w in plan.waiting for cause in w.causes if cause.kind == "ordered"
+                    for run in w.runs if run in eligible}
+        since = store.ready_since(scope.name, task, list(held)) if held else {}
+        for run, cause in held.items():
+            member = eligible[run]
+            when = since.get(run) or scope.now
+            if cause is None:
+                reason = scope.reason("approval", when, f"{task} run {run} awaits an expert's approval (a gate)",
+                                      task=task, run=run)
+            else:
+                reason = scope.reason("ordered", when, f"{task} run {run} waits for run {cause.run} ({cause.status}):"
+                                      " an ordered task is claimed in run order", task=task, run=run, member=cause.run)
+            found.add(task, run, member.status, reason, member.fill)
 
 
 def _from_plans(store: Store, scope: _Campaign, found: _Items, tasks: Optional[Sequence[str]]) -> list[Action]:

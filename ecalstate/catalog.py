@@ -144,16 +144,18 @@ class Catalog(StoreBase):
     def add_task(
         self, campaign: str, name: str, depends_on: Sequence[str] = (), max_retries: int = 3,
         deadline: Optional[float] = None, deadline_from: Optional[str] = None, warn_before: Optional[float] = None,
-        cadence: Optional[float] = None, inputs_from: Optional[str] = None,
+        cadence: Optional[float] = None, inputs_from: Optional[str] = None, ordered: bool = False,
+        gate: bool = False,
     ) -> TaskInfo:
         """Declare a task; its dependencies must exist already, so no cycle can form.
 
         ``deadline`` (seconds from the run's end, or the fill's: ``deadline_from``), ``warn_before`` (seconds before
-        it, default a quarter of it) and ``cadence`` (seconds): see :class:`~ecalstate.results.TaskSettings`.
+        it, default a quarter of it), ``cadence`` (seconds), ``ordered`` (claimed in run order) and ``gate``
+        (approved by an expert, never claimed): see :class:`~ecalstate.results.TaskSettings`.
         ``inputs_from``: the campaign whose tasks ``depends_on`` names, read only (:mod:`ecalstate.inputs`)."""
         check_name("task", name)
         _check_retries(max_retries)
-        settings = TaskSettings().changed(deadline, deadline_from, warn_before, cadence)
+        settings = TaskSettings().changed(deadline, deadline_from, warn_before, cadence, ordered, gate)
         deps = list(dict.fromkeys(depends_on))
         if name in deps and inputs_from is None:
             raise Invalid(f"task {name!r} cannot depend on itself (dependency cycle)")
@@ -185,6 +187,8 @@ class Catalog(StoreBase):
         deadline_from: Optional[str] = None,
         warn_before: Optional[float] = None,
         cadence: Optional[float] = None,
+        ordered: Optional[bool] = None,
+        gate: Optional[bool] = None,
     ) -> TaskInfo:
         """Change a task's dependencies, retry limit or settings (None: unchanged; a deadline or cadence of 0
         removes it); a change that closes a cycle is refused."""
@@ -195,9 +199,9 @@ class Catalog(StoreBase):
             tx = ctx.tx
             cid = campaign_id(tx, campaign)
             tid, retries = task_of(tx, cid, campaign, name)
-            if (deadline, deadline_from, warn_before, cadence) != (None,) * 4:
+            if (deadline, deadline_from, warn_before, cadence, ordered, gate) != (None,) * 6:
                 current = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (tid,)))
-                settings = current.changed(deadline, deadline_from, warn_before, cadence)
+                settings = current.changed(deadline, deadline_from, warn_before, cadence, ordered, gate)
                 tx.run("UPDATE task SET settings = ? WHERE id = ?", (settings.to_json(), tid))
             if max_retries is not None:
                 tx.run("UPDATE task SET max_retries = ? WHERE id = ?", (max_retries, tid))
@@ -395,9 +399,10 @@ class Catalog(StoreBase):
 def task_info(name: str, deps: list[str], retries: int, settings: TaskSettings) -> TaskInfo:
     """A task as listed: its dependencies, retry limit and settings."""
     if settings.deadline is None:
-        return TaskInfo(name, deps, retries, cadence=settings.cadence, inputs_from=settings.inputs_from)
+        return TaskInfo(name, deps, retries, cadence=settings.cadence, inputs_from=settings.inputs_from,
+                        ordered=settings.ordered, gate=settings.gate)
     return TaskInfo(name, deps, retries, settings.deadline, settings.deadline_from, settings.warn_before,
-                    settings.cadence, settings.inputs_from)
+                    settings.cadence, settings.inputs_from, settings.ordered, settings.gate)
 
 
 def ended_at(meta: Mapping[str, Any]) -> Optional[str]:

@@ -9,6 +9,11 @@ Order (a policy; docs/cli.md, `task add`): for a task with a deadline, what can 
 earliest deadline first; then what has already missed it (earliest first: Tier-0 has gone past those runs, the
 others it still waits for); then runs without a reference (no end time), by run number. A group goes by its
 most urgent run. A task without a deadline (or ``order="run"``) is claimed in run order, as before deadlines.
+
+An ordered task (a conditions upload: Tier-0 takes conditions in run order) is claimed strictly in run order, whatever
+its deadline: a claim takes only the group of its first run not finished (done, skipped, or merged into a done
+leader), and only while none of its runs is in flight (:class:`RunOrder`; its claims take turns). A gate task is never
+claimed: an expert approves or rejects its instances (``Store.approve``, ``Store.reject``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .deadlines import FillEnds, reference_of, urgency
 from .errors import Invalid, no_instance
 from .inputs import inputs_of
 from .jobs import check_jobs, insert_jobs, keep_outputs
+from .limits import chunks
 from .results import FILL_END, ONGOING, Claim, MadeBy, TaskSettings
 from .statemachine import TaskStatus
 
@@ -71,8 +77,8 @@ class Eligible:
 
 #: why a group waits, as data (:class:`Cause` kinds): its fill or era has not ended, one of its runs is not ready
 #: upstream, still being taken, being claimed by another build, or already processed for this task (the group
-#: came late: its other runs were processed without it)
-CAUSES = ("fill-open", "era-open", "upstream", "ongoing", "claiming", "processed")
+#: came late: its other runs were processed without it), or an earlier run of its ordered task is not finished
+CAUSES = ("fill-open", "era-open", "upstream", "ongoing", "claiming", "processed", "ordered")
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,9 @@ class Claims(StoreBase):
         with self.db.tx(write=False) as tx:
             cid, tid, _ = campaign_task(tx, campaign, task)
             ranked = _Order.of(tx, tid, order, now)
-            return ranked.sort(_plan(tx, cid, tid, task, rule, ranked.eligible(tx, cid, tid, lock=False)))
+            never_claimed(ranked.declared, task)
+            plan = ranked.sort(_plan(tx, cid, tid, task, rule, ranked.eligible(tx, cid, tid, lock=False)))
+            return RunOrder.read(tx, cid, tid).apply(plan) if ranked.declared.ordered else plan
 
     def claim(
         self,
@@ -260,11 +268,16 @@ class Claims(StoreBase):
             tx = ctx.tx
             cid, tid, _ = campaign_task(tx, campaign, task)
             ranked = _Order.of(tx, tid, order, ctx.now)
+            never_claimed(ranked.declared, task)
+            if ranked.declared.ordered:
+                tx.serialize("ordered claim", tid)  # its claims take turns: each sees what the one before claimed
             # one run per group: take (and on PostgreSQL lock) only what is claimed, so concurrent
             # claimers get the next runs instead of finding everything locked (in SQL's order: not a fill's end)
             rows = limit if isinstance(rule, Grouping) and rule.by == "run" and not skip and ranked.in_sql else None
             # completeness is decided here, inside the claim's transaction: two builds agree on it
             plan = ranked.sort(_plan(tx, cid, tid, task, rule, ranked.eligible(tx, cid, tid, lock=True, limit=rows)))
+            if ranked.declared.ordered:
+                plan = RunOrder.read(tx, cid, tid).apply(plan)
             groups = [g for g in plan.groups if g and not any(e.run_number in skip for e in g)]
             if limit is not None:
                 groups = groups[:limit]
@@ -290,6 +303,23 @@ class Claims(StoreBase):
             decode=lambda data: [Claim(**d) for d in data],
         )
 
+    def ready_since(self, campaign: str, task: str, runs: Sequence[int]) -> dict[int, str]:
+        """When each instance of ``runs`` became ready to be taken (an ordered run, a gate's approval wait since):
+        the latest of its own last change and its upstream instances' (a merged one's group leader's), by run."""
+        out: dict[int, str] = {}
+        with self.db.tx(write=False) as tx:
+            _, tid, _ = campaign_task(tx, campaign, task)
+            for chunk in chunks(sorted(set(runs))):
+                marks = ",".join("?" * len(chunk))
+                for run, *times in tx.all(
+                        "SELECT r.run_number, ti.updated_at, u.updated_at, ul.updated_at FROM task_instance ti"
+                        " JOIN run r ON r.id = ti.run_id LEFT JOIN task_dep d ON d.task_id = ti.task_id"
+                        " LEFT JOIN task_instance u ON u.task_id = d.depends_on_id AND u.run_id = ti.run_id"
+                        " LEFT JOIN task_instance ul ON ul.id = u.leader_id"
+                        f" WHERE ti.task_id = ? AND r.run_number IN ({marks})", (tid, *chunk)):
+                    out[run] = max([out.get(run, ""), *(t for t in times if t)])
+        return out
+
     def claim_of(self, campaign: str, task: str, run: int) -> Claim:
         """The claim ``run`` leads now (its current generation and merged runs), to finish what a killed stage
         left "to submit"."""
@@ -307,15 +337,18 @@ class Claims(StoreBase):
 
 @dataclass(frozen=True)
 class _Order:
-    """A claim's order: the task's deadline settings (None: run order) at the claim's time."""
+    """A claim's order: the task's deadline settings (None: run order, always for an ordered task) at the claim's
+    time, and the task's settings as declared."""
 
     settings: Optional[TaskSettings]
     now: str
+    declared: TaskSettings = TaskSettings()
 
     @classmethod
     def of(cls, tx: Tx, task_id: int, order: str, now: str) -> _Order:
         settings = TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (task_id,)))
-        return cls(settings if order == "deadline" and settings.deadline is not None else None, now)
+        by_deadline = order == "deadline" and settings.deadline is not None and not settings.ordered
+        return cls(settings if by_deadline else None, now, settings)
 
     @property
     def in_sql(self) -> bool:
@@ -354,6 +387,97 @@ class _Order:
         if self.settings is not None:
             plan.groups.sort(key=lambda g: (min(self.rank(e) for e in g), g[-1].run_number))
         return plan
+
+
+def awaiting(tx: Tx, cid: int, task_id: int, runs: Sequence[int], lock: bool
+             ) -> tuple[dict[int, Eligible], dict[int, tuple[str, str]]]:
+    """Of ``runs``, the task's instances that may be taken now (claimed, or decided by an expert for a gate), read
+    locked when ``lock`` (where rows are locked); and, for each other instance, its status and the upstream task it
+    waits for with that task's status ('' when none)."""
+    wanted = set(runs)
+    sql = ELIGIBLE_SQL.format(order="") + (tx.lock("ti") if lock else "")
+    ready = {e.run_number: e for e in (Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
+                                        for r in tx.all(sql, (cid, task_id)) if r[1] in wanted)}
+    why: dict[int, tuple[str, str]] = {}
+    for chunk in chunks(sorted(wanted - set(ready))):
+        marks = ",".join("?" * len(chunk))
+        for row in _state(tx, cid, task_id, f"r.run_number IN ({marks}) AND ti.id IS NOT NULL", chunk):
+            why[row.run_number] = (str(row.status), row.upstream or "")
+    return ready, why
+
+
+def never_claimed(settings: TaskSettings, task: str) -> None:
+    """Refuse to claim (or plan) a gate task: an expert approves or rejects its instances."""
+    if settings.gate:
+        raise Invalid(f"task {task} is a gate: its instances are never claimed (no jobs); an expert approves or"
+                      " rejects them: ecalstate approve|reject -c CAMPAIGN --task TASK --runs SET --reason ...")
+
+
+#: an ordered task's first run not finished (nor merged into a done leader), its status and its leader's
+FIRST_OPEN_SQL = """
+SELECT r.run_number, ti.status, l.status FROM task_instance ti JOIN run r ON r.id = ti.run_id
+LEFT JOIN task_instance l ON l.id = ti.leader_id
+WHERE ti.campaign_id = ? AND ti.task_id = ? AND ti.status IN ('new', 'reprocess', 'processing', 'failed', 'merged')
+  AND NOT (ti.status = 'merged' AND COALESCE(l.status, '') = 'done')
+ORDER BY r.run_number LIMIT 1
+"""
+#: an ordered task's first run in flight (processing), if any
+IN_FLIGHT_SQL = ("SELECT MIN(r.run_number) FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+                 " WHERE ti.campaign_id = ? AND ti.task_id = ? AND ti.status = 'processing'")
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """Where an ordered task stands: its first run not finished (None: every run is) with its status, and its first
+    run in flight. A claim takes only the group that starts at the first run, and only while nothing is in flight;
+    a run without an instance of the task is not waited for."""
+
+    first: Optional[int]
+    status: str
+    in_flight: Optional[int]
+
+    @classmethod
+    def read(cls, tx: Tx, cid: int, task_id: int) -> RunOrder:
+        row = tx.one(FIRST_OPEN_SQL, (cid, task_id))
+        flying = tx.scalar(IN_FLIGHT_SQL, (cid, task_id))
+        if row is None:
+            return cls(None, "", flying)
+        status = f"merged into a {row[2] or 'missing'} run" if row[1] == "merged" else str(row[1])
+        return cls(int(row[0]), status, flying)
+
+    @property
+    def waits_for(self) -> Optional[tuple[int, str]]:
+        """The run every other run waits for, and its status (None: the first run's group may be claimed)."""
+        if self.in_flight is not None:
+            return self.in_flight, "processing"
+        if self.first is None or self.status in ("new", "reprocess"):
+            return None
+        return self.first, self.status
+
+    def apply(self, plan: Plan) -> Plan:
+        """``plan`` with only the group that starts at the first run (when it may be claimed); the other groups wait
+        (cause ``ordered``), naming the run they wait for."""
+        blocker = self.waits_for
+        keep: list[list[Eligible]] = []
+        waiting = list(plan.waiting)
+        for group in plan.groups:
+            if blocker is None and not keep and group and group[0].run_number == self.first:
+                keep.append(group)
+                continue
+            run, status = blocker or (self.first or group[0].run_number, self.status)
+            text = f"in run order after run {run} ({status})"
+            waiting.append(Waiting(_label(group), [e.run_number for e in group], text,
+                                   (Cause("ordered", run, text, status),)))
+        return Plan(keep, waiting)
+
+
+def _label(group: Sequence[Eligible]) -> str:
+    """How a waiting group is named: its run, its fill, or its runs."""
+    if len(group) == 1:
+        return f"run {group[0].run_number}"
+    fills = {e.fill for e in group}
+    return f"fill {group[0].fill}" if len(fills) == 1 and group[0].fill is not None else \
+        f"runs {group[0].run_number}-{group[-1].run_number}"
 
 
 def _claim_group(ctx: Ctx, cid: int, task: str, group: Sequence[Eligible],

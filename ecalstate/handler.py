@@ -31,10 +31,10 @@ A handler's own command-line options (:attr:`TaskHandler.options`, click options
 values reach ``jobs()`` and, kept in each job's spec, the jobs' environment.
 
 A workflow may declare its task's deadline in code (``deadline = 48 * 3600``, ``deadline_from = "fill-end"``,
-``warn_before``, ``cadence``: seconds); submit writes them into the task of each campaign it serves when they differ
-(the code is the workflow's truth, as ``task update`` would). Jobs are submitted with a priority from their
-instance's deadline (:func:`~ecalstate.deadlines.job_priority`), for the batch system to start the most urgent
-first.
+``warn_before``, ``cadence``: seconds) and its run order (``ordered = True``); submit writes them into the task of
+each campaign it serves when they differ (the code is the workflow's truth, as ``task update`` would). Jobs are
+submitted with a priority from their instance's deadline (:func:`~ecalstate.deadlines.job_priority`), for the batch
+system to start the most urgent first.
 """
 
 from __future__ import annotations
@@ -153,6 +153,9 @@ class TaskHandler:
     warn_before: ClassVar[Optional[float]] = None
     #: a done instance at least this often, seconds (None: as the campaign says)
     cadence: ClassVar[Optional[float]] = None
+    #: claimed strictly in run order, one run (or group) in flight at a time: a conditions upload (None: as the
+    #: campaign says, ``task update --ordered``)
+    ordered: ClassVar[Optional[bool]] = None
 
     def __init__(self, store: Store, backend: Backend, options: Optional[Mapping[str, Any]] = None) -> None:
         self.store = store
@@ -277,9 +280,14 @@ class TaskHandler:
         """Write the deadline and cadence the workflow declares into the campaign's task, when they differ."""
         cls = type(self)
         declared = (cls.deadline, cls.deadline_from, cls.warn_before, cls.cadence)
-        if declared == (None,) * 4:
+        if declared == (None,) * 4 and cls.ordered is None:
             return
         info = next(t for t in self.store.list_tasks(campaign) if t.name == self.task)
+        if cls.ordered is not None and cls.ordered != info.ordered:
+            self.store.update_task(campaign, self.task, ordered=cls.ordered)
+            report.add("run order declared")
+        if declared == (None,) * 4:
+            return
         stored = (info.deadline, info.deadline_from, info.warn_before, info.cadence)
         wanted = (cls.deadline and round(cls.deadline) or None, cls.deadline_from,
                   None if cls.warn_before is None else round(cls.warn_before),

@@ -42,6 +42,10 @@ class TaskInfo:
     cadence: Optional[int] = None
     #: the campaign whose tasks (``depends_on``) this task reads its inputs from; None: its own campaign
     inputs_from: Optional[str] = None
+    #: its instances are claimed strictly in run order, one run (or group) in flight at a time (a conditions upload)
+    ordered: bool = False
+    #: a manual gate: no jobs; an expert approves or rejects its instances (``ecalstate approve``/``reject``)
+    gate: bool = False
 
 
 #: what a deadline counts from: the run's end (its ``end_time``), or its fill's end (the beam dump)
@@ -52,8 +56,9 @@ DEADLINE_FROM = (RUN_END, FILL_END)
 @dataclass(frozen=True)
 class TaskSettings:
     """A task's settings (``task.settings``, a JSON object of validated keys): its deadline, counted from the run's or
-    the fill's end, the warning margin before it, and its cadence; durations in whole seconds. Keys a later ecalstate
-    adds are kept as they are (``other``)."""
+    the fill's end, the warning margin before it, and its cadence; durations in whole seconds; whether it is claimed
+    in run order (``ordered``) or is a manual gate (``gate``), never both. Keys a later ecalstate adds are kept as
+    they are (``other``)."""
 
     deadline: Optional[int] = None
     deadline_from: str = RUN_END
@@ -64,6 +69,8 @@ class TaskSettings:
     #: inputs (``task add --inputs-from prompt --depends-on phisym-reco``, see :mod:`ecalstate.inputs`); None: its own
     inputs_from: Optional[str] = None
     inputs: tuple[str, ...] = ()
+    ordered: bool = False
+    gate: bool = False
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> TaskSettings:
@@ -74,7 +81,7 @@ class TaskSettings:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        ours = {"deadline", "deadline_from", "warn_before", "cadence"}
+        ours = {"deadline", "deadline_from", "warn_before", "cadence", "ordered", "gate"}
 
         def seconds(key: str) -> Optional[int]:
             value = data.get(key)
@@ -88,7 +95,7 @@ class TaskSettings:
         campaign = source.get("campaign") if isinstance(source.get("campaign"), str) and inputs else None
         return cls(seconds("deadline") or None, kind if kind in DEADLINE_FROM else RUN_END, seconds("warn_before"),
                    seconds("cadence") or None, {k: v for k, v in data.items() if k not in ours | {"inputs_from"}},
-                   campaign, inputs if campaign else ())
+                   campaign, inputs if campaign else (), data.get("ordered") is True, data.get("gate") is True)
 
     def to_json(self) -> str:
         data = dict(self.other)
@@ -98,13 +105,22 @@ class TaskSettings:
             data["cadence"] = self.cadence
         if self.inputs_from:
             data["inputs_from"] = {"campaign": self.inputs_from, "tasks": list(self.inputs)}
+        data.update({k: True for k, on in (("ordered", self.ordered), ("gate", self.gate)) if on})
         return json.dumps(data, sort_keys=True)
 
     def changed(self, deadline: Optional[float] = None, deadline_from: Optional[str] = None,
-                warn_before: Optional[float] = None, cadence: Optional[float] = None) -> TaskSettings:
+                warn_before: Optional[float] = None, cadence: Optional[float] = None,
+                ordered: Optional[bool] = None, gate: Optional[bool] = None) -> TaskSettings:
         """These settings with the given ones changed (None: kept), checked. A deadline or cadence of 0 removes it
         (a deadline with its margin); a first deadline counts from the run's end and warns a quarter of it ahead."""
         new = self
+        for key, flag in (("ordered", ordered), ("gate", gate)):
+            if flag is not None and not isinstance(flag, bool):
+                raise Invalid(f"invalid {key} {flag!r}: true or false")
+        new = replace(new, ordered=new.ordered if ordered is None else ordered, gate=new.gate if gate is None else gate)
+        if new.ordered and new.gate:
+            raise Invalid("a task is ordered (claimed in run order) or a gate (approved by an expert, never claimed),"
+                          " not both")
         if deadline is not None:
             seconds = _duration("deadline", deadline)
             if not seconds:

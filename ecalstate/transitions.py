@@ -1,4 +1,5 @@
-"""Operator transitions: ``set`` and ``reprocess``, validated, all-or-nothing, with dry runs.
+"""Operator transitions: ``set`` and ``reprocess``, an expert's ``approve`` and ``reject`` of a gate task's
+instances; validated, all-or-nothing, with dry runs.
 
 A refused transition anywhere in the request refuses the whole request and
 writes nothing; ``dry_run`` returns the same per-outcome plan without writing.
@@ -16,10 +17,11 @@ from typing import Any, Optional
 
 from .auditlog import TASK_ROWS, made_and_done
 from .base import CASCADE, Ctx, StoreBase, campaign_task, downstream_tasks, move_instance
+from .claims import Eligible, awaiting, move_eligible
 from .db import Tx
 from .errors import Conflict, Invalid, Refused
 from .limits import chunks
-from .results import BulkResult, Change
+from .results import BulkResult, Change, TaskSettings
 from .statemachine import OPERATOR_TARGETS, TASK, TaskStatus, TransitionNotAllowed
 
 T = TaskStatus
@@ -91,6 +93,77 @@ class Transitions(StoreBase):
             raise Invalid("nothing selected: give runs, a fill, failed=True or version_not")
         return self._operate("reprocess", campaign, task, runs or (), failed, downstream, T.REPROCESS, reason,
                              dry_run, request_id, generation, fill, only_from, version_not)
+
+    def approve(self, campaign: str, task: str, runs: Sequence[int], reason: str, dry_run: bool = False,
+                request_id: Optional[str] = None) -> BulkResult:
+        """An expert approves a gate task's instances awaiting approval (eligible: their upstream tasks done): each
+        moves new (or reprocess) -> processing -> done through the one writer, audited with the reason under the
+        store's actor and identity. All or nothing: an instance not awaiting approval refuses the whole request
+        (one already done is unchanged)."""
+        return self._decide(campaign, task, runs, T.DONE, reason, dry_run, request_id)
+
+    def reject(self, campaign: str, task: str, runs: Sequence[int], reason: str, dry_run: bool = False,
+               request_id: Optional[str] = None) -> BulkResult:
+        """An expert rejects a gate task's instances awaiting approval: as :meth:`approve`, to failed (the tasks
+        that depend on it are blocked for those runs until the gate is reprocessed and approved)."""
+        return self._decide(campaign, task, runs, T.FAILED, reason, dry_run, request_id)
+
+    def _decide(self, campaign: str, task: str, runs: Sequence[int], to: TaskStatus, reason: str, dry_run: bool,
+                request_id: Optional[str]) -> BulkResult:
+        verb = "approve" if to == T.DONE else "reject"
+        if not reason or not reason.strip():
+            raise Invalid(f"an expert's {verb} needs a reason")
+        wanted = sorted(set(runs))
+        if not wanted:
+            raise Invalid(f"nothing to {verb}: give the runs")
+        said = f"{verb}d: {reason.strip()}"
+
+        def plan(tx: Tx, lock: bool) -> tuple[int, list[tuple[Optional[Eligible], Change]]]:
+            cid, tid, _ = campaign_task(tx, campaign, task)
+            if not TaskSettings.from_json(tx.scalar("SELECT settings FROM task WHERE id = ?", (tid,))).gate:
+                raise Invalid(f"task {task} is not a gate: only a gate's instances are approved or rejected (ecalstate"
+                              f" task update -c {campaign} {task} --gate makes it one)")
+            ready, why = awaiting(tx, cid, tid, wanted, lock)
+            out: list[tuple[Optional[Eligible], Change]] = []
+            for run in wanted:
+                key = f"{task} run {run}"
+                if run in ready:
+                    out.append((ready[run], Change("task", key, ready[run].status, to.value, "changed", said)))
+                    continue
+                status, upstream = why.get(run, ("", ""))
+                if not status:
+                    out.append((None, Change("task", key, None, to.value, "refused", "no such task instance")))
+                elif status == to.value:
+                    out.append((None, Change("task", key, status, to.value, "unchanged", f"already {verb}d")))
+                else:
+                    name, _, state = upstream.partition(" ")
+                    waits = f"its upstream task {name} is {state}: " if upstream and status in ("new", "reprocess") \
+                        else ""
+                    out.append((None, Change("task", key, status, to.value, "refused",
+                                             f"{status}, {waits}not awaiting approval")))
+            return cid, out
+
+        if dry_run:
+            with self.db.tx(write=False) as tx:
+                return BulkResult([c for _, c in plan(tx, False)[1]], dry_run=True)
+
+        def body(ctx: Ctx) -> BulkResult:
+            cid, items = plan(ctx.tx, True)
+            changes = [c for _, c in items]
+            refused = [c for c in changes if c.outcome == "refused"]
+            if refused:
+                raise Refused(f"{len(refused)} of {len(changes)} runs refused ({verb}), nothing written; first: "
+                              f"{refused[0].key}: {refused[0].reason}", BulkResult(changes))
+            for inst, change in items:
+                if inst is not None and change.outcome == "changed":
+                    generation = inst.generation + 1
+                    move_eligible(ctx, cid, task, inst, T.PROCESSING, said, generation=generation)
+                    move_instance(ctx, cid, task, iid=inst.instance_id, run=inst.run_number, status=T.PROCESSING.value,
+                                  version=inst.version + 1, to=to, reason=said, generation=generation)
+            return BulkResult(changes)
+
+        return self._write(verb, request_id, body, encode=BulkResult.to_dict, decode=BulkResult.from_dict,
+                           args=(campaign, task, wanted, reason))
 
     def _operate(
         self, kind: str, campaign: str, task: str, runs: Sequence[int], failed: bool, downstream: bool,

@@ -4,7 +4,9 @@
     python handlers/demo.py [--out DIR] [--fills N]
 
 In a fresh SQLite file it creates campaign ``prompt`` with the PhiSym chain
-(phisym-reco per run -> phisym-calib per fill -> phisym-plots per fill), then
+(phisym-reco per run -> phisym-calib per fill -> phisym-plots per fill, and
+phisym-validate -> phisym-upload per fill: the constants checked, then uploaded in
+run order to the conditions database's stand-in), then
 plays a day of data taking and Jenkins together. The day's runs and fills are
 written in CMS OMS's JSON:API shape (``oms.json``); every tick the clock moves on
 and the OMS run source (``run sync --source oms``: its cursor, runs still being
@@ -22,8 +24,9 @@ dumped. OMS lists one run of the second fill late, after its fill was calibrated
 health names it with the command that takes it in, and the operator runs that command.
 Then the new release (2.1) is deployed: ``reprocess --version-not 2.1 --downstream``
 takes every fill the old one calibrated, and the new one calibrates them again.
-Finally it prints the status overview, health and the latency table, and writes the
-HTML report and the InfluxDB line protocol. Every other step is the command an
+Its constants are the same bytes as the old one's: their upload writes nothing (same
+sha256). Finally it prints the status overview, health, the latency table and the
+upload log, and writes the HTML report and the InfluxDB line protocol. Every other step is the command an
 operator or a Jenkins stage would type, run in-process.
 """
 
@@ -47,6 +50,8 @@ import click
 
 from ecalstate import Store
 from ecalstate.attention import attention
+from ecalstate.backends import JobKey
+from ecalstate.backends.local import LocalBackend
 from ecalstate.cli import main as ecalstate
 from ecalstate.clock import now as clock_now
 from ecalstate.handler import TaskHandler
@@ -57,6 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phisym_calib import PhiSymCalib  # noqa: E402
 from phisym_plots import PhiSymPlots  # noqa: E402
 from phisym_reco import PhiSymReco  # noqa: E402
+from phisym_upload import STANDIN_LOG, PhiSymUpload  # noqa: E402
+from phisym_validate import PhiSymValidate  # noqa: E402
 
 CAMPAIGN = "prompt"
 
@@ -68,7 +75,7 @@ class PhiSymCalib20(PhiSymCalib):
 
 
 #: the workflows Jenkins runs during the day (phisym-calib in its previous release)
-WORKFLOWS = (PhiSymReco, PhiSymCalib20, PhiSymPlots)
+WORKFLOWS = (PhiSymReco, PhiSymCalib20, PhiSymPlots, PhiSymValidate, PhiSymUpload)
 MARKER = ".ecalstate-demo"
 FIRST_RUN, FIRST_FILL = 380001, 9001
 #: how far the simulated clock moves on each Jenkins tick
@@ -216,10 +223,14 @@ def main() -> None:
                                  "--warn-before", "12h"])
     run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-plots", "--depends-on",
                                  "phisym-calib", "--max-retries", "1"])
+    run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-validate", "--depends-on",
+                                 "phisym-calib", "--max-retries", "0"])
+    run(ecalstate, "ecalstate", [*base, "task", "add", "-c", CAMPAIGN, "phisym-upload", "--depends-on",
+                                 "phisym-validate", "--max-retries", "1", "--ordered"])
     run(ecalstate, "ecalstate", [*base, "rtype", "create", "-c", CAMPAIGN, "collisions", "--filter",
                                  "class=Collisions,global=true,ecal=true,nevents>=10000"])
     run(ecalstate, "ecalstate", [*base, "rtype", "update", "-c", CAMPAIGN, "collisions",
-                                 "--add", "phisym-reco,phisym-calib,phisym-plots"])
+                                 "--add", "phisym-reco,phisym-calib,phisym-plots,phisym-validate,phisym-upload"])
 
     click.secho("\n== a day of data taking, as OMS answers it (JSON:API)", bold=True)
     oms = out / "oms.json"
@@ -259,7 +270,7 @@ def main() -> None:
         jenkins(stages, handler_args)
         if iso(now) >= last_end and finished(db, late):
             break
-        time.sleep(0.5)
+        wait_for_jobs(db, work)
 
     if late:
         click.secho(f"\n== run {late[0]} came late: OMS listed it after its fill was calibrated; health names it"
@@ -275,7 +286,7 @@ def main() -> None:
             jenkins(stages, handler_args)
             if finished(db):
                 break
-            time.sleep(0.5)
+            wait_for_jobs(db, work)
 
     click.secho(f"\n== a new release: phisym-calib {PhiSymCalib.version} (the day was calibrated by"
                 f" {PhiSymCalib20.version}); everything an older version made is reprocessed", bold=True)
@@ -283,13 +294,14 @@ def main() -> None:
     run(ecalstate, "ecalstate", [*base, "reprocess", "-c", CAMPAIGN, "--task", "phisym-calib", "--version-not",
                                  str(PhiSymCalib.version), "--downstream", "--reason",
                                  f"phisym-calib {PhiSymCalib.version}: new release"])
-    release = [(w, stage) for w in (PhiSymCalib, PhiSymPlots) for stage in ("check", "resubmit", "submit")]
+    release = [(w, stage) for w in (PhiSymCalib, PhiSymPlots, PhiSymValidate, PhiSymUpload)
+               for stage in ("check", "resubmit", "submit")]
     for tick in range(1, args.ticks + 1):
         click.secho(f"-- tick {tick}", fg="cyan")
         jenkins(release, handler_args)
         if finished(db):
             break
-        time.sleep(0.5)
+        wait_for_jobs(db, work)
     run(ecalstate, "ecalstate", [*base, "outputs", "-c", CAMPAIGN, "--task", "phisym-calib"])
 
     click.secho("\n== the result", bold=True)
@@ -302,6 +314,7 @@ def main() -> None:
         run(ecalstate, "ecalstate", [*base, "report", "html", "-c", CAMPAIGN, "--out", str(out / "overview.html")])
     run(ecalstate, "ecalstate", [*base, "export", "--out", str(out / "ecalstate.lp")])
     plots = sorted(out.glob("work/data/**/*.png"))
+    upload_log(out / "work" / STANDIN_LOG)
     click.secho(f"\nplots: {len(plots)} PNG maps, e.g. {plots[0] if plots else '-'}", bold=True)
     click.secho(f"demo finished in {time.monotonic() - t0:.1f} s; everything is in {out}", bold=True)
     if not finished(db):
@@ -317,6 +330,30 @@ def jenkins(stages: Sequence[tuple[type[TaskHandler], str]], handler_args: Seque
         for line in output.getvalue().splitlines():
             if not line.endswith("nothing to do"):
                 click.echo(f"   {line}")
+
+
+def wait_for_jobs(db: str, work: str, limit: float = 0.5) -> None:
+    """Let the jobs in flight run before the next tick, as the time between two Jenkins builds does: until each has
+    ended (a local job takes a fraction of a second) or ``limit`` seconds passed; the next tick's check reads them."""
+    backend, deadline = LocalBackend(work), time.monotonic() + limit
+    with Store.open(db) as store:
+        while time.monotonic() < deadline:
+            flying = {w.task: [JobKey(j.run_number, j.jid, j.generation, j.attempts) for status in ("idle", "running")
+                               for j in store.list_jobs(CAMPAIGN, w.task, status=status)] for w in WORKFLOWS}
+            if all(seen.status in ("done", "failed") for task, keys in flying.items()
+                   for seen in backend.observe(CAMPAIGN, task, keys).values()):
+                return
+            time.sleep(0.05)
+
+
+def upload_log(path: Path) -> None:
+    """What the conditions database (the stand-in uploader) received: one line per payload, in the order sent."""
+    click.secho(f"\n== the conditions uploads, in the order sent ({path})", bold=True)
+    entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    for entry in entries:
+        tags = ",".join(entry["destinationTags"])
+        click.echo(f"   since {entry['since']}  {tags}  sha256 {entry['payload_hash'][:12]}  {entry['userText']}")
+    click.echo(f"   {len(entries)} payloads; a payload sent again (same sha256) wrote nothing")
 
 
 def finished(db: str, late: Sequence[int] = ()) -> bool:

@@ -253,7 +253,23 @@ def cadence_gap(store: Store) -> Scenario:
                     clock=later(2))
 
 
+def ordered(store: Store) -> Scenario:
+    """reco claimed in run order: run 1 failed, run 2 waits for it; skipping run 1 lets it go."""
+    store.update_task(C, "reco", ordered=True)
+    finish(store, "reco", [1], "failed")
+    return Scenario("reco", 2, f'ecalstate set -c {C} --task reco --runs 1 skipped --reason "..."', "info")
+
+
+def approval(store: Store) -> Scenario:
+    """A gate after reco: its run 1 awaits an expert's approval once reco is done for the run."""
+    store.add_task(C, "signoff", depends_on=["reco"], gate=True)
+    store.update_rtype(C, "all", add=["signoff"], backfill=True)
+    finish(store, "reco", [1])
+    return Scenario("signoff", 1, f'ecalstate approve -c {C} --task signoff --runs 1 --reason "..."', "warning")
+
+
 SCENARIOS: dict[str, Callable[[Store], Scenario]] = {
+    "ordered": ordered, "approval": approval,
     "deadline-missed": deadline_missed, "deadline-risk": deadline_risk, "cadence-gap": cadence_gap,
     "upstream": upstream, "fill-open": fill_open, "group-incomplete": group_incomplete, "late-member": late_member,
     "failed": failed, "blocked": blocked, "no-upstream": no_upstream, "stuck": stuck, "unsubmitted": unsubmitted,
@@ -285,6 +301,22 @@ def test_a_reason_appears_names_its_command_and_the_command_clears_it(world_on: 
     else:
         scenario.resolve(world)
     assert code not in reasons_of(world, scenario.task, scenario.run, scenario.everything)
+
+
+def test_an_ordered_run_and_an_approval_wait_since_they_became_ready(world: Store) -> None:
+    """Not since the run was injected: since its upstream task was done (an approval is a problem after 12 h of
+    waiting for the expert, not 12 h after the run was taken)."""
+    approval(world)
+    world.update_task(C, "reco", ordered=True)
+    world.clock = later(13)  # type: ignore[method-assign]
+    finish(world, "reco", [2])  # 13 h later
+    done_at = {r: world.instance(C, "reco", r).updated_at for r in (1, 2)}
+    waiting = reasons_of(world, "signoff", 2)["approval"]
+    assert waiting.since == done_at[2] and waiting.level == "warning"
+    assert reasons_of(world, "signoff", 1)["approval"].level == "problem"  # waiting for 13 h
+    world.claim(C, "reco", group_by=lambda rows: [[r] for r in rows if r.run_number == 3])  # run 3 in flight
+    assert reasons_of(world, "reco", 4)["ordered"].message == (
+        "reco run 4 waits for run 3 (processing): an ordered task is claimed in run order")
 
 
 def test_a_reason_becomes_a_problem_when_it_lasts_longer_than_its_policy(world: Store) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         assert RunSources(store).source_state("prompt", "oms").last_run == 380010
         assert [(f.fill, f.reason[:4]) for f in store.ended_fills("prompt")] == [(9001, "OMS:"), (9002, "OMS:")]
         # the operator skipped one run: nothing to do for it, downstream too
-        assert statuses[380005] == {"phisym-reco": "skipped", "phisym-calib": "skipped", "phisym-plots": "skipped"}
+        assert set(statuses[380005]) == {"phisym-reco", "phisym-calib", "phisym-plots", "phisym-validate",
+                                         "phisym-upload"}
+        assert set(statuses[380005].values()) == {"skipped"}
         assert all(s["phisym-reco"] == "done" for n, s in statuses.items() if s and n != 380005)
         # every fill calibrated exactly once by each release, from all its runs (the skipped one left out): the day
         # by phisym-calib 2.0 (fill 9002 twice: again with its late run 380010, by the operator's command health
@@ -81,10 +84,27 @@ def test_demo_runs_the_three_workflows_to_done(tmp_path: Path) -> None:
         assert {n: (d.state, d.reference) for n, d in due.items() if d.leader_run is None} == {
             380003: ("done", fills[9001]), 380010: ("done", fills[9002])}  # counted from the dumps OMS gave
         assert 0 < (due[380003].latency_s or 0) < 48 * 3600
+        # after each fill's calibration its constants were validated and uploaded, in run order: the upload log
+        # lists each fill once, then fill 9002 again with its late run (new constants: a new payload); the new
+        # release's constants are the same bytes, so uploading them again wrote nothing
+        uploads = [json.loads(line) for line in (out / "work" / "conddb-standin.jsonl").read_text().splitlines()]
+        assert [(e["since"], e["userText"]) for e in uploads] == [
+            (380001, "PhiSym IC, fill 9001, runs 380001-380003 (campaign prompt)"),
+            (380005, "PhiSym IC, fill 9002, runs 380006-380008 (campaign prompt)"),
+            (380005, "PhiSym IC, fill 9002, runs 380006,380007,380008,380010 (campaign prompt)")]
+        assert len({e["payload_hash"] for e in uploads}) == 3
+        again = [j for j in store.list_jobs("prompt", "phisym-upload", all_generations=True) if j.generation == 2]
+        assert {(j.run_number, j.fields["upload"]) for j in again} == {
+            (380003, "already uploaded (recorded by ecalstate): nothing sent"),
+            (380010, "already uploaded (recorded by ecalstate): nothing sent")}
+        assert all(s.get("phisym-upload") in ("done", "merged", "skipped") for s in statuses.values() if s)
         leaders = [n for n, s in statuses.items() if s.get("phisym-plots") == "done"]
         plots = [store.instance("prompt", "phisym-plots", n).outputs["plots"] for n in leaders]
     assert plots and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert "<html" in (out / "overview.html").read_text().lower()
+    printed = result.stdout.split("== the conditions uploads, in the order sent", 1)[1].splitlines()[1:5]
+    assert [line.split()[:2] for line in printed[:3]] == [["since", "380001"], ["since", "380005"], ["since", "380005"]]
+    assert printed[3].strip() == "3 payloads; a payload sent again (same sha256) wrote nothing"
     lines = (out / "ecalstate.lp").read_text().splitlines()
     assert any(line.startswith("run,") for line in lines) and any(line.startswith("job,") for line in lines)
     assert any(line.startswith("attention,campaign=prompt,reason=late-member,run_number=380010,task=phisym-calib"

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,26 @@ def environment(text: str) -> dict[str, str]:
     return dict(re.findall(r"^\s*(\w+)\s*=\s*'([^']*)'", block.group(1), re.M))
 
 
+def handlers_of(text: str) -> list[str]:
+    """The workflow scripts a pipeline runs, in the order its stages first run them (``handlers/phisym_calib.py``)."""
+    return list(dict.fromkeys(re.findall(r"handlers/phisym_\w+\.py", " ".join(sh_steps(text)))))
+
+
+def task_of(handler: str) -> str:
+    return handler.removeprefix("handlers/").removesuffix(".py").replace("_", "-")
+
+
 def credential_variables(text: str) -> set[str]:
     return set(re.findall(r"(?:usernameVariable|passwordVariable|variable):\s*'(\w+)'", text))
 
 
 def test_one_pipeline_per_workflow_script() -> None:
+    """Each workflow script runs in exactly one pipeline, named after its last one (phisym-upload also validates)."""
     scripts = {p.stem.replace("_", "-") for p in (REPO / "handlers").glob("*.py") if p.stem != "demo"}
-    assert {p.name.removesuffix(".Jenkinsfile") for p in WORKFLOWS} == scripts
+    run = [task_of(h) for p in WORKFLOWS for h in handlers_of(p.read_text())]
+    assert sorted(run) == sorted(scripts)
+    assert [p.name.removesuffix(".Jenkinsfile") for p in WORKFLOWS] == [
+        task_of(handlers_of(p.read_text())[-1]) for p in WORKFLOWS]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -61,10 +75,10 @@ def test_pipeline_shape_and_no_inline_secrets(path: Path) -> None:
     assert re.search(r"triggers\s*\{\s*cron\('[^']+'\)", text)
     assert "disableConcurrentBuilds()" in text
     assert re.findall(r"stage\('(\w+)'\)", text) == ["check", "resubmit", "submit", "export", "health"]
-    handler = f"handlers/{path.name.removesuffix('.Jenkinsfile').replace('-', '_')}.py"
-    stages = [s for s in sh_steps(text) if handler in s]
-    assert [re.search(r"(submit|resubmit|check)", s.split(handler)[1]).group(1) for s in stages] == [
-        "check", "resubmit", "submit"]
+    for handler in handlers_of(text):
+        stages = [s for s in sh_steps(text) if handler in s]
+        assert [re.search(r"(submit|resubmit|check)", s.split(handler)[1]).group(1) for s in stages] == [
+            "check", "resubmit", "submit"]
     # credentials only ever come from withCredentials bindings, into the variables the exporter reads
     assert credential_variables(text) and credential_variables(text) <= CREDENTIALS
     assert not set(environment(text)) & CREDENTIALS
@@ -83,10 +97,10 @@ def test_a_stage_that_left_a_run_failed_for_good_makes_the_build_unstable() -> N
     assert re.search(r"if \(code == 3\) \{\s+unstable\('[^']+'\)\s+\} else if \(code != 0\) \{\s+error\(", body)
     for path in WORKFLOWS:
         text = path.read_text()
-        handler = f"handlers/{path.name.removesuffix('.Jenkinsfile').replace('-', '_')}.py"
-        stages = re.findall(r"handlerStage\('([^']*)'\)", text)
-        assert [s.split(handler)[1].split()[2] for s in stages] == ["check", "resubmit", "submit"]
-        assert not re.search(rf"\bsh\s*\(?\s*'[^']*{re.escape(handler)}", text)  # never a plain sh: exit 3 would fail
+        for handler in handlers_of(text):
+            stages = [s for s in re.findall(r"handlerStage\('([^']*)'\)", text) if handler in s]
+            assert [s.split(handler)[1].split()[2] for s in stages] == ["check", "resubmit", "submit"]
+            assert not re.search(rf"\bsh\s*\(?\s*'[^']*{re.escape(handler)}", text)  # never a plain sh: exit 3 fails
 
 
 def test_lint(groovy_lint: str, tmp_path: Path) -> None:
@@ -107,8 +121,9 @@ def test_lint(groovy_lint: str, tmp_path: Path) -> None:
 
 
 def prepare(db: Path) -> dict[str, int]:
-    """A campaign where each pipeline has work: reco for run 4, calib for fill 7 (run 3), plots for fill 5, timing
-    for fill 5 (run 2) and fill 7.
+    """A campaign where each pipeline has work: reco for run 4, calib for fill 7 (run 3), plots for fill 5 (run 2),
+    validate for fill 8 (run 5, calibrated with a constant for every crystal), the upload of fill 5 (validated),
+    timing for fill 5 (run 2), fill 7 and fill 8.
 
     Returns the run each task's pipeline should claim.
     """
@@ -116,21 +131,29 @@ def prepare(db: Path) -> dict[str, int]:
     sums.write_text("ieta,iphi,hits,sum_et\n1,1,10,10.5\n1,2,12,11.5\n")
     constants = db.parent / "ic.csv"
     constants.write_text("ieta,iphi,ic\n1,1,1.01\n1,2,0.99\n")
+    barrel = db.parent / "ic-barrel.csv"
+    barrel.write_text("ieta,iphi,ic\n" + "".join(f"{e},{p},1.0\n" for e in range(1, 21) for p in range(1, 73)))
+    tasks = ["phisym-reco", "phisym-calib", "phisym-plots", "phisym-validate", "phisym-upload"]
     with Store.open(str(db), actor="setup", create=True) as store:
         store.create_campaign("prompt")
-        store.add_task("prompt", "phisym-reco", max_retries=1)
-        store.add_task("prompt", "phisym-calib", depends_on=["phisym-reco"], max_retries=1)
-        store.add_task("prompt", "phisym-plots", depends_on=["phisym-calib"], max_retries=1)
+        for task, upstream in zip(tasks, [None, "phisym-reco", "phisym-calib", "phisym-calib", "phisym-validate"]):
+            store.add_task("prompt", task, depends_on=[upstream] if upstream else [], max_retries=1)
         store.add_task("prompt", "timing", depends_on=["phisym-reco"], max_retries=1)
-        store.update_rtype("prompt", "all", add=["phisym-reco", "phisym-calib", "phisym-plots", "timing"])
+        store.update_rtype("prompt", "all", add=tasks + ["timing"])
         store.inject_runs("prompt", [RunSpec(1, 5, {"nevents": 10000}), RunSpec(2, 5, {"nevents": 10000}),
-                                     RunSpec(3, 7, {"nevents": 10000}), RunSpec(4, 6, {"nevents": 10000})])
+                                     RunSpec(3, 7, {"nevents": 10000}), RunSpec(4, 6, {"nevents": 10000}),
+                                     RunSpec(5, 8, {"nevents": 10000})])
         store.close_fill("prompt", 7, "beam dumped")  # fills 5 and 6 ended when fill 7 started
-        for task, group_by, limit, output in (("phisym-reco", None, 3, sums), ("phisym-calib", "fill", 1, constants)):
-            for claim in store.claim("prompt", task, limit=limit, group_by=group_by):
+        store.close_fill("prompt", 8, "beam dumped")
+        for task, group_by, limit, exclude, output in (
+                ("phisym-reco", None, 3, [], sums), ("phisym-calib", "fill", 1, [], constants),
+                ("phisym-reco", None, 1, [4], sums), ("phisym-calib", "fill", 1, [3], barrel),
+                ("phisym-validate", "fill", 1, [5], constants)):
+            for claim in store.claim("prompt", task, limit=limit, group_by=group_by, exclude=exclude):
                 store.create_jobs("prompt", task, claim.run_number, [0])
                 store.set_job_status("prompt", task, claim.run_number, 0, "done", fields={"output": str(output)})
-    return {"phisym-reco": 4, "phisym-calib": 3, "phisym-plots": 2, "timing": 2}
+    return {"phisym-reco": 4, "phisym-calib": 3, "phisym-plots": 2, "phisym-validate": 5, "phisym-upload": 2,
+            "timing": 2}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -149,6 +172,10 @@ def test_every_sh_step_runs_against_a_temp_database(path: Path, tmp_path: Path,
         "ECALSTATE_INFLUX_TOKEN": "test:token", "ECALSTATE_INFLUX_USER": "writer",
         "ECALSTATE_INFLUX_PASSWORD": "secret-password",
     })
+    standin_log = tmp_path / "conddb.jsonl"  # the upload command on lxplus is the real uploader; here the stand-in
+    if "PHISYM_UPLOAD_COMMAND" in env:
+        env["PHISYM_UPLOAD_COMMAND"] = f"{sys.executable} {REPO / 'handlers' / 'jobs' / 'conddb_standin.py'}" \
+            f" --log {standin_log}"
     steps = sh_steps(text)
     if any("--protocol v1" in s for s in steps):
         influx = request.getfixturevalue("influx")
@@ -163,13 +190,18 @@ def test_every_sh_step_runs_against_a_temp_database(path: Path, tmp_path: Path,
                                     timeout=120)
             assert result.returncode == 0, f"build {build}: {step}\n{result.stdout}\n{result.stderr}"
             assert "secret-password" not in result.stdout + result.stderr
-    task = path.name.removesuffix(".Jenkinsfile")
     with Store.open(str(db)) as store:
-        beats = [a for a in store.history("prompt", entity="handler", limit=None) if a.task == task]
-        assert {(a.actor, a.to_status) for a in beats} == {("jenkins-test-1", "ok"), ("jenkins-test-2", "ok")}
-        assert len(beats) == 6
-        claimed = store.instance("prompt", task, expected[task])
-        assert claimed.status in ("processing", "done") and store.list_jobs("prompt", task, run=expected[task])
+        for task in map(task_of, handlers_of(text)):
+            beats = [a for a in store.history("prompt", entity="handler", limit=None) if a.task == task]
+            assert {(a.actor, a.to_status) for a in beats} == {("jenkins-test-1", "ok"), ("jenkins-test-2", "ok")}
+            assert len(beats) == 6
+            claimed = store.instance("prompt", task, expected[task])
+            assert claimed.status in ("processing", "done") and store.list_jobs("prompt", task, run=expected[task])
+    if "PHISYM_UPLOAD_COMMAND" in env:  # the upload job ran the command the pipeline names: fill 5 since run 1
+        deadline = time.monotonic() + 60
+        while not standin_log.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [json.loads(line)["since"] for line in standin_log.read_text().splitlines()] == [1]
 
 
 def test_run_sync_pipeline_steps_run_twice_against_a_local_oms(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "status": ".runs:status",
     "set": ".operator:set_status",
     "reprocess": ".operator:reprocess",
+    "approve": ".operator:approve",
+    "reject": ".operator:reject",
     "claim": ".runs:claim",
     "job": ".jobs:job",
     "outputs": ".jobs:outputs",
@@ -45,6 +47,7 @@ COMMANDS: dict[str, str] = {
 #: command name -> its one-line summary (its docstring's first sentence; tests/test_cli_docs.py checks them),
 #: so that ``ecalstate --help`` lists the commands without importing their modules
 SUMMARIES: dict[str, str] = {
+    "approve": "Approve a gate task's instances for a set of runs, with a reason (an expert's act).",
     "campaign": "Create and list campaigns; their policies.",
     "claim": "Claim eligible runs of a task for a submit stage.",
     "db": "Maintain the database: schema upgrades, pruning old history, sizes.",
@@ -58,6 +61,7 @@ SUMMARIES: dict[str, str] = {
     "notify": "Webhook notifications (Mattermost/Slack) of failures and health problems.",
     "outputs": "Each run's current outputs of a task, and the version that made them.",
     "report": "Write static reports of a campaign.",
+    "reject": "Reject a gate task's instances for a set of runs, with a reason (an expert's act).",
     "reprocess": "Mark runs of a task for reprocessing.",
     "rtype": "Run types: filters on run metadata that activate tasks.",
     "run": "Inject runs into a campaign and list them.",

@@ -1,4 +1,5 @@
-"""What operators do by hand: set a status, reprocess. Validated, audited, all or nothing."""
+"""What operators do by hand: set a status, reprocess; what experts do: approve or reject a gate's instances.
+Validated, audited, all or nothing."""
 
 from __future__ import annotations
 
@@ -97,6 +98,48 @@ def reprocess(
     if fill is not None and not result.changes:
         raise click.ClickException(f"nothing to reprocess: task {task} has no instance processed for fill {fill}")
     emit_bulk(app, result)
+
+
+def _gate_command(verb: str, summary: str, example: str) -> click.Command:
+    """``approve`` or ``reject``: the same options, one store call each."""
+
+    @campaign_option
+    @task_option(help="The gate task.")
+    @runs_option(required=True, help="The runs decided, e.g. 380001-380003.")
+    @reason_option
+    @dry_run_option
+    @request_id_option
+    @pass_app
+    def command(app: App, campaign: str, task: str, runs: list[int], reason: str, dry_run: bool,
+                request_id: Optional[str]) -> None:
+        store = app.store()
+        decide = store.approve if verb == "approve" else store.reject
+        emit_bulk(app, decide(campaign, task, runs, reason, dry_run, request_id))
+
+    blocked = (" The tasks that depend on the gate are blocked for a rejected run until the gate is reprocessed"
+               " (ecalstate reprocess) and approved." if verb == "reject" else "")
+    command.__doc__ = f"""{summary}
+
+    A gate is a task without jobs (`task add --gate`): its instance for a run
+    awaits an expert's approval once every task it depends on is done for the
+    run (`ecalstate health` lists them with this command). Each decided run
+    moves new -> processing -> {"done" if verb == "approve" else "failed"}, audited with the reason under
+    the actor (--actor, ECALSTATE_ACTOR, else user@host). All or nothing: a
+    run not awaiting approval refuses the request and nothing is written.{blocked}
+
+    \b
+    Example:
+        {example}
+    """
+    return click.command(verb)(command)
+
+
+approve = _gate_command(
+    "approve", "Approve a gate task's instances for a set of runs, with a reason (an expert's act).",
+    'ecalstate approve -c prompt --task phisym-signoff --runs 380001-380003 --reason "maps look fine"')
+reject = _gate_command(
+    "reject", "Reject a gate task's instances for a set of runs, with a reason (an expert's act).",
+    'ecalstate reject -c prompt --task phisym-signoff --runs 380005 --reason "ieta 17 off by 30%"')
 
 
 def emit_bulk(app: App, result: BulkResult) -> None:

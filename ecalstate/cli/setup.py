@@ -38,6 +38,11 @@ def deadline_options(f: F) -> F:
     return f
 
 
+def kind_text(info: TaskInfo) -> Optional[str]:
+    """How a task is claimed, when not as usual: ``in run order`` (ordered), ``gate: approved by an expert``."""
+    return "in run order" if info.ordered else "gate: approved by an expert" if info.gate else None
+
+
 def deadline_text(info: TaskInfo) -> Optional[str]:
     """``48h from fill-end, warn 12h before`` (None: no deadline)."""
     if info.deadline is None:
@@ -207,10 +212,14 @@ def task() -> None:
 @click.option("--inputs-from", metavar="CAMPAIGN",
               help="The --depends-on tasks are CAMPAIGN's: a test campaign's task on production's inputs (read only).")
 @deadline_options
+@click.option("--ordered", is_flag=True, help="Claim its instances strictly in run order, one run (or group) in flight"
+              " at a time; a run waits until every earlier one is done or skipped (a conditions upload).")
+@click.option("--gate", is_flag=True, help="A manual gate: no jobs; an expert approves or rejects its instances"
+              " (ecalstate approve|reject); never claimed by a handler.")
 @pass_app
 def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retries: int, inputs_from: Optional[str],
              deadline: Optional[float], deadline_from: Optional[str], warn_before: Optional[float],
-             cadence: Optional[float]) -> None:
+             cadence: Optional[float], ordered: bool, gate: bool) -> None:
     """Declare task NAME in a campaign.
 
     A task runs on a run once every task it depends on is done for that run.
@@ -231,10 +240,13 @@ def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retr
         ecalstate task add -c prompt calib --depends-on reco --deadline 48h --deadline-from fill-end --warn-before 12h
         ecalstate task add -c prompt trigger-calib --cadence 4d
         ecalstate task add -c test-timing timing --depends-on phisym-reco --inputs-from prompt
+        ecalstate task add -c prompt phisym-upload --depends-on phisym-validate --ordered
+        ecalstate task add -c prompt signoff --depends-on phisym-calib --gate
     """
     info = app.store().add_task(campaign, name, depends_on, max_retries, deadline, deadline_from, warn_before,
-                                cadence, inputs_from)
+                                cadence, inputs_from, ordered, gate)
     extra = [f"depends on {', '.join(depends_text(info))}"] if info.depends_on else []
+    extra += [f"claimed {kind_text(info)}" if info.ordered else str(kind_text(info))] if kind_text(info) else []
     extra += [f"deadline {deadline_text(info)}"] if info.deadline else []
     extra += [f"cadence {format_duration(info.cadence)}"] if info.cadence else []
     app.emit(info, f"added task {info.name}" + (f" ({'; '.join(extra)})" if extra else ""))
@@ -247,10 +259,13 @@ def task_add(app: App, campaign: str, name: str, depends_on: list[str], max_retr
 @click.option("--no-depends", is_flag=True, help="Remove every dependency.")
 @click.option("--max-retries", type=INT64_FROM_0, help="New retry limit.")
 @deadline_options
+@click.option("--ordered/--not-ordered", default=None, help="Claimed strictly in run order, or not (see task add).")
+@click.option("--gate/--not-gate", default=None, help="A manual gate approved by an expert, or not (see task add).")
 @pass_app
 def task_update(
     app: App, campaign: str, name: str, depends_on: list[str], no_depends: bool, max_retries: Optional[int],
     deadline: Optional[float], deadline_from: Optional[str], warn_before: Optional[float], cadence: Optional[float],
+    ordered: Optional[bool], gate: Optional[bool],
 ) -> None:
     """Change the dependencies, retry limit, deadline or cadence of task NAME; cycles are refused.
 
@@ -263,30 +278,34 @@ def task_update(
     if no_depends and depends_on:
         raise click.UsageError("--no-depends and --depends-on exclude each other")
     deps = [] if no_depends else (depends_on or None)
-    if deps is None and (max_retries, deadline, deadline_from, warn_before, cadence) == (None,) * 5:
+    if deps is None and (max_retries, deadline, deadline_from, warn_before, cadence, ordered, gate) == (None,) * 7:
         raise click.UsageError("nothing to change: give --depends-on, --no-depends, --max-retries, --deadline,"
-                               " --deadline-from, --warn-before or --cadence")
-    info = app.store().update_task(campaign, name, deps, max_retries, deadline, deadline_from, warn_before, cadence)
+                               " --deadline-from, --warn-before, --cadence, --ordered/--not-ordered or"
+                               " --gate/--not-gate")
+    info = app.store().update_task(campaign, name, deps, max_retries, deadline, deadline_from, warn_before, cadence,
+                                   ordered, gate)
     app.emit(info, f"updated task {info.name}: depends on {', '.join(depends_text(info)) or 'nothing'}, "
                    f"max retries {info.max_retries}, deadline {deadline_text(info) or 'none'}, cadence "
-                   f"{format_duration(info.cadence) if info.cadence else 'none'}")
+                   f"{format_duration(info.cadence) if info.cadence else 'none'}"
+                   + (f", {kind_text(info)}" if kind_text(info) else ""))
 
 
 @task.command("list")
 @campaign_option
 @pass_app
 def task_list(app: App, campaign: str) -> None:
-    """List the tasks of a campaign with their dependencies, deadlines and cadences.
+    """List the tasks of a campaign with their dependencies, deadlines, cadences and how they are claimed.
 
     \b
     Example:
         ecalstate task list -c prompt
     """
     tasks = app.reader().list_tasks(campaign)
+    kinds = any(kind_text(t) for t in tasks)  # the column only when a task is claimed otherwise than usual
     app.emit(tasks, lambda: echo_table(
-        ["task", "depends on", "max retries", "deadline", "cadence"],
+        ["task", "depends on", "max retries", "deadline", "cadence"] + ["claimed"] * kinds,
         [(t.name, ",".join(depends_text(t)) or None, t.max_retries, deadline_text(t),
-          format_duration(t.cadence) if t.cadence else None) for t in tasks], "no tasks"))
+          format_duration(t.cadence) if t.cadence else None) + (kind_text(t),) * kinds for t in tasks], "no tasks"))
 
 
 def depends_text(info: TaskInfo) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import struct
@@ -94,6 +95,35 @@ def read_rows(path: str, columns: Sequence[str] = ()) -> list[tuple[int, dict[st
 
 def read_csv(path: str) -> list[dict[str, str]]:
     return [row for _, row in read_rows(path)]
+
+
+def load_constants(path: str) -> dict[tuple[int, int], float]:
+    """The constants per crystal; ValueError names the first line that is not a barrel crystal's constant."""
+    barrel = set(crystals())
+    constants: dict[tuple[int, int], float] = {}
+    for line, row in read_rows(path, ("ieta", "iphi", "ic")):
+        ieta, iphi = (_integer(row, name, line) for name in ("ieta", "iphi"))
+        try:
+            value = float(row["ic"])
+        except ValueError:
+            raise ValueError(f"line {line}: ic {row['ic']!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"line {line}: ic {row['ic']!r} is not a finite positive number")
+        if (ieta, iphi) not in barrel:
+            raise ValueError(f"line {line}: crystal ({ieta}, {iphi}) is not in the barrel")
+        if (ieta, iphi) in constants:
+            raise ValueError(f"line {line}: crystal ({ieta}, {iphi}) twice")
+        constants[(ieta, iphi)] = value
+    if not constants:
+        raise ValueError("no constants")
+    return constants
+
+
+def _integer(row: dict[str, str], name: str, line: int) -> int:
+    try:
+        return int(row[name])
+    except ValueError:
+        raise ValueError(f"line {line}: {name} {row[name]!r} is not an integer") from None
 
 
 class ArgumentParser(argparse.ArgumentParser):

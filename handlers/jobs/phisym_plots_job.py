@@ -11,7 +11,6 @@ standard library's zlib, so it runs on worker nodes without matplotlib.
 from __future__ import annotations
 
 import argparse
-import math
 
 import ecaljob
 
@@ -55,35 +54,6 @@ def title(fill: int | None, runs: list[int]) -> str:
         ranges = ",".join(f"{s[0]}-{s[-1]}" if len(s) > 1 else str(s[0]) for s in spans)
         parts.append(f"run{'s' if len(set(runs)) > 1 else ''} {ranges}")
     return ", ".join(parts)
-
-
-def load_constants(path: str) -> dict[tuple[int, int], float]:
-    """The constants per crystal; ValueError names the first line that is not a barrel crystal's constant."""
-    barrel = set(ecaljob.crystals())
-    constants: dict[tuple[int, int], float] = {}
-    for line, row in ecaljob.read_rows(path, ("ieta", "iphi", "ic")):
-        ieta, iphi = (_integer(row, name, line) for name in ("ieta", "iphi"))
-        try:
-            value = float(row["ic"])
-        except ValueError:
-            raise ValueError(f"line {line}: ic {row['ic']!r} is not a number") from None
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"line {line}: ic {row['ic']!r} is not a finite positive number")
-        if (ieta, iphi) not in barrel:
-            raise ValueError(f"line {line}: crystal ({ieta}, {iphi}) is not in the barrel")
-        if (ieta, iphi) in constants:
-            raise ValueError(f"line {line}: crystal ({ieta}, {iphi}) twice")
-        constants[(ieta, iphi)] = value
-    if not constants:
-        raise ValueError("no constants")
-    return constants
-
-
-def _integer(row: dict[str, str], name: str, line: int) -> int:
-    try:
-        return int(row[name])
-    except ValueError:
-        raise ValueError(f"line {line}: {name} {row[name]!r} is not an integer") from None
 
 
 def draw(ic: dict[tuple[int, int], float], heading: str) -> ecaljob.Canvas:
@@ -165,7 +135,7 @@ def main() -> None:
     parser.add_argument("--runs", type=run_list, default=[], help="Their runs, comma-separated (in the title).")
     args = parser.parse_args()
     try:
-        ic = load_constants(args.constants)
+        ic = ecaljob.load_constants(args.constants)
     except OSError as err:
         ecaljob.fail(f"cannot read constants {args.constants}: {err.strerror}")
     except ValueError as err:
