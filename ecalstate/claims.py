@@ -357,14 +357,10 @@ class _Order:
 
     def eligible(self, tx: Tx, cid: int, task_id: int, lock: bool, limit: Optional[int] = None) -> list[Eligible]:
         """The task's eligible instances, in this order (their references read with them)."""
-        inputs = inputs_of(tx, task_id)
-        clause, extra = inputs.clause() if inputs is not None else ("", [])
-        params: list[Any] = [cid, task_id, *extra]
-        order = ""
-        if self.settings is not None and self.in_sql:
-            order = BY_RUN_END
+        order = BY_RUN_END if self.settings is not None and self.in_sql else ""
+        sql, params = eligible_sql(tx, cid, task_id, order)
+        if self.settings is not None and order:
             params.append(from_micros(to_micros(self.now) - (self.settings.deadline or 0) * 1_000_000))
-        sql = ELIGIBLE_SQL.format(order=order, inputs=clause)
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -389,15 +385,24 @@ class _Order:
         return plan
 
 
+def eligible_sql(tx: Tx, cid: int, task_id: int, order: str) -> tuple[str, list[Any]]:
+    """The statement reading the task's eligible instances in ``order``, and its parameters so far: its upstream
+    tasks in its campaign, or in the campaign it takes its inputs from (:mod:`ecalstate.inputs`)."""
+    inputs = inputs_of(tx, task_id)
+    clause, extra = inputs.clause() if inputs is not None else ("", [])
+    return ELIGIBLE_SQL.format(order=order, inputs=clause), [cid, task_id, *extra]
+
+
 def awaiting(tx: Tx, cid: int, task_id: int, runs: Sequence[int], lock: bool
              ) -> tuple[dict[int, Eligible], dict[int, tuple[str, str]]]:
     """Of ``runs``, the task's instances that may be taken now (claimed, or decided by an expert for a gate), read
     locked when ``lock`` (where rows are locked); and, for each other instance, its status and the upstream task it
     waits for with that task's status ('' when none)."""
     wanted = set(runs)
-    sql = ELIGIBLE_SQL.format(order="") + (tx.lock("ti") if lock else "")
+    sql, params = eligible_sql(tx, cid, task_id, "")
     ready = {e.run_number: e for e in (Eligible(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
-                                        for r in tx.all(sql, (cid, task_id)) if r[1] in wanted)}
+                                        for r in tx.all(sql + (tx.lock("ti") if lock else ""), params)
+                                        if r[1] in wanted)}
     why: dict[int, tuple[str, str]] = {}
     for chunk in chunks(sorted(wanted - set(ready))):
         marks = ",".join("?" * len(chunk))

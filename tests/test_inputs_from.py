@@ -95,7 +95,8 @@ def test_a_test_campaign_runs_on_prompts_inputs_and_never_writes_prompt(db_url: 
     listed = ecal("--json", "task", "list", "-c", T, db=db_url)
     assert json.loads(listed.stdout)[0] == {"name": "timing", "depends_on": ["reco"], "max_retries": 3,
                                                  "deadline": None, "deadline_from": None, "warn_before": None,
-                                                 "cadence": None, "inputs_from": P}
+                                                 "cadence": None, "inputs_from": P, "ordered": False,
+                                                 "gate": False}
     assert "prompt/reco" in ecal("task", "list", "-c", T, db=db_url).stdout
 
     with Store.open(db_url, actor="expert") as store:

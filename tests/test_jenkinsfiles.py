@@ -49,7 +49,7 @@ def environment(text: str) -> dict[str, str]:
 
 def handlers_of(text: str) -> list[str]:
     """The workflow scripts a pipeline runs, in the order its stages first run them (``handlers/phisym_calib.py``)."""
-    return list(dict.fromkeys(re.findall(r"handlers/phisym_\w+\.py", " ".join(sh_steps(text)))))
+    return list(dict.fromkeys(re.findall(r"handlers/\w+\.py", " ".join(sh_steps(text)))))
 
 
 def task_of(handler: str) -> str:
