@@ -46,9 +46,9 @@ def test_the_readmes_look_around_block_works_word_for_word(tmp_path: Path) -> No
     # ecalstate outputs: a merged run's map is its fill's, made by phisym-plots 1.2
     assert re.search(r"380001\s+merged\s+380003\s+\d+\s+version 1\.2\s+plots\s+\S+ic_map_fill9001_0\.png", out)
     assert re.search(r"exit code 3: injected transient failure", out)  # history --status failed
-    # report shift: the injected failure and its fate, the operator's skip with its reason, the fills calibrated
+    # report shift: the injected failure and its fate, the skip with its reason, the fills calibrated (newest 20 groups)
     assert re.search(r"phisym-reco run 380002: 1 failed attempt, .* -> recovered by a retry: attempt 2 done", out)
-    assert re.search(r"phisym-reco new -> skipped, run \d+: ", out) and "fill 9001: phisym-calib 2.0 from runs" in out
+    assert re.search(r"phisym-reco new -> skipped, run \d+: ", out) and "fill 9001: phisym-calib 2.1 from runs" in out
     assert "changed" in out and "phisym-calib run 380002" in out and "phisym-plots run 380003" in out  # reprocess
     assert re.search(r"prompt phisym-calib submit: claimed 1, merged 2", out), out[-2000:]  # the fill again
     assert "wrote demo-output/overview.html" in out
