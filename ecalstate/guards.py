@@ -49,6 +49,10 @@ def pairs(machine: Machine) -> frozenset[tuple[Enum, Enum]]:
 #: and the end of processing (its jobs decide it, or its submit stage rolls the claim back)
 HANDLER_MOVES = frozenset((a, b) for a, b in pairs(TASK)
                           if (a in CLAIMABLE and b in (T.PROCESSING, T.MERGED)) or a == T.PROCESSING)
+#: the moves that take an instance up (claimed, or merged into a claimed group): for a gate's instance, an expert's
+#: decision (``ecalstate approve|reject``), so an operator's (a gate's settings say ``"gate": true``, as
+#: ``TaskSettings.to_json`` writes it; only an operator changes a task's settings)
+CLAIMS = frozenset((a, b) for a, b in HANDLER_MOVES if a in CLAIMABLE)
 #: the rest of the task table is the operator's (finished work reprocessed, anything skipped)
 OPERATOR_MOVES = pairs(TASK) - HANDLER_MOVES
 
@@ -133,6 +137,11 @@ BEGIN
     END IF;
     IF {task_move} = ANY ({_arrows(OPERATOR_MOVES)}) AND NOT {operator} THEN
       RAISE EXCEPTION '{REFUSED}: task instance %: % -> % is an operator''s transition (role %)', {label},
+        OLD.status, NEW.status, TG_ARGV[0] USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF {task_move} = ANY ({_arrows(CLAIMS)}) AND NOT {operator}
+       AND EXISTS (SELECT 1 FROM task t WHERE t.id = NEW.task_id AND t.settings LIKE '%"gate": true%') THEN
+      RAISE EXCEPTION '{REFUSED}: task instance %: % -> % decides a gate, an expert''s act (role %)', {label},
         OLD.status, NEW.status, TG_ARGV[0] USING ERRCODE = 'insufficient_privilege';
     END IF;
   END IF;

@@ -8,7 +8,8 @@ Four group roles (NOLOGIN; a site grants them to its logins):
 * ``writer``: handlers (Jenkins), run sources. Claims, jobs, heartbeats, run injection. It changes only the columns
   a transition changes, never a row's identity; the audit is append-only for it (a job's creation fields aside).
 * ``operator``: the writer's rights, plus the transitions only an operator makes (``done``/``failed``/``merged``/
-  ``skipped`` -> ``reprocess``, anything -> ``skipped``), a run type's backfill and the campaign set-up.
+  ``skipped`` -> ``reprocess``, anything -> ``skipped``), a gate's decision (``approve``/``reject``), a run type's
+  backfill and the campaign set-up.
 * ``admin``: owns the tables: schema upgrades, ``db prune``, and everything else.
 
 Below admin the server also holds the transition tables and the audit against raw SQL (``ecalstate.guards``).

@@ -162,6 +162,32 @@ def test_a_raw_transition_with_its_audit_row_is_accepted(site: dict[str, str]) -
     assert unaudited(site["setup"]) == []
 
 
+def test_only_an_operator_decides_a_gate(site: dict[str, str]) -> None:
+    """Approving or rejecting a gate's instance is an expert's act (issue 24 part 3): a handler's login can do it
+    neither through the store, the command line nor raw SQL with its audit row; an operator's login can."""
+    with Store.open(site["setup"], actor="setup") as store:
+        store.add_task("prompt", "signoff", depends_on=["reco"], gate=True)
+        store.update_rtype("prompt", "all", add=["signoff"], backfill=True)  # run 1's reco is done: it awaits
+    gate = int(_one(site["setup"], "SELECT ti.id FROM task_instance ti JOIN task t ON t.id = ti.task_id"
+                                   " JOIN run r ON r.id = ti.run_id WHERE t.name = 'signoff' AND r.run_number = 1"))
+    before = snapshot(site["setup"])
+    with connected(site["writer"]) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(f"UPDATE task_instance SET status = 'processing', generation = 1 WHERE id = {gate}")
+            _audit_row(conn, "task", gate, "processing", "new")
+            conn.commit()
+    assert "decides a gate" in str(refused.value), str(refused.value)
+    for verb in ("approve", "reject"):
+        result = invoke(site["writer"], verb, "-c", "prompt", "--task", "signoff", "--runs", "1", "--reason", "mine")
+        assert result.exit_code == 1 and "Traceback" not in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and "decides a gate" in result.stderr, result.stderr
+    assert snapshot(site["setup"]) == before
+    assert invoke(site["operator"], "approve", "-c", "prompt", "--task", "signoff", "--runs", "1", "--reason",
+                  "constants look right").exit_code == 0
+    assert _one(site["setup"], f"SELECT status FROM task_instance WHERE id = {gate}") == "done"
+    assert unaudited(site["setup"]) == []
+
+
 def test_a_refusal_reaches_the_command_line_as_one_line(site: dict[str, str]) -> None:
     """The store's user sees the guard's refusal as one clean line: a writer skipping a failed run through the
     command line (the instance's row is refused before its audit row is written)."""
