@@ -32,6 +32,7 @@ from .catalog import campaign_settings, fill_last_ends, set_campaign_setting
 from .claims import GROUPINGS, LUMI_KEY, Cause, Waiting, grouping
 from .clock import human_time, seconds_between
 from .errors import Conflict, Invalid, NotFound
+from .inputs import input_waits
 from .limits import MAX_DURATION, MAX_DURATION_TEXT
 from .monitoring import (SILENT_AFTER, STUCK_AFTER, UNSUBMITTED_AFTER, changed_at, leader_failed, read_mark,
                          unfinished_instances, upstream_skipped, write_mark)
@@ -59,7 +60,7 @@ class Code:
     ``level`` is its level while it lasts less than ``problem_after`` seconds (None: it never becomes a problem by
     itself; 0: a problem at once). ``command`` is a template filled in with the instance's names: ``{campaign}``,
     ``{task}``, ``{run}``, ``{fill}``, ``{upstream}``, ``{leader}``, ``{member}``, ``{handler}`` (the command line of
-    the task's handler) and ``{stage}``.
+    the task's handler), ``{stage}`` and ``{source}`` (the campaign a task takes its inputs from).
     """
 
     code: str
@@ -99,6 +100,8 @@ CODES = (
          'ecalstate set -c {campaign} --task {task} --runs {member} skipped --reason "..."'),
     Code("approval", "an expert's approval (a gate)", "warning", 12 * 3600,
          'ecalstate approve -c {campaign} --task {task} --runs {run} --reason "..."'),
+    Code("inputs", "an input task of another campaign (read only: that campaign's processing)", "info", None,
+         "ecalstate status -c {source} --task {upstream} --runs {run}"),
 )
 CATALOGUE: dict[str, Code] = {c.code: c for c in CODES}
 
@@ -537,6 +540,7 @@ def _from_store(store: Store, scope: _Campaign, found: _Items, runs: Optional[Se
         lost = leader_failed(tx, scope.cid)
         orphans = upstream_skipped(tx, scope.cid)
         rows = unfinished_instances(tx, scope.cid, None if everything else runs) if scan else []
+        inputs = input_waits(tx, scope.cid)
     for task, run, fill, leader, since in lost:
         found.add(task, run, "merged", scope.reason(
             "leader-failed", since, f"{task} run {run} was merged into run {leader}, whose {task} failed: the run is"
@@ -559,6 +563,19 @@ def _from_store(store: Store, scope: _Campaign, found: _Items, runs: Optional[Se
             found.add(task, run, status, scope.reason(
                 "upstream", changed, f"{task} run {run} waits for its upstream task {upstream} ({state})",
                 task=task, run=run, upstream=upstream, handler=scope.handler(upstream), stage=stage))
+    listed = everything or scope.policies.problem_after("inputs") is not None
+    for task, run, status, waiting, changed in inputs:
+        where, _, state = waiting.partition(" ")
+        source, _, upstream = where.partition("/")
+        if state in ("missing", "skipped"):  # no cascade crosses campaigns: it would wait for ever
+            found.add(task, run, status, scope.reason(
+                "no-upstream", changed, f"{task} run {run} can never run: its input task {upstream} of campaign"
+                f" {source} is {'skipped' if state == 'skipped' else 'not there'} for the run", task=task, run=run,
+                upstream=where))
+        elif listed or (runs is not None and run in runs):
+            found.add(task, run, status, scope.reason(
+                "inputs", changed, f"{task} run {run} waits for its input task {upstream} of campaign {source}"
+                f" ({state})", task=task, run=run, upstream=upstream, source=source))
 
 
 #: the stage that moves an unfinished instance on, by its status (a failed one has its own reason)

@@ -100,3 +100,21 @@ def declare_inputs(tx: Tx, campaign: str, source: str, tasks: Sequence[str]) -> 
 def with_inputs(settings: TaskSettings, source: Optional[str], tasks: Sequence[str]) -> TaskSettings:
     """``settings`` with these inputs (None: the task's dependencies are its own campaign's)."""
     return replace(settings, inputs_from=source, inputs=tuple(tasks) if source is not None else ())
+
+
+def input_waits(tx: Tx, cid: int) -> list[tuple[str, int, str, str, str]]:
+    """The instances not claimed yet (new, reprocess) of the campaign's tasks that take inputs from another campaign,
+    whose inputs are not done there, for the attention model to name: (task, run, status, what it waits for as
+    :meth:`Inputs.waits` says it, since its last change). Nothing cascades across campaigns, so a skipped input is
+    found here or nowhere."""
+    out: list[tuple[str, int, str, str, str]] = []
+    for tid, name in tx.all("SELECT id, name FROM task WHERE campaign_id = ? ORDER BY id", (cid,)):
+        inputs = inputs_of(tx, tid)
+        if inputs is None:
+            continue
+        pending = {r[0]: (r[1], r[2]) for r in tx.all(
+            "SELECT r.run_number, ti.status, ti.updated_at FROM task_instance ti JOIN run r ON r.id = ti.run_id"
+            " WHERE ti.task_id = ? AND ti.status IN ('new', 'reprocess')", (tid,))}
+        out += [(name, run, pending[run][0], waiting, pending[run][1])
+                for run, waiting in sorted(inputs.waits(tx, list(pending)).items())]
+    return out

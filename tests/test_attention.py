@@ -41,7 +41,7 @@ def later(hours: float) -> Callable[[], str]:
 
 def test_every_code_has_a_policy_and_a_command() -> None:
     names = {"campaign": "C", "task": "T", "run": 1, "fill": 2, "upstream": "U", "leader": 3, "member": 4,
-             "handler": "python3 h.py", "stage": "submit"}
+             "handler": "python3 h.py", "stage": "submit", "source": "P"}
     assert len(CATALOGUE) == len(CODES)
     for code in CODES:
         assert code.level in LEVELS and code.level != "problem" or code.problem_after == 0, code
@@ -268,8 +268,43 @@ def approval(store: Store) -> Scenario:
     return Scenario("signoff", 1, f'ecalstate approve -c {C} --task signoff --runs 1 --reason "..."', "warning")
 
 
+def source_campaign(store: Store) -> None:
+    """Campaign ``prod`` reconstructs runs 1-4; C's ``xtiming`` takes its inputs from prod's ``reco`` (read only)."""
+    store.create_campaign("prod")
+    store.add_task("prod", "reco")
+    store.update_rtype("prod", "all", add=["reco"])
+    store.inject_runs("prod", [RunSpec(r, f) for r, f in ((1, 10), (2, 10), (3, 11), (4, 11))])
+    store.add_task(C, "xtiming", depends_on=["reco"], inputs_from="prod")
+    store.update_rtype(C, "all", add=["xtiming"], backfill=True)
+
+
+def prod_done(store: Store) -> None:
+    [claim] = store.claim("prod", "reco", group_by=lambda rows: [[r] for r in rows if r.run_number == 1])
+    store.create_jobs("prod", "reco", claim.run_number, [0])
+    store.set_job_status("prod", "reco", claim.run_number, 0, "done")
+
+
+def inputs(store: Store) -> Scenario:
+    """xtiming's run 1 waits for prod's reco (new): named with the command that shows it there."""
+    source_campaign(store)
+    return Scenario("xtiming", 1, "ecalstate status -c prod --task reco --runs 1", "info", prod_done,
+                    everything=True)
+
+
+def no_upstream_inputs(store: Store) -> Scenario:
+    """prod skips reco for run 1 (nothing cascades into C): xtiming's run 1 would wait for ever."""
+    source_campaign(store)
+    store.set_status("prod", "reco", [1], "skipped", reason="ECAL out")
+    return Scenario("xtiming", 1, f'ecalstate set -c {C} --task xtiming --runs 1 skipped --reason "..."', "problem")
+
+
+#: variants of a reason (``code:variant``): another way it appears
+VARIANTS: dict[str, Callable[[Store], Scenario]] = {
+    "deadline-missed:processing": deadline_missed_processing, "no-upstream:inputs": no_upstream_inputs}
+
+
 SCENARIOS: dict[str, Callable[[Store], Scenario]] = {
-    "ordered": ordered, "approval": approval,
+    "ordered": ordered, "approval": approval, "inputs": inputs,
     "deadline-missed": deadline_missed, "deadline-risk": deadline_risk, "cadence-gap": cadence_gap,
     "upstream": upstream, "fill-open": fill_open, "group-incomplete": group_incomplete, "late-member": late_member,
     "failed": failed, "blocked": blocked, "no-upstream": no_upstream, "stuck": stuck, "unsubmitted": unsubmitted,
@@ -282,11 +317,11 @@ def reasons_of(store: Store, task: str, run: int, everything: bool = False) -> d
     return {} if found is None else {r.code: r for r in found.reasons}
 
 
-@pytest.mark.parametrize("code", sorted(SCENARIOS) + ["deadline-missed:processing"])
+@pytest.mark.parametrize("code", sorted(SCENARIOS) + sorted(VARIANTS))
 def test_a_reason_appears_names_its_command_and_the_command_clears_it(world_on: Store, code: str) -> None:
     world = world_on
-    code, _, variant = code.partition(":")
-    scenario = (deadline_missed_processing if variant else SCENARIOS[code])(world)
+    scenario = (VARIANTS[code] if code in VARIANTS else SCENARIOS[code])(world)
+    code = code.partition(":")[0]
     if scenario.clock is not None:
         world.clock = scenario.clock  # type: ignore[method-assign]
     reason = reasons_of(world, scenario.task, scenario.run, scenario.everything).get(code)
