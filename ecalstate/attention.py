@@ -511,8 +511,8 @@ def _from_health(scope: _Campaign, health: Health, found: _Items) -> None:
     for s in health.unsubmitted:
         if s.campaign == mine:
             found.add(s.task, s.run_number, "processing", scope.reason(
-                "unsubmitted", s.since, f"{s.task} run {s.run_number} has {s.jobs} jobs never submitted since {human_time(s.since)}"
-                " (a killed submit stage)", task=s.task, run=s.run_number))
+                "unsubmitted", s.since, f"{s.task} run {s.run_number} has {s.jobs} jobs never submitted since"
+                f" {human_time(s.since)} (a killed submit stage)", task=s.task, run=s.run_number))
     for s in health.failed:
         if s.campaign == mine:
             said = (f"failed with no retry left ({s.jobs} failed jobs)" if s.jobs else
@@ -723,8 +723,9 @@ def _policy_actions(scope: _Campaign, task: str, waiting: Waiting, eligible: Map
         if "fill-open" in kinds and after is not None and end is not None and fill not in closing \
                 and seconds_between(end, scope.now) >= after:
             closing[fill] = Action(scope.name, "close-fill", fill, None,
-                                   f"closed by the campaign's policy: the fill's last run ended {human_time(end)}, nothing since"
-                                   f" for {_duration(after)} (close fills after {_duration(after)})")
+                                   "closed by the campaign's policy: the fill's last run ended"
+                                   f" {human_time(end)}, nothing since for {_duration(after)} (close fills after"
+                                   f" {_duration(after)})")
             out.append(closing[fill])
     return out
 
@@ -870,6 +871,5 @@ def describe(item: InstanceAttention, reason: Reason) -> str:
 
 
 __all__ = ["CATALOGUE", "CODES", "LEVELS", "Action", "Attention", "Code", "HandlerInfo", "InstanceAttention",
-           "Policies", "Reason", "apply_policies", "attention", "describe", "note_handler", "observe", "pending_actions",
-           "policies",
-           "record", "recorded", "set_policies", "script_of"]
+           "Policies", "Reason", "apply_policies", "attention", "describe", "note_handler", "observe",
+           "pending_actions", "policies", "record", "recorded", "set_policies", "script_of"]

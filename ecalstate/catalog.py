@@ -314,11 +314,10 @@ class Catalog(StoreBase):
         with self.db.tx(write=False) as tx:
             cid = campaign_id(tx, campaign)
             out = []
-            for rid, name, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id", (cid,)):
-                tasks = tx.all(
-                    "SELECT t.name FROM rtype_task x JOIN task t ON t.id = x.task_id WHERE x.rtype_id = ? ORDER BY t.id",
-                    (rid,),
-                )
+            for rid, name, flt in tx.all("SELECT id, name, filter FROM rtype WHERE campaign_id = ? ORDER BY id",
+                                         (cid,)):
+                tasks = tx.all("SELECT t.name FROM rtype_task x JOIN task t ON t.id = x.task_id WHERE x.rtype_id = ?"
+                               " ORDER BY t.id", (rid,))
                 out.append(RunTypeInfo(name, flt, [t[0] for t in tasks]))
             return out
 

@@ -291,7 +291,8 @@ def render_overview(view: Overview, stuck_after: float, colour: bool = False) ->
     for (task, run_number), sign in cell_marks(view).items():
         marked.setdefault(run_number, {})[column[task]] = sign
     lines = [f"campaign {view.campaign}: {len(view.rows)} runs x {len(view.tasks)} tasks", "",
-             "  ".join(["run".ljust(run_w), "fill".ljust(fill_w)] + [t.ljust(w) for t, w in zip(view.tasks, widths)]).rstrip()]
+             "  ".join(["run".ljust(run_w), "fill".ljust(fill_w)]
+                       + [t.ljust(w) for t, w in zip(view.tasks, widths)]).rstrip()]
     for row in view.rows:
         statuses = row.statuses
         cells = [col[statuses.get(name)] for name, col in zip(view.tasks, plain)]
@@ -331,10 +332,10 @@ def claim(
 ) -> None:
     """Claim eligible runs of a task for a submit stage.
 
-    Eligible: new or reprocess, every upstream task done. One transaction: two builds claiming at once never get the same run. Each
-    claim's leader run becomes processing (and owns the jobs of a new
-    generation); runs grouped into it become merged. A group is claimed only
-    complete: a fill once it ended (a later fill started, the source saw the
+    Eligible: new or reprocess, every upstream task done. One transaction:
+    two builds claiming at once never get the same run. Each claim's leader
+    run becomes processing (and owns the jobs of a new generation); runs
+    grouped into it become merged. A group is claimed only complete: a fill once it ended (a later fill started, the source saw the
     dump, or run close-fill) and every run of it is done or skipped upstream
     (skipped runs are left out); a lumi group once its runs reach the target,
     or below it when its fill or era ended; an era once a run of a later era
@@ -371,14 +372,16 @@ def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
               help="Only these runs' transitions, e.g. 390016-390018,390020.")
 @click.option("--kind", "kinds", multiple=True, callback=_kinds, metavar="KIND",
               help="Only these kinds of rows: task (instances), job, handler (the stages' heartbeats), attention "
-                   "(what needed action, and when it cleared). Repeatable; comma lists accepted. Default: task and job.")
+                   "(what needed action, and when it cleared). Repeatable; comma lists accepted. Default: task and"
+                   " job.")
 @click.option("--entity", type=click.Choice(list(HISTORY_KINDS)), hidden=True, help="The old spelling of --kind.")
 @click.option("--heartbeats", is_flag=True, help="Also show the handler stages' heartbeats (hidden by default).")
 @click.option("--since", type=MOMENT, metavar="TIME", help="From this time: 8h (ago), 2d, or 2026-12-01T06:00 (UTC).")
 @click.option("--until", type=MOMENT, metavar="TIME", help="Before this time (same forms as --since).")
 @click.option("--actor", "by", metavar="NAME",
               help="Only what NAME did: the actor label, or the account of the identity (alice: alice@any-host).")
-@click.option("--status", type=click.Choice(TASK_STATUSES + [s.value for s in JobStatus if s.value not in TASK_STATUSES]),
+@click.option("--status",
+              type=click.Choice(TASK_STATUSES + [s.value for s in JobStatus if s.value not in TASK_STATUSES]),
               help="Only transitions to this status.")
 @click.option("--fields", is_flag=True,
               help="Also show field-only changes of jobs (status to the same status, e.g. a logs folder recorded).")

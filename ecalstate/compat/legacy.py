@@ -166,7 +166,8 @@ def _campaign(tags: dict[str, str], wanted: set[str], problems: list[Problem], w
     if not campaign:
         if wanted:
             return None  # it may belong to a campaign not asked for
-        problems.append(Problem("(none)", tags.get("task"), None, None, f"{what} series without a campaign tag: {tags}"))
+        problems.append(Problem("(none)", tags.get("task"), None, None,
+                                f"{what} series without a campaign tag: {tags}"))
         return None
     if wanted and campaign not in wanted:
         return None

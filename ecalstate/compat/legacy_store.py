@@ -164,7 +164,8 @@ class LegacyStore:
         fields: Optional[Sequence[dict[str, Any]]] = None,
         recreate: bool = False,
     ) -> int:
-        """Create jobs in a fresh generation of an instance, claiming it first when it is new; returns the generation."""
+        """Create jobs in a fresh generation of an instance, claiming it first when it is new; returns the
+        generation."""
         jid_list, field_list = check_jobs(jids, fields)
 
         def body(ctx: Ctx) -> int:
@@ -228,7 +229,8 @@ class LegacyStore:
                     move_eligible(ctx, cid, task, inst, target, reason, generation=inst.generation + 1)
                 elif target == T.MERGED:
                     head = _leader(tx, tid, inst, task, leader)
-                    move_eligible(ctx, cid, task, inst, target, f"{reason}: merged into run {head[1]}", leader_id=head[0])
+                    move_eligible(ctx, cid, task, inst, target, f"{reason}: merged into run {head[1]}",
+                                  leader_id=head[0])
                 else:
                     _finish(ctx, cid, task, inst, target, reason)
                 changes.append(Change("task", what, current.value, target.value, "changed", reason))
@@ -355,7 +357,8 @@ def _import(tx: Tx, ctx: Optional[Ctx], plan: ImportPlan) -> ImportResult:
         iid = None
         if ctx is not None:
             assert cid is not None
-            iid = _insert_instance(ctx, cid, tasks[inst.task], runs[inst.run], inst, None if leader is None else leader[1])
+            iid = _insert_instance(ctx, cid, tasks[inst.task], runs[inst.run], inst,
+                                   None if leader is None else leader[1])
         existing[(inst.task, inst.run)] = (inst.status, iid)
     return ImportResult(plan.campaign, ctx is None, created, new_tasks, {"new": len(new_runs),
                         "existing": len(plan.runs) - len(new_runs)}, counts, jobs, audit, problems)
