@@ -335,10 +335,11 @@ def claim(
     Eligible: new or reprocess, every upstream task done. One transaction:
     two builds claiming at once never get the same run. Each claim's leader
     run becomes processing (and owns the jobs of a new generation); runs
-    grouped into it become merged. A group is claimed only complete: a fill once it ended (a later fill started, the source saw the
-    dump, or run close-fill) and every run of it is done or skipped upstream
-    (skipped runs are left out); a lumi group once its runs reach the target,
-    or below it when its fill or era ended; an era once a run of a later era
+    grouped into it become merged. A group is claimed only complete: a fill
+    once it ended (a later fill started, the source saw the dump, or run
+    close-fill) and every run of it is done or skipped upstream (skipped
+    runs are left out); a lumi group once its runs reach the target, or
+    below it when its fill or era ended; an era once a run of a later era
     exists. Groups that wait are listed by a handler's submit --dry-run.
 
     \b
