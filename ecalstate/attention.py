@@ -105,6 +105,39 @@ CODES = (
 )
 CATALOGUE: dict[str, Code] = {c.code: c for c in CODES}
 
+#: the command that regenerates docs/attention.md (a test fails when the file is stale)
+DOC_COMMAND = "python -c 'from ecalstate.attention import document; print(document(), end=\"\")' > docs/attention.md"
+
+
+def document() -> str:
+    """docs/attention.md: the reason catalogue rendered from :data:`CODES`, so what a shifter reads is what
+    ``health`` applies."""
+    lines = [
+        "# Why a task instance waits: the reason catalogue",
+        "",
+        "Generated from `CODES` in `ecalstate/attention.py` (do not edit by hand):",
+        "",
+        f"    {DOC_COMMAND}",
+        "",
+        "Every task instance that is neither done nor skipped is either progressing or waits for one of these",
+        "reasons. `ecalstate health` prints each problem and warning with its command (`--all`: the expected waits",
+        "too; `--json`: `needs_action`), the web view's attention page and grid show them, the notifications tell",
+        "each once, and the export writes them as `attention` points. A reason's level rises to `problem` once it",
+        "has lasted longer than its campaign's policy (`ecalstate campaign update -c C --problem-after",
+        "CODE=DURATION|never`); `health` exits 1 on any problem.",
+        "",
+        "| reason | waits for | level | a problem after | the command that resolves it |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for c in CODES:
+        after = "never by itself" if c.problem_after is None else (
+            "at once" if c.problem_after == 0 else _duration(c.problem_after))
+        lines.append(f"| `{c.code}` | {c.waits_for} | {c.level} | {after} | `{c.command.replace('|', '&#124;')}` |")
+    lines += ["", "In a command, `{handler}` is the command line of the task's workflow script (as its stages noted",
+              "it), `{stage}` the stage that moves the instance on, `{upstream}` the task it waits for, `{member}` the",
+              "run that holds its group back, `{source}` the campaign a task takes its inputs from."]
+    return "\n".join(lines) + "\n"
+
 
 # ------------------------------------------------------------------ results
 
@@ -870,6 +903,6 @@ def describe(item: InstanceAttention, reason: Reason) -> str:
     return f"{reason.level}: {reason.message} (since {human_time(reason.since)}); resolve: {reason.command}"
 
 
-__all__ = ["CATALOGUE", "CODES", "LEVELS", "Action", "Attention", "Code", "HandlerInfo", "InstanceAttention",
-           "Policies", "Reason", "apply_policies", "attention", "describe", "note_handler", "observe",
+__all__ = ["CATALOGUE", "CODES", "DOC_COMMAND", "LEVELS", "Action", "Attention", "Code", "HandlerInfo",
+           "InstanceAttention", "Policies", "Reason", "apply_policies", "attention", "describe", "document", "note_handler", "observe",
            "pending_actions", "policies", "record", "recorded", "set_policies", "script_of"]

@@ -15,14 +15,16 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 from cli_support import as_json, invoke, ok
 
 from ecalstate import RunSpec, Store
-from ecalstate.attention import (CATALOGUE, CODES, LEVELS, HandlerInfo, Policies, attention, note_handler, observe,
-                                 policies, record, recorded, set_policies)
+from ecalstate.attention import (CATALOGUE, CODES, DOC_COMMAND, LEVELS, HandlerInfo, Policies, attention,
+                                 note_handler, observe, policies, record, recorded, set_policies)
+from ecalstate.attention import document as attention_document
 from ecalstate.errors import Conflict, Invalid
 from ecalstate.results import BatchRecord
 
@@ -53,6 +55,13 @@ def test_every_code_has_a_policy_and_a_command() -> None:
         assert code.waits_for, code
     # every reason has its test below
     assert {c.code for c in CODES} == set(SCENARIOS)
+
+
+def test_the_reason_catalogue_in_the_docs_is_the_codes() -> None:
+    """docs/attention.md is rendered from CODES: a reason added without regenerating it fails here."""
+    doc = Path(__file__).resolve().parent.parent / "docs" / "attention.md"
+    assert doc.read_text() == attention_document(), f"docs/attention.md is stale; regenerate it with:\n{DOC_COMMAND}"
+    assert all(f"| `{c.code}` |" in doc.read_text() for c in CODES)
 
 
 def test_policies_are_kept_per_campaign_and_checked(sqlite_url: str) -> None:
