@@ -100,6 +100,15 @@ def job_priority(deadline: Optional[str], now: str) -> int:
     return max(MISSED_PRIORITY + 1, LIVE_PRIORITY_BASE - minutes)
 
 
+def priority_now(priority: int, now: str) -> int:
+    """A queued job's priority as :func:`job_priority` would give it ``now``: a live deadline's priority names its
+    deadline (to the minute), so one that passed while the job waited becomes the missed one; any other stays."""
+    if priority <= MISSED_PRIORITY or priority > LIVE_PRIORITY_BASE:
+        return priority
+    due = PRIORITY_EPOCH + (LIVE_PRIORITY_BASE - priority) * 60 * _S
+    return MISSED_PRIORITY if due <= to_micros(now) else priority
+
+
 # ------------------------------------------------------------------ references
 
 @dataclass(frozen=True)

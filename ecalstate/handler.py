@@ -56,7 +56,7 @@ import click
 from .attention import HandlerInfo, apply_policies, note_handler, observe, pending_actions, script_of
 from .backends import Backend, JobKey, JobSpec, NotAccepted, Observation, make_backend, read_report
 from .claims import LUMI_KEY, Eligible, Grouper, Grouping, grouping
-from .deadlines import job_priority
+from .deadlines import MISSED_PRIORITY, job_priority, priority_now
 from .errors import Conflict, EcalStateError, Invalid
 from .filters import split_multi
 from .results import STARTED, BatchRecord, BulkResult, Claim, JobInfo, JobUpdate, MadeBy
@@ -487,6 +487,12 @@ class TaskHandler:
             if held and not dry_run:
                 self.backend.release(held)
                 report.add("held removed", len(held))
+            now = self.store.clock()
+            missed = {o.batch_id: MISSED_PRIORITY for o in seen.values() if o.status == "idle" and o.batch_id
+                      and o.priority is not None and priority_now(o.priority, now) != o.priority}
+            if missed and not dry_run:  # they wait below every live deadline from now on
+                self.backend.reprioritize(missed)
+                report.add("deadline missed while queued", len(missed))
             if not dry_run:  # what needs action now, recorded for the export and the notifications
                 self._note(campaign)
                 observe(self.store, campaign, tasks=[self.task])

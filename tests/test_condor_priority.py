@@ -19,7 +19,7 @@ from handler_support import Probe, condor_workdir, marker, settle, write_payload
 from ecalstate import RunSpec, Store
 from ecalstate.backends import JobKey
 from ecalstate.backends.htcondor import CONSTRAINT_CHUNK, CondorBackend
-from ecalstate.deadlines import LIVE_PRIORITY_BASE, job_priority
+from ecalstate.deadlines import LIVE_PRIORITY_BASE, MISSED_PRIORITY, job_priority
 from ecalstate.errors import Invalid
 
 WHOLE_SLOT = {"request_cpus": "2", "request_memory": "64MB"}
@@ -84,6 +84,40 @@ def test_the_schedd_starts_the_prompt_job_before_the_reprocessing_one(condor_poo
         for campaign in ("hold", "rereco", "prompt"):
             settle(handler, campaign, deadline=120)
     assert all(store.instance(c, "probe", r).status == "done" for c, r in (("hold", 1), ("rereco", 2), ("prompt", 3)))
+    store.close()
+
+
+def test_a_queued_job_whose_deadline_passes_drops_below_the_live_ones(condor_pool: Any, workdir: Path,
+                                                                        sqlite_url: str, tmp_path: Path) -> None:
+    """JobPrio is set at submission from the instance's deadline; a job still idle when that deadline passes would
+    keep a priority above every live deadline's. The next check lowers it to the missed one; a job whose deadline
+    is still ahead, and one without a deadline, keep theirs."""
+    store = Store.open(sqlite_url, actor="tester", create=True)
+    for campaign, run, deadline, end in (("soon", 1, 3600, ended(0.5)), ("later", 2, 48 * 3600, ended(0.5)),
+                                         ("none", 3, None, ended(0.5))):
+        store.create_campaign(campaign)
+        store.add_task(campaign, "probe", deadline=deadline)
+        store.update_rtype(campaign, "all", add=["probe"])
+        store.inject_runs(campaign, [RunSpec(run, 1, {"jobs": 1, "end_time": end})])
+    handler = Probe(store, CondorBackend(workdir, template={"requirements": "False"}))  # they stay idle
+    handler.payload = write_payload(tmp_path / "payload")
+    mine = f'regexp("^{workdir}/", Iwd)'
+    try:
+        for campaign in ("soon", "later", "none"):
+            handler.submit(campaign)
+        before = {a["EcalRun"]: a["JobPrio"] for a in queue(mine, "JobPrio")}
+        assert before[1] > before[2] > MISSED_PRIORITY and before[3] == 0
+        two_hours = (datetime.now(timezone.utc) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        store.clock = lambda: two_hours  # type: ignore[method-assign]
+        reports = [handler.check(c) for c in ("soon", "later", "none")]
+        after = {a["EcalRun"]: a["JobPrio"] for a in queue(mine, "JobPrio")}
+        assert after == {1: MISSED_PRIORITY, 2: before[2], 3: 0}
+        assert reports[0].counts.get("deadline missed while queued") == 1, reports[0].summary()
+        assert "deadline missed while queued" not in reports[1].summary() + reports[2].summary()
+    finally:
+        import htcondor2
+
+        htcondor2.Schedd().act(htcondor2.JobAction.Remove, mine)
     store.close()
 
 

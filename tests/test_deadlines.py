@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ecalstate import JobUpdate, RunSpec, Store
 from ecalstate.clock import TS_FORMAT, to_micros
 from ecalstate.deadlines import (LIVE_PRIORITY_BASE, MISSED_PRIORITY, NO_DEADLINE_PRIORITY, judge, job_priority,
-                                 urgency)
+                                 priority_now, urgency)
 from ecalstate.errors import Invalid
 from ecalstate.results import AT_RISK, DONE, DONE_LATE, MISSED, NO_END_TIME, ON_TIME, TaskSettings
 
@@ -324,3 +324,23 @@ def test_asking_for_the_late_ones_gives_what_filtering_everything_gives(
     everything = {(d.task, d.run_number, d.state) for d in store.deadlines(C, finished=False)}
     late = {(d.task, d.run_number, d.state) for d in store.deadlines(C, finished=False, states=(AT_RISK, MISSED))}
     assert late == {x for x in everything if x[2] in (AT_RISK, MISSED)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(due=st.integers(min_value=0, max_value=200 * 365 * 86400), submitted=st.integers(min_value=-10**9, max_value=0),
+       later=st.integers(min_value=0, max_value=10**9))
+def test_a_queued_jobs_priority_now_is_what_a_submit_now_would_give(due: int, submitted: int, later: int) -> None:
+    """A check re-reads a queued job's JobPrio: a live deadline that passed since the submit is the missed one;
+    one still ahead (by more than the priority's minute) is left as it was; missed and none never change."""
+    epoch = to_micros("2020-01-01T00:00:00.000000Z") // 1_000_000
+    when = lambda s: datetime.fromtimestamp(epoch + s, timezone.utc).strftime(TS_FORMAT)  # noqa: E731
+    deadline, at_submit, now = when(due), when(due + submitted), when(due + submitted + later)
+    given_then, seconds_now = job_priority(deadline, at_submit), due + submitted + later
+    if seconds_now >= due:
+        assert priority_now(given_then, now) == MISSED_PRIORITY == job_priority(deadline, now)
+    elif seconds_now < due - 60:
+        assert priority_now(given_then, now) == given_then == job_priority(deadline, now)
+    else:  # within the deadline's minute (a priority names its deadline to the minute): either
+        assert priority_now(given_then, now) in (MISSED_PRIORITY, given_then)
+    assert priority_now(MISSED_PRIORITY, now) == MISSED_PRIORITY
+    assert priority_now(NO_DEADLINE_PRIORITY, now) == NO_DEADLINE_PRIORITY

@@ -137,6 +137,8 @@ class Observation:
     #: when the attempt started, as the batch system says (the store's time text): a job may finish between two
     #: checks, never seen running
     started: Optional[str] = None
+    #: the priority the batch system holds for a queued job (HTCondor's JobPrio); None: it keeps none
+    priority: Optional[int] = None
 
 
 def time_text(seconds: float) -> str:
@@ -329,6 +331,10 @@ class Backend(ABC):
 
     def release(self, batch_ids: Sequence[str]) -> None:
         """Free what the batch system still holds for jobs recorded as failed (held jobs)."""
+
+    def reprioritize(self, priorities: Mapping[str, int]) -> None:
+        """Give queued jobs (by batch id) a new priority: a deadline passed while they waited. A batch system
+        without priorities (the local runner) has nothing to change."""
 
 
 def _check_staged(target: Path, contents: Mapping[str, bytes]) -> None:

@@ -41,7 +41,7 @@ KEY_ATTRS = {"EcalCampaign": "campaign", "EcalTask": "task", "EcalRun": "run", "
              "EcalGeneration": "generation", "EcalAttempt": "attempt"}
 PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
               "LastHoldReason", "RemoveReason", "EnteredCurrentStatus", "JobCurrentStartDate", "JobStartDate", "Iwd",
-              "Err", *KEY_ATTRS]
+              "Err", "JobPrio", *KEY_ATTRS]
 #: how the schedd names who asked for a hold or a removal, at the end of its reason: the identity it authenticated
 #: the command's client as (a pool's own holds and removals, by policy or a failure, carry none)
 BY_USER = re.compile(r"\s*\(by user ([^()\s]+)\)\s*$")
@@ -213,6 +213,15 @@ class CondorBackend(Backend):
         self._call("remove held jobs", self._schedd().act, htcondor2.JobAction.Remove, list(batch_ids),
                    reason="ecalstate: held job recorded as failed")
 
+    def reprioritize(self, priorities: Mapping[str, int]) -> None:
+        by_value: dict[int, list[str]] = {}
+        for batch_id, priority in priorities.items():
+            by_value.setdefault(int(priority), []).append(batch_id)
+        schedd = self._schedd()
+        for priority, ids in sorted(by_value.items()):
+            for chunk in chunks(sorted(ids), CONSTRAINT_CHUNK):
+                self._call("set the jobs' priority", schedd.edit, chunk, "JobPrio", str(priority))
+
 
 def _runs(runs: Sequence[int]) -> str:
     """A constraint's clause naming these runs."""
@@ -242,7 +251,8 @@ def observation(ad: Mapping[str, Any], in_queue: bool = True) -> Observation:
     status = int(ad.get("JobStatus", 0))
     started = _time(ad.get("JobCurrentStartDate")) or _time(ad.get("JobStartDate"))
     if status == 1:
-        return Observation("idle", batch_id=batch_id)
+        prio = ad.get("JobPrio")
+        return Observation("idle", batch_id=batch_id, priority=int(prio) if isinstance(prio, int) else None)
     if status in RUNNING:
         return Observation("running", batch_id=batch_id, started=started)
     if status == 4:
