@@ -51,7 +51,7 @@ fi
 
 export ECALSTATE_REQUIRE_SERVERS=1
 RC=0
-"$PY" -m pytest "$@" || RC=$?
+"$PY" -m pytest --durations=25 "$@" || RC=$?   # the slowest tests, for whoever speeds the suite up
 
 if [ $RC = 5 ]; then
     say "FAILED: pytest collected no tests (exit 5)"
