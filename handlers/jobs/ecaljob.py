@@ -119,6 +119,16 @@ def load_constants(path: str) -> dict[tuple[int, int], float]:
     return constants
 
 
+def read_constants(path: str) -> dict[tuple[int, int], float]:
+    """:func:`load_constants`, or the job fails with one line saying why (unreadable, or which line is bad)."""
+    try:
+        return load_constants(path)
+    except OSError as err:
+        fail(f"cannot read constants {path}: {err.strerror}")
+    except ValueError as err:
+        fail(f"bad constants {path}: {err}")
+
+
 def _integer(row: dict[str, str], name: str, line: int) -> int:
     try:
         return int(row[name])

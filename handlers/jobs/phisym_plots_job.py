@@ -134,12 +134,7 @@ def main() -> None:
     parser.add_argument("--fill", type=int, help="The LHC fill of the constants (named in the title).")
     parser.add_argument("--runs", type=run_list, default=[], help="Their runs, comma-separated (in the title).")
     args = parser.parse_args()
-    try:
-        ic = ecaljob.load_constants(args.constants)
-    except OSError as err:
-        ecaljob.fail(f"cannot read constants {args.constants}: {err.strerror}")
-    except ValueError as err:
-        ecaljob.fail(f"bad constants {args.constants}: {err}")
+    ic = ecaljob.read_constants(args.constants)
     draw(ic, title(args.fill, args.runs)).save(args.out)
     ecaljob.report({"plots": args.out, "crystals": len(ic)})
 

@@ -42,13 +42,11 @@ def main() -> None:
     parser.add_argument("--standin-log", default="", help="The stand-in's destination file.")
     parser.add_argument("--uploaded", action="append", default=[], help="A payload hash already uploaded.")
     args = parser.parse_args()
+    constants = ecaljob.read_constants(args.constants)
     try:
-        constants = ecaljob.load_constants(args.constants)
         data = Path(args.constants).read_bytes()
     except OSError as err:
         ecaljob.fail(f"cannot read constants {args.constants}: {err.strerror}")
-    except ValueError as err:
-        ecaljob.fail(f"bad constants {args.constants}: {err}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = out / f"{args.destination_tag}_{args.since}.csv"

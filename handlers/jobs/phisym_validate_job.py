@@ -22,12 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (0 < args.ic_min < 1 < args.ic_max and math.isfinite(args.ic_max)):
         ecaljob.fail(f"invalid range [{args.ic_min}, {args.ic_max}]: 0 < ic-min < 1 < ic-max")
-    try:
-        ic = ecaljob.load_constants(args.constants)
-    except OSError as err:
-        ecaljob.fail(f"cannot read constants {args.constants}: {err.strerror}")
-    except ValueError as err:
-        ecaljob.fail(f"bad constants {args.constants}: {err}")
+    ic = ecaljob.read_constants(args.constants)
     missing = sorted(set(ecaljob.crystals()) - set(ic))
     if missing:
         ecaljob.fail(f"refused: {len(missing)} of {len(ecaljob.crystals())} crystals have no constant, e.g."
