@@ -281,12 +281,7 @@ def main() -> None:
         click.secho("\n== the operator runs it", bold=True)
         run(ecalstate, "ecalstate", [*base, "reprocess", "-c", CAMPAIGN, "--task", "phisym-calib", "--fill", str(fill),
                                      "--downstream", "--reason", f"late run {late[0]}"])
-        for tick in range(1, args.ticks + 1):
-            click.secho(f"-- tick {tick}", fg="cyan")
-            jenkins(stages, handler_args)
-            if finished(db):
-                break
-            wait_for_jobs(db, work)
+        ticks(stages, handler_args, db, work, args.ticks)
 
     click.secho(f"\n== a new release: phisym-calib {PhiSymCalib.version} (the day was calibrated by"
                 f" {PhiSymCalib20.version}); everything an older version made is reprocessed", bold=True)
@@ -296,12 +291,7 @@ def main() -> None:
                                  f"phisym-calib {PhiSymCalib.version}: new release"])
     release = [(w, stage) for w in (PhiSymCalib, PhiSymPlots, PhiSymValidate, PhiSymUpload)
                for stage in ("check", "resubmit", "submit")]
-    for tick in range(1, args.ticks + 1):
-        click.secho(f"-- tick {tick}", fg="cyan")
-        jenkins(release, handler_args)
-        if finished(db):
-            break
-        wait_for_jobs(db, work)
+    ticks(release, handler_args, db, work, args.ticks)
     run(ecalstate, "ecalstate", [*base, "outputs", "-c", CAMPAIGN, "--task", "phisym-calib"])
 
     click.secho("\n== the result", bold=True)
@@ -330,6 +320,17 @@ def jenkins(stages: Sequence[tuple[type[TaskHandler], str]], handler_args: Seque
         for line in output.getvalue().splitlines():
             if not line.endswith("nothing to do"):
                 click.echo(f"   {line}")
+
+
+def ticks(stages: Sequence[tuple[type[TaskHandler], str]], handler_args: Sequence[str], db: str, work: str,
+          most: int) -> None:
+    """Jenkins ticks of ``stages`` until every task instance is finished (at most ``most``)."""
+    for tick in range(1, most + 1):
+        click.secho(f"-- tick {tick}", fg="cyan")
+        jenkins(stages, handler_args)
+        if finished(db):
+            return
+        wait_for_jobs(db, work)
 
 
 def wait_for_jobs(db: str, work: str, limit: float = 0.5) -> None:
