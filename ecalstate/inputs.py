@@ -108,10 +108,11 @@ def input_waits(tx: Tx, cid: int) -> list[tuple[str, int, str, str, str]]:
     :meth:`Inputs.waits` says it, since its last change). Nothing cascades across campaigns, so a skipped input is
     found here or nowhere."""
     out: list[tuple[str, int, str, str, str]] = []
-    for tid, name in tx.all("SELECT id, name FROM task WHERE campaign_id = ? ORDER BY id", (cid,)):
-        inputs = inputs_of(tx, tid)
-        if inputs is None:
+    for tid, name, text in tx.all("SELECT id, name, settings FROM task WHERE campaign_id = ? ORDER BY id", (cid,)):
+        settings = TaskSettings.from_json(text)  # read with the tasks: most campaigns take no inputs elsewhere
+        if settings.inputs_from is None:
             continue
+        inputs = resolve_inputs(tx, settings.inputs_from, settings.inputs)
         pending = {r[0]: (r[1], r[2]) for r in tx.all(
             "SELECT r.run_number, ti.status, ti.updated_at FROM task_instance ti JOIN run r ON r.id = ti.run_id"
             " WHERE ti.task_id = ? AND ti.status IN ('new', 'reprocess')", (tid,))}
